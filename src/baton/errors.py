@@ -1,0 +1,67 @@
+"""Errors a user can act on.
+
+Every failure Baton reports to a person is one of these types; the CLI maps each to an
+exit code (see ``exit_code``) and prints its message without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class BatonError(Exception):
+    """Base of every error Baton reports to a user."""
+
+    exit_code = 1
+
+
+class ConfigError(BatonError):
+    """A config file or flag is wrong. Names the file, the key and what was expected."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, file: str | None = None, key: str | None = None) -> None:
+        self.file = file
+        self.key = key
+        where = ""
+        if file and key:
+            where = f"{file}: {key}: "
+        elif file:
+            where = f"{file}: "
+        elif key:
+            where = f"{key}: "
+        super().__init__(f"{where}{message}")
+
+
+class UsageError(BatonError):
+    """Bad command-line usage; nothing changed."""
+
+    exit_code = 2
+
+
+class DaemonUnreachable(BatonError):
+    """The control plane (or the Docker engine) does not answer."""
+
+    exit_code = 3
+
+
+class DeploymentLocked(BatonError):
+    """Another deployment of the same app is running."""
+
+    exit_code = 3
+
+
+class DeploymentFailed(BatonError):
+    """The deployment failed; users were left on the previous release."""
+
+    exit_code = 1
+
+
+class RuntimeFailure(BatonError):
+    """A runtime could not start, stop or inspect an instance."""
+
+    exit_code = 1
+
+
+class RouteTableError(BatonError):
+    """A route table (snapshot) sent to the proxy is invalid; the proxy keeps the old one."""
+
+    exit_code = 2

@@ -1,0 +1,173 @@
+"""The proxy's admin API: JSON over HTTP on a Unix socket (see docs/proxy-admin-api.md).
+
+It is the only way the control plane changes the proxy. Every body is validated in full
+before anything changes; a bad one gets 400 naming the field, and the table stays as it
+was. Table changes go through ``Proxy.apply``, which swaps one reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from typing import Any
+
+from aiohttp import web
+
+from baton import __version__
+from baton.errors import RouteTableError
+from baton.proxy.routing import check_conflicts, parse_app, parse_table
+from baton.proxy.server import Proxy
+
+MAX_BODY = 4 * 1024 * 1024
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+async def _json_body(request: web.Request) -> Any:
+    raw = await request.read()
+    if not raw:
+        raise RouteTableError("request body: expected JSON, got nothing")
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise RouteTableError(f"request body: invalid JSON ({exc})") from None
+
+
+def _address_list(body: Any) -> list[str]:
+    if not isinstance(body, dict):
+        raise RouteTableError('request body: expected an object like {"targets": [...]}')
+    unknown = set(body) - {"targets", "wait"}
+    if unknown:
+        raise RouteTableError(f"request body: unknown field {sorted(unknown)[0]!r}")
+    targets = body.get("targets")
+    if not isinstance(targets, list) or not all(isinstance(t, str) and t for t in targets):
+        raise RouteTableError("targets: expected a list of host:port strings")
+    return targets
+
+
+class AdminAPI:
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.lock = asyncio.Lock()  # table changes apply one at a time
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._errors])
+        app.add_routes(
+            [
+                web.get("/health", self.health),
+                web.get("/routes", self.get_routes),
+                web.put("/routes", self.put_routes),
+                web.put("/apps/{app}", self.put_app),
+                web.delete("/apps/{app}", self.delete_app),
+                web.get("/targets", self.targets),
+                web.post("/drain", self.drain),
+                web.post("/undrain", self.undrain),
+                web.get("/metrics", self.metrics_text),
+                web.get("/metrics.json", self.metrics_json),
+            ]
+        )
+        self.app = app
+        self.runner: web.AppRunner | None = None
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            response: web.StreamResponse = await handler(request)
+            return response
+        except RouteTableError as exc:
+            return _error(400, str(exc))
+        except OSError as exc:
+            return _error(409, f"cannot apply: {exc.strerror or exc}")
+        except web.HTTPException as exc:
+            if exc.status >= 400:
+                return _error(exc.status, exc.reason)
+            raise
+
+    async def start(self, path: str) -> None:
+        if os.path.exists(path):
+            os.unlink(path)
+        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self.runner.setup()
+        site = web.UnixSite(self.runner, path)
+        await site.start()
+        os.chmod(path, 0o600)
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    async def health(self, request: web.Request) -> web.Response:
+        p = self.proxy
+        return web.json_response(
+            {
+                "status": "stopping" if p.stopping else "ok",
+                "pid": os.getpid(),
+                "version": __version__,
+                "generation": p.table.generation,
+                "listeners": sorted(p.servers),
+                "connections": len(p.connections),
+            }
+        )
+
+    async def get_routes(self, request: web.Request) -> web.Response:
+        return web.json_response(self.proxy.table.to_json())
+
+    async def put_routes(self, request: web.Request) -> web.Response:
+        specs = parse_table(await _json_body(request))
+        async with self.lock:
+            generation = await self.proxy.apply(specs)
+        return web.json_response({"generation": generation})
+
+    async def put_app(self, request: web.Request) -> web.Response:
+        name = request.match_info["app"]
+        spec = parse_app(name, await _json_body(request))
+        async with self.lock:
+            specs = dict(self.proxy.table.specs)
+            specs[name] = spec
+            check_conflicts(specs)
+            generation = await self.proxy.apply(specs)
+        return web.json_response({"generation": generation})
+
+    async def delete_app(self, request: web.Request) -> web.Response:
+        name = request.match_info["app"]
+        async with self.lock:
+            specs = dict(self.proxy.table.specs)
+            if name not in specs:
+                return _error(404, f"no app named {name!r}")
+            del specs[name]
+            generation = await self.proxy.apply(specs)
+        return web.json_response({"generation": generation})
+
+    async def targets(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"targets": {a: t.to_json() for a, t in sorted(self.proxy.targets.items())}}
+        )
+
+    async def drain(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        addresses = _address_list(body)
+        wait = body.get("wait", 0)
+        if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= 3600:
+            raise RouteTableError("wait: expected a number of seconds between 0 and 3600")
+        self.proxy.drain(addresses)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + float(wait)
+        while True:
+            busy = self.proxy.busy(addresses)
+            drained = all(b["in_flight"] + b["tunnels"] == 0 for b in busy.values())
+            if drained or loop.time() >= end:
+                return web.json_response({"drained": drained, "targets": busy})
+            await asyncio.sleep(0.02)
+
+    async def undrain(self, request: web.Request) -> web.Response:
+        self.proxy.drain(_address_list(await _json_body(request)), draining=False)
+        return web.json_response({"ok": True})
+
+    async def metrics_text(self, request: web.Request) -> web.Response:
+        return web.Response(
+            text=self.proxy.metrics.to_prometheus(), content_type="text/plain", charset="utf-8"
+        )
+
+    async def metrics_json(self, request: web.Request) -> web.Response:
+        return web.json_response(self.proxy.metrics.to_json())

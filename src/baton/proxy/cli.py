@@ -1,0 +1,121 @@
+"""``baton proxy``: run the data plane in this process (uvloop), until SIGTERM/SIGINT.
+
+Signal handlers only set an event; the main coroutine then stops accepting, lets in-flight
+requests finish (up to ``--drain-deadline``) and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import resource
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from baton.errors import RouteTableError
+from baton.proxy.admin import AdminAPI
+from baton.proxy.health import HealthChecker
+from baton.proxy.routing import parse_address, parse_table
+from baton.proxy.server import Proxy, ProxySettings
+
+
+def _raise_nofile_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def serve(
+    listen: list[str], admin: str, settings: ProxySettings, routes: Path | None = None
+) -> None:
+    proxy = Proxy(settings)
+    health = HealthChecker(proxy)
+    for address in listen:
+        await proxy.listen(address)
+    if routes is not None:
+        await proxy.apply(parse_table(json.loads(routes.read_text())))
+    api = AdminAPI(proxy)
+    await api.start(admin)
+    proxy.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"baton proxy: listening on {', '.join(sorted(proxy.servers))}, admin {admin}", flush=True)
+    await stop.wait()
+    health.stop()
+    await proxy.shutdown(settings.drain_deadline)
+    await api.stop()
+
+
+def _seconds(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    from baton.config import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.command("proxy")
+@click.option(
+    "--listen",
+    "listen",
+    multiple=True,
+    default=["127.0.0.1:8080"],
+    show_default=True,
+    help="Address to accept clients on (repeatable).",
+)
+@click.option("--admin", required=True, type=click.Path(dir_okay=False), help="Admin Unix socket path.")
+@click.option(
+    "--routes",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Route table JSON to load at start.",
+)
+@click.option("--header-timeout", default="10s", callback=_seconds, show_default=True)
+@click.option("--keepalive-timeout", default="75s", callback=_seconds, show_default=True)
+@click.option("--max-header-size", default=65536, type=click.IntRange(1024, 1 << 24), show_default=True)
+@click.option("--upstream-idle-timeout", default="2s", callback=_seconds, show_default=True)
+@click.option("--upstream-max-idle", default=64, type=click.IntRange(0, 100000), show_default=True)
+@click.option("--drain-deadline", default="30s", callback=_seconds, show_default=True)
+def proxy_command(
+    listen: tuple[str, ...],
+    admin: str,
+    routes: Path | None,
+    header_timeout: float,
+    keepalive_timeout: float,
+    max_header_size: int,
+    upstream_idle_timeout: float,
+    upstream_max_idle: int,
+    drain_deadline: float,
+) -> None:
+    """Run Baton's reverse proxy (the data plane)."""
+    for address in listen:
+        try:
+            parse_address(address, "--listen")
+        except RouteTableError as exc:
+            raise click.BadParameter(str(exc), param_hint="--listen") from None
+    settings = ProxySettings(
+        header_timeout=header_timeout,
+        keepalive_timeout=keepalive_timeout,
+        max_header_size=max_header_size,
+        upstream_idle_timeout=upstream_idle_timeout,
+        upstream_max_idle=upstream_max_idle,
+        drain_deadline=drain_deadline,
+    )
+    logging.basicConfig(level=logging.WARNING, format="baton proxy: %(message)s")
+    _raise_nofile_limit()
+    import uvloop
+
+    try:
+        uvloop.run(serve(list(listen), admin, settings, routes))
+    except OSError as exc:
+        click.echo(f"baton proxy: cannot start: {exc}", err=True)
+        sys.exit(1)
+    except RouteTableError as exc:
+        click.echo(f"baton proxy: {routes}: {exc}", err=True)
+        sys.exit(2)

@@ -1,0 +1,442 @@
+"""The route table: one immutable snapshot of where every request goes.
+
+Theory of operation. The control plane sends the whole table (or one app of it) as JSON;
+``parse_table`` validates it into plain frozen specs, and ``RouteTable.build`` binds those
+specs to the proxy's live objects (target states and release metrics, supplied by
+factories so this module stays free of I/O). The proxy holds exactly one ``RouteTable``
+reference and swaps it in one assignment: that swap is the cutover. A request is matched
+once, when its headers are complete, against the table current at that moment.
+
+Matching rules (per listen address): an app's hosts are exact names or ``*.suffix``; an
+empty host list matches any Host. Exact names win over wildcards (longer suffix first),
+wildcards over any-host apps; within the winning class the longest matching path prefix
+wins, a prefix matching on a path-segment boundary only (``/api`` matches ``/api`` and
+``/api/x``, not ``/apix``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from baton.errors import RouteTableError
+
+DEFAULT_LISTEN = "127.0.0.1:8080"
+_APP_KEYS = {
+    "listen",
+    "hosts",
+    "path_prefix",
+    "releases",
+    "health",
+    "connect_timeout",
+    "response_timeout",
+}
+_RELEASE_KEYS = {"name", "weight", "targets"}
+_HEALTH_KEYS = {"kind", "path", "interval", "timeout", "rise", "fall"}
+
+
+@dataclass(frozen=True)
+class HealthSpec:
+    kind: str = "tcp"  # "tcp" | "http"
+    path: str | None = None
+    interval: float = 2.0
+    timeout: float = 1.0
+    rise: int = 2
+    fall: int = 3
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "path": self.path,
+            "interval": self.interval,
+            "timeout": self.timeout,
+            "rise": self.rise,
+            "fall": self.fall,
+        }
+
+
+@dataclass(frozen=True)
+class ReleaseSpec:
+    name: str
+    weight: int
+    targets: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "weight": self.weight, "targets": list(self.targets)}
+
+
+@dataclass(frozen=True)
+class AppSpec:
+    name: str
+    listen: str
+    hosts: tuple[str, ...]
+    path_prefix: str
+    releases: tuple[ReleaseSpec, ...]
+    health: HealthSpec
+    connect_timeout: float = 5.0
+    response_timeout: float = 60.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "listen": self.listen,
+            "hosts": list(self.hosts),
+            "path_prefix": self.path_prefix,
+            "releases": [r.to_json() for r in self.releases],
+            "health": self.health.to_json(),
+            "connect_timeout": self.connect_timeout,
+            "response_timeout": self.response_timeout,
+        }
+
+
+# ---------------------------------------------------------------------------------------
+# Validation: JSON -> specs. Every error names the field and what was expected.
+
+
+def _fail(where: str, expected: str, got: object) -> RouteTableError:
+    return RouteTableError(f"{where}: expected {expected}, got {got!r}")
+
+
+def parse_address(value: object, where: str) -> tuple[str, int]:
+    """Parse ``host:port`` (IPv4, hostname, or ``[v6]:port``)."""
+    if not isinstance(value, str) or ":" not in value:
+        raise _fail(where, "an address like 127.0.0.1:8080", value)
+    host, _, port_s = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or not port_s.isdigit() or not 0 < int(port_s) < 65536:
+        raise _fail(where, "an address like 127.0.0.1:8080", value)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost" and not all(
+            part and (part.replace("-", "").isalnum()) for part in host.split(".")
+        ):
+            raise _fail(where, "an address like 127.0.0.1:8080", value) from None
+    return host, int(port_s)
+
+
+def _number(value: object, where: str, *, minimum: float, maximum: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail(where, "a number", value)
+    if not minimum <= value <= maximum:
+        raise _fail(where, f"a number between {minimum:g} and {maximum:g}", value)
+    return float(value)
+
+
+def _integer(value: object, where: str, *, minimum: int, maximum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(where, "an integer", value)
+    if not minimum <= value <= maximum:
+        raise _fail(where, f"an integer between {minimum} and {maximum}", value)
+    return value
+
+
+def _check_keys(obj: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(obj) - allowed)
+    if unknown:
+        raise RouteTableError(
+            f"{where}: unknown field {unknown[0]!r} (expected one of: {', '.join(sorted(allowed))})"
+        )
+
+
+def _parse_host(value: object, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise _fail(where, "a host name or *.suffix", value)
+    host = value.lower()
+    name = host[2:] if host.startswith("*.") else host
+    if not name or any(not part or not part.replace("-", "").isalnum() for part in name.split(".")):
+        raise _fail(where, "a host name or *.suffix", value)
+    return host
+
+
+def parse_health(value: object, where: str) -> HealthSpec:
+    if value is None:
+        return HealthSpec()
+    if not isinstance(value, dict):
+        raise _fail(where, "an object", value)
+    _check_keys(value, _HEALTH_KEYS, where)
+    kind = value.get("kind", "tcp")
+    if kind not in ("tcp", "http"):
+        raise _fail(f"{where}.kind", '"tcp" or "http"', kind)
+    path = value.get("path")
+    if kind == "http":
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise _fail(f"{where}.path", "a path starting with / (required for http)", path)
+    elif path is not None and (not isinstance(path, str) or not path.startswith("/")):
+        raise _fail(f"{where}.path", "a path starting with /", path)
+    return HealthSpec(
+        kind=kind,
+        path=path,
+        interval=_number(value.get("interval", 2.0), f"{where}.interval", minimum=0.01, maximum=3600),
+        timeout=_number(value.get("timeout", 1.0), f"{where}.timeout", minimum=0.01, maximum=3600),
+        rise=_integer(value.get("rise", 2), f"{where}.rise", minimum=1, maximum=100),
+        fall=_integer(value.get("fall", 3), f"{where}.fall", minimum=1, maximum=100),
+    )
+
+
+def parse_app(name: object, value: object) -> AppSpec:
+    if not isinstance(name, str) or not name or len(name) > 64:
+        raise _fail("app name", "a non-empty string", name)
+    where = f"apps.{name}"
+    if not isinstance(value, dict):
+        raise _fail(where, "an object", value)
+    _check_keys(value, _APP_KEYS, where)
+    listen = value.get("listen", DEFAULT_LISTEN)
+    parse_address(listen, f"{where}.listen")
+    hosts_v = value.get("hosts", [])
+    if not isinstance(hosts_v, list):
+        raise _fail(f"{where}.hosts", "a list of host names", hosts_v)
+    hosts = tuple(_parse_host(h, f"{where}.hosts[{i}]") for i, h in enumerate(hosts_v))
+    prefix = value.get("path_prefix", "/")
+    if not isinstance(prefix, str) or not prefix.startswith("/") or any(c in prefix for c in "?# "):
+        raise _fail(f"{where}.path_prefix", "a path starting with /", prefix)
+    if len(prefix) > 1:
+        prefix = prefix.rstrip("/") or "/"
+    releases_v = value.get("releases")
+    if not isinstance(releases_v, list) or not releases_v:
+        raise _fail(f"{where}.releases", "a non-empty list of releases", releases_v)
+    releases: list[ReleaseSpec] = []
+    seen: set[str] = set()
+    for i, rel in enumerate(releases_v):
+        rwhere = f"{where}.releases[{i}]"
+        if not isinstance(rel, dict):
+            raise _fail(rwhere, "an object", rel)
+        _check_keys(rel, _RELEASE_KEYS, rwhere)
+        rname = rel.get("name")
+        if not isinstance(rname, str) or not rname or len(rname) > 128:
+            raise _fail(f"{rwhere}.name", "a non-empty string", rname)
+        if rname in seen:
+            raise RouteTableError(f"{rwhere}.name: duplicate release name {rname!r}")
+        seen.add(rname)
+        weight = _integer(rel.get("weight", 100), f"{rwhere}.weight", minimum=0, maximum=100)
+        targets_v = rel.get("targets")
+        if not isinstance(targets_v, list):
+            raise _fail(f"{rwhere}.targets", "a list of host:port", targets_v)
+        targets: list[str] = []
+        for j, t in enumerate(targets_v):
+            host, port = parse_address(t, f"{rwhere}.targets[{j}]")
+            addr = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+            if addr in targets:
+                raise RouteTableError(f"{rwhere}.targets[{j}]: duplicate target {t!r}")
+            targets.append(addr)
+        releases.append(ReleaseSpec(rname, weight, tuple(targets)))
+    return AppSpec(
+        name=name,
+        listen=listen,
+        hosts=hosts,
+        path_prefix=prefix,
+        releases=tuple(releases),
+        health=parse_health(value.get("health"), f"{where}.health"),
+        connect_timeout=_number(
+            value.get("connect_timeout", 5.0), f"{where}.connect_timeout", minimum=0.01, maximum=600
+        ),
+        response_timeout=_number(
+            value.get("response_timeout", 60.0),
+            f"{where}.response_timeout",
+            minimum=0.01,
+            maximum=86400,
+        ),
+    )
+
+
+def parse_table(value: object) -> dict[str, AppSpec]:
+    """Validate a whole table ``{"apps": {...}}``; raise RouteTableError naming the field."""
+    if not isinstance(value, dict):
+        raise _fail("route table", 'an object like {"apps": {...}}', value)
+    _check_keys(value, {"apps"}, "route table")
+    apps_v = value.get("apps", {})
+    if not isinstance(apps_v, dict):
+        raise _fail("apps", "an object mapping app names to apps", apps_v)
+    apps = {name: parse_app(name, app) for name, app in apps_v.items()}
+    check_conflicts(apps)
+    return apps
+
+
+def check_conflicts(apps: Mapping[str, AppSpec]) -> None:
+    """Two apps may not claim the same (listen, host, prefix): the route would be ambiguous."""
+    claimed: dict[tuple[str, str, str], str] = {}
+    for app in apps.values():
+        for host in app.hosts or ("",):
+            key = (app.listen, host, app.path_prefix)
+            other = claimed.get(key)
+            if other is not None:
+                shown = host or "any host"
+                raise RouteTableError(
+                    f"apps.{app.name}: route {shown}{app.path_prefix} on {app.listen} "
+                    f"is already used by app {other!r}"
+                )
+            claimed[key] = app.name
+
+
+# ---------------------------------------------------------------------------------------
+# The live table: specs bound to target states and metrics.
+
+T = TypeVar("T")
+M = TypeVar("M")
+
+
+@dataclass(eq=False)
+class Release(Generic[T, M]):
+    name: str
+    weight: int
+    targets: tuple[T, ...]
+    metrics: M
+
+
+@dataclass(eq=False)
+class App(Generic[T, M]):
+    spec: AppSpec
+    releases: tuple[Release[T, M], ...]
+    # Releases that receive ordinary traffic (weight > 0), and their cumulative weights.
+    weighted: tuple[Release[T, M], ...] = ()
+    cumulative: tuple[int, ...] = ()
+    by_name: dict[str, Release[T, M]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def pick_release(self, rand: Callable[[], float] = random.random) -> Release[T, M] | None:
+        """Choose a release by weight (None when every weight is 0)."""
+        weighted = self.weighted
+        if len(weighted) == 1:
+            return weighted[0]
+        if not weighted:
+            return None
+        point = rand() * self.cumulative[-1]
+        for rel, upto in zip(weighted, self.cumulative, strict=True):
+            if point < upto:
+                return rel
+        return weighted[-1]
+
+
+class _Listener(Generic[T, M]):
+    """Apps sharing one listen address, indexed for matching."""
+
+    def __init__(self, apps: list[App[T, M]]) -> None:
+        def by_prefix(items: list[App[T, M]]) -> tuple[App[T, M], ...]:
+            return tuple(sorted(items, key=lambda a: len(a.spec.path_prefix), reverse=True))
+
+        exact: dict[str, list[App[T, M]]] = {}
+        wild: dict[str, list[App[T, M]]] = {}
+        anyhost: list[App[T, M]] = []
+        for app in apps:
+            if not app.spec.hosts:
+                anyhost.append(app)
+            for host in app.spec.hosts:
+                if host.startswith("*."):
+                    wild.setdefault(host[1:], []).append(app)  # key ".example.com"
+                else:
+                    exact.setdefault(host, []).append(app)
+        self.exact = {h: by_prefix(a) for h, a in exact.items()}
+        self.wild = tuple(
+            (suffix, by_prefix(a))
+            for suffix, a in sorted(wild.items(), key=lambda kv: len(kv[0]), reverse=True)
+        )
+        self.anyhost = by_prefix(anyhost)
+        # The common case (one app, any host, prefix "/") skips all matching work.
+        self.only: App[T, M] | None = None
+        if len(apps) == 1 and not self.exact and not self.wild and apps[0].spec.path_prefix == "/":
+            self.only = apps[0]
+
+    def match(self, host: str, path: str) -> App[T, M] | None:
+        if self.only is not None:
+            return self.only
+        if host:
+            candidates = self.exact.get(host)
+            if candidates:
+                found = _match_prefix(candidates, path)
+                if found is not None:
+                    return found
+            for suffix, apps in self.wild:
+                if host.endswith(suffix):
+                    found = _match_prefix(apps, path)
+                    if found is not None:
+                        return found
+        return _match_prefix(self.anyhost, path)
+
+
+def _match_prefix(apps: tuple[App[T, M], ...], path: str) -> App[T, M] | None:
+    for app in apps:
+        prefix = app.spec.path_prefix
+        if prefix == "/":
+            return app
+        if path.startswith(prefix):
+            rest = path[len(prefix) : len(prefix) + 1]
+            if rest in ("", "/", "?"):
+                return app
+    return None
+
+
+def normalise_host(raw: bytes | None) -> str:
+    """Host header -> lower-case name without port (IPv6 literals keep their brackets)."""
+    if not raw:
+        return ""
+    host = raw.decode("latin-1").strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        return host[: end + 1] if end > 0 else host
+    colon = host.find(":")
+    return host if colon < 0 else host[:colon]
+
+
+class RouteTable(Generic[T, M]):
+    """An immutable snapshot; build a new one to change anything."""
+
+    def __init__(self, specs: Mapping[str, AppSpec], apps: dict[str, App[T, M]], generation: int):
+        self.specs = dict(specs)
+        self.apps = apps
+        self.generation = generation
+        grouped: dict[str, list[App[T, M]]] = {}
+        for app in apps.values():
+            grouped.setdefault(app.spec.listen, []).append(app)
+        self.listeners: dict[str, _Listener[T, M]] = {k: _Listener(v) for k, v in grouped.items()}
+
+    @classmethod
+    def build(
+        cls,
+        specs: Mapping[str, AppSpec],
+        target: Callable[[str, AppSpec], T],
+        metrics: Callable[[str, str], M],
+        generation: int,
+    ) -> RouteTable[T, M]:
+        apps: dict[str, App[T, M]] = {}
+        for name, spec in specs.items():
+            releases = tuple(
+                Release(
+                    name=r.name,
+                    weight=r.weight,
+                    targets=tuple(target(t, spec) for t in r.targets),
+                    metrics=metrics(name, r.name),
+                )
+                for r in spec.releases
+            )
+            weighted = tuple(r for r in releases if r.weight > 0)
+            cumulative: list[int] = []
+            total = 0
+            for r in weighted:
+                total += r.weight
+                cumulative.append(total)
+            apps[name] = App(
+                spec=spec,
+                releases=releases,
+                weighted=weighted,
+                cumulative=tuple(cumulative),
+                by_name={r.name: r for r in releases},
+            )
+        return cls(specs, apps, generation)
+
+    def match(self, listen: str, host: str, path: str) -> App[T, M] | None:
+        listener = self.listeners.get(listen)
+        if listener is None:
+            return None
+        return listener.match(host, path)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "generation": self.generation,
+            "apps": {name: spec.to_json() for name, spec in self.specs.items()},
+        }

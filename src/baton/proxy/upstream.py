@@ -1,0 +1,311 @@
+"""Targets and the connections Baton keeps to them.
+
+Theory of operation. A ``Target`` is one ``host:port`` an app instance listens on. It lives
+in the proxy's target registry (not in the route table) so that its counters survive a
+table swap: a target removed from the table keeps counting the requests and tunnels it
+still serves until they end, which is what draining waits for. A target owns a LIFO pool
+of idle keep-alive ``UpstreamConnection``s, bounded in size and closed after an idle time
+shorter than typical app servers' keep-alive, so Baton, not the app, closes idle
+connections (the app closing one just as Baton reuses it is the classic lost request).
+
+An ``UpstreamConnection`` parses one response at a time with httptools and writes it to the
+client connection that owns the exchange, batching what one ``data_received`` produced
+into a single write. It never decides about retries: it tells its client what happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from baton.proxy.http import FRAME_CHUNKED, FRAME_NONE, LAST_CHUNK, chunk, client_head
+
+if TYPE_CHECKING:
+    from baton.proxy.server import ClientConnection, Exchange
+
+
+class Target:
+    """One upstream address with its live counters, health and idle pool."""
+
+    __slots__ = (
+        "address",
+        "connect_failures",
+        "draining",
+        "fail_streak",
+        "healthy",
+        "host",
+        "idle",
+        "in_flight",
+        "ok_streak",
+        "port",
+        "routed",
+        "tunnels",
+    )
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        host, _, port = address.rpartition(":")
+        self.host = host.strip("[]")
+        self.port = int(port)
+        self.in_flight = 0
+        self.tunnels = 0
+        self.healthy = True
+        self.draining = False
+        self.routed = True
+        self.connect_failures = 0
+        self.ok_streak = 0
+        self.fail_streak = 0
+        self.idle: list[UpstreamConnection] = []
+
+    @property
+    def available(self) -> bool:
+        return self.healthy and not self.draining
+
+    @property
+    def busy(self) -> int:
+        return self.in_flight + self.tunnels
+
+    def pop_idle(self) -> UpstreamConnection | None:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return conn
+        return None
+
+    def put_idle(self, conn: UpstreamConnection, max_idle: int) -> None:
+        if not self.routed or len(self.idle) >= max_idle or conn.closed:
+            conn.close()
+            return
+        conn.idle_since = time.monotonic()
+        self.idle.append(conn)
+
+    def close_idle(self, older_than: float | None = None) -> None:
+        """Close idle connections (all, or those idle since before ``older_than``)."""
+        if older_than is None:
+            conns, self.idle = self.idle, []
+        else:
+            conns = [c for c in self.idle if c.idle_since < older_than]
+            if not conns:
+                return
+            self.idle = [c for c in self.idle if c.idle_since >= older_than]
+        for conn in conns:
+            conn.close()
+
+    def record_health(self, ok: bool, rise: int, fall: int) -> None:
+        """Active check result: ``rise`` successes in a row heal, ``fall`` failures eject."""
+        if ok:
+            self.fail_streak = 0
+            self.ok_streak += 1
+            if not self.healthy and self.ok_streak >= rise:
+                self.healthy = True
+                self.connect_failures = 0
+        else:
+            self.ok_streak = 0
+            self.fail_streak += 1
+            if self.healthy and self.fail_streak >= fall:
+                self.healthy = False
+                self.close_idle()
+
+    def connect_failed(self, eject_after: int) -> None:
+        """Passive ejection: consecutive connect failures take the target out of rotation."""
+        self.connect_failures += 1
+        self.ok_streak = 0
+        if self.connect_failures >= eject_after and self.healthy:
+            self.healthy = False
+            self.close_idle()
+
+    def connect_succeeded(self) -> None:
+        self.connect_failures = 0
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "in_flight": self.in_flight,
+            "tunnels": self.tunnels,
+            "healthy": self.healthy,
+            "draining": self.draining,
+            "routed": self.routed,
+            "idle_connections": len(self.idle),
+        }
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """A keep-alive HTTP/1.1 connection to one target, carrying one exchange at a time."""
+
+    __slots__ = (
+        "client",
+        "closed",
+        "done",
+        "ex",
+        "framing",
+        "got_bytes",
+        "head_only",
+        "headers",
+        "idle_since",
+        "out",
+        "parser",
+        "reason",
+        "skip",
+        "target",
+        "transport",
+        "until_close",
+        "upgraded",
+    )
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.client: ClientConnection | None = None
+        self.ex: Exchange | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.reason = b""
+        self.out: list[bytes] = []
+        self.framing = FRAME_NONE
+        self.got_bytes = False
+        self.done = False
+        self.skip = False
+        self.head_only = False
+        self.until_close = False
+        self.upgraded = False
+        self.closed = False
+        self.idle_since = 0.0
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def begin(self, client: ClientConnection, ex: Exchange) -> None:
+        self.client = client
+        self.ex = ex
+        self.headers = []
+        self.reason = b""
+        self.got_bytes = False
+        self.done = False
+        self.skip = False
+        self.head_only = False
+        self.until_close = False
+
+    def detach(self) -> None:
+        self.client = None
+        self.ex = None
+
+    def close(self) -> None:
+        self.closed = True
+        self.client = None
+        self.ex = None
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        client = self.client
+        self.client = None
+        if client is None:
+            return
+        if self.upgraded:
+            client.tunnel_closed(self)
+        else:
+            client.upstream_lost(self)
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too; connection_lost reports it
+
+    def pause_writing(self) -> None:
+        if self.client is not None:
+            self.client.pause_reading_for_upstream()
+
+    def resume_writing(self) -> None:
+        if self.client is not None:
+            self.client.resume_reading_for_upstream()
+
+    # -- bytes in ----------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        if client is None:
+            # Data on an idle pooled connection is a protocol error: never reuse it.
+            self.close()
+            return
+        if self.upgraded:
+            client.write(data)
+            return
+        self.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            rest = data[exc.args[0] :]
+            self._flush(client)
+            client.start_tunnel(self, rest)
+            return
+        except httptools.HttpParserError as exc:
+            self._flush(client)
+            client.upstream_broken(self, f"invalid response from upstream: {exc}")
+            return
+        self._flush(client)
+        if self.done:
+            self.done = False
+            if self.head_only:
+                # A HEAD response announced a body it will not send: start a fresh parser.
+                self.parser = httptools.HttpResponseParser(self)
+            client.response_done(self, reusable=self.head_only or self.parser.should_keep_alive())
+
+    def _flush(self, client: ClientConnection) -> None:
+        out = self.out
+        if out:
+            client.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+
+    # -- httptools callbacks -----------------------------------------------------------
+
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200 and status != 101:
+            self.skip = True  # informational (100, 103): Baton answers 100-continue itself
+            self.headers = []
+            self.reason = b""
+            return
+        ex = self.ex
+        assert ex is not None
+        info = client_head(
+            status,
+            self.reason,
+            self.headers,
+            head_request=ex.method == b"HEAD",
+            client_http11=ex.http11,
+            client_keep_alive=ex.keep_alive and not ex.upgrade,
+            upgrade=ex.upgrade,
+        )
+        self.framing = info.framing
+        self.until_close = info.until_close
+        ex.keep_alive = info.keep_alive
+        self.out.append(info.head)
+        ex.response_started(status)
+        if ex.method == b"HEAD":
+            self.head_only = True
+            self.done = True
+
+    def on_body(self, body: bytes) -> None:
+        if self.skip or self.head_only:
+            return
+        self.out.append(chunk(body) if self.framing == FRAME_CHUNKED else body)
+
+    def on_message_complete(self) -> None:
+        if self.skip:
+            self.skip = False
+            return
+        if self.head_only:
+            return
+        if self.framing == FRAME_CHUNKED:
+            self.out.append(LAST_CHUNK)
+        self.done = True
