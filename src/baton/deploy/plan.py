@@ -1,0 +1,323 @@
+"""Deploy planning: pure functions from (what runs now, the new release, the strategy) to steps.
+
+Nothing here does I/O. The engine asks this module *what* to do: the list of steps of a
+deployment (``plan_deploy``), the route table to send to the proxy for a set of release
+pools (``app_route``, ``route_table``, ``split_weights``), whether a release failed its
+verification (``judge``), and, after a crash, whether an unfinished deployment is finished
+or undone (``plan_recovery``). The engine then does it, persisting each step first.
+
+Theory of operation:
+- Blue-green starts every new instance, waits for all of them, and moves the whole app in
+  one snapshot: the new release gets weight 100, the old one weight 0 (still in the table,
+  still running, so switching back is one more snapshot). After ``verify`` the old release
+  is drained (the proxy waits for its in-flight requests and tunnels) and stopped, or kept
+  warm with weight 0 for ``keep_previous``.
+- Rolling works in batches of ``max_surge`` instances: start them, wait until they are
+  ready, then one snapshot adds them and removes as many old instances, which are drained,
+  then stopped. Weights follow instance counts, so every instance gets an equal share.
+  Rolling bounds the extra capacity, so nothing of the old release stays warm; a failed
+  verification rolls the previous release back out the same way.
+- Verification needs at least ``MIN_VERIFY_REQUESTS`` requests to the new release before it
+  judges: an error rate measured on a handful of requests says nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+StepKind = Literal[
+    "pre_deploy",
+    "start",
+    "ready",
+    "smoke_test",
+    "switch",
+    "verify",
+    "drain",
+    "stop",
+    "keep_warm",
+    "post_deploy",
+]
+
+STRATEGIES = ("blue-green", "rolling")
+
+# Below this many requests to the new release during ``verify``, its error rate is not judged.
+MIN_VERIFY_REQUESTS = 20
+
+# Steps after which no user traffic has moved yet: a crash there is undone.
+_BEFORE_TRAFFIC: frozenset[str] = frozenset({"lock", "pre_deploy", "start", "ready", "smoke_test"})
+# Steps after a passed verification: a crash there is finished.
+_AFTER_VERIFY: frozenset[str] = frozenset({"drain", "stop", "keep_warm", "post_deploy", "done"})
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a deployment.
+
+    ``new`` are indexes of the new release's instances the step acts on; ``old`` are ids of
+    the old instances it acts on (for a switch: the ones leaving the table). ``batch`` is the
+    rolling batch number (None for blue-green).
+    """
+
+    kind: StepKind
+    new: tuple[int, ...] = ()
+    old: tuple[int, ...] = ()
+    batch: int | None = None
+
+    @property
+    def label(self) -> str:
+        """What the store records as the deployment's step: ``switch`` or ``switch#2``."""
+        return self.kind if self.batch is None else f"{self.kind}#{self.batch}"
+
+
+def parse_step(label: str) -> tuple[str, int | None]:
+    """The inverse of ``Step.label``: ``"start#2"`` -> ``("start", 2)``."""
+    kind, sep, batch = label.partition("#")
+    return kind, (int(batch) if sep and batch.isdigit() else None)
+
+
+def plan_deploy(
+    strategy: str,
+    *,
+    new_count: int,
+    old: Sequence[int],
+    max_surge: int = 1,
+    pre_deploy: bool = False,
+    smoke_test: bool = False,
+    verify: bool = False,
+    keep_warm: bool = False,
+    post_deploy: bool = False,
+) -> list[Step]:
+    """The steps that replace the instances ``old`` (ids) by ``new_count`` new instances."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
+    if new_count < 1:
+        raise ValueError("a release needs at least one instance")
+    old = tuple(old)
+    steps: list[Step] = []
+    if pre_deploy:
+        steps.append(Step("pre_deploy"))
+    if strategy == "blue-green":
+        everyone = tuple(range(new_count))
+        steps += [Step("start", new=everyone), Step("ready", new=everyone)]
+        if smoke_test:
+            steps.append(Step("smoke_test", new=(0,)))
+        steps.append(Step("switch", new=everyone, old=old))
+        if verify:
+            steps.append(Step("verify", new=everyone))
+        if old:
+            steps.append(Step("drain", old=old))
+            steps.append(Step("keep_warm" if keep_warm else "stop", old=old))
+    else:
+        surge = max(1, max_surge)
+        batches = [tuple(range(i, min(i + surge, new_count))) for i in range(0, new_count, surge)]
+        for number, chunk in enumerate(batches):
+            last = number == len(batches) - 1
+            leaving = old[number * surge :] if last else old[number * surge : (number + 1) * surge]
+            steps += [
+                Step("start", new=chunk, batch=number),
+                Step("ready", new=chunk, batch=number),
+            ]
+            if smoke_test and number == 0:
+                steps.append(Step("smoke_test", new=(chunk[0],), batch=number))
+            steps.append(Step("switch", new=chunk, old=leaving, batch=number))
+            if leaving:
+                steps.append(Step("drain", old=leaving, batch=number))
+                steps.append(Step("stop", old=leaving, batch=number))
+        if verify:
+            steps.append(Step("verify", new=tuple(range(new_count))))
+    if post_deploy:
+        steps.append(Step("post_deploy"))
+    return steps
+
+
+# -- route tables ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A release as the proxy sees it: a name, a weight and its targets."""
+
+    release: str
+    weight: int
+    targets: tuple[str, ...]
+
+
+def split_weights(counts: Sequence[int]) -> list[int]:
+    """Integer weights summing to 100, proportional to ``counts`` (largest remainder).
+
+    A pool with at least one instance gets at least weight 1, so it is never starved.
+    """
+    total = sum(counts)
+    if total <= 0:
+        return [0 for _ in counts]
+    exact = [100 * c / total for c in counts]
+    weights = [max(int(x), 1 if c > 0 else 0) for x, c in zip(exact, counts, strict=True)]
+    by_remainder = sorted(
+        (i for i, c in enumerate(counts) if c > 0),
+        key=lambda i: exact[i] - int(exact[i]),
+        reverse=True,
+    )
+    missing = 100 - sum(weights)  # between -len(counts) and len(counts): the loops are short
+    for k in range(max(0, missing)):
+        weights[by_remainder[k % len(by_remainder)]] += 1
+    for _ in range(max(0, -missing)):
+        biggest = max(range(len(weights)), key=lambda j: weights[j])
+        weights[biggest] -= 1
+    return weights
+
+
+def health_route(health: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The proxy's active health check for an app's ``health`` config section."""
+    health = health or {}
+    path = health.get("path")
+    interval = max(float(health.get("interval") or 1.0), 0.5)
+    timeout = float(health.get("timeout") or 1.0)
+    if path:
+        return {
+            "kind": "http",
+            "path": path,
+            "interval": interval,
+            "timeout": timeout,
+            "rise": 2,
+            "fall": 3,
+        }
+    return {"kind": "tcp", "interval": interval, "timeout": timeout, "rise": 2, "fall": 3}
+
+
+def primary_release(pools: Sequence[Pool]) -> str | None:
+    """The pool whose release config sets the app's listen/hosts/health: most weight, newest."""
+    routed = [p for p in pools if p.targets]
+    if not routed:
+        return None
+    best = routed[0]
+    for pool in routed[1:]:
+        if pool.weight >= best.weight:
+            best = pool
+    return best.release
+
+
+def app_route(config: Mapping[str, Any], pools: Sequence[Pool]) -> dict[str, Any] | None:
+    """One app's entry of the route table, or None when no pool has a target."""
+    routed = [p for p in pools if p.targets]
+    if not routed:
+        return None
+    proxy = config.get("proxy") or {}
+    return {
+        "listen": proxy.get("listen") or "127.0.0.1:8080",
+        "hosts": list(proxy.get("hosts") or []),
+        "path_prefix": proxy.get("path_prefix") or "/",
+        "releases": [
+            {"name": p.release, "weight": p.weight, "targets": list(p.targets)} for p in routed
+        ],
+        "health": health_route(config.get("health")),
+    }
+
+
+def route_table(apps: Mapping[str, dict[str, Any] | None]) -> dict[str, Any]:
+    """The whole table: every app that has something to route."""
+    return {"apps": {name: route for name, route in sorted(apps.items()) if route is not None}}
+
+
+def live_version(pools: Sequence[Pool]) -> str | None:
+    """The release that takes all the traffic, or None while traffic is split (or absent)."""
+    taking = [p for p in pools if p.targets and p.weight > 0]
+    return taking[0].release if len(taking) == 1 else None
+
+
+# -- verification ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Counts:
+    requests: int = 0
+    errors: int = 0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    failing: bool
+    requests: int
+    errors: int
+    rate: float
+
+    def describe(self, max_error_rate: float) -> str:
+        return (
+            f"{self.errors} of {self.requests} requests failed ({self.rate:.1%};"
+            f" the limit is {max_error_rate:.1%})"
+        )
+
+
+def release_counts(metrics: Mapping[str, Any], app: str, release: str) -> Counts:
+    """Cumulative request and 5xx counts of one release from the proxy's ``/metrics.json``."""
+    try:
+        data = metrics["apps"][app]["releases"][release]
+    except (KeyError, TypeError):
+        return Counts()
+    classes = data.get("requests") or {}
+    requests = sum(int(v) for v in classes.values())
+    return Counts(requests=requests, errors=int(classes.get("5xx", 0)))
+
+
+def judge(
+    before: Counts,
+    now: Counts,
+    max_error_rate: float,
+    min_requests: int = MIN_VERIFY_REQUESTS,
+) -> Verdict:
+    """Whether the requests since ``before`` show an error rate above ``max_error_rate``."""
+    requests = max(0, now.requests - before.requests)
+    errors = max(0, now.errors - before.errors)
+    rate = errors / requests if requests else 0.0
+    return Verdict(
+        failing=requests >= min_requests and rate > max_error_rate,
+        requests=requests,
+        errors=errors,
+        rate=rate,
+    )
+
+
+# -- recovery after a crash --------------------------------------------------------------------
+
+Recovery = Literal["undo", "finish"]
+
+
+def plan_recovery(
+    step: str,
+    *,
+    has_previous: bool,
+    previous_alive: int,
+    new_alive: int,
+) -> tuple[Recovery, str]:
+    """Whether an unfinished deployment, stopped at ``step``, is undone or finished.
+
+    The aim is that the proxy ends up routing to exactly one release whose instances run:
+    - before any traffic moved (pre_deploy, start, ready, smoke test of the first batch): undo;
+    - after a passed verification (drain, stop, keep warm, post_deploy): finish;
+    - in between (switch, verify, a rolling batch, switching back): the previous release wins
+      while it still runs, else the new one if it runs.
+    """
+    kind, batch = parse_step(step)
+    if kind == "rollback":
+        return "undo", "it was switching back to the previous release"
+    if kind in _BEFORE_TRAFFIC and (batch is None or batch == 0):
+        return "undo", "no traffic had moved to the new release yet"
+    if kind in _AFTER_VERIFY and batch is None:
+        return "finish", "the new release had taken the traffic and passed verification"
+    if has_previous and previous_alive > 0 and (new_alive == 0 or previous_alive >= new_alive):
+        return "undo", "the previous release still runs"
+    if new_alive > 0:
+        return "finish", "the previous release no longer runs; the new one does"
+    return "undo", "neither release has a running instance"
+
+
+def unique_label(base: str, taken: Sequence[str]) -> str:
+    """``base``, or ``base-2``, ``base-3``... when the label is already used by the app."""
+    used = set(taken)
+    if base not in used:
+        return base
+    n = 2
+    while f"{base}-{n}" in used:
+        n += 1
+    return f"{base}-{n}"
