@@ -80,7 +80,7 @@ def wait_port_closed(port: int, timeout: float = 10.0, host: str = LOOPBACK) -> 
 class ManagedProcess:
     """One child process with a readiness check and a clean stop.
 
-    `port` and `unix_path` say what "ready" means (either, both, or neither: then ready is
+    `port` and `unix_socket` say what "ready" means (either, both, or neither: then ready is
     "still alive" right after the start). Use as a context manager, or call `start()` /
     `stop()`. On an exception inside the `with` block the child's stderr is printed, so a
     failing test shows what the child said.
@@ -91,7 +91,7 @@ class ManagedProcess:
         cmd: Sequence[str],
         *,
         port: int | None = None,
-        unix_path: str | os.PathLike[str] | None = None,
+        unix_socket: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
         name: str | None = None,
@@ -101,7 +101,7 @@ class ManagedProcess:
     ) -> None:
         self.cmd = [os.fspath(c) for c in cmd]
         self.port = port
-        self.unix_path = None if unix_path is None else os.fspath(unix_path)
+        self.unix_socket = None if unix_socket is None else os.fspath(unix_socket)
         self.env = dict(os.environ if env is None else env)
         self.cwd = os.fspath(cwd) if cwd is not None else None
         self.name = name or Path(self.cmd[0]).name
@@ -158,7 +158,7 @@ class ManagedProcess:
                     w
                     for w in (
                         f"port {self.port}" if self.port is not None else "",
-                        f"socket {self.unix_path}" if self.unix_path is not None else "",
+                        f"socket {self.unix_socket}" if self.unix_socket is not None else "",
                     )
                     if w
                 )
@@ -168,7 +168,7 @@ class ManagedProcess:
     def _ready(self) -> bool:
         if self.port is not None and not port_open(self.port):
             return False
-        return self.unix_path is None or unix_socket_open(self.unix_path)
+        return self.unix_socket is None or unix_socket_open(self.unix_socket)
 
     def stop(self, timeout: float | None = None) -> int | None:
         """SIGTERM, wait up to `timeout` (default `stop_timeout`), then SIGKILL the group."""
