@@ -1,0 +1,921 @@
+"""baton.yml: the one file a user writes, validated into typed models.
+
+This module owns the meaning of every config key: its type, its default, the values it
+accepts and the words of the error when it gets something else. It reads the file with
+``yaml.safe_load`` (rejecting duplicate keys), validates it with pydantic models that forbid
+unknown keys, and turns every validation failure into a ``ConfigError`` that names the file,
+the dotted key (``deploy.drain_timeout``, ``proxy.hosts[0]``) and what was expected. No
+pydantic message ever reaches a user. Durations are stored as float seconds and percentages
+as fractions, so the rest of Baton never parses a unit.
+
+Keys and defaults (``defaults_table()`` returns this table for the README):
+
+================================  ==============  ===================================================
+key                               default         meaning
+================================  ==============  ===================================================
+app                               (required)      app name, ``[a-z0-9-]+``
+runtime                           process         where instances run
+proxy.listen                      127.0.0.1:8080  address the proxy listens on for this app
+proxy.hosts                       []              Host names routed to the app (empty = any Host)
+proxy.path_prefix                 /               path prefix routed to the app
+run.command                       (required)      string (run by /bin/sh -c) or list (exec'd)
+run.cwd                           .               working directory, relative to baton.yml
+run.env                           {}              extra environment variables
+instances                         1               instances per release
+health.path                       none            readiness path (none = ready on TCP accept)
+health.interval                   100ms           time between readiness checks
+health.timeout                    2s              time-out of one readiness check
+health.success_threshold          2               consecutive 2xx answers needed
+deploy.strategy                   blue-green      blue-green or rolling
+deploy.max_surge                  1               rolling: instances replaced at a time
+deploy.ready_timeout              60s             time an instance has to become ready
+deploy.drain_timeout              30s             longest wait for in-flight requests to finish
+deploy.stop_timeout               10s             SIGTERM, then SIGKILL after this
+deploy.keep_previous              10m             how long the previous release stays warm
+deploy.verify                     10s             watch window after the switch (0 = off)
+deploy.max_error_rate             5%              error rate during verify that rolls back
+hooks.pre_deploy                  none            shell command before anything starts
+hooks.smoke_test                  none            shell command against a new instance
+hooks.post_deploy                 none            shell command after the deployment
+hooks.timeout                     10m             longest time a hook may run
+================================  ==============  ===================================================
+
+Accepted forms. A duration is a number of seconds (``30``, ``0.5``) or a string of one or more
+``<number><unit>`` parts with unit ``ms``, ``s``, ``m`` or ``h`` (``500ms``, ``2s``, ``1m30s``).
+A percentage is ``"5%"`` or a bare fraction between 0 and 1 (``0.05``); a bare number above 1
+is refused because ``5`` is ambiguous. ``health.interval`` may be longer or shorter than
+``health.timeout``: the first is the polling period, the second bounds one check.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import ipaddress
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from baton.errors import ConfigError
+
+# --------------------------------------------------------------------------- values
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_HINT = "a duration like 30s or 500ms"
+
+
+def _shown(value: object) -> str:
+    """How a bad value is quoted back to the user, in YAML's words rather than Python's."""
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return str(value)
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from ``"100ms"``, ``"2s"``, ``"10m"``, ``"1h"``, ``"1m30s"`` or a plain number.
+
+    Raises ``ValueError`` (with a message fit for a user) for negatives, NaN, infinities,
+    booleans and anything else.
+    """
+    seconds: float
+    if isinstance(value, bool):
+        raise ValueError(f"expected {_DURATION_HINT}, got {_shown(value)}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        if not text:
+            raise ValueError(f"expected {_DURATION_HINT}, got {_shown(value)}")
+        if text.startswith("-") and text != "-":
+            try:
+                parse_duration(text[1:])
+            except ValueError:
+                raise ValueError(f"expected {_DURATION_HINT}, got {_shown(value)}") from None
+            raise ValueError(f"expected a duration of 0 or more (like 30s), got {_shown(value)}")
+        try:
+            seconds = float(text)
+        except ValueError:
+            pos = 0
+            seconds = 0.0
+            for match in _DURATION_PART.finditer(text):
+                if match.start() != pos:
+                    break
+                seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+                pos = match.end()
+            if pos != len(text) or pos == 0:
+                raise ValueError(f"expected {_DURATION_HINT}, got {_shown(value)}") from None
+    else:
+        raise ValueError(f"expected {_DURATION_HINT}, got {_shown(value)}")
+    if math.isnan(seconds) or math.isinf(seconds):
+        raise ValueError(f"expected {_DURATION_HINT}, got {_shown(value)}")
+    if seconds < 0:
+        raise ValueError(f"expected a duration of 0 or more (like 30s), got {_shown(value)}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest readable form: 0.1 → ``100ms``, 90 → ``90s``, 600 → ``10m``, 3600 → ``1h``."""
+    if seconds < 1 and seconds != 0:
+        return f"{seconds * 1000:g}ms"
+    for unit, size in (("h", 3600.0), ("m", 60.0)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def parse_percent(value: object) -> float:
+    """A fraction in [0, 1] from ``"5%"`` (→ 0.05) or a bare fraction such as ``0.05``.
+
+    A bare number above 1 is refused rather than guessed at (``5`` could mean 5% or 500%).
+    """
+    hint = "a percentage like 5% (or a fraction between 0 and 1)"
+    if isinstance(value, bool):
+        raise ValueError(f"expected {hint}, got {_shown(value)}")
+    fraction: float
+    if isinstance(value, int | float):
+        fraction = float(value)
+    elif isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            fraction = float(value.strip()[:-1].strip()) / 100.0
+        except ValueError:
+            raise ValueError(f"expected {hint}, got {_shown(value)}") from None
+    elif isinstance(value, str):
+        try:
+            fraction = float(value.strip())
+        except ValueError:
+            raise ValueError(f"expected {hint}, got {_shown(value)}") from None
+    else:
+        raise ValueError(f"expected {hint}, got {_shown(value)}")
+    if math.isnan(fraction) or not 0.0 <= fraction <= 1.0:
+        raise ValueError(
+            "expected a percentage between 0% and 100% (like 5%, or a fraction such as 0.05), "
+            f"got {_shown(value)}"
+        )
+    return fraction
+
+
+def format_percent(fraction: float) -> str:
+    return f"{fraction * 100:g}%"
+
+
+# --------------------------------------------------------------------------- field types
+
+
+class _Kind:
+    """Marks a field's unit in its metadata so ``defaults_table`` can render the default."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+
+def _duration_at_least(minimum: float) -> Callable[[object], float]:
+    def check(value: object) -> float:
+        seconds = parse_duration(value)
+        if seconds < minimum:
+            raise ValueError(
+                f"expected a duration of at least {format_duration(minimum)}, got {_shown(value)}"
+            )
+        return seconds
+
+    return check
+
+
+def _int_at_least(minimum: int, maximum: int | None = None) -> Callable[[object], int]:
+    def check(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"expected an integer ≥ {minimum}, got {_shown(value)}")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"expected an integer ≤ {maximum}, got {_shown(value)}")
+        return value
+
+    return check
+
+
+def _string(what: str) -> Callable[[object], str]:
+    def check(value: object) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"expected {what}, got {_shown(value)}")
+        return value
+
+    return check
+
+
+def _one_of(*choices: str) -> Callable[[object], str]:
+    def check(value: object) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of: {', '.join(choices)}, got {_shown(value)}")
+        assert isinstance(value, str)
+        return value
+
+    return check
+
+
+def _optional_string(what: str) -> Callable[[object], str | None]:
+    inner = _string(what)
+
+    def check(value: object) -> str | None:
+        return None if value is None else inner(value)
+
+    return check
+
+
+Duration = Annotated[float, BeforeValidator(_duration_at_least(0.0)), _Kind("duration")]
+# Readiness polling and time-outs must be positive: zero would spin or never succeed.
+PositiveDuration = Annotated[float, BeforeValidator(_duration_at_least(0.01)), _Kind("duration")]
+Percent = Annotated[float, BeforeValidator(parse_percent), _Kind("percent")]
+
+_APP_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_HOST_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?$")
+# Set by the runtime for every instance; a user value would be silently overwritten.
+_RESERVED_ENV = {"PORT", "BATON_APP", "BATON_VERSION", "BATON_INSTANCE"}
+
+
+def _check_listen(value: object) -> str:
+    hint = "an address like 127.0.0.1:8080 (host:port)"
+    if not isinstance(value, str) or ":" not in value:
+        raise ValueError(f"expected {hint}, got {_shown(value)}")
+    host, _, port_s = value.rpartition(":")
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not bare or not port_s.isdigit() or not 0 < int(port_s) < 65536:
+        raise ValueError(f"expected {hint}, got {_shown(value)}")
+    try:
+        ipaddress.ip_address(bare)
+    except ValueError:
+        if bare != host or not all(_HOST_LABEL.match(p) for p in bare.lower().split(".")):
+            raise ValueError(f"expected {hint}, got {_shown(value)}") from None
+    return value
+
+
+def _check_host(value: object) -> str:
+    hint = "a host name like shop.example.com or *.example.com (no port, no scheme)"
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected {hint}, got {_shown(value)}")
+    host = value.strip().lower().rstrip(".")
+    name = host[2:] if host.startswith("*.") else host
+    if not name or len(name) > 253 or not all(_HOST_LABEL.match(p) for p in name.split(".")):
+        raise ValueError(f"expected {hint}, got {_shown(value)}")
+    return host
+
+
+def _check_path(what: str) -> Callable[[object], str]:
+    def check(value: object) -> str:
+        if (
+            not isinstance(value, str)
+            or not value.startswith("/")
+            or any(c.isspace() for c in value)
+        ):
+            raise ValueError(f"expected {what} starting with /, got {_shown(value)}")
+        return value
+
+    return check
+
+
+def _none_is(default: Callable[[], object]) -> Callable[[object], object]:
+    """An empty YAML key (``hosts:``) means the default, not null."""
+
+    def check(value: object) -> object:
+        return default() if value is None else value
+
+    return check
+
+
+def _check_env(value: object) -> object:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a mapping of NAME: value, got {_shown(value)}")
+    return value
+
+
+def _check_env_value(value: object) -> str:
+    # YAML turns `yes`, `on`, `true` into booleans: make the user say which string they mean.
+    if isinstance(value, bool) or value is None:
+        raise ValueError(
+            f'expected a string (quote it, e.g. "{_shown(value)}"), got {_shown(value)}'
+        )
+    if isinstance(value, int | float):
+        return str(value)
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {_shown(value)}")
+    return value
+
+
+# --------------------------------------------------------------------------- models
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProxyConfig(_Section):
+    listen: Annotated[str, BeforeValidator(_check_listen)] = Field(
+        default="127.0.0.1:8080", description="address the proxy listens on for this app"
+    )
+    hosts: Annotated[
+        list[Annotated[str, BeforeValidator(_check_host)]], BeforeValidator(_none_is(list))
+    ] = Field(default_factory=list, description="Host names routed to the app (empty = any Host)")
+    path_prefix: Annotated[str, BeforeValidator(_check_path("a path prefix"))] = Field(
+        default="/", description="path prefix routed to the app"
+    )
+
+    @field_validator("hosts")
+    @classmethod
+    def _unique_hosts(cls, hosts: list[str]) -> list[str]:
+        for i, host in enumerate(hosts):
+            if host in hosts[:i]:
+                raise ValueError(f"expected each host once, got {host!r} twice")
+        return hosts
+
+    @field_validator("path_prefix")
+    @classmethod
+    def _normalise_prefix(cls, prefix: str) -> str:
+        if any(c in prefix for c in "?#"):
+            raise ValueError(f"expected a path prefix without ? or #, got {prefix!r}")
+        return prefix.rstrip("/") or "/"
+
+
+def _check_command(value: object) -> str | list[str]:
+    hint = "a command: a string (run by /bin/sh -c) or a non-empty list of strings"
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, list) and value and all(isinstance(i, str) and i for i in value):
+        return value
+    raise ValueError(f"expected {hint}, got {_shown(value)}")
+
+
+class RunConfig(_Section):
+    command: Annotated[str | list[str], BeforeValidator(_check_command)] = Field(
+        description="string (run by /bin/sh -c) or list (exec'd); $PORT is the instance's port"
+    )
+    cwd: Annotated[str, BeforeValidator(_string("a directory path"))] = Field(
+        default=".", description="working directory, relative to baton.yml"
+    )
+    env: Annotated[
+        dict[str, Annotated[str, BeforeValidator(_check_env_value)]],
+        BeforeValidator(_check_env),
+    ] = Field(default_factory=dict, description="extra environment variables")
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
+        for name in env:
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"expected environment variable names like GREETING, got {name!r}")
+            if name in _RESERVED_ENV:
+                raise ValueError(f"{name} is set by Baton for every instance; choose another name")
+        return env
+
+
+class HealthConfig(_Section):
+    path: str | None = Field(
+        default=None, description="readiness path (none = ready when the port accepts TCP)"
+    )
+    interval: PositiveDuration = Field(default=0.1, description="time between readiness checks")
+    timeout: PositiveDuration = Field(default=2.0, description="time-out of one readiness check")
+    success_threshold: Annotated[int, BeforeValidator(_int_at_least(1, 100))] = Field(
+        default=2, description="consecutive 2xx answers needed"
+    )
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path(cls, value: object) -> object:
+        return None if value is None else _check_path("a path like /up")(value)
+
+
+class DeployConfig(_Section):
+    strategy: Annotated[
+        Literal["blue-green", "rolling"], BeforeValidator(_one_of("blue-green", "rolling"))
+    ] = Field(default="blue-green", description="blue-green or rolling")
+    max_surge: Annotated[int, BeforeValidator(_int_at_least(1))] = Field(
+        default=1, description="rolling: instances replaced at a time"
+    )
+    ready_timeout: PositiveDuration = Field(
+        default=60.0, description="time an instance has to become ready"
+    )
+    drain_timeout: Duration = Field(
+        default=30.0, description="longest wait for in-flight requests to finish"
+    )
+    stop_timeout: Duration = Field(default=10.0, description="SIGTERM, then SIGKILL after this")
+    keep_previous: Duration = Field(
+        default=600.0, description="how long the previous release stays warm"
+    )
+    verify: Duration = Field(default=10.0, description="watch window after the switch (0 = off)")
+    max_error_rate: Percent = Field(
+        default=0.05, description="error rate during verify that rolls back"
+    )
+
+
+class HooksConfig(_Section):
+    pre_deploy: Annotated[str | None, BeforeValidator(_optional_string("a shell command"))] = Field(
+        default=None, description="shell command before anything starts; failure aborts"
+    )
+    smoke_test: Annotated[str | None, BeforeValidator(_optional_string("a shell command"))] = Field(
+        default=None, description="shell command against a new instance ($BATON_TARGET_URL)"
+    )
+    post_deploy: Annotated[str | None, BeforeValidator(_optional_string("a shell command"))] = (
+        Field(default=None, description="shell command after the deployment")
+    )
+    timeout: PositiveDuration = Field(default=600.0, description="longest time a hook may run")
+
+
+_SECTIONS = ("proxy", "health", "deploy", "hooks")
+
+
+class AppConfig(_Section):
+    app: Annotated[str, BeforeValidator(_string("an app name"))] = Field(
+        description="app name, [a-z0-9-]+"
+    )
+    runtime: Annotated[Literal["process"], BeforeValidator(_one_of("process"))] = Field(
+        default="process", description="where instances run"
+    )
+    proxy: ProxyConfig = Field(default=ProxyConfig(), description="routing")
+    run: RunConfig = Field(description="what to run")
+    instances: Annotated[int, BeforeValidator(_int_at_least(1, 1000))] = Field(
+        default=1, description="instances per release"
+    )
+    health: HealthConfig = Field(default=HealthConfig(), description="readiness")
+    deploy: DeployConfig = Field(default=DeployConfig(), description="deployment")
+    hooks: HooksConfig = Field(default=HooksConfig(), description="hooks")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections(cls, data: object) -> object:
+        # `hooks:` with every line commented out parses as null: treat it as "all defaults".
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if not (k in _SECTIONS and v is None)}
+        return data
+
+    @field_validator("app")
+    @classmethod
+    def _app_name(cls, name: str) -> str:
+        if not _APP_NAME.match(name):
+            raise ValueError(
+                "expected an app name of lowercase letters, digits and '-' "
+                f"(at most 63, not starting or ending with '-'), got {name!r}"
+            )
+        return name
+
+
+# --------------------------------------------------------------------------- errors
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = AppConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not (
+            isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        ):
+            return None
+        model = field.annotation
+    return model
+
+
+def _describe(error: Any) -> str:
+    """One pydantic error in a user's words: what the key expected."""
+    kind = error["type"]
+    loc = tuple(error["loc"])
+    value = error.get("input")
+    if kind == "value_error":
+        return str(error["ctx"]["error"])
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        allowed = sorted(parent.model_fields) if parent else []
+        hint = ""
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        if close:
+            hint = f"; did you mean {close[0]!r}?"
+        return f"unknown key (expected one of: {', '.join(allowed)}){hint}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"expected a mapping, got {_shown(value)}"
+    if kind == "list_type":
+        return f"expected a list, got {_shown(value)}"
+    if kind in ("string_type", "str_type"):
+        return f"expected a string, got {_shown(value)}"
+    if kind in ("int_type", "int_parsing"):
+        return f"expected an integer, got {_shown(value)}"
+    return f"invalid value {_shown(value)}"
+
+
+def _config_error(
+    exc: ValidationError, file: str | None, rename: Callable[[str], str] = lambda k: k
+) -> ConfigError:
+    problems = [(rename(_dotted(tuple(e["loc"]))), _describe(e)) for e in exc.errors()]
+    key, message = problems[0]
+    for other_key, other_message in problems[1:]:
+        where = f"{file}: " if file else ""
+        message += f"\n{where}{other_key}: {other_message}"
+    return ConfigError(message, file=file, key=key)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, except that a key given twice is an error instead of "last one wins"."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated baton.yml and where it lives."""
+
+    config: AppConfig
+    path: Path  # absolute
+    base_dir: Path  # the file's directory
+    app_dir: Path  # base_dir / run.cwd, resolved
+    config_hash: str  # sha256 of the model's canonical JSON
+    raw: dict[str, Any]  # the parsed YAML, as written
+
+
+def config_hash(cfg: AppConfig) -> str:
+    canonical = json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def parse_config(raw: object, *, file: str | None = None) -> AppConfig:
+    """Validate already-parsed YAML (or JSON) data into an ``AppConfig``."""
+    if raw is None:
+        raise ConfigError(
+            "the file is empty (expected a mapping with at least 'app' and 'run')", file=file
+        )
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"expected a mapping of keys at the top level, got {_shown(raw)}", file=file
+        )
+    try:
+        return AppConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise _config_error(exc, file) from None
+
+
+def load_config(path: str | Path) -> LoadedConfig:
+    """Read, parse and validate a baton.yml. Every problem is a ``ConfigError``."""
+    shown = str(path)
+    file = Path(path).expanduser().absolute()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("file not found", file=shown) from None
+    except IsADirectoryError:
+        raise ConfigError("is a directory, expected a baton.yml file", file=shown) from None
+    except UnicodeDecodeError:
+        raise ConfigError("is not UTF-8 text", file=shown) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the file: {exc.strerror}", file=shown) from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = exc.problem or exc.context or "syntax error"
+        raise ConfigError(f"invalid YAML{where}: {problem}", file=shown) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML: {exc}", file=shown) from None
+    cfg = parse_config(raw, file=shown)
+    base_dir = file.parent
+    app_dir = (base_dir / cfg.run.cwd).resolve()
+    if not app_dir.is_dir():
+        raise ConfigError(
+            f"expected an existing directory (relative to the file), got {cfg.run.cwd!r} "
+            f"({app_dir} does not exist)",
+            file=shown,
+            key="run.cwd",
+        )
+    assert isinstance(raw, dict)
+    return LoadedConfig(
+        config=cfg,
+        path=file,
+        base_dir=base_dir,
+        app_dir=app_dir,
+        config_hash=config_hash(cfg),
+        raw=raw,
+    )
+
+
+def apply_overrides(
+    cfg: AppConfig, env: dict[str, str], command: str | None, strategy: str | None
+) -> AppConfig:
+    """The config with ``--env`` merged into run.env, ``--command`` and ``--strategy`` applied.
+
+    Returns a new validated model; a bad flag raises ``ConfigError`` naming the flag.
+    """
+    data = cfg.model_dump()
+    data["run"]["env"] = {**data["run"]["env"], **env}
+    if command is not None:
+        data["run"]["command"] = command
+    if strategy is not None:
+        data["deploy"]["strategy"] = strategy
+
+    def flag(key: str) -> str:
+        if key.startswith("run.env."):
+            return f"--env {key.removeprefix('run.env.')}"
+        return {
+            "run.command": "--command",
+            "deploy.strategy": "--strategy",
+            "run.env": "--env",
+        }.get(key, key)
+
+    try:
+        return AppConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _config_error(exc, None, flag) from None
+
+
+# --------------------------------------------------------------------------- defaults
+
+
+def _render_default(value: object, kind: str | None) -> str:
+    if value is None:
+        return "none"
+    if kind == "duration" and isinstance(value, float):
+        return format_duration(value)
+    if kind == "percent" and isinstance(value, float):
+        return format_percent(value)
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def defaults_table() -> list[tuple[str, str, str]]:
+    """(key, default, meaning) for every key, in file order, for the README's reference."""
+    rows: list[tuple[str, str, str]] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                walk(annotation, f"{prefix}{name}.")
+                continue
+            kind = next((m.kind for m in field.metadata if isinstance(m, _Kind)), None)
+            if field.is_required():
+                default = "(required)"
+            else:
+                default = _render_default(field.get_default(call_default_factory=True), kind)
+            rows.append((f"{prefix}{name}", default, field.description or ""))
+
+    walk(AppConfig, "")
+    return rows
+
+
+# --------------------------------------------------------------------------- checklist
+
+
+@dataclass(frozen=True)
+class CheckItem:
+    """One line of ``baton check``. ``ok`` is False only for errors; warnings pass."""
+
+    ok: bool
+    level: Literal["ok", "warn", "error"]
+    message: str
+    key: str | None = None
+
+
+def _ok(message: str, key: str | None = None) -> CheckItem:
+    return CheckItem(True, "ok", message, key)
+
+
+def _warn(message: str, key: str | None = None) -> CheckItem:
+    return CheckItem(True, "warn", message, key)
+
+
+def _error(message: str, key: str | None = None) -> CheckItem:
+    return CheckItem(False, "error", message, key)
+
+
+# Shell words that are not programs: a command starting with one cannot be looked up.
+_SHELL_WORDS = {
+    ".", ":", "[", "alias", "break", "case", "cd", "continue", "eval",
+    "exit", "export", "for", "if", "read", "return", "set", "shift", "source", "test",
+    "trap", "true", "false", "ulimit", "umask", "unset", "wait", "while", "{", "(",
+}  # fmt: skip
+_RUNNERS = {"exec", "command"}
+
+
+def _find_program(command: str | list[str], app_dir: Path) -> tuple[str, str]:
+    """("ok" | "error" | "unknown", explanation) for the program a command starts with."""
+    if isinstance(command, list):
+        words = command
+    else:
+        try:
+            words = shlex.split(command)
+        except ValueError as exc:
+            return "error", f"is not valid shell syntax ({exc})"
+    # Leading VAR=value assignments and `exec`/`command` run the next word as the program.
+    while words and (re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", words[0]) or words[0] in _RUNNERS):
+        words = words[1:]
+    if not words:
+        return "unknown", "has no program to check"
+    program = words[0]
+    if program in _SHELL_WORDS or "$" in program or "`" in program:
+        return "unknown", f"starts with {program!r}, which cannot be checked before it runs"
+    if "/" in program:
+        target = Path(program) if os.path.isabs(program) else app_dir / program
+        if not target.exists():
+            return "error", f"runs {program!r}, but {target} does not exist"
+        if not target.is_file() or not os.access(target, os.X_OK):
+            return "error", f"runs {program!r}, but {target} is not an executable file"
+        return "ok", f"runs {program!r} (found)"
+    if shutil.which(program) is None:
+        return "error", f"runs {program!r}, which is not on PATH"
+    return "ok", f"runs {program!r} (on PATH)"
+
+
+def checklist(loaded: LoadedConfig) -> list[CheckItem]:
+    """The zero-downtime checklist ``baton check`` prints after the config validated.
+
+    Decisions: a ``stop_timeout`` shorter than ``drain_timeout`` is fine, because Baton
+    drains an instance at the proxy *before* it sends SIGTERM; only a stop time-out under
+    one second is flagged, since few apps shut down gracefully that fast.
+    """
+    cfg = loaded.config
+    d = cfg.deploy
+    h = cfg.health
+    items = [_ok(f"{loaded.path.name} is valid: app {cfg.app!r}, {cfg.instances} instance(s)")]
+
+    kind, why = _find_program(cfg.run.command, loaded.app_dir)
+    items.append(
+        {"ok": _ok, "error": _error, "unknown": _warn}[kind](f"run.command {why}", "run.command")
+    )
+
+    if h.path is None:
+        items.append(
+            _warn(
+                "health.path is not set: an instance counts as ready as soon as its port "
+                "accepts TCP, which may be before it can serve requests",
+                "health.path",
+            )
+        )
+    else:
+        items.append(
+            _ok(
+                f"readiness: GET {h.path} must answer 2xx {h.success_threshold} time(s) in a row",
+                "health.path",
+            )
+        )
+    if h.timeout * h.success_threshold > d.ready_timeout:
+        items.append(
+            _warn(
+                f"deploy.ready_timeout ({format_duration(d.ready_timeout)}) is shorter than "
+                f"health.timeout times success_threshold; slow checks will fail the deployment",
+                "deploy.ready_timeout",
+            )
+        )
+
+    if d.drain_timeout == 0:
+        items.append(
+            _warn(
+                "deploy.drain_timeout is 0: requests in flight on the old release are cut off",
+                "deploy.drain_timeout",
+            )
+        )
+    else:
+        items.append(
+            _ok(
+                f"old instances drain for up to {format_duration(d.drain_timeout)}",
+                "deploy.drain_timeout",
+            )
+        )
+
+    if d.stop_timeout < 1:
+        items.append(
+            _warn(
+                f"deploy.stop_timeout is {format_duration(d.stop_timeout)}: the app is "
+                "SIGKILLed before most apps can shut down gracefully (1s or more recommended)",
+                "deploy.stop_timeout",
+            )
+        )
+    else:
+        items.append(
+            _ok(
+                f"stop: SIGTERM, then SIGKILL after {format_duration(d.stop_timeout)}",
+                "deploy.stop_timeout",
+            )
+        )
+
+    if d.verify == 0:
+        items.append(
+            _warn("deploy.verify is 0: no automatic rollback after the switch", "deploy.verify")
+        )
+    elif d.max_error_rate >= 0.5:
+        items.append(
+            _warn(
+                f"deploy.max_error_rate is {format_percent(d.max_error_rate)}: a release must "
+                "fail at least half its requests before it is rolled back",
+                "deploy.max_error_rate",
+            )
+        )
+    elif d.max_error_rate == 0:
+        items.append(
+            _warn(
+                "deploy.max_error_rate is 0%: a single error during verify rolls back",
+                "deploy.max_error_rate",
+            )
+        )
+    else:
+        items.append(
+            _ok(
+                f"verify: rolls back if over {format_percent(d.max_error_rate)} of requests fail "
+                f"in the first {format_duration(d.verify)}",
+                "deploy.verify",
+            )
+        )
+
+    if d.strategy == "rolling" and cfg.instances < 2:
+        items.append(
+            _warn(
+                "rolling deploys with 1 instance work, but 2 or more are recommended so "
+                "capacity stays up while instances are replaced",
+                "instances",
+            )
+        )
+    if d.strategy == "rolling" and d.max_surge > cfg.instances:
+        items.append(
+            _warn(
+                f"deploy.max_surge ({d.max_surge}) is more than instances ({cfg.instances}); "
+                "it acts as blue-green",
+                "deploy.max_surge",
+            )
+        )
+
+    for name in ("pre_deploy", "smoke_test", "post_deploy"):
+        command = getattr(cfg.hooks, name)
+        if command is None:
+            continue
+        kind, why = _find_program(command, loaded.app_dir)
+        key = f"hooks.{name}"
+        items.append({"ok": _ok, "error": _error, "unknown": _ok}[kind](f"{key} {why}", key))
+    if cfg.hooks.smoke_test is None:
+        items.append(
+            _warn(
+                "hooks.smoke_test is not set: only the health check guards the switch",
+                "hooks.smoke_test",
+            )
+        )
+
+    host, _, port = cfg.proxy.listen.rpartition(":")
+    if int(port) < 1024 and os.geteuid() != 0:
+        items.append(
+            _warn(f"proxy.listen port {port} needs root or CAP_NET_BIND_SERVICE", "proxy.listen")
+        )
+    del host
+    return items

@@ -1,0 +1,385 @@
+"""baton.yml: what a user may write, what they get by default, and the errors they see."""
+
+from __future__ import annotations
+
+import stat
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from baton.config import (
+    AppConfig,
+    apply_overrides,
+    checklist,
+    defaults_table,
+    format_duration,
+    load_config,
+    parse_duration,
+    parse_percent,
+)
+from baton.errors import ConfigError
+
+MINIMAL = "app: shop\nrun:\n  command: python3 app.py --port $PORT\n"
+
+FULL = """\
+app: shop
+proxy:
+  listen: 127.0.0.1:8080
+  hosts: [shop.example.com]
+  path_prefix: /
+run:
+  command: python3 app.py --port $PORT
+  cwd: .
+  env: {GREETING: hello}
+instances: 2
+health:
+  path: /up
+  interval: 100ms
+  timeout: 2s
+  success_threshold: 2
+deploy:
+  strategy: blue-green
+  max_surge: 1
+  ready_timeout: 60s
+  drain_timeout: 30s
+  stop_timeout: 10s
+  keep_previous: 10m
+  verify: 10s
+  max_error_rate: 5%
+hooks:
+  pre_deploy: ./migrate.sh
+  smoke_test: curl -fsS $BATON_TARGET_URL/up
+  post_deploy: ./notify.sh
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "baton.yml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# ---------------------------------------------------------------- durations and percentages
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("100ms", 0.1),
+        ("2s", 2.0),
+        ("10m", 600.0),
+        ("1h", 3600.0),
+        ("1m30s", 90.0),
+        ("1.5s", 1.5),
+        (" 2S ", 2.0),
+        ("30", 30.0),
+        (30, 30.0),
+        (0.25, 0.25),
+        (0, 0.0),
+        ("0s", 0.0),
+    ],
+)
+def test_durations_accept_units_and_plain_seconds(text: object, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    "bad", ["soon", "", "5 minutes", "10x", "-1s", -1, "s", "1s2", True, None, [], "nan", "inf"]
+)
+def test_durations_reject_garbage_and_negatives(bad: object) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(bad)
+
+
+@given(st.integers(min_value=0, max_value=10**6))
+def test_a_formatted_duration_parses_back(ms: int) -> None:
+    seconds = ms / 1000
+    assert parse_duration(format_duration(seconds)) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    ("value", "fraction"),
+    [("5%", 0.05), ("0%", 0.0), ("100%", 1.0), ("12.5%", 0.125), (0.05, 0.05), (1, 1.0)],
+)
+def test_percentages_accept_percent_strings_and_fractions(value: object, fraction: float) -> None:
+    assert parse_percent(value) == pytest.approx(fraction)
+
+
+@pytest.mark.parametrize("bad", ["five", "-5%", "101%", 5, 1.5, -0.1, True, None, "%"])
+def test_percentages_reject_out_of_range_and_ambiguous(bad: object) -> None:
+    with pytest.raises(ValueError, match="percentage"):
+        parse_percent(bad)
+
+
+# ---------------------------------------------------------------- loading good files
+
+
+def test_the_documented_example_loads_with_every_value_converted(tmp_path: Path) -> None:
+    loaded = load_config(write(tmp_path, FULL))
+    cfg = loaded.config
+    assert cfg.app == "shop"
+    assert cfg.proxy.hosts == ["shop.example.com"]
+    assert cfg.run.env == {"GREETING": "hello"}
+    assert cfg.health.interval == pytest.approx(0.1)
+    assert cfg.deploy.keep_previous == 600.0
+    assert cfg.deploy.max_error_rate == pytest.approx(0.05)
+    assert cfg.hooks.pre_deploy == "./migrate.sh"
+    assert loaded.path == tmp_path / "baton.yml"
+    assert loaded.base_dir == tmp_path
+    assert loaded.app_dir == tmp_path.resolve()
+    assert loaded.raw["deploy"]["drain_timeout"] == "30s"
+    assert len(loaded.config_hash) == 64
+
+
+def test_a_minimal_file_gets_the_documented_defaults(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, MINIMAL)).config
+    assert cfg.runtime == "process"
+    assert cfg.proxy.listen == "127.0.0.1:8080"
+    assert cfg.proxy.hosts == []
+    assert cfg.proxy.path_prefix == "/"
+    assert cfg.run.cwd == "."
+    assert cfg.instances == 1
+    assert cfg.health.path is None
+    assert (cfg.health.interval, cfg.health.timeout, cfg.health.success_threshold) == (0.1, 2, 2)
+    d = cfg.deploy
+    assert d.strategy == "blue-green"
+    assert (d.max_surge, d.ready_timeout, d.drain_timeout, d.stop_timeout) == (1, 60, 30, 10)
+    assert (d.keep_previous, d.verify, d.max_error_rate) == (600, 10, 0.05)
+    assert cfg.hooks.pre_deploy is None and cfg.hooks.timeout == 600
+
+
+def test_the_defaults_table_covers_every_key_and_matches_the_models(tmp_path: Path) -> None:
+    rows = {key: default for key, default, _ in defaults_table()}
+    assert rows["app"] == "(required)"
+    assert rows["health.interval"] == "100ms"
+    assert rows["deploy.keep_previous"] == "10m"
+    assert rows["deploy.max_error_rate"] == "5%"
+    assert rows["health.path"] == "none"
+    # every leaf of a fully written file is in the table
+    raw = yaml.safe_load(FULL)
+    leaves = {
+        f"{section}.{key}" if isinstance(value, dict) else section
+        for section, value in raw.items()
+        for key in (value if isinstance(value, dict) else [None])
+    }
+    assert leaves <= set(rows)
+    assert all(meaning for _, _, meaning in defaults_table())
+
+
+def test_empty_sections_and_lists_mean_defaults(tmp_path: Path) -> None:
+    text = MINIMAL + "hooks:\nhealth:\nproxy:\n  hosts:\n"
+    cfg = load_config(write(tmp_path, text)).config
+    assert cfg.hooks.smoke_test is None and cfg.proxy.hosts == []
+
+
+def test_hosts_are_normalised_and_path_prefix_loses_its_trailing_slash(tmp_path: Path) -> None:
+    text = MINIMAL + "proxy:\n  hosts: [Shop.Example.COM, '*.example.org']\n  path_prefix: /api/\n"
+    cfg = load_config(write(tmp_path, text)).config
+    assert cfg.proxy.hosts == ["shop.example.com", "*.example.org"]
+    assert cfg.proxy.path_prefix == "/api"
+
+
+def test_numbers_in_env_become_strings_and_list_commands_are_kept(tmp_path: Path) -> None:
+    text = "app: a\nrun:\n  command: [python3, app.py, --port, $PORT]\n  env: {WORKERS: 4}\n"
+    cfg = load_config(write(tmp_path, text)).config
+    assert cfg.run.env == {"WORKERS": "4"}
+    assert cfg.run.command == ["python3", "app.py", "--port", "$PORT"]
+
+
+def test_app_dir_is_relative_to_the_file_not_the_working_directory(tmp_path: Path) -> None:
+    (tmp_path / "srv").mkdir()
+    loaded = load_config(write(tmp_path, MINIMAL.replace("run:\n", "run:\n  cwd: srv\n")))
+    assert loaded.app_dir == (tmp_path / "srv").resolve()
+
+
+def test_the_config_hash_changes_with_meaning_not_with_spelling(tmp_path: Path) -> None:
+    a = load_config(write(tmp_path, MINIMAL + "deploy: {drain_timeout: 30s}\n", "a.yml"))
+    b = load_config(write(tmp_path, MINIMAL + "deploy:\n  drain_timeout: 30\n", "b.yml"))
+    c = load_config(write(tmp_path, MINIMAL + "deploy: {drain_timeout: 31s}\n", "c.yml"))
+    assert a.config_hash == b.config_hash != c.config_hash
+
+
+# ---------------------------------------------------------------- bad files
+
+BAD_CONFIGS: list[tuple[str, str | None, list[str]]] = [
+    # (file text, expected key, fragments the message must contain)
+    (MINIMAL + "instances: 0\n", "instances", ["expected an integer ≥ 1", "got 0"]),
+    (MINIMAL + "instances: two\n", "instances", ["integer", "'two'"]),
+    (MINIMAL + "instances: yes\n", "instances", ["integer", "got true"]),
+    (MINIMAL + "deploy: {drain_timeout: soon}\n", "deploy.drain_timeout", ["30s or 500ms", "'soon'"]),
+    (MINIMAL + "deploy: {stop_timeout: -1s}\n", "deploy.stop_timeout", ["0 or more", "'-1s'"]),
+    (MINIMAL + "deploy: {ready_timeout: 0}\n", "deploy.ready_timeout", ["at least"]),
+    (MINIMAL + "deploy: {drain_timout: 1s}\n", "deploy.drain_timout", ["unknown key", "drain_timeout", "did you mean"]),
+    (MINIMAL + "deploy: {strategy: canary}\n", "deploy.strategy", ["blue-green, rolling", "'canary'"]),
+    (MINIMAL + "deploy: {max_surge: 0}\n", "deploy.max_surge", ["≥ 1"]),
+    (MINIMAL + "deploy: {max_error_rate: 5}\n", "deploy.max_error_rate", ["percentage", "got 5"]),
+    (MINIMAL + "deploy: {max_error_rate: 120%}\n", "deploy.max_error_rate", ["between 0% and 100%"]),
+    (MINIMAL + "deploy: 3\n", "deploy", ["expected a mapping", "got 3"]),
+    (MINIMAL + "health: {interval: 0s}\n", "health.interval", ["at least"]),
+    (MINIMAL + "health: {path: up}\n", "health.path", ["starting with /", "'up'"]),
+    (MINIMAL + "health: {success_threshold: 0}\n", "health.success_threshold", ["≥ 1"]),
+    (MINIMAL + "proxy: {listen: 8080}\n", "proxy.listen", ["127.0.0.1:8080", "got 8080"]),
+    (MINIMAL + "proxy: {listen: 'localhost:99999'}\n", "proxy.listen", ["host:port"]),
+    (MINIMAL + "proxy: {listen: 'http://x:80'}\n", "proxy.listen", ["host:port"]),
+    (MINIMAL + "proxy: {hosts: ['shop.example.com:8080']}\n", "proxy.hosts[0]", ["no port"]),
+    (MINIMAL + "proxy: {hosts: [a, 'b..c']}\n", "proxy.hosts[1]", ["host name"]),
+    (MINIMAL + "proxy: {hosts: shop.example.com}\n", "proxy.hosts", ["expected a list"]),
+    (MINIMAL + "proxy: {hosts: [a, A]}\n", "proxy.hosts", ["twice"]),
+    (MINIMAL + "proxy: {path_prefix: api}\n", "proxy.path_prefix", ["starting with /"]),
+    (MINIMAL + "runtime: docker\n", "runtime", ["process", "'docker'"]),
+    (MINIMAL + "colour: blue\n", "colour", ["unknown key", "instances"]),
+    ("app: Shop!\nrun: {command: x}\n", "app", ["lowercase", "'Shop!'"]),
+    ("app: 12\nrun: {command: x}\n", "app", ["app name", "got 12"]),
+    ("run: {command: x}\n", "app", ["required key is missing"]),
+    ("app: a\n", "run", ["required key is missing"]),
+    ("app: a\nrun: {command: ''}\n", "run.command", ["a command"]),
+    ("app: a\nrun: {command: [python3, 3]}\n", "run.command", ["list of strings"]),
+    ("app: a\nrun: {command: x, env: {DEBUG: yes}}\n", "run.env.DEBUG", ["quote it"]),
+    ("app: a\nrun: {command: x, env: {PORT: '1'}}\n", "run.env", ["PORT is set by Baton"]),
+    ("app: a\nrun: {command: x, env: {'MY-VAR': '1'}}\n", "run.env", ["'MY-VAR'"]),
+    ("app: a\nrun: {command: x, env: [A=1]}\n", "run.env", ["mapping"]),
+    ("app: a\nrun: {command: x, cwd: nowhere}\n", "run.cwd", ["existing directory", "'nowhere'"]),
+    ("app: a\nrun: {command: x}\nhooks: {pre_deploy: 3}\n", "hooks.pre_deploy", ["shell command"]),
+    # file-level problems: no key
+    ("", None, ["empty"]),
+    ("- app: a\n", None, ["mapping", "top level", "a list"]),
+    ("app: a\nrun: [\n", None, ["invalid YAML", "line"]),
+    ("app: a\napp: b\nrun: {command: x}\n", None, ["duplicate key 'app'", "line 2"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "key", "fragments"), BAD_CONFIGS)
+def test_bad_configs_name_the_file_the_key_and_what_was_expected(
+    tmp_path: Path, text: str, key: str | None, fragments: list[str]
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    err = caught.value
+    assert err.exit_code == 2
+    assert err.key == key
+    assert err.file == str(path)
+    message = str(err)
+    assert message.startswith(str(path))
+    for fragment in fragments:
+        assert fragment in message
+    assert "pydantic" not in message and "Input should" not in message
+
+
+def test_every_problem_in_a_file_is_reported_at_once(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "instances: 0\ndeploy: {drain_timeout: soon}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.key == "instances"
+    assert "deploy.drain_timeout" in str(caught.value)
+
+
+def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.yml")
+    with pytest.raises(ConfigError, match="directory"):
+        load_config(tmp_path)
+
+
+# ---------------------------------------------------------------- overrides
+
+
+def test_overrides_merge_env_and_replace_command_and_strategy(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, FULL)).config
+    new = apply_overrides(cfg, {"APP_VERSION": "v2"}, "python3 other.py", "rolling")
+    assert new.run.env == {"GREETING": "hello", "APP_VERSION": "v2"}
+    assert new.run.command == "python3 other.py"
+    assert new.deploy.strategy == "rolling"
+    assert cfg.run.env == {"GREETING": "hello"}  # the original is untouched
+    assert apply_overrides(cfg, {}, None, None) == cfg
+
+
+@pytest.mark.parametrize(
+    ("env", "command", "strategy", "key"),
+    [
+        ({}, None, "canary", "--strategy"),
+        ({}, "", None, "--command"),
+        ({"PORT": "1"}, None, None, "--env"),
+        ({"bad-name": "1"}, None, None, "--env"),
+    ],
+)
+def test_bad_overrides_name_the_flag(
+    env: dict[str, str], command: str | None, strategy: str | None, key: str
+) -> None:
+    cfg = AppConfig.model_validate({"app": "a", "run": {"command": "x"}})
+    with pytest.raises(ConfigError) as caught:
+        apply_overrides(cfg, env, command, strategy)
+    assert caught.value.key == key
+    assert caught.value.file is None
+
+
+# ---------------------------------------------------------------- checklist
+
+
+def levels(items: list[object]) -> dict[str | None, str]:
+    return {item.key: item.level for item in items}  # type: ignore[attr-defined]
+
+
+def make_executable(path: Path, text: str = "#!/bin/sh\nexit 0\n") -> None:
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+
+
+def test_checklist_passes_a_careful_config(tmp_path: Path) -> None:
+    make_executable(tmp_path / "migrate.sh")
+    make_executable(tmp_path / "notify.sh")
+    items = checklist(load_config(write(tmp_path, FULL)))
+    assert all(item.ok for item in items), items
+    got = levels(items)
+    assert got["health.path"] == "ok"
+    assert got["hooks.pre_deploy"] == "ok"
+    assert got["deploy.verify"] == "ok"
+
+
+def test_checklist_flags_missing_and_non_executable_hooks(tmp_path: Path) -> None:
+    (tmp_path / "migrate.sh").write_text("#!/bin/sh\n")  # not executable
+    text = MINIMAL + "hooks:\n  pre_deploy: ./migrate.sh\n  post_deploy: ./nope.sh --now\n"
+    items = checklist(load_config(write(tmp_path, text)))
+    got = {item.key: item for item in items}
+    assert not got["hooks.pre_deploy"].ok and "not an executable" in got["hooks.pre_deploy"].message
+    assert not got["hooks.post_deploy"].ok and "does not exist" in got["hooks.post_deploy"].message
+
+
+def test_checklist_flags_a_hook_program_missing_from_path(tmp_path: Path) -> None:
+    text = MINIMAL + "hooks:\n  smoke_test: FOO=1 no-such-program-baton --x\n"
+    item = {i.key: i for i in checklist(load_config(write(tmp_path, text)))}["hooks.smoke_test"]
+    assert item.level == "error" and "not on PATH" in item.message
+
+
+def test_checklist_warns_about_risky_settings(tmp_path: Path) -> None:
+    text = MINIMAL + textwrap.dedent(
+        """\
+        deploy:
+          strategy: rolling
+          drain_timeout: 0
+          stop_timeout: 500ms
+          verify: 0
+        """
+    )
+    got = levels(checklist(load_config(write(tmp_path, text))))
+    assert got["health.path"] == "warn"
+    assert got["deploy.drain_timeout"] == "warn"
+    assert got["deploy.stop_timeout"] == "warn"
+    assert got["deploy.verify"] == "warn"
+    assert got["instances"] == "warn"
+
+
+def test_checklist_warns_about_a_lax_error_rate(tmp_path: Path) -> None:
+    text = MINIMAL + "deploy: {max_error_rate: 60%}\n"
+    assert levels(checklist(load_config(write(tmp_path, text))))["deploy.max_error_rate"] == "warn"
+
+
+def test_the_example_app_config_is_valid_and_passes_its_checklist() -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "app" / "baton.yml"
+    loaded = load_config(example)
+    assert loaded.config.app == "example" and loaded.config.instances == 2
+    assert all(item.ok for item in checklist(loaded))
