@@ -1,0 +1,646 @@
+"""``baton``: the command line. Thin: parse, ask the control plane, render, exit with a code.
+
+Exit codes (scripts depend on them): 0 done; 1 the deployment failed and users were left on
+the previous release; 2 bad usage or config, nothing changed; 3 the control plane cannot be
+reached, or another deployment of the app is running.
+
+Every command but ``up``, ``server``, ``check`` and ``proxy`` talks to the control plane's
+JSON API on ``<state dir>/baton.sock``. The state dir is ``--state-dir``, else
+``$BATON_STATE_DIR``, else ``~/.local/state/baton``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import aiohttp
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from baton import __version__
+from baton.errors import BatonError, ConfigError, DaemonUnreachable, UsageError
+
+DEFAULT_STATE_DIR = "~/.local/state/baton"
+UP_TIMEOUT = 60.0
+DOWN_TIMEOUT = 120.0
+
+console = Console(highlight=False, soft_wrap=True)
+errors = Console(stderr=True, highlight=False, soft_wrap=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ApiError(BatonError):
+    """An error the control plane answered with; carries its exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# -- the API client ------------------------------------------------------------------------------
+
+
+class Client:
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.socket = state_dir / "baton.sock"
+
+    def _session(self, timeout: float | None) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=aiohttp.UnixConnector(path=str(self.socket)),
+            timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=5.0),
+        )
+
+    def _unreachable(self, exc: BaseException) -> DaemonUnreachable:
+        return DaemonUnreachable(
+            f"the baton daemon does not answer on {self.socket} ({exc or type(exc).__name__});"
+            f" start it with `baton up --state-dir {self.state_dir}`"
+        )
+
+    @staticmethod
+    async def _raise_for(resp: aiohttp.ClientResponse) -> None:
+        if resp.status < 400:
+            return
+        text = await resp.text()
+        try:
+            body = json.loads(text)
+            raise ApiError(str(body.get("error", text)), int(body.get("exit_code", 1)))
+        except (ValueError, AttributeError):
+            raise ApiError(f"the daemon answered {resp.status}: {text[:300]}", 1) from None
+
+    async def call(
+        self, method: str, path: str, body: Any = None, timeout: float | None = 30.0
+    ) -> Any:
+        try:
+            async with (
+                self._session(timeout) as session,
+                session.request(method, f"http://baton{path}", json=body) as resp,
+            ):
+                await self._raise_for(resp)
+                return await resp.json()
+        except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionError) as exc:
+            raise self._unreachable(exc) from None
+
+    async def stream(self, method: str, path: str, body: Any = None) -> AsyncIterator[Any]:
+        """Newline-delimited JSON from the API, one object at a time."""
+        try:
+            async with (
+                self._session(None) as session,
+                session.request(method, f"http://baton{path}", json=body) as resp,
+            ):
+                await self._raise_for(resp)
+                while True:
+                    line = await resp.content.readline()
+                    if not line:
+                        return
+                    if line.strip():
+                        yield json.loads(line)
+        except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionError) as exc:
+            raise self._unreachable(exc) from None
+
+    async def answers(self) -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = await self.call("GET", "/health", timeout=2.0)
+            return result
+        except BatonError:
+            return None
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _fail(exc: BatonError) -> NoReturn:
+    errors.print(f"[red]error:[/red] {escape(str(exc))}")
+    raise SystemExit(exc.exit_code)
+
+
+def _run(coro: Any) -> Any:
+    try:
+        return asyncio.run(coro)
+    except BatonError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        errors.print("interrupted (a deployment in progress goes on in the daemon)")
+        raise SystemExit(130) from None
+
+
+def state_dir_of(ctx: click.Context, explicit: Path | None = None) -> Path:
+    if explicit is not None:
+        return explicit.expanduser().absolute()
+    root = ctx.find_root()
+    chosen = root.params.get("state_dir") if root is not None else None
+    if chosen is not None:
+        return Path(chosen).expanduser().absolute()
+    return Path(os.environ.get("BATON_STATE_DIR") or DEFAULT_STATE_DIR).expanduser().absolute()
+
+
+def state_dir_option(f: F) -> F:
+    return click.option(
+        "--state-dir",
+        "sub_state_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="State dir (default: $BATON_STATE_DIR or ~/.local/state/baton).",
+    )(f)
+
+
+def config_option(f: F) -> F:
+    return click.option(
+        "-c",
+        "--config",
+        "config",
+        type=click.Path(dir_okay=True, path_type=Path),
+        default=None,
+        help="The app's baton.yml (default: ./baton.yml).",
+    )(f)
+
+
+def _config_path(config: Path | None) -> Path:
+    return (config or Path("baton.yml")).expanduser().absolute()
+
+
+def _app_selector(config: Path | None, app: str | None) -> dict[str, str]:
+    """Which app a command is about: --app, else -c (or ./baton.yml when present), else the
+    only app the daemon knows."""
+    if app:
+        return {"app": app}
+    path = _config_path(config)
+    if config is not None or path.exists():
+        from baton.config import load_config
+
+        try:
+            return {"app": load_config(path).config.app}
+        except ConfigError as exc:
+            _fail(exc)
+    return {}
+
+
+def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            _fail(UsageError(f"--env: expected KEY=VALUE, got {pair!r}"))
+        env[key] = value
+    return env
+
+
+# -- rendering deployments -------------------------------------------------------------------------
+
+
+class Progress:
+    """Renders deployment events as they come; remembers the result."""
+
+    def __init__(self) -> None:
+        self.result: dict[str, Any] | None = None
+        self.version = "?"
+        self.previous: str | None = None
+        self.app = "?"
+        self._last_verify = 0.0
+
+    def show(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "deployment":
+            self.app, self.version = event["app"], event["version"]
+            self.previous = event.get("previous")
+            what = "Rolling back" if event.get("kind") == "rollback" else "Deploying"
+            replacing = f", replacing {self.previous}" if self.previous else ""
+            console.print(
+                f"[bold]{what} {escape(self.app)} {escape(self.version)}[/bold]"
+                f" ({escape(str(event.get('strategy')))}{escape(replacing)}) — deployment"
+                f" #{event['id']}"
+            )
+        elif kind == "step":
+            batch = f" (batch {event['batch'] + 1})" if event.get("batch") is not None else ""
+            detail = f": {event['detail']}" if event.get("detail") else ""
+            console.print(f"  [cyan]▸ {event['step']}[/cyan]{batch}{escape(detail)}")
+        elif kind == "instance":
+            colour = {"ready": "green", "failed": "red"}.get(event["state"], "white")
+            message = f" — {event['message']}" if event.get("message") else ""
+            console.print(
+                f"    instance {event['index']} {event['address']}"
+                f" [{colour}]{event['state']}[/{colour}]{escape(message)}"
+            )
+        elif kind == "switch":
+            weights = ", ".join(f"{k} {v}%" for k, v in event.get("weights", {}).items())
+            label = "switched back" if event.get("back") else "traffic"
+            console.print(f"    {label}: {escape(weights) or 'no release routed'}")
+        elif kind == "verify":
+            final = event.get("passed") or event.get("failing")
+            if final or time.monotonic() - self._last_verify >= 2.0:
+                self._last_verify = time.monotonic()
+                mark = (
+                    "[red]failing[/red]"
+                    if event.get("failing")
+                    else ("[green]passed[/green]" if event.get("passed") else "watching")
+                )
+                console.print(
+                    f"    verify {mark}: {event['requests']} requests, {event['errors']} errors"
+                    f" ({event['rate']:.1%})"
+                )
+        elif kind == "drain":
+            how = "drained" if event.get("drained") else "drain timed out"
+            console.print(f"    {len(event['targets'])} target(s) {how}")
+        elif kind == "stopped":
+            console.print(f"    stopped {', '.join(event['targets'])}")
+        elif kind == "keep_warm":
+            console.print(f"    {event['version']} stays warm for {event['seconds']:g}s")
+        elif kind == "hook":
+            mark = "[green]ok[/green]" if event["ok"] else "[red]failed[/red]"
+            console.print(f"    {event['hook']} {mark}")
+        elif kind == "hook_output":
+            console.print(f"    [dim]{escape(event['hook'])}: {escape(event['line'])}[/dim]")
+        elif kind == "smoke_test":
+            console.print(f"    against {event['target']}")
+        elif kind == "warning":
+            console.print(f"    [yellow]warning:[/yellow] {escape(event['message'])}")
+        elif kind == "result":
+            self.result = event
+            self._result(event)
+
+    def _result(self, event: dict[str, Any]) -> None:
+        seconds = f" ({event['seconds']:.1f}s)" if "seconds" in event else ""
+        if event.get("ok"):
+            console.print(f"[green]✓[/green] {escape(event['message'])}{seconds}")
+            return
+        errors.print(f"[red]✗ deployment failed:[/red] {escape(event.get('message', ''))}")
+        if event.get("logs"):
+            errors.print(f"  last log lines of instance {event.get('instance')}:")
+            for line in event["logs"]:
+                errors.print(f"    {escape(line)}")
+        previous = event.get("previous")
+        if event.get("status") == "aborted":
+            return
+        if previous:
+            errors.print(f"  users are still on {escape(previous)}")
+        else:
+            errors.print("  nothing was routed to the new release")
+
+
+async def _follow(client: Client, path: str, body: dict[str, Any]) -> int:
+    progress = Progress()
+    async for event in client.stream("POST", path, body):
+        progress.show(event)
+    if progress.result is None:
+        raise DaemonUnreachable(
+            "lost the connection to the daemon before the deployment ended; see `baton status`"
+        )
+    return int(progress.result.get("exit_code", 1))
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="State dir (default: $BATON_STATE_DIR or ~/.local/state/baton).",
+)
+@click.version_option(__version__, prog_name="baton")
+def main(state_dir: Path | None) -> None:
+    """Zero-downtime deploys for self-hosted web apps."""
+
+
+@main.command()
+@state_dir_option
+@click.option("--detach", is_flag=True, help="Run in the background; return once the API answers.")
+@click.pass_context
+def up(ctx: click.Context, sub_state_dir: Path | None, detach: bool) -> None:
+    """Start the host daemon: the control plane and the proxy it supervises."""
+    state_dir = state_dir_of(ctx, sub_state_dir)
+    client = Client(state_dir)
+    running = _run(client.answers())
+    if running is not None:
+        console.print(f"baton is already running (pid {running.get('pid')}) on {state_dir}")
+        return
+    if not detach:
+        from baton.server.app import run_server
+
+        raise SystemExit(run_server(state_dir))
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / "logs").mkdir(exist_ok=True)
+    log_path = state_dir / "logs" / "server.log"
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "baton.cli", "--state-dir", str(state_dir), "server"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+    deadline = time.monotonic() + UP_TIMEOUT
+    while time.monotonic() < deadline:
+        health = _run(client.answers())
+        if health is not None:
+            console.print(f"baton is up (pid {health.get('pid')}), state in {state_dir}")
+            return
+        if proc.poll() is not None:
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
+            errors.print(f"[red]error:[/red] the daemon exited with status {proc.returncode}:")
+            errors.print(escape(tail))
+            raise SystemExit(1)
+        time.sleep(0.1)
+    errors.print(
+        f"[red]error:[/red] the daemon did not answer within {UP_TIMEOUT:g}s; see {log_path}"
+    )
+    raise SystemExit(3)
+
+
+@main.command()
+@state_dir_option
+@click.pass_context
+def server(ctx: click.Context, sub_state_dir: Path | None) -> None:
+    """Run the control plane in the foreground (what `baton up` runs)."""
+    from baton.server.app import run_server
+
+    raise SystemExit(run_server(state_dir_of(ctx, sub_state_dir)))
+
+
+@main.command()
+@state_dir_option
+@click.pass_context
+def down(ctx: click.Context, sub_state_dir: Path | None) -> None:
+    """Drain and stop everything Baton started: instances, the proxy, the daemon."""
+    state_dir = state_dir_of(ctx, sub_state_dir)
+    client = Client(state_dir)
+    health = _run(client.answers())
+    if health is None:
+        console.print(f"baton is not running on {state_dir}")
+        return
+    _run(client.call("POST", "/shutdown"))
+    pid = int(health.get("pid") or 0)
+    deadline = time.monotonic() + DOWN_TIMEOUT
+    while time.monotonic() < deadline and pid and _alive(pid):
+        time.sleep(0.1)
+    if pid and _alive(pid):
+        errors.print(f"[red]error:[/red] the daemon (pid {pid}) is still stopping")
+        raise SystemExit(1)
+    console.print("baton is down")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@main.command()
+@state_dir_option
+@config_option
+@click.option(
+    "--version", "version", default=None, help="Release label (default: git commit or time)."
+)
+@click.option(
+    "--env", "env", multiple=True, metavar="KEY=VALUE", help="Extra environment (repeatable)."
+)
+@click.option("--command", "command", default=None, help="Override run.command for this release.")
+@click.option(
+    "--strategy",
+    type=click.Choice(["blue-green", "rolling"]),
+    default=None,
+    help="Override deploy.strategy for this release.",
+)
+@click.pass_context
+def deploy(
+    ctx: click.Context,
+    sub_state_dir: Path | None,
+    config: Path | None,
+    version: str | None,
+    env: tuple[str, ...],
+    command: str | None,
+    strategy: str | None,
+) -> None:
+    """Deploy a new release of the app in baton.yml, with zero downtime."""
+    from baton.config import apply_overrides, load_config
+
+    overrides = _parse_env(env)
+    path = _config_path(config)
+    try:
+        loaded = load_config(path)
+        apply_overrides(loaded.config, overrides, command, strategy)
+    except BatonError as exc:
+        _fail(exc)
+    client = Client(state_dir_of(ctx, sub_state_dir))
+    body = {
+        "config": str(path),
+        "version": version,
+        "env": overrides,
+        "command": command,
+        "strategy": strategy,
+    }
+    raise SystemExit(_run(_follow(client, "/deploy", body)))
+
+
+@main.command()
+@state_dir_option
+@config_option
+@click.option(
+    "--app", default=None, help="The app (default: the one in baton.yml, or the only one)."
+)
+@click.argument("version", required=False)
+@click.pass_context
+def rollback(
+    ctx: click.Context,
+    sub_state_dir: Path | None,
+    config: Path | None,
+    app: str | None,
+    version: str | None,
+) -> None:
+    """Deploy the previous release again (or VERSION): by a switch when it is still warm."""
+    client = Client(state_dir_of(ctx, sub_state_dir))
+    body: dict[str, Any] = {**_app_selector(config, app), "version": version}
+    raise SystemExit(_run(_follow(client, "/rollback", body)))
+
+
+@main.command()
+@state_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def status(ctx: click.Context, sub_state_dir: Path | None, as_json: bool) -> None:
+    """Per app: the live release, each release's weight and instances, deployments running."""
+    client = Client(state_dir_of(ctx, sub_state_dir))
+    data = _run(client.call("GET", "/status"))
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    proxy = data.get("proxy", {})
+    console.print(
+        f"proxy: {'[green]up[/green]' if proxy.get('ok') else '[red]down[/red]'}"
+        f" (pid {proxy.get('pid')}, restarts {proxy.get('restarts', 0)})"
+    )
+    if not data["apps"]:
+        console.print("no apps deployed yet")
+    for name, app in data["apps"].items():
+        live = app["live"] or "[yellow](traffic split)[/yellow]" if app["releases"] else "none"
+        console.print(f"\n[bold]{escape(name)}[/bold] on {app['listen']}  live: {live}")
+        table = Table(show_edge=False, box=None, pad_edge=False)
+        for column in ("release", "state", "weight", "instance", "address", "health", "in flight"):
+            table.add_column(column)
+        for release in app["releases"]:
+            instances = release["instances"] or [None]
+            for n, inst in enumerate(instances):
+                head = (
+                    [release["version"], release["state"], f"{release['weight']}%"]
+                    if n == 0
+                    else ["", "", ""]
+                )
+                if inst is None:
+                    table.add_row(*head, "-", "-", "-", "-")
+                else:
+                    table.add_row(
+                        *head,
+                        f"#{inst['index']} {inst['state']}",
+                        inst["address"],
+                        inst["health"],
+                        str(inst["in_flight"]),
+                    )
+        console.print(table)
+        dep = app.get("deployment")
+        if dep:
+            console.print(
+                f"deployment #{dep['id']} ({dep['kind']}, {dep['strategy']}) at step {dep['step']}"
+            )
+
+
+@main.command()
+@state_dir_option
+@config_option
+@click.option("--app", default=None, help="Only this app.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("-n", "--limit", default=20, show_default=True, help="How many deployments.")
+@click.pass_context
+def history(
+    ctx: click.Context,
+    sub_state_dir: Path | None,
+    config: Path | None,
+    app: str | None,
+    as_json: bool,
+    limit: int,
+) -> None:
+    """Past deployments, newest first."""
+    client = Client(state_dir_of(ctx, sub_state_dir))
+    selector = _app_selector(config, app) if (config or app) else {}
+    query = f"?limit={limit}" + (f"&app={selector['app']}" if selector else "")
+    data = _run(client.call("GET", f"/history{query}"))
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    table = Table(show_edge=False, box=None, pad_edge=False)
+    for column in (
+        "#",
+        "app",
+        "kind",
+        "version",
+        "previous",
+        "strategy",
+        "status",
+        "started",
+        "note",
+    ):
+        table.add_column(column)
+    for dep in data["deployments"]:
+        colour = {"succeeded": "green", "running": "cyan"}.get(dep["status"], "red")
+        table.add_row(
+            str(dep["id"]),
+            dep["app"],
+            dep["kind"],
+            dep["version"] or "-",
+            dep["previous"] or "-",
+            dep["strategy"],
+            f"[{colour}]{dep['status']}[/{colour}]",
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(dep["started"])),
+            escape((dep["error"] or "").splitlines()[0] if dep["error"] else ""),
+        )
+    console.print(table)
+
+
+@main.command()
+@state_dir_option
+@config_option
+@click.option(
+    "--app", default=None, help="The app (default: the one in baton.yml, or the only one)."
+)
+@click.option("--version", "version", default=None, help="The release (default: the live one).")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@click.option(
+    "-n", "--lines", default=100, show_default=True, help="Lines per instance to start with."
+)
+@click.pass_context
+def logs(
+    ctx: click.Context,
+    sub_state_dir: Path | None,
+    config: Path | None,
+    app: str | None,
+    version: str | None,
+    follow: bool,
+    lines: int,
+) -> None:
+    """The instances' output (stdout and stderr)."""
+    client = Client(state_dir_of(ctx, sub_state_dir))
+    params = {**_app_selector(config, app), "lines": str(lines), "follow": "1" if follow else "0"}
+    if version:
+        params["version"] = version
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+
+    async def show() -> None:
+        async for item in client.stream("GET", f"/logs?{query}"):
+            click.echo(f"[{item['instance']}] {item['line']}")
+
+    _run(show())
+
+
+@main.command()
+@config_option
+def check(config: Path | None) -> None:
+    """Validate baton.yml and print a zero-downtime checklist."""
+    from baton.config import checklist, load_config
+
+    path = _config_path(config)
+    try:
+        loaded = load_config(path)
+    except ConfigError as exc:
+        _fail(exc)
+    console.print(f"[green]✓[/green] {escape(str(path))} is valid (app {loaded.config.app})")
+    failed = False
+    for item in checklist(loaded):
+        mark = {"ok": "[green]✓[/green]", "warn": "[yellow]![/yellow]"}.get(
+            item.level, "[red]✗[/red]"
+        )
+        console.print(f"  {mark} {escape(item.message)}")
+        failed = failed or not item.ok
+    if failed:
+        raise SystemExit(2)
+
+
+try:
+    from baton.proxy.cli import proxy_command
+except ImportError:  # the data plane is not installed in this build
+    pass
+else:
+    main.add_command(proxy_command)
+
+
+if __name__ == "__main__":
+    main()

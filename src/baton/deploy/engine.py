@@ -1,0 +1,1151 @@
+"""The deploy engine: executes deployment plans against the runtime, the proxy and the store.
+
+It owns the deployments in progress (``DeploymentRun``: the events any number of CLI
+followers stream) and the route table pushed to the proxy (``Router``: always rebuilt from
+the store, so the store and the proxy never disagree for long). Every deployment follows
+the seven steps of ``baton deploy``: lock and record, pre_deploy and start, readiness,
+smoke test, switch, verify, drain and stop (or keep warm), post_deploy. Each step is
+written to the store before it runs, so ``recover`` can finish or undo a deployment the
+control plane did not live to finish.
+
+The one promise: when a deployment fails, at any step, users are left on the previous
+release, and every instance the deployment started is stopped. Planning (which steps,
+which weights, whether verification failed, finish-or-undo after a crash) is pure and
+lives in ``baton.deploy.plan``; this module only does what the plan says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from baton.config import AppConfig, apply_overrides, load_config, parse_config
+from baton.deploy.plan import (
+    Pool,
+    Step,
+    app_route,
+    judge,
+    live_version,
+    plan_deploy,
+    plan_recovery,
+    primary_release,
+    release_counts,
+    route_table,
+    split_weights,
+    unique_label,
+)
+from baton.deploy.proxyclient import ProxyClient, ProxyUnavailable
+from baton.errors import BatonError, DeploymentFailed, RouteTableError, UsageError
+from baton.runtime.base import Instance, InstanceSpec, Runtime
+from baton.state.store import InstanceRow, ReleaseRow, Store
+
+log = logging.getLogger("baton.engine")
+
+ACTIVE_RELEASE_STATES = ("pending", "live", "warm")
+LOG_TAIL = 20
+
+
+def instance_of(release: ReleaseRow, row: InstanceRow) -> Instance:
+    """The runtime's view of a stored instance."""
+    return Instance(
+        app=release.app,
+        version=release.version,
+        index=row.index,
+        address=row.address,
+        ref=row.ref,
+        log_path=Path(row.log_path) if row.log_path else None,
+    )
+
+
+# -- events ------------------------------------------------------------------------------------
+
+
+class DeploymentRun:
+    """A deployment in progress: its events, kept for every follower, and its outcome."""
+
+    def __init__(self, deployment_id: int, app: str, version: str, kind: str) -> None:
+        self.id = deployment_id
+        self.app = app
+        self.version = version
+        self.kind = kind
+        self.events: list[dict[str, Any]] = []
+        self.finished = False
+        self.task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    def emit(self, event: dict[str, Any]) -> None:
+        event.setdefault("ts", time.time())
+        self.events.append(event)
+        self._wake.set()
+        self._wake = asyncio.Event()
+
+    def finish(self, result: dict[str, Any]) -> None:
+        self.emit({"event": "result", "deployment": self.id, **result})
+        self.finished = True
+        self._wake.set()
+
+    async def follow(self) -> AsyncIterator[dict[str, Any]]:
+        """Every event so far, then each new one, until the result."""
+        seen = 0
+        while True:
+            while seen < len(self.events):
+                yield self.events[seen]
+                seen += 1
+            if self.finished:
+                return
+            await self._wake.wait()
+
+
+# -- the route table -----------------------------------------------------------------------------
+
+
+class Router:
+    """Builds route tables from the store and sends them to the proxy, one at a time."""
+
+    def __init__(self, store: Store, proxy: ProxyClient) -> None:
+        self.store = store
+        self.proxy = proxy
+        self._lock = asyncio.Lock()
+
+    def pools(self, app: str) -> list[tuple[ReleaseRow, Pool]]:
+        pools = []
+        for release in self.store.releases(app):
+            targets = tuple(i.address for i in self.store.instances(release.id, ("routed",)))
+            if targets:
+                pools.append((release, Pool(release.version, release.weight, targets)))
+        return pools
+
+    def app_route(self, app: str) -> dict[str, Any] | None:
+        pools = self.pools(app)
+        primary = primary_release([p for _, p in pools])
+        config = next((r.config for r, p in pools if p.release == primary), None)
+        if config is None:
+            return None
+        return app_route(config, [p for _, p in pools])
+
+    def table(self) -> dict[str, Any]:
+        return route_table({a.name: self.app_route(a.name) for a in self.store.apps()})
+
+    def listens(self) -> list[str]:
+        table = self.table()
+        return sorted({route["listen"] for route in table["apps"].values()})
+
+    async def push_app(self, app: str, *, retry_for: float = 15.0) -> None:
+        """Send one app's routes; wait (bounded) for a proxy that is being restarted."""
+        deadline = time.monotonic() + retry_for
+        while True:
+            try:
+                async with self._lock:
+                    route = self.app_route(app)
+                    if route is None:
+                        await self.proxy.delete_app(app)
+                    else:
+                        await self.proxy.put_app(app, route)
+                return
+            except ProxyUnavailable:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
+    async def push_all(self) -> None:
+        async with self._lock:
+            await self.proxy.put_routes(self.table())
+
+
+# -- the engine --------------------------------------------------------------------------------
+
+
+class _InstanceFailed(DeploymentFailed):
+    def __init__(self, message: str, index: int | None, logs: list[str]) -> None:
+        super().__init__(message)
+        self.index = index
+        self.logs = logs
+
+
+@dataclass
+class _Deploy:
+    run: DeploymentRun
+    app: str
+    release: ReleaseRow
+    cfg: AppConfig
+    previous: ReleaseRow | None
+    kind: str
+    strategy: str
+    warm_switch: bool = False
+    started: dict[int, tuple[int, Instance]] = field(default_factory=dict)
+    finalized: bool = False
+
+
+def _hook_env(release: ReleaseRow, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(release.env)
+    env.update({"BATON_APP": release.app, "BATON_VERSION": release.version})
+    env.update(extra or {})
+    return env
+
+
+async def _default_version(app_dir: Path) -> str:
+    """The short git commit of the app's directory, else a timestamp."""
+    with contextlib.suppress(OSError, TimeoutError):
+        proc = await asyncio.create_subprocess_exec(
+            "git",
+            "-C",
+            str(app_dir),
+            "rev-parse",
+            "--short",
+            "HEAD",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 5.0)
+        if proc.returncode == 0 and out.strip():
+            return out.decode().strip()
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+class Engine:
+    """Deploys, rolls back, recovers and stops releases. One per control plane."""
+
+    def __init__(
+        self,
+        store: Store,
+        runtime: Runtime,
+        proxy: ProxyClient,
+        state_dir: Path,
+        *,
+        router: Router | None = None,
+    ) -> None:
+        self.store = store
+        self.runtime = runtime
+        self.proxy = proxy
+        self.router = router or Router(store, proxy)
+        self.state_dir = state_dir
+        self.pid = os.getpid()
+        self.runs: dict[int, DeploymentRun] = {}
+        self._deploys: dict[int, _Deploy] = {}
+
+    # -- starting deployments ----------------------------------------------------------------
+
+    async def prepare_deploy(
+        self,
+        config_path: str,
+        *,
+        version: str | None = None,
+        env: dict[str, str] | None = None,
+        command: str | None = None,
+        strategy: str | None = None,
+    ) -> DeploymentRun:
+        """Validate, lock the app and record the deployment; ``start`` then runs it.
+
+        Raises ``ConfigError``/``UsageError`` (nothing changed) or ``DeploymentLocked``.
+        """
+        loaded = load_config(config_path)
+        cfg = apply_overrides(loaded.config, env or {}, command, strategy)
+        app = cfg.app
+        existing = self.store.releases(app)
+        if version is not None:
+            version = version.strip()
+            if not version or any(c.isspace() for c in version):
+                raise UsageError(f"--version: expected a label without spaces, got {version!r}")
+            clash = [
+                r for r in existing if r.version == version and r.state in ACTIVE_RELEASE_STATES
+            ]
+            if clash:
+                raise UsageError(
+                    f"--version: {app} already has a {clash[0].state} release {version!r};"
+                    f" choose another label, or run `baton rollback {version}`"
+                )
+        else:
+            version = unique_label(
+                await _default_version(loaded.app_dir), [r.version for r in existing]
+            )
+        previous = self._live_release(app)
+        config = cfg.model_dump(mode="json")
+        deployment_id, release_id = self.store.begin_deployment(
+            app=app,
+            app_config=config,
+            config_path=str(loaded.path),
+            kind="deploy",
+            strategy=cfg.deploy.strategy,
+            release={
+                "version": version,
+                "command": cfg.run.command,
+                "env": dict(cfg.run.env),
+                "cwd": str(loaded.app_dir),
+                "config": config,
+                "config_hash": loaded.config_hash,
+            },
+            previous_release_id=previous.id if previous else None,
+            holder_pid=self.pid,
+        )
+        release = self.store.release(release_id)
+        assert release is not None
+        run = DeploymentRun(deployment_id, app, version, "deploy")
+        run.emit(self._intro(run, release, previous, cfg.deploy.strategy))
+        self.runs[deployment_id] = run
+        self._deploys[deployment_id] = _Deploy(
+            run, app, release, cfg, previous, "deploy", cfg.deploy.strategy
+        )
+        return run
+
+    async def prepare_rollback(self, app: str, version: str | None = None) -> DeploymentRun:
+        """Lock the app and record a rollback to ``version`` (default: the previous release)."""
+        if self.store.app(app) is None:
+            raise UsageError(f"no app named {app!r} was ever deployed on this host")
+        live = self._live_release(app)
+        target = self._rollback_target(app, live, version)
+        cfg = parse_config(target.config)
+        routed = self.store.instances(target.id, ("routed",))
+        alive = [await self.runtime.alive(instance_of(target, i)) for i in routed]
+        warm = target.state == "warm" and bool(routed) and all(alive) and live is not None
+        if target.state == "warm" and not warm:
+            # Some of its instances died: start it afresh rather than half warm.
+            rows = [(target, row) for row in routed]
+            with self.store.transaction():
+                self.store.update_release(target.id, state="stopped", weight=0)
+                for _, row in rows:
+                    self.store.set_instance_state(row.id, "draining")
+            await self.router.push_app(app)
+            await self._stop_rows(rows, cfg.deploy.stop_timeout)
+            target = self.store.release(target.id) or target
+        deployment_id, _ = self.store.begin_deployment(
+            app=app,
+            app_config=None,
+            config_path=None,
+            kind="rollback",
+            strategy=cfg.deploy.strategy,
+            release=None,
+            release_id=target.id,
+            previous_release_id=live.id if live else None,
+            holder_pid=self.pid,
+        )
+        run = DeploymentRun(deployment_id, app, target.version, "rollback")
+        run.emit(self._intro(run, target, live, "switch" if warm else cfg.deploy.strategy))
+        self.runs[deployment_id] = run
+        d = _Deploy(run, app, target, cfg, live, "rollback", cfg.deploy.strategy, warm_switch=warm)
+        if warm:
+            for row in routed:
+                d.started[row.index] = (row.id, instance_of(target, row))
+        self._deploys[deployment_id] = d
+        return run
+
+    def start(self, run: DeploymentRun) -> None:
+        """Run a prepared deployment in the background (it outlives the client that asked)."""
+        d = self._deploys.pop(run.id)
+        run.task = asyncio.get_running_loop().create_task(self._execute(d))
+
+    def _intro(
+        self, run: DeploymentRun, release: ReleaseRow, previous: ReleaseRow | None, how: str
+    ) -> dict[str, Any]:
+        return {
+            "event": "deployment",
+            "id": run.id,
+            "app": run.app,
+            "kind": run.kind,
+            "version": release.version,
+            "previous": previous.version if previous else None,
+            "strategy": how,
+        }
+
+    def _live_release(self, app: str) -> ReleaseRow | None:
+        live = self.store.releases(app, ("live",))
+        return live[-1] if live else None
+
+    def _rollback_target(
+        self, app: str, live: ReleaseRow | None, version: str | None
+    ) -> ReleaseRow:
+        candidates = [
+            r
+            for r in self.store.releases(app)
+            if r.live_since is not None and (live is None or r.id != live.id)
+        ]
+        if version is not None:
+            named = [r for r in self.store.releases(app) if r.version == version]
+            if not named:
+                known = ", ".join(sorted({r.version for r in self.store.releases(app)})) or "none"
+                raise UsageError(f"{app} has no release {version!r} (known: {known})")
+            if live is not None and named[-1].id == live.id:
+                raise UsageError(f"{version} is already the live release of {app}")
+            return named[-1]
+        if not candidates:
+            raise UsageError(f"{app} has no previous release to roll back to")
+        return max(candidates, key=lambda r: r.live_since or 0.0)
+
+    # -- executing ---------------------------------------------------------------------------
+
+    async def _execute(self, d: _Deploy) -> None:
+        run = d.run
+        started = time.monotonic()
+        try:
+            await self._steps(d)
+        except asyncio.CancelledError:
+            self.store.finish_deployment(run.id, "aborted", "the control plane stopped")
+            run.finish(
+                {
+                    "ok": False,
+                    "exit_code": 1,
+                    "status": "aborted",
+                    "message": "the control plane stopped during the deployment",
+                }
+            )
+            raise
+        except BaseException as exc:
+            failed = exc if isinstance(exc, DeploymentFailed) else None
+            message = str(exc) if isinstance(exc, BatonError) else f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, BatonError):
+                log.exception("deployment %s crashed", run.id)
+            status = "rolled_back" if self._traffic_moved(d) else "failed"
+            try:
+                if not await self._undo(d):
+                    status = "failed"
+            except Exception as undo_exc:
+                log.exception("undoing deployment %s failed", run.id)
+                message += f"; undoing it failed too: {undo_exc}"
+            self.store.finish_deployment(run.id, status, message)
+            self.store.add_event(run.id, run.app, "failed", {"error": message})
+            result: dict[str, Any] = {
+                "ok": False,
+                "exit_code": 1,
+                "status": status,
+                "message": message,
+                "previous": d.previous.version if d.previous else None,
+                "seconds": round(time.monotonic() - started, 3),
+            }
+            if isinstance(failed, _InstanceFailed):
+                result["instance"] = failed.index
+                result["logs"] = failed.logs
+            run.finish(result)
+        else:
+            self.store.finish_deployment(run.id, "succeeded")
+            self.store.add_event(run.id, run.app, "succeeded", {"version": d.release.version})
+            run.finish(
+                {
+                    "ok": True,
+                    "exit_code": 0,
+                    "status": "succeeded",
+                    "message": f"{run.app} {d.release.version} is live",
+                    "version": d.release.version,
+                    "seconds": round(time.monotonic() - started, 3),
+                }
+            )
+        finally:
+            self.runs.pop(run.id, None)
+
+    def _traffic_moved(self, d: _Deploy) -> bool:
+        step = self.store.deployment(d.run.id)
+        return step is not None and step.step.split("#")[0] in ("switch", "verify", "rollback")
+
+    async def _steps(self, d: _Deploy) -> None:
+        cfg = d.cfg
+        prev_routed = self.store.instances(d.previous.id, ("routed",)) if d.previous else []
+        if d.warm_switch:
+            old = tuple(i.id for i in prev_routed)
+            steps = [Step("switch", new=tuple(d.started), old=old)]
+            if old:
+                steps.append(Step("drain", old=old))
+                steps.append(Step("keep_warm" if cfg.deploy.keep_previous > 0 else "stop", old=old))
+        else:
+            steps = plan_deploy(
+                d.strategy,
+                new_count=cfg.instances,
+                old=[i.id for i in prev_routed],
+                max_surge=cfg.deploy.max_surge,
+                pre_deploy=bool(cfg.hooks.pre_deploy) and d.kind == "deploy",
+                smoke_test=bool(cfg.hooks.smoke_test),
+                verify=cfg.deploy.verify > 0,
+                keep_warm=cfg.deploy.keep_previous > 0,
+                post_deploy=bool(cfg.hooks.post_deploy),
+            )
+        for step in steps:
+            if step.kind == "post_deploy":
+                await self._finalize(d)
+            self.store.set_step(d.run.id, step.label)
+            self.store.add_event(d.run.id, d.app, "step", {"step": step.label})
+            d.run.emit({"event": "step", "step": step.kind, "batch": step.batch})
+            await self._do(d, step)
+        await self._finalize(d)
+
+    async def _do(self, d: _Deploy, step: Step) -> None:
+        cfg = d.cfg
+        if step.kind == "pre_deploy":
+            await self._hook(d, "pre_deploy", cfg.hooks.pre_deploy, {})
+        elif step.kind == "start":
+            for index in step.new:
+                await self._start_instance(d, index)
+        elif step.kind == "ready":
+            await self._wait_ready(d, step.new)
+        elif step.kind == "smoke_test":
+            _, instance = d.started[step.new[0]]
+            url = f"http://{instance.address}"
+            d.run.emit({"event": "smoke_test", "target": url})
+            await self._hook(d, "smoke_test", cfg.hooks.smoke_test, {"BATON_TARGET_URL": url})
+        elif step.kind == "switch":
+            await self._switch(d, step)
+        elif step.kind == "verify":
+            await self._verify(d)
+        elif step.kind == "drain":
+            await self._drain(d, self._rows(step.old), cfg.deploy.drain_timeout)
+        elif step.kind == "stop":
+            await self._stop_old(d, step)
+        elif step.kind == "keep_warm":
+            assert d.previous is not None
+            until = time.time() + cfg.deploy.keep_previous
+            self.store.update_release(d.previous.id, state="warm", weight=0, warm_until=until)
+            d.run.emit(
+                {
+                    "event": "keep_warm",
+                    "version": d.previous.version,
+                    "seconds": cfg.deploy.keep_previous,
+                }
+            )
+        elif step.kind == "post_deploy":
+            try:
+                await self._hook(d, "post_deploy", cfg.hooks.post_deploy, {})
+            except DeploymentFailed as exc:
+                # The new release is live and verified; a failed notification does not undo it.
+                d.run.emit({"event": "warning", "message": f"post_deploy failed: {exc}"})
+
+    def _rows(self, ids: tuple[int, ...]) -> list[tuple[ReleaseRow, InstanceRow]]:
+        out = []
+        for instance_id in ids:
+            row = self.store.instance(instance_id)
+            release = self.store.release(row.release_id) if row else None
+            if row is not None and release is not None:
+                out.append((release, row))
+        return out
+
+    async def _hook(
+        self, d: _Deploy, name: str, command: str | None, extra: dict[str, str]
+    ) -> None:
+        from baton.deploy.hooks import raise_for_hook, run_hook
+
+        if not command:
+            return
+
+        def line(text: str) -> None:
+            d.run.emit({"event": "hook_output", "hook": name, "line": text})
+
+        result = await run_hook(
+            name,
+            command,
+            cwd=Path(d.release.cwd),
+            env=_hook_env(d.release, extra),
+            timeout=d.cfg.hooks.timeout,
+            log=line,
+        )
+        d.run.emit({"event": "hook", "hook": name, "ok": result.ok})
+        raise_for_hook(result)
+
+    async def _start_instance(self, d: _Deploy, index: int) -> None:
+        release = d.release
+        spec = InstanceSpec(
+            app=d.app,
+            version=release.version,
+            index=index,
+            command=release.command,
+            cwd=Path(release.cwd),
+            env={
+                **release.env,
+                "BATON_APP": d.app,
+                "BATON_VERSION": release.version,
+                "BATON_INSTANCE": str(index),
+            },
+            log_dir=self.state_dir / "logs" / d.app,
+        )
+        try:
+            instance = await self.runtime.start(spec)
+        except BatonError as exc:
+            raise _InstanceFailed(
+                f"instance {index} of {release.version} did not start: {exc}", index, []
+            ) from exc
+        except OSError as exc:
+            raise _InstanceFailed(
+                f"instance {index} of {release.version} did not start: {exc}", index, []
+            ) from exc
+        row_id = self.store.add_instance(
+            release.id,
+            index,
+            instance.address,
+            instance.ref,
+            str(instance.log_path) if instance.log_path else None,
+        )
+        d.started[index] = (row_id, instance)
+        d.run.emit(
+            {"event": "instance", "index": index, "address": instance.address, "state": "starting"}
+        )
+
+    async def _wait_ready(self, d: _Deploy, indexes: tuple[int, ...]) -> None:
+        from baton.deploy.probes import wait_ready
+
+        health = d.cfg.health
+
+        async def one(index: int) -> None:
+            row_id, instance = d.started[index]
+
+            async def alive() -> bool:
+                return await self.runtime.alive(instance)
+
+            def progress(message: str) -> None:
+                d.run.emit({"event": "probe", "index": index, "message": message})
+
+            try:
+                await wait_ready(
+                    instance.address,
+                    health_path=health.path,
+                    interval=health.interval,
+                    timeout=health.timeout,
+                    success_threshold=health.success_threshold,
+                    ready_timeout=d.cfg.deploy.ready_timeout,
+                    alive=alive,
+                    on_progress=progress,
+                    instance=f"{d.release.version}#{index}",
+                )
+            except DeploymentFailed as exc:
+                self.store.set_instance_state(row_id, "failed")
+                logs = await self._logs(instance)
+                d.run.emit(
+                    {
+                        "event": "instance",
+                        "index": index,
+                        "address": instance.address,
+                        "state": "failed",
+                        "message": str(exc),
+                    }
+                )
+                raise _InstanceFailed(
+                    f"instance {index} of {d.release.version} ({instance.address}) is not"
+                    f" ready: {exc}",
+                    index,
+                    logs,
+                ) from exc
+            self.store.set_instance_state(row_id, "ready")
+            d.run.emit(
+                {"event": "instance", "index": index, "address": instance.address, "state": "ready"}
+            )
+
+        tasks = [asyncio.ensure_future(one(i)) for i in indexes]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in tasks:
+            exc = task.exception() if not task.cancelled() else None
+            if exc is not None:
+                raise exc
+
+    async def _logs(self, instance: Instance) -> list[str]:
+        try:
+            return await self.runtime.logs(instance, LOG_TAIL)
+        except Exception:
+            return []
+
+    async def _switch(self, d: _Deploy, step: Step) -> None:
+        release = d.release
+        previous = d.previous
+        new_ids = [d.started[i][0] for i in step.new]
+        if d.warm_switch:
+            addresses = [d.started[i][1].address for i in step.new]
+            with contextlib.suppress(BatonError):
+                await self.proxy.undrain(addresses)
+        with self.store.transaction():
+            for row_id in new_ids:
+                self.store.set_instance_state(row_id, "routed")
+            if d.strategy == "blue-green" or d.warm_switch:
+                self.store.update_release(release.id, weight=100)
+                if previous is not None:
+                    self.store.update_release(previous.id, weight=0)
+            else:
+                for instance_id in step.old:
+                    self.store.set_instance_state(instance_id, "draining")
+                new_count = len(self.store.instances(release.id, ("routed",)))
+                old_count = len(self.store.instances(previous.id, ("routed",))) if previous else 0
+                old_weight, new_weight = split_weights([old_count, new_count])
+                self.store.update_release(release.id, weight=new_weight)
+                if previous is not None:
+                    self.store.update_release(previous.id, weight=old_weight)
+        await self.router.push_app(d.app)
+        weights = {p.release: p.weight for _, p in self.router.pools(d.app)}
+        d.run.emit({"event": "switch", "weights": weights, "batch": step.batch})
+
+    async def _verify(self, d: _Deploy) -> None:
+        cfg = d.cfg.deploy
+        version = d.release.version
+
+        async def counts() -> Any:
+            try:
+                return release_counts(await self.proxy.metrics(), d.app, version)
+            except BatonError:
+                return None
+
+        before = await counts()
+        if before is None:
+            d.run.emit({"event": "warning", "message": "no metrics from the proxy; not verified"})
+            return
+        deadline = time.monotonic() + cfg.verify
+        last_report = 0.0
+        verdict = judge(before, before, cfg.max_error_rate)
+        while (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(0.25, left))
+            now = await counts()
+            if now is None:
+                continue
+            verdict = judge(before, now, cfg.max_error_rate)
+            if verdict.failing:
+                d.run.emit(
+                    {
+                        "event": "verify",
+                        "requests": verdict.requests,
+                        "errors": verdict.errors,
+                        "rate": verdict.rate,
+                        "failing": True,
+                    }
+                )
+                raise DeploymentFailed(
+                    f"{version} failed verification: {verdict.describe(cfg.max_error_rate)};"
+                    " switched back"
+                )
+            if time.monotonic() - last_report >= 1.0:
+                last_report = time.monotonic()
+                d.run.emit(
+                    {
+                        "event": "verify",
+                        "requests": verdict.requests,
+                        "errors": verdict.errors,
+                        "rate": verdict.rate,
+                        "failing": False,
+                        "left": round(max(0.0, left), 1),
+                    }
+                )
+        d.run.emit(
+            {
+                "event": "verify",
+                "requests": verdict.requests,
+                "errors": verdict.errors,
+                "rate": verdict.rate,
+                "failing": False,
+                "passed": True,
+            }
+        )
+
+    async def _drain(
+        self, d: _Deploy | None, rows: list[tuple[ReleaseRow, InstanceRow]], wait: float
+    ) -> None:
+        addresses = [row.address for _, row in rows]
+        if not addresses:
+            return
+        try:
+            answer = await self.proxy.drain(addresses, wait)
+            drained = bool(answer.get("drained", True))
+        except ProxyUnavailable:
+            drained = True  # a restarted proxy has nothing in flight to the old targets
+        except BatonError as exc:
+            drained = False
+            if d is not None:
+                d.run.emit({"event": "warning", "message": f"drain: {exc}"})
+        if d is not None:
+            d.run.emit({"event": "drain", "targets": addresses, "drained": drained})
+
+    async def _stop_old(self, d: _Deploy, step: Step) -> None:
+        rows = self._rows(step.old)
+        with self.store.transaction():
+            for _, row in rows:
+                self.store.set_instance_state(row.id, "draining")
+        await self.router.push_app(d.app)
+        await self._stop_rows(rows, d.cfg.deploy.stop_timeout)
+        d.run.emit({"event": "stopped", "targets": [row.address for _, row in rows]})
+
+    async def _stop_rows(
+        self, rows: list[tuple[ReleaseRow, InstanceRow]], timeout: float, state: str = "stopped"
+    ) -> None:
+        async def one(release: ReleaseRow, row: InstanceRow) -> None:
+            try:
+                await self.runtime.stop(instance_of(release, row), timeout)
+            except Exception:
+                log.exception("stopping %s failed", row.address)
+            self.store.set_instance_state(row.id, state)
+
+        await asyncio.gather(*(one(r, i) for r, i in rows))
+
+    async def _finalize(self, d: _Deploy) -> None:
+        """The new release took the traffic and passed verification: record it as live."""
+        if d.finalized:
+            return
+        d.finalized = True
+        now = time.time()
+        older_warm: list[ReleaseRow] = []
+        with self.store.transaction():
+            self.store.update_release(
+                d.release.id, state="live", weight=100, live_since=now, clear_warm_until=True
+            )
+            for release in self.store.releases(d.app, ACTIVE_RELEASE_STATES):
+                if release.id == d.release.id:
+                    continue
+                if (
+                    d.previous is not None
+                    and release.id == d.previous.id
+                    and release.state == "warm"
+                ):
+                    continue
+                if release.state == "warm":
+                    older_warm.append(release)
+                self.store.update_release(release.id, state="stopped", weight=0)
+                for row in self.store.instances(release.id, ("routed", "ready", "starting")):
+                    self.store.set_instance_state(row.id, "draining")
+        await self.router.push_app(d.app)
+        leftovers = [
+            (r, row)
+            for r in self.store.releases(d.app, ("stopped",))
+            for row in self.store.instances(r.id, ("draining",))
+        ]
+        if leftovers:
+            await self._drain(None, leftovers, d.cfg.deploy.drain_timeout)
+            await self._stop_rows(leftovers, d.cfg.deploy.stop_timeout)
+
+    async def _undo(self, d: _Deploy) -> bool:
+        """Put users back on the previous release and stop what this deployment started.
+
+        Returns True when the previous release (or, on a first deploy, nothing) is routed.
+        """
+        release, previous = d.release, d.previous
+        timeout = d.cfg.deploy.stop_timeout
+        new_rows = [
+            (release, row)
+            for row in self.store.instances(release.id)
+            if row.state in ("starting", "ready", "routed")
+            and (not d.warm_switch or row.id in {rid for rid, _ in d.started.values()})
+        ]
+        if d.warm_switch:
+            # A failed switch back to a warm release: it stays warm, the live one stays live.
+            assert previous is not None
+            with self.store.transaction():
+                self.store.update_release(previous.id, weight=100)
+                self.store.update_release(release.id, weight=0)
+            await self.router.push_app(d.app)
+            return True
+        restored = True
+        if previous is not None:
+            # Rolling stops old instances as it goes: start what is missing before switching back.
+            prev_routed = self.store.instances(previous.id, ("routed",))
+            missing = parse_config(previous.config).instances - len(prev_routed)
+            if missing > 0 and any(r.state == "routed" for _, r in new_rows):
+                restored = await self._restart_previous(d, prev_routed, missing) or bool(
+                    prev_routed
+                )
+        routed_new = [(r, row) for r, row in new_rows if row.state == "routed"]
+        if restored:
+            with self.store.transaction():
+                for _, row in new_rows:
+                    self.store.set_instance_state(row.id, "draining")
+                self.store.update_release(release.id, weight=0)
+                if previous is not None:
+                    self.store.update_release(previous.id, state="live", weight=100)
+            if routed_new or previous is None:
+                self.store.set_step(d.run.id, "rollback")
+                await self.router.push_app(d.app)
+                d.run.emit(
+                    {
+                        "event": "switch",
+                        "weights": {p.release: p.weight for _, p in self.router.pools(d.app)},
+                        "back": True,
+                    }
+                )
+                await self._drain(d, routed_new, d.cfg.deploy.drain_timeout)
+            await self._stop_rows(new_rows, timeout, state="failed")
+            if release.state != "live":
+                self.store.update_release(release.id, state="failed", weight=0)
+            return True
+        return False
+
+    async def _restart_previous(self, d: _Deploy, routed: list[InstanceRow], missing: int) -> bool:
+        """Rolling stopped old instances: start ``missing`` of them again, then switch back."""
+        previous = d.previous
+        assert previous is not None
+        cfg = parse_config(previous.config)
+        d.run.emit(
+            {
+                "event": "step",
+                "step": "rollback",
+                "batch": None,
+                "detail": f"starting {missing} instance(s) of {previous.version} again",
+            }
+        )
+        self.store.set_step(d.run.id, "rollback")
+        back = _Deploy(d.run, d.app, previous, cfg, None, "rollback", cfg.deploy.strategy)
+        used = {row.index for row in routed}
+        indexes = tuple(i for i in range(cfg.instances + len(used)) if i not in used)[:missing]
+        try:
+            for index in indexes:
+                await self._start_instance(back, index)
+            await self._wait_ready(back, indexes)
+        except DeploymentFailed as exc:
+            d.run.emit(
+                {"event": "warning", "message": f"could not restart {previous.version}: {exc}"}
+            )
+            rows = [(previous, r) for r in self.store.instances(previous.id, ("starting", "ready"))]
+            await self._stop_rows(rows, cfg.deploy.stop_timeout, state="failed")
+            return False
+        with self.store.transaction():
+            for row_id, _ in back.started.values():
+                self.store.set_instance_state(row_id, "routed")
+        return True
+
+    # -- background work: warm releases, recovery, shutdown ---------------------------------------
+
+    async def expire_warm(self) -> None:
+        """Stop warm releases whose ``keep_previous`` ran out (not while the app deploys)."""
+        now = time.time()
+        for app in self.store.apps():
+            if self.store.running_deployment(app.name) is not None:
+                continue
+            for release in self.store.releases(app.name, ("warm",)):
+                if release.warm_until is not None and release.warm_until > now:
+                    continue
+                rows = [(release, r) for r in self.store.instances(release.id, ("routed", "ready"))]
+                with self.store.transaction():
+                    self.store.update_release(release.id, state="stopped", weight=0)
+                    for _, row in rows:
+                        self.store.set_instance_state(row.id, "draining")
+                await self.router.push_app(app.name)
+                cfg = parse_config(release.config)
+                await self._stop_rows(rows, cfg.deploy.stop_timeout)
+                self.store.add_event(None, app.name, "expired", {"version": release.version})
+
+    async def recover(self) -> list[str]:
+        """After a restart: finish or undo unfinished deployments, stop orphans. Returns notes."""
+        notes: list[str] = []
+        # Instances that died while nobody watched.
+        for release, row in self.store.active_instances():
+            if not await self.runtime.alive(instance_of(release, row)):
+                self.store.set_instance_state(row.id, "failed")
+        for dep in self.store.running_deployments():
+            notes.append(await self._recover_deployment(dep.id))
+        # Releases with nothing running any more.
+        for app in self.store.apps():
+            for release in self.store.releases(app.name, ACTIVE_RELEASE_STATES):
+                if not self.store.instances(release.id, ("routed",)):
+                    self.store.update_release(
+                        release.id,
+                        state="failed" if release.state == "pending" else "stopped",
+                        weight=0,
+                    )
+        # The proxy routes what the store now says, before anything it routed is stopped.
+        try:
+            await self.router.push_all()
+        except BatonError as exc:
+            notes.append(f"could not send the route table to the proxy: {exc}")
+        # Orphans: running instances no live or warm release routes.
+        keep = {
+            (row.ref, row.address)
+            for release, row in self.store.active_instances()
+            if release.state in ("live", "warm") and row.state == "routed"
+        }
+        for release, row in self.store.active_instances():
+            if (row.ref, row.address) not in keep:
+                await self._stop_rows(
+                    [(release, row)], parse_config(release.config).deploy.stop_timeout
+                )
+                notes.append(
+                    f"stopped {release.app} {release.version} instance {row.index} ({row.address})"
+                )
+        try:
+            owned = await self.runtime.owned()
+        except Exception as exc:
+            owned = []
+            notes.append(f"could not list the runtime's instances: {exc}")
+        for instance in owned:
+            if (instance.ref, instance.address) not in keep:
+                try:
+                    await self.runtime.stop(instance, 5.0)
+                except Exception:
+                    log.exception("stopping orphan %s failed", instance.address)
+                notes.append(
+                    f"stopped orphan {instance.app} {instance.version} ({instance.address})"
+                )
+        return notes
+
+    async def _recover_deployment(self, deployment_id: int) -> str:
+        dep = self.store.deployment(deployment_id)
+        assert dep is not None
+        new = self.store.release(dep.release_id) if dep.release_id is not None else None
+        previous = (
+            self.store.release(dep.previous_release_id)
+            if dep.previous_release_id is not None
+            else None
+        )
+
+        def alive_rows(release: ReleaseRow | None) -> list[InstanceRow]:
+            if release is None:
+                return []
+            return self.store.instances(release.id, ("starting", "ready", "routed", "draining"))
+
+        decision, why = plan_recovery(
+            dep.step,
+            has_previous=previous is not None,
+            previous_alive=len(alive_rows(previous)),
+            new_alive=len(alive_rows(new)),
+        )
+        if new is not None and previous is not None and new.id == previous.id:
+            decision = "undo"
+        keep, drop = (previous, new) if decision == "undo" else (new, previous)
+        with self.store.transaction():
+            if keep is not None:
+                rows = alive_rows(keep)
+                for row in rows:
+                    self.store.set_instance_state(row.id, "routed")
+                state = "live" if rows else "stopped"
+                self.store.update_release(keep.id, state=state, weight=100 if rows else 0)
+                if decision == "finish" and rows:
+                    self.store.update_release(keep.id, live_since=time.time())
+            if drop is not None:
+                for row in alive_rows(drop):
+                    self.store.set_instance_state(row.id, "draining")
+                self.store.update_release(
+                    drop.id, state="failed" if decision == "undo" else "stopped", weight=0
+                )
+        done = "undone" if decision == "undo" else "finished"
+        message = f"the control plane restarted at step {dep.step!r}; {done}: {why}"
+        self.store.finish_deployment(
+            dep.id, "aborted" if decision == "undo" else "succeeded", message
+        )
+        self.store.add_event(dep.id, dep.app, "recovered", {"decision": decision, "why": why})
+        return f"{dep.app}: deployment #{dep.id} {message}"
+
+    async def cancel_runs(self) -> None:
+        """Stop every deployment in progress where it is (``stop_all`` cleans up after)."""
+        tasks = [run.task for run in self.runs.values() if run.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def stop_all(self) -> None:
+        """Stop every instance Baton started (``baton down``; the proxy is stopped first)."""
+        rows = self.store.active_instances()
+        by_timeout: dict[float, list[tuple[ReleaseRow, InstanceRow]]] = {}
+        for release, row in rows:
+            timeout = parse_config(release.config).deploy.stop_timeout
+            by_timeout.setdefault(timeout, []).append((release, row))
+        await asyncio.gather(*(self._stop_rows(r, t) for t, r in by_timeout.items()))
+        with self.store.transaction():
+            for app in self.store.apps():
+                for release in self.store.releases(app.name, ACTIVE_RELEASE_STATES):
+                    self.store.update_release(release.id, state="stopped", weight=0)
+        for dep in self.store.running_deployments():
+            self.store.finish_deployment(dep.id, "aborted", "baton down")
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def status(self) -> dict[str, Any]:
+        try:
+            targets = await self.proxy.targets()
+            proxy_ok = True
+        except BatonError:
+            targets, proxy_ok = {}, False
+        apps: dict[str, Any] = {}
+        for app in self.store.apps():
+            pools = self.router.pools(app.name)
+            releases = []
+            for release in self.store.releases(app.name, ACTIVE_RELEASE_STATES):
+                instances = []
+                for row in self.store.instances(
+                    release.id, ("starting", "ready", "routed", "draining")
+                ):
+                    seen = targets.get(row.address)
+                    alive = await self.runtime.alive(instance_of(release, row))
+                    if not alive:
+                        health = "down"
+                    elif seen is None:
+                        health = "up"
+                    else:
+                        health = "healthy" if seen.get("healthy", True) else "unhealthy"
+                    seen = seen or {}
+                    instances.append(
+                        {
+                            "index": row.index,
+                            "address": row.address,
+                            "state": row.state,
+                            "health": health,
+                            "in_flight": seen.get("in_flight", 0),
+                        }
+                    )
+                releases.append(
+                    {
+                        "version": release.version,
+                        "state": release.state,
+                        "weight": release.weight,
+                        "warm_until": release.warm_until,
+                        "instances": instances,
+                    }
+                )
+            running = self.store.running_deployment(app.name)
+            route = app.config.get("proxy", {})
+            apps[app.name] = {
+                "live": live_version([p for _, p in pools]),
+                "listen": route.get("listen"),
+                "hosts": route.get("hosts", []),
+                "releases": releases,
+                "deployment": running.as_json() if running else None,
+            }
+        return {"proxy": {"ok": proxy_ok}, "apps": apps}
+
+    def history(self, app: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        out = []
+        for dep in self.store.deployments(app, limit):
+            release = self.store.release(dep.release_id) if dep.release_id else None
+            previous = (
+                self.store.release(dep.previous_release_id) if dep.previous_release_id else None
+            )
+            out.append(
+                {
+                    **dep.as_json(),
+                    "version": release.version if release else None,
+                    "previous": previous.version if previous else None,
+                }
+            )
+        return out
+
+    def log_files(self, app: str, version: str | None) -> list[tuple[str, Path]]:
+        """(label, path) of each log file of ``version`` (default: the live release)."""
+        if self.store.app(app) is None:
+            raise UsageError(f"no app named {app!r} was ever deployed on this host")
+        releases = self.store.releases(app)
+        if version is None:
+            chosen = [r for r in releases if r.state == "live"] or releases[-1:]
+        else:
+            chosen = [r for r in releases if r.version == version]
+            if not chosen:
+                raise UsageError(f"{app} has no release {version!r}")
+            chosen = chosen[-1:]
+        files = []
+        for release in chosen:
+            rows = self.store.instances(release.id)
+            latest: dict[int, InstanceRow] = {row.index: row for row in rows}
+            for index, row in sorted(latest.items()):
+                if row.log_path:
+                    files.append((f"{release.version}#{index}", Path(row.log_path)))
+        return files
+
+
+def describe_error(exc: BaseException) -> tuple[int, str]:
+    """(exit code, message) for an error raised while preparing a deployment."""
+    if isinstance(exc, BatonError):
+        return exc.exit_code, str(exc)
+    return 1, f"{type(exc).__name__}: {exc}"
+
+
+__all__ = [
+    "DeploymentRun",
+    "Engine",
+    "RouteTableError",
+    "Router",
+    "describe_error",
+    "instance_of",
+]

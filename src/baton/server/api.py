@@ -1,0 +1,238 @@
+"""The control plane's JSON HTTP API, served on a Unix socket in the state dir.
+
+It owns no state: each handler validates its input, asks the engine, and answers JSON.
+Every error is ``{"error": "...", "exit_code": N}`` with the exit code the CLI should use
+(400 for bad input or config: 2; 409 when the app is locked: 3; 500 otherwise: 1).
+Deployments stream their progress as newline-delimited JSON events; the last one has
+``"event": "result"``. A client that goes away does not stop the deployment.
+
+| method + path        | body / query                                    | answer              |
+|----------------------|-------------------------------------------------|---------------------|
+| GET  /health         |                                                 | pid, proxy          |
+| GET  /status         |                                                 | apps, releases      |
+| POST /deploy         | config, version?, env?, command?, strategy?     | event stream        |
+| POST /rollback       | app? or config?, version?                       | event stream        |
+| GET  /deployments/ID/events |                                          | event stream        |
+| GET  /history        | ?app=&limit=                                    | deployments         |
+| GET  /logs           | ?app=&version=&lines=&follow=1                  | line stream         |
+| POST /shutdown       |                                                 | ok, then stops      |
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from baton.config import load_config
+from baton.deploy.engine import DeploymentRun, Engine
+from baton.errors import BatonError, UsageError
+
+STATUS_FOR_EXIT = {2: 400, 3: 409}
+
+
+def _error(message: str, exit_code: int) -> web.Response:
+    return web.json_response(
+        {"error": message, "exit_code": exit_code},
+        status=STATUS_FOR_EXIT.get(exit_code, 500),
+    )
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UsageError("the request body is not JSON") from None
+    if not isinstance(body, dict):
+        raise UsageError("the request body must be a JSON object")
+    return body
+
+
+def _string(body: dict[str, Any], key: str, *, required: bool = False) -> str | None:
+    value = body.get(key)
+    if value is None:
+        if required:
+            raise UsageError(f"{key}: required")
+        return None
+    if not isinstance(value, str):
+        raise UsageError(f"{key}: expected a string, got {type(value).__name__}")
+    return value
+
+
+def _env(body: dict[str, Any]) -> dict[str, str]:
+    env = body.get("env") or {}
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
+        raise UsageError("env: expected an object of string values")
+    return env
+
+
+class Api:
+    """Handlers bound to one engine. ``shutdown`` is called after /shutdown answered."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        proxy_info: Callable[[], dict[str, Any]],
+        shutdown: Callable[[], None],
+    ) -> None:
+        self.engine = engine
+        self._proxy_info = proxy_info
+        self._shutdown = shutdown
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._errors])
+        app.add_routes(
+            [
+                web.get("/health", self.health),
+                web.get("/status", self.status),
+                web.post("/deploy", self.deploy),
+                web.post("/rollback", self.rollback),
+                web.get("/deployments/{id}/events", self.events),
+                web.get("/history", self.history),
+                web.get("/logs", self.logs),
+                web.post("/shutdown", self.shutdown),
+            ]
+        )
+        return app
+
+    @web.middleware
+    async def _errors(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            return _error(f"{request.method} {request.path}: {exc.reason}", 2)
+        except BatonError as exc:
+            return _error(str(exc), exc.exit_code)
+
+    def _app_name(self, app: str | None, config: str | None) -> str:
+        if app:
+            return app
+        if config:
+            return load_config(config).config.app
+        names = [a.name for a in self.engine.store.apps()]
+        if len(names) == 1:
+            return names[0]
+        if not names:
+            raise UsageError("no app was deployed on this host yet")
+        raise UsageError(f"several apps are deployed ({', '.join(names)}); name one")
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "pid": os.getpid(), "proxy": self._proxy_info()})
+
+    async def status(self, request: web.Request) -> web.Response:
+        status = await self.engine.status()
+        status["proxy"].update(self._proxy_info())
+        return web.json_response(status)
+
+    async def deploy(self, request: web.Request) -> web.StreamResponse:
+        body = await _body(request)
+        strategy = _string(body, "strategy")
+        run = await self.engine.prepare_deploy(
+            _string(body, "config", required=True) or "",
+            version=_string(body, "version"),
+            env=_env(body),
+            command=_string(body, "command"),
+            strategy=strategy,
+        )
+        self.engine.start(run)
+        return await self._stream(request, run)
+
+    async def rollback(self, request: web.Request) -> web.StreamResponse:
+        body = await _body(request)
+        app = self._app_name(_string(body, "app"), _string(body, "config"))
+        run = await self.engine.prepare_rollback(app, _string(body, "version"))
+        self.engine.start(run)
+        return await self._stream(request, run)
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        try:
+            run = self.engine.runs[int(request.match_info["id"])]
+        except (KeyError, ValueError):
+            raise UsageError(f"no deployment {request.match_info['id']} is running") from None
+        return await self._stream(request, run)
+
+    async def _stream(self, request: web.Request, run: DeploymentRun) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        try:
+            async for event in run.follow():
+                await response.write(json.dumps(event).encode() + b"\n")
+            await response.write_eof()
+        except (ConnectionError, RuntimeError):
+            pass  # the client went away; the deployment goes on
+        return response
+
+    async def history(self, request: web.Request) -> web.Response:
+        app = request.query.get("app") or None
+        try:
+            limit = int(request.query.get("limit", "50"))
+        except ValueError:
+            raise UsageError("limit: expected a number") from None
+        return web.json_response({"deployments": self.engine.history(app, limit)})
+
+    async def logs(self, request: web.Request) -> web.StreamResponse:
+        app = self._app_name(request.query.get("app"), request.query.get("config"))
+        version = request.query.get("version") or None
+        follow = request.query.get("follow") in ("1", "true", "yes")
+        try:
+            lines = int(request.query.get("lines", "100"))
+        except ValueError:
+            raise UsageError("lines: expected a number") from None
+        files = self.engine.log_files(app, version)
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        try:
+            async for label, line in _tail(files, lines, follow):
+                await response.write(json.dumps({"instance": label, "line": line}).encode() + b"\n")
+            await response.write_eof()
+        except (ConnectionError, RuntimeError):
+            pass
+        return response
+
+    async def shutdown(self, request: web.Request) -> web.Response:
+        asyncio.get_running_loop().call_later(0.05, self._shutdown)
+        return web.json_response({"ok": True, "pid": os.getpid()})
+
+
+async def _tail(
+    files: list[tuple[str, Path]], lines: int, follow: bool
+) -> AsyncIterator[tuple[str, str]]:
+    """The last ``lines`` of each file, then (with ``follow``) what is appended, forever."""
+    offsets: dict[Path, int] = {}
+    for label, path in files:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            data = b""
+        offsets[path] = len(data)
+        for line in data.decode(errors="replace").splitlines()[-lines:] if lines > 0 else []:
+            yield label, line
+    partial: dict[Path, bytes] = {}
+    while follow:
+        await asyncio.sleep(0.2)
+        for label, path in files:
+            try:
+                with path.open("rb") as f:
+                    f.seek(offsets[path])
+                    chunk = f.read(1 << 20)
+            except OSError:
+                continue
+            if not chunk:
+                continue
+            offsets[path] += len(chunk)
+            *complete, rest = (partial.get(path, b"") + chunk).split(b"\n")
+            partial[path] = rest
+            for raw in complete:
+                yield label, raw.decode(errors="replace")

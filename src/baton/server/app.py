@@ -1,0 +1,339 @@
+"""``baton server``: the control plane process, and the supervisor of the proxy.
+
+It owns the state dir: ``baton.db`` (the store), ``baton.sock`` (the API), ``proxy.sock``
+(the proxy's admin API), ``proxy.pid``, ``server.pid``, ``server.lock`` and ``logs/``.
+
+Start-up order matters: take the state dir's lock (one control plane per state dir), make
+sure a proxy runs (adopt the one that still answers on ``proxy.sock`` after a crash, so
+users are served throughout; else start one), finish or undo what a previous control plane
+left half done (``Engine.recover``), and only then answer the API, so the first thing a
+client sees is consistent. Then two loops run: the proxy watcher, which restarts a dead or
+hung proxy and sends it the current route table, and the warm-release reaper.
+
+Signals only set an event (SIGTERM, SIGINT, or ``POST /shutdown``); the main coroutine then
+stops every deployment, stops the proxy (which finishes its in-flight requests) and then
+every instance, and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from aiohttp import web
+
+from baton.deploy.engine import Engine, Router
+from baton.deploy.proxyclient import ProxyClient, ProxyUnavailable
+from baton.errors import BatonError
+from baton.runtime.process import ProcessRuntime
+from baton.server.api import Api
+from baton.state.store import Store
+
+log = logging.getLogger("baton.server")
+
+WATCH_INTERVAL = 0.25  # how often the proxy is checked
+WATCH_FAILURES = 3  # consecutive failed health checks before a live proxy is replaced
+PROXY_START_TIMEOUT = 15.0
+PROXY_STOP_TIMEOUT = 35.0
+
+
+def api_socket(state_dir: Path) -> Path:
+    return state_dir / "baton.sock"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    return True
+
+
+def _is_proxy(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"baton.proxy" in cmdline or b"proxy\x00--admin" in cmdline
+
+
+def _free_loopback_address() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class ProxySupervisor:
+    """Keeps one proxy answering on ``proxy.sock`` with the store's route table."""
+
+    def __init__(self, state_dir: Path, client: ProxyClient, router: Router) -> None:
+        self.state_dir = state_dir
+        self.client = client
+        self.router = router
+        self.socket = state_dir / "proxy.sock"
+        self.pid_file = state_dir / "proxy.pid"
+        self.log_path = state_dir / "logs" / "proxy.log"
+        self.pid: int | None = None
+        self.restarts = 0
+        self.adopted = False
+        self._proc: asyncio.subprocess.Process | None = None
+        self._log: IO[bytes] | None = None
+
+    def info(self) -> dict[str, Any]:
+        return {"pid": self.pid, "restarts": self.restarts, "socket": str(self.socket)}
+
+    async def ensure(self) -> None:
+        """Adopt the proxy that answers on the socket, or start one."""
+        try:
+            health = await self.client.health()
+        except (ProxyUnavailable, BatonError):
+            await self.restart()
+            return
+        self.pid = int(health.get("pid") or 0) or None
+        self.adopted = True
+        if self.pid:
+            self.pid_file.write_text(f"{self.pid}\n")
+        log.info("adopted the running proxy (pid %s)", self.pid)
+
+    def _stale_pid(self) -> int | None:
+        with contextlib.suppress(OSError, ValueError):
+            return int(self.pid_file.read_text().strip())
+        return None
+
+    async def _kill(self, pid: int, timeout: float) -> None:
+        if not _pid_alive(pid):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            if (
+                self._proc is not None
+                and self._proc.pid == pid
+                and self._proc.returncode is not None
+            ):
+                break
+            await asyncio.sleep(0.05)
+        if _pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if self._proc is not None and self._proc.pid == pid:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._proc.wait(), 5.0)
+
+    async def restart(self) -> None:
+        """Replace whatever proxy there is by a fresh one carrying the current table."""
+        for pid in {self.pid, self._stale_pid()}:
+            if pid and _is_proxy(pid):
+                await self._kill(pid, 2.0)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket.unlink()
+        listens = self.router.listens()
+        try:
+            await self._spawn(listens or [_free_loopback_address()])
+        except BatonError:
+            if not listens:
+                raise
+            # One of the apps' addresses cannot be bound: start anyway; the table says why.
+            await self._spawn([_free_loopback_address()])
+        await self.router.push_all()
+
+    async def _spawn(self, listens: list[str]) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self._log is None:
+            self._log = self.log_path.open("ab")
+        argv = [sys.executable, "-m", "baton.proxy", "--admin", str(self.socket)]
+        for address in listens:
+            argv += ["--listen", address]
+        self._log.write(f"--- baton: starting the proxy: {' '.join(argv)}\n".encode())
+        self._log.flush()
+        self._proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # outlives a crashed control plane; adopted on restart
+        )
+        self.pid = self._proc.pid
+        self.adopted = False
+        self.pid_file.write_text(f"{self.pid}\n")
+        deadline = time.monotonic() + PROXY_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self._proc.returncode is not None:
+                raise BatonError(
+                    f"the proxy exited with status {self._proc.returncode} at start:\n"
+                    f"{_tail(self.log_path)}"
+                )
+            with contextlib.suppress(BatonError):
+                await self.client.health(timeout=1.0)
+                log.info("proxy started (pid %s) on %s", self.pid, ", ".join(listens))
+                return
+            await asyncio.sleep(0.05)
+        await self._kill(self._proc.pid, 1.0)
+        raise BatonError(f"the proxy did not answer within {PROXY_START_TIMEOUT:g}s")
+
+    def _gone(self) -> bool:
+        if self._proc is not None and self._proc.pid == self.pid:
+            return self._proc.returncode is not None
+        return self.pid is not None and not _pid_alive(self.pid)
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        """Until ``stop``: restart the proxy when it exits or stops answering."""
+        failures = 0
+        backoff = 0.0
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), WATCH_INTERVAL + backoff)
+            if stop.is_set():
+                return
+            gone = self._gone()
+            if not gone:
+                try:
+                    await self.client.health(timeout=2.0)
+                    failures, backoff = 0, 0.0
+                    continue
+                except BatonError:
+                    failures += 1
+                    if failures < WATCH_FAILURES:
+                        continue
+            log.warning(
+                "the proxy (pid %s) %s; restarting it",
+                self.pid,
+                "exited" if gone else "stopped answering",
+            )
+            self.restarts += 1
+            try:
+                await self.restart()
+                failures, backoff = 0, 0.0
+            except BatonError as exc:
+                log.error("could not restart the proxy: %s", exc)
+                backoff = min(5.0, backoff * 2 + 0.5)
+
+    async def stop(self) -> None:
+        """SIGTERM: the proxy stops accepting and finishes in-flight requests, then exits."""
+        if self.pid is not None:
+            await self._kill(self.pid, PROXY_STOP_TIMEOUT)
+        with contextlib.suppress(FileNotFoundError):
+            self.pid_file.unlink()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+class AlreadyRunning(BatonError):
+    exit_code = 0
+
+
+def _lock(state_dir: Path) -> IO[str]:
+    handle = (state_dir / "server.lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise AlreadyRunning(f"a control plane already runs on {state_dir}") from None
+    return handle
+
+
+async def serve(state_dir: Path) -> int:
+    """Run the control plane until SIGTERM/SIGINT or ``POST /shutdown``. Returns the exit code."""
+    state_dir = state_dir.expanduser().absolute()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    lock = _lock(state_dir)
+    (state_dir / "server.pid").write_text(f"{os.getpid()}\n")
+    store = Store.open(state_dir / "baton.db")
+    runtime = ProcessRuntime(state_dir)
+    proxy = ProxyClient(state_dir / "proxy.sock")
+    engine = Engine(store, runtime, proxy, state_dir)
+    supervisor = ProxySupervisor(state_dir, proxy, engine.router)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner: web.AppRunner | None = None
+    background: list[asyncio.Task[None]] = []
+    try:
+        await supervisor.ensure()
+        for note in await engine.recover():
+            log.warning("recovery: %s", note)
+        api = Api(engine, proxy_info=supervisor.info, shutdown=stop.set)
+        runner = web.AppRunner(api.app(), handle_signals=False)
+        await runner.setup()
+        sock = api_socket(state_dir)
+        with contextlib.suppress(FileNotFoundError):
+            sock.unlink()
+        site = web.UnixSite(runner, str(sock))
+        await site.start()
+        os.chmod(sock, 0o600)
+        log.info("baton server %s: API on %s", os.getpid(), sock)
+        background = [
+            loop.create_task(supervisor.watch(stop)),
+            loop.create_task(_reap_warm(engine, stop)),
+        ]
+        await stop.wait()
+        log.info("shutting down")
+        return 0
+    finally:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        with contextlib.suppress(FileNotFoundError):
+            api_socket(state_dir).unlink()
+        if stop.is_set():
+            # A deliberate stop: everything Baton started goes. After a crash instead, the
+            # proxy and the instances keep serving; the next control plane adopts them.
+            await engine.cancel_runs()
+            await supervisor.stop()
+            await engine.stop_all()
+        if runner is not None:
+            await runner.cleanup()
+        await proxy.close()
+        store.close()
+        with contextlib.suppress(FileNotFoundError):
+            (state_dir / "server.pid").unlink()
+        lock.close()
+
+
+async def _reap_warm(engine: Engine, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+        try:
+            await engine.expire_warm()
+        except BatonError as exc:
+            log.warning("stopping an expired warm release failed: %s", exc)
+
+
+def run_server(state_dir: Path) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s baton server: %(message)s", stream=sys.stderr
+    )
+    try:
+        return asyncio.run(serve(state_dir))
+    except AlreadyRunning as exc:
+        print(f"baton server: {exc}", file=sys.stderr)
+        return 0
+    except BatonError as exc:
+        print(f"baton server: {exc}", file=sys.stderr)
+        return exc.exit_code or 1
