@@ -435,6 +435,15 @@ class RouteTable(Generic[T, M]):
             return None
         return listener.match(host, path)
 
+    def match_raw(self, listen: str, host: bytes | None, url: bytes) -> App[T, M] | None:
+        """``match`` on the raw Host header and request target, decoding only when needed."""
+        listener = self.listeners.get(listen)
+        if listener is None:
+            return None
+        if listener.only is not None:
+            return listener.only
+        return listener.match(normalise_host(host), url.decode("latin-1"))
+
     def to_json(self) -> dict[str, Any]:
         return {
             "generation": self.generation,

@@ -188,7 +188,7 @@ class ClientConnection(asyncio.Protocol):
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_size = 0
-        self.reading = False  # a request head is being parsed
+        self.reading = False  # a request head is being parsed (not yet complete)
         self.active: Exchange | None = None
         self.pending: deque[Exchange] = deque()
         self.current_parse: Exchange | None = None
@@ -311,7 +311,8 @@ class ClientConnection(asyncio.Protocol):
             self.early.append(data)
             self._pause(PAUSE_BUFFER)
             return
-        if not self.reading:
+        if not self.reading and self.current_parse is None:
+            # The first bytes of a new request: its head must arrive within the time-out.
             self.reading = True
             self.head_size = 0
             self._set_deadline(HEADER_DEADLINE, self.proxy.settings.header_timeout)
@@ -355,6 +356,7 @@ class ClientConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.reading = True
+        self.head_size = 0
         self.url = b""
         self.headers = []
         self.current_parse = None
@@ -370,7 +372,10 @@ class ClientConnection(asyncio.Protocol):
         if size > self.proxy.settings.max_header_size:
             raise RequestRejected(431, "request header block too large")
         parser = self.parser
-        http11 = parser.get_http_version() == "1.1"
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            raise RequestRejected(400, f"unsupported HTTP version {version!r}")
+        http11 = version == "1.1"
         info = scan_request(self.headers, http11)
         ex = Exchange(parser.get_method(), self.url, info, http11, parser.should_keep_alive())
         self.reading = False
@@ -427,10 +432,9 @@ class ClientConnection(asyncio.Protocol):
         proxy = self.proxy
         info = ex.info
         ex.request_id = info.request_id or proxy.next_request_id()
-        host = normalise_host(info.host)
-        app = proxy.table.match(self.listen, host, ex.url.decode("latin-1"))
+        app = proxy.table.match_raw(self.listen, info.host, ex.url)
         if app is None:
-            self._local(ex, 404, f"no route for host {host or '-'!r}")
+            self._local(ex, 404, f"no route for host {normalise_host(info.host) or '-'!r}")
             return
         release, target = proxy.choose(app)
         if release is None or target is None:

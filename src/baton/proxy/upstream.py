@@ -145,6 +145,7 @@ class UpstreamConnection(asyncio.Protocol):
         "head_only",
         "headers",
         "idle_since",
+        "keep_alive",
         "out",
         "parser",
         "reason",
@@ -172,6 +173,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.until_close = False
         self.upgraded = False
         self.closed = False
+        self.keep_alive = False
         self.idle_since = 0.0
 
     # -- lifecycle -------------------------------------------------------------------
@@ -252,7 +254,7 @@ class UpstreamConnection(asyncio.Protocol):
             if self.head_only:
                 # A HEAD response announced a body it will not send: start a fresh parser.
                 self.parser = httptools.HttpResponseParser(self)
-            client.response_done(self, reusable=self.head_only or self.parser.should_keep_alive())
+            client.response_done(self, reusable=self.keep_alive)
 
     def _flush(self, client: ClientConnection) -> None:
         out = self.out
@@ -293,6 +295,7 @@ class UpstreamConnection(asyncio.Protocol):
         ex.response_started(status)
         if ex.method == b"HEAD":
             self.head_only = True
+            self.keep_alive = self.parser.should_keep_alive()
             self.done = True
 
     def on_body(self, body: bytes) -> None:
@@ -308,4 +311,5 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if self.framing == FRAME_CHUNKED:
             self.out.append(LAST_CHUNK)
+        self.keep_alive = self.parser.should_keep_alive()  # only valid inside the callback
         self.done = True
