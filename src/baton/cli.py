@@ -108,6 +108,11 @@ class Client:
                         yield json.loads(line)
         except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionError) as exc:
             raise self._unreachable(exc) from None
+        except aiohttp.ClientError as exc:
+            raise DaemonUnreachable(
+                f"lost the connection to the daemon ({exc.__class__.__name__}); it may have"
+                " stopped: see `baton status` once it runs again"
+            ) from None
 
     async def answers(self) -> dict[str, Any] | None:
         try:

@@ -817,11 +817,13 @@ class Engine:
         """
         release, previous = d.release, d.previous
         timeout = d.cfg.deploy.stop_timeout
+        # Everything this deployment started, failed ones included: "failed" means it failed
+        # its readiness, not that the process is gone.
+        started_ids = {row_id for row_id, _ in d.started.values()}
         new_rows = [
             (release, row)
             for row in self.store.instances(release.id)
-            if row.state in ("starting", "ready", "routed")
-            and (not d.warm_switch or row.id in {rid for rid, _ in d.started.values()})
+            if row.id in started_ids and row.state != "stopped"
         ]
         if d.warm_switch:
             # A failed switch back to a warm release: it stays warm, the live one stays live.

@@ -278,7 +278,7 @@ async def serve(state_dir: Path) -> int:
         for note in await engine.recover():
             log.warning("recovery: %s", note)
         api = Api(engine, proxy_info=supervisor.info, shutdown=stop.set)
-        runner = web.AppRunner(api.app(), handle_signals=False)
+        runner = web.AppRunner(api.app(), handle_signals=False, access_log=None)
         await runner.setup()
         sock = api_socket(state_dir)
         with contextlib.suppress(FileNotFoundError):
