@@ -81,7 +81,7 @@ class ManagedProcess:
     """One child process with a readiness check and a clean stop.
 
     `port` and `unix_socket` say what "ready" means (either, both, or neither: then ready is
-    "still alive" right after the start). Use as a context manager, or call `start()` /
+    "still alive" right after the start). `env` is added to this process's environment. Use as a context manager, or call `start()` /
     `stop()`. On an exception inside the `with` block the child's stderr is printed, so a
     failing test shows what the child said.
     """
@@ -102,7 +102,7 @@ class ManagedProcess:
         self.cmd = [os.fspath(c) for c in cmd]
         self.port = port
         self.unix_socket = None if unix_socket is None else os.fspath(unix_socket)
-        self.env = dict(os.environ if env is None else env)
+        self.env = {**os.environ, **(env or {})}
         self.cwd = os.fspath(cwd) if cwd is not None else None
         self.name = name or Path(self.cmd[0]).name
         self.ready_timeout = ready_timeout
@@ -263,6 +263,23 @@ def _read(path: Path | None) -> str:
         return ""
 
 
+def backend_command(
+    name: str,
+    *,
+    port: int | None = None,
+    grace: float = 30.0,
+    up_status: int = 200,
+    startup_delay: float = 0.0,
+) -> list[str]:
+    """The command line of the test backend; without `port` it listens on `$PORT`.
+
+    Hand it to a runtime as a release's command: `GET /` then answers `name`.
+    """
+    cmd = [sys.executable, str(BACKEND_SCRIPT), "--name", name, "--grace", str(grace)]
+    cmd += ["--up-status", str(up_status), "--startup-delay", str(startup_delay)]
+    return cmd if port is None else [*cmd, "--port", str(port)]
+
+
 class Backend(ManagedProcess):
     """The test backend (`tests/support/backend.py`) named `name`, on a free port.
 
@@ -282,20 +299,9 @@ class Backend(ManagedProcess):
         log_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         port = free_port() if port is None else port
-        cmd = [
-            sys.executable,
-            str(BACKEND_SCRIPT),
-            "--port",
-            str(port),
-            "--name",
-            name,
-            "--grace",
-            str(grace),
-            "--up-status",
-            str(up_status),
-            "--startup-delay",
-            str(startup_delay),
-        ]
+        cmd = backend_command(
+            name, port=port, grace=grace, up_status=up_status, startup_delay=startup_delay
+        )
         super().__init__(
             cmd,
             port=port,
