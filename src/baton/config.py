@@ -790,7 +790,7 @@ def checklist(loaded: LoadedConfig) -> list[CheckItem]:
     cfg = loaded.config
     d = cfg.deploy
     h = cfg.health
-    items = [_ok(f"{loaded.path.name} is valid: app {cfg.app!r}, {cfg.instances} instance(s)")]
+    items: list[CheckItem] = []
 
     kind, why = _find_program(cfg.run.command, loaded.app_dir)
     items.append(

@@ -15,9 +15,11 @@ from baton.config import (
     AppConfig,
     apply_overrides,
     checklist,
+    config_hash,
     defaults_table,
     format_duration,
     load_config,
+    parse_config,
     parse_duration,
     parse_percent,
 )
@@ -194,6 +196,13 @@ def test_app_dir_is_relative_to_the_file_not_the_working_directory(tmp_path: Pat
     (tmp_path / "srv").mkdir()
     loaded = load_config(write(tmp_path, MINIMAL.replace("run:\n", "run:\n  cwd: srv\n")))
     assert loaded.app_dir == (tmp_path / "srv").resolve()
+
+
+def test_a_dumped_config_validates_back_to_the_same_model(tmp_path: Path) -> None:
+    (tmp_path / "srv").mkdir()
+    cfg = load_config(write(tmp_path, FULL.replace("cwd: .", "cwd: srv"))).config
+    assert parse_config(cfg.model_dump(mode="json")) == cfg
+    assert config_hash(parse_config(cfg.model_dump(mode="json"))) == config_hash(cfg)
 
 
 def test_the_config_hash_changes_with_meaning_not_with_spelling(tmp_path: Path) -> None:

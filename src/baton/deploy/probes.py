@@ -172,6 +172,10 @@ async def wait_ready(
     async def pause(seconds: float) -> None:
         await asyncio.sleep(max(0.0, min(seconds, remaining())))
 
+    def cut_short(budget: float) -> bool:
+        # A check the deadline cut short says little: keep the last real answer for the error.
+        return budget < timeout and remaining() <= 0 and last_failure != "no check ran"
+
     never = f"never became ready in {format_duration(ready_timeout)}"
 
     # Phase 1: the port accepts TCP.
@@ -179,11 +183,13 @@ async def wait_ready(
         await check_alive()
         if remaining() <= 0:
             raise fail(never)
+        budget = min(timeout, max(remaining(), 0.001))
         try:
-            await tcp_connect(address, min(timeout, max(remaining(), 0.001)))
+            await tcp_connect(address, budget)
             break
         except ProbeError as exc:
-            last_failure = f"{exc} ({address})"
+            if not cut_short(budget):
+                last_failure = f"{exc} ({address})"
             progress(f"waiting for {address}: {exc}")
         await pause(min(interval, _TCP_POLL))
     progress(f"{address} accepts TCP")
@@ -196,12 +202,14 @@ async def wait_ready(
         await check_alive()
         if remaining() <= 0:
             raise fail(never)
+        budget = min(timeout, max(remaining(), 0.001))
         try:
-            status, _ = await http_get(address, health_path, min(timeout, max(remaining(), 0.001)))
+            status, _ = await http_get(address, health_path, budget)
         except ProbeError as exc:
             streak = 0
-            last_failure = f"GET {health_path}: {exc}"
-            progress(last_failure)
+            if not cut_short(budget):
+                last_failure = f"GET {health_path}: {exc}"
+            progress(f"GET {health_path}: {exc}")
         else:
             if 200 <= status < 300:
                 streak += 1
