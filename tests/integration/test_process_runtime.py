@@ -282,3 +282,24 @@ async def test_a_missing_program_is_a_runtime_failure(
     spec = InstanceSpec("x", "v1", 0, ["/nonexistent/program"], tmp_path, {}, tmp_path / "logs")
     with pytest.raises(RuntimeFailure, match="not found"):
         await runtime.start(spec)
+
+
+async def test_the_example_app_keeps_connections_alive_and_closes_idle_ones_on_stop(
+    runtime: ProcessRuntime, tmp_path: Path
+) -> None:
+    instance = await runtime.start(example_spec(tmp_path, "v5"))
+    await ready(instance, runtime)
+    reader, writer = await asyncio.open_connection("127.0.0.1", instance.port)
+    try:
+        for _ in range(3):  # three requests on one connection
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: 3" in head
+            assert await asyncio.wait_for(reader.readexactly(3), 10) == b"v5\n"
+        # The connection is now idle: the app closes it rather than wait out its grace period.
+        await runtime.stop(instance, timeout=60)
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the app
+    finally:
+        writer.close()
+    log = await runtime.logs(instance)
+    assert "grace period over" not in "\n".join(log)
