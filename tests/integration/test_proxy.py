@@ -326,7 +326,14 @@ def test_failing_health_check_takes_target_out_and_recovery_brings_it_back(
     sick = backend_factory("sick", up_status=500)
     proxy.route(
         ("v1", 100, [good.addr, sick.addr]),
-        health={"kind": "http", "path": "/up", "interval": 0.05, "timeout": 1, "rise": 2, "fall": 2},
+        health={
+            "kind": "http",
+            "path": "/up",
+            "interval": 0.05,
+            "timeout": 1,
+            "rise": 2,
+            "fall": 2,
+        },
     )
     deadline = time.monotonic() + 10
     while proxy.ok("GET", "/targets")["targets"][sick.addr]["healthy"]:
@@ -335,9 +342,7 @@ def test_failing_health_check_takes_target_out_and_recovery_brings_it_back(
     assert {body(get(proxy)) for _ in range(20)} == {b"good"}
 
 
-def test_metrics_count_requests_by_release_and_class(
-    proxy: ProxyProcess, backend: Backend
-) -> None:
+def test_metrics_count_requests_by_release_and_class(proxy: ProxyProcess, backend: Backend) -> None:
     proxy.route(("v1", 100, [backend.addr]))
     for _ in range(5):
         get(proxy)
@@ -367,11 +372,19 @@ BAD_ADMIN_BODIES: list[tuple[str, str, object]] = [
     ("weight-string", "/apps/web", {"releases": [{"name": "a", "weight": "50", "targets": []}]}),
     ("target-no-port", "/apps/web", {"releases": [{"name": "a", "targets": ["127.0.0.1"]}]}),
     ("target-bad-port", "/apps/web", {"releases": [{"name": "a", "targets": ["127.0.0.1:99999"]}]}),
-    ("dup-release", "/apps/web", {"releases": [{"name": "a", "targets": []}, {"name": "a", "targets": []}]}),
+    (
+        "dup-release",
+        "/apps/web",
+        {"releases": [{"name": "a", "targets": []}, {"name": "a", "targets": []}]},
+    ),
     ("unknown-app-key", "/apps/web", {"releases": [{"name": "a", "targets": []}], "colour": "red"}),
     ("bad-host", "/apps/web", {"hosts": ["bad host"], "releases": [{"name": "a", "targets": []}]}),
     ("bad-prefix", "/apps/web", {"path_prefix": "api", "releases": [{"name": "a", "targets": []}]}),
-    ("http-health-no-path", "/apps/web", {"health": {"kind": "http"}, "releases": [{"name": "a", "targets": []}]}),
+    (
+        "http-health-no-path",
+        "/apps/web",
+        {"health": {"kind": "http"}, "releases": [{"name": "a", "targets": []}]},
+    ),
     ("bad-listen", "/apps/web", {"listen": "nowhere", "releases": [{"name": "a", "targets": []}]}),
 ]
 
@@ -417,7 +430,10 @@ def test_new_listen_address_is_opened_and_busy_one_refused(
         "/apps/other",
         {"listen": f"127.0.0.1:{port}", "releases": [{"name": "v1", "targets": [backend.addr]}]},
     )
-    assert body(send_raw("127.0.0.1", port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")) == b"v1"
+    assert (
+        body(send_raw("127.0.0.1", port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"))
+        == b"v1"
+    )
     before = proxy.ok("GET", "/routes")
     status, answer = proxy.call(
         "PUT",

@@ -18,15 +18,39 @@ H = b"Host: app.test\r\n"
 
 # (case id, request bytes, expected status)
 REJECTED: list[tuple[str, bytes, int]] = [
-    ("cl-and-te", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
-    ("te-and-cl", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n", 400),
+    (
+        "cl-and-te",
+        b"POST / HTTP/1.1\r\n"
+        + H
+        + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    (
+        "te-and-cl",
+        b"POST / HTTP/1.1\r\n"
+        + H
+        + b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+        400,
+    ),
     ("cl-not-a-number", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: abc\r\n\r\n", 400),
     ("cl-negative", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: -1\r\n\r\n", 400),
     ("cl-with-sign", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: +5\r\n\r\nhello", 400),
     ("cl-list", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 5, 5\r\n\r\nhello", 400),
-    ("cl-duplicate-same", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 5\r\nContent-Length: 5\r\n\r\nhello", 400),
-    ("cl-duplicate-different", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 400),
-    ("te-not-chunked-last", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked, gzip\r\n\r\n", 400),
+    (
+        "cl-duplicate-same",
+        b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+        400,
+    ),
+    (
+        "cl-duplicate-different",
+        b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        400,
+    ),
+    (
+        "te-not-chunked-last",
+        b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked, gzip\r\n\r\n",
+        400,
+    ),
     ("te-unknown", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip\r\n\r\n", 400),
     ("request-line-garbage", b"GARBAGE\r\n\r\n", 400),
     ("request-line-no-version", b"GET /\r\n" + H + b"\r\n", 400),
@@ -41,8 +65,19 @@ REJECTED: list[tuple[str, bytes, int]] = [
     ("http11-without-host", b"GET / HTTP/1.1\r\n\r\n", 400),
     ("duplicate-host", b"GET / HTTP/1.1\r\n" + H + b"Host: other.test\r\n\r\n", 400),
     ("unsupported-expect", b"GET / HTTP/1.1\r\n" + H + b"Expect: magic\r\n\r\n", 417),
-    ("header-block-over-limit", b"GET / HTTP/1.1\r\n" + H + b"X-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431),
-    ("many-headers-over-limit", b"GET / HTTP/1.1\r\n" + H + b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 100) for i in range(700)) + b"\r\n", 431),
+    (
+        "header-block-over-limit",
+        b"GET / HTTP/1.1\r\n" + H + b"X-Big: " + b"a" * 70_000 + b"\r\n\r\n",
+        431,
+    ),
+    (
+        "many-headers-over-limit",
+        b"GET / HTTP/1.1\r\n"
+        + H
+        + b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 100) for i in range(700))
+        + b"\r\n",
+        431,
+    ),
     ("url-over-limit", b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n" + H + b"\r\n", 431),
 ]
 
@@ -54,7 +89,9 @@ def proxied() -> Iterator[tuple[ProxyProcess, Backend]]:
         yield proxy, backend
 
 
-@pytest.mark.parametrize(("request_bytes", "expected"), [c[1:] for c in REJECTED], ids=[c[0] for c in REJECTED])
+@pytest.mark.parametrize(
+    ("request_bytes", "expected"), [c[1:] for c in REJECTED], ids=[c[0] for c in REJECTED]
+)
 def test_bad_request_gets_clear_4xx_and_close(
     proxied: tuple[ProxyProcess, Backend], request_bytes: bytes, expected: int
 ) -> None:

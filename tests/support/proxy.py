@@ -26,7 +26,13 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 
 def admin_call(
-    sock: str, method: str, path: str, body: Any = None, *, raw: bytes | None = None, timeout: float = 30
+    sock: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    raw: bytes | None = None,
+    timeout: float = 30,
 ) -> tuple[int, Any]:
     """One admin API call; returns (status, decoded JSON or text)."""
     conn = _UnixHTTPConnection(sock, timeout)
@@ -78,7 +84,9 @@ class ProxyProcess(ManagedProcess):
         assert status == 200, f"{method} {path} -> {status}: {payload}"
         return payload
 
-    def route(self, *releases: tuple[str, int, list[str]], app: str = "web", **app_fields: Any) -> int:
+    def route(
+        self, *releases: tuple[str, int, list[str]], app: str = "web", **app_fields: Any
+    ) -> int:
         """Point ``app`` at the given (name, weight, targets) releases; returns the generation."""
         spec = {
             "listen": self.listen,

@@ -45,7 +45,9 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"baton proxy: listening on {', '.join(sorted(proxy.servers))}, admin {admin}", flush=True)
+    print(
+        f"baton proxy: listening on {', '.join(sorted(proxy.servers))}, admin {admin}", flush=True
+    )
     await stop.wait()
     health.stop()
     await proxy.shutdown(settings.drain_deadline)
@@ -70,7 +72,9 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: str) -> float:
     show_default=True,
     help="Address to accept clients on (repeatable).",
 )
-@click.option("--admin", required=True, type=click.Path(dir_okay=False), help="Admin Unix socket path.")
+@click.option(
+    "--admin", required=True, type=click.Path(dir_okay=False), help="Admin Unix socket path."
+)
 @click.option(
     "--routes",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -78,7 +82,9 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: str) -> float:
 )
 @click.option("--header-timeout", default="10s", callback=_seconds, show_default=True)
 @click.option("--keepalive-timeout", default="75s", callback=_seconds, show_default=True)
-@click.option("--max-header-size", default=65536, type=click.IntRange(1024, 1 << 24), show_default=True)
+@click.option(
+    "--max-header-size", default=65536, type=click.IntRange(1024, 1 << 24), show_default=True
+)
 @click.option("--upstream-idle-timeout", default="2s", callback=_seconds, show_default=True)
 @click.option("--upstream-max-idle", default=64, type=click.IntRange(0, 100000), show_default=True)
 @click.option("--drain-deadline", default="30s", callback=_seconds, show_default=True)

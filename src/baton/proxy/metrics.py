@@ -148,7 +148,12 @@ class MetricsRegistry:
                     f'baton_requests_total{{app="{_esc(app)}",release="{_esc(rel)}",class="{cls}"}} {n}'
                 )
         scalar = (
-            ("baton_upstream_errors_total", "counter", "Requests failed by the upstream.", "upstream_errors"),
+            (
+                "baton_upstream_errors_total",
+                "counter",
+                "Requests failed by the upstream.",
+                "upstream_errors",
+            ),
             ("baton_retries_total", "counter", "Requests retried on another attempt.", "retries"),
             ("baton_in_flight", "gauge", "Requests in flight.", "in_flight"),
             ("baton_open_tunnels", "gauge", "Open upgraded connections (WebSocket).", "tunnels"),

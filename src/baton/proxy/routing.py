@@ -170,7 +170,9 @@ def parse_health(value: object, where: str) -> HealthSpec:
     return HealthSpec(
         kind=kind,
         path=path,
-        interval=_number(value.get("interval", 2.0), f"{where}.interval", minimum=0.01, maximum=3600),
+        interval=_number(
+            value.get("interval", 2.0), f"{where}.interval", minimum=0.01, maximum=3600
+        ),
         timeout=_number(value.get("timeout", 1.0), f"{where}.timeout", minimum=0.01, maximum=3600),
         rise=_integer(value.get("rise", 2), f"{where}.rise", minimum=1, maximum=100),
         fall=_integer(value.get("fall", 3), f"{where}.fall", minimum=1, maximum=100),

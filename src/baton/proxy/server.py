@@ -96,8 +96,8 @@ class Exchange:
         "http11",
         "info",
         "keep_alive",
-        "metrics",
         "method",
+        "metrics",
         "release",
         "request_id",
         "same_retry",
@@ -115,7 +115,9 @@ class Exchange:
         "written",
     )
 
-    def __init__(self, method: bytes, url: bytes, info: RequestInfo, http11: bool, keep_alive: bool):
+    def __init__(
+        self, method: bytes, url: bytes, info: RequestInfo, http11: bool, keep_alive: bool
+    ):
         self.method = method
         self.url = url
         self.info = info
@@ -474,10 +476,12 @@ class ClientConnection(asyncio.Protocol):
         loop = self.proxy.loop
         try:
             _, up = await asyncio.wait_for(
-                loop.create_connection(lambda: UpstreamConnection(target), target.host, target.port),
+                loop.create_connection(
+                    lambda: UpstreamConnection(target), target.host, target.port
+                ),
                 spec.connect_timeout,
             )
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             target.connect_failed(self.proxy.settings.eject_after)
             if ex is self.active and not self.closed and ex.target is target:
                 self.retry_or_fail(ex, spec, f"cannot connect to {target.address}: {_why(exc)}")
@@ -717,7 +721,9 @@ class Proxy:
                     return other, target
         return None, None
 
-    def pick_target(self, release: LiveRelease, exclude: list[Target] | None = None) -> Target | None:
+    def pick_target(
+        self, release: LiveRelease, exclude: list[Target] | None = None
+    ) -> Target | None:
         """Least in-flight among available targets; round-robin breaks ties."""
         targets = release.targets
         n = len(targets)

@@ -1,0 +1,149 @@
+"""Request and response header rules, without a network."""
+
+from __future__ import annotations
+
+import pytest
+
+from baton.proxy.http import (
+    FRAME_CHUNKED,
+    FRAME_CLOSE,
+    FRAME_LENGTH,
+    FRAME_NONE,
+    RequestRejected,
+    client_head,
+    local_response,
+    scan_request,
+    upstream_head,
+)
+
+HOST = (b"Host", b"shop.test")
+
+
+def test_upstream_head_sets_forwarding_headers_and_drops_hop_by_hop() -> None:
+    info = scan_request(
+        [
+            HOST,
+            (b"Connection", b"keep-alive, X-Private"),
+            (b"X-Private", b"secret"),
+            (b"Keep-Alive", b"timeout=5"),
+            (b"X-Forwarded-For", b"10.0.0.1"),
+            (b"Accept", b"*/*"),
+        ],
+        http11=True,
+    )
+    head = upstream_head(
+        b"GET", b"/x", info, client_ip=b"127.0.0.2", request_id=b"r1", target=b"t:1"
+    )
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"GET /x HTTP/1.1"
+    assert b"Host: shop.test" in lines
+    assert b"Accept: */*" in lines
+    assert b"X-Forwarded-For: 10.0.0.1, 127.0.0.2" in lines
+    assert b"X-Forwarded-Proto: http" in lines
+    assert b"X-Forwarded-Host: shop.test" in lines
+    assert b"X-Request-Id: r1" in lines
+    assert b"Via: 1.1 baton" in lines
+    for dropped in (b"Connection", b"Keep-Alive", b"X-Private"):
+        assert not any(line.startswith(dropped + b":") for line in lines), dropped
+    assert head.endswith(b"\r\n\r\n")
+
+
+def test_existing_request_id_is_kept() -> None:
+    info = scan_request([HOST, (b"X-Request-Id", b"abc")], http11=True)
+    head = upstream_head(b"GET", b"/", info, client_ip=b"1", request_id=b"new", target=b"t:1")
+    assert head.count(b"X-Request-Id") == 1 and b"X-Request-Id: abc" in head
+
+
+def test_http10_without_host_gets_the_target_as_host() -> None:
+    info = scan_request([], http11=False)
+    head = upstream_head(b"GET", b"/", info, client_ip=b"1", request_id=b"r", target=b"127.0.0.1:9")
+    assert b"Host: 127.0.0.1:9\r\n" in head
+
+
+def test_chunked_request_is_forwarded_chunked() -> None:
+    info = scan_request([HOST, (b"Transfer-Encoding", b"chunked")], http11=True)
+    assert info.chunked and info.content_length is None
+    head = upstream_head(b"POST", b"/", info, client_ip=b"1", request_id=b"r", target=b"t:1")
+    assert b"Transfer-Encoding: chunked" in head
+
+
+def test_upgrade_request_keeps_upgrade_headers() -> None:
+    info = scan_request(
+        [HOST, (b"Connection", b"Upgrade"), (b"Upgrade", b"websocket")], http11=True
+    )
+    head = upstream_head(b"GET", b"/ws", info, client_ip=b"1", request_id=b"r", target=b"t:1")
+    assert b"Connection: upgrade\r\nUpgrade: websocket\r\n" in head
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ([HOST, (b"Content-Length", b"1"), (b"Transfer-Encoding", b"chunked")], 400),
+        ([HOST, (b"Content-Length", b"1"), (b"Content-Length", b"1")], 400),
+        ([HOST, (b"Content-Length", b"x")], 400),
+        ([HOST, (b"Content-Length", b"9" * 30)], 400),
+        ([HOST, (b"Transfer-Encoding", b"gzip")], 400),
+        ([HOST, (b"Transfer-Encoding", b"gzip, chunked")], 501),
+        ([HOST, HOST], 400),
+        ([], 400),
+        ([HOST, (b"Expect", b"200-ok")], 417),
+    ],
+)
+def test_ambiguous_requests_are_rejected(headers: list[tuple[bytes, bytes]], status: int) -> None:
+    with pytest.raises(RequestRejected) as err:
+        scan_request(headers, http11=True)
+    assert err.value.status == status
+
+
+def test_response_framing() -> None:
+    def framing(status: int, headers: list[tuple[bytes, bytes]], **kw: bool) -> tuple[int, bool]:
+        args = {
+            "head_request": False,
+            "client_http11": True,
+            "client_keep_alive": True,
+            "upgrade": False,
+        }
+        args.update(kw)
+        info = client_head(status, b"OK", headers, **args)
+        return info.framing, info.keep_alive
+
+    assert framing(200, [(b"Content-Length", b"2")]) == (FRAME_LENGTH, True)
+    assert framing(200, [(b"Transfer-Encoding", b"chunked")]) == (FRAME_CHUNKED, True)
+    assert framing(200, []) == (FRAME_CHUNKED, True)  # until-close body re-chunked
+    assert framing(200, [], client_http11=False) == (FRAME_CLOSE, False)
+    assert framing(204, []) == (FRAME_NONE, True)
+    assert framing(304, [(b"Content-Length", b"10")]) == (FRAME_NONE, True)
+    assert framing(200, [(b"Content-Length", b"10")], head_request=True) == (FRAME_NONE, True)
+    assert framing(200, [(b"Content-Length", b"2")], client_keep_alive=False) == (
+        FRAME_LENGTH,
+        False,
+    )
+
+
+def test_response_head_drops_hop_by_hop_and_adds_via() -> None:
+    info = client_head(
+        200,
+        b"OK",
+        [
+            (b"Connection", b"close"),
+            (b"Keep-Alive", b"x"),
+            (b"Content-Length", b"2"),
+            (b"X-App", b"1"),
+        ],
+        head_request=False,
+        client_http11=True,
+        client_keep_alive=True,
+        upgrade=False,
+    )
+    assert info.head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"Keep-Alive" not in info.head and b"Connection: close" not in info.head
+    assert b"X-App: 1\r\n" in info.head and b"Via: 1.1 baton\r\n" in info.head
+
+
+def test_local_response_is_complete_and_says_why() -> None:
+    raw = local_response(503, "no healthy target for app 'shop'", close=False)
+    head, body = raw.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 503 Service Unavailable")
+    assert b"Content-Length: %d" % len(body) in head
+    assert b"no healthy target" in body
+    assert b"Connection: close" in local_response(400, "x", close=True)
