@@ -10,15 +10,12 @@ peer measured in the same run.
 from __future__ import annotations
 
 import contextlib
-import http.client
-import json
 import os
 import re
 import resource
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -34,6 +31,7 @@ if str(REPO) not in sys.path:
 from tests.support.h1 import parse_status, send_raw  # noqa: E402
 from tests.support.load import read_response  # noqa: E402
 from tests.support.procs import LOOPBACK, ManagedProcess, ProcessError, free_port  # noqa: E402
+from tests.support.proxy import admin_call  # noqa: E402
 
 __all__ = [
     "LOOPBACK",
@@ -41,7 +39,7 @@ __all__ = [
     "ManagedProcess",
     "ProcessError",
     "WrkResult",
-    "admin_request",
+    "admin_call",
     "baton_process",
     "baton_single_app_table",
     "check_ok",
@@ -230,37 +228,6 @@ def baton_single_app_table(port: int, targets: Sequence[str]) -> dict[str, Any]:
 
 
 # -- talking to things -------------------------------------------------------------------
-
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_socket = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self.unix_socket)
-        self.sock = sock
-
-
-def admin_request(
-    admin: str | os.PathLike[str], method: str, path: str, body: Any = None, timeout: float = 30.0
-) -> tuple[int, Any]:
-    """One JSON request to Baton's admin API on its Unix socket -> (status, decoded JSON)."""
-    conn = _UnixHTTPConnection(os.fspath(admin), timeout)
-    try:
-        payload = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"} if payload is not None else {}
-        conn.request(method, path, body=payload, headers=headers)
-        response = conn.getresponse()
-        raw = response.read()
-        try:
-            return response.status, json.loads(raw) if raw else None
-        except ValueError:
-            return response.status, raw.decode(errors="replace")
-    finally:
-        conn.close()
 
 
 def check_ok(port: int, expect_body: bytes = b"ok\n", host: str = "bench") -> None:

@@ -49,7 +49,7 @@ from _common import (
     ManagedProcess,
     ProcessError,
     WrkResult,
-    admin_request,
+    admin_call,
     baton_process,
     baton_single_app_table,
     check_ok,
@@ -155,7 +155,7 @@ def start_baton(
     proc.start()
     try:
         table = baton_single_app_table(port, [f"{LOOPBACK}:{backend_port}"])
-        status, answer = admin_request(admin, "PUT", "/routes", table)
+        status, answer = admin_call(str(admin), "PUT", "/routes", table)
         if status != 200:
             raise RuntimeError(f"PUT /routes answered {status}: {answer}")
         check_ok(port)
