@@ -243,16 +243,22 @@ SMOKE = (
         ("crash_on_start", ["FAIL_ON_START=1"], "FAIL_ON_START"),
         ("never_healthy", ["NEVER_HEALTHY=1"], "never became ready"),
         ("smoke_test", [], "smoke_test hook"),
+        ("pre_deploy", [], "pre_deploy hook"),
     ],
 )
 async def test_a_release_that_fails_before_the_switch_leaves_users_on_the_old_one(
     host: Host, case: str, env: list[str], expected: str
 ) -> None:
-    config = host.config({"deploy": {"ready_timeout": "3s"}, "hooks": {"smoke_test": SMOKE}})
+    config = host.config(
+        {
+            "deploy": {"ready_timeout": "3s"},
+            "hooks": {"pre_deploy": 'test "$APP_VERSION" != early', "smoke_test": SMOKE},
+        }
+    )
     assert (await host.deploy("--version", "v1", config=config)).rc == 0
     load = await start_load(host)
     flags = [x for pair in (("--env", e) for e in env) for x in pair]
-    version = "bad" if case == "smoke_test" else "v2"
+    version = {"smoke_test": "bad", "pre_deploy": "early"}.get(case, "v2")
     result = await host.deploy("--version", version, "--env", f"APP_VERSION={version}", *flags)
     after = time.monotonic()
     await asyncio.sleep(0.5)
@@ -260,7 +266,7 @@ async def test_a_release_that_fails_before_the_switch_leaves_users_on_the_old_on
     assert result.rc == 1, result
     assert expected in result.err, result
     assert "users are still on v1" in result.err
-    if case != "smoke_test":
+    if case not in ("smoke_test", "pre_deploy"):
         assert "last log lines of instance" in result.err
     assert_no_failures(outcome)
     assert set(outcome.bodies) == {"v1\n"}, outcome.summary()
@@ -320,6 +326,25 @@ async def test_rollback_restores_the_previous_version(host: Host, keep_previous:
     # And forward again, by name.
     again = await host.baton("rollback", "v2")
     assert again.rc == 0, again
+    assert (await host.get())[1] == "v2\n"
+
+
+async def test_a_warm_release_is_stopped_once_keep_previous_runs_out(host: Host) -> None:
+    host.config({"deploy": {"keep_previous": "2s"}})
+    assert (await host.deploy("--version", "v1")).rc == 0
+    assert (await host.deploy("--version", "v2", "--env", "APP_VERSION=v2")).rc == 0
+    releases = (await host.status())["apps"]["shop"]["releases"]
+    assert [(r["version"], r["state"], r["weight"]) for r in releases] == [
+        ("v1", "warm", 0),
+        ("v2", "live", 100),
+    ]
+    assert len(await host.running_instances()) == 4
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(await host.running_instances()) > 2:
+        await asyncio.sleep(0.2)
+    releases = (await host.status())["apps"]["shop"]["releases"]
+    assert [(r["version"], r["state"]) for r in releases] == [("v2", "live")]
+    assert len(await host.running_instances()) == 2
     assert (await host.get())[1] == "v2\n"
 
 
