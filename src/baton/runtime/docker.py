@@ -1,0 +1,747 @@
+"""The Docker runtime: each instance is a container publishing its port on 127.0.0.1.
+
+Theory of operation. ``DockerRuntime`` talks to the Docker Engine API through the ``docker``
+SDK, whose calls block, so every call runs in a worker thread (``asyncio.to_thread``). The
+client comes from ``docker.from_env()``, so ``DOCKER_HOST`` (and ``DOCKER_TLS_VERIFY``,
+``DOCKER_CERT_PATH``) are honoured; it is made on first use and reused. An engine that does
+not answer is ``DaemonUnreachable`` ("Docker engine not reachable at <host>: <reason>"),
+never a traceback; the engine refusing a request is ``RuntimeFailure`` with its explanation.
+
+What to run. ``Runtime.start(spec)`` takes one argument for every runtime, so the
+container-only fields travel in ``DockerInstanceSpec``, a subclass of ``InstanceSpec``:
+``image`` and ``port`` (the port the app listens on inside the container) are required,
+``volumes``, ``memory``, ``cpus`` and ``network`` are optional, and ``command``/``cwd``
+default to "none". ``command`` replaces the image's CMD as in ``docker run IMAGE COMMAND``
+(the ENTRYPOINT stays): a list is passed as is, a string is split with ``shlex`` (there is
+no ``/bin/sh`` in a ``FROM scratch`` image to run it through), ``$PORT``/``${PORT}`` in it
+become the container port, and an empty command keeps the image's own. ``cwd`` is only used
+to resolve relative bind-mount sources (``./data:/data``). The environment is ``spec.env``
+plus ``PORT`` (the container port) and ``BATON_APP``/``BATON_VERSION``/``BATON_INSTANCE``.
+
+A started instance. The container is named ``baton-<app>-<version>-<index>`` (characters
+Docker refuses in a name become ``_``, and a short hash of the original label is appended
+when that happened, so two versions never share a name); it carries the labels
+``baton.managed=1``, ``baton.app``, ``baton.version``, ``baton.instance``, ``baton.port``
+and ``baton.state_dir`` (this runtime's state dir). Its port is published on 127.0.0.1 only,
+at a host port Docker picks; ``start`` reads it back and returns
+``Instance(address="127.0.0.1:<host port>", ref=<container id>)``. A container that exits
+before Docker has published its port has no address: ``start`` removes it and raises
+``RuntimeFailure`` with its exit status and last log lines. A leftover container with the
+same name and the same identity (app, version, index, state dir) is removed first; one with
+that name that is not ours is never touched (``RuntimeFailure``).
+
+``start`` does not pull: call ``ensure_image`` first, so a missing image fails a deployment
+before anything changes. A pull that makes no progress for ``pull_idle_timeout`` seconds (or
+takes longer than ``pull_timeout``) is abandoned.
+
+Records. The labels, not this object, are the source of truth: a control plane that crashed
+and restarted builds a new ``DockerRuntime`` on the same state dir and ``owned()`` lists
+every container labelled with that state dir, running or not (exited ones too, so they can
+be removed). Containers of other state dirs (another Baton, a test suite) are never listed
+nor removed. A small JSON record per container under ``<state_dir>/docker/`` keeps what the
+labels cannot (the host port Docker chose, the log file) so an exited container still has
+the address it was started with.
+
+Stopping is ``docker stop`` with the grace period (the image's STOPSIGNAL, SIGTERM unless it
+says otherwise, then SIGKILL), then the container's logs are saved to
+``<log_dir>/<app>-<version>-<index>.log`` (``Instance.log_path``) and the container and its
+anonymous volumes are removed. ``logs`` reads the container while it exists and that file
+afterwards. Note that a PID 1 without a SIGTERM handler ignores SIGTERM inside a container:
+such images are stopped by the SIGKILL at the end of the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import math
+import os
+import re
+import shlex
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from baton.errors import BatonError, DaemonUnreachable, DeploymentFailed, RuntimeFailure
+from baton.runtime.base import Instance, InstanceSpec
+
+T = TypeVar("T")
+
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+
+LABEL_MANAGED = "baton.managed"
+LABEL_APP = "baton.app"
+LABEL_VERSION = "baton.version"
+LABEL_INSTANCE = "baton.instance"
+LABEL_PORT = "baton.port"
+LABEL_STATE_DIR = "baton.state_dir"
+
+_API_TIMEOUT = 30.0  # seconds for one ordinary Engine API call (stop adds its grace period)
+_PULL_TIMEOUT = 600.0
+_PULL_IDLE_TIMEOUT = 30.0
+_LOG_TAIL_ON_FAILURE = 20
+_NAME_BAD = re.compile(r"[^A-Za-z0-9_.-]")
+_FORBIDDEN_NETWORKS = ("host", "none")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DockerInstanceSpec(InstanceSpec):
+    """An ``InstanceSpec`` for the Docker runtime; see the module docstring for the fields.
+
+    ``memory`` is Docker's notation ("512m", "1g", bytes without a unit); ``cpus`` is a
+    fraction of CPUs (0.5 = half of one); ``volumes`` are ``"SOURCE:TARGET[:ro|rw]"``, the
+    source a named volume or a host path (relative paths are resolved from ``cwd``);
+    ``network`` is a user-defined network to attach the container to instead of the default
+    bridge.
+    """
+
+    # Same positions as in InstanceSpec, now with defaults; the fields below are keyword-only.
+    command: str | list[str] = field(default="", kw_only=False)
+    cwd: Path = field(default=Path("."), kw_only=False)
+    image: str
+    port: int
+    volumes: Sequence[str] = ()
+    memory: str | None = None
+    cpus: float | None = None
+    network: str | None = None
+
+
+def _sdk() -> Any:
+    try:
+        import docker
+    except ImportError:
+        raise RuntimeFailure(
+            "the Docker runtime needs the `docker` Python package (pip install docker)"
+        ) from None
+    return docker
+
+
+def _safe_name_part(label: str) -> str:
+    safe = _NAME_BAD.sub("_", label)[:63] or "_"
+    if safe != label:
+        safe += "-" + hashlib.sha1(label.encode()).hexdigest()[:8]
+    return safe
+
+
+def container_name(app: str, version: str, index: int) -> str:
+    """``baton-<app>-<version>-<index>``, made fit for Docker's name rules."""
+    return f"baton-{_safe_name_part(app)}-{_safe_name_part(version)}-{index}"
+
+
+def _command(command: str | list[str], port: int) -> list[str] | None:
+    argv = shlex.split(command) if isinstance(command, str) else list(command)
+    if not argv:
+        return None
+    return [a.replace("${PORT}", str(port)).replace("$PORT", str(port)) for a in argv]
+
+
+def _volumes(spec: DockerInstanceSpec) -> list[str]:
+    who = f"{spec.app} {spec.version} #{spec.index}"
+    out = []
+    for volume in spec.volumes:
+        parts = volume.split(":")
+        if len(parts) not in (2, 3) or not parts[0] or not parts[1].startswith("/"):
+            raise RuntimeFailure(
+                f"{who}: volume {volume!r}: expected SOURCE:/TARGET[:ro|rw]"
+                " (SOURCE a volume name or a host path)"
+            )
+        if len(parts) == 3 and parts[2] not in ("ro", "rw"):
+            raise RuntimeFailure(f"{who}: volume {volume!r}: the mode must be ro or rw")
+        source = parts[0]
+        if source.startswith((".", "~")):
+            source = str((Path(spec.cwd) / Path(source).expanduser()).resolve())
+        out.append(":".join([source, *parts[1:]]))
+    return out
+
+
+def _published_port(attrs: dict[str, Any], port: int) -> int | None:
+    ports = (attrs.get("NetworkSettings") or {}).get("Ports") or {}
+    for binding in ports.get(f"{port}/tcp") or []:
+        if binding.get("HostIp") == "127.0.0.1" and binding.get("HostPort"):
+            return int(binding["HostPort"])
+    return None
+
+
+def _explain(exc: BaseException) -> str:
+    explanation = getattr(exc, "explanation", None)
+    if explanation:
+        return str(explanation)
+    return str(exc) or type(exc).__name__
+
+
+def _reason(exc: BaseException) -> str:
+    """The most telling cause of a connection failure (an OS error's text, if there is one)."""
+    queue: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while queue:
+        current = queue.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.strerror:
+            return current.strerror
+        if isinstance(current, TimeoutError) or "Timeout" in type(current).__name__:
+            return "no answer (timed out)"
+        queue.extend(a for a in current.args if isinstance(a, BaseException))
+        for nested in (current.__cause__, current.__context__):
+            if nested is not None:
+                queue.append(nested)
+    return str(exc) or type(exc).__name__
+
+
+def _log_lines(data: bytes, lines: int | None) -> list[str]:
+    text = data.decode(errors="replace").splitlines()
+    return text if lines is None else list(deque(text, maxlen=lines))
+
+
+class DockerRuntime:
+    """Runs instances as Docker containers. See the module docstring."""
+
+    name = "docker"
+
+    def __init__(
+        self,
+        state_dir: Path,
+        client_factory: Callable[[], Any] | None = None,
+        *,
+        pull_timeout: float = _PULL_TIMEOUT,
+        pull_idle_timeout: float = _PULL_IDLE_TIMEOUT,
+    ) -> None:
+        self.state_dir = Path(state_dir).absolute()
+        self.records_dir = self.state_dir / "docker"
+        self.pull_timeout = pull_timeout
+        self.pull_idle_timeout = pull_idle_timeout
+        self._factory = client_factory
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    # ----------------------------------------------------------------- the client
+
+    @property
+    def host(self) -> str:
+        """Where the engine is expected: ``DOCKER_HOST``, or Docker's default socket."""
+        return os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
+
+    def _unreachable(self, exc: BaseException) -> DaemonUnreachable:
+        return DaemonUnreachable(f"Docker engine not reachable at {self.host}: {_reason(exc)}")
+
+    def _connect(self) -> Any:
+        """The client, made on first use (in a worker thread: it asks the engine's version)."""
+        with self._lock:
+            if self._client is None:
+                docker = _sdk()
+                try:
+                    if self._factory is not None:
+                        self._client = self._factory()
+                    else:
+                        self._client = docker.from_env(timeout=int(_API_TIMEOUT))
+                except (OSError, docker.errors.DockerException) as exc:
+                    raise self._unreachable(exc) from None
+            return self._client
+
+    def _sync(self, fn: Callable[[Any], T]) -> T:
+        client = self._connect()
+        docker = _sdk()
+        try:
+            return fn(client)
+        except BatonError:
+            raise
+        except docker.errors.APIError as exc:
+            raise RuntimeFailure(f"Docker engine: {_explain(exc)}") from None
+        except OSError as exc:  # requests' connection errors and time-outs are OSErrors
+            raise self._unreachable(exc) from None
+        except docker.errors.DockerException as exc:
+            raise RuntimeFailure(f"Docker: {_explain(exc)}") from None
+
+    async def _run(self, fn: Callable[[Any], T]) -> T:
+        return await asyncio.to_thread(self._sync, fn)
+
+    def close(self) -> None:
+        """Close the client's connections (a later call opens new ones)."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+
+    # ----------------------------------------------------------------- records
+
+    def _record_path(self, container_id: str) -> Path:
+        return self.records_dir / f"{container_id}.json"
+
+    def _write_record(self, instance: Instance, name: str) -> None:
+        record = {
+            "runtime": self.name,
+            "id": instance.ref,
+            "name": name,
+            "app": instance.app,
+            "version": instance.version,
+            "index": instance.index,
+            "address": instance.address,
+            "log_path": str(instance.log_path) if instance.log_path else None,
+        }
+        with contextlib.suppress(OSError):  # the labels stay the source of truth
+            self.records_dir.mkdir(parents=True, exist_ok=True)
+            path = self._record_path(instance.ref)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(record, indent=1))
+            os.replace(tmp, path)
+
+    def _read_record(self, container_id: str) -> dict[str, Any]:
+        try:
+            record = json.loads(self._record_path(container_id).read_text())
+        except (OSError, ValueError):
+            return {}
+        return record if isinstance(record, dict) else {}
+
+    def _remove_record(self, container_id: str) -> None:
+        with contextlib.suppress(OSError):
+            self._record_path(container_id).unlink()
+
+    # ----------------------------------------------------------------- images
+
+    async def ensure_image(self, image: str) -> None:
+        """Return when ``image`` exists locally or was pulled; else ``DeploymentFailed``."""
+        docker = _sdk()
+        if not image or any(c.isspace() for c in image):
+            raise DeploymentFailed(f"image {image!r} is not a valid image reference")
+
+        def local(client: Any) -> str | None:
+            try:
+                client.images.get(image)
+            except docker.errors.ImageNotFound:
+                return "not found"
+            except docker.errors.APIError as exc:
+                return _explain(exc)
+            return None
+
+        missing = await self._run(local)
+        if missing is None:
+            return
+        try:
+            await self._pull(image)
+        except DeploymentFailed:
+            raise
+        except RuntimeFailure as exc:
+            raise DeploymentFailed(
+                f"image {image!r} not found locally and could not be pulled: {exc}"
+            ) from None
+        if await self._run(local) is not None:
+            raise DeploymentFailed(
+                f"image {image!r} not found locally and could not be pulled: "
+                "the pull ended without the image"
+            )
+
+    async def _pull(self, image: str) -> None:
+        """Pull in a daemon thread, watched for progress: the SDK sets no time-out on pulls."""
+        docker = _sdk()
+        repository, tag = docker.utils.parse_repository_tag(image)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        last_progress = [time.monotonic()]
+
+        def settle(error: BaseException | None) -> None:
+            if done.done():
+                return
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+
+        def pull(client: Any) -> None:
+            stream = client.api.pull(repository, tag=tag or "latest", stream=True, decode=True)
+            for message in stream:
+                last_progress[0] = time.monotonic()
+                if isinstance(message, dict) and message.get("error"):
+                    raise RuntimeFailure(str(message["error"]).strip())
+
+        def work() -> None:
+            error: BaseException | None = None
+            try:
+                self._sync(pull)
+            except BaseException as exc:
+                error = exc
+            with contextlib.suppress(RuntimeError):  # the loop may be gone
+                loop.call_soon_threadsafe(settle, error)
+
+        threading.Thread(target=work, name=f"baton-pull {image}", daemon=True).start()
+        started = time.monotonic()
+        try:
+            while True:
+                await asyncio.wait([done], timeout=0.2)
+                if done.done():
+                    done.result()
+                    return
+                now = time.monotonic()
+                if now - last_progress[0] > self.pull_idle_timeout:
+                    why = f"the pull made no progress for {now - last_progress[0]:.0f}s"
+                elif now - started > self.pull_timeout:
+                    why = f"the pull took longer than {self.pull_timeout:.0f}s"
+                else:
+                    continue
+                raise DeploymentFailed(
+                    f"image {image!r} not found locally and could not be pulled: {why}"
+                )
+        finally:
+            if not done.done():
+                done.cancel()  # the abandoned thread's late answer is then dropped
+
+    async def image_healthcheck(self, image: str) -> list[str] | None:
+        """The image's HEALTHCHECK test (e.g. ``["CMD", ...]``), None when it declares none."""
+        docker = _sdk()
+
+        def get(client: Any) -> list[str] | None:
+            try:
+                attrs = client.images.get(image).attrs
+            except docker.errors.ImageNotFound:
+                raise RuntimeFailure(f"image {image!r} not found locally") from None
+            test = ((attrs.get("Config") or {}).get("Healthcheck") or {}).get("Test")
+            if not test or test == ["NONE"]:
+                return None
+            return [str(t) for t in test]
+
+        return await self._run(get)
+
+    # ----------------------------------------------------------------- interface
+
+    async def start(self, spec: InstanceSpec) -> Instance:
+        if not isinstance(spec, DockerInstanceSpec):
+            raise RuntimeFailure(
+                f"{spec.app} {spec.version} #{spec.index}: the docker runtime needs a"
+                " DockerInstanceSpec (image, port), got a plain InstanceSpec"
+            )
+        who = f"{spec.app} {spec.version} #{spec.index}"
+        if not spec.image:
+            raise RuntimeFailure(f"{who}: no image")
+        if not 1 <= spec.port <= 65535:
+            raise RuntimeFailure(f"{who}: port {spec.port} is not a TCP port (1-65535)")
+        if spec.cpus is not None and not spec.cpus > 0:
+            raise RuntimeFailure(f"{who}: cpus must be more than 0, got {spec.cpus}")
+        network = spec.network or None
+        if network is not None and (
+            network in _FORBIDDEN_NETWORKS or network.startswith("container:")
+        ):
+            raise RuntimeFailure(
+                f"{who}: network {network!r}: expected a user-defined network; the app port"
+                " must be published on 127.0.0.1, which host/none/container networking cannot do"
+            )
+        name = container_name(spec.app, spec.version, spec.index)
+        labels = {
+            LABEL_MANAGED: "1",
+            LABEL_APP: spec.app,
+            LABEL_VERSION: spec.version,
+            LABEL_INSTANCE: str(spec.index),
+            LABEL_PORT: str(spec.port),
+            LABEL_STATE_DIR: str(self.state_dir),
+        }
+        env = {
+            **spec.env,
+            "PORT": str(spec.port),
+            "BATON_APP": spec.app,
+            "BATON_VERSION": spec.version,
+            "BATON_INSTANCE": str(spec.index),
+        }
+        options: dict[str, Any] = {
+            "image": spec.image,
+            "name": name,
+            "command": _command(spec.command, spec.port),
+            "environment": env,
+            "labels": labels,
+            "ports": {f"{spec.port}/tcp": ("127.0.0.1", None)},
+            "detach": True,
+        }
+        volumes = _volumes(spec)
+        if volumes:
+            options["volumes"] = volumes
+        if spec.memory:
+            options["mem_limit"] = spec.memory
+        if spec.cpus is not None:
+            options["nano_cpus"] = round(spec.cpus * 1e9)
+        if network is not None:
+            options["network"] = network
+
+        container_id, host_port = await self._run(
+            lambda client: self._start_sync(client, spec, name, options)
+        )
+        log_dir = Path(spec.log_dir)
+        log_path = (log_dir / f"{name.removeprefix('baton-')}.log").absolute()
+        instance = Instance(
+            app=spec.app,
+            version=spec.version,
+            index=spec.index,
+            address=f"127.0.0.1:{host_port}",
+            ref=container_id,
+            log_path=log_path,
+        )
+        self._write_record(instance, name)
+        return instance
+
+    def _start_sync(
+        self, client: Any, spec: DockerInstanceSpec, name: str, options: dict[str, Any]
+    ) -> tuple[str, int]:
+        docker = _sdk()
+        errors = docker.errors
+        who = f"{spec.app} {spec.version} #{spec.index}"
+        self._remove_leftover(client, spec, name)
+        try:
+            container = client.containers.create(**options)
+        except errors.ImageNotFound:
+            raise RuntimeFailure(
+                f"{who}: image {spec.image!r} not found locally (ensure_image pulls it)"
+            ) from None
+        except errors.APIError as exc:
+            raise RuntimeFailure(
+                f"{who}: cannot create container {name}: {_explain(exc)}"
+            ) from None
+        except (errors.DockerException, ValueError, TypeError) as exc:
+            if isinstance(exc, OSError):
+                raise
+            raise RuntimeFailure(f"{who}: cannot create container {name}: {exc}") from None
+        try:
+            container.start()
+            container.reload()
+            host_port = _published_port(container.attrs, spec.port)
+            if host_port is not None:
+                return str(container.id), host_port
+            state = container.attrs.get("State") or {}
+            tail = _log_lines(
+                container.logs(stdout=True, stderr=True, tail=_LOG_TAIL_ON_FAILURE), None
+            )
+            status = state.get("ExitCode")
+            how = (
+                f"exited at once with status {status}"
+                if not state.get("Running")
+                else "is running but Docker published no port for it"
+            )
+            details = ": " + " | ".join(tail) if tail else ""
+            raise RuntimeFailure(f"{who}: container {name} {how}{details}")
+        except errors.APIError as exc:
+            self._discard(container)
+            raise RuntimeFailure(
+                f"{who}: container {name} did not start: {_explain(exc)}"
+            ) from None
+        except BaseException:
+            self._discard(container)
+            raise
+
+    def _discard(self, container: Any) -> None:
+        with contextlib.suppress(Exception):
+            container.remove(force=True, v=True)
+
+    def _remove_leftover(self, client: Any, spec: DockerInstanceSpec, name: str) -> None:
+        errors = _sdk().errors
+        try:
+            old = client.containers.get(name)
+        except errors.NotFound:
+            return
+        labels = (old.attrs.get("Config") or {}).get("Labels") or {}
+        if labels.get(LABEL_MANAGED) != "1":
+            raise RuntimeFailure(
+                f"a container named {name} already exists and Baton does not manage it"
+                f" (no {LABEL_MANAGED} label); remove or rename it"
+            )
+        identity = (labels.get(LABEL_APP), labels.get(LABEL_VERSION), labels.get(LABEL_INSTANCE))
+        if identity != (spec.app, spec.version, str(spec.index)) or labels.get(
+            LABEL_STATE_DIR
+        ) != str(self.state_dir):
+            raise RuntimeFailure(
+                f"a container named {name} already exists for {identity[0]} {identity[1]}"
+                f" #{identity[2]} of the Baton state dir {labels.get(LABEL_STATE_DIR)};"
+                " not touching it"
+            )
+        try:
+            old.remove(force=True, v=True)
+        except errors.NotFound:
+            pass
+        self._remove_record(str(old.id))
+
+    def _managed(self, container: Any) -> bool:
+        labels = (container.attrs.get("Config") or {}).get("Labels") or {}
+        return bool(labels.get(LABEL_MANAGED) == "1")
+
+    def _get(self, client: Any, ref: str) -> Any:
+        """The container, or None when it is gone; ``RuntimeFailure`` if it is not ours."""
+        errors = _sdk().errors
+        try:
+            container = client.containers.get(ref)
+        except errors.NotFound:
+            return None
+        if not self._managed(container):
+            raise RuntimeFailure(f"container {ref} is not managed by Baton; not touching it")
+        return container
+
+    async def stop(self, instance: Instance, timeout: float) -> None:
+        errors = _sdk().errors
+        grace = max(0, math.ceil(timeout))
+
+        def stop(client: Any) -> bytes | None:
+            container = self._get(client, instance.ref)
+            if container is None:
+                return None
+            try:
+                container.stop(timeout=grace)
+            except errors.NotFound:
+                return None
+            logs: bytes | None = None
+            with contextlib.suppress(errors.APIError):
+                logs = container.logs(stdout=True, stderr=True)
+            try:
+                container.remove(force=True, v=True)
+            except errors.NotFound:
+                pass
+            except errors.APIError as exc:
+                if "already in progress" not in _explain(exc):
+                    raise
+            return logs
+
+        logs = await self._run(stop)
+        path = instance.log_path or self._record_log_path(instance.ref)
+        if logs is not None and path is not None:
+            with contextlib.suppress(OSError):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(logs)
+        self._remove_record(instance.ref)
+
+    def _record_log_path(self, ref: str) -> Path | None:
+        log_path = self._read_record(ref).get("log_path")
+        return Path(log_path) if log_path else None
+
+    def _inspect(self, ref: str) -> Callable[[Any], dict[str, Any] | None]:
+        def inspect(client: Any) -> dict[str, Any] | None:
+            container = self._get(client, ref)
+            return None if container is None else dict(container.attrs)
+
+        return inspect
+
+    async def alive(self, instance: Instance) -> bool:
+        attrs = await self._run(self._inspect(instance.ref))
+        if attrs is None:
+            return False
+        state = attrs.get("State") or {}
+        return bool(state.get("Status") == "running")
+
+    async def healthy(self, instance: Instance) -> bool | None:
+        """None when the image declares no HEALTHCHECK, else whether Docker says ``healthy``.
+
+        A container that is gone or not running is not healthy (False).
+        """
+        attrs = await self._run(self._inspect(instance.ref))
+        if attrs is None:
+            return False
+        test = ((attrs.get("Config") or {}).get("Healthcheck") or {}).get("Test")
+        if not test or test == ["NONE"]:
+            return None
+        state = attrs.get("State") or {}
+        if state.get("Status") != "running":
+            return False
+        return bool((state.get("Health") or {}).get("Status") == "healthy")
+
+    async def exit_code(self, instance: Instance) -> int | None:
+        """The container's exit status once it has exited, else None (running or gone)."""
+        attrs = await self._run(self._inspect(instance.ref))
+        if attrs is None:
+            return None
+        state = attrs.get("State") or {}
+        if state.get("Status") not in ("exited", "dead"):
+            return None
+        code = state.get("ExitCode")
+        return int(code) if code is not None else None
+
+    async def logs(self, instance: Instance, lines: int | None = None) -> list[str]:
+        if lines is not None and lines <= 0:
+            return []
+
+        def read(client: Any) -> bytes | None:
+            container = self._get(client, instance.ref)
+            if container is None:
+                return None
+            errors = _sdk().errors
+            try:
+                data: bytes = container.logs(
+                    stdout=True, stderr=True, tail="all" if lines is None else lines
+                )
+            except errors.NotFound:
+                return None
+            return data
+
+        data = await self._run(read)
+        if data is not None:
+            return _log_lines(data, lines)
+        path = instance.log_path or self._record_log_path(instance.ref)
+        if path is None:
+            return []
+        try:
+            saved = await asyncio.to_thread(path.read_bytes)
+        except OSError:
+            return []
+        return _log_lines(saved, lines)
+
+    async def owned(self) -> list[Instance]:
+        """Every container of this state dir, running or not (exited ones are listed too)."""
+
+        def listing(client: Any) -> list[dict[str, Any]]:
+            containers = client.containers.list(
+                all=True,
+                filters={"label": [f"{LABEL_MANAGED}=1", f"{LABEL_STATE_DIR}={self.state_dir}"]},
+                ignore_removed=True,
+            )
+            return [dict(c.attrs) for c in containers]
+
+        listed_at = time.time()
+        found = []
+        for attrs in await self._run(listing):
+            instance = self._instance_from(attrs)
+            if instance is not None:
+                found.append(instance)
+        found.sort(key=lambda i: (i.app, i.version, i.index, i.ref))
+        self._prune_records({i.ref for i in found}, older_than=listed_at)
+        return found
+
+    def _instance_from(self, attrs: dict[str, Any]) -> Instance | None:
+        labels = (attrs.get("Config") or {}).get("Labels") or {}
+        container_id = str(attrs.get("Id", ""))
+        try:
+            index = int(labels.get(LABEL_INSTANCE, ""))
+            port = int(labels.get(LABEL_PORT, ""))
+        except ValueError:
+            return None
+        record = self._read_record(container_id)
+        host_port = _published_port(attrs, port)
+        if host_port is not None:
+            address = f"127.0.0.1:{host_port}"
+        else:
+            address = str(record.get("address") or "127.0.0.1:0")
+        log_path = record.get("log_path")
+        return Instance(
+            app=str(labels.get(LABEL_APP, "")),
+            version=str(labels.get(LABEL_VERSION, "")),
+            index=index,
+            address=address,
+            ref=container_id,
+            log_path=Path(log_path) if log_path else None,
+        )
+
+    def _prune_records(self, live: set[str], older_than: float) -> None:
+        """Drop records of containers that are gone (not those a concurrent start just wrote)."""
+        if not self.records_dir.is_dir():
+            return
+        for path in self.records_dir.glob("*.json"):
+            with contextlib.suppress(OSError):
+                if path.stem not in live and path.stat().st_mtime < older_than:
+                    path.unlink()
+
+    async def remove_orphans(self, keep: set[str], timeout: float = 10.0) -> list[Instance]:
+        """Stop and remove every owned container whose ref (container id) is not in ``keep``.
+
+        Returns the instances removed. Containers are stopped concurrently, each with
+        ``timeout`` seconds of grace.
+        """
+        orphans = [i for i in await self.owned() if i.ref not in keep]
+        await asyncio.gather(*(self.stop(i, timeout) for i in orphans))
+        return orphans
