@@ -1,0 +1,470 @@
+"""The Docker runtime against a real Docker engine, with tiny images built from busybox.
+
+Every test is marked ``docker`` (skipped without an engine, an error in CI). Each test runs
+its runtime on its own state dir under ``tmp_path`` and uses an app name of its own, and a
+fixture removes every container labelled with a state dir under ``tmp_path`` afterwards,
+whatever happened, so tests running concurrently on the same engine never meet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+try:
+    import docker
+except ImportError:  # the SDK is a dependency; a venv made before it was added lacks it
+    if os.environ.get("BATON_REQUIRE_DOCKER") == "1":
+        raise
+    pytest.skip("the docker SDK is not installed", allow_module_level=True)
+
+from baton.deploy.probes import ProbeError, http_get
+from baton.errors import DaemonUnreachable, DeploymentFailed, RuntimeFailure
+from baton.runtime.base import Instance, InstanceSpec
+from baton.runtime.docker import (
+    LABEL_STATE_DIR,
+    DockerInstanceSpec,
+    DockerRuntime,
+    container_name,
+)
+from tests.support.images import ImageCache
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
+
+
+@pytest.fixture(scope="session")
+def images() -> Iterator[ImageCache]:
+    cache = ImageCache()  # builds lazily, so nothing happens when the tests skip
+    yield cache
+    cache.close()
+
+
+@pytest.fixture
+def client() -> Iterator[Any]:
+    c = docker.from_env(timeout=60)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def cleanup(client: Any, tmp_path: Path) -> Iterator[None]:
+    """Remove every container whose state-dir label is under this test's tmp_path."""
+    yield
+    listed = client.containers.list(
+        all=True, filters={"label": LABEL_STATE_DIR}, ignore_removed=True
+    )
+    for container in listed:
+        if container.labels.get(LABEL_STATE_DIR, "").startswith(str(tmp_path)):
+            try:
+                container.remove(force=True, v=True)
+            except docker.errors.NotFound:
+                pass
+
+
+@pytest.fixture
+def app() -> str:
+    return f"t{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+async def runtime(tmp_path: Path, cleanup: None) -> AsyncIterator[DockerRuntime]:
+    rt = DockerRuntime(tmp_path / "state")
+    yield rt
+    rt.close()
+
+
+def spec(
+    app: str, image: str, tmp_path: Path, version: str = "v1", index: int = 0, **kw: Any
+) -> DockerInstanceSpec:
+    kw.setdefault("port", 8080)
+    return DockerInstanceSpec(
+        app=app,
+        version=version,
+        index=index,
+        image=image,
+        log_dir=tmp_path / "logs",
+        env={"APP_VERSION": version},
+        **kw,
+    )
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def served(instance: Instance, path: str = "/", timeout: float = 20.0) -> bytes:
+    """The body of the first 200 answer to ``GET path`` (docker-proxy accepts connections
+    before the app listens, so a refused or reset first try is normal)."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            status, body = await http_get(instance.address, path, timeout=2)
+            if status == 200:
+                return body
+            last = f"status {status}"
+        except ProbeError as exc:
+            last = str(exc)
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{instance.address}{path} never answered 200: {last}")
+
+
+def gone(client: Any, ref: str) -> bool:
+    try:
+        client.containers.get(ref)
+    except docker.errors.NotFound:
+        return True
+    return False
+
+
+# --------------------------------------------------------------------------- start and stop
+
+
+async def test_start_serves_the_version_on_loopback_with_labels_and_name(
+    runtime: DockerRuntime, images: ImageCache, client: Any, app: str, tmp_path: Path
+) -> None:
+    image = images.get("v1")
+    instance = await runtime.start(spec(app, image, tmp_path, index=2))
+    assert instance.address.startswith("127.0.0.1:")
+    assert (instance.app, instance.version, instance.index) == (app, "v1", 2)
+    assert await served(instance) == b"v1"
+    assert await runtime.alive(instance)
+
+    container = client.containers.get(instance.ref)
+    assert container.name == f"baton-{app}-v1-2" == container_name(app, "v1", 2)
+    labels = container.labels
+    assert labels["baton.managed"] == "1"
+    assert (labels["baton.app"], labels["baton.version"], labels["baton.instance"]) == (
+        app,
+        "v1",
+        "2",
+    )
+    bindings = container.attrs["NetworkSettings"]["Ports"]["8080/tcp"]
+    assert bindings == [{"HostIp": "127.0.0.1", "HostPort": str(instance.port)}]
+    assert container.attrs["HostConfig"]["PortBindings"]["8080/tcp"][0]["HostIp"] == "127.0.0.1"
+    env = dict(e.split("=", 1) for e in container.attrs["Config"]["Env"])
+    assert env["PORT"] == "8080"
+    assert env["APP_VERSION"] == "v1"
+    assert env["BATON_INSTANCE"] == "2"
+
+    started = time.monotonic()
+    await runtime.stop(instance, timeout=10)
+    assert time.monotonic() - started < 8, "the image's SIGTERM handling should stop it at once"
+    assert gone(client, instance.ref)
+    assert not await runtime.alive(instance)
+    await runtime.stop(instance, timeout=10)  # idempotent
+    assert await runtime.owned() == []
+    with pytest.raises(ProbeError):
+        await http_get(instance.address, "/", timeout=2)
+
+
+async def test_port_env_and_command_override(
+    runtime: DockerRuntime, images: ImageCache, app: str, tmp_path: Path
+) -> None:
+    image = images.get("v2")
+    # The image honours $PORT: run it on 8081 inside the container.
+    on_8081 = await runtime.start(spec(app, image, tmp_path, "v2", 0, port=8081))
+    # A string command is split with shlex ($PORT becomes the container port)...
+    as_string = await runtime.start(
+        spec(app, image, tmp_path, "v2", 1, port=8082, command="/busybox httpd -f -p $PORT -h /www")
+    )
+    # ...and a list is passed as is (there is a shell in the image to ask for).
+    as_list = await runtime.start(
+        spec(
+            app,
+            image,
+            tmp_path,
+            "v2",
+            2,
+            port=8083,
+            command=[
+                "/busybox",
+                "sh",
+                "-c",
+                "echo hello from $PORT; exec /busybox httpd -f -p $PORT -h /www",
+            ],
+        )
+    )
+    for instance in (on_8081, as_string, as_list):
+        assert await served(instance) == b"v2"
+    assert "hello from 8083" in await runtime.logs(as_list)
+    await asyncio.gather(*(runtime.stop(i, 5) for i in (on_8081, as_string, as_list)))
+
+
+async def test_a_version_label_docker_would_refuse_is_sanitised(
+    runtime: DockerRuntime, images: ImageCache, client: Any, app: str, tmp_path: Path
+) -> None:
+    image = images.get("v1")
+    instance = await runtime.start(spec(app, image, tmp_path, "feature/x+1"))
+    container = client.containers.get(instance.ref)
+    assert container.name.startswith(f"baton-{app}-feature_x_1-")
+    assert container.name.endswith("-0")
+    assert container.labels["baton.version"] == "feature/x+1"
+    # A version that sanitises to the same characters still gets a container of its own.
+    other = await runtime.start(spec(app, image, tmp_path, "feature_x_1"))
+    assert client.containers.get(other.ref).name == f"baton-{app}-feature_x_1-0"
+    assert await runtime.alive(instance)
+    await runtime.stop(instance, 5)
+    await runtime.stop(other, 5)
+
+
+async def test_a_leftover_container_of_the_same_instance_is_replaced_but_foreign_ones_are_not(
+    runtime: DockerRuntime, images: ImageCache, client: Any, app: str, tmp_path: Path
+) -> None:
+    image = images.get("v1")
+    first = await runtime.start(spec(app, image, tmp_path))
+    # A control plane that crashed and came back starts the same instance again.
+    second = await DockerRuntime(tmp_path / "state").start(spec(app, image, tmp_path))
+    assert second.ref != first.ref
+    assert gone(client, first.ref)
+    assert await served(second) == b"v1"
+
+    # A container with the name but no baton labels is somebody else's: never touched.
+    name = container_name(app, "v9", 0)
+    foreign = client.containers.create(image, name=name, labels={LABEL_STATE_DIR: str(tmp_path)})
+    with pytest.raises(RuntimeFailure, match="Baton does not manage it"):
+        await runtime.start(spec(app, image, tmp_path, "v9"))
+    assert client.containers.get(foreign.id).name == name
+
+    # One of another Baton state dir is not touched either.
+    other = DockerRuntime(tmp_path / "other-state")
+    theirs = await other.start(spec(app, image, tmp_path, "v8"))
+    with pytest.raises(RuntimeFailure, match="not touching it"):
+        await runtime.start(spec(app, image, tmp_path, "v8"))
+    assert await other.alive(theirs)
+
+
+async def test_stop_kills_a_container_that_ignores_sigterm_after_the_grace_period(
+    runtime: DockerRuntime, images: ImageCache, client: Any, app: str, tmp_path: Path
+) -> None:
+    stubborn = "trap '' TERM; echo stubborn; while :; do /busybox sleep 1; done"
+    instance = await runtime.start(
+        spec(app, images.get("v1"), tmp_path, command=["/busybox", "sh", "-c", stubborn])
+    )
+    assert await eventually(lambda: _has_line(runtime, instance, "stubborn"))
+    started = time.monotonic()
+    await runtime.stop(instance, timeout=1)
+    took = time.monotonic() - started
+    assert 0.9 < took < 10, took
+    assert gone(client, instance.ref)
+    # The logs outlive the container.
+    assert "stubborn" in await runtime.logs(instance)
+    assert instance.log_path is not None and instance.log_path.is_file()
+
+
+async def _has_line(runtime: DockerRuntime, instance: Instance, line: str) -> bool:
+    return line in await runtime.logs(instance)
+
+
+# --------------------------------------------------------------------------- failures
+
+
+async def test_a_container_that_exits_by_itself_is_not_alive(
+    runtime: DockerRuntime, images: ImageCache, client: Any, app: str, tmp_path: Path
+) -> None:
+    script = "echo about to fail; /busybox sleep 1; echo failing >&2; exit 3"
+    instance = await runtime.start(
+        spec(app, images.get("v1"), tmp_path, command=["/busybox", "sh", "-c", script])
+    )
+    assert await runtime.alive(instance)
+    assert await runtime.exit_code(instance) is None
+
+    async def dead() -> bool:
+        return not await runtime.alive(instance)
+
+    assert await eventually(dead)
+    assert await runtime.exit_code(instance) == 3
+    assert {"about to fail", "failing"} <= set(await runtime.logs(instance))
+    assert await runtime.logs(instance, lines=1) in (["about to fail"], ["failing"])
+    # Exited containers are still listed (with the address they had), so they get cleaned up.
+    assert [(i.ref, i.address) for i in await runtime.owned()] == [(instance.ref, instance.address)]
+    await runtime.stop(instance, 5)
+    assert gone(client, instance.ref)
+
+
+async def test_an_image_whose_container_exits_at_once_fails_clearly_and_leaves_nothing(
+    runtime: DockerRuntime, images: ImageCache, app: str, tmp_path: Path
+) -> None:
+    image = images.get("v1", exit_at_once=True)
+    try:
+        instance = await runtime.start(spec(app, image, tmp_path))
+    except RuntimeFailure as exc:
+        # The usual case: it exited before Docker published its port.
+        assert "exited at once with status 3" in str(exc)
+        assert "giving up" in str(exc)
+        assert await runtime.owned() == []
+        return
+    # It lived long enough to get a port: then it is reported dead right after.
+    assert await eventually(lambda: _not_alive(runtime, instance))
+    assert await runtime.exit_code(instance) == 3
+
+
+async def _not_alive(runtime: DockerRuntime, instance: Instance) -> bool:
+    return not await runtime.alive(instance)
+
+
+async def test_a_missing_image_fails_fast_naming_the_image(
+    runtime: DockerRuntime, images: ImageCache, app: str, tmp_path: Path
+) -> None:
+    missing = images.missing()
+    started = time.monotonic()
+    with pytest.raises(DeploymentFailed) as failure:
+        await runtime.ensure_image(missing)
+    assert time.monotonic() - started < 30
+    assert f"image {missing!r} not found locally and could not be pulled" in str(failure.value)
+
+    await runtime.ensure_image(images.get("v1"))  # present: nothing to do
+
+    with pytest.raises(RuntimeFailure, match=f"image {missing!r} not found locally"):
+        await runtime.start(spec(app, missing, tmp_path))
+    assert await runtime.owned() == []
+
+    with pytest.raises(RuntimeFailure, match="needs a DockerInstanceSpec"):
+        await runtime.start(InstanceSpec(app=app, version="v1", index=0, command="x", cwd=tmp_path))
+
+
+async def test_an_unreachable_engine_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, app: str
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent.sock")
+    runtime = DockerRuntime(tmp_path / "state")
+    started = time.monotonic()
+    message = "Docker engine not reachable at unix:///nonexistent.sock: No such file or directory"
+    with pytest.raises(DaemonUnreachable, match=message) as failure:
+        await runtime.owned()
+    assert failure.value.exit_code == 3
+    with pytest.raises(DaemonUnreachable, match="not reachable"):
+        await runtime.ensure_image("anything:1")
+    with pytest.raises(DaemonUnreachable, match="not reachable"):
+        await runtime.start(spec(app, "anything:1", tmp_path))
+    with pytest.raises(DaemonUnreachable, match="not reachable"):
+        await runtime.stop(Instance(app, "v1", 0, "127.0.0.1:1", "0123abcd"), 1)
+    assert time.monotonic() - started < 10
+
+
+# --------------------------------------------------------------------------- health
+
+
+async def test_healthy_follows_the_image_healthcheck(
+    runtime: DockerRuntime, images: ImageCache, app: str, tmp_path: Path
+) -> None:
+    good = await runtime.start(spec(app, images.get("v1", healthcheck=True), tmp_path, index=0))
+    sick = await runtime.start(
+        spec(app, images.get("v1", healthcheck=True, healthy=False), tmp_path, index=1)
+    )
+    plain = await runtime.start(spec(app, images.get("v1"), tmp_path, index=2))
+
+    async def is_healthy() -> bool:
+        return await runtime.healthy(good) is True
+
+    assert await eventually(is_healthy)
+    assert await runtime.healthy(plain) is None
+    assert await runtime.image_healthcheck(images.get("v1")) is None
+    assert await runtime.image_healthcheck(images.get("v1", healthcheck=True)) is not None
+
+    def status() -> str:
+        attrs = docker.from_env().api.inspect_container(sick.ref)
+        return str(attrs["State"]["Health"]["Status"])
+
+    async def sick_reported() -> bool:
+        return await asyncio.to_thread(status) == "unhealthy"
+
+    assert await eventually(sick_reported)
+    assert await runtime.healthy(sick) is False
+    assert await served(sick) == b"v1"  # serving, yet Docker says unhealthy
+
+    await runtime.stop(good, 5)
+    assert await runtime.healthy(good) is False  # gone is not healthy
+    await runtime.stop(sick, 5)
+    await runtime.stop(plain, 5)
+
+
+# --------------------------------------------------------------------------- resources
+
+
+async def test_limits_volumes_and_a_user_network(
+    runtime: DockerRuntime, images: ImageCache, client: Any, app: str, tmp_path: Path
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("from the volume")
+    network = client.networks.create(f"baton-test-{app}", driver="bridge")
+    try:
+        instance = await runtime.start(
+            spec(
+                app,
+                images.get("v1"),
+                tmp_path,
+                memory="64m",
+                cpus=0.5,
+                volumes=["./site:/www:ro"],
+                cwd=tmp_path,
+                network=network.name,
+            )
+        )
+        assert await served(instance) == b"from the volume"
+        attrs = client.containers.get(instance.ref).attrs
+        assert attrs["HostConfig"]["Memory"] == 64 * 1024 * 1024
+        assert attrs["HostConfig"]["NanoCpus"] == 500_000_000
+        assert list(attrs["NetworkSettings"]["Networks"]) == [network.name]
+        assert attrs["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostIp"] == "127.0.0.1"
+        await runtime.stop(instance, 5)
+    finally:
+        for c in client.containers.list(all=True, filters={"network": network.id}):
+            c.remove(force=True)
+        network.remove()
+
+    bad_options: list[tuple[dict[str, Any], str]] = [
+        ({"network": "host"}, "user-defined network"),
+        ({"volumes": ["nocolon"]}, "SOURCE:/TARGET"),
+        ({"memory": "lots"}, "cannot create container"),
+        ({"port": 0}, "not a TCP port"),
+    ]
+    for bad, message in bad_options:
+        with pytest.raises(RuntimeFailure, match=message):
+            await runtime.start(spec(app, images.get("v1"), tmp_path, **bad))
+    assert await runtime.owned() == []
+
+
+# --------------------------------------------------------------------------- recovery
+
+
+async def test_owned_survives_a_new_runtime_and_remove_orphans_keeps_what_it_is_told(
+    runtime: DockerRuntime, images: ImageCache, client: Any, app: str, tmp_path: Path
+) -> None:
+    started = [
+        await runtime.start(spec(app, images.get("v1"), tmp_path, "v1", 0)),
+        await runtime.start(spec(app, images.get("v1"), tmp_path, "v1", 1)),
+        await runtime.start(spec(app, images.get("v2"), tmp_path, "v2", 0)),
+    ]
+    # Another state dir's container must never be listed nor removed.
+    other = DockerRuntime(tmp_path / "other-state")
+    theirs = await other.start(spec(app, images.get("v1"), tmp_path, "v7", 0))
+
+    recovered = DockerRuntime(tmp_path / "state")  # as after a crash of the control plane
+    owned = await recovered.owned()
+    assert {(i.app, i.version, i.index, i.address, i.ref) for i in owned} == {
+        (i.app, i.version, i.index, i.address, i.ref) for i in started
+    }
+    assert all(i.log_path is not None for i in owned)
+
+    keep = started[2]
+    removed = await recovered.remove_orphans({keep.ref}, timeout=5)
+    assert {i.ref for i in removed} == {started[0].ref, started[1].ref}
+    assert [i.ref for i in await recovered.owned()] == [keep.ref]
+    assert gone(client, started[0].ref) and gone(client, started[1].ref)
+    assert await served(keep) == b"v2"
+    assert await other.alive(theirs)
+    assert await recovered.remove_orphans({keep.ref}) == []
