@@ -179,6 +179,7 @@ class _Deploy:
     kind: str
     strategy: str
     warm_switch: bool = False
+    switched: bool = False  # some traffic went to the new release
     started: dict[int, tuple[int, Instance]] = field(default_factory=dict)
     finalized: bool = False
 
@@ -438,8 +439,7 @@ class Engine:
             self.runs.pop(run.id, None)
 
     def _traffic_moved(self, d: _Deploy) -> bool:
-        step = self.store.deployment(d.run.id)
-        return step is not None and step.step.split("#")[0] in ("switch", "verify", "rollback")
+        return d.switched
 
     async def _steps(self, d: _Deploy) -> None:
         cfg = d.cfg
@@ -462,13 +462,22 @@ class Engine:
                 keep_warm=cfg.deploy.keep_previous > 0,
                 post_deploy=bool(cfg.hooks.post_deploy),
             )
-        for step in steps:
+        # Past the verification (or the last switch, without one), the new release has the
+        # traffic for good: a failure to drain or stop the old one is a warning, not an undo.
+        commit = max(i for i, s in enumerate(steps) if s.kind in ("switch", "verify"))
+        for n, step in enumerate(steps):
             if step.kind == "post_deploy":
                 await self._finalize(d)
             self.store.set_step(d.run.id, step.label)
             self.store.add_event(d.run.id, d.app, "step", {"step": step.label})
             d.run.emit({"event": "step", "step": step.kind, "batch": step.batch})
-            await self._do(d, step)
+            if n <= commit:
+                await self._do(d, step)
+                continue
+            try:
+                await self._do(d, step)
+            except BatonError as exc:
+                d.run.emit({"event": "warning", "message": f"{step.kind}: {exc}"})
         await self._finalize(d)
 
     async def _do(self, d: _Deploy, step: Step) -> None:
@@ -672,6 +681,7 @@ class Engine:
                 self.store.update_release(release.id, weight=new_weight)
                 if previous is not None:
                     self.store.update_release(previous.id, weight=old_weight)
+        d.switched = True
         await self.router.push_app(d.app)
         weights = {p.release: p.weight for _, p in self.router.pools(d.app)}
         d.run.emit({"event": "switch", "weights": weights, "batch": step.batch})
@@ -800,7 +810,11 @@ class Engine:
                 self.store.update_release(release.id, state="stopped", weight=0)
                 for row in self.store.instances(release.id, ("routed", "ready", "starting")):
                     self.store.set_instance_state(row.id, "draining")
-        await self.router.push_app(d.app)
+        try:
+            await self.router.push_app(d.app)
+        except BatonError as exc:
+            # The store says what is live; the proxy watcher sends it once the proxy answers.
+            d.run.emit({"event": "warning", "message": f"route table: {exc}"})
         leftovers = [
             (r, row)
             for r in self.store.releases(d.app, ("stopped",))
