@@ -19,6 +19,14 @@ from baton.proxy.http import (
 HOST = (b"Host", b"shop.test")
 
 
+def raw_head(
+    status: int, headers: list[tuple[bytes, bytes]], version: bytes = b"HTTP/1.1"
+) -> bytes:
+    """An upstream response head as it arrives (without the final blank line)."""
+    lines = [b"%s %d OK" % (version, status)] + [n + b": " + v for n, v in headers]
+    return b"\r\n".join(lines)
+
+
 def test_upstream_head_sets_forwarding_headers_and_drops_hop_by_hop() -> None:
     info = scan_request(
         [
@@ -104,7 +112,7 @@ def test_response_framing() -> None:
             "upgrade": False,
         }
         args.update(kw)
-        info = client_head(status, b"OK", headers, **args)
+        info = client_head(status, raw_head(status, headers), **args)
         return info.framing, info.keep_alive
 
     assert framing(200, [(b"Content-Length", b"2")]) == (FRAME_LENGTH, True)
@@ -123,13 +131,15 @@ def test_response_framing() -> None:
 def test_response_head_drops_hop_by_hop_and_adds_via() -> None:
     info = client_head(
         200,
-        b"OK",
-        [
-            (b"Connection", b"close"),
-            (b"Keep-Alive", b"x"),
-            (b"Content-Length", b"2"),
-            (b"X-App", b"1"),
-        ],
+        raw_head(
+            200,
+            [
+                (b"Connection", b"close"),
+                (b"Keep-Alive", b"x"),
+                (b"Content-Length", b"2"),
+                (b"X-App", b"1"),
+            ],
+        ),
         head_request=False,
         client_http11=True,
         client_keep_alive=True,
@@ -147,3 +157,30 @@ def test_local_response_is_complete_and_says_why() -> None:
     assert b"Content-Length: %d" % len(body) in head
     assert b"no healthy target" in body
     assert b"Connection: close" in local_response(400, "x", close=True)
+
+
+def test_response_head_from_http10_upstream_is_answered_as_http11() -> None:
+    info = client_head(
+        200,
+        raw_head(200, [(b"content-length", b"2"), (b"VIA", b"1.0 lb")], version=b"HTTP/1.0"),
+        head_request=False,
+        client_http11=True,
+        client_keep_alive=True,
+        upgrade=False,
+    )
+    assert info.head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"Via: 1.0 lb, 1.1 baton\r\n" in info.head
+    assert info.head.count(b"ontent-") == 1 and b"Content-Length: 2\r\n" in info.head
+    assert info.head.endswith(b"\r\n\r\n")
+
+
+def test_response_headers_named_in_connection_are_dropped() -> None:
+    info = client_head(
+        200,
+        raw_head(200, [(b"Connection", b"X-Hop"), (b"X-Hop", b"1"), (b"X-Keep", b"2")]),
+        head_request=False,
+        client_http11=True,
+        client_keep_alive=True,
+        upgrade=False,
+    )
+    assert b"X-Hop" not in info.head and b"X-Keep: 2\r\n" in info.head

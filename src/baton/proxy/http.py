@@ -32,9 +32,35 @@ HOP_BY_HOP = frozenset(
         b"proxy-authorization",
     }
 )
-_REQ_REPLACED = frozenset(
-    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"via", b"expect"}
-)
+(
+    _CONNECTION,
+    _CONTENT_LENGTH,
+    _VIA,
+    _UPGRADE,
+    _TRANSFER_ENCODING,
+    _HOP,
+    _HOST,
+    _XFF,
+    _EXPECT,
+    _REQUEST_ID,
+    _REPLACED,
+) = range(11)
+_CONNECTION_OPTIONS = frozenset({b"keep-alive", b"close", b"upgrade", b""})
+# Request headers that are not copied as they are (one dict lookup per header).
+_REQUEST_SPECIAL = {
+    **dict.fromkeys(HOP_BY_HOP, _HOP),
+    b"connection": _CONNECTION,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"upgrade": _UPGRADE,
+    b"content-length": _CONTENT_LENGTH,
+    b"host": _HOST,
+    b"x-forwarded-for": _XFF,
+    b"x-forwarded-proto": _REPLACED,
+    b"x-forwarded-host": _REPLACED,
+    b"via": _VIA,
+    b"expect": _EXPECT,
+    b"x-request-id": _REQUEST_ID,
+}
 
 REASONS = {
     400: "Bad Request",
@@ -103,44 +129,41 @@ def scan_request(headers: list[tuple[bytes, bytes]], http11: bool) -> RequestInf
     xff: bytes | None = None
     via: bytes | None = None
     kept: list[bytes] = []
+    special = _REQUEST_SPECIAL
     for name, value in headers:
-        lname = name.lower()
-        if lname in HOP_BY_HOP:
-            if lname == b"transfer-encoding":
-                te = value if te is None else te + b", " + value
-            elif lname == b"connection":
-                connection.extend(t.strip().lower() for t in value.split(b","))
-            elif lname == b"upgrade":
-                upgrade = value
-            continue
-        if lname in _REQ_REPLACED:
-            if lname == b"x-forwarded-for":
-                xff = value if xff is None else xff + b", " + value
-            elif lname == b"via":
-                via = value if via is None else via + b", " + value
-            elif lname == b"expect":
-                if value.strip().lower() == b"100-continue":
-                    expect = True
-                else:
-                    raise RequestRejected(417, "unsupported Expect header")
-            continue
-        if lname == b"content-length":
+        kind = special.get(name.lower())
+        if kind is None:
+            kept.append(name + b": " + value + b"\r\n")
+        elif kind == _HOST:
+            if host is not None:
+                raise RequestRejected(400, "duplicate Host header")
+            host = value
+            kept.append(name + b": " + value + b"\r\n")
+        elif kind == _CONTENT_LENGTH:
             if cl is not None:
                 raise RequestRejected(400, "duplicate Content-Length header")
             stripped = value.strip()
             if not stripped.isdigit() or len(stripped) > 18:
                 raise RequestRejected(400, "invalid Content-Length header")
-            cl = int(stripped)
-            continue  # re-added by the framing decision
-        if lname == b"host":
-            if host is not None:
-                raise RequestRejected(400, "duplicate Host header")
-            host = value
-        elif lname == b"x-request-id":
-            if not value or len(value) > 200:
-                continue  # regenerate rather than forward junk
-            request_id = value
-        kept.append(name + b": " + value + b"\r\n")
+            cl = int(stripped)  # re-added by the framing decision
+        elif kind == _CONNECTION:
+            connection.extend(t.strip().lower() for t in value.split(b","))
+        elif kind == _TRANSFER_ENCODING:
+            te = value if te is None else te + b", " + value
+        elif kind == _UPGRADE:
+            upgrade = value
+        elif kind == _XFF:
+            xff = value if xff is None else xff + b", " + value
+        elif kind == _VIA:
+            via = value if via is None else via + b", " + value
+        elif kind == _EXPECT:
+            if value.strip().lower() != b"100-continue":
+                raise RequestRejected(417, "unsupported Expect header")
+            expect = True
+        elif kind == _REQUEST_ID and value and len(value) <= 200:
+            request_id = value  # (an empty or oversized one is regenerated, not forwarded)
+            kept.append(name + b": " + value + b"\r\n")
+        # _HOP and replaced forwarding headers: dropped
     chunked = False
     if te is not None:
         if cl is not None:
@@ -155,8 +178,8 @@ def scan_request(headers: list[tuple[bytes, bytes]], http11: bool) -> RequestInf
         raise RequestRejected(400, "missing Host header")
     if upgrade is not None and b"upgrade" not in connection:
         upgrade = None
-    if len(connection) > 1 or (connection and connection[0] not in (b"keep-alive", b"close")):
-        named = {t for t in connection if t not in (b"keep-alive", b"close", b"upgrade", b"")}
+    if connection and (len(connection) > 1 or connection[0] not in _CONNECTION_OPTIONS):
+        named = set(connection) - _CONNECTION_OPTIONS
         if named:
             kept = [line for line in kept if line.split(b":", 1)[0].lower() not in named]
     return RequestInfo(host, cl, chunked, upgrade, expect, request_id, xff, via, kept)
@@ -210,72 +233,95 @@ class ResponseInfo:
     until_close: bool = False  # the upstream delimits the body by closing its connection
 
 
+def _connection_named(value: bytes) -> set[bytes]:
+    """Header names a Connection header declares hop-by-hop (beyond the usual options)."""
+    tokens = {t.strip().lower() for t in value.split(b",")}
+    return tokens - _CONNECTION_OPTIONS
+
+
+# Response headers not copied as they are: hop-by-hop ones, and those Baton re-frames.
+_RESPONSE_SPECIAL = {
+    **dict.fromkeys(HOP_BY_HOP, _HOP),
+    b"connection": _CONNECTION,
+    b"content-length": _CONTENT_LENGTH,
+    b"via": _VIA,
+    b"upgrade": _UPGRADE,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+}
+
+
 def client_head(
     status: int,
-    reason: bytes,
-    headers: list[tuple[bytes, bytes]],
+    raw: bytes,
     *,
     head_request: bool,
     client_http11: bool,
     client_keep_alive: bool,
     upgrade: bool,
 ) -> ResponseInfo:
-    """The response head sent to the client, and how its body is framed."""
-    parts = [b"HTTP/1.1 %d " % status, reason, b"\r\n"]
+    """The response head sent to the client, and how its body is framed.
+
+    ``raw`` is the upstream's head as received (status line and header lines, without the
+    blank line that ends it); httptools has already checked that it parses.
+    """
     content_length: bytes | None = None
     via: bytes | None = None
-    connection: list[bytes] = []
+    connection: bytes | None = None
     upgrade_value: bytes | None = None
     te_chunked = False
-    for name, value in headers:
-        lname = name.lower()
-        if lname in HOP_BY_HOP:
-            if lname == b"connection":
-                connection.extend(t.strip().lower() for t in value.split(b","))
-            elif lname == b"upgrade":
-                upgrade_value = value
-            elif lname == b"transfer-encoding":
-                te_chunked = True
-            continue
-        if lname == b"content-length":
+    lines = raw.split(b"\r\n")
+    kept = [lines[0]]
+    special = _RESPONSE_SPECIAL
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        kind = special.get(name.lower())
+        if kind is None:
+            kept.append(line)
+        elif kind == _CONTENT_LENGTH:
             content_length = value.strip()
-            continue
-        if lname == b"via":
-            via = value if via is None else via + b", " + value
-            continue
-        parts.append(name + b": " + value + b"\r\n")
-    named = {t for t in connection if t not in (b"keep-alive", b"close", b"upgrade", b"")}
-    if named:
-        parts = [p for p in parts if p.split(b":", 1)[0].lower() not in named]
-    parts.append(b"Via: " + (VIA if via is None else via + b", " + VIA) + b"\r\n")
+        elif kind == _CONNECTION:
+            connection = value if connection is None else connection + b"," + value
+        elif kind == _VIA:
+            via = value.strip() if via is None else via + b", " + value.strip()
+        elif kind == _UPGRADE:
+            upgrade_value = value.strip()
+        elif kind == _TRANSFER_ENCODING:
+            te_chunked = True
+    if connection is not None and connection.strip().lower() not in _CONNECTION_OPTIONS:
+        named = _connection_named(connection)
+        if named:
+            kept = [kept[0]] + [ln for ln in kept[1:] if ln.split(b":", 1)[0].lower() not in named]
+    raw = b"\r\n".join(kept)
+    # Always answer as HTTP/1.1 (the upstream may have said HTTP/1.0).
+    parts = [b"HTTP/1.1", raw[8:], b"\r\nVia: ", VIA if via is None else via + b", " + VIA]
     keep_alive = client_keep_alive
     until_close = False
     if upgrade and status == 101:
-        parts.append(b"Connection: upgrade\r\n")
+        parts.append(b"\r\nConnection: upgrade")
         if upgrade_value is not None:
-            parts.append(b"Upgrade: " + upgrade_value + b"\r\n")
-        parts.append(b"\r\n")
+            parts += (b"\r\nUpgrade: ", upgrade_value)
+        parts.append(b"\r\n\r\n")
         return ResponseInfo(b"".join(parts), FRAME_NONE, False)
-    if head_request or status < 200 or status in (204, 304):
+    if head_request or status < 200 or status == 204 or status == 304:
         framing = FRAME_NONE
         if content_length is not None:
-            parts.append(b"Content-Length: " + content_length + b"\r\n")
+            parts += (b"\r\nContent-Length: ", content_length)
     elif content_length is not None:
         framing = FRAME_LENGTH
-        parts.append(b"Content-Length: " + content_length + b"\r\n")
+        parts += (b"\r\nContent-Length: ", content_length)
     else:
         until_close = not te_chunked
         if client_http11:
             framing = FRAME_CHUNKED
-            parts.append(b"Transfer-Encoding: chunked\r\n")
+            parts.append(b"\r\nTransfer-Encoding: chunked")
         else:
             framing = FRAME_CLOSE
             keep_alive = False
     if not keep_alive:
-        parts.append(b"Connection: close\r\n")
+        parts.append(b"\r\nConnection: close")
     elif not client_http11:
-        parts.append(b"Connection: keep-alive\r\n")
-    parts.append(b"\r\n")
+        parts.append(b"\r\nConnection: keep-alive")
+    parts.append(b"\r\n\r\n")
     return ResponseInfo(b"".join(parts), framing, keep_alive, until_close)
 
 

@@ -53,6 +53,7 @@ from baton.proxy.upstream import Target, UpstreamConnection
 log = logging.getLogger("baton.proxy")
 
 REPLAY_LIMIT = 64 * 1024
+_NO_BODY: list[bytes] = []  # shared empty list: most requests never allocate their own
 MAX_ATTEMPTS = 4
 SAME_TARGET_BACKOFF = 0.05
 
@@ -129,9 +130,9 @@ class Exchange:
         self.request_id = b""
         # Body pieces (already framed for the upstream) kept for a replay; None once the
         # body outgrew REPLAY_LIMIT.
-        self.body: list[bytes] | None = []
+        self.body: list[bytes] | None = [] if info.chunked or info.content_length else None
         self.body_size = 0
-        self.unsent: list[bytes] = []
+        self.unsent: list[bytes] = _NO_BODY
         self.unsent_size = 0
         self.written = False
         self.release: LiveRelease | None = None
@@ -148,7 +149,7 @@ class Exchange:
 
     @property
     def replayable(self) -> bool:
-        return not self.written or self.body is not None
+        return not self.written or self.body is not None or self.body_size == 0
 
     def response_started(self, status: int) -> None:
         self.status = status
@@ -166,6 +167,7 @@ class ClientConnection(asyncio.Protocol):
         "deadline",
         "deadline_kind",
         "early",
+        "feed_len",
         "head_size",
         "headers",
         "listen",
@@ -190,6 +192,7 @@ class ClientConnection(asyncio.Protocol):
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_size = 0
+        self.feed_len = 0
         self.reading = False  # a request head is being parsed (not yet complete)
         self.active: Exchange | None = None
         self.pending: deque[Exchange] = deque()
@@ -318,6 +321,7 @@ class ClientConnection(asyncio.Protocol):
             self.reading = True
             self.head_size = 0
             self._set_deadline(HEADER_DEADLINE, self.proxy.settings.header_timeout)
+        self.feed_len = len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -370,9 +374,13 @@ class ClientConnection(asyncio.Protocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
-        if size > self.proxy.settings.max_header_size:
-            raise RequestRejected(431, "request header block too large")
+        limit = self.proxy.settings.max_header_size
+        # Bytes seen for this head so far bound its size; count exactly only when they might
+        # exceed the limit (a whole head arriving in one large read).
+        if self.head_size + self.feed_len > limit:
+            size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+            if size > limit:
+                raise RequestRejected(431, "request header block too large")
         parser = self.parser
         version = parser.get_http_version()
         if version != "1.1" and version != "1.0":
@@ -423,6 +431,8 @@ class ClientConnection(asyncio.Protocol):
             ex.written = True
             up.transport.write(data)
         else:
+            if ex.unsent is _NO_BODY:
+                ex.unsent = []
             ex.unsent.append(data)
             ex.unsent_size += len(data)
             if ex.unsent_size > REPLAY_LIMIT:
@@ -497,12 +507,13 @@ class ClientConnection(asyncio.Protocol):
         up.begin(self, ex)
         assert up.transport is not None
         if ex.written:
-            assert ex.body is not None  # replay: the whole held body again
-            data = [ex.head, *ex.body]
-        else:
+            data = [ex.head, *(ex.body or ())]  # replay: the whole held body again
+        elif ex.unsent:
             data = [ex.head, *ex.unsent]
-        ex.unsent = []
-        ex.unsent_size = 0
+            ex.unsent = _NO_BODY
+            ex.unsent_size = 0
+        else:
+            data = [ex.head]
         ex.written = True
         ex.t_sent = time.monotonic()
         up.transport.write(data[0] if len(data) == 1 else b"".join(data))

@@ -23,6 +23,8 @@ import httptools
 
 from baton.proxy.http import FRAME_CHUNKED, FRAME_NONE, LAST_CHUNK, chunk, client_head
 
+MAX_RESPONSE_HEAD = 1024 * 1024
+
 if TYPE_CHECKING:
     from baton.proxy.server import ClientConnection, Exchange
 
@@ -136,19 +138,20 @@ class UpstreamConnection(asyncio.Protocol):
     """A keep-alive HTTP/1.1 connection to one target, carrying one exchange at a time."""
 
     __slots__ = (
+        "buf",
         "client",
         "closed",
         "done",
         "ex",
         "framing",
         "got_bytes",
+        "head_done",
+        "head_from",
         "head_only",
-        "headers",
         "idle_since",
         "keep_alive",
         "out",
         "parser",
-        "reason",
         "skip",
         "target",
         "transport",
@@ -162,8 +165,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.client: ClientConnection | None = None
         self.ex: Exchange | None = None
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.reason = b""
+        # Raw bytes of the response head(s) not yet complete; head_from skips 1xx heads.
+        self.buf = b""
+        self.head_from = 0
+        self.head_done = False
         self.out: list[bytes] = []
         self.framing = FRAME_NONE
         self.got_bytes = False
@@ -181,8 +186,9 @@ class UpstreamConnection(asyncio.Protocol):
     def begin(self, client: ClientConnection, ex: Exchange) -> None:
         self.client = client
         self.ex = ex
-        self.headers = []
-        self.reason = b""
+        self.buf = b""
+        self.head_from = 0
+        self.head_done = False
         self.got_bytes = False
         self.done = False
         self.skip = False
@@ -237,6 +243,11 @@ class UpstreamConnection(asyncio.Protocol):
             client.write(data)
             return
         self.got_bytes = True
+        if not self.head_done:
+            buf = self.buf = self.buf + data if self.buf else data
+            if len(buf) > MAX_RESPONSE_HEAD:
+                client.upstream_broken(self, "response head from upstream too large")
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -264,25 +275,26 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks -----------------------------------------------------------
 
-    def on_status(self, status: bytes) -> None:
-        self.reason += status
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
+        raw = self.buf
+        end = raw.find(b"\r\n\r\n", self.head_from)
+        if end < 0:
+            end = len(raw)
         if status < 200 and status != 101:
-            self.skip = True  # informational (100, 103): Baton answers 100-continue itself
-            self.headers = []
-            self.reason = b""
+            # Informational (100, 103): skipped; Baton answers 100-continue itself.
+            self.skip = True
+            self.head_from = end + 4
             return
+        head = raw[self.head_from : end]
+        self.buf = b""
+        self.head_from = 0
+        self.head_done = True
         ex = self.ex
         assert ex is not None
         info = client_head(
             status,
-            self.reason,
-            self.headers,
+            head,
             head_request=ex.method == b"HEAD",
             client_http11=ex.http11,
             client_keep_alive=ex.keep_alive and not ex.upgrade,
