@@ -146,7 +146,7 @@ def nginx_proxy_process(
 ) -> ManagedProcess:
     """nginx as a reverse proxy: one worker, upstream keep-alive pool of 64."""
     body = f"""\
-    upstream app {{ server {LOOPBACK}:{upstream_port}; keepalive 64; }}
+    upstream app {{ server {LOOPBACK}:{upstream_port}; keepalive 256; }}
     server {{
         listen {LOOPBACK}:{port} backlog=4096;
         location / {{

@@ -7,7 +7,7 @@
 One run starts, each on a free 127.0.0.1 port with its own config in a temp dir:
 
 - `backend`: nginx, one worker, `return 200 "ok\\n"` (what every proxy forwards to);
-- `nginx`: nginx as a reverse proxy, one worker, upstream keep-alive pool of 64;
+- `nginx`: nginx as a reverse proxy, one worker, upstream keep-alive pool of 256 (as Baton's default);
 - `haproxy`: HAProxy, one thread, HTTP mode, keep-alive;
 - `baton`: `baton proxy` (override with `--baton-cmd`; `{listen}`/`{admin}` placeholders
   are filled in, else `--listen ... --admin ...` is appended), routed with `PUT /routes`.

@@ -68,9 +68,8 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: str) -> float:
     "--listen",
     "listen",
     multiple=True,
-    default=["127.0.0.1:8080"],
-    show_default=True,
-    help="Address to accept clients on (repeatable).",
+    help="Address to accept clients on (repeatable). Apps' listen addresses in the route "
+    "table are opened too, so none is needed when a table will be loaded.",
 )
 @click.option(
     "--admin", required=True, type=click.Path(dir_okay=False), help="Admin Unix socket path."
@@ -86,7 +85,7 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: str) -> float:
     "--max-header-size", default=65536, type=click.IntRange(1024, 1 << 24), show_default=True
 )
 @click.option("--upstream-idle-timeout", default="2s", callback=_seconds, show_default=True)
-@click.option("--upstream-max-idle", default=64, type=click.IntRange(0, 100000), show_default=True)
+@click.option("--upstream-max-idle", default=256, type=click.IntRange(0, 100000), show_default=True)
 @click.option("--drain-deadline", default="30s", callback=_seconds, show_default=True)
 def proxy_command(
     listen: tuple[str, ...],

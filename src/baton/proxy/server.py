@@ -75,7 +75,7 @@ class ProxySettings:
     keepalive_timeout: float = 75.0
     max_header_size: int = 64 * 1024
     upstream_idle_timeout: float = 2.0
-    upstream_max_idle: int = 64
+    upstream_max_idle: int = 256
     eject_after: int = 3
     drain_deadline: float = 30.0
 

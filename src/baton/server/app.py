@@ -23,7 +23,6 @@ import fcntl
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -70,12 +69,6 @@ def _is_proxy(pid: int) -> bool:
     except OSError:
         return False
     return b"baton.proxy" in cmdline or b"proxy\x00--admin" in cmdline
-
-
-def _free_loopback_address() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -152,12 +145,12 @@ class ProxySupervisor:
             self.socket.unlink()
         listens = self.router.listens()
         try:
-            await self._spawn(listens or [_free_loopback_address()])
+            await self._spawn(listens)
         except BatonError:
             if not listens:
                 raise
             # One of the apps' addresses cannot be bound: start anyway; the table says why.
-            await self._spawn([_free_loopback_address()])
+            await self._spawn([])
         await self.router.push_all()
 
     async def _spawn(self, listens: list[str]) -> None:
@@ -188,7 +181,7 @@ class ProxySupervisor:
                 )
             with contextlib.suppress(BatonError):
                 await self.client.health(timeout=1.0)
-                log.info("proxy started (pid %s) on %s", self.pid, ", ".join(listens))
+                log.info("proxy started (pid %s) on %s", self.pid, ", ".join(listens) or "-")
                 return
             await asyncio.sleep(0.05)
         await self._kill(self._proc.pid, 1.0)
