@@ -14,15 +14,23 @@ Keys and defaults (``defaults_table()`` returns this table for the README):
 key                               default         meaning
 ================================  ==============  ===================================================
 app                               (required)      app name, ``[a-z0-9-]+``
-runtime                           process         where instances run
+runtime                           process         where instances run: process or docker
 proxy.listen                      127.0.0.1:8080  address the proxy listens on for this app
 proxy.hosts                       []              Host names routed to the app (empty = any Host)
 proxy.path_prefix                 /               path prefix routed to the app
-run.command                       (required)      string (run by /bin/sh -c) or list (exec'd)
+run.command                       (required)      process: string (run by /bin/sh -c) or list
+                                                  (exec'd); docker: optional CMD override
 run.cwd                           .               working directory, relative to baton.yml
 run.env                           {}              extra environment variables
+run.image                         (docker: req.)  docker: the image, e.g. shop:1.4.2
+run.port                          (docker: req.)  docker: the app's port inside the container
+run.volumes                       []              docker: "SOURCE:/TARGET[:ro|rw]" mounts
+run.memory                        none            docker: memory limit, e.g. 256m
+run.cpus                          none            docker: CPU limit, e.g. 0.5
+run.network                       none            docker: a user-defined network to join
 instances                         1               instances per release
-health.path                       none            readiness path (none = ready on TCP accept)
+health.path                       none            readiness path (none = ready on TCP accept;
+                                                  docker: on one HTTP answer, any status)
 health.interval                   100ms           time between readiness checks
 health.timeout                    2s              time-out of one readiness check
 health.success_threshold          2               consecutive 2xx answers needed
@@ -363,8 +371,10 @@ class ProxyConfig(_Section):
         return prefix.rstrip("/") or "/"
 
 
-def _check_command(value: object) -> str | list[str]:
+def _check_command(value: object) -> str | list[str] | None:
     hint = "a command: a string (run by /bin/sh -c) or a non-empty list of strings"
+    if value is None:
+        return None
     if isinstance(value, str) and value.strip():
         return value
     if isinstance(value, list) and value and all(isinstance(i, str) and i for i in value):
@@ -372,9 +382,106 @@ def _check_command(value: object) -> str | list[str]:
     raise ValueError(f"expected {hint}, got {_shown(value)}")
 
 
+_IMAGE = re.compile(r"^[a-z0-9][A-Za-z0-9._/:@-]*$")
+_MEMORY = re.compile(r"^(\d+(?:\.\d+)?)([bkmg]?)$", re.IGNORECASE)
+_MEMORY_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_MIN_MEMORY = 6 * 1024**2  # Docker refuses less than 6 MiB
+
+
+def _check_image(value: object) -> str | None:
+    if value is None:
+        return None
+    hint = "an image reference like shop:1.4.2 or registry.example.com/shop:1.4.2"
+    if not isinstance(value, str) or not _IMAGE.match(value) or value.endswith((":", "/", "@")):
+        raise ValueError(f"expected {hint}, got {_shown(value)}")
+    return value
+
+
+def _check_port(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError(f"expected a TCP port number (1-65535), got {_shown(value)}")
+    return value
+
+
+def _check_volume(value: object) -> str:
+    hint = "a volume like ./data:/data or name:/data:ro (SOURCE:/TARGET[:ro|rw])"
+    if not isinstance(value, str):
+        raise ValueError(f"expected {hint}, got {_shown(value)}")
+    parts = value.split(":")
+    if (
+        len(parts) not in (2, 3)
+        or not parts[0]
+        or not parts[1].startswith("/")
+        or (len(parts) == 3 and parts[2] not in ("ro", "rw"))
+    ):
+        raise ValueError(f"expected {hint}, got {_shown(value)}")
+    return value
+
+
+def _check_memory(value: object) -> str | None:
+    if value is None:
+        return None
+    hint = "a memory size like 256m or 1g (at least 6m)"
+    text = (
+        str(value).strip() if isinstance(value, int | str) and not isinstance(value, bool) else ""
+    )
+    match = _MEMORY.match(text)
+    if not match:
+        raise ValueError(f"expected {hint}, got {_shown(value)}")
+    size = float(match.group(1)) * _MEMORY_UNITS[match.group(2).lower()]
+    if size < _MIN_MEMORY:
+        raise ValueError(f"expected {hint}, got {_shown(value)}")
+    return text.lower()
+
+
+def _check_cpus(value: object) -> float | None:
+    if value is None:
+        return None
+    hint = "a number of CPUs more than 0, like 0.5 or 2"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected {hint}, got {_shown(value)}")
+    if math.isnan(value) or math.isinf(value) or value < 0.01:
+        raise ValueError(f"expected {hint}, got {_shown(value)}")
+    return float(value)
+
+
+def _check_network(value: object) -> str | None:
+    if value is None:
+        return None
+    hint = "the name of a user-defined Docker network"
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected {hint}, got {_shown(value)}")
+    if value in ("host", "none", "bridge") or value.startswith("container:"):
+        raise ValueError(
+            f"expected {hint} (the app port is published on 127.0.0.1, which host, none and"
+            f" container: networking cannot do; leave it out for the default bridge), got"
+            f" {_shown(value)}"
+        )
+    return value
+
+
+class _Shown:
+    """Marks how ``defaults_table`` shows a field's default when it is not a plain value."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+# run.* keys only the docker runtime reads; a process app setting one is told so.
+DOCKER_ONLY_RUN_KEYS = ("image", "port", "volumes", "memory", "cpus", "network")
+
+
 class RunConfig(_Section):
-    command: Annotated[str | list[str], BeforeValidator(_check_command)] = Field(
-        description="string (run by /bin/sh -c) or list (exec'd); $PORT is the instance's port"
+    command: Annotated[
+        str | list[str] | None,
+        BeforeValidator(_check_command),
+        _Shown("(required for process)"),
+    ] = Field(
+        default=None,
+        description="process: string (run by /bin/sh -c) or list (exec'd), $PORT is the"
+        " instance's port; docker: replaces the image's CMD (optional)",
     )
     cwd: Annotated[str, BeforeValidator(_string("a directory path"))] = Field(
         default=".", description="working directory, relative to baton.yml"
@@ -383,6 +490,27 @@ class RunConfig(_Section):
         dict[str, Annotated[str, BeforeValidator(_check_env_value)]],
         BeforeValidator(_check_env),
     ] = Field(default_factory=dict, description="extra environment variables")
+    image: Annotated[str | None, BeforeValidator(_check_image), _Shown("(required for docker)")] = (
+        Field(default=None, description="docker: the image to run, e.g. shop:1.4.2")
+    )
+    port: Annotated[int | None, BeforeValidator(_check_port), _Shown("(required for docker)")] = (
+        Field(default=None, description="docker: the port the app listens on inside the container")
+    )
+    volumes: Annotated[
+        list[Annotated[str, BeforeValidator(_check_volume)]], BeforeValidator(_none_is(list))
+    ] = Field(
+        default_factory=list,
+        description='docker: "SOURCE:/TARGET[:ro|rw]" mounts (SOURCE a volume or a path)',
+    )
+    memory: Annotated[str | None, BeforeValidator(_check_memory)] = Field(
+        default=None, description="docker: memory limit, e.g. 256m (none = no limit)"
+    )
+    cpus: Annotated[float | None, BeforeValidator(_check_cpus)] = Field(
+        default=None, description="docker: CPU limit, e.g. 0.5 (none = no limit)"
+    )
+    network: Annotated[str | None, BeforeValidator(_check_network)] = Field(
+        default=None, description="docker: a user-defined network to join (none = default bridge)"
+    )
 
     @field_validator("env")
     @classmethod
@@ -397,7 +525,9 @@ class RunConfig(_Section):
 
 class HealthConfig(_Section):
     path: str | None = Field(
-        default=None, description="readiness path (none = ready when the port accepts TCP)"
+        default=None,
+        description="readiness path (none = ready when the port accepts TCP; docker: when it"
+        " answers one HTTP request, with any status)",
     )
     interval: PositiveDuration = Field(default=0.1, description="time between readiness checks")
     timeout: PositiveDuration = Field(default=2.0, description="time-out of one readiness check")
@@ -454,9 +584,9 @@ class AppConfig(_Section):
     app: Annotated[str, BeforeValidator(_string("an app name"))] = Field(
         description="app name, [a-z0-9-]+"
     )
-    runtime: Annotated[Literal["process"], BeforeValidator(_one_of("process"))] = Field(
-        default="process", description="where instances run"
-    )
+    runtime: Annotated[
+        Literal["process", "docker"], BeforeValidator(_one_of("process", "docker"))
+    ] = Field(default="process", description="where instances run: process or docker")
     proxy: ProxyConfig = Field(default=ProxyConfig(), description="routing")
     run: RunConfig = Field(description="what to run")
     instances: Annotated[int, BeforeValidator(_int_at_least(1, 1000))] = Field(
@@ -474,6 +604,27 @@ class AppConfig(_Section):
             return {k: v for k, v in data.items() if not (k in _SECTIONS and v is None)}
         return data
 
+    @model_validator(mode="after")
+    def _runtime_keys(self) -> AppConfig:
+        # Which run.* keys are required or allowed depends on the runtime: reported under
+        # the key's own name (see _KeyedError), like a field error.
+        run = self.run
+        if self.runtime == "process":
+            if run.command is None:
+                raise _KeyedError(("run", "command"), "required key is missing")
+            for key in DOCKER_ONLY_RUN_KEYS:
+                if getattr(run, key) != RunConfig.model_fields[key].get_default(
+                    call_default_factory=True
+                ):
+                    raise _KeyedError(
+                        ("run", key), "only for runtime: docker (this app's runtime is process)"
+                    )
+        else:
+            for key in ("image", "port"):
+                if getattr(run, key) is None:
+                    raise _KeyedError(("run", key), "required key is missing (runtime: docker)")
+        return self
+
     @field_validator("app")
     @classmethod
     def _app_name(cls, name: str) -> str:
@@ -489,6 +640,21 @@ class AppConfig(_Section):
 
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class _KeyedError(ValueError):
+    """A model-level check's error that belongs to one key (pydantic would name the model)."""
+
+    def __init__(self, loc: tuple[str, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+def _loc(error: Any) -> tuple[int | str, ...]:
+    keyed = (error.get("ctx") or {}).get("error")
+    if isinstance(keyed, _KeyedError):
+        return tuple(error["loc"]) + keyed.loc
+    return tuple(error["loc"])
 
 
 def _dotted(loc: tuple[int | str, ...]) -> str:
@@ -544,7 +710,7 @@ def _describe(error: Any) -> str:
 def _config_error(
     exc: ValidationError, file: str | None, rename: Callable[[str], str] = lambda k: k
 ) -> ConfigError:
-    problems = [(rename(_dotted(tuple(e["loc"]))), _describe(e)) for e in exc.errors()]
+    problems = [(rename(_dotted(_loc(e))), _describe(e)) for e in exc.errors()]
     key, message = problems[0]
     for other_key, other_message in problems[1:]:
         where = f"{file}: " if file else ""
@@ -653,16 +819,29 @@ def load_config(path: str | Path) -> LoadedConfig:
 
 
 def apply_overrides(
-    cfg: AppConfig, env: dict[str, str], command: str | None, strategy: str | None
+    cfg: AppConfig,
+    env: dict[str, str],
+    command: str | None,
+    strategy: str | None,
+    image: str | None = None,
 ) -> AppConfig:
-    """The config with ``--env`` merged into run.env, ``--command`` and ``--strategy`` applied.
+    """The config with ``--env`` merged into run.env, ``--command``, ``--strategy`` and
+    ``--image`` applied.
 
-    Returns a new validated model; a bad flag raises ``ConfigError`` naming the flag.
+    Returns a new validated model; a bad flag raises ``ConfigError`` naming the flag
+    (``--image`` for an app whose runtime is not docker is one).
     """
+    if image is not None and cfg.runtime != "docker":
+        raise ConfigError(
+            f"only for apps with runtime: docker ({cfg.app}'s runtime is {cfg.runtime})",
+            key="--image",
+        )
     data = cfg.model_dump()
     data["run"]["env"] = {**data["run"]["env"], **env}
     if command is not None:
         data["run"]["command"] = command
+    if image is not None:
+        data["run"]["image"] = image
     if strategy is not None:
         data["deploy"]["strategy"] = strategy
 
@@ -671,6 +850,7 @@ def apply_overrides(
             return f"--env {key.removeprefix('run.env.')}"
         return {
             "run.command": "--command",
+            "run.image": "--image",
             "deploy.strategy": "--strategy",
             "run.env": "--env",
         }.get(key, key)
@@ -707,7 +887,10 @@ def defaults_table() -> list[tuple[str, str, str]]:
                 walk(annotation, f"{prefix}{name}.")
                 continue
             kind = next((m.kind for m in field.metadata if isinstance(m, _Kind)), None)
-            if field.is_required():
+            shown = next((m.text for m in field.metadata if isinstance(m, _Shown)), None)
+            if shown is not None:
+                default = shown
+            elif field.is_required():
                 default = "(required)"
             else:
                 default = _render_default(field.get_default(call_default_factory=True), kind)
@@ -780,24 +963,83 @@ def _find_program(command: str | list[str], app_dir: Path) -> tuple[str, str]:
     return "ok", f"runs {program!r} (on PATH)"
 
 
-def checklist(loaded: LoadedConfig) -> list[CheckItem]:
+@dataclass(frozen=True)
+class ImageFacts:
+    """What ``baton check`` learnt about a docker app's image from the Docker engine.
+
+    ``found`` is None when the engine could not be asked (``error`` says why);
+    ``healthcheck`` is the image's HEALTHCHECK test, None when it declares none.
+    """
+
+    image: str
+    found: bool | None
+    healthcheck: list[str] | None = None
+    error: str | None = None
+
+
+def checklist(loaded: LoadedConfig, image: ImageFacts | None = None) -> list[CheckItem]:
     """The zero-downtime checklist ``baton check`` prints after the config validated.
 
-    Decisions: a ``stop_timeout`` shorter than ``drain_timeout`` is fine, because Baton
-    drains an instance at the proxy *before* it sends SIGTERM; only a stop time-out under
-    one second is flagged, since few apps shut down gracefully that fast.
+    Decisions: for the process runtime a ``stop_timeout`` shorter than ``drain_timeout`` is
+    fine, because Baton drains an instance at the proxy *before* it sends SIGTERM; only a stop
+    time-out under one second is flagged, since few apps shut down gracefully that fast. For
+    docker apps it is flagged (as the Docker runtime issue asks): a request the drain gave up
+    on gets only ``stop_timeout`` before Docker SIGKILLs the container.
+
+    Docker readiness: docker-proxy accepts TCP on the published port before the app inside
+    listens, so for docker apps an accepted connection proves nothing. Without
+    ``health.path`` a container is ready once it answers one HTTP request (``GET /``, any
+    status); with an image HEALTHCHECK, Docker must also report it healthy. A docker app with
+    neither a health path nor a HEALTHCHECK is warned about. ``image`` carries what the
+    engine said about the image (None: not asked).
     """
     cfg = loaded.config
     d = cfg.deploy
     h = cfg.health
     items: list[CheckItem] = []
+    docker = cfg.runtime == "docker"
+    has_healthcheck = bool(image and image.found and image.healthcheck is not None)
 
-    kind, why = _find_program(cfg.run.command, loaded.app_dir)
-    items.append(
-        {"ok": _ok, "error": _error, "unknown": _warn}[kind](f"run.command {why}", "run.command")
-    )
+    if docker:
+        shown = cfg.run.image
+        if image is None or image.found is None:
+            why = f" ({image.error})" if image is not None and image.error else ""
+            items.append(_warn(f"run.image {shown}: could not inspect it{why}", "run.image"))
+        elif not image.found:
+            items.append(
+                _warn(
+                    f"run.image {shown} is not present locally: `baton deploy` pulls it, and"
+                    " fails before changing anything if it cannot",
+                    "run.image",
+                )
+            )
+        else:
+            hc = "with a HEALTHCHECK" if has_healthcheck else "without a HEALTHCHECK"
+            items.append(_ok(f"run.image {shown} is present locally ({hc})", "run.image"))
+    else:
+        assert cfg.run.command is not None
+        kind, why = _find_program(cfg.run.command, loaded.app_dir)
+        items.append(
+            {"ok": _ok, "error": _error, "unknown": _warn}[kind](
+                f"run.command {why}", "run.command"
+            )
+        )
 
-    if h.path is None:
+    also = " and Docker must report the HEALTHCHECK healthy" if has_healthcheck else ""
+    if h.path is None and docker and not has_healthcheck:
+        items.append(
+            _warn(
+                "health.path is not set and the image declares no HEALTHCHECK: a container"
+                " counts as ready once it answers one HTTP request (any status), which may"
+                " be before it can serve; set health.path",
+                "health.path",
+            )
+        )
+    elif h.path is None and docker:
+        items.append(
+            _ok(f"readiness: one HTTP answer (any status){also}", "health.path"),
+        )
+    elif h.path is None:
         items.append(
             _warn(
                 "health.path is not set: an instance counts as ready as soon as its port "
@@ -808,7 +1050,8 @@ def checklist(loaded: LoadedConfig) -> list[CheckItem]:
     else:
         items.append(
             _ok(
-                f"readiness: GET {h.path} must answer 2xx {h.success_threshold} time(s) in a row",
+                f"readiness: GET {h.path} must answer 2xx {h.success_threshold} time(s) in a"
+                f" row{also}",
                 "health.path",
             )
         )
@@ -836,7 +1079,17 @@ def checklist(loaded: LoadedConfig) -> list[CheckItem]:
             )
         )
 
-    if d.stop_timeout < 1:
+    if docker and d.stop_timeout < d.drain_timeout:
+        items.append(
+            _warn(
+                f"deploy.stop_timeout ({format_duration(d.stop_timeout)}) is shorter than"
+                f" deploy.drain_timeout ({format_duration(d.drain_timeout)}): a request still"
+                " running when the drain gives up gets only stop_timeout before Docker"
+                " SIGKILLs the container",
+                "deploy.stop_timeout",
+            )
+        )
+    elif d.stop_timeout < 1:
         items.append(
             _warn(
                 f"deploy.stop_timeout is {format_duration(d.stop_timeout)}: the app is "

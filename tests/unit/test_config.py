@@ -59,6 +59,15 @@ hooks:
 """
 
 
+DOCKER = """\
+app: shop
+runtime: docker
+run:
+  image: shop:1.4.2
+  port: 8080
+"""
+
+
 def write(tmp_path: Path, text: str, name: str = "baton.yml") -> Path:
     path = tmp_path / name
     path.write_text(text)
@@ -239,7 +248,25 @@ BAD_CONFIGS: list[tuple[str, str | None, list[str]]] = [
     (MINIMAL + "proxy: {hosts: shop.example.com}\n", "proxy.hosts", ["expected a list"]),
     (MINIMAL + "proxy: {hosts: [a, A]}\n", "proxy.hosts", ["twice"]),
     (MINIMAL + "proxy: {path_prefix: api}\n", "proxy.path_prefix", ["starting with /"]),
-    (MINIMAL + "runtime: docker\n", "runtime", ["process", "'docker'"]),
+    (MINIMAL + "runtime: kubernetes\n", "runtime", ["process, docker", "'kubernetes'"]),
+    (MINIMAL + "  image: shop:1\n", "run.image", ["only for runtime: docker"]),
+    (MINIMAL + "  volumes: [./data:/data]\n", "run.volumes", ["only for runtime: docker"]),
+    (DOCKER.replace("  image: shop:1.4.2\n", ""), "run.image", ["required key is missing"]),
+    (DOCKER.replace("  port: 8080\n", ""), "run.port", ["required key is missing"]),
+    (DOCKER.replace("shop:1.4.2", "'shop 1'"), "run.image", ["image reference", "'shop 1'"]),
+    (DOCKER.replace("shop:1.4.2", "Shop:1"), "run.image", ["image reference"]),
+    (DOCKER.replace("port: 8080", "port: 0"), "run.port", ["1-65535", "got 0"]),
+    (DOCKER.replace("port: 8080", "port: '80'"), "run.port", ["TCP port"]),
+    (DOCKER + "  volumes: [data]\n", "run.volumes[0]", ["SOURCE:/TARGET", "'data'"]),
+    (DOCKER + "  volumes: ['./d:data']\n", "run.volumes[0]", ["SOURCE:/TARGET"]),
+    (DOCKER + "  volumes: ['./d:/data:rx']\n", "run.volumes[0]", ["ro|rw"]),
+    (DOCKER + "  volumes: ./d:/data\n", "run.volumes", ["expected a list"]),
+    (DOCKER + "  memory: lots\n", "run.memory", ["256m", "'lots'"]),
+    (DOCKER + "  memory: 1k\n", "run.memory", ["at least 6m"]),
+    (DOCKER + "  cpus: 0\n", "run.cpus", ["more than 0", "got 0"]),
+    (DOCKER + "  cpus: half\n", "run.cpus", ["number of CPUs"]),
+    (DOCKER + "  network: host\n", "run.network", ["user-defined", "'host'"]),
+    (DOCKER + "  command: ''\n", "run.command", ["a command"]),
     (MINIMAL + "colour: blue\n", "colour", ["unknown key", "instances"]),
     ("app: Shop!\nrun: {command: x}\n", "app", ["lowercase", "'Shop!'"]),
     ("app: 12\nrun: {command: x}\n", "app", ["app name", "got 12"]),
@@ -292,6 +319,89 @@ def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.yml")
     with pytest.raises(ConfigError, match="directory"):
         load_config(tmp_path)
+
+
+# ---------------------------------------------------------------- the docker runtime
+
+
+def test_a_docker_app_needs_image_and_port_and_takes_the_container_keys(tmp_path: Path) -> None:
+    text = DOCKER + textwrap.indent(
+        textwrap.dedent(
+            """\
+            command: [/app, --port, $PORT]
+            env: {GREETING: hello}
+            volumes: ['./data:/data', 'cache:/cache:ro']
+            memory: 256M
+            cpus: 0.5
+            network: shop-net
+            """
+        ),
+        "  ",
+    )
+    cfg = load_config(write(tmp_path, text)).config
+    run = cfg.run
+    assert cfg.runtime == "docker"
+    assert (run.image, run.port, run.command) == ("shop:1.4.2", 8080, ["/app", "--port", "$PORT"])
+    assert run.volumes == ["./data:/data", "cache:/cache:ro"]
+    assert (run.memory, run.cpus, run.network) == ("256m", 0.5, "shop-net")
+    minimal = load_config(write(tmp_path, DOCKER, "min.yml")).config.run
+    assert minimal.command is None and minimal.volumes == [] and minimal.memory is None
+    # A stored release's config (every key written out) validates back, for both runtimes.
+    for c in (cfg, load_config(write(tmp_path, MINIMAL, "p.yml")).config):
+        assert parse_config(c.model_dump(mode="json")) == c
+
+
+def test_the_defaults_table_has_the_docker_keys() -> None:
+    rows = {key: default for key, default, _ in defaults_table()}
+    assert rows["runtime"] == "process"
+    assert rows["run.command"] == "(required for process)"
+    assert rows["run.image"] == rows["run.port"] == "(required for docker)"
+    assert (rows["run.volumes"], rows["run.memory"], rows["run.cpus"]) == ("[]", "none", "none")
+    assert rows["run.network"] == "none"
+
+
+def test_image_override_is_for_docker_apps_only() -> None:
+    docker = AppConfig.model_validate(
+        {"app": "a", "runtime": "docker", "run": {"image": "a:1", "port": 80}}
+    )
+    assert apply_overrides(docker, {}, None, None, "a:2").run.image == "a:2"
+    with pytest.raises(ConfigError) as caught:
+        apply_overrides(docker, {}, None, None, "not an image")
+    assert caught.value.key == "--image"
+    process = AppConfig.model_validate({"app": "a", "run": {"command": "x"}})
+    with pytest.raises(ConfigError, match="only for apps with runtime: docker") as caught:
+        apply_overrides(process, {}, None, None, "a:2")
+    assert caught.value.key == "--image"
+
+
+def test_docker_checklist_readiness_and_stop_timeout(tmp_path: Path) -> None:
+    from baton.config import ImageFacts
+
+    loaded = load_config(write(tmp_path, DOCKER))
+    plain = ImageFacts("shop:1.4.2", found=True, healthcheck=None)
+    checked = ImageFacts("shop:1.4.2", found=True, healthcheck=["CMD", "true"])
+    items = {i.key: i for i in checklist(loaded, plain)}
+    assert items["health.path"].level == "warn" and "HEALTHCHECK" in items["health.path"].message
+    assert items["deploy.stop_timeout"].level == "warn"  # 10s < 30s drain
+    assert "run.command" not in items and items["run.image"].level == "ok"
+    assert levels(checklist(loaded, checked))["health.path"] == "ok"
+    assert levels(checklist(loaded, ImageFacts("shop:1.4.2", found=False)))["run.image"] == "warn"
+    unknown = ImageFacts("shop:1.4.2", found=None, error="Docker engine not reachable")
+    assert "not reachable" in {i.key: i for i in checklist(loaded, unknown)}["run.image"].message
+    careful = load_config(
+        write(
+            tmp_path,
+            DOCKER + "health: {path: /up}\ndeploy: {stop_timeout: 30s, drain_timeout: 30s}\n",
+            "careful.yml",
+        )
+    )
+    got = levels(checklist(careful, plain))
+    assert got["health.path"] == "ok" and got["deploy.stop_timeout"] == "ok"
+    # The process runtime keeps its rule: stop shorter than drain is fine there.
+    assert (
+        levels(checklist(load_config(write(tmp_path, MINIMAL, "p.yml"))))["deploy.stop_timeout"]
+        == "ok"
+    )
 
 
 # ---------------------------------------------------------------- overrides
