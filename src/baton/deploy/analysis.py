@@ -1,0 +1,467 @@
+"""Canary analysis: is the canary release worse than the stable one? Pure, no I/O.
+
+Theory of operation. This module owns the judgement of a canary step and nothing else: the
+engine takes two ``/metrics.json`` snapshots of each release from the proxy (the counters are
+cumulative since the proxy started), turns each pair into a ``ReleaseWindow`` with ``window``,
+and asks ``judge(baseline, canary, cfg)`` for a ``Verdict``; the always-on abort check is
+``guard``, and ``summary`` gives ``baton status`` its figures. No clock, no sockets, no
+randomness: the same windows always give the same verdict.
+
+What a window holds, from the proxy's counters for one release:
+- ``requests``: every answered request (the sum of the status classes).
+- ``errors``: the 5xx answers. Baton's own 502/504 (upstream unreachable or too slow) are
+  already counted in ``5xx`` as well as in ``upstream_errors``, so adding ``upstream_errors``
+  would count them twice; a 4xx is the client's doing and is not an error of the release.
+- the latency histogram: counts per bucket (upper bounds ``bounds`` plus a final +Inf bucket,
+  a value ``v`` lands in the first bucket with ``v <= bound``). By default the ``ttfb``
+  histogram (upstream time to the first response byte): it measures the release itself,
+  whereas ``total`` also holds the client's download time and the life of WebSocket tunnels.
+- ``seconds``, the window's length, when a rate is wanted.
+
+The rules of ``judge`` (``alpha = 1 - confidence``):
+- Enough traffic: a comparison needs ``min_requests`` requests from *each* release in the
+  window; below that the verdict is ``inconclusive`` (the engine holds the step longer).
+  The absolute ceiling needs only the canary's traffic, so it can fail a step on its own.
+- Error ceiling: fail when the canary's error rate is above ``max_error_rate``.
+- Error increase: fail when the canary's error rate exceeds the baseline's by more than
+  ``max_error_rate_increase`` *and* a one-sided two-proportion z-test (pooled variance, H1:
+  the canary errs more) gives ``p < alpha``. No division by zero: with no request on a side,
+  or no variance at all (no errors anywhere, or errors only), the p-value is 1.
+- Latency: fail when a one-sided Mann-Whitney U test (H1: the canary is slower, as Kayenta
+  does) gives ``p < alpha`` *and* canary p95 / baseline p95 is above ``max_latency_ratio``.
+  Both are needed: with thousands of requests a 2 % slowdown is significant but harmless,
+  and a large ratio over a few noisy requests is not evidence.
+- Verdict: ``fail`` if any rule failed, else ``inconclusive`` if traffic was short, else
+  ``pass``. ``reasons`` says why in words with the figures; ``figures`` holds every number
+  (JSON-safe: no NaN or infinity, ``None`` where a figure is undefined) for the history.
+
+The U test on histograms. Only bucket counts are known, so every observation in a bucket is
+tied with the others in that bucket: each bucket is one tie group and its observations share
+the mid-rank. With baseline counts ``a_k``, canary counts ``b_k`` (``n1``, ``n2`` in all,
+``N = n1 + n2``, ``t_k = a_k + b_k``, ``A_k`` the baseline count below bucket ``k``), the
+canary's rank sum is ``R = sum_k b_k (A_k + B_k + (t_k + 1) / 2)`` and subtracting its
+smallest value ``n2 (n2 + 1) / 2 = sum_k b_k (B_k + (b_k + 1) / 2)`` leaves
+``U = sum_k b_k (A_k + a_k / 2)``: the (baseline, canary) pairs where the canary is slower,
+ties counting one half. Under H0, ``E[U] = n1 n2 / 2`` and the tie-corrected variance is
+``n1 n2 / 12 * ((N + 1) - sum_k (t_k^3 - t_k) / (N (N - 1)))``; the p-value is the normal
+upper tail of ``z = (U - E[U] - 1/2) / sd`` (with continuity correction, as SciPy's
+``mannwhitneyu(canary, baseline, alternative="greater", method="asymptotic")``). Binning
+only merges close values into ties: it costs power, never false alarms.
+
+Percentiles from a histogram are estimated by linear interpolation inside the bucket that
+holds the rank ``q * n`` (as Prometheus' ``histogram_quantile``): the first bucket spans
+``[0, bounds[0]]``; a rank in the +Inf bucket gives the last finite bound, a lower bound of
+the truth. The estimate is within one bucket of the true value, and the buckets are narrow
+where fast apps live (see ``baton.proxy.metrics.LATENCY_BOUNDS``).
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from baton.proxy.metrics import LATENCY_BOUNDS
+
+Outcome = Literal["pass", "fail", "inconclusive"]
+HistogramName = Literal["ttfb", "total"]
+Figure = float | int | None
+
+_SQRT2 = math.sqrt(2.0)
+
+
+# -- windows -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReleaseWindow:
+    """What one release served during a window: requests, 5xx errors, a latency histogram.
+
+    ``counts`` has one entry per bound plus the +Inf bucket; left empty it means no latency
+    observation. ``seconds`` is the window's length (only ``summary``'s rate needs it).
+    """
+
+    requests: int
+    errors: int
+    counts: tuple[int, ...] = ()
+    bounds: tuple[float, ...] = LATENCY_BOUNDS
+    seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.bounds or self.bounds[0] <= 0:
+            raise ValueError("bounds must be positive latencies in seconds, at least one")
+        if any(b >= c for b, c in zip(self.bounds, self.bounds[1:], strict=False)):
+            raise ValueError(f"bounds must be strictly increasing, got {list(self.bounds)}")
+        if not self.counts:
+            object.__setattr__(self, "counts", (0,) * (len(self.bounds) + 1))
+        if len(self.counts) != len(self.bounds) + 1:
+            raise ValueError(
+                f"counts has {len(self.counts)} buckets, expected {len(self.bounds) + 1}"
+                " (one per bound plus +Inf)"
+            )
+        if any(c < 0 for c in self.counts):
+            raise ValueError(f"counts must not be negative, got {list(self.counts)}")
+        if not 0 <= self.errors <= self.requests:
+            raise ValueError(
+                f"errors must be between 0 and requests ({self.requests}), got {self.errors}"
+            )
+        if self.seconds is not None and not self.seconds > 0:
+            raise ValueError(f"seconds must be positive, got {self.seconds}")
+
+    @classmethod
+    def from_samples(
+        cls,
+        latencies: Iterable[float],
+        errors: int = 0,
+        *,
+        seconds: float | None = None,
+        bounds: Sequence[float] = LATENCY_BOUNDS,
+    ) -> ReleaseWindow:
+        """A window of one request per latency (seconds), ``errors`` of them 5xx.
+
+        Bucketed exactly as the proxy does, so tests can build windows from samples.
+        """
+        edges = tuple(bounds)
+        counts = [0] * (len(edges) + 1)
+        for latency in latencies:
+            counts[bisect_left(edges, latency)] += 1
+        return cls(sum(counts), errors, tuple(counts), edges, seconds)
+
+    @property
+    def observations(self) -> int:
+        """Latency observations (normally equal to ``requests``)."""
+        return sum(self.counts)
+
+    @property
+    def error_rate(self) -> float:
+        """5xx answers per request; 0 when there was no request."""
+        return self.errors / self.requests if self.requests else 0.0
+
+
+def release_snapshot(metrics: Mapping[str, Any], app: str, release: str) -> Mapping[str, Any]:
+    """One release's part of a whole ``/metrics.json`` answer; empty if it has none yet."""
+    try:
+        found = metrics["apps"][app]["releases"][release]
+    except (KeyError, TypeError):
+        return {}
+    return found if isinstance(found, Mapping) else {}
+
+
+def window(
+    before: Mapping[str, Any] | None,
+    after: Mapping[str, Any] | None,
+    *,
+    seconds: float | None = None,
+    histogram: HistogramName = "ttfb",
+) -> ReleaseWindow:
+    """The traffic of one release between two of its ``/metrics.json`` snapshots.
+
+    ``before`` None (or empty) means since the proxy started; ``after`` None or empty means
+    the release has served nothing. If a counter went down, or the bounds changed, the proxy
+    restarted in between: ``after`` alone then counts the traffic since that restart.
+    Raises ``ValueError`` on a snapshot that is not shaped like the proxy's.
+    """
+    requests, errors, bounds, counts = _read(after, histogram)
+    if before:
+        r0, e0, b0, c0 = _read(before, histogram)
+        restarted = (
+            b0 != bounds
+            or r0 > requests
+            or e0 > errors
+            or any(old > new for old, new in zip(c0, counts, strict=True))
+        )
+        if not restarted:
+            requests, errors = requests - r0, errors - e0
+            counts = tuple(new - old for old, new in zip(c0, counts, strict=True))
+    return ReleaseWindow(requests, errors, counts, bounds, seconds)
+
+
+def _read(
+    snapshot: Mapping[str, Any] | None, histogram: HistogramName
+) -> tuple[int, int, tuple[float, ...], tuple[int, ...]]:
+    if not snapshot:
+        return 0, 0, LATENCY_BOUNDS, (0,) * (len(LATENCY_BOUNDS) + 1)
+    try:
+        classes = snapshot.get("requests") or {}
+        requests = sum(int(n) for n in classes.values())
+        errors = int(classes.get("5xx", 0))
+        hist = snapshot.get(histogram) or {}
+        bounds = tuple(float(b) for b in hist.get("bounds", LATENCY_BOUNDS))
+        counts = tuple(int(n) for n in hist.get("counts", ())) or (0,) * (len(bounds) + 1)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ValueError(f"not a /metrics.json release snapshot: {exc}") from exc
+    if len(counts) != len(bounds) + 1:
+        raise ValueError(
+            f"{histogram}.counts has {len(counts)} buckets, expected {len(bounds) + 1}"
+            " (one per bound plus +Inf)"
+        )
+    return requests, errors, bounds, counts
+
+
+# -- figures -----------------------------------------------------------------------------------
+
+
+def percentile(window: ReleaseWindow, q: float) -> float:
+    """The ``q`` quantile (0..1) of the window's latency in seconds; 0.0 with no observation.
+
+    Linear interpolation inside the bucket that holds rank ``q * n``, the first bucket
+    starting at 0; in the +Inf bucket, the last finite bound.
+    """
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"q must be between 0 and 1, got {q}")
+    rank = q * window.observations
+    below = 0
+    for i, n in enumerate(window.counts):
+        if n and below + n >= rank:
+            if i == len(window.bounds):
+                break
+            lower = window.bounds[i - 1] if i else 0.0
+            upper = window.bounds[i]
+            return lower + (upper - lower) * (rank - below) / n
+        below += n
+    return window.bounds[-1] if window.observations else 0.0
+
+
+def summary(window: ReleaseWindow) -> dict[str, Figure]:
+    """A release's figures for ``baton status``: rate (req/s), error rate, p50/p95/p99 (s).
+
+    A figure that needs something the window lacks (seconds, requests) is None.
+    """
+    measured = window.observations > 0
+    return {
+        "requests": window.requests,
+        "errors": window.errors,
+        "rate": window.requests / window.seconds if window.seconds else None,
+        "error_rate": window.error_rate if window.requests else None,
+        "p50": percentile(window, 0.50) if measured else None,
+        "p95": percentile(window, 0.95) if measured else None,
+        "p99": percentile(window, 0.99) if measured else None,
+    }
+
+
+# -- tests -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ZTest:
+    """A one-sided two-proportion z-test: ``p_value`` of "the canary errs more"."""
+
+    z: float
+    p_value: float
+
+
+def two_proportion_z(
+    baseline_errors: int, baseline_requests: int, canary_errors: int, canary_requests: int
+) -> ZTest:
+    """Pooled two-proportion z-test, H1: canary error rate > baseline error rate.
+
+    With no request on a side, or no variance (no errors at all, or nothing but errors on
+    both sides, so the rates are equal), there is no evidence: z = 0, p = 1.
+    """
+    n1, n2 = baseline_requests, canary_requests
+    if not (0 <= baseline_errors <= n1 and 0 <= canary_errors <= n2):
+        raise ValueError("errors must be between 0 and the number of requests")
+    if n1 == 0 or n2 == 0:
+        return ZTest(0.0, 1.0)
+    pooled = (baseline_errors + canary_errors) / (n1 + n2)
+    variance = pooled * (1.0 - pooled) * (1.0 / n1 + 1.0 / n2)
+    if variance <= 0.0:
+        return ZTest(0.0, 1.0)
+    z = (canary_errors / n2 - baseline_errors / n1) / math.sqrt(variance)
+    return ZTest(z, _upper_tail(z))
+
+
+@dataclass(frozen=True)
+class UTest:
+    """A one-sided Mann-Whitney U test on histograms: ``p_value`` of "the canary is slower".
+
+    ``u`` counts the (baseline, canary) pairs where the canary is slower, ties one half.
+    """
+
+    u: float
+    z: float
+    p_value: float
+
+
+def mann_whitney_u(baseline: Sequence[int], canary: Sequence[int]) -> UTest:
+    """Mann-Whitney U on two histograms with the same buckets, each bucket a tie group.
+
+    Normal approximation with the tie correction and a continuity correction (the module
+    docstring derives it). Exact integer arithmetic up to the square root. With an empty
+    side, or every observation in one bucket, there is no evidence: z = 0, p = 1.
+    """
+    if len(baseline) != len(canary):
+        raise ValueError(f"histograms differ in buckets: {len(baseline)} and {len(canary)}")
+    n1, n2 = sum(baseline), sum(canary)
+    twice_u = 0
+    below = 0
+    ties = 0
+    for a, b in zip(baseline, canary, strict=True):
+        twice_u += b * (2 * below + a)
+        below += a
+        t = a + b
+        ties += t * t * t - t
+    u = twice_u / 2
+    n = n1 + n2
+    if n1 == 0 or n2 == 0:
+        return UTest(u, 0.0, 1.0)
+    # variance * 12 N (N - 1), an integer: zero exactly when everything is one tie group.
+    scaled = n1 * n2 * ((n + 1) * n * (n - 1) - ties)
+    if scaled <= 0:
+        return UTest(u, 0.0, 1.0)
+    sd = math.sqrt(scaled / (12 * n * (n - 1)))
+    z = (twice_u - n1 * n2 - 1) / (2 * sd)
+    return UTest(u, z, _upper_tail(z))
+
+
+def _upper_tail(z: float) -> float:
+    """P(Z > z) for a standard normal Z."""
+    return 0.5 * math.erfc(z / _SQRT2)
+
+
+# -- the judge ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """The ``deploy.canary.analysis`` settings, as fractions (1 % is 0.01)."""
+
+    min_requests: int = 200
+    max_error_rate: float = 0.01
+    max_error_rate_increase: float = 0.005
+    max_latency_ratio: float = 1.25
+    confidence: float = 0.95
+
+    def __post_init__(self) -> None:
+        if self.min_requests < 0:
+            raise ValueError(f"min_requests must be 0 or more, got {self.min_requests}")
+        for key in ("max_error_rate", "max_error_rate_increase"):
+            value = getattr(self, key)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{key} must be between 0 and 1 (0% to 100%), got {value}")
+        if not self.max_latency_ratio > 0:
+            raise ValueError(f"max_latency_ratio must be positive, got {self.max_latency_ratio}")
+        if not 0.0 < self.confidence < 1.0:
+            raise ValueError(f"confidence must be between 0 and 1, got {self.confidence}")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The judgement of one canary step, with its reasons and every figure behind it."""
+
+    verdict: Outcome
+    reasons: list[str] = field(default_factory=list)
+    figures: dict[str, Figure] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"verdict": self.verdict, "reasons": list(self.reasons), "figures": self.figures}
+
+
+def judge(
+    baseline: ReleaseWindow, canary: ReleaseWindow, cfg: AnalysisConfig | None = None
+) -> Verdict:
+    """Compare the canary with the baseline over the same window (rules: module docstring)."""
+    cfg = cfg or AnalysisConfig()
+    if baseline.bounds != canary.bounds:
+        raise ValueError("baseline and canary histograms have different bounds")
+    alpha = 1.0 - cfg.confidence
+    errors = two_proportion_z(baseline.errors, baseline.requests, canary.errors, canary.requests)
+    latency = mann_whitney_u(baseline.counts, canary.counts)
+    base, can = summary(baseline), summary(canary)
+    increase = canary.error_rate - baseline.error_rate
+    base_p95, can_p95 = base["p95"], can["p95"]
+    ratio = can_p95 / base_p95 if can_p95 is not None and base_p95 else None
+
+    figures: dict[str, Figure] = {f"baseline_{k}": v for k, v in base.items() if k != "rate"}
+    figures.update({f"canary_{k}": v for k, v in can.items() if k != "rate"})
+    figures.update(
+        {
+            "error_rate_increase": increase,
+            "error_z": errors.z,
+            "error_p_value": errors.p_value,
+            "latency_ratio_p95": ratio,
+            "latency_u": latency.u,
+            "latency_z": latency.z,
+            "latency_p_value": latency.p_value,
+            "alpha": alpha,
+        }
+    )
+
+    failed: list[str] = []
+    short: list[str] = []
+    held: list[str] = []
+    for name, w in (("baseline", baseline), ("canary", canary)):
+        if w.requests < cfg.min_requests:
+            short.append(
+                f"{name} served {w.requests} requests in the window;"
+                f" {cfg.min_requests} are needed before judging"
+            )
+
+    if canary.requests >= cfg.min_requests:
+        rate = f"canary error rate {_pct(canary.error_rate)} ({canary.errors} of {canary.requests})"
+        if canary.error_rate > cfg.max_error_rate:
+            failed.append(f"{rate} is above the {_pct(cfg.max_error_rate)} ceiling")
+        else:
+            held.append(f"{rate} is within the {_pct(cfg.max_error_rate)} ceiling")
+
+    if not short:
+        detail = (
+            f"canary {_pct(canary.error_rate)} vs baseline {_pct(baseline.error_rate)}:"
+            f" {_signed_pct(increase)} (limit +{_pct(cfg.max_error_rate_increase)},"
+            f" one-sided p={errors.p_value:.3g}, alpha {alpha:.3g})"
+        )
+        if increase > cfg.max_error_rate_increase and errors.p_value < alpha:
+            failed.append(f"error rate increase is significant: {detail}")
+        elif increase > cfg.max_error_rate_increase:
+            held.append(f"error rate increase is not significant: {detail}")
+        else:
+            held.append(f"error rate increase is within the limit: {detail}")
+
+        if ratio is None or base_p95 is None or can_p95 is None:
+            held.append("latency not compared: a release has no latency observation")
+        else:
+            detail = (
+                f"p95 {_ms(can_p95)} vs {_ms(base_p95)} (ratio {ratio:.2f},"
+                f" limit {cfg.max_latency_ratio:.2f}; Mann-Whitney U={latency.u:g},"
+                f" one-sided p={latency.p_value:.3g}, alpha {alpha:.3g})"
+            )
+            significant = latency.p_value < alpha
+            if significant and ratio > cfg.max_latency_ratio:
+                failed.append(f"canary is slower: {detail}")
+            elif significant:
+                held.append(f"canary latency shift is significant but small: {detail}")
+            elif ratio > cfg.max_latency_ratio:
+                held.append(f"canary latency ratio is not significant: {detail}")
+            else:
+                held.append(f"canary latency is comparable: {detail}")
+
+    if failed:
+        return Verdict("fail", failed, figures)
+    if short:
+        return Verdict("inconclusive", short + held, figures)
+    return Verdict("pass", held, figures)
+
+
+def guard(canary_last_10s: ReleaseWindow, max_error_rate: float, min_requests: int = 20) -> bool:
+    """The always-on abort check: True when the canary must be aborted now.
+
+    True when the window (the engine passes the last 10 s) holds at least ``min_requests``
+    requests and its error rate is above ``max_error_rate``. No statistics: this is the
+    circuit breaker for a release that is plainly broken, not a judgement of a close call.
+    """
+    w = canary_last_10s
+    return w.requests >= max(min_requests, 1) and w.error_rate > max_error_rate
+
+
+def _pct(fraction: float) -> str:
+    return f"{fraction * 100:.2f}%"
+
+
+def _signed_pct(fraction: float) -> str:
+    return f"{fraction * 100:+.2f}%"
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
