@@ -30,7 +30,9 @@ The rules of ``judge`` (``alpha = 1 - confidence``):
 - Latency: fail when a one-sided Mann-Whitney U test (H1: the canary is slower, as Kayenta
   does) gives ``p < alpha`` *and* canary p95 / baseline p95 is above ``max_latency_ratio``.
   Both are needed: with thousands of requests a 2 % slowdown is significant but harmless,
-  and a large ratio over a few noisy requests is not evidence.
+  and a large ratio over a few noisy requests is not evidence. The price: the U test
+  compares whole distributions, so a canary faster for most requests but with a slow tail
+  passes; a slow tenth of all requests is caught.
 - Verdict: ``fail`` if any rule failed, else ``inconclusive`` if traffic was short, else
   ``pass``. ``reasons`` says why in words with the figures; ``figures`` holds every number
   (JSON-safe: no NaN or infinity, ``None`` where a figure is undefined) for the history.
@@ -366,7 +368,7 @@ def judge(
     cfg = cfg or AnalysisConfig()
     if baseline.bounds != canary.bounds:
         raise ValueError("baseline and canary histograms have different bounds")
-    alpha = 1.0 - cfg.confidence
+    alpha = round(1.0 - cfg.confidence, 12)  # 0.05, not 0.050000000000000044
     errors = two_proportion_z(baseline.errors, baseline.requests, canary.errors, canary.requests)
     latency = mann_whitney_u(baseline.counts, canary.counts)
     base, can = summary(baseline), summary(canary)
@@ -424,7 +426,7 @@ def judge(
         else:
             detail = (
                 f"p95 {_ms(can_p95)} vs {_ms(base_p95)} (ratio {ratio:.2f},"
-                f" limit {cfg.max_latency_ratio:.2f}; Mann-Whitney U={latency.u:g},"
+                f" limit {cfg.max_latency_ratio:.2f}; Mann-Whitney U={latency.u:.10g},"
                 f" one-sided p={latency.p_value:.3g}, alpha {alpha:.3g})"
             )
             significant = latency.p_value < alpha
