@@ -63,13 +63,16 @@ import shlex
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from baton.errors import BatonError, DaemonUnreachable, DeploymentFailed, RuntimeFailure
 from baton.runtime.base import Instance, InstanceSpec
+
+if TYPE_CHECKING:
+    from baton.config import AppConfig
 
 T = TypeVar("T")
 
@@ -204,6 +207,8 @@ class DockerRuntime:
     """Runs instances as Docker containers. See the module docstring."""
 
     name = "docker"
+    # docker-proxy accepts on the published port before the app in the container listens.
+    tcp_proves_listening = False
 
     def __init__(
         self,
@@ -407,6 +412,97 @@ class DockerRuntime:
             return [str(t) for t in test]
 
         return await self._run(get)
+
+    # ----------------------------------------------------------------- the engine's view
+
+    def spec(self, cfg: AppConfig, base: InstanceSpec) -> InstanceSpec:
+        """A ``DockerInstanceSpec`` from ``base`` and the app's ``run.*`` container keys."""
+        run = cfg.run
+        if run.image is None or run.port is None:
+            raise RuntimeFailure(f"{base.app}: runtime docker needs run.image and run.port")
+        return DockerInstanceSpec(
+            app=base.app,
+            version=base.version,
+            index=base.index,
+            command=base.command or "",
+            cwd=base.cwd,
+            env=dict(base.env),
+            log_dir=base.log_dir,
+            image=run.image,
+            port=run.port,
+            volumes=tuple(run.volumes),
+            memory=run.memory,
+            cpus=run.cpus,
+            network=run.network,
+        )
+
+    async def prepare(self, cfg: AppConfig) -> None:
+        """The image exists locally, or is pulled now; else ``DeploymentFailed`` naming it."""
+        if cfg.run.image is None:
+            raise DeploymentFailed(f"{cfg.app}: runtime docker needs run.image")
+        await self.ensure_image(cfg.run.image)
+
+    async def follow_logs(self, instance: Instance) -> AsyncIterator[str]:
+        """The container's new log lines (a streaming ``docker logs -f --tail 0``)."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
+        streams: list[Any] = []
+        closed = threading.Event()
+
+        def put(item: str | BaseException | None) -> None:
+            if not closed.is_set():
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def pump() -> None:
+            errors = _sdk().errors
+            try:
+
+                def open_stream(client: Any) -> Any:
+                    container = self._get(client, instance.ref)
+                    if container is None:
+                        return None
+                    try:
+                        return container.logs(
+                            stdout=True, stderr=True, stream=True, follow=True, tail=0
+                        )
+                    except errors.NotFound:
+                        return None
+
+                stream = self._sync(open_stream)
+                if stream is None:
+                    return
+                streams.append(stream)
+                if closed.is_set():
+                    return
+                rest = b""
+                for chunk in stream:
+                    *lines, rest = (rest + chunk).split(b"\n")
+                    for line in lines:
+                        put(line.decode(errors="replace"))
+                if rest:
+                    put(rest.decode(errors="replace"))
+            except BatonError as exc:
+                put(exc)
+            except Exception:
+                pass  # the stream was closed under us: the caller stopped following
+            finally:
+                put(None)
+
+        thread = threading.Thread(target=pump, name="baton-docker-logs", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            closed.set()
+            for stream in streams:
+                with contextlib.suppress(Exception):
+                    stream.close()
 
     # ----------------------------------------------------------------- interface
 

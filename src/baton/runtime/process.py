@@ -29,12 +29,18 @@ import socket
 import subprocess
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from baton.errors import RuntimeFailure
 from baton.runtime.base import Instance, InstanceSpec
+
+if TYPE_CHECKING:
+    from baton.config import AppConfig
+
+_FOLLOW_POLL = 0.2
 
 _POLL = 0.02  # how often stop() looks for the group to be gone
 _KILL_WAIT = 5.0  # after SIGKILL, how long to wait for the kernel to finish the job
@@ -107,6 +113,7 @@ class ProcessRuntime:
     """Runs instances as local child processes. See the module docstring."""
 
     name = "process"
+    tcp_proves_listening = True  # the port is the app's own socket
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = Path(state_dir)
@@ -195,6 +202,45 @@ class ProcessRuntime:
         return bool(_group_members(pid))
 
     # ----------------------------------------------------------------- interface
+
+    def spec(self, cfg: AppConfig, base: InstanceSpec) -> InstanceSpec:
+        if not base.command:
+            raise RuntimeFailure(f"{base.app} {base.version}: the process runtime needs a command")
+        return base
+
+    async def prepare(self, cfg: AppConfig) -> None:
+        return None
+
+    async def healthy(self, instance: Instance) -> bool | None:
+        return None  # no health verdict of its own: the probes are the whole story
+
+    def close(self) -> None:
+        return None
+
+    async def follow_logs(self, instance: Instance) -> AsyncIterator[str]:
+        """Lines appended to the instance's log file from now on (polled)."""
+        path = instance.log_path
+        if path is None:
+            return
+        try:
+            offset = path.stat().st_size
+        except OSError:
+            offset = 0
+        partial = b""
+        while True:
+            await asyncio.sleep(_FOLLOW_POLL)
+            try:
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    chunk = f.read(1 << 20)
+            except OSError:
+                continue
+            if not chunk:
+                continue
+            offset += len(chunk)
+            *complete, partial = (partial + chunk).split(b"\n")
+            for raw in complete:
+                yield raw.decode(errors="replace")
 
     async def start(self, spec: InstanceSpec) -> Instance:
         now = time.monotonic()
