@@ -3,6 +3,12 @@
 An instance is ready when its port accepts a TCP connection and then, if the app has a
 health path, ``GET <path>`` answers 2xx ``success_threshold`` times in a row (any failure
 resets the streak), checks spaced ``interval`` apart and each bounded by ``timeout``.
+
+Two additions for runtimes whose port is not the app's own socket (Docker: docker-proxy
+accepts on the published port before the app in the container listens, so an accepted
+connection proves nothing): with ``http_on_tcp`` and no health path, the TCP phase also
+needs one complete HTTP answer to ``GET /``, whatever its status; and ``runtime_healthy``,
+when given, must report healthy at the end (Docker's verdict on the image HEALTHCHECK).
 ``wait_ready`` gives up with ``DeploymentFailed`` when ``ready_timeout`` passes or, at once,
 when the instance's process exits; the message names the instance and the last failed check.
 
@@ -140,13 +146,16 @@ async def wait_ready(
     alive: Callable[[], Awaitable[bool]] | None = None,
     on_progress: Callable[[str], None] | None = None,
     instance: str | None = None,
+    http_on_tcp: bool = False,
+    runtime_healthy: Callable[[], Awaitable[str | None]] | None = None,
 ) -> None:
     """Return once the instance at ``address`` is ready; raise ``DeploymentFailed`` if it
     never is within ``ready_timeout`` or ``alive()`` reports that it exited.
 
     ``instance`` names the instance in messages (default: its address). ``on_progress``
     receives short lines such as ``"GET /up → 200 (1/2)"``; repeated identical failures are
-    reported once.
+    reported once. ``http_on_tcp``: see the module docstring. ``runtime_healthy`` returns
+    None once the runtime's own health check passes (or when it has none), else why not.
     """
     name = instance or address
     deadline = time.monotonic() + ready_timeout
@@ -186,6 +195,9 @@ async def wait_ready(
         budget = min(timeout, max(remaining(), 0.001))
         try:
             await tcp_connect(address, budget)
+            if http_on_tcp and health_path is None:
+                status, _ = await http_get(address, "/", budget)
+                progress(f"GET / → {status} (an answer of any status counts)")
             break
         except ProbeError as exc:
             if not cut_short(budget):
@@ -193,12 +205,10 @@ async def wait_ready(
             progress(f"waiting for {address}: {exc}")
         await pause(min(interval, _TCP_POLL))
     progress(f"{address} accepts TCP")
-    if health_path is None:
-        return
 
     # Phase 2: the health path answers 2xx success_threshold times in a row.
     streak = 0
-    while True:
+    while health_path is not None and streak < success_threshold:
         await check_alive()
         if remaining() <= 0:
             raise fail(never)
@@ -215,9 +225,21 @@ async def wait_ready(
                 streak += 1
                 progress(f"GET {health_path} → {status} ({streak}/{success_threshold})")
                 if streak >= success_threshold:
-                    return
+                    break
             else:
                 streak = 0
                 last_failure = f"GET {health_path} → {status}"
                 progress(last_failure)
+        await pause(interval)
+
+    # Phase 3: the runtime's own health verdict (Docker's HEALTHCHECK), when it has one.
+    while runtime_healthy is not None:
+        await check_alive()
+        if remaining() <= 0:
+            raise fail(never)
+        why = await runtime_healthy()
+        if why is None:
+            return
+        last_failure = why
+        progress(why)
         await pause(interval)
