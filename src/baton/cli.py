@@ -415,7 +415,10 @@ def _alive(pid: int) -> bool:
 @state_dir_option
 @config_option
 @click.option(
-    "--version", "version", default=None, help="Release label (default: git commit or time)."
+    "--version",
+    "version",
+    default=None,
+    help="Release label (default: the image tag for docker apps, else the git commit or time).",
 )
 @click.option(
     "--env", "env", multiple=True, metavar="KEY=VALUE", help="Extra environment (repeatable)."
@@ -427,6 +430,9 @@ def _alive(pid: int) -> bool:
     default=None,
     help="Override deploy.strategy for this release.",
 )
+@click.option(
+    "--image", "image", default=None, help="Docker apps: deploy this image instead of run.image."
+)
 @click.pass_context
 def deploy(
     ctx: click.Context,
@@ -436,6 +442,7 @@ def deploy(
     env: tuple[str, ...],
     command: str | None,
     strategy: str | None,
+    image: str | None,
 ) -> None:
     """Deploy a new release of the app in baton.yml, with zero downtime."""
     from baton.config import apply_overrides, load_config
@@ -444,7 +451,7 @@ def deploy(
     path = _config_path(config)
     try:
         loaded = load_config(path)
-        apply_overrides(loaded.config, overrides, command, strategy)
+        apply_overrides(loaded.config, overrides, command, strategy, image)
     except BatonError as exc:
         _fail(exc)
     client = Client(state_dir_of(ctx, sub_state_dir))
@@ -454,6 +461,7 @@ def deploy(
         "env": overrides,
         "command": command,
         "strategy": strategy,
+        "image": image,
     }
     raise SystemExit(_run(_follow(client, "/deploy", body)))
 
@@ -526,6 +534,16 @@ def status(ctx: click.Context, sub_state_dir: Path | None, as_json: bool) -> Non
         if dep:
             console.print(
                 f"deployment #{dep['id']} ({dep['kind']}, {dep['strategy']}) at step {dep['step']}"
+            )
+        for item in app.get("replaced", [])[-3:]:
+            dead = ", ".join(f"#{d['index']} {d['address']}" for d in item["dead"]) or "missing"
+            new = ", ".join(f"#{n['index']} {n['address']}" for n in item["new"])
+            when = time.strftime("%H:%M:%S", time.localtime(item["at"]))
+            console.print(f"replaced dead {escape(dead)} by {escape(new)} at {when}")
+        for item in app.get("cleaned", []):
+            console.print(
+                f"cleaned at start: {item['runtime']} {escape(item['version'])}#{item['index']}"
+                f" ({item['address']}), which no live or warm release routed"
             )
 
 
@@ -628,8 +646,9 @@ def check(config: Path | None) -> None:
     except ConfigError as exc:
         _fail(exc)
     console.print(f"[green]✓[/green] {escape(str(path))} is valid (app {loaded.config.app})")
+    image = _run(_image_facts(loaded.config)) if loaded.config.runtime == "docker" else None
     failed = False
-    for item in checklist(loaded):
+    for item in checklist(loaded, image):
         mark = {"ok": "[green]✓[/green]", "warn": "[yellow]![/yellow]"}.get(
             item.level, "[red]✗[/red]"
         )
@@ -637,6 +656,29 @@ def check(config: Path | None) -> None:
         failed = failed or not item.ok
     if failed:
         raise SystemExit(2)
+
+
+async def _image_facts(cfg: Any) -> Any:
+    """What the Docker engine says about a docker app's image (for ``baton check``)."""
+    import tempfile
+
+    from baton.config import ImageFacts
+    from baton.runtime.docker import DockerRuntime
+
+    image = str(cfg.run.image)
+    with tempfile.TemporaryDirectory(prefix="baton-check-") as tmp:
+        runtime = DockerRuntime(Path(tmp))
+        try:
+            healthcheck = await runtime.image_healthcheck(image)
+        except DaemonUnreachable as exc:
+            return ImageFacts(image, found=None, error=str(exc))
+        except BatonError as exc:
+            if "not found locally" in str(exc):
+                return ImageFacts(image, found=False)
+            return ImageFacts(image, found=None, error=str(exc))
+        finally:
+            runtime.close()
+    return ImageFacts(image, found=True, healthcheck=healthcheck)
 
 
 try:

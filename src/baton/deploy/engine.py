@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from baton.config import AppConfig, apply_overrides, load_config, parse_config
+from baton.config import AppConfig, LoadedConfig, apply_overrides, load_config, parse_config
 from baton.deploy.plan import (
     Pool,
     Step,
@@ -42,14 +42,40 @@ from baton.deploy.plan import (
     unique_label,
 )
 from baton.deploy.proxyclient import ProxyClient, ProxyUnavailable
-from baton.errors import BatonError, DeploymentFailed, RouteTableError, UsageError
-from baton.runtime.base import Instance, InstanceSpec, Runtime
+from baton.errors import (
+    BatonError,
+    DaemonUnreachable,
+    DeploymentFailed,
+    RouteTableError,
+    UsageError,
+)
+from baton.runtime.base import Instance, InstanceSpec, Runtime, Runtimes
 from baton.state.store import InstanceRow, ReleaseRow, Store
 
 log = logging.getLogger("baton.engine")
 
 ACTIVE_RELEASE_STATES = ("pending", "live", "warm")
 LOG_TAIL = 20
+REPLACE_BACKOFF_MAX = 60.0  # seconds between attempts to replace a dead instance, at most
+RECENT_REPLACEMENTS = 20  # how many replacements `baton status` shows per app
+
+
+def runtime_name(config: dict[str, Any]) -> str:
+    """The runtime a stored config runs on (configs from before runtimes existed: process)."""
+    return str(config.get("runtime") or "process")
+
+
+def image_tag(image: str) -> str:
+    """The tag of an image reference, the default ``--version`` of a docker app.
+
+    ``shop:1.4.3`` → ``1.4.3``; ``registry:5000/shop`` → ``latest``; a digest
+    (``shop@sha256:ab12...``) → its first 12 hex digits.
+    """
+    if "@" in image:
+        digest = image.rsplit("@", 1)[1]
+        return digest.split(":", 1)[-1][:12] or "latest"
+    last = image.rsplit("/", 1)[-1]
+    return last.rsplit(":", 1)[1] if ":" in last else "latest"
 
 
 def instance_of(release: ReleaseRow, row: InstanceRow) -> Instance:
@@ -216,20 +242,32 @@ class Engine:
     def __init__(
         self,
         store: Store,
-        runtime: Runtime,
+        runtimes: Runtimes,
         proxy: ProxyClient,
         state_dir: Path,
         *,
         router: Router | None = None,
     ) -> None:
         self.store = store
-        self.runtime = runtime
+        self.runtimes = runtimes
         self.proxy = proxy
         self.router = router or Router(store, proxy)
         self.state_dir = state_dir
         self.pid = os.getpid()
         self.runs: dict[int, DeploymentRun] = {}
         self._deploys: dict[int, _Deploy] = {}
+        # Held while the engine changes an app outside a deployment (replacing a dead
+        # instance); a deployment of the app waits for it before it takes the app's lock.
+        self._app_locks: dict[str, asyncio.Lock] = {}
+        self._replace_after: dict[int, tuple[float, float]] = {}  # release id -> (when, backoff)
+        self.replaced: dict[str, list[dict[str, Any]]] = {}
+        self.reconciled: dict[str, Any] | None = None
+
+    def runtime_for(self, release: ReleaseRow) -> Runtime:
+        return self.runtimes.get(runtime_name(release.config))
+
+    def app_lock(self, app: str) -> asyncio.Lock:
+        return self._app_locks.setdefault(app, asyncio.Lock())
 
     # -- starting deployments ----------------------------------------------------------------
 
@@ -241,13 +279,20 @@ class Engine:
         env: dict[str, str] | None = None,
         command: str | None = None,
         strategy: str | None = None,
+        image: str | None = None,
     ) -> DeploymentRun:
         """Validate, lock the app and record the deployment; ``start`` then runs it.
 
         Raises ``ConfigError``/``UsageError`` (nothing changed) or ``DeploymentLocked``.
         """
         loaded = load_config(config_path)
-        cfg = apply_overrides(loaded.config, env or {}, command, strategy)
+        cfg = apply_overrides(loaded.config, env or {}, command, strategy, image)
+        async with self.app_lock(cfg.app):
+            return await self._prepare_deploy(loaded, cfg, version)
+
+    async def _prepare_deploy(
+        self, loaded: LoadedConfig, cfg: AppConfig, version: str | None
+    ) -> DeploymentRun:
         app = cfg.app
         existing = self.store.releases(app)
         if version is not None:
@@ -263,9 +308,12 @@ class Engine:
                     f" choose another label, or run `baton rollback {version}`"
                 )
         else:
-            version = unique_label(
-                await _default_version(loaded.app_dir), [r.version for r in existing]
+            base = (
+                image_tag(cfg.run.image)
+                if cfg.runtime == "docker" and cfg.run.image
+                else await _default_version(loaded.app_dir)
             )
+            version = unique_label(base, [r.version for r in existing])
         previous = self._live_release(app)
         config = cfg.model_dump(mode="json")
         deployment_id, release_id = self.store.begin_deployment(
@@ -297,13 +345,18 @@ class Engine:
 
     async def prepare_rollback(self, app: str, version: str | None = None) -> DeploymentRun:
         """Lock the app and record a rollback to ``version`` (default: the previous release)."""
+        async with self.app_lock(app):
+            return await self._prepare_rollback(app, version)
+
+    async def _prepare_rollback(self, app: str, version: str | None) -> DeploymentRun:
         if self.store.app(app) is None:
             raise UsageError(f"no app named {app!r} was ever deployed on this host")
         live = self._live_release(app)
         target = self._rollback_target(app, live, version)
         cfg = parse_config(target.config)
         routed = self.store.instances(target.id, ("routed",))
-        alive = [await self.runtime.alive(instance_of(target, i)) for i in routed]
+        runtime = self.runtime_for(target)
+        alive = [await runtime.alive(instance_of(target, i)) for i in routed]
         warm = target.state == "warm" and bool(routed) and all(alive) and live is not None
         if target.state == "warm" and not warm:
             # Some of its instances died: start it afresh rather than half warm.
@@ -412,7 +465,8 @@ class Engine:
             self.store.add_event(run.id, run.app, "failed", {"error": message})
             result: dict[str, Any] = {
                 "ok": False,
-                "exit_code": 1,
+                # A runtime engine that does not answer (Docker) is the CLI's exit 3.
+                "exit_code": 3 if isinstance(exc, DaemonUnreachable) else 1,
                 "status": status,
                 "message": message,
                 "previous": d.previous.version if d.previous else None,
@@ -462,6 +516,11 @@ class Engine:
                 keep_warm=cfg.deploy.keep_previous > 0,
                 post_deploy=bool(cfg.hooks.post_deploy),
             )
+        if not d.warm_switch:
+            # Before anything changes: what the runtime needs (docker: the image) is there.
+            self.store.set_step(d.run.id, "prepare")
+            d.run.emit({"event": "step", "step": "prepare", "batch": None})
+            await self.runtime_for(d.release).prepare(cfg)
         # Past the verification (or the last switch, without one), the new release has the
         # traffic for good: a failure to drain or stop the old one is a warning, not an undo.
         commit = max(i for i, s in enumerate(steps) if s.kind in ("switch", "verify"))
@@ -553,11 +612,12 @@ class Engine:
 
     async def _start_instance(self, d: _Deploy, index: int) -> None:
         release = d.release
-        spec = InstanceSpec(
+        runtime = self.runtime_for(release)
+        base = InstanceSpec(
             app=d.app,
             version=release.version,
             index=index,
-            command=release.command,
+            command=release.command or "",
             cwd=Path(release.cwd),
             env={
                 **release.env,
@@ -568,7 +628,9 @@ class Engine:
             log_dir=self.state_dir / "logs" / d.app,
         )
         try:
-            instance = await self.runtime.start(spec)
+            instance = await runtime.start(runtime.spec(d.cfg, base))
+        except DaemonUnreachable:
+            raise
         except BatonError as exc:
             raise _InstanceFailed(
                 f"instance {index} of {release.version} did not start: {exc}", index, []
@@ -593,12 +655,19 @@ class Engine:
         from baton.deploy.probes import wait_ready
 
         health = d.cfg.health
+        runtime = self.runtime_for(d.release)
 
         async def one(index: int) -> None:
             row_id, instance = d.started[index]
 
             async def alive() -> bool:
-                return await self.runtime.alive(instance)
+                return await runtime.alive(instance)
+
+            async def runtime_healthy() -> str | None:
+                verdict = await runtime.healthy(instance)
+                if verdict is None or verdict:
+                    return None
+                return f"the {runtime.name} runtime does not report it healthy (yet)"
 
             def progress(message: str) -> None:
                 d.run.emit({"event": "probe", "index": index, "message": message})
@@ -614,10 +683,12 @@ class Engine:
                     alive=alive,
                     on_progress=progress,
                     instance=f"{d.release.version}#{index}",
+                    http_on_tcp=not runtime.tcp_proves_listening,
+                    runtime_healthy=runtime_healthy,
                 )
             except DeploymentFailed as exc:
                 self.store.set_instance_state(row_id, "failed")
-                logs = await self._logs(instance)
+                logs = await self._logs(runtime, instance)
                 d.run.emit(
                     {
                         "event": "instance",
@@ -651,9 +722,9 @@ class Engine:
             if exc is not None:
                 raise exc
 
-    async def _logs(self, instance: Instance) -> list[str]:
+    async def _logs(self, runtime: Runtime, instance: Instance) -> list[str]:
         try:
-            return await self.runtime.logs(instance, LOG_TAIL)
+            return await runtime.logs(instance, LOG_TAIL)
         except Exception:
             return []
 
@@ -778,7 +849,7 @@ class Engine:
     ) -> None:
         async def one(release: ReleaseRow, row: InstanceRow) -> None:
             try:
-                await self.runtime.stop(instance_of(release, row), timeout)
+                await self.runtime_for(release).stop(instance_of(release, row), timeout)
             except Exception:
                 log.exception("stopping %s failed", row.address)
             self.store.set_instance_state(row.id, state)
@@ -936,11 +1007,21 @@ class Engine:
                 self.store.add_event(None, app.name, "expired", {"version": release.version})
 
     async def recover(self) -> list[str]:
-        """After a restart: finish or undo unfinished deployments, stop orphans. Returns notes."""
+        """After a restart: finish or undo unfinished deployments, then ``reconcile``.
+
+        Returns notes for the log. A runtime engine that does not answer (Docker) leaves its
+        instances as the store says (they are looked at again by the watcher), never stops
+        the control plane from starting.
+        """
         notes: list[str] = []
         # Instances that died while nobody watched.
         for release, row in self.store.active_instances():
-            if not await self.runtime.alive(instance_of(release, row)):
+            try:
+                alive = await self.runtime_for(release).alive(instance_of(release, row))
+            except BatonError as exc:
+                notes.append(f"could not check {release.app} {release.version}#{row.index}: {exc}")
+                continue
+            if not alive:
                 self.store.set_instance_state(row.id, "failed")
         for dep in self.store.running_deployments():
             notes.append(await self._recover_deployment(dep.id))
@@ -958,35 +1039,174 @@ class Engine:
             await self.router.push_all()
         except BatonError as exc:
             notes.append(f"could not send the route table to the proxy: {exc}")
-        # Orphans: running instances no live or warm release routes.
+        notes.extend(await self.reconcile())
+        return notes
+
+    def _runtimes_in_use(self) -> list[str]:
+        """Process (always: it is local and cheap), and every runtime a release ran on."""
+        names = {"process"}
+        for app in self.store.apps():
+            names.add(runtime_name(app.config))
+            names.update(runtime_name(r.config) for r in self.store.releases(app.name))
+        return sorted(names)
+
+    async def reconcile(self) -> list[str]:
+        """Stop and remove every instance that belongs to no live or warm release.
+
+        Two sources, one rule: the store's instances that are not routed by a live or warm
+        release, and whatever each runtime in use says it owns (process records, containers
+        labelled with this state dir) that no such release routes. What was removed is kept
+        in ``self.reconciled`` for ``baton status`` and written to the store's events.
+        Returns notes for the log.
+        """
+        notes: list[str] = []
+        cleaned: list[dict[str, Any]] = []
         keep = {
-            (row.ref, row.address)
+            row.ref
             for release, row in self.store.active_instances()
             if release.state in ("live", "warm") and row.state == "routed"
         }
+
+        def entry(runtime: str, instance: Instance, source: str) -> dict[str, Any]:
+            return {
+                "runtime": runtime,
+                "app": instance.app,
+                "version": instance.version,
+                "index": instance.index,
+                "address": instance.address,
+                "ref": instance.ref,
+                "source": source,
+            }
+
         for release, row in self.store.active_instances():
-            if (row.ref, row.address) not in keep:
-                await self._stop_rows(
-                    [(release, row)], parse_config(release.config).deploy.stop_timeout
-                )
-                notes.append(
-                    f"stopped {release.app} {release.version} instance {row.index} ({row.address})"
-                )
-        try:
-            owned = await self.runtime.owned()
-        except Exception as exc:
-            owned = []
-            notes.append(f"could not list the runtime's instances: {exc}")
-        for instance in owned:
-            if (instance.ref, instance.address) not in keep:
+            if row.ref in keep:
+                continue
+            await self._stop_rows(
+                [(release, row)], parse_config(release.config).deploy.stop_timeout
+            )
+            name = runtime_name(release.config)
+            cleaned.append(entry(name, instance_of(release, row), "store"))
+        done = {c["ref"] for c in cleaned}
+        for name in self._runtimes_in_use():
+            runtime = self.runtimes.get(name)
+            try:
+                owned = await runtime.owned()
+            except BatonError as exc:
+                notes.append(f"could not list the {name} runtime's instances: {exc}")
+                continue
+            orphans = [i for i in owned if i.ref not in keep and i.ref not in done]
+
+            async def stop(runtime: Runtime, instance: Instance) -> None:
                 try:
-                    await self.runtime.stop(instance, 5.0)
+                    await runtime.stop(instance, 5.0)
                 except Exception:
                     log.exception("stopping orphan %s failed", instance.address)
-                notes.append(
-                    f"stopped orphan {instance.app} {instance.version} ({instance.address})"
-                )
+
+            await asyncio.gather(*(stop(runtime, i) for i in orphans))
+            cleaned.extend(entry(name, i, "runtime") for i in orphans)
+        for item in cleaned:
+            self.store.add_event(None, item["app"], "cleaned", item)
+            notes.append(
+                f"removed {item['runtime']} instance {item['app']} {item['version']}"
+                f"#{item['index']} ({item['address']}): no live or warm release routes it"
+            )
+        self.reconciled = {"at": time.time(), "cleaned": cleaned}
         return notes
+
+    # -- dead instances ------------------------------------------------------------------------
+
+    async def replace_dead(self) -> list[str]:
+        """Replace the dead instances of live releases; top up releases that lost some.
+
+        Not for an app while a deployment of it runs (or is being recorded). Each
+        replacement is a new instance of the same release, proven ready like any other,
+        swapped into the route table in one snapshot together with the dead one's removal
+        (until then the proxy's retries cover the dead target). A release whose
+        replacement fails is tried again after a back-off (1 s, doubling, at most
+        ``REPLACE_BACKOFF_MAX``). Returns notes for the log.
+        """
+        notes: list[str] = []
+        for app in self.store.apps():
+            lock = self.app_lock(app.name)
+            if lock.locked() or self.store.running_deployment(app.name) is not None:
+                continue
+            async with lock:
+                for release in self.store.releases(app.name, ("live",)):
+                    if self.store.running_deployment(app.name) is not None:
+                        break
+                    try:
+                        notes.extend(await self._repair(release))
+                    except BatonError as exc:
+                        notes.append(f"{app.name} {release.version}: {exc}")
+        return notes
+
+    async def _repair(self, release: ReleaseRow) -> list[str]:
+        now = time.monotonic()
+        when, backoff = self._replace_after.get(release.id, (0.0, 0.0))
+        if now < when:
+            return []
+        runtime = self.runtime_for(release)
+        cfg = parse_config(release.config)
+        routed = self.store.instances(release.id, ("routed",))
+        dead = [r for r in routed if not await runtime.alive(instance_of(release, r))]
+        missing = max(0, cfg.instances - len(routed))
+        if not dead and not missing:
+            self._replace_after.pop(release.id, None)
+            return []
+        first = max((r.index for r in self.store.instances(release.id)), default=-1) + 1
+        indexes = tuple(range(first, first + len(dead) + missing))
+        run = DeploymentRun(0, release.app, release.version, "replace")
+        d = _Deploy(run, release.app, release, cfg, None, "replace", cfg.deploy.strategy)
+        what = ", ".join(f"#{r.index} ({r.address})" for r in dead) or f"{missing} missing"
+        log.warning("%s %s: replacing dead instance(s) %s", release.app, release.version, what)
+        try:
+            for index in indexes:
+                await self._start_instance(d, index)
+            await self._wait_ready(d, indexes)
+        except BatonError as exc:
+            rows = [
+                (release, row)
+                for row_id, _ in d.started.values()
+                if (row := self.store.instance(row_id)) is not None
+            ]
+            await self._stop_rows(rows, cfg.deploy.stop_timeout, state="failed")
+            backoff = min(REPLACE_BACKOFF_MAX, max(1.0, backoff * 2))
+            self._replace_after[release.id] = (time.monotonic() + backoff, backoff)
+            self.store.add_event(
+                None, release.app, "replace_failed", {"version": release.version, "error": str(exc)}
+            )
+            return [
+                f"{release.app} {release.version}: could not replace {what} (next try in"
+                f" {backoff:g}s): {exc}"
+            ]
+        self._replace_after.pop(release.id, None)
+        with self.store.transaction():
+            for row_id, _ in d.started.values():
+                self.store.set_instance_state(row_id, "routed")
+            for row in dead:
+                self.store.set_instance_state(row.id, "failed")
+        await self.router.push_app(release.app)
+        # Remove what is left of the dead ones (docker: the exited container, logs saved).
+        for row in dead:
+            try:
+                await runtime.stop(instance_of(release, row), 0.0)
+            except Exception:
+                log.exception("removing dead instance %s failed", row.address)
+        new = [inst for _, inst in d.started.values()]
+        record = {
+            "at": time.time(),
+            "version": release.version,
+            "dead": [{"index": r.index, "address": r.address} for r in dead],
+            "new": [{"index": i.index, "address": i.address} for i in new],
+        }
+        history = self.replaced.setdefault(release.app, [])
+        history.append(record)
+        del history[:-RECENT_REPLACEMENTS]
+        self.store.add_event(None, release.app, "replaced", record)
+        return [
+            f"{release.app} {release.version}: replaced {what} by "
+            + ", ".join(f"#{i.index} ({i.address})" for i in new)
+        ]
 
     async def _recover_deployment(self, deployment_id: int) -> str:
         dep = self.store.deployment(deployment_id)
@@ -1075,8 +1295,15 @@ class Engine:
                     release.id, ("starting", "ready", "routed", "draining")
                 ):
                     seen = targets.get(row.address)
-                    alive = await self.runtime.alive(instance_of(release, row))
-                    if not alive:
+                    try:
+                        alive: bool | None = await self.runtime_for(release).alive(
+                            instance_of(release, row)
+                        )
+                    except BatonError:
+                        alive = None  # the runtime's engine does not answer
+                    if alive is None:
+                        health = "unknown"
+                    elif not alive:
                         health = "down"
                     elif seen is None:
                         health = "up"
@@ -1103,14 +1330,18 @@ class Engine:
                 )
             running = self.store.running_deployment(app.name)
             route = app.config.get("proxy", {})
+            cleaned = (self.reconciled or {}).get("cleaned", [])
             apps[app.name] = {
+                "runtime": runtime_name(app.config),
                 "live": live_version([p for _, p in pools]),
                 "listen": route.get("listen"),
                 "hosts": route.get("hosts", []),
                 "releases": releases,
                 "deployment": running.as_json() if running else None,
+                "cleaned": [c for c in cleaned if c["app"] == app.name],
+                "replaced": list(self.replaced.get(app.name, [])),
             }
-        return {"proxy": {"ok": proxy_ok}, "apps": apps}
+        return {"proxy": {"ok": proxy_ok}, "apps": apps, "reconcile": self.reconciled}
 
     def history(self, app: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         out = []
@@ -1128,8 +1359,11 @@ class Engine:
             )
         return out
 
-    def log_files(self, app: str, version: str | None) -> list[tuple[str, Path]]:
-        """(label, path) of each log file of ``version`` (default: the live release)."""
+    def log_sources(self, app: str, version: str | None) -> list[tuple[str, Runtime, Instance]]:
+        """(label, runtime, instance) of each instance of ``version`` (default: the live
+        release); the latest instance per index. The runtime reads the logs: the process
+        runtime its log files, the docker runtime the containers (or, once a container is
+        removed, the file its logs were saved to)."""
         if self.store.app(app) is None:
             raise UsageError(f"no app named {app!r} was ever deployed on this host")
         releases = self.store.releases(app)
@@ -1140,14 +1374,15 @@ class Engine:
             if not chosen:
                 raise UsageError(f"{app} has no release {version!r}")
             chosen = chosen[-1:]
-        files = []
+        sources: list[tuple[str, Runtime, Instance]] = []
         for release in chosen:
             rows = self.store.instances(release.id)
             latest: dict[int, InstanceRow] = {row.index: row for row in rows}
+            runtime = self.runtime_for(release)
             for index, row in sorted(latest.items()):
-                if row.log_path:
-                    files.append((f"{release.version}#{index}", Path(row.log_path)))
-        return files
+                label = f"{release.version}#{index}"
+                sources.append((label, runtime, instance_of(release, row)))
+        return sources
 
 
 def describe_error(exc: BaseException) -> tuple[int, str]:

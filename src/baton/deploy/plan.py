@@ -46,7 +46,9 @@ STRATEGIES = ("blue-green", "rolling")
 MIN_VERIFY_REQUESTS = 20
 
 # Steps after which no user traffic has moved yet: a crash there is undone.
-_BEFORE_TRAFFIC: frozenset[str] = frozenset({"lock", "pre_deploy", "start", "ready", "smoke_test"})
+_BEFORE_TRAFFIC: frozenset[str] = frozenset(
+    {"lock", "prepare", "pre_deploy", "start", "ready", "smoke_test"}
+)
 # Steps after a passed verification: a crash there is finished.
 _AFTER_VERIFY: frozenset[str] = frozenset({"drain", "stop", "keep_warm", "post_deploy", "done"})
 

@@ -10,7 +10,8 @@ Deployments stream their progress as newline-delimited JSON events; the last one
 |----------------------|-------------------------------------------------|---------------------|
 | GET  /health         |                                                 | pid, proxy          |
 | GET  /status         |                                                 | apps, releases      |
-| POST /deploy         | config, version?, env?, command?, strategy?     | event stream        |
+| POST /deploy         | config, version?, env?, command?, strategy?,    | event stream        |
+|                      | image?                                          |                     |
 | POST /rollback       | app? or config?, version?                       | event stream        |
 | GET  /deployments/ID/events |                                          | event stream        |
 | GET  /history        | ?app=&limit=                                    | deployments         |
@@ -24,7 +25,6 @@ import asyncio
 import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -32,6 +32,7 @@ from aiohttp import web
 from baton.config import load_config
 from baton.deploy.engine import DeploymentRun, Engine
 from baton.errors import BatonError, UsageError
+from baton.runtime.base import Instance, Runtime
 
 STATUS_FOR_EXIT = {2: 400, 3: 409}
 
@@ -145,6 +146,7 @@ class Api:
             env=_env(body),
             command=_string(body, "command"),
             strategy=strategy,
+            image=_string(body, "image"),
         )
         self.engine.start(run)
         return await self._stream(request, run)
@@ -190,11 +192,11 @@ class Api:
             lines = int(request.query.get("lines", "100"))
         except ValueError:
             raise UsageError("lines: expected a number") from None
-        files = self.engine.log_files(app, version)
+        sources = self.engine.log_sources(app, version)
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
         try:
-            async for label, line in _tail(files, lines, follow):
+            async for label, line in _tail(sources, lines, follow):
                 await response.write(json.dumps({"instance": label, "line": line}).encode() + b"\n")
             await response.write_eof()
         except (ConnectionError, RuntimeError):
@@ -207,32 +209,35 @@ class Api:
 
 
 async def _tail(
-    files: list[tuple[str, Path]], lines: int, follow: bool
+    sources: list[tuple[str, Runtime, Instance]], lines: int, follow: bool
 ) -> AsyncIterator[tuple[str, str]]:
-    """The last ``lines`` of each file, then (with ``follow``) what is appended, forever."""
-    offsets: dict[Path, int] = {}
-    for label, path in files:
+    """The last ``lines`` of each instance's log, then (with ``follow``) new lines, forever.
+
+    The runtime reads them: log files for processes, the containers for docker.
+    """
+    for label, runtime, instance in sources:
         try:
-            data = path.read_bytes()
-        except OSError:
-            data = b""
-        offsets[path] = len(data)
-        for line in data.decode(errors="replace").splitlines()[-lines:] if lines > 0 else []:
+            tail = await runtime.logs(instance, lines) if lines > 0 else []
+        except BatonError as exc:
+            tail = [f"(baton: cannot read the logs: {exc})"]
+        for line in tail:
             yield label, line
-    partial: dict[Path, bytes] = {}
-    while follow:
-        await asyncio.sleep(0.2)
-        for label, path in files:
-            try:
-                with path.open("rb") as f:
-                    f.seek(offsets[path])
-                    chunk = f.read(1 << 20)
-            except OSError:
-                continue
-            if not chunk:
-                continue
-            offsets[path] += len(chunk)
-            *complete, rest = (partial.get(path, b"") + chunk).split(b"\n")
-            partial[path] = rest
-            for raw in complete:
-                yield label, raw.decode(errors="replace")
+    if not follow or not sources:
+        return
+    queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue(maxsize=10_000)
+
+    async def pump(label: str, runtime: Runtime, instance: Instance) -> None:
+        try:
+            async for line in runtime.follow_logs(instance):
+                await queue.put((label, line))
+        except BatonError as exc:
+            await queue.put((label, f"(baton: stopped following: {exc})"))
+
+    tasks = [asyncio.create_task(pump(*source)) for source in sources]
+    try:
+        while True:
+            yield await queue.get()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

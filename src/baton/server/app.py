@@ -7,8 +7,15 @@ Start-up order matters: take the state dir's lock (one control plane per state d
 sure a proxy runs (adopt the one that still answers on ``proxy.sock`` after a crash, so
 users are served throughout; else start one), finish or undo what a previous control plane
 left half done (``Engine.recover``), and only then answer the API, so the first thing a
-client sees is consistent. Then two loops run: the proxy watcher, which restarts a dead or
-hung proxy and sends it the current route table, and the warm-release reaper.
+client sees is consistent. Recovery ends with a reconcile: every instance (process or
+container) that belongs to no live or warm release is stopped and removed, and listed in
+``baton status`` (``reconcile.cleaned``). Then three loops run: the proxy watcher, which
+restarts a dead or hung proxy and sends it the current route table; the warm-release reaper;
+and the instance watcher, which every ``INSTANCE_WATCH_INTERVAL`` replaces dead instances of
+live releases by new ones of the same release (not while the app deploys).
+
+Runtimes are made per app by name (``runtime:`` in baton.yml, see ``baton.runtime.base``);
+a host whose apps all run as processes never talks to a Docker engine.
 
 Signals only set an event (SIGTERM, SIGINT, or ``POST /shutdown``); the main coroutine then
 stops every deployment, stops the proxy (which finishes its in-flight requests) and then
@@ -33,7 +40,7 @@ from aiohttp import web
 from baton.deploy.engine import Engine, Router
 from baton.deploy.proxyclient import ProxyClient, ProxyUnavailable
 from baton.errors import BatonError
-from baton.runtime.process import ProcessRuntime
+from baton.runtime.base import Runtimes
 from baton.server.api import Api
 from baton.state.store import Store
 
@@ -43,6 +50,7 @@ WATCH_INTERVAL = 0.25  # how often the proxy is checked
 WATCH_FAILURES = 3  # consecutive failed health checks before a live proxy is replaced
 PROXY_START_TIMEOUT = 15.0
 PROXY_STOP_TIMEOUT = 35.0
+INSTANCE_WATCH_INTERVAL = 1.0  # how often live instances are checked for death
 
 
 def api_socket(state_dir: Path) -> Path:
@@ -256,9 +264,9 @@ async def serve(state_dir: Path) -> int:
     lock = _lock(state_dir)
     (state_dir / "server.pid").write_text(f"{os.getpid()}\n")
     store = Store.open(state_dir / "baton.db")
-    runtime = ProcessRuntime(state_dir)
+    runtimes = Runtimes(state_dir)
     proxy = ProxyClient(state_dir / "proxy.sock")
-    engine = Engine(store, runtime, proxy, state_dir)
+    engine = Engine(store, runtimes, proxy, state_dir)
     supervisor = ProxySupervisor(state_dir, proxy, engine.router)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -283,6 +291,7 @@ async def serve(state_dir: Path) -> int:
         background = [
             loop.create_task(supervisor.watch(stop)),
             loop.create_task(_reap_warm(engine, stop)),
+            loop.create_task(_replace_dead(engine, stop)),
         ]
         await stop.wait()
         log.info("shutting down")
@@ -302,6 +311,7 @@ async def serve(state_dir: Path) -> int:
         if runner is not None:
             await runner.cleanup()
         await proxy.close()
+        runtimes.close()
         store.close()
         with contextlib.suppress(FileNotFoundError):
             (state_dir / "server.pid").unlink()
@@ -316,6 +326,19 @@ async def _reap_warm(engine: Engine, stop: asyncio.Event) -> None:
             await engine.expire_warm()
         except BatonError as exc:
             log.warning("stopping an expired warm release failed: %s", exc)
+
+
+async def _replace_dead(engine: Engine, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), INSTANCE_WATCH_INTERVAL)
+        if stop.is_set():
+            return
+        try:
+            for note in await engine.replace_dead():
+                log.warning("instance watcher: %s", note)
+        except Exception:  # a bug here must not end the watching
+            log.exception("the instance watcher failed; going on")
 
 
 def run_server(state_dir: Path) -> int:

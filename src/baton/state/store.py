@@ -116,7 +116,7 @@ class ReleaseRow:
     id: int
     app: str
     version: str
-    command: str | list[str]
+    command: str | list[str] | None  # None: a docker release that keeps the image's CMD
     env: dict[str, str]
     cwd: str
     config: dict[str, Any]
