@@ -442,3 +442,56 @@ def test_new_listen_address_is_opened_and_busy_one_refused(
     )
     assert status == 409, answer
     assert proxy.ok("GET", "/routes") == before
+
+
+# -- canary traffic: stickiness and pinning ----------------------------------------------
+
+
+def test_cookie_stickiness_keeps_a_client_on_its_release(
+    proxy: ProxyProcess, backend_factory: BackendFactory
+) -> None:
+    stable, canary = backend_factory("stable"), backend_factory("canary")
+    proxy.route(("stable", 50, [stable.addr]), ("canary", 50, [canary.addr]), stickiness="cookie")
+    first = get(proxy)
+    assert b"Set-Cookie: baton_release=" in first
+    cookie = first.split(b"Set-Cookie: ", 1)[1].split(b";", 1)[0]
+    got = body(first)
+    seen = {body(get(proxy, extra=b"Cookie: " + cookie + b"\r\n")) for _ in range(40)}
+    assert seen == {got}
+    # Weights move (a canary step): the client still stays where it was.
+    proxy.route(("stable", 75, [stable.addr]), ("canary", 25, [canary.addr]), stickiness="cookie")
+    again = get(proxy, extra=b"Cookie: " + cookie + b"\r\n")
+    assert body(again) == got and b"Set-Cookie" not in again
+    # Clients without the cookie are still split by weight.
+    assert {body(get(proxy)) for _ in range(60)} == {b"stable", b"canary"}
+
+
+def test_header_and_client_ip_stickiness_are_consistent(
+    proxy: ProxyProcess, backend_factory: BackendFactory
+) -> None:
+    stable, canary = backend_factory("stable"), backend_factory("canary")
+    releases = (("stable", 50, [stable.addr]), ("canary", 50, [canary.addr]))
+    proxy.route(*releases, stickiness="header:X-User")
+    by_user = {
+        user: {body(get(proxy, extra=b"X-User: %d\r\n" % user)) for _ in range(5)}
+        for user in range(12)
+    }
+    assert all(len(seen) == 1 for seen in by_user.values()), by_user
+    assert {next(iter(s)) for s in by_user.values()} == {b"stable", b"canary"}
+    proxy.route(*releases, stickiness="client-ip")
+    assert len({body(get(proxy)) for _ in range(20)}) == 1
+
+
+def test_release_header_from_loopback_reaches_a_weight_zero_release(
+    proxy: ProxyProcess, backend_factory: BackendFactory
+) -> None:
+    stable, canary = backend_factory("stable"), backend_factory("canary")
+    proxy.route(("stable", 100, [stable.addr]), ("canary", 0, [canary.addr]))
+    assert {body(get(proxy)) for _ in range(10)} == {b"stable"}
+    assert body(get(proxy, extra=b"X-Baton-Release: canary\r\n")) == b"canary"
+    unknown = get(proxy, extra=b"X-Baton-Release: nope\r\n")
+    assert parse_status(unknown) == 503 and b"'nope'" in body(unknown)
+    secret = json.loads(
+        body(get(proxy, "/headers", extra=b"X-Baton-Release: canary\r\nX-Baton-Secret: s3\r\n"))
+    )
+    assert "x-baton-secret" not in secret  # never forwarded

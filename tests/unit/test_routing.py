@@ -10,7 +10,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from baton.errors import RouteTableError
-from baton.proxy.routing import RouteTable, normalise_host, parse_table
+from baton.proxy.routing import (
+    RouteTable,
+    cookie_release,
+    normalise_host,
+    parse_table,
+    set_cookie,
+    sticky_point,
+)
 
 
 def table(apps: dict[str, Any]) -> RouteTable[str, str]:
@@ -165,3 +172,34 @@ def test_match_never_raises_and_any_host_catch_all_always_matches(path: str) -> 
     t = table({"api": app(path_prefix="/api"), "root": app(hosts=["z.test"])})
     assert matched(t, "z.test", path) in ("root",)
     assert matched(t, "other", "/api" + path) in ("api", None)
+
+
+# -- stickiness ----------------------------------------------------------------------------
+
+
+def test_sticky_point_is_stable_and_spread() -> None:
+    assert sticky_point(b"client-1") == sticky_point(b"client-1")
+    points = [sticky_point(b"user-%d" % i) for i in range(2000)]
+    assert all(0 <= p < 1 for p in points)
+    share = sum(p >= 0.75 for p in points) / len(points)
+    assert 0.2 < share < 0.3  # roughly uniform
+
+
+def test_cookie_release_reads_only_batons_cookie() -> None:
+    assert cookie_release(b"a=1; baton_release=v2; b=3") == "v2"
+    assert cookie_release(b"baton_release=feature%2Fx") == "feature/x"
+    assert cookie_release(b"other_baton_release=v2") is None
+    assert cookie_release(None) is None
+    assert set_cookie("feature/x").startswith(b"baton_release=feature%2Fx; Path=/")
+
+
+@pytest.mark.parametrize("value", ["sticky", "header:", "header:bad name", 3])
+def test_invalid_stickiness_is_rejected(value: object) -> None:
+    with pytest.raises(RouteTableError) as err:
+        parse_table({"apps": {"w": app(stickiness=value)}})
+    assert "stickiness" in str(err.value)
+
+
+def test_short_release_secret_is_rejected() -> None:
+    with pytest.raises(RouteTableError, match="release_secret"):
+        parse_table({"apps": {"w": app(release_secret="short")}})

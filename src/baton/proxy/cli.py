@@ -79,14 +79,48 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: str) -> float:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Route table JSON to load at start.",
 )
-@click.option("--header-timeout", default="10s", callback=_seconds, show_default=True)
-@click.option("--keepalive-timeout", default="75s", callback=_seconds, show_default=True)
 @click.option(
-    "--max-header-size", default=65536, type=click.IntRange(1024, 1 << 24), show_default=True
+    "--header-timeout",
+    default="10s",
+    callback=_seconds,
+    show_default=True,
+    help="A client slower than this to send request headers gets 408.",
 )
-@click.option("--upstream-idle-timeout", default="2s", callback=_seconds, show_default=True)
-@click.option("--upstream-max-idle", default=256, type=click.IntRange(0, 100000), show_default=True)
-@click.option("--drain-deadline", default="30s", callback=_seconds, show_default=True)
+@click.option(
+    "--keepalive-timeout",
+    default="75s",
+    callback=_seconds,
+    show_default=True,
+    help="Idle keep-alive client connections are closed after this.",
+)
+@click.option(
+    "--max-header-size",
+    default=65536,
+    type=click.IntRange(1024, 1 << 24),
+    show_default=True,
+    help="Largest request header block in bytes; larger gets 431.",
+)
+@click.option(
+    "--upstream-idle-timeout",
+    default="2s",
+    callback=_seconds,
+    show_default=True,
+    help="Pooled upstream connections idle this long are closed (shorter than apps' own).",
+)
+@click.option(
+    "--upstream-max-idle",
+    default=256,
+    type=click.IntRange(0, 100000),
+    show_default=True,
+    help="Idle keep-alive connections kept per target.",
+)
+@click.option(
+    "--drain-deadline",
+    default="30s",
+    callback=_seconds,
+    show_default=True,
+    help="On SIGTERM: longest wait for in-flight requests before exiting.",
+)
 def proxy_command(
     listen: tuple[str, ...],
     admin: str,

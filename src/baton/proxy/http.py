@@ -44,7 +44,10 @@ HOP_BY_HOP = frozenset(
     _EXPECT,
     _REQUEST_ID,
     _REPLACED,
-) = range(11)
+    _COOKIE,
+    _PIN,
+    _PIN_SECRET,
+) = range(14)
 _CONNECTION_OPTIONS = frozenset({b"keep-alive", b"close", b"upgrade", b""})
 # Request headers that are not copied as they are (one dict lookup per header).
 _REQUEST_SPECIAL = {
@@ -60,6 +63,9 @@ _REQUEST_SPECIAL = {
     b"via": _VIA,
     b"expect": _EXPECT,
     b"x-request-id": _REQUEST_ID,
+    b"cookie": _COOKIE,
+    b"x-baton-release": _PIN,
+    b"x-baton-secret": _PIN_SECRET,
 }
 
 REASONS = {
@@ -115,6 +121,9 @@ class RequestInfo:
     xff: bytes | None
     via: bytes | None
     kept: list[bytes]  # "Name: value\r\n" lines forwarded as they are
+    cookie: bytes | None = None
+    pin: bytes | None = None  # X-Baton-Release: the release this request asks for
+    pin_secret: bytes | None = None  # X-Baton-Secret (never forwarded)
 
 
 def scan_request(headers: list[tuple[bytes, bytes]], http11: bool) -> RequestInfo:
@@ -129,6 +138,9 @@ def scan_request(headers: list[tuple[bytes, bytes]], http11: bool) -> RequestInf
     xff: bytes | None = None
     via: bytes | None = None
     kept: list[bytes] = []
+    cookie: bytes | None = None
+    pin: bytes | None = None
+    pin_secret: bytes | None = None
     special = _REQUEST_SPECIAL
     for name, value in headers:
         kind = special.get(name.lower())
@@ -160,6 +172,14 @@ def scan_request(headers: list[tuple[bytes, bytes]], http11: bool) -> RequestInf
             if value.strip().lower() != b"100-continue":
                 raise RequestRejected(417, "unsupported Expect header")
             expect = True
+        elif kind == _COOKIE:
+            cookie = value if cookie is None else cookie + b"; " + value
+            kept.append(name + b": " + value + b"\r\n")
+        elif kind == _PIN:
+            pin = value.strip()
+            kept.append(name + b": " + value + b"\r\n")
+        elif kind == _PIN_SECRET:
+            pin_secret = value.strip()
         elif kind == _REQUEST_ID and value and len(value) <= 200:
             request_id = value  # (an empty or oversized one is regenerated, not forwarded)
             kept.append(name + b": " + value + b"\r\n")
@@ -182,7 +202,9 @@ def scan_request(headers: list[tuple[bytes, bytes]], http11: bool) -> RequestInf
         named = set(connection) - _CONNECTION_OPTIONS
         if named:
             kept = [line for line in kept if line.split(b":", 1)[0].lower() not in named]
-    return RequestInfo(host, cl, chunked, upgrade, expect, request_id, xff, via, kept)
+    return RequestInfo(
+        host, cl, chunked, upgrade, expect, request_id, xff, via, kept, cookie, pin, pin_secret
+    )
 
 
 def upstream_head(
@@ -258,6 +280,7 @@ def client_head(
     client_http11: bool,
     client_keep_alive: bool,
     upgrade: bool,
+    set_cookie: bytes | None = None,
 ) -> ResponseInfo:
     """The response head sent to the client, and how its body is framed.
 
@@ -294,6 +317,8 @@ def client_head(
     raw = b"\r\n".join(kept)
     # Always answer as HTTP/1.1 (the upstream may have said HTTP/1.0).
     parts = [b"HTTP/1.1", raw[8:], b"\r\nVia: ", VIA if via is None else via + b", " + VIA]
+    if set_cookie is not None:
+        parts += (b"\r\nSet-Cookie: ", set_cookie)
     keep_alive = client_keep_alive
     until_close = False
     if upgrade and status == 101:

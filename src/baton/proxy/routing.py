@@ -18,13 +18,17 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
+from urllib.parse import quote, unquote
 
 from baton.errors import RouteTableError
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
+STICKY_NONE, STICKY_COOKIE, STICKY_CLIENT_IP, STICKY_HEADER = range(4)
+_STICKY_KINDS = {"none": STICKY_NONE, "cookie": STICKY_COOKIE, "client-ip": STICKY_CLIENT_IP}
 _APP_KEYS = {
     "listen",
     "hosts",
@@ -33,6 +37,8 @@ _APP_KEYS = {
     "health",
     "connect_timeout",
     "response_timeout",
+    "stickiness",
+    "release_secret",
 }
 _RELEASE_KEYS = {"name", "weight", "targets"}
 _HEALTH_KEYS = {"kind", "path", "interval", "timeout", "rise", "fall"}
@@ -78,6 +84,8 @@ class AppSpec:
     health: HealthSpec
     connect_timeout: float = 5.0
     response_timeout: float = 60.0
+    stickiness: str = "none"  # none | cookie | client-ip | header:<name>
+    release_secret: str | None = None  # lets non-loopback clients pin a release
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -88,6 +96,8 @@ class AppSpec:
             "health": self.health.to_json(),
             "connect_timeout": self.connect_timeout,
             "response_timeout": self.response_timeout,
+            "stickiness": self.stickiness,
+            "release_secret": self.release_secret,
         }
 
 
@@ -225,8 +235,19 @@ def parse_app(name: object, value: object) -> AppSpec:
                 raise RouteTableError(f"{rwhere}.targets[{j}]: duplicate target {t!r}")
             targets.append(addr)
         releases.append(ReleaseSpec(rname, weight, tuple(targets)))
+    stickiness = value.get("stickiness", "none")
+    if not isinstance(stickiness, str) or not (
+        stickiness in ("none", "cookie", "client-ip")
+        or (stickiness.startswith("header:") and _is_token(stickiness[7:]))
+    ):
+        raise _fail(f"{where}.stickiness", "none, cookie, client-ip or header:<name>", stickiness)
+    secret = value.get("release_secret")
+    if secret is not None and (not isinstance(secret, str) or len(secret) < 16):
+        raise _fail(f"{where}.release_secret", "a string of at least 16 characters", secret)
     return AppSpec(
         name=name,
+        stickiness=stickiness,
+        release_secret=secret,
         listen=listen,
         hosts=hosts,
         path_prefix=prefix,
@@ -242,6 +263,10 @@ def parse_app(name: object, value: object) -> AppSpec:
             maximum=86400,
         ),
     )
+
+
+def _is_token(name: str) -> bool:
+    return bool(name) and all(c.isalnum() or c in "-_" for c in name)
 
 
 def parse_table(value: object) -> dict[str, AppSpec]:
@@ -296,6 +321,8 @@ class App(Generic[T, M]):
     weighted: tuple[Release[T, M], ...] = ()
     cumulative: tuple[int, ...] = ()
     by_name: dict[str, Release[T, M]] = field(default_factory=dict)
+    sticky: int = STICKY_NONE
+    sticky_header: bytes = b""
 
     @property
     def name(self) -> str:
@@ -313,6 +340,39 @@ class App(Generic[T, M]):
             if point < upto:
                 return rel
         return weighted[-1]
+
+
+# -- stickiness: a client keeps the release it first got while traffic is split ---------
+
+COOKIE_NAME = b"baton_release"
+
+
+def sticky_point(key: bytes) -> float:
+    """A stable point in [0, 1) for a client key (same in every proxy process).
+
+    Picking a release with this point instead of a random one keeps a client on one
+    release while the weights stay; as the last release's weight grows (a canary listed
+    last), clients only move onto it, never back.
+    """
+    return zlib.crc32(key) / 4294967296.0
+
+
+def cookie_release(cookie: bytes | None) -> str | None:
+    """The release named by a ``baton_release`` cookie in a Cookie header, if any."""
+    if not cookie:
+        return None
+    for part in cookie.split(b";"):
+        name, _, value = part.strip().partition(b"=")
+        if name == COOKIE_NAME:
+            return unquote(value.decode("latin-1"))
+    return None
+
+
+def set_cookie(release: str) -> bytes:
+    """The Set-Cookie value that pins a client to ``release``."""
+    return (
+        COOKIE_NAME + b"=" + quote(release, safe="").encode() + b"; Path=/; HttpOnly; SameSite=Lax"
+    )
 
 
 class _Listener(Generic[T, M]):
@@ -422,12 +482,17 @@ class RouteTable(Generic[T, M]):
             for r in weighted:
                 total += r.weight
                 cumulative.append(total)
+            sticky, header = _STICKY_KINDS.get(spec.stickiness, STICKY_HEADER), b""
+            if sticky == STICKY_HEADER:
+                header = spec.stickiness[len("header:") :].lower().encode()
             apps[name] = App(
                 spec=spec,
                 releases=releases,
                 weighted=weighted,
                 cumulative=tuple(cumulative),
                 by_name={r.name: r for r in releases},
+                sticky=sticky,
+                sticky_header=header,
             )
         return cls(specs, apps, generation)
 

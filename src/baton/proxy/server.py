@@ -31,6 +31,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from hmac import compare_digest
 from typing import cast
 
 import httptools
@@ -47,7 +48,19 @@ from baton.proxy.http import (
     upstream_head,
 )
 from baton.proxy.metrics import MetricsRegistry, ReleaseMetrics
-from baton.proxy.routing import App, AppSpec, Release, RouteTable, normalise_host, parse_address
+from baton.proxy.routing import (
+    STICKY_CLIENT_IP,
+    STICKY_COOKIE,
+    App,
+    AppSpec,
+    Release,
+    RouteTable,
+    cookie_release,
+    normalise_host,
+    parse_address,
+    set_cookie,
+    sticky_point,
+)
 from baton.proxy.upstream import Target, UpstreamConnection
 
 log = logging.getLogger("baton.proxy")
@@ -102,6 +115,7 @@ class Exchange:
         "release",
         "request_id",
         "same_retry",
+        "set_cookie",
         "status",
         "t0",
         "t_sent",
@@ -142,6 +156,7 @@ class Exchange:
         self.tried: list[Target] = []
         self.attempts = 0
         self.same_retry = False
+        self.set_cookie: bytes | None = None
         self.status = 0
         self.t0 = time.monotonic()
         self.t_sent = self.t0
@@ -171,6 +186,7 @@ class ClientConnection(asyncio.Protocol):
         "head_size",
         "headers",
         "listen",
+        "loopback",
         "parser",
         "paused",
         "pending",
@@ -189,6 +205,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.client_ip = b""
+        self.loopback = False
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_size = 0
@@ -211,7 +228,9 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         peer = transport.get_extra_info("peername")
-        self.client_ip = (peer[0] if peer else "unknown").encode()
+        ip = peer[0] if peer else "unknown"
+        self.client_ip = ip.encode()
+        self.loopback = ip.startswith(("127.", "::ffff:127.")) or ip == "::1"
         self.proxy.connections.add(self)
         self._set_deadline(HEADER_DEADLINE, self.proxy.settings.header_timeout)
 
@@ -448,9 +467,14 @@ class ClientConnection(asyncio.Protocol):
         if app is None:
             self._local(ex, 404, f"no route for host {normalise_host(info.host) or '-'!r}")
             return
-        release, target = proxy.choose(app)
+        release, target = proxy.choose(app, ex, self)
         if release is None or target is None:
-            self._local(ex, 503, f"no healthy target for app {app.name!r}")
+            if ex.info.pin is not None and proxy.may_pin(app, ex, self):
+                pin = ex.info.pin.decode("latin-1")
+                why = f"release {pin!r} of app {app.name!r} is unknown or has no healthy target"
+            else:
+                why = f"no healthy target for app {app.name!r}"
+            self._local(ex, 503, why)
             return
         ex.release = release
         m = ex.metrics = release.metrics
@@ -718,8 +742,27 @@ class Proxy:
         self._request_seq += 1
         return b"%s-%x" % (self._request_prefix, self._request_seq)
 
-    def choose(self, app: LiveApp) -> tuple[LiveRelease | None, Target | None]:
-        release = app.pick_release()
+    def may_pin(self, app: LiveApp, ex: Exchange, client: ClientConnection) -> bool:
+        """X-Baton-Release is honoured from loopback, or with the app's secret."""
+        if client.loopback:
+            return True
+        secret = app.spec.release_secret
+        given = ex.info.pin_secret
+        return secret is not None and given is not None and compare_digest(given, secret.encode())
+
+    def choose(
+        self, app: LiveApp, ex: Exchange, client: ClientConnection
+    ) -> tuple[LiveRelease | None, Target | None]:
+        """The release (by pin, stickiness or weight) and target for one request."""
+        info = ex.info
+        if info.pin is not None and self.may_pin(app, ex, client):
+            pinned = app.by_name.get(info.pin.decode("latin-1"))
+            target = self.pick_target(pinned) if pinned is not None else None
+            return (pinned, target) if target is not None else (None, None)
+        if app.sticky and len(app.weighted) > 1:
+            release = self._sticky_release(app, ex, client)
+        else:
+            release = app.pick_release()
         if release is not None:
             target = self.pick_target(release)
             if target is not None:
@@ -731,6 +774,31 @@ class Proxy:
                 if target is not None:
                     return other, target
         return None, None
+
+    def _sticky_release(
+        self, app: LiveApp, ex: Exchange, client: ClientConnection
+    ) -> LiveRelease | None:
+        if app.sticky == STICKY_COOKIE:
+            name = cookie_release(ex.info.cookie)
+            kept = app.by_name.get(name) if name is not None else None
+            if kept is not None and kept.weight > 0:
+                return kept
+            release = app.pick_release()
+            if release is not None:
+                ex.set_cookie = set_cookie(release.name)
+            return release
+        if app.sticky == STICKY_CLIENT_IP:
+            key = client.client_ip
+        else:
+            prefix = app.sticky_header + b":"
+            key = next(
+                (ln[len(prefix) :].strip() for ln in ex.info.kept if ln.lower().startswith(prefix)),
+                b"",
+            )
+            if not key:
+                return app.pick_release()  # no key: nothing to stick to
+        point = sticky_point(key)
+        return app.pick_release(lambda: point)
 
     def pick_target(
         self, release: LiveRelease, exclude: list[Target] | None = None

@@ -299,6 +299,7 @@ class UpstreamConnection(asyncio.Protocol):
             client_http11=ex.http11,
             client_keep_alive=ex.keep_alive and not ex.upgrade,
             upgrade=ex.upgrade,
+            set_cookie=ex.set_cookie,
         )
         self.framing = info.framing
         self.until_close = info.until_close
