@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import aiohttp
 import click
@@ -29,6 +29,9 @@ from rich.table import Table
 
 from baton import __version__
 from baton.errors import BatonError, ConfigError, DaemonUnreachable, UsageError
+
+if TYPE_CHECKING:
+    from baton.config import AppConfig, ImageFacts
 
 DEFAULT_STATE_DIR = "~/.local/state/baton"
 UP_TIMEOUT = 60.0
@@ -658,7 +661,7 @@ def check(config: Path | None) -> None:
         raise SystemExit(2)
 
 
-async def _image_facts(cfg: Any) -> Any:
+async def _image_facts(cfg: AppConfig) -> ImageFacts:
     """What the Docker engine says about a docker app's image (for ``baton check``)."""
     import tempfile
 
