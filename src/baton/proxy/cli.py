@@ -9,15 +9,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import resource
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 from baton.errors import RouteTableError
 from baton.proxy.admin import AdminAPI
+from baton.proxy.handoff import HandoffServer, Takeover, handoff_path
 from baton.proxy.health import HealthChecker
 from baton.proxy.routing import parse_address, parse_table
 from baton.proxy.server import Proxy, ProxySettings
@@ -30,28 +33,75 @@ def _raise_nofile_limit() -> None:
 
 
 async def serve(
-    listen: list[str], admin: str, settings: ProxySettings, routes: Path | None = None
+    listen: list[str],
+    admin: str,
+    settings: ProxySettings,
+    routes: Path | None = None,
+    takeover: bool = False,
 ) -> None:
+    """Run one proxy until SIGTERM/SIGINT, or until a successor took over (``handoff.py``)."""
     proxy = Proxy(settings)
     health = HealthChecker(proxy)
+    successor: Takeover | None = None
+    if takeover:
+        successor = Takeover(admin)
+        for address, sock in (await asyncio.to_thread(successor.receive)).items():
+            await proxy.listen(address, sock=sock)
+        table = await _admin_get(admin, "/routes")
+        await proxy.apply(parse_table({"apps": table["apps"]}), generation=table["generation"])
     for address in listen:
         await proxy.listen(address)
     if routes is not None:
         await proxy.apply(parse_table(json.loads(routes.read_text())))
+    # A successor serves beside the old proxy first, then renames its sockets over the old.
+    own_admin = admin + ".next" if takeover else admin
     api = AdminAPI(proxy)
-    await api.start(admin)
-    proxy.start()
+    await api.start(own_admin)
     stop = asyncio.Event()
+    handoff = HandoffServer(handoff_path(own_admin), proxy.listening_fds, stop.set)
+    handoff.start()
+    proxy.start()
+    if successor is not None:
+        await _self_check(own_admin, proxy.table.generation)
+        os.replace(own_admin, admin)
+        os.replace(handoff_path(own_admin), handoff_path(admin))
+        successor.finish()
+        print(f"baton proxy: took over from pid {successor.old_pid}", flush=True)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     print(
-        f"baton proxy: listening on {', '.join(sorted(proxy.servers))}, admin {admin}", flush=True
+        f"baton proxy: listening on {', '.join(sorted(proxy.servers)) or '-'}, admin {admin}",
+        flush=True,
     )
     await stop.wait()
+    handoff.stop()
     health.stop()
     await proxy.shutdown(settings.drain_deadline)
     await api.stop()
+
+
+async def _admin_get(path: str, url: str, timeout: float = 10.0) -> dict[str, Any]:
+    """GET a JSON document from an admin API over its Unix socket."""
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_unix_connection(path)
+        try:
+            writer.write(f"GET {url} HTTP/1.0\r\nHost: baton\r\n\r\n".encode())
+            raw = await reader.read()
+        finally:
+            writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    if head.split(b" ", 2)[1:2] != [b"200"]:
+        raise OSError(f"admin API at {path} answered {head.splitlines()[:1]!r}")
+    result: dict[str, Any] = json.loads(body)
+    return result
+
+
+async def _self_check(own_admin: str, generation: int) -> None:
+    """Before taking over: our own admin API answers and carries the same table."""
+    health = await _admin_get(own_admin, "/health")
+    if health.get("generation") != generation or health.get("pid") != os.getpid():
+        raise OSError(f"self-check failed: {health}")
 
 
 def _seconds(ctx: click.Context, param: click.Parameter, value: str) -> float:
@@ -70,6 +120,12 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: str) -> float:
     multiple=True,
     help="Address to accept clients on (repeatable). Apps' listen addresses in the route "
     "table are opened too, so none is needed when a table will be loaded.",
+)
+@click.option(
+    "--takeover",
+    is_flag=True,
+    help="Take the listening sockets and route table over from the proxy running at --admin, "
+    "then make it retire (a hitless upgrade).",
 )
 @click.option(
     "--admin", required=True, type=click.Path(dir_okay=False), help="Admin Unix socket path."
@@ -123,6 +179,7 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: str) -> float:
 )
 def proxy_command(
     listen: tuple[str, ...],
+    takeover: bool,
     admin: str,
     routes: Path | None,
     header_timeout: float,
@@ -151,7 +208,7 @@ def proxy_command(
     import uvloop
 
     try:
-        uvloop.run(serve(list(listen), admin, settings, routes))
+        uvloop.run(serve(list(listen), admin, settings, routes, takeover))
     except OSError as exc:
         click.echo(f"baton proxy: cannot start: {exc}", err=True)
         sys.exit(1)

@@ -69,6 +69,7 @@ REPLAY_LIMIT = 64 * 1024
 _NO_BODY: list[bytes] = []  # shared empty list: most requests never allocate their own
 MAX_ATTEMPTS = 4
 SAME_TARGET_BACKOFF = 0.05
+STOPPING_IDLE_GRACE = 1.0
 
 # What a connection's deadline means when it passes.
 NO_DEADLINE = 0
@@ -584,7 +585,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _local(self, ex: Exchange, status: int, message: str) -> None:
         """Answer with a local response; keep the connection if the request was read whole."""
-        keep = ex.keep_alive and ex.complete and not ex.upgrade
+        keep = ex.keep_alive and ex.complete and not ex.upgrade and not self.proxy.stopping
         self.write(local_response(status, message, close=not keep, request_id=ex.request_id))
         self.active = None
         if not keep:
@@ -612,7 +613,7 @@ class ClientConnection(asyncio.Protocol):
         else:
             up.close()
         self.active = None
-        if not ex.keep_alive or not ex.complete or self.proxy.stopping:
+        if not ex.keep_alive or not ex.complete:
             self.close()
             return
         self._next()
@@ -623,6 +624,10 @@ class ClientConnection(asyncio.Protocol):
             if not self.pending:
                 self._resume(PAUSE_PIPELINE)
             self.start(ex)
+        elif self.proxy.stopping:
+            # Retiring: the client may be sending its next request right now; closing
+            # would lose it. Give it a moment (its next response says Connection: close).
+            self._set_deadline(IDLE_DEADLINE, STOPPING_IDLE_GRACE)
         else:
             self._set_deadline(IDLE_DEADLINE, self.proxy.settings.keepalive_timeout)
 
@@ -822,12 +827,14 @@ class Proxy:
 
     # -- table changes -----------------------------------------------------------------
 
-    async def apply(self, specs: dict[str, AppSpec]) -> int:
+    async def apply(self, specs: dict[str, AppSpec], generation: int | None = None) -> int:
         """Swap in a new table built from ``specs``; bind new listen addresses first."""
         for spec in specs.values():
             if spec.listen not in self.servers:
                 await self.listen(spec.listen)
-        table = RouteTable.build(specs, self._target, self.metrics.get, self.table.generation + 1)
+        if generation is None:
+            generation = self.table.generation + 1
+        table = RouteTable.build(specs, self._target, self.metrics.get, generation)
         self.table = table  # the cutover
         routed: set[str] = set()
         keep: set[tuple[str, str]] = set()
@@ -925,18 +932,31 @@ class Proxy:
                 if not target.routed and target.busy == 0:
                     del self.targets[address]
 
+    def listening_fds(self) -> dict[str, int]:
+        """Duplicates of every listening socket's fd, by listen address (for a hand-off).
+
+        The caller closes them; the listening sockets themselves stay open here.
+        """
+        return {
+            address: os.dup(server.sockets[0].fileno()) for address, server in self.servers.items()
+        }
+
     async def shutdown(self, deadline: float) -> None:
-        """Stop accepting, let in-flight work finish (up to ``deadline`` s), then close."""
+        """Stop accepting, let in-flight work and open connections finish, then close.
+
+        Keep-alive clients are not cut: a connection busy with a request gets
+        ``Connection: close`` on its response; an idle one is closed after a short grace
+        (it may be sending a request right now). Tunnels last until they end or until
+        ``deadline`` seconds have passed, when everything left is closed.
+        """
         self.stopping = True
         for server in self.servers.values():
             server.close()
         for conn in list(self.connections):
-            if conn.active is None and conn.tunnel is None:
-                conn.close()
+            if conn.active is None and conn.tunnel is None and not conn.reading:
+                conn._set_deadline(IDLE_DEADLINE, STOPPING_IDLE_GRACE)
         end = self.loop.time() + deadline
-        while self.loop.time() < end and any(
-            c.active is not None or c.tunnel is not None for c in self.connections
-        ):
+        while self.loop.time() < end and self.connections:
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
             conn.close()

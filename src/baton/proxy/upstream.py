@@ -291,13 +291,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_from = 0
         self.head_done = True
         ex = self.ex
-        assert ex is not None
+        client = self.client
+        assert ex is not None and client is not None
         info = client_head(
             status,
             head,
             head_request=ex.method == b"HEAD",
             client_http11=ex.http11,
-            client_keep_alive=ex.keep_alive and not ex.upgrade,
+            client_keep_alive=ex.keep_alive and not ex.upgrade and not client.proxy.stopping,
             upgrade=ex.upgrade,
             set_cookie=ex.set_cookie,
         )

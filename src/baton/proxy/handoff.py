@@ -1,0 +1,144 @@
+"""Hitless proxy upgrade: a new proxy process takes the listening sockets from the old one.
+
+Theory of operation. Every proxy serves a hand-off socket beside its admin socket
+(``ADMIN.handoff``). A new proxy started with ``--takeover`` connects to it and asks for the
+listening sockets; the old proxy sends them in one message (SCM_RIGHTS) with their listen
+addresses. From then on both processes accept from the same kernel queues, so no
+connection is ever refused. The new proxy loads the old one's route table (through the old
+admin API, still reachable at ``ADMIN``), serves its own admin API at ``ADMIN.next``, checks
+itself, then renames its sockets over the old paths (an atomic replace) and sends ``STOP`` on
+the hand-off connection, which stays open until then. Only on ``STOP`` does the old proxy
+stop accepting and retire: in-flight requests finish, each keep-alive connection's next
+response carries ``Connection: close``, tunnels stay until they end or the drain deadline.
+
+If the new proxy fails at any point before ``STOP`` (crashes, hangs, cannot load the table),
+the hand-off connection closes without ``STOP`` and the old proxy carries on as if nothing
+happened: it never stopped accepting and closed nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("baton.proxy")
+
+HELLO = b"FDS\n"
+STOP = b"STOP\n"
+MAX_LISTENERS = 64
+
+
+def handoff_path(admin: str) -> str:
+    return admin + ".handoff"
+
+
+class HandoffServer:
+    """Serves the listening sockets of this proxy to its successor."""
+
+    def __init__(
+        self,
+        path: str,
+        listeners: Callable[[], dict[str, int]],
+        on_stop: Callable[[], None],
+    ) -> None:
+        self.path = path
+        self.listeners = listeners
+        self.on_stop = on_stop
+        self.sock: socket.socket | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.conns: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(self.path)
+        os.chmod(self.path, 0o600)
+        sock.listen(4)
+        sock.setblocking(False)
+        self.sock = sock
+        self.task = asyncio.get_running_loop().create_task(self._serve(sock))
+
+    async def _serve(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _ = await loop.sock_accept(sock)
+            task = loop.create_task(self._one(conn))
+            self.conns.add(task)
+            task.add_done_callback(self.conns.discard)
+
+    async def _one(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            with conn:
+                request = await asyncio.wait_for(loop.sock_recv(conn, 64), 10)
+                if request != HELLO:
+                    return
+                listeners = self.listeners()
+                header = json.dumps({"pid": os.getpid(), "listeners": list(listeners)}).encode()
+                try:
+                    conn.setblocking(True)
+                    socket.send_fds(conn, [header], list(listeners.values()))
+                    conn.setblocking(False)
+                finally:
+                    for fd in listeners.values():
+                        os.close(fd)
+                # Wait for the successor's verdict; a closed connection means it gave up.
+                answer = b""
+                while not answer.endswith(b"\n"):
+                    chunk = await loop.sock_recv(conn, 64)
+                    if not chunk:
+                        log.warning("hand-off: the new proxy went away before taking over")
+                        return
+                    answer += chunk
+                if answer == STOP:
+                    log.warning("hand-off: the new proxy took over; retiring")
+                    self.on_stop()
+        except (OSError, TimeoutError) as exc:
+            log.warning("hand-off failed: %s", exc)
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        if self.sock is not None:
+            self.sock.close()
+
+
+class Takeover:
+    """The successor's side: receive the sockets, later tell the old proxy to stop."""
+
+    def __init__(self, admin: str) -> None:
+        self.admin = admin
+        self.conn: socket.socket | None = None
+        self.old_pid = 0
+
+    def receive(self, timeout: float = 10.0) -> dict[str, socket.socket]:
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.settimeout(timeout)
+        try:
+            conn.connect(handoff_path(self.admin))
+            conn.sendall(HELLO)
+            data, fds, _, _ = socket.recv_fds(conn, 1 << 16, MAX_LISTENERS)
+        except OSError:
+            conn.close()
+            raise
+        self.conn = conn
+        header: dict[str, Any] = json.loads(data)
+        self.old_pid = int(header["pid"])
+        addresses: list[str] = header["listeners"]
+        if len(addresses) != len(fds):
+            raise OSError(f"hand-off sent {len(fds)} sockets for {len(addresses)} listeners")
+        return {a: socket.socket(fileno=fd) for a, fd in zip(addresses, fds, strict=True)}
+
+    def finish(self) -> None:
+        """Tell the old proxy to stop accepting and retire."""
+        assert self.conn is not None
+        self.conn.sendall(STOP)
+        self.conn.close()
+        self.conn = None
