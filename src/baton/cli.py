@@ -12,8 +12,10 @@ JSON API on ``<state dir>/baton.sock``. The state dir is ``--state-dir``, else
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -21,7 +23,6 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-import aiohttp
 import click
 from rich.console import Console
 from rich.markup import escape
@@ -54,16 +55,25 @@ class ApiError(BatonError):
 # -- the API client ------------------------------------------------------------------------------
 
 
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP/1.1 to the daemon's Unix socket (stdlib: the CLI starts fast, and every deploy
+    pays for its start-up)."""
+
+    def __init__(self, path: Path, timeout: float | None) -> None:
+        super().__init__("baton", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(str(self.unix_path))
+        self.sock = sock
+
+
 class Client:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
         self.socket = state_dir / "baton.sock"
-
-    def _session(self, timeout: float | None) -> aiohttp.ClientSession:
-        return aiohttp.ClientSession(
-            connector=aiohttp.UnixConnector(path=str(self.socket)),
-            timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=5.0),
-        )
 
     def _unreachable(self, exc: BaseException) -> DaemonUnreachable:
         return DaemonUnreachable(
@@ -71,51 +81,61 @@ class Client:
             f" start it with `baton up --state-dir {self.state_dir}`"
         )
 
-    @staticmethod
-    async def _raise_for(resp: aiohttp.ClientResponse) -> None:
-        if resp.status < 400:
-            return
-        text = await resp.text()
+    def _open(
+        self, method: str, path: str, body: Any, timeout: float | None
+    ) -> tuple[_UnixHTTPConnection, http.client.HTTPResponse]:
+        conn = _UnixHTTPConnection(self.socket, timeout)
         try:
-            body = json.loads(text)
-            raise ApiError(str(body.get("error", text)), int(body.get("exit_code", 1)))
-        except (ValueError, AttributeError):
-            raise ApiError(f"the daemon answered {resp.status}: {text[:300]}", 1) from None
+            payload = None if body is None else json.dumps(body).encode()
+            headers = {"Content-Type": "application/json"} if payload is not None else {}
+            conn.request(method, path, body=payload, headers=headers)
+            resp = conn.getresponse()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise self._unreachable(exc) from None
+        if resp.status >= 400:
+            text = resp.read().decode(errors="replace")
+            conn.close()
+            try:
+                answer = json.loads(text)
+                error, code = str(answer.get("error", text)), int(answer.get("exit_code", 1))
+            except (ValueError, AttributeError):
+                error, code = f"the daemon answered {resp.status}: {text[:300]}", 1
+            raise ApiError(error, code)
+        return conn, resp
+
+    def _call(self, method: str, path: str, body: Any, timeout: float | None) -> Any:
+        conn, resp = self._open(method, path, body, timeout)
+        try:
+            return json.loads(resp.read())
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._unreachable(exc) from None
+        finally:
+            conn.close()
 
     async def call(
         self, method: str, path: str, body: Any = None, timeout: float | None = 30.0
     ) -> Any:
-        try:
-            async with (
-                self._session(timeout) as session,
-                session.request(method, f"http://baton{path}", json=body) as resp,
-            ):
-                await self._raise_for(resp)
-                return await resp.json()
-        except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionError) as exc:
-            raise self._unreachable(exc) from None
+        return await asyncio.to_thread(self._call, method, path, body, timeout)
 
     async def stream(self, method: str, path: str, body: Any = None) -> AsyncIterator[Any]:
         """Newline-delimited JSON from the API, one object at a time."""
+        conn, resp = await asyncio.to_thread(self._open, method, path, body, None)
         try:
-            async with (
-                self._session(None) as session,
-                session.request(method, f"http://baton{path}", json=body) as resp,
-            ):
-                await self._raise_for(resp)
-                while True:
-                    line = await resp.content.readline()
-                    if not line:
-                        return
-                    if line.strip():
-                        yield json.loads(line)
-        except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionError) as exc:
-            raise self._unreachable(exc) from None
-        except aiohttp.ClientError as exc:
-            raise DaemonUnreachable(
-                f"lost the connection to the daemon ({exc.__class__.__name__}); it may have"
-                " stopped: see `baton status` once it runs again"
-            ) from None
+            while True:
+                try:
+                    line = await asyncio.to_thread(resp.readline)
+                except (OSError, http.client.HTTPException) as exc:
+                    raise DaemonUnreachable(
+                        f"lost the connection to the daemon ({exc.__class__.__name__}); it may"
+                        " have stopped: see `baton status` once it runs again"
+                    ) from None
+                if not line:
+                    return
+                if line.strip():
+                    yield json.loads(line)
+        finally:
+            conn.close()
 
     async def answers(self) -> dict[str, Any] | None:
         try:
@@ -310,7 +330,21 @@ async def _follow(client: Client, path: str, body: dict[str, Any]) -> int:
 # -- commands ------------------------------------------------------------------------------------
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The CLI's commands; ``proxy`` is imported only when used (it loads the data plane)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), "proxy"])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name == "proxy":
+            from baton.proxy.cli import proxy_command
+
+            return proxy_command
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -682,14 +716,6 @@ async def _image_facts(cfg: AppConfig) -> ImageFacts:
         finally:
             runtime.close()
     return ImageFacts(image, found=True, healthcheck=healthcheck)
-
-
-try:
-    from baton.proxy.cli import proxy_command
-except ImportError:  # the data plane is not installed in this build
-    pass
-else:
-    main.add_command(proxy_command)
 
 
 if __name__ == "__main__":
