@@ -15,6 +15,7 @@ import asyncio
 import http.client
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -400,6 +401,42 @@ def up(ctx: click.Context, sub_state_dir: Path | None, detach: bool) -> None:
         f"[red]error:[/red] the daemon did not answer within {UP_TIMEOUT:g}s; see {log_path}"
     )
     raise SystemExit(3)
+
+
+@main.command()
+@state_dir_option
+@click.option(
+    "--timeout",
+    default="30s",
+    show_default=True,
+    help="How long the new proxy has to take over before it is killed.",
+)
+@click.option(
+    "--proxy-command",
+    default=None,
+    help="Command that runs the new proxy (default: this Baton's own), e.g. from a new venv.",
+)
+@click.pass_context
+def upgrade(
+    ctx: click.Context, sub_state_dir: Path | None, timeout: str, proxy_command: str | None
+) -> None:
+    """Replace the running proxy with a new process without refusing a connection."""
+    from baton.config import parse_duration
+
+    try:
+        seconds = parse_duration(timeout)
+    except ValueError as exc:
+        _fail(UsageError(f"--timeout: {exc}"))
+    command = shlex.split(proxy_command) if proxy_command else None
+    if proxy_command is not None and not command:
+        _fail(UsageError("--proxy-command: expected a command"))
+    client = Client(state_dir_of(ctx, sub_state_dir))
+    body = {"command": command, "timeout": seconds}
+    result = _run(client.call("POST", "/proxy/upgrade", body, timeout=seconds + 30))
+    console.print(
+        f"proxy upgraded without a gap: pid {result['old_pid']} → {result['pid']}"
+        f" (Baton {result.get('version')}); the old one retires once its connections end"
+    )
 
 
 @main.command()

@@ -83,10 +83,12 @@ class Api:
         *,
         proxy_info: Callable[[], dict[str, Any]],
         shutdown: Callable[[], None],
+        upgrade_proxy: Callable[[list[str] | None, float], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
         self.engine = engine
         self._proxy_info = proxy_info
         self._shutdown = shutdown
+        self._upgrade_proxy = upgrade_proxy
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._errors])
@@ -100,6 +102,7 @@ class Api:
                 web.get("/history", self.history),
                 web.get("/logs", self.logs),
                 web.post("/shutdown", self.shutdown),
+                web.post("/proxy/upgrade", self.upgrade_proxy),
             ]
         )
         return app
@@ -206,6 +209,38 @@ class Api:
     async def shutdown(self, request: web.Request) -> web.Response:
         asyncio.get_running_loop().call_later(0.05, self._shutdown)
         return web.json_response({"ok": True, "pid": os.getpid()})
+
+    async def upgrade_proxy(self, request: web.Request) -> web.Response:
+        """Replace the proxy process without refusing a connection (``baton upgrade``)."""
+        body = await _body(request)
+        unknown = sorted(set(body) - {"command", "timeout"})
+        if unknown:
+            raise UsageError(f"unknown field {unknown[0]!r} (expected command, timeout)")
+        command = body.get("command")
+        if command is not None and (
+            not isinstance(command, list)
+            or not command
+            or not all(isinstance(c, str) and c for c in command)
+        ):
+            raise UsageError("command: expected a non-empty list of strings")
+        timeout = body.get("timeout", 30)
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 < timeout <= 600
+        ):
+            raise UsageError("timeout: expected a number of seconds between 0 and 600")
+        running = self.engine.store.running_deployments()
+        if running:
+            return _error(
+                f"a deployment of {running[0].app!r} is running; upgrade the proxy after it", 3
+            )
+        if self._upgrade_proxy is None:
+            return _error("this server cannot upgrade its proxy", 1)
+        try:
+            return web.json_response(await self._upgrade_proxy(command, float(timeout)))
+        except BatonError as exc:
+            return _error(str(exc), 1)
 
 
 async def _tail(

@@ -37,6 +37,7 @@ from typing import IO, Any
 
 from aiohttp import web
 
+from baton import __version__
 from baton.deploy.engine import Engine, Router
 from baton.deploy.proxyclient import ProxyClient, ProxyUnavailable
 from baton.errors import BatonError
@@ -50,6 +51,7 @@ WATCH_INTERVAL = 0.25  # how often the proxy is checked
 WATCH_FAILURES = 3  # consecutive failed health checks before a live proxy is replaced
 PROXY_START_TIMEOUT = 15.0
 PROXY_STOP_TIMEOUT = 35.0
+PROXY_UPGRADE_TIMEOUT = 30.0
 INSTANCE_WATCH_INTERVAL = 1.0  # how often live instances are checked for death
 
 
@@ -101,6 +103,8 @@ class ProxySupervisor:
         self.adopted = False
         self._proc: asyncio.subprocess.Process | None = None
         self._log: IO[bytes] | None = None
+        self.version: str | None = None  # the running proxy's Baton version
+        self._changing = asyncio.Lock()  # one restart or upgrade at a time
 
     def info(self) -> dict[str, Any]:
         return {"pid": self.pid, "restarts": self.restarts, "socket": str(self.socket)}
@@ -113,6 +117,7 @@ class ProxySupervisor:
             await self.restart()
             return
         self.pid = int(health.get("pid") or 0) or None
+        self.version = health.get("version")
         self.adopted = True
         if self.pid:
             self.pid_file.write_text(f"{self.pid}\n")
@@ -226,11 +231,68 @@ class ProxySupervisor:
             )
             self.restarts += 1
             try:
-                await self.restart()
+                async with self._changing:
+                    await self.restart()
                 failures, backoff = 0, 0.0
             except BatonError as exc:
                 log.error("could not restart the proxy: %s", exc)
                 backoff = min(5.0, backoff * 2 + 0.5)
+
+    async def upgrade(
+        self, command: list[str] | None = None, timeout: float = PROXY_UPGRADE_TIMEOUT
+    ) -> dict[str, Any]:
+        """Replace the running proxy by a new process without refusing one connection.
+
+        The new proxy takes the listening sockets and the route table over from the old one
+        (``baton.proxy.handoff``) and answers on ``proxy.sock`` once it is ready; only then
+        does the old one retire. A new proxy that exits or is not ready within ``timeout``
+        is killed, and the old one goes on serving: nothing changed for users.
+        """
+        async with self._changing:
+            old = await self.client.health(timeout=5.0)
+            old_pid = int(old.get("pid") or 0)
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            if self._log is None:
+                self._log = self.log_path.open("ab")
+            argv = [*(command or [sys.executable, "-m", "baton.proxy"])]
+            argv += ["--admin", str(self.socket), "--takeover"]
+            self._log.write(f"--- baton: upgrading the proxy: {' '.join(argv)}\n".encode())
+            self._log.flush()
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=self._log,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise BatonError(f"cannot start the new proxy ({argv[0]}): {exc}") from None
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.returncode is not None:
+                    why = f"exited with status {proc.returncode} before taking over"
+                    break
+                with contextlib.suppress(BatonError):
+                    health = await self.client.health(timeout=1.0)
+                    if health.get("pid") == proc.pid:
+                        self._proc, self.pid, self.adopted = proc, proc.pid, False
+                        self.version = health.get("version")
+                        self.pid_file.write_text(f"{self.pid}\n")
+                        log.info("proxy upgraded: pid %s -> %s", old_pid, proc.pid)
+                        return {"old_pid": old_pid, "pid": proc.pid, "version": self.version}
+                if time.monotonic() >= deadline:
+                    why = f"was not ready within {timeout:g}s"
+                    break
+                await asyncio.sleep(0.05)
+            await self._kill(proc.pid, 1.0)
+            for leftover in (f"{self.socket}.next", f"{self.socket}.next.handoff"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(leftover)
+            raise BatonError(
+                f"the new proxy {why}; the old one (pid {old_pid}) goes on serving\n"
+                f"{_tail(self.log_path, 10)}"
+            )
 
     async def stop(self) -> None:
         """SIGTERM: the proxy stops accepting and finishes in-flight requests, then exits."""
@@ -276,9 +338,23 @@ async def serve(state_dir: Path) -> int:
     background: list[asyncio.Task[None]] = []
     try:
         await supervisor.ensure()
+        if supervisor.adopted and supervisor.version != __version__:
+            # Baton was upgraded while its proxy kept running: hand over to the new code.
+            log.warning(
+                "the proxy runs Baton %s, this is %s: upgrading it", supervisor.version, __version__
+            )
+            try:
+                await supervisor.upgrade()
+            except BatonError as exc:
+                log.error("could not upgrade the proxy: %s", exc)
         for note in await engine.recover():
             log.warning("recovery: %s", note)
-        api = Api(engine, proxy_info=supervisor.info, shutdown=stop.set)
+        api = Api(
+            engine,
+            proxy_info=supervisor.info,
+            shutdown=stop.set,
+            upgrade_proxy=supervisor.upgrade,
+        )
         runner = web.AppRunner(api.app(), handle_signals=False, access_log=None)
         await runner.setup()
         sock = api_socket(state_dir)
