@@ -544,8 +544,14 @@ class Engine:
         if step.kind == "pre_deploy":
             await self._hook(d, "pre_deploy", cfg.hooks.pre_deploy, {})
         elif step.kind == "start":
-            for index in step.new:
-                await self._start_instance(d, index)
+            # Concurrently: a container takes a Docker round trip or three to create and start.
+            # Every instance that did start is in d.started, so an undo stops it.
+            results = await asyncio.gather(
+                *(self._start_instance(d, index) for index in step.new), return_exceptions=True
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
         elif step.kind == "ready":
             await self._wait_ready(d, step.new)
         elif step.kind == "smoke_test":
