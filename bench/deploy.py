@@ -1,7 +1,7 @@
 """Deploy benchmark: Baton's own overhead per deploy, and failed requests under wrk.
 
     .venv/bin/python bench/deploy.py [--deploys 20] [--connections 16] [--strategy blue-green]
-                                     [--json out.json]
+                                     [--runtime process|docker] [--json out.json]
 
 One run, in a temp dir, on free 127.0.0.1 ports:
 
@@ -15,6 +15,12 @@ One run, in a temp dir, on free 127.0.0.1 ports:
    the command's exit, minus the app's boot time: that is Baton's overhead (CLI start-up,
    readiness polling, the switch, drain and stop of the old release).
 4. wrk's failed requests (socket errors + non-2xx/3xx) over all the deploys.
+
+With ``--runtime docker`` the app is a container: a tiny ``FROM scratch`` busybox httpd
+image built here (``tests/support/images.py``, two tags alternating), deployed with
+``baton deploy --image``. Its boot time (the peer) is a container started through the
+Docker runtime directly (create, start, port published) until the first 2xx on ``/up``,
+polled at the same interval; median of 5.
 
 Target: overhead to the switch under 1 s for a blue-green deploy of an app that is ready
 at once; zero failed requests. The same machine runs wrk, the proxy, the control plane and
@@ -74,7 +80,64 @@ def app_boot_seconds(samples: int = 5) -> float:
     return statistics.median(times)
 
 
-def write_config(path: Path, port: int, strategy: str) -> None:
+def container_boot_seconds(image: str, samples: int = 5) -> float:
+    """Median time from asking the Docker runtime for a container to its first 2xx on /up."""
+    import asyncio
+
+    from baton.deploy.probes import ProbeError, http_get
+    from baton.runtime.docker import DockerInstanceSpec, DockerRuntime
+
+    async def one(runtime: DockerRuntime, n: int, log_dir: Path) -> float:
+        started = time.monotonic()
+        spec = DockerInstanceSpec(
+            app="bench-boot", version="boot", index=n, image=image, port=8080, log_dir=log_dir
+        )
+        instance = await runtime.start(spec)
+        try:
+            deadline = started + 30
+            while time.monotonic() < deadline:
+                with contextlib.suppress(ProbeError):
+                    status, _ = await http_get(instance.address, "/up", 2.0)
+                    if 200 <= status < 300:
+                        break
+                await asyncio.sleep(HEALTH_INTERVAL)
+            return time.monotonic() - started
+        finally:
+            await runtime.stop(instance, 5)
+
+    async def run() -> list[float]:
+        with tempfile.TemporaryDirectory(prefix="baton-bench-boot-") as tmp:
+            runtime = DockerRuntime(Path(tmp))
+            try:
+                return [await one(runtime, n, Path(tmp)) for n in range(samples)]
+            finally:
+                runtime.close()
+
+    return statistics.median(asyncio.run(run()))
+
+
+def write_config(path: Path, port: int, strategy: str, image: str | None = None) -> None:
+    if image is not None:
+        path.write_text(
+            f"""app: bench
+runtime: docker
+proxy:
+  listen: 127.0.0.1:{port}
+run:
+  image: {image}
+  port: 8080
+instances: 2
+health: {{path: /up, interval: {int(HEALTH_INTERVAL * 1000)}ms, success_threshold: 2}}
+deploy:
+  strategy: {strategy}
+  ready_timeout: 30s
+  drain_timeout: 10s
+  stop_timeout: 5s
+  keep_previous: 0s
+  verify: 0s
+"""
+        )
+        return
     path.write_text(
         f"""app: bench
 proxy:
@@ -106,12 +169,15 @@ def baton(state_dir: Path, *args: str, timeout: float = 120) -> subprocess.Compl
     )
 
 
-def timed_deploy(state_dir: Path, config: Path, version: str) -> tuple[float, float]:
+def timed_deploy(
+    state_dir: Path, config: Path, version: str, image: str | None = None
+) -> tuple[float, float]:
     """(seconds to the switch line, seconds to exit) of one `baton deploy`."""
+    what = ["--image", image] if image is not None else ["--env", f"APP_VERSION={version}"]
     started = time.monotonic()
     proc = subprocess.Popen(
         [*BATON, "--state-dir", str(state_dir), "deploy", "-c", str(config),
-         "--version", version, "--env", f"APP_VERSION={version}"],
+         "--version", version, *what],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -145,16 +211,35 @@ def main() -> int:
     parser.add_argument("--deploys", type=int, default=20)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--strategy", choices=["blue-green", "rolling"], default="blue-green")
+    parser.add_argument("--runtime", choices=["process", "docker"], default="process")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     require_tools("wrk")
 
-    boot = app_boot_seconds()
+    images = None
+    tags: list[str | None] = [None, None]
+    if args.runtime == "docker":
+        from tests.support.images import ImageCache
+
+        images = ImageCache()
+        tags = [images.get("a"), images.get("b")]
+        print(f"built {tags[0]} and {tags[1]} (busybox httpd, FROM scratch)")
+    try:
+        return run(args, tags)
+    finally:
+        if images is not None:
+            images.close()
+
+
+def run(args: argparse.Namespace, tags: list[str | None]) -> int:
+    docker = tags[0] is not None
+    boot = container_boot_seconds(str(tags[0])) if docker else app_boot_seconds()
     cli_start = statistics.median(
         [_timed(lambda: baton(Path("/nonexistent"), "--version")) for _ in range(3)]
     )
     print(
-        f"app boot (spawn to first healthy answer): {boot:.3f}s; `baton --version`: {cli_start:.3f}s"
+        f"app boot ({'container' if docker else 'spawn'} to first healthy answer): {boot:.3f}s;"
+        f" `baton --version`: {cli_start:.3f}s"
     )
 
     with tempfile.TemporaryDirectory(prefix="baton-bench-deploy-") as tmp:
@@ -162,13 +247,13 @@ def main() -> int:
         state_dir = root / "state"
         config = root / "baton.yml"
         port = free_port()
-        write_config(config, port, args.strategy)
+        write_config(config, port, args.strategy, tags[0])
         up = baton(state_dir, "up", "--detach", timeout=60)
         if up.returncode != 0:
             raise SystemExit(f"baton up failed:\n{up.stdout}{up.stderr}")
         wrk: subprocess.Popen[str] | None = None
         try:
-            timed_deploy(state_dir, config, "v0")
+            timed_deploy(state_dir, config, "v0", tags[0])
             wrk = subprocess.Popen(
                 ["wrk", "-t2", f"-c{args.connections}", "-d3600s", "--timeout=5s", "--latency",
                  f"http://127.0.0.1:{port}/"],
@@ -179,7 +264,7 @@ def main() -> int:
             time.sleep(1.0)
             switch, end = [], []
             for n in range(1, args.deploys + 1):
-                to_switch, to_end = timed_deploy(state_dir, config, f"v{n}")
+                to_switch, to_end = timed_deploy(state_dir, config, f"v{n}", tags[n % 2])
                 switch.append(to_switch - boot)
                 end.append(to_end - boot)
                 print(f"  deploy {n:2d}: switch +{to_switch:.3f}s, done +{to_end:.3f}s", flush=True)
@@ -193,6 +278,7 @@ def main() -> int:
             baton(state_dir, "down", timeout=120)
 
     report: dict[str, Any] = {
+        "runtime": args.runtime,
         "strategy": args.strategy,
         "deploys": args.deploys,
         "app_boot_s": boot,
@@ -202,7 +288,9 @@ def main() -> int:
         "wrk": result.as_dict(),
     }
     s, e = report["overhead_to_switch_s"], report["overhead_to_end_s"]
-    print(f"\n{args.deploys} {args.strategy} deploys under wrk -c{args.connections}:")
+    print(
+        f"\n{args.deploys} {args.strategy} deploys ({args.runtime}) under wrk -c{args.connections}:"
+    )
     print(f"  Baton overhead to the switch (minus app boot): median {s['median']:.3f}s,"
           f" p90 {s['p90']:.3f}s, max {s['max']:.3f}s  (target < 1 s)")  # fmt: skip
     print(f"  Baton overhead to the end    (minus app boot): median {e['median']:.3f}s,"
