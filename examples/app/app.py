@@ -13,7 +13,9 @@ Routes:
 
 Environment: PORT (or --port), APP_VERSION (default v1), FAIL_ON_START=1 (exit 1 at once),
 NEVER_HEALTHY=1, ERROR_RATE=0.3, BOOT_DELAY=S (sleep before listening), SHUTDOWN_GRACE=S
-(default 30), ACCESS_LOG=1 (log every request to stderr).
+(default 30), ACCESS_LOG=1 (log every request to stderr), LATENCY_MS=N (``GET /`` sleeps N
+ms first), LATENCY_JITTER_MS=N (plus a random, exponentially distributed extra N ms on
+average: noisy latency for canary benchmarks).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from types import FrameType
 from urllib.parse import parse_qs, urlsplit
 
 VERSION = os.environ.get("APP_VERSION", "v1")
+LATENCY_MS = float(os.environ.get("LATENCY_MS", "0") or 0)
+LATENCY_JITTER_MS = float(os.environ.get("LATENCY_JITTER_MS", "0") or 0)
 
 
 def log(message: str) -> None:
@@ -119,6 +123,11 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         url = urlsplit(self.path)
         if url.path == "/":
+            delay = LATENCY_MS + (
+                random.expovariate(1.0 / LATENCY_JITTER_MS) if LATENCY_JITTER_MS else 0
+            )
+            if delay > 0:
+                time.sleep(delay / 1000.0)
             rate = float(os.environ.get("ERROR_RATE", "0") or 0)
             if rate > 0 and random.random() < rate:
                 self.reply(500, b"error on purpose\n")
