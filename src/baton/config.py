@@ -34,7 +34,7 @@ health.path                       none            readiness path (none = ready o
 health.interval                   100ms           time between readiness checks
 health.timeout                    2s              time-out of one readiness check
 health.success_threshold          2               consecutive 2xx answers needed
-deploy.strategy                   blue-green      blue-green or rolling
+deploy.strategy                   blue-green      blue-green, rolling or canary
 deploy.max_surge                  1               rolling: instances replaced at a time
 deploy.ready_timeout              60s             time an instance has to become ready
 deploy.drain_timeout              30s             longest wait for in-flight requests to finish
@@ -42,6 +42,16 @@ deploy.stop_timeout               10s             SIGTERM, then SIGKILL after th
 deploy.keep_previous              10m             how long the previous release stays warm
 deploy.verify                     10s             watch window after the switch (0 = off)
 deploy.max_error_rate             5%              error rate during verify that rolls back
+deploy.canary.steps               5%/60s, 25%/60s, 50%/2m
+                                                  canary: new release's weight and hold, per step
+deploy.canary.stickiness          cookie          cookie, header:<name>, client-ip or none
+deploy.canary.analysis.min_requests 200           requests per release per step before a verdict
+deploy.canary.analysis.max_error_rate 1%          absolute error ceiling of the canary
+deploy.canary.analysis.max_error_rate_increase 0.5%  canary minus baseline error rate, at most
+deploy.canary.analysis.max_latency_ratio 1.25     canary p95 / baseline p95, at most
+deploy.canary.analysis.confidence 0.95            confidence of the statistical tests
+deploy.canary.max_hold_extensions 3               extra holds of an inconclusive step, then fail
+deploy.canary.release_secret      none            X-Baton-Secret for non-loopback release pinning
 hooks.pre_deploy                  none            shell command before anything starts
 hooks.smoke_test                  none            shell command against a new instance
 hooks.post_deploy                 none            shell command after the deployment
@@ -69,7 +79,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -541,10 +551,121 @@ class HealthConfig(_Section):
         return None if value is None else _check_path("a path like /up")(value)
 
 
+def _check_stickiness(value: object) -> str:
+    hint = "cookie, client-ip, none or header:<name> (like header:X-User)"
+    if not isinstance(value, str):
+        raise ValueError(f"expected {hint}, got {_shown(value)}")
+    if value in ("cookie", "client-ip", "none"):
+        return value
+    name = value[len("header:") :] if value.startswith("header:") else ""
+    if not name or not all(c.isalnum() or c in "-_" for c in name):
+        raise ValueError(f"expected {hint}, got {_shown(value)}")
+    return value
+
+
+def _check_secret(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) < 16 or any(c.isspace() for c in value):
+        raise ValueError(
+            f"expected a secret of at least 16 characters, no spaces, got {_shown(value)}"
+        )
+    return value
+
+
+def _check_ratio(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise ValueError(f"expected a ratio like 1.25, got {_shown(value)}")
+    if not 1.0 <= value <= 100.0:
+        raise ValueError(
+            f"expected a ratio between 1 and 100 (canary p95 / baseline p95), got {_shown(value)}"
+        )
+    return float(value)
+
+
+def _check_confidence(value: object) -> float:
+    fraction = parse_percent(value)
+    if not 0.5 <= fraction < 1.0:
+        raise ValueError(
+            f"expected a confidence between 50% and 100% (exclusive), like 0.95, got {_shown(value)}"
+        )
+    return fraction
+
+
+class CanaryStep(_Section):
+    weight: Annotated[int, BeforeValidator(_int_at_least(1, 100))] = Field(
+        description="share of the traffic (percent) the new release gets during the step"
+    )
+    hold: Annotated[float, BeforeValidator(_duration_at_least(1.0)), _Kind("duration")] = Field(
+        description="how long the step lasts before it is judged"
+    )
+
+
+def _default_steps() -> list[CanaryStep]:
+    return [
+        CanaryStep(weight=5, hold=60.0),
+        CanaryStep(weight=25, hold=60.0),
+        CanaryStep(weight=50, hold=120.0),
+    ]
+
+
+class CanaryAnalysisConfig(_Section):
+    min_requests: Annotated[int, BeforeValidator(_int_at_least(1, 10_000_000))] = Field(
+        default=200, description="requests per release per step before any verdict"
+    )
+    max_error_rate: Percent = Field(
+        default=0.01, description="absolute error ceiling of the canary"
+    )
+    max_error_rate_increase: Percent = Field(
+        default=0.005, description="canary error rate minus the baseline's, at most"
+    )
+    max_latency_ratio: Annotated[float, BeforeValidator(_check_ratio)] = Field(
+        default=1.25, description="canary p95 / baseline p95, at most (when significant)"
+    )
+    confidence: Annotated[float, BeforeValidator(_check_confidence)] = Field(
+        default=0.95, description="confidence of the statistical tests"
+    )
+
+
+class CanaryConfig(_Section):
+    steps: Annotated[list[CanaryStep], _Shown("5%/60s, 25%/60s, 50%/2m")] = Field(
+        default_factory=_default_steps,
+        description="canary: weight of the new release and how long to hold it, per step",
+    )
+    stickiness: Annotated[str, BeforeValidator(_check_stickiness)] = Field(
+        default="cookie",
+        description="canary: keeps a client on one release (cookie, header:<name>,"
+        " client-ip, none)",
+    )
+    analysis: CanaryAnalysisConfig = Field(
+        default=CanaryAnalysisConfig(), description="canary judgement"
+    )
+    max_hold_extensions: Annotated[int, BeforeValidator(_int_at_least(0, 100))] = Field(
+        default=3,
+        description="canary: times an inconclusive step (too little traffic) is held for"
+        " another hold before it fails",
+    )
+    release_secret: Annotated[str | None, BeforeValidator(_check_secret)] = Field(
+        default=None,
+        description="lets non-loopback clients pick a release with X-Baton-Release"
+        " (sent as X-Baton-Secret)",
+    )
+
+    @field_validator("steps")
+    @classmethod
+    def _some_steps(cls, steps: list[CanaryStep]) -> list[CanaryStep]:
+        if not steps:
+            raise ValueError("expected at least one step, like {weight: 5, hold: 60s}")
+        if len(steps) > 20:
+            raise ValueError(f"expected at most 20 steps, got {len(steps)}")
+        return steps
+
+
 class DeployConfig(_Section):
     strategy: Annotated[
-        Literal["blue-green", "rolling"], BeforeValidator(_one_of("blue-green", "rolling"))
-    ] = Field(default="blue-green", description="blue-green or rolling")
+        Literal["blue-green", "rolling", "canary"],
+        BeforeValidator(_one_of("blue-green", "rolling", "canary")),
+    ] = Field(default="blue-green", description="blue-green, rolling or canary")
     max_surge: Annotated[int, BeforeValidator(_int_at_least(1))] = Field(
         default=1, description="rolling: instances replaced at a time"
     )
@@ -562,6 +683,7 @@ class DeployConfig(_Section):
     max_error_rate: Percent = Field(
         default=0.05, description="error rate during verify that rolls back"
     )
+    canary: CanaryConfig = Field(default=CanaryConfig(), description="canary releases")
 
 
 class HooksConfig(_Section):
@@ -670,12 +792,15 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
 def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
     model: type[BaseModel] = AppConfig
     for part in loc:
-        field = model.model_fields.get(str(part))
-        if field is None or not (
-            isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
-        ):
+        if isinstance(part, int):
+            continue  # an item of a list of models (deploy.canary.steps[0])
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field is not None else None
+        if get_origin(annotation) is list:
+            annotation = (get_args(annotation) or (None,))[0]
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return None
-        model = field.annotation
+        model = annotation
     return model
 
 

@@ -232,7 +232,7 @@ BAD_CONFIGS: list[tuple[str, str | None, list[str]]] = [
     (MINIMAL + "deploy: {stop_timeout: -1s}\n", "deploy.stop_timeout", ["0 or more", "'-1s'"]),
     (MINIMAL + "deploy: {ready_timeout: 0}\n", "deploy.ready_timeout", ["at least"]),
     (MINIMAL + "deploy: {drain_timout: 1s}\n", "deploy.drain_timout", ["unknown key", "drain_timeout", "did you mean"]),
-    (MINIMAL + "deploy: {strategy: canary}\n", "deploy.strategy", ["blue-green, rolling", "'canary'"]),
+    (MINIMAL + "deploy: {strategy: recreate}\n", "deploy.strategy", ["blue-green, rolling, canary", "'recreate'"]),
     (MINIMAL + "deploy: {max_surge: 0}\n", "deploy.max_surge", ["≥ 1"]),
     (MINIMAL + "deploy: {max_error_rate: 5}\n", "deploy.max_error_rate", ["percentage", "got 5"]),
     (MINIMAL + "deploy: {max_error_rate: 120%}\n", "deploy.max_error_rate", ["between 0% and 100%"]),
@@ -420,7 +420,7 @@ def test_overrides_merge_env_and_replace_command_and_strategy(tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("env", "command", "strategy", "key"),
     [
-        ({}, None, "canary", "--strategy"),
+        ({}, None, "recreate", "--strategy"),
         ({}, "", None, "--command"),
         ({"PORT": "1"}, None, None, "--env"),
         ({"bad-name": "1"}, None, None, "--env"),
