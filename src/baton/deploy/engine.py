@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from baton.config import AppConfig, LoadedConfig, apply_overrides, load_config, parse_config
 from baton.deploy.plan import (
@@ -37,11 +37,13 @@ from baton.deploy.plan import (
     plan_recovery,
     primary_release,
     release_counts,
+    release_options,
     route_table,
     split_weights,
     unique_label,
 )
 from baton.deploy.proxyclient import ProxyClient, ProxyUnavailable
+from baton.deploy.traffic import Traffic
 from baton.errors import (
     BatonError,
     DaemonUnreachable,
@@ -51,6 +53,9 @@ from baton.errors import (
 )
 from baton.runtime.base import Instance, InstanceSpec, Runtime, Runtimes
 from baton.state.store import InstanceRow, ReleaseRow, Store
+
+if TYPE_CHECKING:
+    from baton.deploy.canary import CanaryControl
 
 log = logging.getLogger("baton.engine")
 
@@ -154,7 +159,10 @@ class Router:
         config = next((r.config for r, p in pools if p.release == primary), None)
         if config is None:
             return None
-        return app_route(config, [p for _, p in pools])
+        route = app_route(config, [p for _, p in pools])
+        if route is not None:
+            route.update(release_options(pools[-1][0].config))  # the newest release decides
+        return route
 
     def table(self) -> dict[str, Any]:
         return route_table({a.name: self.app_route(a.name) for a in self.store.apps()})
@@ -262,6 +270,8 @@ class Engine:
         self._replace_after: dict[int, tuple[float, float]] = {}  # release id -> (when, backoff)
         self.replaced: dict[str, list[dict[str, Any]]] = {}
         self.reconciled: dict[str, Any] | None = None
+        self.canaries: dict[str, CanaryControl] = {}  # app -> its running canary
+        self.traffic = Traffic()  # recent proxy metrics: canary guard, `baton status`
 
     def runtime_for(self, release: ReleaseRow) -> Runtime:
         return self.runtimes.get(runtime_name(release.config))
@@ -496,6 +506,11 @@ class Engine:
         return d.switched
 
     async def _steps(self, d: _Deploy) -> None:
+        if d.strategy == "canary":
+            from baton.deploy.canary import run_canary
+
+            await run_canary(self, d)  # comes back here as blue-green when it cannot canary
+            return
         cfg = d.cfg
         prev_routed = self.store.instances(d.previous.id, ("routed",)) if d.previous else []
         if d.warm_switch:

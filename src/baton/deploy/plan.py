@@ -217,6 +217,22 @@ def app_route(config: Mapping[str, Any], pools: Sequence[Pool]) -> dict[str, Any
     }
 
 
+def release_options(config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The route's ``stickiness`` and ``release_secret`` from the newest release's config.
+
+    Stickiness only while a canary splits the traffic (a rolling deploy's split is not one);
+    the secret always, so staff can reach a warm release too. Empty when both are default.
+    """
+    deploy = (config or {}).get("deploy") or {}
+    canary = deploy.get("canary") or {}
+    options: dict[str, Any] = {}
+    if deploy.get("strategy") == "canary" and canary.get("stickiness", "none") != "none":
+        options["stickiness"] = canary["stickiness"]
+    if canary.get("release_secret"):
+        options["release_secret"] = canary["release_secret"]
+    return options
+
+
 def route_table(apps: Mapping[str, dict[str, Any] | None]) -> dict[str, Any]:
     """The whole table: every app that has something to route."""
     return {"apps": {name: route for name, route in sorted(apps.items()) if route is not None}}
@@ -297,12 +313,15 @@ def plan_recovery(
     The aim is that the proxy ends up routing to exactly one release whose instances run:
     - before any traffic moved (pre_deploy, start, ready, smoke test of the first batch): undo;
     - after a passed verification (drain, stop, keep warm, post_deploy): finish;
+    - during a canary's steps (``canary#N``): undo while the stable release still runs;
     - in between (switch, verify, a rolling batch, switching back): the previous release wins
       while it still runs, else the new one if it runs.
     """
     kind, batch = parse_step(step)
     if kind == "rollback":
         return "undo", "it was switching back to the previous release"
+    if kind == "canary" and has_previous and previous_alive > 0:
+        return "undo", "an unfinished canary goes back to the stable release"
     if kind in _BEFORE_TRAFFIC and (batch is None or batch == 0):
         return "undo", "no traffic had moved to the new release yet"
     if kind in _AFTER_VERIFY and batch is None:

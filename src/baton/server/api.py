@@ -14,6 +14,8 @@ Deployments stream their progress as newline-delimited JSON events; the last one
 |                      | image?                                          |                     |
 | POST /rollback       | app? or config?, version?                       | event stream        |
 | GET  /deployments/ID/events |                                          | event stream        |
+| POST /promote        | app? or config? (a running canary: promote now) | event stream        |
+| POST /abort          | app? or config? (a running canary: abort now)   | event stream        |
 | GET  /history        | ?app=&limit=                                    | deployments         |
 | GET  /logs           | ?app=&version=&lines=&follow=1                  | line stream         |
 | POST /shutdown       |                                                 | ok, then stops      |
@@ -30,6 +32,8 @@ from typing import Any
 from aiohttp import web
 
 from baton.config import load_config
+from baton.deploy.canary import Request, annotate_status, canary_events
+from baton.deploy.canary import request as canary_request
 from baton.deploy.engine import DeploymentRun, Engine
 from baton.errors import BatonError, UsageError
 from baton.runtime.base import Instance, Runtime
@@ -99,6 +103,8 @@ class Api:
                 web.post("/deploy", self.deploy),
                 web.post("/rollback", self.rollback),
                 web.get("/deployments/{id}/events", self.events),
+                web.post("/promote", self.promote),
+                web.post("/abort", self.abort),
                 web.get("/history", self.history),
                 web.get("/logs", self.logs),
                 web.post("/shutdown", self.shutdown),
@@ -138,6 +144,7 @@ class Api:
     async def status(self, request: web.Request) -> web.Response:
         status = await self.engine.status()
         status["proxy"].update(self._proxy_info())
+        annotate_status(self.engine, status)
         return web.json_response(status)
 
     async def deploy(self, request: web.Request) -> web.StreamResponse:
@@ -168,11 +175,29 @@ class Api:
             raise UsageError(f"no deployment {request.match_info['id']} is running") from None
         return await self._stream(request, run)
 
-    async def _stream(self, request: web.Request, run: DeploymentRun) -> web.StreamResponse:
+    async def promote(self, request: web.Request) -> web.StreamResponse:
+        return await self._canary_request(request, "promote")
+
+    async def abort(self, request: web.Request) -> web.StreamResponse:
+        return await self._canary_request(request, "abort")
+
+    async def _canary_request(self, request: web.Request, what: Request) -> web.StreamResponse:
+        body = await _body(request)
+        app = self._app_name(_string(body, "app"), _string(body, "config"))
+        run = canary_request(self.engine, app, what)
+        return await self._stream(request, run, skip=len(run.events))
+
+    async def _stream(
+        self, request: web.Request, run: DeploymentRun, skip: int = 0
+    ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
         try:
+            seen = 0
             async for event in run.follow():
+                seen += 1
+                if seen <= skip and event.get("event") != "deployment":
+                    continue
                 await response.write(json.dumps(event).encode() + b"\n")
             await response.write_eof()
         except (ConnectionError, RuntimeError):
@@ -185,7 +210,11 @@ class Api:
             limit = int(request.query.get("limit", "50"))
         except ValueError:
             raise UsageError("limit: expected a number") from None
-        return web.json_response({"deployments": self.engine.history(app, limit)})
+        deployments = self.engine.history(app, limit)
+        for dep in deployments:
+            if dep.get("strategy") == "canary":
+                dep["canary"] = canary_events(self.engine, dep["id"])
+        return web.json_response({"deployments": deployments})
 
     async def logs(self, request: web.Request) -> web.StreamResponse:
         app = self._app_name(request.query.get("app"), request.query.get("config"))

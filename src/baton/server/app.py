@@ -9,10 +9,11 @@ users are served throughout; else start one), finish or undo what a previous con
 left half done (``Engine.recover``), and only then answer the API, so the first thing a
 client sees is consistent. Recovery ends with a reconcile: every instance (process or
 container) that belongs to no live or warm release is stopped and removed, and listed in
-``baton status`` (``reconcile.cleaned``). Then three loops run: the proxy watcher, which
+``baton status`` (``reconcile.cleaned``). Then four loops run: the proxy watcher, which
 restarts a dead or hung proxy and sends it the current route table; the warm-release reaper;
-and the instance watcher, which every ``INSTANCE_WATCH_INTERVAL`` replaces dead instances of
-live releases by new ones of the same release (not while the app deploys).
+the instance watcher, which every ``INSTANCE_WATCH_INTERVAL`` replaces dead instances of
+live releases by new ones of the same release (not while the app deploys); and the traffic
+sampler, which keeps the proxy's recent metrics for `baton status`.
 
 Runtimes are made per app by name (``runtime:`` in baton.yml, see ``baton.runtime.base``);
 a host whose apps all run as processes never talks to a Docker engine.
@@ -53,6 +54,7 @@ PROXY_START_TIMEOUT = 15.0
 PROXY_STOP_TIMEOUT = 35.0
 PROXY_UPGRADE_TIMEOUT = 30.0
 INSTANCE_WATCH_INTERVAL = 1.0  # how often live instances are checked for death
+TRAFFIC_SAMPLE_INTERVAL = 1.0  # how often the proxy's metrics are sampled (`baton status`)
 
 
 def api_socket(state_dir: Path) -> Path:
@@ -368,6 +370,7 @@ async def serve(state_dir: Path) -> int:
             loop.create_task(supervisor.watch(stop)),
             loop.create_task(_reap_warm(engine, stop)),
             loop.create_task(_replace_dead(engine, stop)),
+            loop.create_task(_sample_traffic(engine, stop)),
         ]
         await stop.wait()
         log.info("shutting down")
@@ -415,6 +418,17 @@ async def _replace_dead(engine: Engine, stop: asyncio.Event) -> None:
                 log.warning("instance watcher: %s", note)
         except Exception:  # a bug here must not end the watching
             log.exception("the instance watcher failed; going on")
+
+
+async def _sample_traffic(engine: Engine, stop: asyncio.Event) -> None:
+    """Keep ``engine.traffic`` fed, so `baton status` can show each release's recent figures."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), TRAFFIC_SAMPLE_INTERVAL)
+        if stop.is_set():
+            return
+        if engine.store.apps():
+            await engine.traffic.sample(engine.proxy)
 
 
 def run_server(state_dir: Path) -> int:
