@@ -292,6 +292,8 @@ class Progress:
             console.print(f"    [dim]{escape(event['hook'])}: {escape(event['line'])}[/dim]")
         elif kind == "smoke_test":
             console.print(f"    against {event['target']}")
+        elif kind in ("canary_step", "verdict", "canary", "canary_request"):
+            show_canary(event)
         elif kind == "warning":
             console.print(f"    [yellow]warning:[/yellow] {escape(event['message'])}")
         elif kind == "result":
@@ -315,6 +317,49 @@ class Progress:
             errors.print(f"  users are still on {escape(previous)}")
         else:
             errors.print("  nothing was routed to the new release")
+
+
+def show_canary(event: dict[str, Any]) -> None:
+    """One canary event of a deployment's progress: a step, a verdict, a request."""
+    kind = event.get("event")
+    if kind == "canary_step":
+        weights = ", ".join(f"{k} {v}%" for k, v in event.get("weights", {}).items())
+        console.print(
+            f"    step {event['step']}/{event['steps']}: {escape(weights)}, holding"
+            f" {event['hold']:g}s"
+        )
+    elif kind == "verdict":
+        colour = {"pass": "green", "fail": "red"}.get(event.get("verdict", ""), "yellow")
+        what = "guard" if event.get("guard") else f"verdict over {event.get('window', 0):g}s"
+        figures = event.get("figures") or {}
+        shown = ", ".join(
+            f"{side} {_figure(figures, side)}"
+            for side in ("canary", "baseline")
+            if figures.get(f"{side}_requests") is not None
+        )
+        console.print(
+            f"    {what}: [{colour}]{event.get('verdict')}[/{colour}] → {event.get('decision')}"
+            f"{' (' + escape(shown) + ')' if shown else ''}"
+        )
+        for reason in event.get("reasons", []):
+            console.print(f"      [dim]{escape(reason)}[/dim]")
+    elif kind == "canary_request":
+        console.print(f"    [bold]{event['request']} requested[/bold] (baton {event['request']})")
+    elif kind == "canary":
+        console.print(f"    canary {event.get('phase')}: {escape(event.get('message', ''))}")
+
+
+def _figure(figures: dict[str, Any], side: str) -> str:
+    """``240 req, 0.42% errors, p95 12.0 ms`` from a verdict's figures."""
+    requests = figures.get(f"{side}_requests")
+    rate = figures.get(f"{side}_error_rate")
+    p95 = figures.get(f"{side}_p95")
+    text = f"{requests} req"
+    if rate is not None:
+        text += f", {rate:.2%} errors"
+    if p95 is not None:
+        text += f", p95 {p95 * 1000:.1f} ms"
+    return text
 
 
 async def _follow(client: Client, path: str, body: dict[str, Any]) -> int:
@@ -500,7 +545,7 @@ def _alive(pid: int) -> bool:
 @click.option("--command", "command", default=None, help="Override run.command for this release.")
 @click.option(
     "--strategy",
-    type=click.Choice(["blue-green", "rolling"]),
+    type=click.Choice(["blue-green", "rolling", "canary"]),
     default=None,
     help="Override deploy.strategy for this release.",
 )
@@ -561,6 +606,61 @@ def rollback(
     raise SystemExit(_run(_follow(client, "/rollback", body)))
 
 
+async def _canary_request(client: Client, what: str, body: dict[str, Any]) -> int:
+    """Ask the running canary to promote or abort, then follow it to its end.
+
+    Exit 0 when it did what was asked (promoted and live; aborted and users back on the
+    stable release), else 1.
+    """
+    progress = Progress()
+    async for event in client.stream("POST", f"/{what}", body):
+        if event.get("event") == "deployment":
+            console.print(
+                f"asking deployment #{event['id']} ({escape(event['app'])}"
+                f" {escape(event['version'])}) to {what}"
+            )
+            continue
+        progress.show(event)
+    result = progress.result
+    if result is None:
+        raise DaemonUnreachable(
+            "lost the connection to the daemon before the deployment ended; see `baton status`"
+        )
+    if what == "promote":
+        return 0 if result.get("ok") else 1
+    return 0 if result.get("status") == "rolled_back" else 1
+
+
+@main.command()
+@state_dir_option
+@config_option
+@click.option(
+    "--app", default=None, help="The app (default: the one in baton.yml, or the only one)."
+)
+@click.pass_context
+def promote(
+    ctx: click.Context, sub_state_dir: Path | None, config: Path | None, app: str | None
+) -> None:
+    """Promote the running canary now: skip its remaining steps."""
+    client = Client(state_dir_of(ctx, sub_state_dir))
+    raise SystemExit(_run(_canary_request(client, "promote", _app_selector(config, app))))
+
+
+@main.command()
+@state_dir_option
+@config_option
+@click.option(
+    "--app", default=None, help="The app (default: the one in baton.yml, or the only one)."
+)
+@click.pass_context
+def abort(
+    ctx: click.Context, sub_state_dir: Path | None, config: Path | None, app: str | None
+) -> None:
+    """Abort the running canary now: users go back to the stable release (deploy exits 1)."""
+    client = Client(state_dir_of(ctx, sub_state_dir))
+    raise SystemExit(_run(_canary_request(client, "abort", _app_selector(config, app))))
+
+
 @main.command()
 @state_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -604,6 +704,7 @@ def status(ctx: click.Context, sub_state_dir: Path | None, as_json: bool) -> Non
                         str(inst["in_flight"]),
                     )
         console.print(table)
+        _show_traffic(app)
         dep = app.get("deployment")
         if dep:
             console.print(
@@ -618,6 +719,51 @@ def status(ctx: click.Context, sub_state_dir: Path | None, as_json: bool) -> Non
             console.print(
                 f"cleaned at start: {item['runtime']} {escape(item['version'])}#{item['index']}"
                 f" ({item['address']}), which no live or warm release routed"
+            )
+
+
+def _show_traffic(app: dict[str, Any]) -> None:
+    """Each release's recent traffic, and where a running canary is."""
+    rows = [r for r in app["releases"] if r.get("traffic")]
+    if rows:
+        seconds = max(r["traffic"].get("seconds") or 0 for r in rows)
+        table = Table(show_edge=False, box=None, pad_edge=False, title_justify="left")
+        for column in ("release", "req/s", "errors", "p50", "p95", "p99"):
+            table.add_column(column, justify="left" if column == "release" else "right")
+
+        def ms(value: float | None) -> str:
+            return "-" if value is None else f"{value * 1000:.1f} ms"
+
+        for release in rows:
+            t = release["traffic"]
+            table.add_row(
+                release["version"],
+                "-" if t.get("rate") is None else f"{t['rate']:.1f}",
+                "-" if t.get("error_rate") is None else f"{t['error_rate']:.2%}",
+                ms(t.get("p50")),
+                ms(t.get("p95")),
+                ms(t.get("p99")),
+            )
+        console.print(f"traffic, last {seconds:g}s:")
+        console.print(table)
+    canary = app.get("canary")
+    if canary:
+        step = (
+            f"step {canary['step']}/{canary['steps']} at {canary['weight']}%"
+            if canary["step"]
+            else "starting (no traffic yet)"
+        )
+        left = f", {canary['left']:g}s left" if canary.get("left") is not None else ""
+        extra = f", held again {canary['extensions']}x" if canary.get("extensions") else ""
+        confirming = ", confirming a latency fail" if canary.get("confirming") else ""
+        console.print(
+            f"canary {escape(canary['version'])} (stable {escape(canary['stable'])}): {step}"
+            f"{left}{extra}{confirming}"
+        )
+        last = canary.get("last_verdict")
+        if last:
+            console.print(
+                f"  last verdict (step {last['step']}): {last['verdict']} → {last['decision']}"
             )
 
 

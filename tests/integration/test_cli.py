@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(180)
         ({"instances": 0}, None, ["instances", "≥ 1"]),
         ({"surprise": 1}, None, ["surprise"]),
         ({"health": {"interval": "fast"}}, None, ["health.interval", "duration"]),
-        ({"deploy": {"strategy": "canary"}}, None, ["deploy.strategy"]),
+        ({"deploy": {"strategy": "recreate"}}, None, ["deploy.strategy"]),
         (None, "app: [unclosed\n", ["invalid YAML"]),
     ],
 )
@@ -44,7 +44,7 @@ async def test_a_bad_config_exits_2_naming_the_file_and_key_and_changes_nothing(
     [
         (["--env", "NOEQUALS"], "--env"),
         (["--env", "PORT=1"], "PORT"),
-        (["--strategy", "canary"], "canary"),
+        (["--strategy", "recreate"], "recreate"),
         (["-c", "missing.yml"], "file not found"),
     ],
 )
