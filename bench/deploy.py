@@ -268,6 +268,9 @@ def run(args: argparse.Namespace, tags: list[str | None]) -> int:
                 switch.append(to_switch - boot)
                 end.append(to_end - boot)
                 print(f"  deploy {n:2d}: switch +{to_switch:.3f}s, done +{to_end:.3f}s", flush=True)
+            # The peer again, under the same load: what starting the app costs on this busy
+            # host without Baton (the deploy figures above pay that cost too).
+            boot_loaded = container_boot_seconds(str(tags[0]), 3) if docker else app_boot_seconds(3)
             time.sleep(1.0)
             wrk.send_signal(signal.SIGINT)  # wrk prints its report on SIGINT
             out, _ = wrk.communicate(timeout=30)
@@ -282,9 +285,11 @@ def run(args: argparse.Namespace, tags: list[str | None]) -> int:
         "strategy": args.strategy,
         "deploys": args.deploys,
         "app_boot_s": boot,
+        "app_boot_under_load_s": boot_loaded,
         "cli_start_s": cli_start,
         "overhead_to_switch_s": summary(switch),
         "overhead_to_end_s": summary(end),
+        "overhead_to_switch_minus_loaded_boot_s": summary([x + boot - boot_loaded for x in switch]),
         "wrk": result.as_dict(),
     }
     s, e = report["overhead_to_switch_s"], report["overhead_to_end_s"]
@@ -295,6 +300,9 @@ def run(args: argparse.Namespace, tags: list[str | None]) -> int:
           f" p90 {s['p90']:.3f}s, max {s['max']:.3f}s  (target < 1 s)")  # fmt: skip
     print(f"  Baton overhead to the end    (minus app boot): median {e['median']:.3f}s,"
           f" p90 {e['p90']:.3f}s, max {e['max']:.3f}s")  # fmt: skip
+    ls = report["overhead_to_switch_minus_loaded_boot_s"]
+    print(f"  app boot under the same load: {boot_loaded:.3f}s; overhead to the switch minus"
+          f" that: median {ls['median']:.3f}s, p90 {ls['p90']:.3f}s")  # fmt: skip
     print(f"  wrk: {result.requests} requests, {result.rps:.0f} req/s, failed: {result.errors}"
           f" (socket errors {result.socket_errors or 0}, non-2xx/3xx {result.non_2xx_3xx})")  # fmt: skip
     if args.json:
