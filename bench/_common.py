@@ -47,12 +47,15 @@ __all__ = [
     "haproxy_process",
     "nginx_backend_process",
     "nginx_proxy_process",
+    "parse_wrk",
+    "process_tree",
     "raise_nofile_limit",
     "read_response",
     "require_tools",
     "rss_bytes",
     "run_wrk",
     "terminate_on_sigterm",
+    "wrk_command",
 ]
 
 
@@ -302,14 +305,14 @@ def parse_wrk(output: str) -> WrkResult:
     )
 
 
-def run_wrk(
+def wrk_command(
     url: str, connections: int, seconds: float, threads: int = 2, timeout: str = "5s"
-) -> WrkResult:
-    """Run wrk against a loopback `url`; bounded by `seconds` (and killed if it overstays)."""
+) -> list[str]:
+    """`wrk --latency` against a loopback `url` for a fixed `seconds` (keep-alive)."""
     if not url.startswith(f"http://{LOOPBACK}:"):
         raise ValueError(f"benchmarks only send traffic to {LOOPBACK}: {url}")
     threads = max(1, min(threads, connections))
-    cmd = [
+    return [
         "wrk",
         f"-t{threads}",
         f"-c{connections}",
@@ -318,6 +321,13 @@ def run_wrk(
         "--latency",
         url,
     ]
+
+
+def run_wrk(
+    url: str, connections: int, seconds: float, threads: int = 2, timeout: str = "5s"
+) -> WrkResult:
+    """Run wrk against a loopback `url`; bounded by `seconds` (and killed if it overstays)."""
+    cmd = wrk_command(url, connections, seconds, threads, timeout)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}: {done.stderr.strip()}")
