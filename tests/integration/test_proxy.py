@@ -186,7 +186,11 @@ async def test_drain_reports_zero_only_after_slow_request_finishes(
     await asyncio.sleep(0.5)
     proxy.route(("v2", 100, [v2.addr]))  # v1 leaves the table with one request in flight
     now = proxy.ok("POST", "/drain", {"targets": [v1.addr]})
-    assert now == {"drained": False, "targets": {v1.addr: {"in_flight": 1, "tunnels": 0}}}
+    assert now == {
+        "drained": False,
+        "targets": {v1.addr: {"in_flight": 1, "tunnels": 0}},
+        "tunnels_closed": 0,
+    }
     waited = await asyncio.to_thread(proxy.ok, "POST", "/drain", {"targets": [v1.addr], "wait": 20})
     assert waited["drained"] is True
     assert slow.done(), "drain answered before the slow request finished"
@@ -495,3 +499,53 @@ def test_release_header_from_loopback_reaches_a_weight_zero_release(
         body(get(proxy, "/headers", extra=b"X-Baton-Release: canary\r\nX-Baton-Secret: s3\r\n"))
     )
     assert "x-baton-secret" not in secret  # never forwarded
+
+
+# -- long-lived connections --------------------------------------------------------------
+
+
+async def test_websocket_survives_the_switch_and_gets_1001_at_the_drain_deadline(
+    proxy: ProxyProcess, backend_factory: BackendFactory
+) -> None:
+    v1, v2 = backend_factory("v1"), backend_factory("v2")
+    proxy.route(("v1", 100, [v1.addr]))
+    async with aiohttp.ClientSession() as session:
+        old = await session.ws_connect(f"{proxy.url}/ws")
+        assert await old.receive_str(timeout=5) == "v1"
+        proxy.route(("v2", 100, [v2.addr]))  # the switch
+        for i in range(5):
+            await old.send_str(f"still here {i}")
+            assert await old.receive_str(timeout=5) == f"still here {i}"
+        new = await session.ws_connect(f"{proxy.url}/ws")
+        assert await new.receive_str(timeout=5) == "v2"
+        drained = await asyncio.to_thread(
+            proxy.ok, "POST", "/drain", {"targets": [v1.addr], "wait": 1}
+        )
+        assert drained["tunnels_closed"] == 1 and drained["drained"] is True
+        closing = await old.receive(timeout=5)
+        assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 1001
+        # The new release's WebSocket is untouched.
+        await new.send_str("on v2")
+        assert await new.receive_str(timeout=5) == "on v2"
+        await new.close()
+
+
+async def test_max_connection_age_bounds_a_websocket(proxy: ProxyProcess, backend: Backend) -> None:
+    proxy.route(("v1", 100, [backend.addr]), max_connection_age=1.0)
+    async with aiohttp.ClientSession() as session, session.ws_connect(f"{proxy.url}/ws") as ws:
+        assert await ws.receive_str(timeout=5) == "v1"
+        closing = await ws.receive(timeout=10)
+        assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 1001
+
+
+async def test_stopping_proxy_ends_websockets_with_1001(backend: Backend) -> None:
+    with ProxyProcess("--drain-deadline", "1s") as proxy:
+        proxy.route(("v1", 100, [backend.addr]))
+        async with aiohttp.ClientSession() as session:
+            ws = await session.ws_connect(f"{proxy.url}/ws")
+            assert await ws.receive_str(timeout=5) == "v1"
+            assert proxy.proc is not None
+            proxy.proc.terminate()
+            closing = await ws.receive(timeout=10)
+            assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 1001
+            assert await asyncio.to_thread(proxy.proc.wait, 15) == 0

@@ -17,7 +17,7 @@ from aiohttp import web
 from baton import __version__
 from baton.errors import RouteTableError
 from baton.proxy.routing import check_conflicts, parse_app, parse_table
-from baton.proxy.server import Proxy
+from baton.proxy.server import TUNNEL_CLOSE_GRACE, Proxy
 
 MAX_BODY = 4 * 1024 * 1024
 
@@ -39,7 +39,7 @@ async def _json_body(request: web.Request) -> Any:
 def _address_list(body: Any) -> list[str]:
     if not isinstance(body, dict):
         raise RouteTableError('request body: expected an object like {"targets": [...]}')
-    unknown = set(body) - {"targets", "wait"}
+    unknown = set(body) - {"targets", "wait", "close_tunnels"}
     if unknown:
         raise RouteTableError(f"request body: unknown field {sorted(unknown)[0]!r}")
     targets = body.get("targets")
@@ -150,14 +150,29 @@ class AdminAPI:
         wait = body.get("wait", 0)
         if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= 3600:
             raise RouteTableError("wait: expected a number of seconds between 0 and 3600")
+        close_tunnels = body.get("close_tunnels", wait > 0)
+        if not isinstance(close_tunnels, bool):
+            raise RouteTableError("close_tunnels: expected true or false")
         self.proxy.drain(addresses)
+        drained, busy = await self._wait_idle(addresses, float(wait))
+        closed = 0
+        if not drained and close_tunnels:
+            # The deadline passed with tunnels open: end them politely (WebSocket 1001)
+            # before the control plane stops their targets.
+            closed = self.proxy.close_tunnels(set(addresses))
+            drained, busy = await self._wait_idle(addresses, TUNNEL_CLOSE_GRACE + 0.5)
+        return web.json_response({"drained": drained, "targets": busy, "tunnels_closed": closed})
+
+    async def _wait_idle(
+        self, addresses: list[str], wait: float
+    ) -> tuple[bool, dict[str, dict[str, int]]]:
         loop = asyncio.get_running_loop()
-        end = loop.time() + float(wait)
+        end = loop.time() + wait
         while True:
             busy = self.proxy.busy(addresses)
             drained = all(b["in_flight"] + b["tunnels"] == 0 for b in busy.values())
             if drained or loop.time() >= end:
-                return web.json_response({"drained": drained, "targets": busy})
+                return drained, busy
             await asyncio.sleep(0.02)
 
     async def undrain(self, request: web.Request) -> web.Response:

@@ -39,6 +39,7 @@ _APP_KEYS = {
     "response_timeout",
     "stickiness",
     "release_secret",
+    "max_connection_age",
 }
 _RELEASE_KEYS = {"name", "weight", "targets"}
 _HEALTH_KEYS = {"kind", "path", "interval", "timeout", "rise", "fall"}
@@ -86,6 +87,7 @@ class AppSpec:
     response_timeout: float = 60.0
     stickiness: str = "none"  # none | cookie | client-ip | header:<name>
     release_secret: str | None = None  # lets non-loopback clients pin a release
+    max_connection_age: float | None = None  # longest life of a tunnel (WebSocket), seconds
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -98,6 +100,7 @@ class AppSpec:
             "response_timeout": self.response_timeout,
             "stickiness": self.stickiness,
             "release_secret": self.release_secret,
+            "max_connection_age": self.max_connection_age,
         }
 
 
@@ -244,8 +247,12 @@ def parse_app(name: object, value: object) -> AppSpec:
     secret = value.get("release_secret")
     if secret is not None and (not isinstance(secret, str) or len(secret) < 16):
         raise _fail(f"{where}.release_secret", "a string of at least 16 characters", secret)
+    max_age = value.get("max_connection_age")
+    if max_age is not None:
+        max_age = _number(max_age, f"{where}.max_connection_age", minimum=0.1, maximum=86400 * 30)
     return AppSpec(
         name=name,
+        max_connection_age=max_age,
         stickiness=stickiness,
         release_secret=secret,
         listen=listen,

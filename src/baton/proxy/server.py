@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from hmac import compare_digest
-from typing import cast
+from typing import NamedTuple, cast
 
 import httptools
 
@@ -62,6 +62,7 @@ from baton.proxy.routing import (
     sticky_point,
 )
 from baton.proxy.upstream import Target, UpstreamConnection
+from baton.proxy.websocket import FrameCursor, close_frame
 
 log = logging.getLogger("baton.proxy")
 
@@ -70,6 +71,7 @@ _NO_BODY: list[bytes] = []  # shared empty list: most requests never allocate th
 MAX_ATTEMPTS = 4
 SAME_TARGET_BACKOFF = 0.05
 STOPPING_IDLE_GRACE = 1.0
+TUNNEL_CLOSE_GRACE = 2.0  # after close frames: longest wait before TCP is closed anyway
 
 # What a connection's deadline means when it passes.
 NO_DEADLINE = 0
@@ -172,6 +174,27 @@ class Exchange:
         self.ttfb = time.monotonic() - self.t_sent
 
 
+class _WebSocketTunnel:
+    """Frame boundaries of both directions, and how far a polite close has got."""
+
+    __slots__ = ("app_closed", "client_closed", "ending", "to_app", "to_client")
+
+    def __init__(self) -> None:
+        self.to_app = FrameCursor()
+        self.to_client = FrameCursor()
+        self.ending = False
+        self.app_closed = False  # a close frame was sent to the app
+        self.client_closed = False  # a close frame was sent to the client
+
+
+class _TunnelEnds(NamedTuple):
+    target: Target | None
+    metrics: ReleaseMetrics | None
+    client: ClientConnection
+    started: float
+    max_age: float | None
+
+
 class ClientConnection(asyncio.Protocol):
     """One client TCP connection: parses requests, runs exchanges, or tunnels bytes."""
 
@@ -198,6 +221,7 @@ class ClientConnection(asyncio.Protocol):
         "upgrading",
         "url",
         "write_paused",
+        "ws",
     )
 
     def __init__(self, proxy: Proxy, listen: str) -> None:
@@ -216,6 +240,7 @@ class ClientConnection(asyncio.Protocol):
         self.pending: deque[Exchange] = deque()
         self.current_parse: Exchange | None = None
         self.tunnel: UpstreamConnection | None = None
+        self.ws: _WebSocketTunnel | None = None  # set when the tunnel carries WebSocket
         self.upgrading = False
         self.early: list[bytes] = []
         self.paused = 0
@@ -328,8 +353,15 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         tunnel = self.tunnel
         if tunnel is not None:
+            ws = self.ws
+            if ws is not None:
+                if ws.app_closed:
+                    return  # Baton already said goodbye to the app for this client
+                ws.to_app.feed(data)
             if tunnel.transport is not None:
                 tunnel.transport.write(data)
+            if ws is not None and ws.ending:
+                self._send_close_frames()
             return
         if self.upgrading:
             # Bytes after an Upgrade request, before the upstream said 101: hold them.
@@ -687,15 +719,68 @@ class ClientConnection(asyncio.Protocol):
         up.upgraded = True
         up.ex = None
         self.deadline_kind = NO_DEADLINE
-        self.proxy.begin_tunnel(up, target, m)
+        upgrade = ex.info.upgrade
+        if upgrade is not None and upgrade.strip().lower() == b"websocket":
+            self.ws = _WebSocketTunnel()
+        self.proxy.begin_tunnel(up, target, m, self)
         if rest:
-            self.write(rest)
+            self.tunnel_data_from_app(rest)
         if self.early:
             assert up.transport is not None
             up.transport.write(b"".join(self.early))
             self.early = []
         self.upgrading = False
         self._resume(PAUSE_BUFFER)
+
+    def tunnel_data_from_app(self, data: bytes) -> None:
+        ws = self.ws
+        if ws is None:
+            self.write(data)
+            return
+        if ws.client_closed:
+            return  # Baton already said goodbye to the client for this app
+        ws.to_client.feed(data)
+        self.write(data)
+        if ws.ending:
+            self._send_close_frames()
+
+    def end_tunnel(self) -> None:
+        """End the tunnel politely: a WebSocket gets close frames (1001) both ways first."""
+        if self.tunnel is None:
+            return
+        ws = self.ws
+        if ws is None:
+            self.close()
+            return
+        if ws.ending:
+            return
+        ws.ending = True
+        self._send_close_frames()
+        # A peer in the middle of a long frame, or one that never answers: close anyway.
+        self.proxy.loop.call_later(TUNNEL_CLOSE_GRACE, self._close_tunnel_now)
+
+    def _send_close_frames(self) -> None:
+        ws = self.ws
+        up = self.tunnel
+        if ws is None or up is None:
+            return
+        if not ws.client_closed and ws.to_client.at_boundary:
+            ws.client_closed = True
+            self.write(close_frame(masked=False))
+        if not ws.app_closed and ws.to_app.at_boundary and up.transport is not None:
+            ws.app_closed = True
+            up.transport.write(close_frame(masked=True))
+        if ws.client_closed and ws.app_closed:
+            # Give both peers a moment to read the frame (and answer it), then close TCP.
+            self.proxy.loop.call_later(0.25, self._close_tunnel_now)
+
+    def _close_tunnel_now(self) -> None:
+        up = self.tunnel
+        if up is not None:
+            self.tunnel = None
+            self.proxy.end_tunnel(up)
+            up.close()
+        self.close()
 
     def tunnel_closed(self, up: UpstreamConnection) -> None:
         """The upstream end of our tunnel closed: close ours (pending bytes still flush)."""
@@ -727,7 +812,7 @@ class Proxy:
         self.table: LiveTable = RouteTable.build({}, self._target, self.metrics.get, 0)
         self.connections: set[ClientConnection] = set()
         self.servers: dict[str, asyncio.base_events.Server] = {}
-        self.tunnel_ends: dict[UpstreamConnection, tuple[Target | None, ReleaseMetrics | None]] = {}
+        self.tunnel_ends: dict[UpstreamConnection, _TunnelEnds] = {}
         self.stopping = False
         self._rr = 0
         self._request_prefix = os.urandom(4).hex().encode()
@@ -893,19 +978,37 @@ class Proxy:
     # -- tunnels -----------------------------------------------------------------------
 
     def begin_tunnel(
-        self, up: UpstreamConnection, target: Target | None, m: ReleaseMetrics | None
+        self,
+        up: UpstreamConnection,
+        target: Target | None,
+        m: ReleaseMetrics | None,
+        client: ClientConnection,
     ) -> None:
         if target is not None:
             target.tunnels += 1
+        max_age = None
         if m is not None:
             m.tunnels += 1
-        self.tunnel_ends[up] = (target, m)
+            app = self.table.apps.get(m.app)
+            max_age = app.spec.max_connection_age if app is not None else None
+        self.tunnel_ends[up] = _TunnelEnds(target, m, client, self.loop.time(), max_age)
+
+    def close_tunnels(self, addresses: set[str]) -> int:
+        """End (politely) every tunnel to one of ``addresses``; returns how many."""
+        ending = [
+            t.client
+            for t in self.tunnel_ends.values()
+            if t.target is not None and t.target.address in addresses
+        ]
+        for client in ending:
+            client.end_tunnel()
+        return len(ending)
 
     def end_tunnel(self, up: UpstreamConnection) -> None:
         ends = self.tunnel_ends.pop(up, None)
         if ends is None:
             return
-        target, m = ends
+        target, m = ends.target, ends.metrics
         if target is not None:
             target.tunnels -= 1
             if not target.routed and target.busy == 0:
@@ -925,6 +1028,9 @@ class Proxy:
             for conn in list(self.connections):
                 if conn.deadline_kind and now >= conn.deadline:
                     conn.on_deadline()
+            for t in list(self.tunnel_ends.values()):
+                if t.max_age is not None and now - t.started >= t.max_age:
+                    t.client.end_tunnel()
             idle_before = time.monotonic() - self.settings.upstream_idle_timeout
             for address, target in list(self.targets.items()):
                 if target.idle:
@@ -957,6 +1063,12 @@ class Proxy:
                 conn._set_deadline(IDLE_DEADLINE, STOPPING_IDLE_GRACE)
         end = self.loop.time() + deadline
         while self.loop.time() < end and self.connections:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            if conn.tunnel is not None:
+                conn.end_tunnel()
+        end = self.loop.time() + TUNNEL_CLOSE_GRACE
+        while self.loop.time() < end and any(c.tunnel for c in self.connections):
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
             conn.close()

@@ -240,7 +240,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         if self.upgraded:
-            client.write(data)
+            client.tunnel_data_from_app(data)
             return
         self.got_bytes = True
         if not self.head_done:
