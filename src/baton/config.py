@@ -78,6 +78,7 @@ import shlex
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
@@ -256,6 +257,15 @@ def _one_of(*choices: str) -> Callable[[object], str]:
     return check
 
 
+def _optional_duration(minimum: float) -> Callable[[object], float | None]:
+    required = _duration_at_least(minimum)
+
+    def check(value: object) -> float | None:
+        return None if value is None else required(value)
+
+    return check
+
+
 def _optional_string(what: str) -> Callable[[object], str | None]:
     inner = _string(what)
 
@@ -363,6 +373,13 @@ class ProxyConfig(_Section):
     ] = Field(default_factory=list, description="Host names routed to the app (empty = any Host)")
     path_prefix: Annotated[str, BeforeValidator(_check_path("a path prefix"))] = Field(
         default="/", description="path prefix routed to the app"
+    )
+    max_connection_age: Annotated[
+        float | None, BeforeValidator(_optional_duration(0.1)), _Kind("duration")
+    ] = Field(
+        default=None,
+        description="longest life of a WebSocket or other tunnel, ended with close 1001"
+        " (none = until its release is drained)",
     )
 
     @field_validator("hosts")
@@ -1102,6 +1119,37 @@ class ImageFacts:
     error: str | None = None
 
 
+def _canary_items(c: CanaryConfig) -> list[CheckItem]:
+    """What ``baton check`` says about a canary: its steps, and choices users regret."""
+    steps = ", ".join(f"{s.weight}% for {format_duration(s.hold)}" for s in c.steps)
+    a = c.analysis
+    items = [
+        _ok(
+            f"canary: {steps}; each step needs {a.min_requests} requests per release"
+            f" (held again up to {c.max_hold_extensions} time(s), then it fails safe)",
+            "deploy.canary.steps",
+        )
+    ]
+    weights = [s.weight for s in c.steps]
+    if any(later < earlier for earlier, later in pairwise(weights)):
+        items.append(
+            _warn(
+                "deploy.canary.steps: a weight goes down; with header or client-ip stickiness,"
+                " users already moved to the new release are moved back",
+                "deploy.canary.steps",
+            )
+        )
+    if c.stickiness == "none":
+        items.append(
+            _warn(
+                "deploy.canary.stickiness is none: a user may flip between the two releases"
+                " from one request to the next",
+                "deploy.canary.stickiness",
+            )
+        )
+    return items
+
+
 def checklist(loaded: LoadedConfig, image: ImageFacts | None = None) -> list[CheckItem]:
     """The zero-downtime checklist ``baton check`` prints after the config validated.
 
@@ -1258,6 +1306,8 @@ def checklist(loaded: LoadedConfig, image: ImageFacts | None = None) -> list[Che
             )
         )
 
+    if d.strategy == "canary":
+        items.extend(_canary_items(d.canary))
     if d.strategy == "rolling" and cfg.instances < 2:
         items.append(
             _warn(

@@ -4,10 +4,11 @@ traffic memory. Windows are built from synthetic samples; no sockets, no clock."
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
-from baton.config import parse_config
+from baton.config import checklist, load_config, parse_config
 from baton.deploy.analysis import AnalysisConfig, ReleaseWindow, Verdict, judge
 from baton.deploy.canary import analysis_config, decide, failed_rules
 from baton.deploy.plan import plan_recovery, release_options
@@ -211,3 +212,20 @@ def test_old_snapshots_are_forgotten() -> None:
         traffic.add(metrics(t, 0), t=float(t))
     oldest = traffic.at(0.0)
     assert oldest is not None and oldest.t == 19.0
+
+
+# -- baton check ------------------------------------------------------------------------------------
+
+
+def test_check_describes_the_steps_and_warns_about_flipping_users(tmp_path: Path) -> None:
+    path = tmp_path / "baton.yml"
+    path.write_text(
+        "app: shop\nrun: {command: 'true'}\ndeploy:\n  strategy: canary\n  canary:\n"
+        "    steps: [{weight: 10, hold: 30s}, {weight: 5, hold: 1m}]\n    stickiness: none\n"
+    )
+    items = {
+        item.message for item in checklist(load_config(path)) if item.key and "canary" in item.key
+    }
+    assert any("10% for 30s, 5% for 1m" in m and "200 requests" in m for m in items), items
+    assert any("a weight goes down" in m for m in items), items
+    assert any("flip between the two releases" in m for m in items), items
