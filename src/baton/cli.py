@@ -683,7 +683,16 @@ def status(ctx: click.Context, sub_state_dir: Path | None, as_json: bool) -> Non
         live = app["live"] or "[yellow](traffic split)[/yellow]" if app["releases"] else "none"
         console.print(f"\n[bold]{escape(name)}[/bold] on {app['listen']}  live: {live}")
         table = Table(show_edge=False, box=None, pad_edge=False)
-        for column in ("release", "state", "weight", "instance", "address", "health", "in flight"):
+        for column in (
+            "release",
+            "state",
+            "weight",
+            "instance",
+            "address",
+            "health",
+            "in flight",
+            "tunnels",
+        ):
             table.add_column(column)
         for release in app["releases"]:
             instances = release["instances"] or [None]
@@ -694,7 +703,7 @@ def status(ctx: click.Context, sub_state_dir: Path | None, as_json: bool) -> Non
                     else ["", "", ""]
                 )
                 if inst is None:
-                    table.add_row(*head, "-", "-", "-", "-")
+                    table.add_row(*head, "-", "-", "-", "-", "-")
                 else:
                     table.add_row(
                         *head,
@@ -702,6 +711,7 @@ def status(ctx: click.Context, sub_state_dir: Path | None, as_json: bool) -> Non
                         inst["address"],
                         inst["health"],
                         str(inst["in_flight"]),
+                        str(inst.get("tunnels", 0)),
                     )
         console.print(table)
         _show_traffic(app)

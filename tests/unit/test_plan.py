@@ -262,3 +262,13 @@ def test_unique_labels() -> None:
     assert unique_label("abc123", []) == "abc123"
     assert unique_label("abc123", ["abc123"]) == "abc123-2"
     assert unique_label("abc123", ["abc123", "abc123-2"]) == "abc123-3"
+
+
+def test_app_route_carries_max_connection_age_only_when_set() -> None:
+    from baton.deploy.plan import Pool, app_route
+
+    pools = [Pool(release="v1", weight=100, targets=("127.0.0.1:9001",))]
+    bounded = app_route({"proxy": {"max_connection_age": 3600.0}}, pools)
+    assert bounded is not None and bounded["max_connection_age"] == 3600.0
+    unbounded = app_route({"proxy": {}}, pools)
+    assert unbounded is not None and "max_connection_age" not in unbounded

@@ -1338,6 +1338,7 @@ class Engine:
                             "state": row.state,
                             "health": health,
                             "in_flight": seen.get("in_flight", 0),
+                            "tunnels": seen.get("tunnels", 0),
                         }
                     )
                 releases.append(

@@ -214,6 +214,11 @@ def app_route(config: Mapping[str, Any], pools: Sequence[Pool]) -> dict[str, Any
             {"name": p.release, "weight": p.weight, "targets": list(p.targets)} for p in routed
         ],
         "health": health_route(config.get("health")),
+        **(
+            {"max_connection_age": proxy["max_connection_age"]}
+            if proxy.get("max_connection_age")
+            else {}
+        ),
     }
 
 
