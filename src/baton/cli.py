@@ -31,6 +31,7 @@ from rich.table import Table
 
 from baton import __version__
 from baton.errors import BatonError, ConfigError, DaemonUnreachable, UsageError
+from baton.runtime.process import pid_alive
 
 if TYPE_CHECKING:
     from baton.config import AppConfig, ImageFacts
@@ -508,26 +509,12 @@ def down(ctx: click.Context, sub_state_dir: Path | None) -> None:
     _run(client.call("POST", "/shutdown"))
     pid = int(health.get("pid") or 0)
     deadline = time.monotonic() + DOWN_TIMEOUT
-    while time.monotonic() < deadline and pid and _alive(pid):
+    while time.monotonic() < deadline and pid and pid_alive(pid):
         time.sleep(0.1)
-    if pid and _alive(pid):
+    if pid and pid_alive(pid):
         errors.print(f"[red]error:[/red] the daemon (pid {pid}) is still stopping")
         raise SystemExit(1)
     console.print("baton is down")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @main.command()

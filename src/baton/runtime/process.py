@@ -73,6 +73,18 @@ def _stat(pid: int) -> _ProcStat | None:
         return None
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process runs (exists and is not a zombie). Used for Baton's own daemons too."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = _stat(pid)
+    return stat is not None and stat.state != "Z"
+
+
 def _group_members(pgid: int) -> list[int]:
     """Pids of living (non-zombie) processes in process group ``pgid``."""
     members = []

@@ -43,6 +43,7 @@ from baton.deploy.engine import Engine, Router
 from baton.deploy.proxyclient import ProxyClient, ProxyUnavailable
 from baton.errors import BatonError
 from baton.runtime.base import Runtimes
+from baton.runtime.process import pid_alive
 from baton.server.api import Api
 from baton.state.store import Store
 
@@ -59,20 +60,6 @@ TRAFFIC_SAMPLE_INTERVAL = 1.0  # how often the proxy's metrics are sampled (`bat
 
 def api_socket(state_dir: Path) -> Path:
     return state_dir / "baton.sock"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError):
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat.rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-    return True
 
 
 def _is_proxy(pid: int) -> bool:
@@ -131,12 +118,12 @@ class ProxySupervisor:
         return None
 
     async def _kill(self, pid: int, timeout: float) -> None:
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while _pid_alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             if (
                 self._proc is not None
                 and self._proc.pid == pid
@@ -144,7 +131,7 @@ class ProxySupervisor:
             ):
                 break
             await asyncio.sleep(0.05)
-        if _pid_alive(pid):
+        if pid_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         if self._proc is not None and self._proc.pid == pid:
@@ -205,7 +192,7 @@ class ProxySupervisor:
     def _gone(self) -> bool:
         if self._proc is not None and self._proc.pid == self.pid:
             return self._proc.returncode is not None
-        return self.pid is not None and not _pid_alive(self.pid)
+        return self.pid is not None and not pid_alive(self.pid)
 
     async def watch(self, stop: asyncio.Event) -> None:
         """Until ``stop``: restart the proxy when it exits or stops answering."""
