@@ -560,7 +560,8 @@ def _clusters(times: list[float], gap: float = 0.5) -> str:
         else:
             groups.append([t])
     return ", ".join(
-        (f"{g[0]:.1f}" if g[-1] - g[0] < 0.05 else f"{g[0]:.1f}-{g[-1]:.1f}") + f" ({len(g)})"
+        (f"{g[0]:.1f}" if f"{g[0]:.1f}" == f"{g[-1]:.1f}" else f"{g[0]:.1f}-{g[-1]:.1f}")
+        + f" ({len(g)})"
         for g in groups
     )
 
