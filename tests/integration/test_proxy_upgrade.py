@@ -8,11 +8,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 
 import aiohttp
 import pytest
 
+from tests.support.h1 import parse_status
 from tests.support.load import Load
 from tests.support.procs import Backend
 from tests.support.proxy import ProxyProcess, admin_call
@@ -56,18 +58,41 @@ def wait_exit(proc: subprocess.Popen[bytes], timeout: float = 40) -> int:
     return proc.wait(timeout=timeout)
 
 
+async def probe_fresh_connections(port: int, stop: asyncio.Event, statuses: list[int]) -> None:
+    """One request per new connection, ~100 a second, until ``stop`` (at most 30,000).
+
+    Keep-alive load moves to a new proxy only after the old one says Connection: close;
+    fresh connections meet the new proxy the moment it shares the listening sockets.
+    """
+    while not stop.is_set() and len(statuses) < 30_000:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
+            data = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            statuses.append(parse_status(data))
+        except (OSError, TimeoutError, ValueError):
+            statuses.append(-1)
+        await asyncio.sleep(0.01)
+
+
 async def test_twenty_upgrades_under_keepalive_load_lose_nothing(
     proxied: tuple[ProxyProcess, Backend],
 ) -> None:
     proxy, _ = proxied
     first_pid = serving_pid(proxy)
     load = await Load().start(proxy.url, concurrency=16, max_requests=500_000, max_seconds=120)
+    probe_stop, probed = asyncio.Event(), list[int]()
+    probe = asyncio.create_task(probe_fresh_connections(proxy.port, probe_stop, probed))
     generations: list[subprocess.Popen[bytes]] = []
     try:
         for _ in range(20):
             await asyncio.sleep(0.2)
             generations.append(await take_over(proxy))
         await asyncio.sleep(1.0)
+        probe_stop.set()
+        await probe
+        assert len(probed) > 100 and set(probed) == {200}, Counter(probed)
         result = await load.stop()
         assert result.failures == [], result.summary()
         assert result.statuses.keys() == {200}

@@ -46,9 +46,10 @@ async def serve(
     if takeover:
         successor = Takeover(admin)
         for address, sock in (await asyncio.to_thread(successor.receive)).items():
-            await proxy.listen(address, sock=sock)
+            await proxy.listen(address, sock=sock, serve=False)
         table = await _admin_get(admin, "/routes")
         await proxy.apply(parse_table({"apps": table["apps"]}), generation=table["generation"])
+        await proxy.start_serving()  # only now: a client accepted earlier would find no route
     for address in listen:
         await proxy.listen(address)
     if routes is not None:

@@ -942,7 +942,14 @@ class Proxy:
             callback()
         return table.generation
 
-    async def listen(self, address: str, sock: socket.socket | None = None) -> None:
+    async def listen(
+        self, address: str, sock: socket.socket | None = None, *, serve: bool = True
+    ) -> None:
+        """Accept clients on ``address`` (or on an inherited ``sock``).
+
+        With ``serve=False`` the listener exists but accepts nothing until
+        ``start_serving``: a successor must not answer before it has the route table.
+        """
         if address in self.servers:
             return
         if sock is None:
@@ -956,9 +963,14 @@ class Proxy:
                 raise
             sock.listen(4096)
         server = await self.loop.create_server(
-            lambda: ClientConnection(self, address), sock=sock, backlog=4096
+            lambda: ClientConnection(self, address), sock=sock, backlog=4096, start_serving=serve
         )
         self.servers[address] = server
+
+    async def start_serving(self) -> None:
+        for server in self.servers.values():
+            if not server.is_serving():
+                await server.start_serving()
 
     def drain(self, addresses: list[str], draining: bool = True) -> None:
         for address in addresses:
