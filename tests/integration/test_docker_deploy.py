@@ -239,7 +239,6 @@ async def test_a_container_killed_behind_batons_back_is_replaced(dhost: DockerHo
     victim, survivor = dhost.containers()
     load = await start_load(dhost)
     await asyncio.sleep(0.3)
-    killed_at = time.monotonic()
     await asyncio.to_thread(victim.kill)
     deadline = time.monotonic() + 60
     status: dict[str, Any] = {}
@@ -263,15 +262,9 @@ async def test_a_container_killed_behind_batons_back_is_replaced(dhost: DockerHo
     assert len(running) == 2 and survivor.id in {c.id for c in running}
     assert victim.id not in {c.id for c in dhost.containers(running_only=False)}
     assert (await dhost.get())[1] == "v1"
-    if outcome.failures:
-        # Known proxy bug (src/baton/proxy/server.py, ClientConnection._connect): docker-proxy
-        # accepts, then closes at once while the container dies; _send then writes on the
-        # closed transport, raises, and the exchange is never answered (a client time-out).
-        # Remove this once the proxy treats that as a connection that was never answered.
-        kinds = {kind for kind, _ in outcome.failures}
-        near_kill = all(abs(s.sent - killed_at) < 2.0 for s in outcome.timeline if not s.ok)
-        assert kinds == {"timeout"} and near_kill, outcome.summary()
-        pytest.xfail(f"proxy: {len(outcome.failures)} request(s) hung at the kill (known bug)")
+    # docker-proxy accepts, then closes at once while the container dies: the proxy treats
+    # that as a request never answered and retries it on the surviving instance.
+    assert outcome.failures == [], outcome.summary()
 
 
 @pytest.mark.docker

@@ -537,7 +537,7 @@ class ClientConnection(asyncio.Protocol):
         if up is None:
             self.proxy.loop.create_task(self._connect(ex, target, spec))
             return
-        self._send(ex, up)
+        self._send(ex, up, spec)
 
     async def _connect(self, ex: Exchange, target: Target, spec: AppSpec) -> None:
         loop = self.proxy.loop
@@ -557,9 +557,15 @@ class ClientConnection(asyncio.Protocol):
         if ex is not self.active or self.closed or ex.target is not target:
             target.put_idle(up, self.proxy.settings.upstream_max_idle)
             return
-        self._send(ex, up)
+        self._send(ex, up, spec)
 
-    def _send(self, ex: Exchange, up: UpstreamConnection) -> None:
+    def _send(self, ex: Exchange, up: UpstreamConnection, spec: AppSpec) -> None:
+        if up.closed or up.transport is None or up.transport.is_closing():
+            # Accepted, then closed before we wrote a byte (docker-proxy in front of a dying
+            # container does this): the request was never sent, so it is safe to retry.
+            up.close()
+            self.retry_or_fail(ex, spec, "upstream closed the connection at once")
+            return
         ex.upstream = up
         up.begin(self, ex)
         assert up.transport is not None
