@@ -12,6 +12,7 @@ JSON API on ``<state dir>/baton.sock``. The state dir is ``--state-dir``, else
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import os
@@ -19,6 +20,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -121,22 +123,45 @@ class Client:
         return await asyncio.to_thread(self._call, method, path, body, timeout)
 
     async def stream(self, method: str, path: str, body: Any = None) -> AsyncIterator[Any]:
-        """Newline-delimited JSON from the API, one object at a time."""
+        """Newline-delimited JSON from the API, one object at a time.
+
+        Lines are read by a daemon thread: a read blocked on the socket must not keep the
+        CLI alive after Ctrl-C (the default executor's threads are joined at exit).
+        """
         conn, resp = await asyncio.to_thread(self._open, method, path, body, None)
-        try:
+        loop = asyncio.get_running_loop()
+        lines: asyncio.Queue[bytes | Exception] = asyncio.Queue()
+
+        def pump() -> None:
             while True:
                 try:
-                    line = await asyncio.to_thread(resp.readline)
+                    line: bytes | Exception = resp.readline()
                 except (OSError, http.client.HTTPException) as exc:
-                    raise DaemonUnreachable(
-                        f"lost the connection to the daemon ({exc.__class__.__name__}); it may"
-                        " have stopped: see `baton status` once it runs again"
-                    ) from None
-                if not line:
+                    line = exc
+                try:
+                    loop.call_soon_threadsafe(lines.put_nowait, line)
+                except RuntimeError:  # the loop is gone: the CLI is exiting
                     return
-                if line.strip():
-                    yield json.loads(line)
+                if not isinstance(line, bytes) or not line:
+                    return
+
+        threading.Thread(target=pump, name="baton-stream", daemon=True).start()
+        try:
+            while True:
+                item = await lines.get()
+                if isinstance(item, Exception):
+                    raise DaemonUnreachable(
+                        f"lost the connection to the daemon ({item.__class__.__name__}); it may"
+                        " have stopped: see `baton status` once it runs again"
+                    )
+                if not item:
+                    return
+                if item.strip():
+                    yield json.loads(item)
         finally:
+            if conn.sock is not None:
+                with contextlib.suppress(OSError):
+                    conn.sock.shutdown(socket.SHUT_RDWR)
             conn.close()
 
     async def answers(self) -> dict[str, Any] | None:
