@@ -210,6 +210,11 @@ def state_dir_option(f: F) -> F:
     )(f)
 
 
+app_option = click.option(
+    "--app", default=None, help="The app (default: the one in baton.yml, or the only one)."
+)
+
+
 def config_option(f: F) -> F:
     return click.option(
         "-c",
@@ -600,9 +605,7 @@ def deploy(
 @main.command()
 @state_dir_option
 @config_option
-@click.option(
-    "--app", default=None, help="The app (default: the one in baton.yml, or the only one)."
-)
+@app_option
 @click.argument("version", required=False)
 @click.pass_context
 def rollback(
@@ -646,9 +649,7 @@ async def _canary_request(client: Client, what: str, body: dict[str, Any]) -> in
 @main.command()
 @state_dir_option
 @config_option
-@click.option(
-    "--app", default=None, help="The app (default: the one in baton.yml, or the only one)."
-)
+@app_option
 @click.pass_context
 def promote(
     ctx: click.Context, sub_state_dir: Path | None, config: Path | None, app: str | None
@@ -661,9 +662,7 @@ def promote(
 @main.command()
 @state_dir_option
 @config_option
-@click.option(
-    "--app", default=None, help="The app (default: the one in baton.yml, or the only one)."
-)
+@app_option
 @click.pass_context
 def abort(
     ctx: click.Context, sub_state_dir: Path | None, config: Path | None, app: str | None
@@ -844,9 +843,7 @@ def history(
 @main.command()
 @state_dir_option
 @config_option
-@click.option(
-    "--app", default=None, help="The app (default: the one in baton.yml, or the only one)."
-)
+@app_option
 @click.option("--version", "version", default=None, help="The release (default: the live one).")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
 @click.option(
