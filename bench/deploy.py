@@ -118,34 +118,16 @@ def container_boot_seconds(image: str, samples: int = 5) -> float:
 
 def write_config(path: Path, port: int, strategy: str, image: str | None = None) -> None:
     if image is not None:
-        path.write_text(
-            f"""app: bench
-runtime: docker
-proxy:
-  listen: 127.0.0.1:{port}
-run:
-  image: {image}
-  port: 8080
-instances: 2
-health: {{path: /up, interval: {int(HEALTH_INTERVAL * 1000)}ms, success_threshold: 2}}
-deploy:
-  strategy: {strategy}
-  ready_timeout: 30s
-  drain_timeout: 10s
-  stop_timeout: 5s
-  keep_previous: 0s
-  verify: 0s
-"""
+        run = f"runtime: docker\nproxy:\n  listen: 127.0.0.1:{port}\nrun:\n  image: {image}\n  port: 8080"
+    else:
+        run = (
+            f"proxy:\n  listen: 127.0.0.1:{port}\nrun:\n"
+            f"  command: exec {sys.executable} app.py --port $PORT\n  cwd: {APP_DIR}\n"
+            '  env: {APP_VERSION: v0, SHUTDOWN_GRACE: "5"}'
         )
-        return
     path.write_text(
         f"""app: bench
-proxy:
-  listen: 127.0.0.1:{port}
-run:
-  command: exec {sys.executable} app.py --port $PORT
-  cwd: {APP_DIR}
-  env: {{APP_VERSION: v0, SHUTDOWN_GRACE: "5"}}
+{run}
 instances: 2
 health: {{path: /up, interval: {int(HEALTH_INTERVAL * 1000)}ms, success_threshold: 2}}
 deploy:

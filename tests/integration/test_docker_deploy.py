@@ -30,9 +30,14 @@ except ImportError:  # the SDK is a dependency; a venv made before it was added 
     pytest.skip("the docker SDK is not installed", allow_module_level=True)
 
 from baton.runtime.docker import LABEL_APP, LABEL_STATE_DIR, DockerInstanceSpec, DockerRuntime
-from tests.integration.test_deploy import Host, _merge, assert_no_failures, served_after
+from tests.integration.test_deploy import (
+    Host,
+    _merge,
+    assert_no_failures,
+    served_after,
+    start_load,
+)
 from tests.support.images import ImageCache
-from tests.support.load import Load
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -127,12 +132,6 @@ async def dhost(tmp_path: Path, images: ImageCache) -> AsyncIterator[DockerHost]
         yield h
     finally:
         await h.teardown()
-
-
-async def start_load(host: Host, seconds: float = 120.0) -> Load:
-    return await Load().start(
-        host.url, concurrency=6, max_requests=2_000_000, max_seconds=seconds, delay=0.002
-    )
 
 
 def image(h: DockerHost, version: str, **variant: bool) -> str:

@@ -263,11 +263,7 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.proxy.connections.discard(self)
-        tunnel = self.tunnel
-        if tunnel is not None:
-            self.tunnel = None
-            self.proxy.end_tunnel(tunnel)
-            tunnel.close()
+        self._drop_tunnel(close_upstream=True)
         ex = self.active
         if ex is not None:
             self.active = None
@@ -616,7 +612,8 @@ class ClientConnection(asyncio.Protocol):
             up.close()
         if ex.metrics is not None:
             ex.metrics.upstream_errors += 1
-            ex.metrics.record(status, time.monotonic() - ex.t0, time.monotonic() - ex.t0)
+            elapsed = time.monotonic() - ex.t0
+            ex.metrics.record(status, elapsed, elapsed)
         self._leave_target(ex)
         log.info("%s %s -> %d %s", ex.method.decode(), ex.url.decode("latin-1"), status, message)
         self._local(ex, status, message)
@@ -780,19 +777,23 @@ class ClientConnection(asyncio.Protocol):
             # Give both peers a moment to read the frame (and answer it), then close TCP.
             self.proxy.loop.call_later(0.25, self._close_tunnel_now)
 
-    def _close_tunnel_now(self) -> None:
+    def _drop_tunnel(self, *, close_upstream: bool) -> None:
+        """Forget the tunnel (its counts end here); close its upstream side if asked."""
         up = self.tunnel
         if up is not None:
             self.tunnel = None
             self.proxy.end_tunnel(up)
-            up.close()
+            if close_upstream:
+                up.close()
+
+    def _close_tunnel_now(self) -> None:
+        self._drop_tunnel(close_upstream=True)
         self.close()
 
     def tunnel_closed(self, up: UpstreamConnection) -> None:
         """The upstream end of our tunnel closed: close ours (pending bytes still flush)."""
         if self.tunnel is up:
-            self.tunnel = None
-            self.proxy.end_tunnel(up)
+            self._drop_tunnel(close_upstream=False)
         self.close()
 
 
