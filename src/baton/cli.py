@@ -411,13 +411,17 @@ class _Commands(click.Group):
     """The CLI's commands; ``proxy`` is imported only when used (it loads the data plane)."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted([*super().list_commands(ctx), "proxy"])
+        return sorted([*super().list_commands(ctx), "proxy", "flags"])
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name == "proxy":
             from baton.proxy.cli import proxy_command
 
             return proxy_command
+        if name == "flags":
+            from baton.flags.cli import flags_group
+
+            return flags_group
         return super().get_command(ctx, name)
 
 
@@ -433,13 +437,32 @@ def main(state_dir: Path | None) -> None:
     """Zero-downtime deploys for self-hosted web apps."""
 
 
+flags_listen_option = click.option(
+    "--flags",
+    "flags_listen",
+    default=None,
+    metavar="ADDR",
+    help="Also serve feature flags (OFREP) on this host:port (off loopback: BATON_FLAGS_TOKEN).",
+)
+
+
 @main.command()
 @state_dir_option
 @click.option("--detach", is_flag=True, help="Run in the background; return once the API answers.")
+@flags_listen_option
 @click.pass_context
-def up(ctx: click.Context, sub_state_dir: Path | None, detach: bool) -> None:
+def up(
+    ctx: click.Context, sub_state_dir: Path | None, detach: bool, flags_listen: str | None
+) -> None:
     """Start the host daemon: the control plane and the proxy it supervises."""
     state_dir = state_dir_of(ctx, sub_state_dir)
+    if flags_listen is not None:
+        from baton.flags.http import check_ofrep_listen
+
+        try:
+            check_ofrep_listen(flags_listen, os.environ.get("BATON_FLAGS_TOKEN") or None)
+        except BatonError as exc:
+            _fail(exc)
     client = Client(state_dir)
     running = _run(client.answers())
     if running is not None:
@@ -448,13 +471,14 @@ def up(ctx: click.Context, sub_state_dir: Path | None, detach: bool) -> None:
     if not detach:
         from baton.server.app import run_server
 
-        raise SystemExit(run_server(state_dir))
+        raise SystemExit(run_server(state_dir, flags_listen=flags_listen))
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / "logs").mkdir(exist_ok=True)
     log_path = state_dir / "logs" / "server.log"
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "baton.cli", "--state-dir", str(state_dir), "server"],
+            [sys.executable, "-m", "baton.cli", "--state-dir", str(state_dir), "server"]
+            + (["--flags", flags_listen] if flags_listen else []),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -517,12 +541,13 @@ def upgrade(
 
 @main.command()
 @state_dir_option
+@flags_listen_option
 @click.pass_context
-def server(ctx: click.Context, sub_state_dir: Path | None) -> None:
+def server(ctx: click.Context, sub_state_dir: Path | None, flags_listen: str | None) -> None:
     """Run the control plane in the foreground (what `baton up` runs)."""
     from baton.server.app import run_server
 
-    raise SystemExit(run_server(state_dir_of(ctx, sub_state_dir)))
+    raise SystemExit(run_server(state_dir_of(ctx, sub_state_dir), flags_listen=flags_listen))
 
 
 @main.command()

@@ -916,8 +916,8 @@ def parse_config(raw: object, *, file: str | None = None) -> AppConfig:
         raise _config_error(exc, file) from None
 
 
-def load_config(path: str | Path) -> LoadedConfig:
-    """Read, parse and validate a baton.yml. Every problem is a ``ConfigError``."""
+def read_yaml(path: str | Path, what: str = "a baton.yml file") -> object:
+    """A YAML file's data (``safe_load``, duplicate keys refused); problems are ConfigErrors."""
     shown = str(path)
     file = Path(path).expanduser().absolute()
     try:
@@ -925,7 +925,7 @@ def load_config(path: str | Path) -> LoadedConfig:
     except FileNotFoundError:
         raise ConfigError("file not found", file=shown) from None
     except IsADirectoryError:
-        raise ConfigError("is a directory, expected a baton.yml file", file=shown) from None
+        raise ConfigError(f"is a directory, expected {what}", file=shown) from None
     except UnicodeDecodeError:
         raise ConfigError("is not UTF-8 text", file=shown) from None
     except OSError as exc:
@@ -939,6 +939,14 @@ def load_config(path: str | Path) -> LoadedConfig:
         raise ConfigError(f"invalid YAML{where}: {problem}", file=shown) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {exc}", file=shown) from None
+    return raw
+
+
+def load_config(path: str | Path) -> LoadedConfig:
+    """Read, parse and validate a baton.yml. Every problem is a ``ConfigError``."""
+    shown = str(path)
+    file = Path(path).expanduser().absolute()
+    raw = read_yaml(path)
     cfg = parse_config(raw, file=shown)
     base_dir = file.parent
     app_dir = (base_dir / cfg.run.cwd).resolve()

@@ -42,6 +42,8 @@ from baton import __version__
 from baton.deploy.engine import Engine, Router
 from baton.deploy.proxyclient import ProxyClient, ProxyUnavailable
 from baton.errors import BatonError
+from baton.flags.http import FlagAdmin, Ofrep, check_ofrep_listen, start_ofrep
+from baton.flags.service import FlagService
 from baton.runtime.base import Runtimes
 from baton.runtime.process import pid_alive
 from baton.server.api import Api
@@ -308,8 +310,14 @@ def _lock(state_dir: Path) -> IO[str]:
     return handle
 
 
-async def serve(state_dir: Path) -> int:
-    """Run the control plane until SIGTERM/SIGINT or ``POST /shutdown``. Returns the exit code."""
+async def serve(state_dir: Path, *, flags_listen: str | None = None) -> int:
+    """Run the control plane until SIGTERM/SIGINT or ``POST /shutdown``. Returns the exit code.
+
+    ``flags_listen`` (``host:port``) also serves feature-flag evaluations (OFREP) over TCP.
+    """
+    flags_token = os.environ.get("BATON_FLAGS_TOKEN") or None
+    if flags_listen is not None:
+        check_ofrep_listen(flags_listen, flags_token)
     state_dir = state_dir.expanduser().absolute()
     state_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock(state_dir)
@@ -324,6 +332,7 @@ async def serve(state_dir: Path) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     runner: web.AppRunner | None = None
+    ofrep_runner: web.AppRunner | None = None
     background: list[asyncio.Task[None]] = []
     try:
         await supervisor.ensure()
@@ -344,7 +353,11 @@ async def serve(state_dir: Path) -> int:
             shutdown=stop.set,
             upgrade_proxy=supervisor.upgrade,
         )
-        runner = web.AppRunner(api.app(), handle_signals=False, access_log=None)
+        flags = FlagService(store, lambda: {a.name: a.config_path for a in store.apps()})
+        flags.check_files()
+        api_app = api.app()
+        api_app.add_routes(FlagAdmin(flags).routes() + Ofrep(flags).routes())
+        runner = web.AppRunner(api_app, handle_signals=False, access_log=None)
         await runner.setup()
         sock = api_socket(state_dir)
         with contextlib.suppress(FileNotFoundError):
@@ -358,7 +371,11 @@ async def serve(state_dir: Path) -> int:
             loop.create_task(_reap_warm(engine, stop)),
             loop.create_task(_replace_dead(engine, stop)),
             loop.create_task(_sample_traffic(engine, stop)),
+            loop.create_task(flags.watch(stop)),
         ]
+        if flags_listen is not None:
+            ofrep_runner = await start_ofrep(Ofrep(flags, flags_token), flags_listen)
+            log.info("feature flags (OFREP) on http://%s", flags_listen)
         await stop.wait()
         log.info("shutting down")
         return 0
@@ -374,6 +391,8 @@ async def serve(state_dir: Path) -> int:
             await engine.cancel_runs()
             await supervisor.stop()
             await engine.stop_all()
+        if ofrep_runner is not None:
+            await ofrep_runner.cleanup()
         if runner is not None:
             await runner.cleanup()
         await proxy.close()
@@ -418,12 +437,12 @@ async def _sample_traffic(engine: Engine, stop: asyncio.Event) -> None:
             await engine.traffic.sample(engine.proxy)
 
 
-def run_server(state_dir: Path) -> int:
+def run_server(state_dir: Path, *, flags_listen: str | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s baton server: %(message)s", stream=sys.stderr
     )
     try:
-        return asyncio.run(serve(state_dir))
+        return asyncio.run(serve(state_dir, flags_listen=flags_listen))
     except AlreadyRunning as exc:
         print(f"baton server: {exc}", file=sys.stderr)
         return 0

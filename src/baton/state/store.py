@@ -95,6 +95,19 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX events_by_deployment ON events(deployment_id, id);
     """,
+    # 1 -> 2: feature flags, one row per version of an app's flag set (newest = served).
+    """
+    CREATE TABLE flag_versions (
+        id          INTEGER PRIMARY KEY,
+        app         TEXT NOT NULL,
+        version     INTEGER NOT NULL,
+        flags       TEXT NOT NULL,          -- JSON: the whole flag set (baton.flags.model)
+        source      TEXT NOT NULL,          -- file | cli | api
+        note        TEXT NOT NULL,          -- what changed, in words
+        created     REAL NOT NULL,
+        UNIQUE(app, version)
+    );
+    """,
 ]
 
 RELEASE_STATES = ("pending", "live", "warm", "stopped", "failed")
@@ -169,6 +182,16 @@ class DeploymentRow:
             "error": self.error,
             "holder_pid": self.holder_pid,
         }
+
+
+@dataclass(frozen=True)
+class FlagVersionRow:
+    app: str
+    version: int
+    flags: dict[str, Any]
+    source: str
+    note: str
+    created: float
 
 
 @dataclass(frozen=True)
@@ -534,6 +557,46 @@ class Store:
             )
             for r in rows
         ]
+
+    # -- feature flags ----------------------------------------------------------------------
+
+    def add_flag_version(self, app: str, flags: dict[str, Any], source: str, note: str) -> int:
+        """Record a new version of ``app``'s flag set (it is served from now on)."""
+        with self._tx():
+            row = self._db.execute(
+                "SELECT COALESCE(MAX(version), 0) FROM flag_versions WHERE app=?", (app,)
+            ).fetchone()
+            version = int(row[0]) + 1
+            self._db.execute(
+                "INSERT INTO flag_versions(app, version, flags, source, note, created)"
+                " VALUES (?,?,?,?,?,?)",
+                (app, version, json.dumps(flags, sort_keys=True), source, note, time.time()),
+            )
+        return version
+
+    def latest_flags(self) -> list[FlagVersionRow]:
+        """The newest flag-set version of every app that has one."""
+        rows = self._db.execute(
+            "SELECT * FROM flag_versions f WHERE version ="
+            " (SELECT MAX(version) FROM flag_versions WHERE app = f.app) ORDER BY app"
+        )
+        return [_flag_row(r) for r in rows]
+
+    def flag_history(self, app: str, limit: int = 50) -> list[FlagVersionRow]:
+        rows = self._db.execute(
+            "SELECT * FROM flag_versions WHERE app=? ORDER BY version DESC LIMIT ?", (app, limit)
+        )
+        return [_flag_row(r) for r in rows]
+
+    def forget_flags(self, app: str) -> None:
+        with self._tx():
+            self._db.execute("DELETE FROM flag_versions WHERE app=?", (app,))
+
+
+def _flag_row(r: sqlite3.Row) -> FlagVersionRow:
+    return FlagVersionRow(
+        r["app"], r["version"], json.loads(r["flags"]), r["source"], r["note"], r["created"]
+    )
 
 
 def _statements(script: str) -> list[str]:
