@@ -9,6 +9,8 @@ Routes:
   GET /version   {"version": ..., "pid": ..., "port": ..., "instance": ...}
   GET /up        200 "ok" when healthy; 503 with NEVER_HEALTHY=1 or while shutting down
   GET /slow?s=N  sleeps N seconds (at most 300), then answers "<version> slept N\\n"
+  GET /items     reads the database at DATABASE_URL with the columns release SCHEMA (v1 or
+                 v2) needs (see db.py); 500 when the schema lacks them
   POST /echo     answers with the request body
 
 Environment: PORT (or --port), APP_VERSION (default v1), FAIL_ON_START=1 (exit 1 at once),
@@ -79,6 +81,7 @@ class Connections:
 
 
 CONNECTIONS = Connections()
+DB = threading.local()  # one database connection per request thread
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -146,6 +149,8 @@ class Handler(BaseHTTPRequestHandler):
                 self.reply(503, b"unhealthy\n")
             else:
                 self.reply(200, b"ok\n")
+        elif url.path == "/items":
+            self.items()
         elif url.path == "/slow":
             try:
                 seconds = min(float(parse_qs(url.query).get("s", ["1"])[0]), 300.0)
@@ -156,6 +161,21 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(200, f"{VERSION} slept {seconds:g}\n".encode())
         else:
             self.reply(404, b"not found\n")
+
+    def items(self) -> None:
+        """The rows this release's schema (``SCHEMA``, v1 or v2) reads; 500 if it cannot."""
+        from db import connect, read_items
+
+        schema = os.environ.get("SCHEMA", "v1")
+        try:
+            conn = DB.conn if getattr(DB, "conn", None) else connect()
+            DB.conn = conn
+            rows = read_items(conn, schema)
+        except Exception as exc:  # the point: a schema this release cannot read is a 500
+            DB.conn = None
+            self.reply(500, f"{VERSION} cannot read items: {exc}\n".encode())
+            return
+        self.reply(200, f"{VERSION} {schema} {len(rows)} items\n".encode())
 
     def do_HEAD(self) -> None:
         self.do_GET()

@@ -274,7 +274,9 @@ class Progress:
         if kind == "deployment":
             self.app, self.version = event["app"], event["version"]
             self.previous = event.get("previous")
-            what = "Rolling back" if event.get("kind") == "rollback" else "Deploying"
+            what = {"rollback": "Rolling back", "contract": "Contract migration of"}.get(
+                str(event.get("kind")), "Deploying"
+            )
             replacing = f", replacing {self.previous}" if self.previous else ""
             console.print(
                 f"[bold]{what} {escape(self.app)} {escape(self.version)}[/bold]"
@@ -632,6 +634,11 @@ def deploy(
 @config_option
 @app_option
 @click.argument("version", required=False)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Roll back even to a release older than a contract migration (it may break).",
+)
 @click.pass_context
 def rollback(
     ctx: click.Context,
@@ -639,10 +646,11 @@ def rollback(
     config: Path | None,
     app: str | None,
     version: str | None,
+    force: bool,
 ) -> None:
     """Deploy the previous release again (or VERSION): by a switch when it is still warm."""
     client = Client(state_dir_of(ctx, sub_state_dir))
-    body: dict[str, Any] = {**_app_selector(config, app), "version": version}
+    body: dict[str, Any] = {**_app_selector(config, app), "version": version, "force": force}
     raise SystemExit(_run(_follow(client, "/rollback", body)))
 
 
@@ -943,6 +951,67 @@ async def _image_facts(cfg: AppConfig) -> ImageFacts:
         finally:
             runtime.close()
     return ImageFacts(image, found=True, healthcheck=healthcheck)
+
+
+# -- schema migrations -----------------------------------------------------------------------------
+
+
+@main.group()
+def migrate() -> None:
+    """Expand/contract schema migrations: see where each app's schema is, run the contract."""
+
+
+@migrate.command("status")
+@state_dir_option
+@app_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def migrate_status(
+    ctx: click.Context, sub_state_dir: Path | None, app: str | None, as_json: bool
+) -> None:
+    """Each app's schema phase: expanded, pending (contract allowed), contracted or none."""
+    client = Client(state_dir_of(ctx, sub_state_dir))
+    query = f"?app={app}" if app else ""
+    answer = _run(client.call("GET", "/migrate/status" + query, timeout=60))
+    if as_json:
+        click.echo(json.dumps(answer, indent=2, sort_keys=True))
+        return
+    for state in answer["apps"]:
+        colour = {"contracted": "green", "pending": "yellow", "expanded": "cyan"}.get(
+            state["phase"], "white"
+        )
+        console.print(
+            f"[bold]{escape(state['app'])}[/bold] {escape(str(state['version']))}:"
+            f" [{colour}]{state['phase']}[/{colour}]"
+        )
+        if state["phase"] in ("expanded", "pending"):
+            console.print(f"  {escape(state['why'])}")
+            how = (
+                "runs by itself (auto_contract)"
+                if state["auto_contract"]
+                else ("run it with `baton migrate contract`")
+            )
+            if state["phase"] == "pending":
+                console.print(f"  the contract is allowed: {how}")
+        for line in state.get("status_output") or []:
+            console.print(f"  | {escape(line)}")
+
+
+@migrate.command("contract")
+@state_dir_option
+@config_option
+@app_option
+@click.pass_context
+def migrate_contract(
+    ctx: click.Context, sub_state_dir: Path | None, config: Path | None, app: str | None
+) -> None:
+    """Run the live release's contract migration, once its expand has proved itself.
+
+    Refused (exit 2) before migrations.contract_after of the release being live without a
+    rollback, with the time left. Afterwards a rollback to an older release is refused.
+    """
+    client = Client(state_dir_of(ctx, sub_state_dir))
+    raise SystemExit(_run(_follow(client, "/migrate/contract", _app_selector(config, app))))
 
 
 if __name__ == "__main__":

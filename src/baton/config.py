@@ -56,6 +56,11 @@ hooks.pre_deploy                  none            shell command before anything 
 hooks.smoke_test                  none            shell command against a new instance
 hooks.post_deploy                 none            shell command after the deployment
 hooks.timeout                     10m             longest time a hook may run
+migrations.expand                 none            schema change run before new instances start
+migrations.contract               none            schema change run once the release proved itself
+migrations.contract_after         24h             live time before the contract may run
+migrations.auto_contract          false           run the contract by itself when allowed
+migrations.status                 none            command shown by `baton migrate status`
 ================================  ==============  ===================================================
 
 Accepted forms. A duration is a number of seconds (``30``, ``0.5``) or a string of one or more
@@ -716,7 +721,39 @@ class HooksConfig(_Section):
     timeout: PositiveDuration = Field(default=600.0, description="longest time a hook may run")
 
 
-_SECTIONS = ("proxy", "health", "deploy", "hooks")
+def _check_bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {_shown(value)}")
+    return value
+
+
+class MigrationsConfig(_Section):
+    expand: Annotated[str | None, BeforeValidator(_optional_string("a shell command"))] = Field(
+        default=None,
+        description="schema change both the new and the old release work with; runs in the new"
+        " release's directory with its env before any new instance starts; failure fails the"
+        " deploy with nothing switched",
+    )
+    contract: Annotated[str | None, BeforeValidator(_optional_string("a shell command"))] = Field(
+        default=None,
+        description="drops what only older releases needed; `baton migrate contract` once"
+        " the expanded release has been live for contract_after (then a rollback to an"
+        " older release is refused)",
+    )
+    contract_after: Duration = Field(
+        default=86400.0,
+        description="how long the expanded release must have been live, with no rollback,"
+        " before its contract may run",
+    )
+    auto_contract: Annotated[bool, BeforeValidator(_check_bool)] = Field(
+        default=False, description="run the contract by itself once contract_after has passed"
+    )
+    status: Annotated[str | None, BeforeValidator(_optional_string("a shell command"))] = Field(
+        default=None, description="shell command whose output `baton migrate status` shows"
+    )
+
+
+_SECTIONS = ("proxy", "health", "deploy", "hooks", "migrations")
 
 
 class AppConfig(_Section):
@@ -734,6 +771,9 @@ class AppConfig(_Section):
     health: HealthConfig = Field(default=HealthConfig(), description="readiness")
     deploy: DeployConfig = Field(default=DeployConfig(), description="deployment")
     hooks: HooksConfig = Field(default=HooksConfig(), description="hooks")
+    migrations: MigrationsConfig = Field(
+        default=MigrationsConfig(), description="expand/contract schema migrations"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -1017,6 +1057,8 @@ def apply_overrides(
 def _render_default(value: object, kind: str | None) -> str:
     if value is None:
         return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if kind == "duration" and isinstance(value, float):
         return format_duration(value)
     if kind == "percent" and isinstance(value, float):

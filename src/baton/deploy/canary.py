@@ -365,6 +365,7 @@ class _Canary:
             new_count=d.cfg.instances,
             old=(),
             pre_deploy=bool(hooks.pre_deploy),
+            expand=bool(d.cfg.migrations.expand),
             smoke_test=bool(hooks.smoke_test),
         )
         for step in steps:

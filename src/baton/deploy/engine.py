@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from baton.config import AppConfig, LoadedConfig, apply_overrides, load_config, parse_config
+from baton.deploy.migrations import contract_window, rollback_blocker, schema_phase
 from baton.deploy.plan import (
     Pool,
     Step,
@@ -218,6 +219,9 @@ class _Deploy:
     finalized: bool = False
 
 
+MIGRATION_OUTPUT_LINES = 50
+
+
 def _hook_env(release: ReleaseRow, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(release.env)
     env.update({"BATON_APP": release.app, "BATON_VERSION": release.version})
@@ -353,16 +357,34 @@ class Engine:
         )
         return run
 
-    async def prepare_rollback(self, app: str, version: str | None = None) -> DeploymentRun:
-        """Lock the app and record a rollback to ``version`` (default: the previous release)."""
-        async with self.app_lock(app):
-            return await self._prepare_rollback(app, version)
+    async def prepare_rollback(
+        self, app: str, version: str | None = None, *, force: bool = False
+    ) -> DeploymentRun:
+        """Lock the app and record a rollback to ``version`` (default: the previous release).
 
-    async def _prepare_rollback(self, app: str, version: str | None) -> DeploymentRun:
+        Refused when a contract migration ran since ``version`` was made, unless ``force``.
+        """
+        async with self.app_lock(app):
+            return await self._prepare_rollback(app, version, force)
+
+    async def _prepare_rollback(self, app: str, version: str | None, force: bool) -> DeploymentRun:
         if self.store.app(app) is None:
             raise UsageError(f"no app named {app!r} was ever deployed on this host")
         live = self._live_release(app)
         target = self._rollback_target(app, live, version)
+        blocker = rollback_blocker(target, self.store.schema_migrations(app))
+        if blocker is not None and not force:
+            contracted = self.store.release(blocker.release_id)
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(blocker.contracted or 0))
+            name = contracted.version if contracted else f"release #{blocker.release_id}"
+            raise UsageError(
+                f"refusing to roll {app} back to {target.version}: the contract migration of"
+                f" {name} ran at {when}, and {target.version} is older than {name}, so it would"
+                f" run against a schema that no longer has what it needs."
+                f" `baton rollback --force {target.version}` runs it anyway: only do that"
+                " once you have restored the schema it needs (or know it needs nothing that"
+                " was removed), or users get errors"
+            )
         cfg = parse_config(target.config)
         routed = self.store.instances(target.id, ("routed",))
         runtime = self.runtime_for(target)
@@ -398,6 +420,111 @@ class Engine:
                 d.started[row.index] = (row.id, instance_of(target, row))
         self._deploys[deployment_id] = d
         return run
+
+    # -- schema migrations: the contract half ----------------------------------------------
+
+    def migration_state(self, app: str) -> dict[str, Any]:
+        """The phase of ``app``'s schema, for ``baton migrate status`` and the auto-contract."""
+        live = self._live_release(app)
+        migrations = {m.release_id: m for m in self.store.schema_migrations(app)}
+        migration = migrations.get(live.id) if live is not None else None
+        cfg = parse_config(live.config) if live is not None else None
+        window = contract_window(
+            live,
+            migration,
+            contract_after=cfg.migrations.contract_after if cfg else 0.0,
+            now=time.time(),
+        )
+        return {
+            "app": app,
+            "phase": schema_phase(live, migration, window),
+            "version": live.version if live else None,
+            "expanded": migration.expanded if migration else None,
+            "contracted": migration.contracted if migration else None,
+            "contract_allowed": window.allowed,
+            "seconds_left": round(window.seconds_left, 1),
+            "why": window.why,
+            "contract": cfg.migrations.contract if cfg else None,
+            "auto_contract": cfg.migrations.auto_contract if cfg else False,
+            "status_command": cfg.migrations.status if cfg else None,
+        }
+
+    async def migration_status(self, app: str) -> dict[str, Any]:
+        """``migration_state`` plus the output of the live release's ``migrations.status``."""
+        from baton.deploy.hooks import run_hook
+
+        state = self.migration_state(app)
+        command = state.pop("status_command")
+        live = self._live_release(app)
+        if command and live is not None:
+            result = await run_hook(
+                "status", command, cwd=Path(live.cwd), env=_hook_env(live), timeout=30.0
+            )
+            state["status_output"] = result.output_tail[-20:]
+            state["status_ok"] = result.ok
+        return state
+
+    async def prepare_contract(self, app: str) -> DeploymentRun:
+        """Lock the app and record the contract of its live release; ``start`` runs it.
+
+        Refused (``UsageError``, nothing changed) before the window has passed, after the
+        contract already ran, or when the live release configures no contract command.
+        """
+        async with self.app_lock(app):
+            if self.store.app(app) is None:
+                raise UsageError(f"no app named {app!r} was ever deployed on this host")
+            state = self.migration_state(app)
+            if not state["contract"]:
+                raise UsageError(
+                    f"{app} {state['version']} has no migrations.contract command in its baton.yml"
+                )
+            if not state["contract_allowed"]:
+                raise UsageError(f"the contract of {app} is not allowed yet: {state['why']}")
+            live = self._live_release(app)
+            assert live is not None
+            deployment_id, _ = self.store.begin_deployment(
+                app=app,
+                app_config=None,
+                config_path=None,
+                kind="contract",
+                strategy="contract",
+                release=None,
+                release_id=live.id,
+                previous_release_id=None,
+                holder_pid=self.pid,
+            )
+            run = DeploymentRun(deployment_id, app, live.version, "contract")
+            run.emit(self._intro(run, live, None, "contract"))
+            self.runs[deployment_id] = run
+            self._deploys[deployment_id] = _Deploy(
+                run, app, live, parse_config(live.config), None, "contract", "contract"
+            )
+            return run
+
+    async def _contract(self, d: _Deploy) -> None:
+        command = d.cfg.migrations.contract
+        assert command is not None
+        self.store.set_step(d.run.id, "contract")
+        d.run.emit({"event": "step", "step": "contract", "batch": None})
+        await self._migration(d.run, d.release, "contract", command, d.cfg)
+        self.store.record_contracted(d.release.id)
+
+    async def auto_contract(self) -> list[str]:
+        """Run the contract of every app with ``auto_contract`` whose window has passed."""
+        notes = []
+        for app in self.store.apps():
+            if self.store.running_deployment(app.name) is not None:
+                continue
+            state = self.migration_state(app.name)
+            if state["auto_contract"] and state["contract"] and state["contract_allowed"]:
+                try:
+                    run = await self.prepare_contract(app.name)
+                except BatonError as exc:
+                    notes.append(f"{app.name}: auto-contract not started: {exc}")
+                    continue
+                self.start(run)
+                notes.append(f"{app.name}: running the contract of {state['version']} (auto)")
+        return notes
 
     def start(self, run: DeploymentRun) -> None:
         """Run a prepared deployment in the background (it outlives the client that asked)."""
@@ -466,7 +593,8 @@ class Engine:
                 log.exception("deployment %s crashed", run.id)
             status = "rolled_back" if self._traffic_moved(d) else "failed"
             try:
-                if not await self._undo(d):
+                # A contract changed no release and no route: there is nothing to undo.
+                if d.kind != "contract" and not await self._undo(d):
                     status = "failed"
             except Exception as undo_exc:
                 log.exception("undoing deployment %s failed", run.id)
@@ -489,12 +617,13 @@ class Engine:
         else:
             self.store.finish_deployment(run.id, "succeeded")
             self.store.add_event(run.id, run.app, "succeeded", {"version": d.release.version})
+            done = "is live" if d.kind != "contract" else "ran its contract migration"
             run.finish(
                 {
                     "ok": True,
                     "exit_code": 0,
                     "status": "succeeded",
-                    "message": f"{run.app} {d.release.version} is live",
+                    "message": f"{run.app} {d.release.version} {done}",
                     "version": d.release.version,
                     "seconds": round(time.monotonic() - started, 3),
                 }
@@ -506,6 +635,9 @@ class Engine:
         return d.switched
 
     async def _steps(self, d: _Deploy) -> None:
+        if d.kind == "contract":
+            await self._contract(d)
+            return
         if d.strategy == "canary":
             from baton.deploy.canary import run_canary
 
@@ -526,6 +658,7 @@ class Engine:
                 old=[i.id for i in prev_routed],
                 max_surge=cfg.deploy.max_surge,
                 pre_deploy=bool(cfg.hooks.pre_deploy) and d.kind == "deploy",
+                expand=bool(cfg.migrations.expand) and d.kind == "deploy",
                 smoke_test=bool(cfg.hooks.smoke_test),
                 verify=cfg.deploy.verify > 0,
                 keep_warm=cfg.deploy.keep_previous > 0,
@@ -558,6 +691,10 @@ class Engine:
         cfg = d.cfg
         if step.kind == "pre_deploy":
             await self._hook(d, "pre_deploy", cfg.hooks.pre_deploy, {})
+        elif step.kind == "expand":
+            assert cfg.migrations.expand is not None
+            await self._migration(d.run, d.release, "expand", cfg.migrations.expand, cfg)
+            self.store.record_expanded(d.app, d.release.id)
         elif step.kind == "start":
             # Concurrently: a container takes a Docker round trip or three to create and start.
             # Every instance that did start is in d.started, so an undo stops it.
@@ -629,6 +766,35 @@ class Engine:
             log=line,
         )
         d.run.emit({"event": "hook", "hook": name, "ok": result.ok})
+        raise_for_hook(result)
+
+    async def _migration(
+        self, run: DeploymentRun, release: ReleaseRow, phase: str, command: str, cfg: AppConfig
+    ) -> None:
+        """Run a migration phase in the release's directory with its env; record its output."""
+        from baton.deploy.hooks import raise_for_hook, run_hook
+
+        def line(text: str) -> None:
+            run.emit({"event": "hook_output", "hook": phase, "line": text})
+
+        result = await run_hook(
+            phase,
+            command,
+            cwd=Path(release.cwd),
+            env=_hook_env(release),
+            timeout=cfg.hooks.timeout,
+            log=line,
+        )
+        record = {
+            "phase": phase,
+            "version": release.version,
+            "ok": result.ok,
+            "exit_code": result.exit_code,
+            "seconds": round(result.duration, 3),
+            "output": result.output_tail[-MIGRATION_OUTPUT_LINES:],
+        }
+        self.store.add_event(run.id, release.app, "migration", record)
+        run.emit({"event": "hook", "hook": phase, "ok": result.ok})
         raise_for_hook(result)
 
     async def _start_instance(self, d: _Deploy, index: int) -> None:
@@ -1232,6 +1398,11 @@ class Engine:
     async def _recover_deployment(self, deployment_id: int) -> str:
         dep = self.store.deployment(deployment_id)
         assert dep is not None
+        if dep.kind == "contract":
+            # Traffic never moved; whether the command finished is unknown: run it again.
+            message = "the control plane stopped during the contract migration; run it again"
+            self.store.finish_deployment(dep.id, "failed", message)
+            return f"{dep.app}: deployment #{dep.id}: {message}"
         new = self.store.release(dep.release_id) if dep.release_id is not None else None
         previous = (
             self.store.release(dep.previous_release_id)
@@ -1372,13 +1543,15 @@ class Engine:
             previous = (
                 self.store.release(dep.previous_release_id) if dep.previous_release_id else None
             )
-            out.append(
-                {
-                    **dep.as_json(),
-                    "version": release.version if release else None,
-                    "previous": previous.version if previous else None,
-                }
-            )
+            entry = {
+                **dep.as_json(),
+                "version": release.version if release else None,
+                "previous": previous.version if previous else None,
+            }
+            migrations = [e.data for e in self.store.events(dep.id) if e.kind == "migration"]
+            if migrations:
+                entry["migrations"] = migrations
+            out.append(entry)
         return out
 
     def log_sources(self, app: str, version: str | None) -> list[tuple[str, Runtime, Instance]]:

@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 StepKind = Literal[
     "pre_deploy",
+    "expand",
     "start",
     "ready",
     "smoke_test",
@@ -47,7 +48,7 @@ MIN_VERIFY_REQUESTS = 20
 
 # Steps after which no user traffic has moved yet: a crash there is undone.
 _BEFORE_TRAFFIC: frozenset[str] = frozenset(
-    {"lock", "prepare", "pre_deploy", "start", "ready", "smoke_test"}
+    {"lock", "prepare", "pre_deploy", "expand", "start", "ready", "smoke_test"}
 )
 # Steps after a passed verification: a crash there is finished.
 _AFTER_VERIFY: frozenset[str] = frozenset({"drain", "stop", "keep_warm", "post_deploy", "done"})
@@ -86,12 +87,17 @@ def plan_deploy(
     old: Sequence[int],
     max_surge: int = 1,
     pre_deploy: bool = False,
+    expand: bool = False,
     smoke_test: bool = False,
     verify: bool = False,
     keep_warm: bool = False,
     post_deploy: bool = False,
 ) -> list[Step]:
-    """The steps that replace the instances ``old`` (ids) by ``new_count`` new instances."""
+    """The steps that replace the instances ``old`` (ids) by ``new_count`` new instances.
+
+    ``expand`` (the schema migration both releases work with) runs after ``pre_deploy`` and
+    before any new instance starts, so a failed expand changes nothing users see.
+    """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
     if new_count < 1:
@@ -100,6 +106,8 @@ def plan_deploy(
     steps: list[Step] = []
     if pre_deploy:
         steps.append(Step("pre_deploy"))
+    if expand:
+        steps.append(Step("expand"))
     if strategy == "blue-green":
         everyone = tuple(range(new_count))
         steps += [Step("start", new=everyone), Step("ready", new=everyone)]

@@ -18,6 +18,8 @@ Deployments stream their progress as newline-delimited JSON events; the last one
 | POST /abort          | app? or config? (a running canary: abort now)   | event stream        |
 | GET  /history        | ?app=&limit=                                    | deployments         |
 | GET  /logs           | ?app=&version=&lines=&follow=1                  | line stream         |
+| GET  /migrate/status | ?app=                                           | each app's schema   |
+| POST /migrate/contract | app? or config?                               | event stream        |
 | POST /shutdown       |                                                 | ok, then stops      |
 """
 
@@ -109,6 +111,8 @@ class Api:
                 web.get("/logs", self.logs),
                 web.post("/shutdown", self.shutdown),
                 web.post("/proxy/upgrade", self.upgrade_proxy),
+                web.get("/migrate/status", self.migrate_status),
+                web.post("/migrate/contract", self.migrate_contract),
             ]
         )
         return app
@@ -164,7 +168,27 @@ class Api:
     async def rollback(self, request: web.Request) -> web.StreamResponse:
         body = await _body(request)
         app = self._app_name(_string(body, "app"), _string(body, "config"))
-        run = await self.engine.prepare_rollback(app, _string(body, "version"))
+        force = body.get("force", False)
+        if not isinstance(force, bool):
+            raise UsageError("force: expected true or false")
+        run = await self.engine.prepare_rollback(app, _string(body, "version"), force=force)
+        self.engine.start(run)
+        return await self._stream(request, run)
+
+    async def migrate_status(self, request: web.Request) -> web.Response:
+        only = request.query.get("app")
+        names = [only] if only else [a.name for a in self.engine.store.apps()]
+        apps = []
+        for name in names:
+            if self.engine.store.app(name) is None:
+                raise UsageError(f"no app named {name!r} was ever deployed on this host")
+            apps.append(await self.engine.migration_status(name))
+        return web.json_response({"apps": apps})
+
+    async def migrate_contract(self, request: web.Request) -> web.StreamResponse:
+        body = await _body(request)
+        app = self._app_name(_string(body, "app"), _string(body, "config"))
+        run = await self.engine.prepare_contract(app)
         self.engine.start(run)
         return await self._stream(request, run)
 

@@ -58,6 +58,7 @@ PROXY_STOP_TIMEOUT = 35.0
 PROXY_UPGRADE_TIMEOUT = 30.0
 INSTANCE_WATCH_INTERVAL = 1.0  # how often live instances are checked for death
 TRAFFIC_SAMPLE_INTERVAL = 1.0  # how often the proxy's metrics are sampled (`baton status`)
+AUTO_CONTRACT_INTERVAL = 1.0
 
 
 def api_socket(state_dir: Path) -> Path:
@@ -372,6 +373,7 @@ async def serve(state_dir: Path, *, flags_listen: str | None = None) -> int:
             loop.create_task(_replace_dead(engine, stop)),
             loop.create_task(_sample_traffic(engine, stop)),
             loop.create_task(flags.watch(stop)),
+            loop.create_task(_auto_contract(engine, stop)),
         ]
         if flags_listen is not None:
             ofrep_runner = await start_ofrep(Ofrep(flags, flags_token), flags_listen)
@@ -424,6 +426,20 @@ async def _replace_dead(engine: Engine, stop: asyncio.Event) -> None:
                 log.warning("instance watcher: %s", note)
         except Exception:  # a bug here must not end the watching
             log.exception("the instance watcher failed; going on")
+
+
+async def _auto_contract(engine: Engine, stop: asyncio.Event) -> None:
+    """Run the contract migration of apps with ``migrations.auto_contract`` once allowed."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), AUTO_CONTRACT_INTERVAL)
+        if stop.is_set():
+            return
+        try:
+            for note in await engine.auto_contract():
+                log.warning("migrations: %s", note)
+        except Exception:  # a bug here must not end the watching
+            log.exception("the auto-contract check failed; going on")
 
 
 async def _sample_traffic(engine: Engine, stop: asyncio.Event) -> None:

@@ -108,6 +108,15 @@ MIGRATIONS: list[str] = [
         UNIQUE(app, version)
     );
     """,
+    # 2 -> 3: expand/contract schema migrations, one row per release that expanded.
+    """
+    CREATE TABLE schema_migrations (
+        release_id  INTEGER PRIMARY KEY REFERENCES releases(id),
+        app         TEXT NOT NULL,
+        expanded    REAL NOT NULL,
+        contracted  REAL                    -- null until its contract ran
+    );
+    """,
 ]
 
 RELEASE_STATES = ("pending", "live", "warm", "stopped", "failed")
@@ -192,6 +201,14 @@ class FlagVersionRow:
     source: str
     note: str
     created: float
+
+
+@dataclass(frozen=True)
+class MigrationRow:
+    release_id: int
+    app: str
+    expanded: float
+    contracted: float | None
 
 
 @dataclass(frozen=True)
@@ -591,6 +608,28 @@ class Store:
     def forget_flags(self, app: str) -> None:
         with self._tx():
             self._db.execute("DELETE FROM flag_versions WHERE app=?", (app,))
+
+    # -- schema migrations ------------------------------------------------------------------
+
+    def record_expanded(self, app: str, release_id: int) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO schema_migrations(release_id, app, expanded) VALUES (?,?,?)",
+            (release_id, app, time.time()),
+        )
+
+    def record_contracted(self, release_id: int) -> None:
+        self._db.execute(
+            "UPDATE schema_migrations SET contracted=? WHERE release_id=?",
+            (time.time(), release_id),
+        )
+
+    def schema_migrations(self, app: str) -> list[MigrationRow]:
+        rows = self._db.execute(
+            "SELECT * FROM schema_migrations WHERE app=? ORDER BY release_id", (app,)
+        )
+        return [
+            MigrationRow(r["release_id"], r["app"], r["expanded"], r["contracted"]) for r in rows
+        ]
 
 
 def _flag_row(r: sqlite3.Row) -> FlagVersionRow:
