@@ -231,3 +231,34 @@ async def test_flags_survive_a_daemon_restart(host: Flagged) -> None:
         host.post, "/apps/shop/ofrep/v1/evaluate/flags/banner", {"context": {}}
     )
     assert status == 200 and body["reason"] == "DISABLED", body
+
+
+async def test_a_flag_following_a_canary_is_on_for_its_users_and_off_after_an_abort(
+    host: Flagged,
+) -> None:
+    host.write_flags({"flags": {"new-checkout": {"follow_canary": "on", "default": "off"}}})
+    client = host.client()
+    on_canary = EvaluationContext("u1", {"baton_version": "v2"})
+    on_stable = EvaluationContext("u1", {"baton_version": "v1"})
+    await _until(lambda: client.get_boolean_value("new-checkout", True, on_canary) is False)
+    host.config(
+        {
+            "instances": 1,
+            "deploy": {"strategy": "canary", "canary": {"steps": [{"weight": 50, "hold": "60s"}]}},
+        }
+    )
+    deploying = asyncio.create_task(host.deploy("--version", "v2", "--env", "APP_VERSION=v2"))
+    try:
+        await _until(lambda: client.get_boolean_value("new-checkout", False, on_canary), 60)
+        details = await asyncio.to_thread(
+            client.get_boolean_details, "new-checkout", True, on_stable
+        )
+        assert (details.value, details.variant) == (False, "off")
+        aborted = await host.baton("abort", "--app", "shop")
+        assert aborted.rc == 0, aborted
+    finally:
+        result = await deploying
+    assert result.rc == 1, result
+    assert (
+        await asyncio.to_thread(client.get_boolean_value, "new-checkout", True, on_canary) is False
+    )

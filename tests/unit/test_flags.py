@@ -226,3 +226,16 @@ def test_any_context_gets_an_answer_or_an_error_never_a_crash(context: dict[str,
     flag = parse_flag("checkout", CHECKOUT)
     result = evaluate(flag, context)
     assert isinstance(result, Evaluation | EvaluationError)
+
+
+def test_a_flag_following_a_canary_is_on_for_the_canarys_own_evaluations_only() -> None:
+    flag = parse_flag("new-checkout", {"follow_canary": "on", "default": "off"})
+    canary_ctx = {"targetingKey": "u1", "baton_version": "v2"}
+    stable_ctx = {"targetingKey": "u1", "baton_version": "v1"}
+    on = evaluate(flag, canary_ctx, canary="v2")
+    assert isinstance(on, Evaluation) and (on.value, on.reason) == (True, TARGETING_MATCH)
+    assert _value(evaluate(flag, stable_ctx, canary="v2")) is False
+    assert _value(evaluate(flag, canary_ctx, canary=None)) is False  # no canary: as usual
+    assert _value(evaluate(set_killed(flag, True), canary_ctx, canary="v2")) is False
+    with pytest.raises(FlagError, match="follow_canary"):
+        parse_flag("f", {"follow_canary": "maybe"})

@@ -277,6 +277,11 @@ class Engine:
         self.canaries: dict[str, CanaryControl] = {}  # app -> its running canary
         self.traffic = Traffic()  # recent proxy metrics: canary guard, `baton status`
 
+    def canary_version(self, app: str) -> str | None:
+        """The version of ``app``'s running canary, once it takes traffic (feature flags)."""
+        control = self.canaries.get(app)
+        return control.version if control is not None and control.step > 0 else None
+
     def runtime_for(self, release: ReleaseRow) -> Runtime:
         return self.runtimes.get(runtime_name(release.config))
 

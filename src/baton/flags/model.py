@@ -90,6 +90,7 @@ class Flag:
     sticky_on: str = DEFAULT_STICKY_KEY
     killed: bool = False
     description: str = ""
+    follow_canary: str | None = None  # variant served to a running canary's own evaluations
 
 
 @dataclass(frozen=True)
@@ -241,7 +242,17 @@ def _parse_rule(raw: object, variants: Mapping[str, Any], key: str, file: str | 
 
 
 _BOOLEAN_VARIANTS = {"on": True, "off": False}
-_FLAG_KEYS = {"variants", "default", "rules", "rollout", "sticky_on", "killed", "description"}
+_FLAG_KEYS = {
+    "variants",
+    "default",
+    "rules",
+    "rollout",
+    "sticky_on",
+    "killed",
+    "description",
+    "follow_canary",
+}
+CANARY_ATTRIBUTE = "baton_version"  # what an instance puts in its context: $BATON_VERSION
 
 
 def parse_flag(name: object, raw: object, *, file: str | None = None) -> Flag:
@@ -307,7 +318,17 @@ def parse_flag(name: object, raw: object, *, file: str | None = None) -> Flag:
     description = raw.get("description", "")
     if not isinstance(description, str):
         raise _fail("description: expected a string", key, file)
-    return Flag(name, flag_type, variants, default, rules, rollout, sticky_on, killed, description)
+    follow = raw.get("follow_canary")
+    if follow is not None and (not isinstance(follow, str) or follow not in variants):
+        raise _fail(
+            f"follow_canary: expected the variant a running canary serves, one of"
+            f" {', '.join(variants)}; got {follow!r}",
+            key,
+            file,
+        )
+    return Flag(
+        name, flag_type, variants, default, rules, rollout, sticky_on, killed, description, follow
+    )
 
 
 def parse_flags(raw: object, *, file: str | None = None) -> FlagSet:
@@ -357,6 +378,8 @@ def flag_to_json(flag: Flag) -> dict[str, Any]:
         out["rollout"] = _rollout_json(flag.rollout)
     if flag.description:
         out["description"] = flag.description
+    if flag.follow_canary is not None:
+        out["follow_canary"] = flag.follow_canary
     return out
 
 
@@ -470,10 +493,25 @@ def _split(
     return Evaluation(flag.key, flag.variants[flag.default], flag.default, SPLIT)
 
 
-def evaluate(flag: Flag, context: Mapping[str, Any]) -> Evaluation | EvaluationError:
-    """Which variant ``context`` gets, and why."""
+def evaluate(
+    flag: Flag, context: Mapping[str, Any], *, canary: str | None = None
+) -> Evaluation | EvaluationError:
+    """Which variant ``context`` gets, and why.
+
+    ``canary`` is the version of the app's running canary, if any: a flag with
+    ``follow_canary`` serves that variant to the canary's own evaluations (contexts whose
+    ``baton_version`` is the canary's), so the flag is on exactly for the canary's users
+    and goes wherever the canary goes; everything else is evaluated as usual.
+    """
     if flag.killed:
         return Evaluation(flag.key, flag.variants[flag.default], flag.default, DISABLED)
+    if (
+        flag.follow_canary is not None
+        and canary is not None
+        and context.get(CANARY_ATTRIBUTE) == canary
+    ):
+        variant = flag.follow_canary
+        return Evaluation(flag.key, flag.variants[variant], variant, TARGETING_MATCH)
     for rule in flag.rules:
         if all(_holds(c, context) for c in rule.conditions):
             if rule.serve is not None:

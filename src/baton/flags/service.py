@@ -79,9 +79,15 @@ def _from_document(doc: Mapping[str, Any], version: int) -> AppFlags:
 
 
 class FlagService:
-    def __init__(self, store: Store, config_paths: Callable[[], Mapping[str, str]]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        config_paths: Callable[[], Mapping[str, str]],
+        canary_version: Callable[[str], str | None] = lambda app: None,
+    ) -> None:
         self._store = store
         self._config_paths = config_paths
+        self._canary_version = canary_version
         self._apps: dict[str, AppFlags] = {}
         self._served: dict[str, FlagSet] = {}
         self._file_stamps: dict[str, tuple[int, int, int] | None] = {}
@@ -110,7 +116,7 @@ class FlagService:
         flag = flags.flags.get(key) if flags is not None else None
         if flag is None:
             return EvaluationError(key, "FLAG_NOT_FOUND", f"no flag {key!r} for app {app!r}")
-        return evaluate(flag, context)
+        return evaluate(flag, context, canary=self._canary_version(app))
 
     def evaluate_all(
         self, app: str, context: Mapping[str, Any]
@@ -118,7 +124,8 @@ class FlagService:
         flags = self._served.get(app)
         if flags is None:
             return []
-        return [evaluate(flag, context) for _, flag in sorted(flags.flags.items())]
+        canary = self._canary_version(app)
+        return [evaluate(flag, context, canary=canary) for _, flag in sorted(flags.flags.items())]
 
     def history(self, app: str, limit: int = 50) -> list[dict[str, Any]]:
         return [

@@ -354,7 +354,11 @@ async def serve(state_dir: Path, *, flags_listen: str | None = None) -> int:
             shutdown=stop.set,
             upgrade_proxy=supervisor.upgrade,
         )
-        flags = FlagService(store, lambda: {a.name: a.config_path for a in store.apps()})
+        flags = FlagService(
+            store,
+            lambda: {a.name: a.config_path for a in store.apps()},
+            canary_version=engine.canary_version,
+        )
         flags.check_files()
         api_app = api.app()
         api_app.add_routes(FlagAdmin(flags).routes() + Ofrep(flags).routes())
