@@ -239,3 +239,50 @@ def test_a_flag_following_a_canary_is_on_for_the_canarys_own_evaluations_only() 
     assert _value(evaluate(set_killed(flag, True), canary_ctx, canary="v2")) is False
     with pytest.raises(FlagError, match="follow_canary"):
         parse_flag("f", {"follow_canary": "maybe"})
+
+
+def _metrics(cohorts: dict[str, tuple[int, int]]) -> dict[str, Any]:
+    """A /metrics.json answer with each cohort's (requests, 5xx), all fast."""
+    from baton.deploy.analysis import LATENCY_BOUNDS
+
+    releases = {}
+    for name, (requests, errors) in cohorts.items():
+        counts = [0] * (len(LATENCY_BOUNDS) + 1)
+        counts[2] = requests
+        releases[name] = {
+            "requests": {"2xx": requests - errors, "5xx": errors},
+            "ttfb": {"bounds": list(LATENCY_BOUNDS), "counts": counts},
+        }
+    return {"apps": {"shop": {"releases": releases}}}
+
+
+def test_the_judge_kills_a_flag_whose_on_cohort_fails_more_than_its_off_cohort(
+    tmp_path: Any,
+) -> None:
+    from baton.deploy.traffic import Traffic
+    from baton.flags.judge import check, cohort
+    from baton.flags.service import FlagService
+    from baton.state.store import Store
+
+    store = Store.open(tmp_path / "baton.db")
+    flags = FlagService(store, dict)
+    judged = {"rollout": {"on": "50%"}, "judge": {"window": "10s", "min_requests": 100}}
+    flags.apply(
+        "shop",
+        {"flags": {"f": judged, "quiet": {"rollout": {"on": "50%"}}}},
+        file=None,
+        source="api",
+    )
+    traffic = Traffic(min_interval=0.0)
+    on, off = cohort("f", "on"), cohort("f", "off")
+    traffic.add(_metrics({on: (0, 0), off: (0, 0)}), t=100.0)
+    traffic.add(_metrics({on: (300, 3), off: (300, 2)}), t=105.0)
+    assert check(flags, traffic) == []  # the same error rate: nothing happens
+    assert flags.last_verdicts[("shop", "f", "on")].verdict == "pass"
+    traffic.add(_metrics({on: (600, 93), off: (600, 4)}), t=110.0)
+    notes = check(flags, traffic)
+    assert len(notes) == 1 and "flag f killed: on judged worse than off" in notes[0]
+    served = flags.served("shop")
+    assert served is not None and served.flags["f"].killed and not served.flags["quiet"].killed
+    assert "killed (on judged worse" in flags.history("shop")[0]["note"]
+    store.close()

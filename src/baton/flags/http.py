@@ -250,6 +250,11 @@ class FlagAdmin:
                     "version": current.version,
                     "kills": sorted(current.kills),
                     "file_error": self.flags.file_errors.get(app),
+                    "verdicts": {
+                        f"{key}={variant}": verdict.to_json()
+                        for (a, key, variant), verdict in sorted(self.flags.last_verdicts.items())
+                        if a == app
+                    },
                     "flags": {
                         k: {**flag_to_json(f), "type": f.type}
                         for k, f in sorted(current.served.flags.items())

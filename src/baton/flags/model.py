@@ -31,6 +31,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from baton.config import parse_duration
+from baton.config import parse_percent as config_percent
 from baton.errors import ConfigError
 
 FlagType = Literal["boolean", "string", "number", "object"]
@@ -80,6 +82,22 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class FlagJudge:
+    """``flags.NAME.judge``: compare the flag's cohorts on live traffic; kill on a regression.
+
+    Each non-default variant's cohort is judged against the default variant's cohort over
+    the last ``window`` with the canary judge's rules (``deploy.analysis.judge``).
+    """
+
+    window: float = 30.0
+    min_requests: int = 200
+    max_error_rate: float = 1.0  # no absolute ceiling: a flag is judged against its own "off"
+    max_error_rate_increase: float = 0.005
+    max_latency_ratio: float = 1.25
+    confidence: float = 0.95
+
+
+@dataclass(frozen=True)
 class Flag:
     key: str
     type: FlagType
@@ -91,6 +109,7 @@ class Flag:
     killed: bool = False
     description: str = ""
     follow_canary: str | None = None  # variant served to a running canary's own evaluations
+    judge: FlagJudge | None = None
 
 
 @dataclass(frozen=True)
@@ -150,22 +169,11 @@ def _type_of(value: Any) -> FlagType | None:
 
 
 def parse_percent(value: object, key: str, file: str | None) -> float:
-    """``25%``, ``"2.5%"`` or a fraction ``0.25`` → 0.25, within [0, 1]."""
-    if isinstance(value, bool):
-        raise _fail(f"expected a percentage like 25% or 0.25, got {value!r}", key, file)
-    number: float
-    if isinstance(value, str) and value.strip().endswith("%"):
-        try:
-            number = float(value.strip()[:-1]) / 100
-        except ValueError:
-            raise _fail(f"expected a percentage like 25%, got {value!r}", key, file) from None
-    elif isinstance(value, int | float):
-        number = float(value)
-    else:
-        raise _fail(f"expected a percentage like 25% or 0.25, got {value!r}", key, file)
-    if not (math.isfinite(number) and 0.0 <= number <= 1.0):
-        raise _fail(f"expected a percentage between 0% and 100%, got {value!r}", key, file)
-    return number
+    """``25%``, ``"2.5%"`` or a fraction ``0.25`` → 0.25, within [0, 1] (as in baton.yml)."""
+    try:
+        return config_percent(value)
+    except ValueError as exc:
+        raise _fail(str(exc), key, file) from None
 
 
 def _parse_rollout(
@@ -251,6 +259,15 @@ _FLAG_KEYS = {
     "killed",
     "description",
     "follow_canary",
+    "judge",
+}
+_JUDGE_KEYS = {
+    "window",
+    "min_requests",
+    "max_error_rate",
+    "max_error_rate_increase",
+    "max_latency_ratio",
+    "confidence",
 }
 CANARY_ATTRIBUTE = "baton_version"  # what an instance puts in its context: $BATON_VERSION
 
@@ -327,8 +344,65 @@ def parse_flag(name: object, raw: object, *, file: str | None = None) -> Flag:
             file,
         )
     return Flag(
-        name, flag_type, variants, default, rules, rollout, sticky_on, killed, description, follow
+        name,
+        flag_type,
+        variants,
+        default,
+        rules,
+        rollout,
+        sticky_on,
+        killed,
+        description,
+        follow,
+        _parse_judge(raw.get("judge"), f"{key}.judge", file),
     )
+
+
+def _parse_judge(raw: object, key: str, file: str | None) -> FlagJudge | None:
+    if raw is None or raw is False:
+        return None
+    if raw is True:
+        return FlagJudge()
+    if not isinstance(raw, dict):
+        raise _fail("expected true, false or a mapping (window, min_requests, ...)", key, file)
+    unknown = set(raw) - _JUDGE_KEYS
+    if unknown:
+        raise _fail(
+            f"unknown key {sorted(unknown)[0]!r} (keys: {', '.join(sorted(_JUDGE_KEYS))})",
+            key,
+            file,
+        )
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        where = f"{key}.{name}"
+        if name == "window":
+            try:
+                values[name] = parse_duration(value)
+            except ValueError as exc:
+                raise _fail(str(exc), where, file) from None
+            if values[name] < 1.0:
+                raise _fail(f"expected at least 1s, got {value!r}", where, file)
+        elif name == "min_requests":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise _fail(f"expected a whole number of at least 1, got {value!r}", where, file)
+            values[name] = value
+        elif name in ("max_error_rate", "max_error_rate_increase"):
+            values[name] = parse_percent(value, where, file)
+        elif name == "max_latency_ratio":
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 1.0:
+                raise _fail(f"expected a ratio above 1, like 1.25, got {value!r}", where, file)
+            values[name] = float(value)
+        else:  # confidence
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0.5 <= value < 1
+            ):
+                raise _fail(
+                    f"expected a confidence like 0.95 (0.5 to 1), got {value!r}", where, file
+                )
+            values[name] = float(value)
+    return FlagJudge(**values)
 
 
 def parse_flags(raw: object, *, file: str | None = None) -> FlagSet:
@@ -380,6 +454,16 @@ def flag_to_json(flag: Flag) -> dict[str, Any]:
         out["description"] = flag.description
     if flag.follow_canary is not None:
         out["follow_canary"] = flag.follow_canary
+    if flag.judge is not None:
+        j = flag.judge
+        out["judge"] = {
+            "window": j.window,
+            "min_requests": j.min_requests,
+            "max_error_rate": j.max_error_rate,
+            "max_error_rate_increase": j.max_error_rate_increase,
+            "max_latency_ratio": j.max_latency_ratio,
+            "confidence": j.confidence,
+        }
     return out
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from baton.config import read_yaml
+from baton.deploy.analysis import Verdict
 from baton.errors import BatonError
 from baton.flags.model import (
     Evaluation,
@@ -92,6 +93,8 @@ class FlagService:
         self._served: dict[str, FlagSet] = {}
         self._file_stamps: dict[str, tuple[int, int, int] | None] = {}
         self.file_errors: dict[str, str] = {}
+        # (app, flag, variant) -> the judge's last verdict on that cohort (flags.judge)
+        self.last_verdicts: dict[tuple[str, str, str], Verdict] = {}
         for row in store.latest_flags():
             try:
                 self._set(row.app, _from_document(row.flags, row.version))

@@ -43,6 +43,7 @@ from baton.deploy.engine import Engine, Router
 from baton.deploy.proxyclient import ProxyClient, ProxyUnavailable
 from baton.errors import BatonError
 from baton.flags.http import FlagAdmin, Ofrep, check_ofrep_listen, start_ofrep
+from baton.flags.judge import watch as judge_flags
 from baton.flags.service import FlagService
 from baton.runtime.base import Runtimes
 from baton.runtime.process import pid_alive
@@ -378,6 +379,7 @@ async def serve(state_dir: Path, *, flags_listen: str | None = None) -> int:
             loop.create_task(_sample_traffic(engine, stop)),
             loop.create_task(flags.watch(stop)),
             loop.create_task(_auto_contract(engine, stop)),
+            loop.create_task(judge_flags(flags, engine.traffic, stop)),
         ]
         if flags_listen is not None:
             ofrep_runner = await start_ofrep(Ofrep(flags, flags_token), flags_listen)
