@@ -465,6 +465,7 @@ class _Canary:
             {
                 "step": n,
                 "weight": weight,
+                "window": round(time.time() - (self.control.step_started or time.time()), 2),
                 "fuse": True,
                 "decision": "abort",
                 "reason": reason,
