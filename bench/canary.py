@@ -15,8 +15,8 @@ release runs with noisy latency: ``LATENCY_MS=2`` plus an exponentially distribu
    - ``low``: an open-ish load of about ``--rate`` requests per second (the bounded load
      generator, paced), every answer recorded;
    - ``high``: ``wrk`` unthrottled (``--concurrency`` connections) for the whole deploy.
-   Figures: failed requests (5xx or no answer) as a share of every request sent during the
-   deploy (target < 0.05 %), and time to abort: from the first canary step (traffic moved)
+   Figures: failed requests (5xx or no answer) as a share of every request sent (low: during
+   the deploy; high: wrk's whole 25 s run around it) (target < 0.05 %), and time to abort: from the first canary step (traffic moved)
    to the abort the daemon recorded (target < 2 s), and from the fuse's trip to that abort.
 2. ``--runs`` canaries of good releases (the same app, new version label each time), one
    after the other under the closed-loop load: a false abort is any that does not end
@@ -56,7 +56,7 @@ NOISE = {"LATENCY_MS": "2", "LATENCY_JITTER_MS": "5"}
 
 
 class Bench:
-    def __init__(self, root: Path, hold: float) -> None:
+    def __init__(self, root: Path, hold: float, noise: bool = True, retry: bool = True) -> None:
         self.root = root
         self.state_dir = root / "state"
         self.port = free_port()
@@ -69,7 +69,11 @@ class Bench:
                     "run": {
                         "command": f"exec {sys.executable} app.py --port $PORT",
                         "cwd": str(APP_DIR),
-                        "env": {"APP_VERSION": "v0", "SHUTDOWN_GRACE": "5", **NOISE},
+                        "env": {
+                            "APP_VERSION": "v0",
+                            "SHUTDOWN_GRACE": "5",
+                            **(NOISE if noise else {}),
+                        },
                     },
                     "instances": 2,
                     "health": {"path": "/up", "interval": "50ms"},
@@ -80,6 +84,7 @@ class Bench:
                         "keep_previous": "0s",
                         "verify": "0s",
                         "canary": {
+                            "retry_on_stable": retry,
                             "steps": [
                                 {"weight": 5, "hold": f"{hold:g}s"},
                                 {"weight": 25, "hold": f"{hold:g}s"},
@@ -244,11 +249,23 @@ async def main() -> int:
     parser.add_argument("--hold", type=float, default=5.0, help="seconds per step")
     parser.add_argument("--concurrency", type=int, default=16, help="load clients / wrk conns")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument(
+        "--noise",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="noisy app latency (--no-noise: the app answers at once, for a higher rate)",
+    )
+    parser.add_argument(
+        "--retry",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="retry on stable (--no-retry: the fuse alone bounds what clients see)",
+    )
     args = parser.parse_args()
     modes = ("low", "high") if args.mode == "both" else (args.mode,)
     bad: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="baton-bench-canary-") as tmp:
-        bench = Bench(Path(tmp), args.hold)
+        bench = Bench(Path(tmp), args.hold, noise=args.noise, retry=args.retry)
         rc, _, err = await bench.baton("up", "--detach", timeout=60)
         assert rc == 0, err
         try:
@@ -265,7 +282,13 @@ async def main() -> int:
         finally:
             with contextlib.suppress(Exception):
                 await bench.baton("down", timeout=120)
-    figures: dict[str, Any] = {"hold": args.hold, "concurrency": args.concurrency, "bad": bad}
+    figures: dict[str, Any] = {
+        "hold": args.hold,
+        "concurrency": args.concurrency,
+        "noise": args.noise,
+        "retry_on_stable": args.retry,
+        "bad": bad,
+    }
     figures["good"] = good
     print()
     for mode in modes:
