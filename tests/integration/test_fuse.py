@@ -180,3 +180,20 @@ def test_a_bad_fuse_is_refused_with_400_and_the_table_is_unchanged(
     status, payload = proxy.call("GET", "/fuses?wait=600")
     assert status == 400 and "wait" in payload["error"], payload
     assert proxy.ok("GET", "/routes") == before
+
+
+def test_a_canary_that_cannot_be_reached_is_answered_by_stable_not_502(
+    proxy: ProxyProcess, backend_factory: Callable[..., Backend]
+) -> None:
+    stable = backend_factory("v1")
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there: connect refused
+    canary_route(proxy, stable.addr, dead, 10)
+    pinned = (
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-Baton-Release: v2\r\nX-Baton-Secret: "
+        + SECRET.encode()
+        + b"\r\nConnection: close\r\n\r\n"
+    )
+    answer = send_raw("127.0.0.1", proxy.port, pinned)
+    assert parse_status(answer) == 200 and answer.endswith(b"v1"), answer
+    m = proxy.release_metrics("v2")
+    assert m["requests"]["5xx"] == 1 and m["upstream_errors"] == 1 and m["stable_retries"] == 1

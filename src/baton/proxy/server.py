@@ -615,6 +615,9 @@ class ClientConnection(asyncio.Protocol):
         ex.upstream = None
         if up is not None:
             up.close()
+        if status == 502 and ex.stable_retry and self.may_retry_on_stable(ex):
+            self._to_stable(ex, status)  # a canary that cannot answer: stable does
+            return
         if ex.metrics is not None:
             ex.metrics.upstream_errors += 1
             elapsed = time.monotonic() - ex.t0
@@ -656,11 +659,16 @@ class ClientConnection(asyncio.Protocol):
             return
         ex.upstream = None
         up.close()  # the rest of the bad answer is never read: the connection is not reused
+        self._to_stable(ex, status)
+
+    def _to_stable(self, ex: Exchange, status: int) -> None:
         ex.stable_retry = False
         m = ex.metrics
         if m is not None:
             now = time.monotonic()
             m.stable_retries += 1
+            if status == 502:
+                m.upstream_errors += 1
             m.record(status, now - ex.t_sent, now - ex.t0)  # may trip the fuse, this turn
         self._leave_target(ex)
         app = self.proxy.table.apps.get(m.app) if m is not None else None
