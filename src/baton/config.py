@@ -52,6 +52,9 @@ deploy.canary.analysis.max_latency_ratio 1.25     canary p95 / baseline p95, at 
 deploy.canary.analysis.confidence 0.95            confidence of the statistical tests
 deploy.canary.max_hold_extensions 3               extra holds of an inconclusive step, then fail
 deploy.canary.release_secret      none            X-Baton-Secret for non-loopback release pinning
+deploy.canary.retry_on_stable     GET, HEAD, OPTIONS
+                                                  canary 5xx retried on the stable release (methods,
+                                                  true or false)
 hooks.pre_deploy                  none            shell command before anything starts
 hooks.smoke_test                  none            shell command against a new instance
 hooks.post_deploy                 none            shell command after the deployment
@@ -614,6 +617,28 @@ def _check_confidence(value: object) -> float:
     return fraction
 
 
+RETRY_ON_STABLE_DEFAULT = ("GET", "HEAD", "OPTIONS")
+_IDEMPOTENT = ("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE")
+
+
+def _check_retry_methods(value: object) -> list[str]:
+    """``true`` (GET, HEAD, OPTIONS), ``false`` (off) or a list of idempotent methods."""
+    if value is True:
+        return list(RETRY_ON_STABLE_DEFAULT)
+    if value is False:
+        return []
+    hint = f"true, false or a list of idempotent methods ({', '.join(_IDEMPOTENT)})"
+    if not isinstance(value, list):
+        raise ValueError(f"expected {hint}, got {_shown(value)}")
+    methods: list[str] = []
+    for method in value:
+        if not isinstance(method, str) or method.upper() not in _IDEMPOTENT:
+            raise ValueError(f"expected {hint}, got {_shown(method)} in the list")
+        if method.upper() not in methods:
+            methods.append(method.upper())
+    return methods
+
+
 class CanaryStep(_Section):
     weight: Annotated[int, BeforeValidator(_int_at_least(1, 100))] = Field(
         description="share of the traffic (percent) the new release gets during the step"
@@ -671,6 +696,13 @@ class CanaryConfig(_Section):
         default=None,
         description="lets non-loopback clients pick a release with X-Baton-Release"
         " (sent as X-Baton-Secret)",
+    )
+    retry_on_stable: Annotated[
+        list[str], BeforeValidator(_check_retry_methods), _Shown("GET, HEAD, OPTIONS")
+    ] = Field(
+        default_factory=lambda: list(RETRY_ON_STABLE_DEFAULT),
+        description="canary: a 5xx from the canary to one of these methods is retried on the"
+        " stable release before the client sees it (true, false or a list of methods)",
     )
 
     @field_validator("steps")

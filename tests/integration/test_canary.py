@@ -126,7 +126,7 @@ async def test_a_canary_failing_30_percent_of_requests_is_aborted_with_a_small_b
     await asyncio.sleep(0.5)
     outcome = await load.stop()
     assert result.rc == 1, result
-    assert "guard" in result.out or "error rate" in result.err, result
+    assert "fuse tripped" in result.err, result  # the proxy's fuse is first, by count
     assert "users are still on v1" in result.err, result
     assert_no_failures(outcome)  # every request was answered (the 500s are the app's)
     during = [s for s in outcome.timeline if started <= s.sent < done]
@@ -135,7 +135,8 @@ async def test_a_canary_failing_30_percent_of_requests_is_aborted_with_a_small_b
     print(
         f"\nbad canary: {failed} of {len(during)} requests failed during the deploy ({share:.2%})"
     )
-    assert failed > 0 and share < 0.05, (failed, len(during))
+    # The canary's 500s to these GETs were retried on stable: clients saw (almost) none.
+    assert share < 0.005, (failed, len(during))
     assert served_after(outcome, done) == {"v1\n"}
     status = (await host.status())["apps"]["shop"]
     assert status["live"] == "v1"

@@ -502,3 +502,34 @@ def test_the_example_app_config_is_valid_and_passes_its_checklist() -> None:
     loaded = load_config(example)
     assert loaded.config.app == "example" and loaded.config.instances == 2
     assert all(item.ok for item in checklist(loaded))
+
+
+# ---------------------------------------------------------------- deploy.canary.retry_on_stable
+
+
+@pytest.mark.parametrize(
+    ("value", "methods"),
+    [
+        (None, ["GET", "HEAD", "OPTIONS"]),
+        ("true", ["GET", "HEAD", "OPTIONS"]),
+        ("false", []),
+        ("[get, PUT, get]", ["GET", "PUT"]),
+        ("[]", []),
+    ],
+)
+def test_retry_on_stable_takes_true_false_or_idempotent_methods(
+    tmp_path: Path, value: str | None, methods: list[str]
+) -> None:
+    text = MINIMAL + (f"deploy:\n  canary:\n    retry_on_stable: {value}\n" if value else "")
+    cfg = load_config(write(tmp_path, text)).config
+    assert cfg.deploy.canary.retry_on_stable == methods
+
+
+@pytest.mark.parametrize("value", ["[POST]", "[GET, PATCH]", "yes please", "3"])
+def test_retry_on_stable_refuses_what_is_not_safe_to_replay(tmp_path: Path, value: str) -> None:
+    path = write(tmp_path, MINIMAL + f"deploy:\n  canary:\n    retry_on_stable: {value}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.key == "deploy.canary.retry_on_stable"
+    assert caught.value.file == str(path)
+    assert "true, false or a list of idempotent methods" in str(caught.value)

@@ -54,7 +54,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from baton.config import CanaryAnalysisConfig
 from baton.deploy.analysis import AnalysisConfig, Verdict, guard, judge, summary
-from baton.deploy.plan import Step, plan_deploy
+from baton.deploy.plan import ArmedFuse, Step, plan_deploy
+from baton.deploy.proxyclient import ProxyUnavailable
 from baton.deploy.traffic import Snapshot, Traffic, between, figures
 from baton.errors import BatonError, DeploymentFailed, UsageError
 from baton.state.store import InstanceRow, ReleaseRow
@@ -65,6 +66,8 @@ if TYPE_CHECKING:
 GUARD_INTERVAL = 1.0  # seconds between two checks of the guard (and of promote/abort)
 GUARD_WINDOW = 10.0  # the guard's window: the canary's last seconds of traffic
 GUARD_MIN_REQUESTS = 20  # requests the guard needs in its window before it may abort
+FUSE_WINDOW = 200  # the proxy's fuse judges the canary's last this many answers
+FUSE_WATCH = 5.0  # seconds one long poll of the proxy's fuses waits for a trip
 METRICS_GRACE = 30.0  # how long past a step's end to wait for a proxy that does not answer
 
 Action = Literal["next", "extend", "confirm", "abort"]
@@ -188,6 +191,7 @@ class CanaryControl:
     confirming: bool = False
     last_verdict: dict[str, Any] | None = None
     request: Request | None = None
+    fuse: dict[str, Any] | None = None  # the proxy's trip event, once the fuse tripped
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def ask(self, what: Request) -> None:
@@ -210,6 +214,7 @@ class CanaryControl:
             "confirming": self.confirming,
             "last_verdict": self.last_verdict,
             "request": self.request,
+            "fuse": self.fuse,
         }
 
 
@@ -341,19 +346,142 @@ class _Canary:
 
     async def run(self) -> None:
         await self._before_traffic()
-        steps = self.control.steps
-        for n, (weight, hold) in enumerate(steps, start=1):
-            self._abort_requested()
-            if self.control.request == "promote":
-                break
-            if await self._canary_step(n, weight, hold) == "promote":
-                break
+        self._arm_fuse()
+        watcher = asyncio.ensure_future(self._watch_fuse())
+        try:
+            steps = self.control.steps
+            for n, (weight, hold) in enumerate(steps, start=1):
+                self._abort_requested()
+                if self.control.request == "promote":
+                    break
+                if await self._canary_step(n, weight, hold) == "promote":
+                    break
+            # A trip the watcher has not brought yet must not be promoted over.
+            with contextlib.suppress(BatonError):
+                answer = await self.engine.proxy.fuses()
+                self.control.fuse = self.control.fuse or next(
+                    (e for e in answer.get("events", []) if self._is_ours(e)), None
+                )
+            self._fuse_tripped(self.control.step, self.control.weight)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         if self.control.request == "promote":
             self._record(
                 "canary_request",
                 {"request": "promote", "step": self.control.step, "weight": self.control.weight},
             )
         await self._promote()
+
+    # -- the proxy's fuse -----------------------------------------------------------------
+
+    def _arm_fuse(self) -> None:
+        """From the first step on, the canary's route carries the fuse (and the retry on
+        stable); it stays on the route after an abort, so the canary stays at weight 0."""
+        d = self.d
+        self.engine.router.fuses[d.app] = ArmedFuse(
+            release_id=d.release.id,
+            version=d.release.version,
+            deployment=d.run.id,
+            max_error_rate=self.analysis.max_error_rate,
+            min_requests=GUARD_MIN_REQUESTS,
+            window=max(FUSE_WINDOW, GUARD_MIN_REQUESTS),
+            retry_on_stable=tuple(self.cfg.retry_on_stable),
+        )
+
+    def _disarm_fuse(self) -> None:
+        armed = self.engine.router.fuses.get(self.d.app)
+        if armed is not None and armed.deployment == self.d.run.id:
+            del self.engine.router.fuses[self.d.app]
+
+    def _is_ours(self, event: Any) -> bool:
+        d = self.d
+        return (
+            isinstance(event, dict)
+            and event.get("app") == d.app
+            and event.get("release") == d.release.version
+            and event.get("deployment") == str(d.run.id)
+        )
+
+    async def _watch_fuse(self) -> None:
+        """Long-poll the proxy's fuses; a trip of this canary wakes the step loop at once."""
+        proxy, control = self.engine.proxy, self.control
+        seen: int | None = None
+        while control.fuse is None:
+            try:
+                answer = await proxy.fuses(
+                    after=seen or 0, wait=0.0 if seen is None else FUSE_WATCH
+                )
+            except (ProxyUnavailable, BatonError):
+                await asyncio.sleep(0.2)
+                continue
+            for event in answer.get("new", []) if seen is not None else []:
+                if self._is_ours(event):
+                    control.fuse = event
+                    control.wake.set()
+                    return
+            if seen is None:
+                # Already tripped before we watched (a restarted control plane)?
+                for event in answer.get("events", []):
+                    if self._is_ours(event):
+                        control.fuse = event
+                        control.wake.set()
+                        return
+            seen = int(answer.get("trips", 0))
+
+    def _fuse_from_metrics(self, snap: Snapshot | None) -> None:
+        """The metrics the guard reads carry the fuse too: a trip the watcher missed."""
+        if snap is None or self.control.fuse is not None:
+            return
+        d = self.d
+        release = snap.metrics.get("apps", {}).get(d.app, {}).get("releases", {})
+        fuse = release.get(d.release.version, {}).get("fuse")
+        if (
+            isinstance(fuse, dict)
+            and fuse.get("tripped")
+            and fuse.get("deployment") == str(d.run.id)
+        ):
+            self.control.fuse = {
+                "app": d.app,
+                "release": d.release.version,
+                **(fuse.get("trip") or {}),
+            }
+
+    def _fuse_tripped(self, n: int, weight: int) -> None:
+        """Abort (as the guard does) once the proxy's fuse tripped on this canary."""
+        trip = self.control.fuse
+        if trip is None:
+            return
+        errors, requests = int(trip.get("errors", 0)), int(trip.get("requests", 0))
+        ceiling = float(trip.get("max_error_rate", self.analysis.max_error_rate))
+        rate = errors / requests if requests else 0.0
+        reason = (
+            f"fuse tripped: the proxy saw the canary fail {errors} of its last {requests}"
+            f" requests ({rate:.1%}), above the {ceiling:.1%} ceiling, and set its weight to 0"
+        )
+        self._record(
+            "verdict",
+            {
+                "step": n,
+                "weight": weight,
+                "window": round(time.time() - (self.control.step_started or time.time()), 2),
+                "fuse": True,
+                "decision": "abort",
+                "reason": reason,
+                "verdict": "fail",
+                "reasons": [reason],
+                "figures": {
+                    "canary_errors": errors,
+                    "canary_requests": requests,
+                    "canary_error_rate": round(rate, 4),
+                    "max_error_rate": ceiling,
+                    "min_requests": trip.get("min_requests"),
+                    "tripped_at": trip.get("ts"),
+                },
+            },
+        )
+        self._fail(n, weight, reason)
 
     async def _before_traffic(self) -> None:
         d, engine = self.d, self.engine
@@ -402,9 +530,12 @@ class _Canary:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(control.wake.wait(), min(GUARD_INTERVAL, left))
             self._abort_requested()
+            self._fuse_tripped(n, weight)
             if control.request == "promote":
                 return "promote"
             snap = await self.traffic.sample(self.engine.proxy, fresh=True)
+            self._fuse_from_metrics(snap)
+            self._fuse_tripped(n, weight)
             if snap is not None:
                 start = start or snap
                 self._guard(n, weight)
@@ -489,6 +620,7 @@ class _Canary:
     async def _promote(self) -> None:
         d, engine = self.d, self.engine
         self._step("promote", "promote")
+        self._disarm_fuse()  # no longer a canary: the proxy drops its fuse
         await self._set_weight(100)
         d.run.emit({"event": "switch", "weights": self._weights(), "batch": None})
         if d.cfg.deploy.verify > 0:

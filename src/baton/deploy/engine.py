@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from baton.config import AppConfig, LoadedConfig, apply_overrides, load_config, parse_config
 from baton.deploy.migrations import contract_window, rollback_blocker, schema_phase
 from baton.deploy.plan import (
+    ArmedFuse,
     Pool,
     Step,
     app_route,
@@ -145,6 +146,7 @@ class Router:
         self.store = store
         self.proxy = proxy
         self._lock = asyncio.Lock()
+        self.fuses: dict[str, ArmedFuse] = {}  # app -> its running canary's fuse
 
     def pools(self, app: str) -> list[tuple[ReleaseRow, Pool]]:
         pools = []
@@ -163,6 +165,9 @@ class Router:
         route = app_route(config, [p for _, p in pools])
         if route is not None:
             route.update(release_options(pools[-1][0].config))  # the newest release decides
+            armed = self.fuses.get(app)
+            if armed is not None and any(r.id == armed.release_id for r, _ in pools):
+                armed.apply(route)
         return route
 
     def table(self) -> dict[str, Any]:

@@ -246,6 +246,34 @@ def release_options(config: Mapping[str, Any] | None) -> dict[str, Any]:
     return options
 
 
+@dataclass(frozen=True)
+class ArmedFuse:
+    """A running canary's fuse, as its app's route carries it to the proxy (proxy/fuse.py):
+    the guard's ceiling and minimum sample, judged by the proxy on the canary's last
+    ``window`` answers, and the methods whose canary 5xx the proxy retries on stable."""
+
+    release_id: int  # the canary's release row: a later deploy of the same version is not it
+    version: str
+    deployment: int
+    max_error_rate: float
+    min_requests: int
+    window: int
+    retry_on_stable: tuple[str, ...] = ()
+
+    def apply(self, route: dict[str, Any]) -> None:
+        """Mark the canary's release in ``route`` (one app's entry of the table)."""
+        for release in route.get("releases", []):
+            if release.get("name") == self.version:
+                release["fuse"] = {
+                    "max_error_rate": self.max_error_rate,
+                    "min_requests": self.min_requests,
+                    "window": self.window,
+                    "deployment": str(self.deployment),
+                }
+                if self.retry_on_stable:
+                    route["retry_on_stable"] = list(self.retry_on_stable)
+
+
 def route_table(apps: Mapping[str, dict[str, Any] | None]) -> dict[str, Any]:
     """The whole table: every app that has something to route."""
     return {"apps": {name: route for name, route in sorted(apps.items()) if route is not None}}

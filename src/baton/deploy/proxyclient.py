@@ -131,3 +131,11 @@ class ProxyClient:
     async def metrics(self) -> dict[str, Any]:
         result: dict[str, Any] = await self._call("GET", "/metrics.json")
         return result
+
+    async def fuses(self, after: int = 0, wait: float = 0.0) -> dict[str, Any]:
+        """The canary fuses; with ``wait``, returns early once a trip numbered above
+        ``after`` happened (``new`` lists those trips)."""
+        result: dict[str, Any] = await self._call(
+            "GET", f"/fuses?after={after}&wait={wait:g}", timeout=wait + 10.0
+        )
+        return result

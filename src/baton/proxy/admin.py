@@ -65,6 +65,7 @@ class AdminAPI:
                 web.post("/undrain", self.undrain),
                 web.get("/metrics", self.metrics_text),
                 web.get("/metrics.json", self.metrics_json),
+                web.get("/fuses", self.get_fuses),
             ]
         )
         self.app = app
@@ -184,5 +185,35 @@ class AdminAPI:
             text=self.proxy.metrics.to_prometheus(), content_type="text/plain", charset="utf-8"
         )
 
+    async def get_fuses(self, request: web.Request) -> web.Response:
+        """Every canary fuse and the trips so far; ``?after=N&wait=S`` waits up to S seconds
+        for a trip numbered above N (the control plane watches this way)."""
+        after, wait = _int_query(request, "after", 0, 1 << 62), 0.0
+        if "wait" in request.query:
+            try:
+                wait = float(request.query["wait"])
+            except ValueError:
+                wait = -1.0
+            if not 0 <= wait <= 60:
+                raise RouteTableError(
+                    f"wait: expected a number of seconds between 0 and 60, got"
+                    f" {request.query['wait']!r}"
+                )
+        fuses = self.proxy.fuses
+        loop = asyncio.get_running_loop()
+        end = loop.time() + wait
+        while fuses.trips <= after and loop.time() < end:
+            await asyncio.sleep(0.01)
+        return web.json_response({**fuses.to_json(), "new": fuses.since(after)})
+
     async def metrics_json(self, request: web.Request) -> web.Response:
         return web.json_response(self.proxy.metrics.to_json())
+
+
+def _int_query(request: web.Request, name: str, minimum: int, maximum: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return minimum
+    if not raw.isdigit() or not minimum <= int(raw) <= maximum:
+        raise RouteTableError(f"{name}: expected an integer of at least {minimum}, got {raw!r}")
+    return int(raw)

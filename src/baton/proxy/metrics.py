@@ -10,7 +10,10 @@ Rendering (Prometheus text, JSON) happens only when the admin API is asked.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Callable
 from typing import Any
+
+from baton.proxy.fuse import Fuse
 
 # Upper bounds in seconds; a final +Inf bucket is implicit. Fine at the low end, where a
 # fast app lives, so p95 comparisons (canary analysis) have resolution.
@@ -70,9 +73,12 @@ class ReleaseMetrics:
 
     __slots__ = (
         "app",
+        "fuse",
         "in_flight",
+        "on_trip",
         "release",
         "retries",
+        "stable_retries",
         "status",
         "total",
         "ttfb",
@@ -88,6 +94,11 @@ class ReleaseMetrics:
         self.retries = 0
         self.in_flight = 0
         self.tunnels = 0
+        self.stable_retries = 0  # canary 5xx answers retried on the stable release
+        # A canary's fuse (proxy/fuse.py), armed by the proxy for each table; ``on_trip`` is
+        # called in the same turn as the outcome that tripped it.
+        self.fuse: Fuse | None = None
+        self.on_trip: Callable[[ReleaseMetrics], None] | None = None
         self.ttfb = Histogram()
         self.total = Histogram()
 
@@ -104,6 +115,9 @@ class ReleaseMetrics:
         h.counts[bisect_left(LATENCY_BOUNDS, total)] += 1
         h.sum += total
         h.count += 1
+        fuse = self.fuse
+        if fuse is not None and fuse.record(idx == 4) and self.on_trip is not None:
+            self.on_trip(self)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -112,6 +126,8 @@ class ReleaseMetrics:
             "retries": self.retries,
             "in_flight": self.in_flight,
             "tunnels": self.tunnels,
+            "stable_retries": self.stable_retries,
+            **({"fuse": self.fuse.to_json()} if self.fuse is not None else {}),
             "ttfb": self.ttfb.to_json(),
             "total": self.total.to_json(),
         }
@@ -164,11 +180,24 @@ class MetricsRegistry:
             ("baton_retries_total", "counter", "Requests retried on another attempt.", "retries"),
             ("baton_in_flight", "gauge", "Requests in flight.", "in_flight"),
             ("baton_open_tunnels", "gauge", "Open upgraded connections (WebSocket).", "tunnels"),
+            (
+                "baton_stable_retries_total",
+                "counter",
+                "Canary 5xx answers retried on the stable release.",
+                "stable_retries",
+            ),
         )
         for name, kind, text, attr in scalar:
             head(name, kind, text)
             for (app, rel), m in items:
                 out.append(f'{name}{{app="{_esc(app)}",release="{_esc(rel)}"}} {getattr(m, attr)}')
+        head("baton_release_fuse_tripped", "gauge", "1 when the canary's fuse tripped.")
+        for (app, rel), m in items:
+            if m.fuse is not None:
+                tripped = int(m.fuse.tripped)
+                out.append(
+                    f'baton_release_fuse_tripped{{app="{_esc(app)}",release="{_esc(rel)}"}} {tripped}'
+                )
         for name, attr, text in (
             ("baton_upstream_ttfb_seconds", "ttfb", "Upstream time to first response byte."),
             ("baton_request_duration_seconds", "total", "Total request time through the proxy."),

@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import quote, unquote
 
 from baton.errors import RouteTableError
+from baton.proxy.fuse import FuseSpec, parse_fuse, parse_retry_methods
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 STICKY_NONE, STICKY_COOKIE, STICKY_CLIENT_IP, STICKY_HEADER = range(4)
@@ -40,8 +41,9 @@ _APP_KEYS = {
     "stickiness",
     "release_secret",
     "max_connection_age",
+    "retry_on_stable",
 }
-_RELEASE_KEYS = {"name", "weight", "targets"}
+_RELEASE_KEYS = {"name", "weight", "targets", "fuse"}
 _HEALTH_KEYS = {"kind", "path", "interval", "timeout", "rise", "fall"}
 
 
@@ -70,9 +72,17 @@ class ReleaseSpec:
     name: str
     weight: int
     targets: tuple[str, ...]
+    fuse: FuseSpec | None = None  # a canary: judged by the proxy's fuse (proxy/fuse.py)
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "weight": self.weight, "targets": list(self.targets)}
+        out: dict[str, Any] = {
+            "name": self.name,
+            "weight": self.weight,
+            "targets": list(self.targets),
+        }
+        if self.fuse is not None:
+            out["fuse"] = self.fuse.to_json()
+        return out
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,7 @@ class AppSpec:
     stickiness: str = "none"  # none | cookie | client-ip | header:<name>
     release_secret: str | None = None  # lets non-loopback clients pin a release
     max_connection_age: float | None = None  # longest life of a tunnel (WebSocket), seconds
+    retry_on_stable: tuple[str, ...] = ()  # methods whose canary 5xx is retried on stable
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -101,6 +112,7 @@ class AppSpec:
             "stickiness": self.stickiness,
             "release_secret": self.release_secret,
             "max_connection_age": self.max_connection_age,
+            **({"retry_on_stable": list(self.retry_on_stable)} if self.retry_on_stable else {}),
         }
 
 
@@ -237,7 +249,8 @@ def parse_app(name: object, value: object) -> AppSpec:
             if addr in targets:
                 raise RouteTableError(f"{rwhere}.targets[{j}]: duplicate target {t!r}")
             targets.append(addr)
-        releases.append(ReleaseSpec(rname, weight, tuple(targets)))
+        fuse = parse_fuse(rel.get("fuse"), f"{rwhere}.fuse")
+        releases.append(ReleaseSpec(rname, weight, tuple(targets), fuse))
     stickiness = value.get("stickiness", "none")
     if not isinstance(stickiness, str) or not (
         stickiness in ("none", "cookie", "client-ip")
@@ -253,6 +266,9 @@ def parse_app(name: object, value: object) -> AppSpec:
     return AppSpec(
         name=name,
         max_connection_age=max_age,
+        retry_on_stable=parse_retry_methods(
+            value.get("retry_on_stable"), f"{where}.retry_on_stable"
+        ),
         stickiness=stickiness,
         release_secret=secret,
         listen=listen,

@@ -36,6 +36,7 @@ from typing import NamedTuple, cast
 
 import httptools
 
+from baton.proxy.fuse import Fuses
 from baton.proxy.http import (
     CONTINUE_100,
     FRAME_CHUNKED,
@@ -119,6 +120,7 @@ class Exchange:
         "request_id",
         "same_retry",
         "set_cookie",
+        "stable_retry",
         "status",
         "t0",
         "t_sent",
@@ -159,6 +161,7 @@ class Exchange:
         self.tried: list[Target] = []
         self.attempts = 0
         self.same_retry = False
+        self.stable_retry = False  # a canary 5xx may be retried on the stable release
         self.set_cookie: bytes | None = None
         self.status = 0
         self.t0 = time.monotonic()
@@ -508,6 +511,8 @@ class ClientConnection(asyncio.Protocol):
         ex.release = release
         m = ex.metrics = release.metrics
         m.in_flight += 1
+        if m.fuse is not None and app.spec.retry_on_stable:
+            ex.stable_retry = ex.method.decode("latin-1") in app.spec.retry_on_stable
         if info.expect_continue and not ex.complete:
             self.write(CONTINUE_100)
         ex.head = upstream_head(
@@ -610,6 +615,9 @@ class ClientConnection(asyncio.Protocol):
         ex.upstream = None
         if up is not None:
             up.close()
+        if status == 502 and ex.stable_retry and self.may_retry_on_stable(ex):
+            self._to_stable(ex, status)  # a canary that cannot answer: stable does
+            return
         if ex.metrics is not None:
             ex.metrics.upstream_errors += 1
             elapsed = time.monotonic() - ex.t0
@@ -627,6 +635,53 @@ class ClientConnection(asyncio.Protocol):
             self.close()
             return
         self._next()
+
+    # -- retry on stable: a canary's 5xx never reaches the client --------------------------
+
+    def may_retry_on_stable(self, ex: Exchange) -> bool:
+        """Whether the canary's 5xx for ``ex`` (status line just read) will be retried on the
+        stable release: a whole, replayable request of a retried method, a stable target."""
+        if not ex.stable_retry or ex is not self.active or not ex.complete or not ex.replayable:
+            return False
+        release = ex.release
+        app = self.proxy.table.apps.get(ex.metrics.app) if ex.metrics is not None else None
+        if release is None or app is None:
+            return False
+        return self.proxy.stable_choice(app, release.name) is not None
+
+    def retry_on_stable(self, up: UpstreamConnection, status: int) -> None:
+        """Drop the canary's bad answer (none of it was written), count it as the canary's
+        failure (the judge and the fuse see it), and send the request to the stable release.
+        """
+        ex = self.active
+        if ex is None or ex.upstream is not up:
+            up.close()
+            return
+        ex.upstream = None
+        up.close()  # the rest of the bad answer is never read: the connection is not reused
+        self._to_stable(ex, status)
+
+    def _to_stable(self, ex: Exchange, status: int) -> None:
+        ex.stable_retry = False
+        m = ex.metrics
+        if m is not None:
+            now = time.monotonic()
+            m.stable_retries += 1
+            if status == 502:
+                m.upstream_errors += 1
+            m.record(status, now - ex.t_sent, now - ex.t0)  # may trip the fuse, this turn
+        self._leave_target(ex)
+        app = self.proxy.table.apps.get(m.app) if m is not None else None
+        canary = ex.release
+        choice = self.proxy.stable_choice(app, canary.name) if app and canary else None
+        if app is None or choice is None:
+            self._local(ex, 502, "the canary failed and no stable target is left")
+            return
+        release, target = choice
+        ex.release = release
+        m = ex.metrics = release.metrics
+        m.in_flight += 1
+        self.attach(ex, target, app.spec)
 
     # -- upstream events ---------------------------------------------------------------
 
@@ -820,6 +875,7 @@ class Proxy:
         self.connections: set[ClientConnection] = set()
         self.servers: dict[str, asyncio.base_events.Server] = {}
         self.tunnel_ends: dict[UpstreamConnection, _TunnelEnds] = {}
+        self.fuses = Fuses()
         self.stopping = False
         self._rr = 0
         self._request_prefix = os.urandom(4).hex().encode()
@@ -926,8 +982,11 @@ class Proxy:
                 await self.listen(spec.listen)
         if generation is None:
             generation = self.table.generation + 1
+        self.fuses.arm(specs)
+        specs = self.fuses.enforce(specs)  # a tripped canary stays at weight 0
         table = RouteTable.build(specs, self._target, self.metrics.get, generation)
         self.table = table  # the cutover
+        self._arm_fuses(table)
         routed: set[str] = set()
         keep: set[tuple[str, str]] = set()
         for app in table.apps.values():
@@ -948,6 +1007,48 @@ class Proxy:
         for callback in self.on_table_change:
             callback()
         return table.generation
+
+    def _arm_fuses(self, table: LiveTable) -> None:
+        for app in table.apps.values():
+            for rel in app.releases:
+                m = rel.metrics
+                m.fuse = self.fuses.get(app.name, rel.name)
+                m.on_trip = self._fuse_tripped if m.fuse is not None else None
+
+    def _fuse_tripped(self, m: ReleaseMetrics) -> None:
+        """A canary's fuse tripped: a new table, in this very turn, with its weight at 0."""
+        m.on_trip = None
+        event = self.fuses.record_trip(m.app, m.release, time.time())
+        specs = self.fuses.enforce(self.table.specs)
+        table = RouteTable.build(specs, self._target, self.metrics.get, self.table.generation + 1)
+        self.table = table  # the cutover away from the canary
+        self._arm_fuses(table)
+        for callback in self.on_table_change:
+            callback()
+        log.warning(
+            "canary fuse tripped: app %s release %s failed %d of its last %d requests"
+            " (ceiling %.2f%%, minimum %d); its weight is now 0",
+            m.app,
+            m.release,
+            event.get("errors", 0),
+            event.get("requests", 0),
+            100 * float(event.get("max_error_rate", 0.0)),
+            int(event.get("min_requests", 0)),
+        )
+
+    def stable_choice(self, app: LiveApp, canary: str) -> tuple[LiveRelease, Target] | None:
+        """Where a request the canary failed goes instead: the weightiest other release
+        that is no canary, with an available target."""
+        others = sorted(
+            (r for r in app.releases if r.name != canary and r.metrics.fuse is None),
+            key=lambda r: r.weight,
+            reverse=True,
+        )
+        for release in others:
+            target = self.pick_target(release)
+            if target is not None:
+                return release, target
+        return None
 
     async def listen(
         self, address: str, sock: socket.socket | None = None, *, serve: bool = True

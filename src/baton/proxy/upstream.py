@@ -141,6 +141,7 @@ class UpstreamConnection(asyncio.Protocol):
         "buf",
         "client",
         "closed",
+        "discard",
         "done",
         "ex",
         "framing",
@@ -180,6 +181,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.keep_alive = False
         self.idle_since = 0.0
+        self.discard = 0  # the status of a canary answer retried on stable: never forwarded
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -194,6 +196,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.skip = False
         self.head_only = False
         self.until_close = False
+        self.discard = 0
 
     def detach(self) -> None:
         self.client = None
@@ -256,8 +259,14 @@ class UpstreamConnection(asyncio.Protocol):
             client.start_tunnel(self, rest)
             return
         except httptools.HttpParserError as exc:
+            if self.discard:
+                client.retry_on_stable(self, self.discard)
+                return
             self._flush(client)
             client.upstream_broken(self, f"invalid response from upstream: {exc}")
+            return
+        if self.discard:
+            client.retry_on_stable(self, self.discard)
             return
         self._flush(client)
         if self.done:
@@ -293,6 +302,9 @@ class UpstreamConnection(asyncio.Protocol):
         ex = self.ex
         client = self.client
         assert ex is not None and client is not None
+        if status >= 500 and ex.stable_retry and client.may_retry_on_stable(ex):
+            self.discard = status  # not one byte of it reaches the client
+            return
         info = client_head(
             status,
             head,
@@ -313,7 +325,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.done = True
 
     def on_body(self, body: bytes) -> None:
-        if self.skip or self.head_only:
+        if self.skip or self.head_only or self.discard:
             return
         self.out.append(chunk(body) if self.framing == FRAME_CHUNKED else body)
 
@@ -321,7 +333,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self.skip:
             self.skip = False
             return
-        if self.head_only:
+        if self.head_only or self.discard:
             return
         if self.framing == FRAME_CHUNKED:
             self.out.append(LAST_CHUNK)
