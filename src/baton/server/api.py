@@ -19,6 +19,12 @@ Deployments stream their progress as newline-delimited JSON events; the last one
 | GET  /history        | ?app=&limit=                                    | deployments         |
 | GET  /logs           | ?app=&version=&lines=&follow=1                  | line stream         |
 | POST /shutdown       |                                                 | ok, then stops      |
+| GET  /env            | ?app=                                           | the app's plain env |
+| GET  /secrets        | ?app=                                           | secret names only   |
+| POST /secrets        | app, set? {NAME: value}, unset? [NAME]          | secret names only   |
+
+``/deploy`` also takes ``secrets`` ({NAME: value}, only names listed in baton.yml); secret
+values are never in an answer, only their names.
 """
 
 from __future__ import annotations
@@ -109,6 +115,9 @@ class Api:
                 web.get("/logs", self.logs),
                 web.post("/shutdown", self.shutdown),
                 web.post("/proxy/upgrade", self.upgrade_proxy),
+                web.get("/env", self.env),
+                web.get("/secrets", self.secrets),
+                web.post("/secrets", self.set_secrets),
             ]
         )
         return app
@@ -157,6 +166,7 @@ class Api:
             command=_string(body, "command"),
             strategy=strategy,
             image=_string(body, "image"),
+            secrets=body.get("secrets"),
         )
         self.engine.start(run)
         return await self._stream(request, run)
@@ -234,6 +244,30 @@ class Api:
         except (ConnectionError, RuntimeError):
             pass
         return response
+
+    async def env(self, request: web.Request) -> web.Response:
+        from baton.deploy.appenv import app_env
+
+        app = self._app_name(request.query.get("app"), request.query.get("config"))
+        return web.json_response(app_env(self.engine, app))
+
+    async def secrets(self, request: web.Request) -> web.Response:
+        from baton.deploy.appenv import secret_names
+
+        app = self._app_name(request.query.get("app"), request.query.get("config"))
+        return web.json_response(secret_names(self.engine, app))
+
+    async def set_secrets(self, request: web.Request) -> web.Response:
+        from baton.deploy.appenv import change_secrets
+
+        body = await _body(request)
+        unknown = sorted(set(body) - {"app", "config", "set", "unset"})
+        if unknown:
+            raise UsageError(f"unknown field {unknown[0]!r} (expected app, set, unset)")
+        app = self._app_name(_string(body, "app"), _string(body, "config"))
+        return web.json_response(
+            change_secrets(self.engine, app, body.get("set"), body.get("unset"))
+        )
 
     async def shutdown(self, request: web.Request) -> web.Response:
         asyncio.get_running_loop().call_later(0.05, self._shutdown)

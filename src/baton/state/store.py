@@ -25,7 +25,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,12 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX events_by_deployment ON events(deployment_id, id);
     """,
+    # 1 -> 2 (durable releases): what a release runs, frozen at deploy time, and the app's
+    # own --env that later deploys carry on. Secret values are never in this database.
+    """
+    ALTER TABLE releases ADD COLUMN artifact TEXT NOT NULL DEFAULT '{}';  -- JSON object
+    ALTER TABLE apps ADD COLUMN env TEXT NOT NULL DEFAULT '{}'            -- JSON object
+    """,
 ]
 
 RELEASE_STATES = ("pending", "live", "warm", "stopped", "failed")
@@ -126,6 +132,10 @@ class ReleaseRow:
     live_since: float | None
     warm_until: float | None
     created: float
+    # What the release runs, frozen at deploy time: {"kind": "snapshot", "path": ...} for the
+    # process runtime, {"kind": "image", "image": tag, "id": "sha256:..."} for docker; {} for
+    # releases recorded before artifacts existed.
+    artifact: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -196,6 +206,7 @@ def _release(row: sqlite3.Row) -> ReleaseRow:
         live_since=row["live_since"],
         warm_until=row["warm_until"],
         created=row["created"],
+        artifact=json.loads(row["artifact"]),
     )
 
 
@@ -299,6 +310,14 @@ class Store:
             row["created"],
             row["updated"],
         )
+
+    def app_env(self, name: str) -> dict[str, str]:
+        """The app's ``--env`` values that every later deploy carries (no secrets here)."""
+        row = self._db.execute("SELECT env FROM apps WHERE name=?", (name,)).fetchone()
+        return {} if row is None else dict(json.loads(row["env"]))
+
+    def set_app_env(self, name: str, env: dict[str, str]) -> None:
+        self._db.execute("UPDATE apps SET env=? WHERE name=?", (json.dumps(env), name))
 
     def apps(self) -> list[AppRow]:
         rows = self._db.execute("SELECT name FROM apps ORDER BY name").fetchall()
@@ -442,6 +461,20 @@ class Store:
             return
         args.append(release_id)
         self._db.execute(f"UPDATE releases SET {', '.join(sets)} WHERE id=?", args)
+
+    def set_artifact(
+        self, release_id: int, artifact: dict[str, Any], *, cwd: str | None = None
+    ) -> None:
+        """Record what a release runs (and, for a snapshot, the directory it runs in)."""
+        if cwd is None:
+            self._db.execute(
+                "UPDATE releases SET artifact=? WHERE id=?", (json.dumps(artifact), release_id)
+            )
+        else:
+            self._db.execute(
+                "UPDATE releases SET artifact=?, cwd=? WHERE id=?",
+                (json.dumps(artifact), cwd, release_id),
+            )
 
     # -- instances ---------------------------------------------------------------------------
 
