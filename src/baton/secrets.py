@@ -26,7 +26,8 @@ SECRETS_FILE = Path(".baton") / "secrets"  # beside baton.yml
 REDACTED = "[secret]"
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_ESCAPE = re.compile(r"\\(.)")
+_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
+_UNESCAPE = {"n": "\n", "r": "\r"}
 
 
 def parse_dotenv(text: str, *, file: str) -> dict[str, str]:
@@ -35,7 +36,7 @@ def parse_dotenv(text: str, *, file: str) -> dict[str, str]:
     A line that is not an assignment is an error naming the file and line, never the value.
     """
     values: dict[str, str] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -49,7 +50,7 @@ def parse_dotenv(text: str, *, file: str) -> dict[str, str]:
             )
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] == '"':
-            value = _ESCAPE.sub(lambda m: "\n" if m.group(1) == "n" else m.group(1), value[1:-1])
+            value = _ESCAPE.sub(lambda m: _UNESCAPE.get(m.group(1), m.group(1)), value[1:-1])
         elif len(value) >= 2 and value[0] == value[-1] == "'":
             value = value[1:-1]
         values[name] = value
@@ -60,7 +61,8 @@ def format_dotenv(values: dict[str, str]) -> str:
     """The file ``parse_dotenv`` reads back to ``values`` (double quotes, escapes)."""
     lines = []
     for name in sorted(values):
-        value = values[name].replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        value = values[name].replace("\\", "\\\\").replace('"', '\\"')
+        value = value.replace("\n", "\\n").replace("\r", "\\r")
         lines.append(f'{name}="{value}"')
     return "\n".join(lines) + ("\n" if lines else "")
 
