@@ -624,6 +624,16 @@ def _artifact_text(artifact: dict[str, Any]) -> str:
     return "-"
 
 
+def _artifact_short(artifact: dict[str, Any]) -> str:
+    """The artifact in a table cell: ``snapshot``, or ``tag (id12)``."""
+    if artifact.get("kind") == "snapshot":
+        return "snapshot" if artifact.get("kept", True) else "snapshot (removed)"
+    if artifact.get("kind") == "image":
+        short = str(artifact.get("id") or "").split(":", 1)[-1][:12]
+        return f"{artifact.get('image')} ({short})"
+    return "-"
+
+
 def _selector_query(config: Path | None, app: str | None) -> str:
     from urllib.parse import urlencode
 
@@ -832,6 +842,10 @@ def status(ctx: click.Context, sub_state_dir: Path | None, as_json: bool) -> Non
                         str(inst.get("tunnels", 0)),
                     )
         console.print(table)
+        for release in app["releases"]:
+            if release.get("artifact"):
+                text = _artifact_text(release["artifact"])
+                console.print(f"  {escape(release['version'])} runs {escape(text)}")
         _show_traffic(app)
         dep = app.get("deployment")
         if dep:
@@ -928,6 +942,7 @@ def history(
         "strategy",
         "status",
         "started",
+        "runs",
         "note",
     ):
         table.add_column(column)
@@ -942,6 +957,7 @@ def history(
             dep["strategy"],
             f"[{colour}]{dep['status']}[/{colour}]",
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(dep["started"])),
+            escape(_artifact_short(dep.get("artifact") or {})),
             escape((dep["error"] or "").splitlines()[0] if dep["error"] else ""),
         )
     console.print(table)
