@@ -615,7 +615,13 @@ def _artifact_text(artifact: dict[str, Any]) -> str:
     """A release's artifact in one line: its snapshot, or its image tag and ID."""
     if artifact.get("kind") == "snapshot":
         kept = "" if artifact.get("kept", True) else " (removed)"
-        return f"snapshot {artifact.get('path')}{kept}"
+        size = ""
+        if artifact.get("files") is not None and artifact.get("bytes") is not None:
+            size = (
+                f" ({artifact['files']} files, {artifact['bytes'] / 1e6:.1f} MB,"
+                f" {artifact.get('seconds') or 0:g}s)"
+            )
+        return f"snapshot {artifact.get('path')}{kept}{size}"
     if artifact.get("kind") == "image":
         image_id = str(artifact.get("id") or "")
         short = image_id.split(":", 1)[-1][:12]

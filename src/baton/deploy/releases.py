@@ -92,6 +92,9 @@ def describe(artifact: dict[str, Any]) -> dict[str, Any]:
             "kind": "snapshot",
             "path": artifact.get("path"),
             "kept": not artifact.get("pruned"),
+            "files": artifact.get("files"),
+            "bytes": artifact.get("bytes"),
+            "seconds": artifact.get("seconds"),
         }
     if kind == "image":
         return {
