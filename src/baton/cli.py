@@ -647,7 +647,7 @@ def _selector_query(config: Path | None, app: str | None) -> str:
     return f"?{urlencode(selector)}" if selector else ""
 
 
-@main.command("env")
+@main.group("env", invoke_without_command=True)
 @state_dir_option
 @config_option
 @app_option
@@ -661,16 +661,39 @@ def env_command(
     as_json: bool,
 ) -> None:
     """The app's plain environment (run.env plus --env values later deploys keep)."""
-    client = Client(state_dir_of(ctx, sub_state_dir))
+    ctx.ensure_object(dict)
+    ctx.obj.update(state_dir=state_dir_of(ctx, sub_state_dir), config=config, app=app)
+    if ctx.invoked_subcommand is not None:
+        return
+    client = Client(ctx.obj["state_dir"])
     data = _run(client.call("GET", f"/env{_selector_query(config, app)}"))
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    kept = set(data.get("from_deploy") or {})
+    _show_env(data)
+
+
+def _show_env(data: dict[str, Any]) -> None:
+    kept = data.get("from_deploy") or {}
     console.print(f"{escape(data['app'])} (release {escape(str(data.get('release')))}):")
     for name, value in sorted((data.get("env") or {}).items()):
         note = "  [dim](--env, kept by later deploys)[/dim]" if name in kept else ""
         console.print(f"  {escape(name)}={escape(value)}{note}")
+    pending = sorted(set(kept) - set(data.get("env") or {}))
+    for name in pending:
+        console.print(
+            f"  {escape(name)}={escape(kept[name])}  [dim](--env, from the next deploy)[/dim]"
+        )
+
+
+@env_command.command("unset")
+@click.argument("name")
+@click.pass_context
+def env_unset(ctx: click.Context, name: str) -> None:
+    """Stop carrying NAME's --env value into later deploys (from the next deploy on)."""
+    client = Client(ctx.obj["state_dir"])
+    body = {**_app_selector(ctx.obj["config"], ctx.obj["app"]), "unset": [name]}
+    _show_env(_run(client.call("POST", "/env", body)))
 
 
 @main.group("secrets", invoke_without_command=True)

@@ -201,6 +201,10 @@ async def test_a_secret_given_once_survives_later_deploys_and_never_leaks(host: 
     # --env is the app's too: v4 still has GREETING from v1's deploy.
     env = json.loads((await host.baton("env", "--json")).out)
     assert env["release"] == "v4" and env["env"]["GREETING"] == "hi"
+    unset = await host.baton("env", "--app", "shop", "unset", "GREETING")
+    assert unset.rc == 0, unset
+    env = json.loads((await host.baton("env", "--json")).out)
+    assert env["from_deploy"] == {}  # the next deploy no longer carries it
     listed = await host.baton("secrets", "--app", "shop")
     assert listed.rc == 0 and "DB_PASSWORD" in listed.out and "set" in listed.out
     history = await host.baton("history", "--json")

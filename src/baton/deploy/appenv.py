@@ -43,6 +43,23 @@ def app_env(engine: Engine, app: str) -> dict[str, Any]:
     }
 
 
+def unset_env(engine: Engine, app: str, names: object) -> dict[str, Any]:
+    """Stop carrying these ``--env`` values into later deploys (the live release keeps them)."""
+    _known(engine, app)
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise UsageError("unset: expected a non-empty list of names")
+    kept = engine.store.app_env(app)
+    gone = [n for n in names if n not in kept]
+    if gone:
+        shown = ", ".join(sorted(kept)) or "none"
+        raise UsageError(
+            f"{app} has no --env value {gone[0]} to unset (--env values kept: {shown};"
+            " run.env values are changed in baton.yml)"
+        )
+    engine.store.set_app_env(app, {k: v for k, v in kept.items() if k not in names})
+    return app_env(engine, app)
+
+
 def secret_names(engine: Engine, app: str) -> dict[str, Any]:
     config = _known(engine, app)
     stored = engine.secrets.read(app)

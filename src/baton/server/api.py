@@ -20,6 +20,7 @@ Deployments stream their progress as newline-delimited JSON events; the last one
 | GET  /logs           | ?app=&version=&lines=&follow=1                  | line stream         |
 | POST /shutdown       |                                                 | ok, then stops      |
 | GET  /env            | ?app=                                           | the app's plain env |
+| POST /env            | app, unset [NAME] (stop carrying those --env)   | the app's plain env |
 | GET  /secrets        | ?app=                                           | secret names only   |
 | POST /secrets        | app, set? {NAME: value}, unset? [NAME]          | secret names only   |
 
@@ -116,6 +117,7 @@ class Api:
                 web.post("/shutdown", self.shutdown),
                 web.post("/proxy/upgrade", self.upgrade_proxy),
                 web.get("/env", self.env),
+                web.post("/env", self.unset_env),
                 web.get("/secrets", self.secrets),
                 web.post("/secrets", self.set_secrets),
             ]
@@ -250,6 +252,16 @@ class Api:
 
         app = self._app_name(request.query.get("app"), request.query.get("config"))
         return web.json_response(app_env(self.engine, app))
+
+    async def unset_env(self, request: web.Request) -> web.Response:
+        from baton.deploy.appenv import unset_env
+
+        body = await _body(request)
+        unknown = sorted(set(body) - {"app", "config", "unset"})
+        if unknown:
+            raise UsageError(f"unknown field {unknown[0]!r} (expected app, unset)")
+        app = self._app_name(_string(body, "app"), _string(body, "config"))
+        return web.json_response(unset_env(self.engine, app, body.get("unset")))
 
     async def secrets(self, request: web.Request) -> web.Response:
         from baton.deploy.appenv import secret_names
