@@ -207,7 +207,18 @@ async def test_a_secret_given_once_survives_later_deploys_and_never_leaks(host: 
     assert env["from_deploy"] == {}  # the next deploy no longer carries it
     listed = await host.baton("secrets", "--app", "shop")
     assert listed.rc == 0 and "DB_PASSWORD" in listed.out and "set" in listed.out
+    # A failing hook that echoes it: the error (shown, and kept in the history) is redacted.
+    failing = configure(
+        host,
+        app_dir,
+        {"secrets": ["DB_PASSWORD"], "hooks": {"pre_deploy": 'echo "bad $DB_PASSWORD"; exit 4'}},
+    )
+    failed = await host.deploy("--version", "v5", config=failing)
+    assert failed.rc == 1, failed
+    assert "bad [secret]" in failed.err
+    outputs.append(failed.out + failed.err)
     history = await host.baton("history", "--json")
+    assert "bad [secret]" in json.loads(history.out)["deployments"][0]["error"]
     status = await host.baton("status", "--json")
     texts = {"history --json": history.out, "status --json": status.out, "secrets": listed.out}
     texts.update({f"deploy #{n}": out for n, out in enumerate(outputs, 1)})

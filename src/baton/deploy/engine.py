@@ -712,7 +712,10 @@ class Engine:
             log=line,
         )
         d.run.emit({"event": "hook", "hook": name, "ok": result.ok})
-        raise_for_hook(result)
+        try:
+            raise_for_hook(result)
+        except DeploymentFailed as exc:  # its last output lines may echo a secret
+            raise DeploymentFailed(self._redact(str(exc), d)) from None
 
     async def _start_instance(self, d: _Deploy, index: int) -> None:
         release = d.release

@@ -44,6 +44,7 @@ from baton.deploy.canary import request as canary_request
 from baton.deploy.engine import DeploymentRun, Engine
 from baton.errors import BatonError, UsageError
 from baton.runtime.base import Instance, Runtime
+from baton.secrets import redact
 
 STATUS_FOR_EXIT = {2: 400, 3: 409}
 
@@ -240,7 +241,9 @@ class Api:
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
         try:
+            hidden = list(self.engine.secrets.read(app).values())
             async for label, line in _tail(sources, lines, follow):
+                line = redact(line, hidden) if hidden else line
                 await response.write(json.dumps({"instance": label, "line": line}).encode() + b"\n")
             await response.write_eof()
         except (ConnectionError, RuntimeError):
