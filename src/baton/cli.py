@@ -611,6 +611,12 @@ def deploy(
     raise SystemExit(_run(_follow(client, "/deploy", body)))
 
 
+def _size(count: int) -> str:
+    if count < 1_000_000:
+        return f"{count / 1000:.1f} kB"
+    return f"{count / 1e6:.1f} MB"
+
+
 def _artifact_text(artifact: dict[str, Any]) -> str:
     """A release's artifact in one line: its snapshot, or its image tag and ID."""
     if artifact.get("kind") == "snapshot":
@@ -618,7 +624,7 @@ def _artifact_text(artifact: dict[str, Any]) -> str:
         size = ""
         if artifact.get("files") is not None and artifact.get("bytes") is not None:
             size = (
-                f" ({artifact['files']} files, {artifact['bytes'] / 1e6:.1f} MB,"
+                f" ({artifact['files']} files, {_size(artifact['bytes'])},"
                 f" {artifact.get('seconds') or 0:g}s)"
             )
         return f"snapshot {artifact.get('path')}{kept}{size}"
