@@ -562,8 +562,13 @@ class Engine:
         """A deploy succeeded: its env and secrets are the app's from now on; prune."""
         if d.app_env is not None:
             self.store.set_app_env(d.app, d.app_env)
-        if d.secrets is not None and d.secrets != self.secrets.read(d.app):
-            self.secrets.write(d.app, d.secrets)
+        try:
+            if d.secrets is not None and d.secrets != self.secrets.read(d.app):
+                self.secrets.write(d.app, d.secrets)
+        except OSError as exc:  # the release is live; say what could not be kept
+            d.run.emit(
+                {"event": "warning", "message": f"could not keep the secrets: {exc.strerror}"}
+            )
         try:
             removed = artifacts.prune(self.store, d.app, d.cfg.deploy.keep_releases)
         except OSError as exc:
