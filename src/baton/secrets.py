@@ -175,14 +175,3 @@ class SecretStore:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise
-
-    def all_values(self) -> list[str]:
-        """Every value of every app (what ``redact`` hides from shared text)."""
-        out: list[str] = []
-        if self.dir.is_dir():
-            for path in self.dir.glob("*.env"):
-                with contextlib.suppress(OSError, ConfigError):
-                    out.extend(
-                        parse_dotenv(path.read_text(encoding="utf-8"), file=str(path)).values()
-                    )
-        return out
