@@ -11,6 +11,8 @@ Routes:
   GET /slow?s=N  sleeps N seconds (at most 300), then answers "<version> slept N\\n"
   GET /items     reads the database at DATABASE_URL with the columns release SCHEMA (v1 or
                  v2) needs (see db.py); 500 when the schema lacks them
+  GET /env-hash?name=N  the sha256 (hex) of environment variable N, or 404 "unset": lets a
+                 test check a secret reached the app without the value crossing the wire
   POST /echo     answers with the request body
 
 Environment: PORT (or --port), APP_VERSION (default v1), FAIL_ON_START=1 (exit 1 at once),
@@ -23,6 +25,7 @@ average: noisy latency for canary benchmarks).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -151,6 +154,12 @@ class Handler(BaseHTTPRequestHandler):
                 self.reply(200, b"ok\n")
         elif url.path == "/items":
             self.items()
+        elif url.path == "/env-hash":
+            value = os.environ.get(parse_qs(url.query).get("name", [""])[0])
+            if value is None:
+                self.reply(404, b"unset\n")
+            else:
+                self.reply(200, hashlib.sha256(value.encode()).hexdigest().encode() + b"\n")
         elif url.path == "/slow":
             try:
                 seconds = min(float(parse_qs(url.query).get("s", ["1"])[0]), 300.0)

@@ -329,6 +329,12 @@ class Progress:
             show_canary(event)
         elif kind == "warning":
             console.print(f"    [yellow]warning:[/yellow] {escape(event['message'])}")
+        elif kind == "artifact":
+            console.print(f"    release artifact: {escape(_artifact_text(event))}")
+        elif kind == "pruned":
+            console.print(
+                f"    removed old release snapshots: {escape(', '.join(event['versions']))}"
+            )
         elif kind == "result":
             self.result = event
             self._result(event)
@@ -609,12 +615,14 @@ def deploy(
 ) -> None:
     """Deploy a new release of the app in baton.yml, with zero downtime."""
     from baton.config import apply_overrides, load_config
+    from baton.secrets import gather
 
     overrides = _parse_env(env)
     path = _config_path(config)
     try:
         loaded = load_config(path)
         apply_overrides(loaded.config, overrides, command, strategy, image)
+        secret_values = gather(loaded.config.secrets, loaded.base_dir, dict(os.environ))
     except BatonError as exc:
         _fail(exc)
     client = Client(state_dir_of(ctx, sub_state_dir))
@@ -625,8 +633,152 @@ def deploy(
         "command": command,
         "strategy": strategy,
         "image": image,
+        "secrets": secret_values,
     }
     raise SystemExit(_run(_follow(client, "/deploy", body)))
+
+
+def _size(count: int) -> str:
+    if count < 1_000_000:
+        return f"{count / 1000:.1f} kB"
+    return f"{count / 1e6:.1f} MB"
+
+
+def _artifact_text(artifact: dict[str, Any]) -> str:
+    """A release's artifact in one line: its snapshot, or its image tag and ID."""
+    if artifact.get("kind") == "snapshot":
+        kept = "" if artifact.get("kept", True) else " (removed)"
+        size = ""
+        if artifact.get("files") is not None and artifact.get("bytes") is not None:
+            size = (
+                f" ({artifact['files']} files, {_size(artifact['bytes'])},"
+                f" {artifact.get('seconds') or 0:g}s)"
+            )
+        return f"snapshot {artifact.get('path')}{kept}{size}"
+    if artifact.get("kind") == "image":
+        image_id = str(artifact.get("id") or "")
+        short = image_id.split(":", 1)[-1][:12]
+        digest = f", {artifact['digest']}" if artifact.get("digest") else ""
+        return f"image {artifact.get('image')} = {short}{digest}"
+    return "-"
+
+
+def _artifact_short(artifact: dict[str, Any]) -> str:
+    """The artifact in a table cell: ``snapshot``, or ``tag (id12)``."""
+    if artifact.get("kind") == "snapshot":
+        return "snapshot" if artifact.get("kept", True) else "snapshot (removed)"
+    if artifact.get("kind") == "image":
+        short = str(artifact.get("id") or "").split(":", 1)[-1][:12]
+        return f"{artifact.get('image')} ({short})"
+    return "-"
+
+
+def _selector_query(config: Path | None, app: str | None) -> str:
+    from urllib.parse import urlencode
+
+    selector = _app_selector(config, app)
+    return f"?{urlencode(selector)}" if selector else ""
+
+
+@main.group("env", invoke_without_command=True)
+@state_dir_option
+@config_option
+@app_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def env_command(
+    ctx: click.Context,
+    sub_state_dir: Path | None,
+    config: Path | None,
+    app: str | None,
+    as_json: bool,
+) -> None:
+    """The app's plain environment (run.env plus --env values later deploys keep)."""
+    ctx.ensure_object(dict)
+    ctx.obj.update(state_dir=state_dir_of(ctx, sub_state_dir), config=config, app=app)
+    if ctx.invoked_subcommand is not None:
+        return
+    client = Client(ctx.obj["state_dir"])
+    data = _run(client.call("GET", f"/env{_selector_query(config, app)}"))
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    _show_env(data)
+
+
+def _show_env(data: dict[str, Any]) -> None:
+    kept = data.get("from_deploy") or {}
+    console.print(f"{escape(data['app'])} (release {escape(str(data.get('release')))}):")
+    for name, value in sorted((data.get("env") or {}).items()):
+        note = "  [dim](--env, kept by later deploys)[/dim]" if name in kept else ""
+        console.print(f"  {escape(name)}={escape(value)}{note}")
+    pending = sorted(set(kept) - set(data.get("env") or {}))
+    for name in pending:
+        console.print(
+            f"  {escape(name)}={escape(kept[name])}  [dim](--env, from the next deploy)[/dim]"
+        )
+
+
+@env_command.command("unset")
+@click.argument("name")
+@click.pass_context
+def env_unset(ctx: click.Context, name: str) -> None:
+    """Stop carrying NAME's --env value into later deploys (from the next deploy on)."""
+    client = Client(ctx.obj["state_dir"])
+    body = {**_app_selector(ctx.obj["config"], ctx.obj["app"]), "unset": [name]}
+    _show_env(_run(client.call("POST", "/env", body)))
+
+
+@main.group("secrets", invoke_without_command=True)
+@state_dir_option
+@config_option
+@app_option
+@click.pass_context
+def secrets_command(
+    ctx: click.Context, sub_state_dir: Path | None, config: Path | None, app: str | None
+) -> None:
+    """The app's secrets, by name (values are never shown)."""
+    ctx.ensure_object(dict)
+    ctx.obj.update(state_dir=state_dir_of(ctx, sub_state_dir), config=config, app=app)
+    if ctx.invoked_subcommand is not None:
+        return
+    client = Client(ctx.obj["state_dir"])
+    data = _run(client.call("GET", f"/secrets{_selector_query(config, app)}"))
+    _show_secrets(data)
+
+
+def _show_secrets(data: dict[str, Any]) -> None:
+    console.print(f"{escape(data['app'])} secrets:")
+    if not data["secrets"]:
+        console.print("  none listed under secrets: in baton.yml")
+    for item in data["secrets"]:
+        mark = "[green]set[/green]" if item["set"] else "[red]missing[/red]"
+        console.print(f"  {escape(item['name'])}  {mark}")
+    for name in data.get("unlisted", []):
+        console.print(f"  {escape(name)}  [dim]set, not listed in baton.yml[/dim]")
+
+
+@secrets_command.command("set")
+@click.argument("name")
+@click.pass_context
+def secrets_set(ctx: click.Context, name: str) -> None:
+    """Set NAME to the value read from stdin (one line; used from the next deploy)."""
+    value = sys.stdin.readline().rstrip("\r\n") if not sys.stdin.isatty() else None
+    if value is None:
+        value = click.prompt(f"value of {name}", hide_input=True)
+    client = Client(ctx.obj["state_dir"])
+    body = {**_app_selector(ctx.obj["config"], ctx.obj["app"]), "set": {name: value}}
+    _show_secrets(_run(client.call("POST", "/secrets", body)))
+
+
+@secrets_command.command("unset")
+@click.argument("name")
+@click.pass_context
+def secrets_unset(ctx: click.Context, name: str) -> None:
+    """Forget NAME's value (a deploy that still lists it then fails, naming it)."""
+    client = Client(ctx.obj["state_dir"])
+    body = {**_app_selector(ctx.obj["config"], ctx.obj["app"]), "unset": [name]}
+    _show_secrets(_run(client.call("POST", "/secrets", body)))
 
 
 @main.command()
@@ -758,6 +910,10 @@ def status(ctx: click.Context, sub_state_dir: Path | None, as_json: bool) -> Non
                         str(inst.get("tunnels", 0)),
                     )
         console.print(table)
+        for release in app["releases"]:
+            if release.get("artifact"):
+                text = _artifact_text(release["artifact"])
+                console.print(f"  {escape(release['version'])} runs {escape(text)}")
         _show_traffic(app)
         dep = app.get("deployment")
         if dep:
@@ -854,6 +1010,7 @@ def history(
         "strategy",
         "status",
         "started",
+        "runs",
         "note",
     ):
         table.add_column(column)
@@ -868,6 +1025,7 @@ def history(
             dep["strategy"],
             f"[{colour}]{dep['status']}[/{colour}]",
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(dep["started"])),
+            escape(_artifact_short(dep.get("artifact") or {})),
             escape((dep["error"] or "").splitlines()[0] if dep["error"] else ""),
         )
     console.print(table)

@@ -28,6 +28,7 @@ run.volumes                       []              docker: "SOURCE:/TARGET[:ro|rw
 run.memory                        none            docker: memory limit, e.g. 256m
 run.cpus                          none            docker: CPU limit, e.g. 0.5
 run.network                       none            docker: a user-defined network to join
+run.exclude                       []              process: globs left out of the release snapshot
 instances                         1               instances per release
 health.path                       none            readiness path (none = ready on TCP accept;
                                                   docker: on one HTTP answer, any status)
@@ -40,6 +41,7 @@ deploy.ready_timeout              60s             time an instance has to become
 deploy.drain_timeout              30s             longest wait for in-flight requests to finish
 deploy.stop_timeout               10s             SIGTERM, then SIGKILL after this
 deploy.keep_previous              10m             how long the previous release stays warm
+deploy.keep_releases              5               release snapshots kept for rollback
 deploy.verify                     10s             watch window after the switch (0 = off)
 deploy.max_error_rate             5%              error rate during verify that rolls back
 deploy.canary.steps               5%/60s, 25%/60s, 50%/2m
@@ -55,6 +57,7 @@ deploy.canary.release_secret      none            X-Baton-Secret for non-loopbac
 deploy.canary.retry_on_stable     GET, HEAD, OPTIONS
                                                   canary 5xx retried on the stable release (methods,
                                                   true or false)
+hooks.build                       none            process: shell command run in the snapshot first
 hooks.pre_deploy                  none            shell command before anything starts
 hooks.smoke_test                  none            shell command against a new instance
 hooks.post_deploy                 none            shell command after the deployment
@@ -64,6 +67,8 @@ migrations.contract               none            schema change run once the rel
 migrations.contract_after         24h             live time before the contract may run
 migrations.auto_contract          false           run the contract by itself when allowed
 migrations.status                 none            command shown by `baton migrate status`
+secrets                           []              names of secret env variables (values never in
+                                                  baton.yml: .baton/secrets or the environment)
 ================================  ==============  ===================================================
 
 Accepted forms. A duration is a number of seconds (``30``, ``0.5``) or a string of one or more
@@ -365,6 +370,26 @@ def _check_env_value(value: object) -> str:
     return value
 
 
+def _check_exclude(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected a glob like '*.log' or 'tmp/', got {_shown(value)}")
+    if value.startswith("/") or ".." in Path(value.rstrip("/")).parts:
+        raise ValueError(
+            f"expected a glob relative to run.cwd (no '/' start, no '..'), got {value!r}"
+        )
+    return value
+
+
+def _check_secret_name(value: object) -> str:
+    if not isinstance(value, str) or not _ENV_NAME.match(value):
+        raise ValueError(
+            f"expected an environment variable name like DB_PASSWORD, got {_shown(value)}"
+        )
+    if value in _RESERVED_ENV:
+        raise ValueError(f"{value} is set by Baton for every instance; choose another name")
+    return value
+
+
 # --------------------------------------------------------------------------- models
 
 
@@ -545,6 +570,13 @@ class RunConfig(_Section):
     )
     network: Annotated[str | None, BeforeValidator(_check_network)] = Field(
         default=None, description="docker: a user-defined network to join (none = default bridge)"
+    )
+    exclude: Annotated[
+        list[Annotated[str, BeforeValidator(_check_exclude)]], BeforeValidator(_none_is(list))
+    ] = Field(
+        default_factory=list,
+        description="process: globs left out of the release snapshot, besides .git and .baton"
+        " ('*.log' matches a name at any depth, 'tmp/cache' a path from run.cwd)",
     )
 
     @field_validator("env")
@@ -733,6 +765,10 @@ class DeployConfig(_Section):
     keep_previous: Duration = Field(
         default=600.0, description="how long the previous release stays warm"
     )
+    keep_releases: Annotated[int, BeforeValidator(_int_at_least(1, 1000))] = Field(
+        default=5,
+        description="release snapshots kept for rollback (the live and warm ones always are)",
+    )
     verify: Duration = Field(default=10.0, description="watch window after the switch (0 = off)")
     max_error_rate: Percent = Field(
         default=0.05, description="error rate during verify that rolls back"
@@ -741,6 +777,11 @@ class DeployConfig(_Section):
 
 
 class HooksConfig(_Section):
+    build: Annotated[str | None, BeforeValidator(_optional_string("a shell command"))] = Field(
+        default=None,
+        description="process: shell command run inside the release snapshot before any"
+        " instance starts (e.g. pip install -r requirements.txt); failure aborts",
+    )
     pre_deploy: Annotated[str | None, BeforeValidator(_optional_string("a shell command"))] = Field(
         default=None, description="shell command before anything starts; failure aborts"
     )
@@ -806,6 +847,13 @@ class AppConfig(_Section):
     migrations: MigrationsConfig = Field(
         default=MigrationsConfig(), description="expand/contract schema migrations"
     )
+    secrets: Annotated[
+        list[Annotated[str, BeforeValidator(_check_secret_name)]], BeforeValidator(_none_is(list))
+    ] = Field(
+        default_factory=list,
+        description="names of secret environment variables; values come from .baton/secrets"
+        " beside baton.yml (mode 0600) or the deploying shell's environment",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -834,6 +882,15 @@ class AppConfig(_Section):
             for key in ("image", "port"):
                 if getattr(run, key) is None:
                     raise _KeyedError(("run", key), "required key is missing (runtime: docker)")
+            if run.exclude:
+                raise _KeyedError(
+                    ("run", "exclude"), "only for runtime: process (a docker release is its image)"
+                )
+            if self.hooks.build is not None:
+                raise _KeyedError(
+                    ("hooks", "build"), "only for runtime: process (build the image instead)"
+                )
+        _check_secrets(self)
         return self
 
     @field_validator("app")
@@ -845,6 +902,18 @@ class AppConfig(_Section):
                 f"(at most 63, not starting or ending with '-'), got {name!r}"
             )
         return name
+
+
+def _check_secrets(cfg: AppConfig) -> None:
+    seen: set[str] = set()
+    for n, name in enumerate(cfg.secrets):
+        if name in seen:
+            raise _KeyedError((f"secrets[{n}]",), f"{name} is listed twice")
+        if name in cfg.run.env:
+            raise _KeyedError(
+                (f"secrets[{n}]",), f"{name} is also in run.env; a variable is plain or secret"
+            )
+        seen.add(name)
 
 
 # --------------------------------------------------------------------------- errors

@@ -533,3 +533,60 @@ def test_retry_on_stable_refuses_what_is_not_safe_to_replay(tmp_path: Path, valu
     assert caught.value.key == "deploy.canary.retry_on_stable"
     assert caught.value.file == str(path)
     assert "true, false or a list of idempotent methods" in str(caught.value)
+# ---------------------------------------------------------------- immutable releases, secrets
+
+
+def test_release_keys_have_their_defaults_and_are_in_the_table(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, MINIMAL)).config
+    assert cfg.run.exclude == [] and cfg.hooks.build is None
+    assert cfg.deploy.keep_releases == 5 and cfg.secrets == []
+    rows = {key: default for key, default, _ in defaults_table()}
+    assert rows["run.exclude"] == "[]" and rows["hooks.build"] == "none"
+    assert rows["deploy.keep_releases"] == "5" and rows["secrets"] == "[]"
+
+
+def test_release_keys_are_read(tmp_path: Path) -> None:
+    text = MINIMAL.replace("run:\n", "run:\n  exclude: ['*.log', node_modules/, tmp/cache]\n")
+    text += "hooks: {build: pip install -r requirements.txt}\ndeploy: {keep_releases: 2}\n"
+    text += "secrets: [DB_PASSWORD, API_KEY]\n"
+    cfg = load_config(write(tmp_path, text)).config
+    assert cfg.run.exclude == ["*.log", "node_modules/", "tmp/cache"]
+    assert cfg.hooks.build == "pip install -r requirements.txt"
+    assert cfg.deploy.keep_releases == 2
+    assert cfg.secrets == ["DB_PASSWORD", "API_KEY"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "fragment"),
+    [
+        ("deploy: {keep_releases: 0}\n", "deploy.keep_releases", "≥ 1"),
+        ("secrets: [db-password]\n", "secrets[0]", "environment variable name"),
+        ("secrets: [PORT]\n", "secrets[0]", "set by Baton"),
+        ("secrets: [A, A]\n", "secrets[1]", "listed twice"),
+        ("secrets: DB_PASSWORD\n", "secrets", "expected a list"),
+        ("run:\n  command: x\n  env: {A: b}\nsecrets: [A]\n", "secrets[0]", "also in run.env"),
+        ("run:\n  command: x\n  exclude: [/etc]\n", "run.exclude[0]", "relative to run.cwd"),
+        ("run:\n  command: x\n  exclude: ['../up']\n", "run.exclude[0]", "no '..'"),
+        ("run:\n  command: x\n  exclude: ['']\n", "run.exclude[0]", "expected a glob"),
+        ("hooks: {build: 3}\n", "hooks.build", "shell command"),
+    ],
+)
+def test_bad_release_keys_name_the_key(tmp_path: Path, extra: str, key: str, fragment: str) -> None:
+    base = "app: shop\n" if extra.startswith("run:") else MINIMAL
+    path = write(tmp_path, base + extra)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.key == key, caught.value
+    assert fragment in str(caught.value) and str(path) in str(caught.value)
+
+
+def test_build_hook_and_exclude_are_for_process_apps_only(tmp_path: Path) -> None:
+    for extra, key in (
+        ("hooks: {build: make}\n", "hooks.build"),
+        ("  exclude: ['*.log']\n", "run.exclude"),
+    ):
+        text = DOCKER + extra
+        with pytest.raises(ConfigError) as caught:
+            load_config(write(tmp_path, text))
+        assert caught.value.key == key
+        assert "only for runtime: process" in str(caught.value)

@@ -486,7 +486,7 @@ class _Canary:
     async def _before_traffic(self) -> None:
         d, engine = self.d, self.engine
         self._step("prepare", "prepare")
-        await engine.runtime_for(d.release).prepare(d.cfg)
+        await engine.prepare_release(d)
         hooks = d.cfg.hooks
         steps = plan_deploy(
             "blue-green",

@@ -21,12 +21,14 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from baton.config import AppConfig, LoadedConfig, apply_overrides, load_config, parse_config
+from baton.deploy import releases as artifacts
+from baton.deploy.hooks import HookResult
 from baton.deploy.migrations import contract_window, rollback_blocker, schema_phase
 from baton.deploy.plan import (
     ArmedFuse,
@@ -54,6 +56,7 @@ from baton.errors import (
     UsageError,
 )
 from baton.runtime.base import Instance, InstanceSpec, Runtime, Runtimes
+from baton.secrets import SecretStore, check_given, redact
 from baton.state.store import InstanceRow, ReleaseRow, Store
 
 if TYPE_CHECKING:
@@ -222,6 +225,8 @@ class _Deploy:
     switched: bool = False  # some traffic went to the new release
     started: dict[int, tuple[int, Instance]] = field(default_factory=dict)
     finalized: bool = False
+    app_env: dict[str, str] | None = None  # the app's --env to keep once this deploy succeeds
+    secrets: dict[str, str] | None = None  # every secret value of the app, for this deploy
 
 
 MIGRATION_OUTPUT_LINES = 50
@@ -281,6 +286,7 @@ class Engine:
         self.reconciled: dict[str, Any] | None = None
         self.canaries: dict[str, CanaryControl] = {}  # app -> its running canary
         self.traffic = Traffic()  # recent proxy metrics: canary guard, `baton status`
+        self.secrets = SecretStore(state_dir)
 
     def canary_version(self, app: str) -> str | None:
         """The version of ``app``'s running canary, once it takes traffic (feature flags)."""
@@ -304,15 +310,33 @@ class Engine:
         command: str | None = None,
         strategy: str | None = None,
         image: str | None = None,
+        secrets: dict[str, str] | None = None,
     ) -> DeploymentRun:
         """Validate, lock the app and record the deployment; ``start`` then runs it.
 
+        ``env`` updates the app's own env, which every later deploy carries; ``secrets``
+        gives secret values (kept by the control plane once the deploy succeeds).
         Raises ``ConfigError``/``UsageError`` (nothing changed) or ``DeploymentLocked``.
         """
         loaded = load_config(config_path)
-        cfg = apply_overrides(loaded.config, env or {}, command, strategy, image)
+        app = loaded.config.app
+        app_env = {**self.store.app_env(app), **(env or {})}
+        cfg = apply_overrides(loaded.config, app_env, command, strategy, image)
+        given = check_given(secrets, cfg.secrets, app)
+        values = {**self.secrets.read(app), **given}
+        missing = [name for name in cfg.secrets if name not in values]
+        if missing:
+            raise UsageError(
+                f"{app}: no value for the secret(s) {', '.join(missing)} named in baton.yml;"
+                " put them in .baton/secrets beside baton.yml (mode 0600) or in the"
+                " environment of `baton deploy`"
+            )
         async with self.app_lock(cfg.app):
-            return await self._prepare_deploy(loaded, cfg, version)
+            run = await self._prepare_deploy(loaded, cfg, version)
+        d = self._deploys[run.id]
+        d.app_env = app_env
+        d.secrets = values
+        return run
 
     async def _prepare_deploy(
         self, loaded: LoadedConfig, cfg: AppConfig, version: str | None
@@ -330,6 +354,13 @@ class Engine:
                 raise UsageError(
                     f"--version: {app} already has a {clash[0].state} release {version!r};"
                     f" choose another label, or run `baton rollback {version}`"
+                )
+            kept = artifacts.label_clash(existing, version)
+            if kept is not None:
+                raise UsageError(
+                    f"--version: {app} already has a release {version!r} ({kept.state}), and"
+                    " releases are immutable: choose a new label for new code, or run"
+                    f" `baton rollback {version}` to run that release again"
                 )
         else:
             base = (
@@ -395,6 +426,7 @@ class Engine:
                 " once you have restored the schema it needs (or know it needs nothing that"
                 " was removed), or users get errors"
             )
+        artifacts.refuse_if_gone(self.store, target)
         cfg = parse_config(target.config)
         routed = self.store.instances(target.id, ("routed",))
         runtime = self.runtime_for(target)
@@ -467,10 +499,14 @@ class Engine:
         command = state.pop("status_command")
         live = self._live_release(app)
         if command and live is not None:
-            result = await run_hook(
-                "status", command, cwd=Path(live.cwd), env=_hook_env(live), timeout=30.0
-            )
-            state["status_output"] = result.output_tail[-20:]
+            values = self.secrets.read(app)
+            names = live.config.get("secrets") or []
+            env = _hook_env(live, {name: values[name] for name in names if name in values})
+            result = await run_hook("status", command, cwd=Path(live.cwd), env=env, timeout=30.0)
+            secret_values = values.values()
+            state["status_output"] = [
+                redact(line, secret_values) for line in result.output_tail[-20:]
+            ]
             state["status_ok"] = result.ok
         return state
 
@@ -516,7 +552,7 @@ class Engine:
         assert command is not None
         self.store.set_step(d.run.id, "contract")
         d.run.emit({"event": "step", "step": "contract", "batch": None})
-        await self._migration(d.run, d.release, "contract", command, d.cfg)
+        await self._migration(d, "contract", command)
         self.store.record_contracted(d.release.id)
 
     async def auto_contract(self) -> list[str]:
@@ -587,6 +623,8 @@ class Engine:
             await self._steps(d)
         except asyncio.CancelledError:
             self.store.finish_deployment(run.id, "aborted", "the control plane stopped")
+            if d.kind == "deploy" and not d.switched:
+                artifacts.discard(self.store, self.store.release(d.release.id) or d.release)
             run.finish(
                 {
                     "ok": False,
@@ -599,6 +637,7 @@ class Engine:
         except BaseException as exc:
             failed = exc if isinstance(exc, DeploymentFailed) else None
             message = str(exc) if isinstance(exc, BatonError) else f"{type(exc).__name__}: {exc}"
+            message = self._redact(message, d)
             if not isinstance(exc, BatonError):
                 log.exception("deployment %s crashed", run.id)
             status = "rolled_back" if self._traffic_moved(d) else "failed"
@@ -609,8 +648,12 @@ class Engine:
             except Exception as undo_exc:
                 log.exception("undoing deployment %s failed", run.id)
                 message += f"; undoing it failed too: {undo_exc}"
+            message = self._redact(message, d)
             self.store.finish_deployment(run.id, status, message)
             self.store.add_event(run.id, run.app, "failed", {"error": message})
+            if d.kind == "deploy":
+                # A release that never went live for good is not kept (its label is free).
+                artifacts.discard(self.store, self.store.release(d.release.id) or d.release)
             result: dict[str, Any] = {
                 "ok": False,
                 # A runtime engine that does not answer (Docker) is the CLI's exit 3.
@@ -622,9 +665,10 @@ class Engine:
             }
             if isinstance(failed, _InstanceFailed):
                 result["instance"] = failed.index
-                result["logs"] = failed.logs
+                result["logs"] = [self._redact(line, d) for line in failed.logs]
             run.finish(result)
         else:
+            self._keep_desired_state(d)
             self.store.finish_deployment(run.id, "succeeded")
             self.store.add_event(run.id, run.app, "succeeded", {"version": d.release.version})
             done = "is live" if d.kind != "contract" else "ran its contract migration"
@@ -643,6 +687,55 @@ class Engine:
 
     def _traffic_moved(self, d: _Deploy) -> bool:
         return d.switched
+
+    # -- releases, env and secrets (see baton.deploy.releases and baton.secrets) ---------------
+
+    def _secret_values(self, d: _Deploy) -> dict[str, str]:
+        return d.secrets if d.secrets is not None else self.secrets.read(d.app)
+
+    def _secret_env(self, d: _Deploy) -> dict[str, str]:
+        """The secrets the release names (in its config), with their current values."""
+        values = self._secret_values(d)
+        names = d.release.config.get("secrets") or []
+        return {name: values[name] for name in names if name in values}
+
+    def _redact(self, text: str, d: _Deploy) -> str:
+        return redact(text, self._secret_values(d).values())
+
+    def _keep_desired_state(self, d: _Deploy) -> None:
+        """A deploy succeeded: its env and secrets are the app's from now on; prune."""
+        if d.app_env is not None:
+            self.store.set_app_env(d.app, d.app_env)
+        try:
+            if d.secrets is not None and d.secrets != self.secrets.read(d.app):
+                self.secrets.write(d.app, d.secrets)
+        except OSError as exc:  # the release is live; say what could not be kept
+            d.run.emit(
+                {"event": "warning", "message": f"could not keep the secrets: {exc.strerror}"}
+            )
+        try:
+            removed = artifacts.prune(self.store, d.app, d.cfg.deploy.keep_releases)
+        except OSError as exc:
+            d.run.emit({"event": "warning", "message": f"could not prune old releases: {exc}"})
+            return
+        if removed:
+            d.run.emit({"event": "pruned", "versions": removed})
+
+    async def prepare_release(self, d: _Deploy) -> None:
+        """What must hold before anything changes: the runtime can run the release (docker:
+        the image is there), and a new release's artifact is frozen: the snapshot (then
+        ``hooks.build`` in it) or the image ID."""
+        runtime = self.runtime_for(d.release)
+        await runtime.prepare(artifacts.pinned(d.cfg, d.release.artifact))
+        if d.kind != "deploy" or d.release.artifact:
+            return
+        resolve = getattr(runtime, "resolve_image", None)
+        d.release = await artifacts.make_artifact(
+            self.store, self.state_dir, d.release, d.cfg, resolve
+        )
+        d.run.emit({"event": "artifact", **artifacts.describe(d.release.artifact)})
+        if d.cfg.hooks.build:
+            await self._hook(d, "build", d.cfg.hooks.build, {})
 
     async def _steps(self, d: _Deploy) -> None:
         if d.kind == "contract":
@@ -678,7 +771,7 @@ class Engine:
             # Before anything changes: what the runtime needs (docker: the image) is there.
             self.store.set_step(d.run.id, "prepare")
             d.run.emit({"event": "step", "step": "prepare", "batch": None})
-            await self.runtime_for(d.release).prepare(cfg)
+            await self.prepare_release(d)
         # Past the verification (or the last switch, without one), the new release has the
         # traffic for good: a failure to drain or stop the old one is a warning, not an undo.
         commit = max(i for i, s in enumerate(steps) if s.kind in ("switch", "verify"))
@@ -703,7 +796,7 @@ class Engine:
             await self._hook(d, "pre_deploy", cfg.hooks.pre_deploy, {})
         elif step.kind == "expand":
             assert cfg.migrations.expand is not None
-            await self._migration(d.run, d.release, "expand", cfg.migrations.expand, cfg)
+            await self._migration(d, "expand", cfg.migrations.expand)
             self.store.record_expanded(d.app, d.release.id)
         elif step.kind == "start":
             # Concurrently: a container takes a Docker round trip or three to create and start.
@@ -757,7 +850,12 @@ class Engine:
         return out
 
     async def _hook(
-        self, d: _Deploy, name: str, command: str | None, extra: dict[str, str]
+        self,
+        d: _Deploy,
+        name: str,
+        command: str | None,
+        extra: dict[str, str],
+        on_result: Callable[[HookResult], None] | None = None,
     ) -> None:
         from baton.deploy.hooks import raise_for_hook, run_hook
 
@@ -765,47 +863,44 @@ class Engine:
             return
 
         def line(text: str) -> None:
-            d.run.emit({"event": "hook_output", "hook": name, "line": text})
+            d.run.emit({"event": "hook_output", "hook": name, "line": self._redact(text, d)})
 
         result = await run_hook(
             name,
             command,
             cwd=Path(d.release.cwd),
-            env=_hook_env(d.release, extra),
+            env=_hook_env(d.release, {**self._secret_env(d), **extra}),
             timeout=d.cfg.hooks.timeout,
             log=line,
         )
         d.run.emit({"event": "hook", "hook": name, "ok": result.ok})
-        raise_for_hook(result)
+        if on_result is not None:
+            on_result(result)
+        try:
+            raise_for_hook(result)
+        except DeploymentFailed as exc:  # its last output lines may echo a secret
+            raise DeploymentFailed(self._redact(str(exc), d)) from None
 
-    async def _migration(
-        self, run: DeploymentRun, release: ReleaseRow, phase: str, command: str, cfg: AppConfig
-    ) -> None:
-        """Run a migration phase in the release's directory with its env; record its output."""
-        from baton.deploy.hooks import raise_for_hook, run_hook
+    async def _migration(self, d: _Deploy, phase: str, command: str) -> None:
+        """Run a migration phase as a hook (release dir, env, secrets); record its output."""
 
-        def line(text: str) -> None:
-            run.emit({"event": "hook_output", "hook": phase, "line": text})
+        def record(result: HookResult) -> None:
+            output = [self._redact(line, d) for line in result.output_tail]
+            self.store.add_event(
+                d.run.id,
+                d.app,
+                "migration",
+                {
+                    "phase": phase,
+                    "version": d.release.version,
+                    "ok": result.ok,
+                    "exit_code": result.exit_code,
+                    "seconds": round(result.duration, 3),
+                    "output": output[-MIGRATION_OUTPUT_LINES:],
+                },
+            )
 
-        result = await run_hook(
-            phase,
-            command,
-            cwd=Path(release.cwd),
-            env=_hook_env(release),
-            timeout=cfg.hooks.timeout,
-            log=line,
-        )
-        record = {
-            "phase": phase,
-            "version": release.version,
-            "ok": result.ok,
-            "exit_code": result.exit_code,
-            "seconds": round(result.duration, 3),
-            "output": result.output_tail[-MIGRATION_OUTPUT_LINES:],
-        }
-        self.store.add_event(run.id, release.app, "migration", record)
-        run.emit({"event": "hook", "hook": phase, "ok": result.ok})
-        raise_for_hook(result)
+        await self._hook(d, phase, command, {}, on_result=record)
 
     async def _start_instance(self, d: _Deploy, index: int) -> None:
         release = d.release
@@ -818,6 +913,7 @@ class Engine:
             cwd=Path(release.cwd),
             env={
                 **release.env,
+                **self._secret_env(d),
                 "BATON_APP": d.app,
                 "BATON_VERSION": release.version,
                 "BATON_INSTANCE": str(index),
@@ -825,7 +921,8 @@ class Engine:
             log_dir=self.state_dir / "logs" / d.app,
         )
         try:
-            instance = await runtime.start(runtime.spec(d.cfg, base))
+            cfg = artifacts.pinned(d.cfg, release.artifact)
+            instance = await runtime.start(runtime.spec(cfg, base))
         except DaemonUnreachable:
             raise
         except BatonError as exc:
@@ -1528,6 +1625,7 @@ class Engine:
                         "state": release.state,
                         "weight": release.weight,
                         "warm_until": release.warm_until,
+                        "artifact": artifacts.describe(release.artifact),
                         "instances": instances,
                     }
                 )
@@ -1557,6 +1655,7 @@ class Engine:
                 **dep.as_json(),
                 "version": release.version if release else None,
                 "previous": previous.version if previous else None,
+                "artifact": artifacts.describe(release.artifact) if release else None,
             }
             migrations = [e.data for e in self.store.events(dep.id) if e.kind == "migration"]
             if migrations:

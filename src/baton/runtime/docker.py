@@ -397,6 +397,25 @@ class DockerRuntime:
             if not done.done():
                 done.cancel()  # the abandoned thread's late answer is then dropped
 
+    async def resolve_image(self, image: str) -> tuple[str, str | None]:
+        """The image's ID (``sha256:...``) and, when Docker knows one, its RepoDigest
+        (``repo@sha256:...``): what a release records and runs, so a moved tag changes
+        nothing. ``DeploymentFailed`` naming the image when it is not there."""
+        docker = _sdk()
+
+        def inspect(client: Any) -> tuple[str, str | None]:
+            try:
+                attrs = client.images.get(image).attrs
+            except docker.errors.ImageNotFound:
+                raise DeploymentFailed(f"image {image!r} not found locally") from None
+            except docker.errors.APIError as exc:
+                raise DeploymentFailed(f"image {image!r}: {_explain(exc)}") from None
+            digests = attrs.get("RepoDigests") or []
+            return str(attrs["Id"]), (str(digests[0]) if digests else None)
+
+        result: tuple[str, str | None] = await self._run(inspect)
+        return result
+
     async def image_healthcheck(self, image: str) -> list[str] | None:
         """The image's HEALTHCHECK test (e.g. ``["CMD", ...]``), None when it declares none."""
         docker = _sdk()

@@ -21,6 +21,13 @@ Deployments stream their progress as newline-delimited JSON events; the last one
 | GET  /migrate/status | ?app=                                           | each app's schema   |
 | POST /migrate/contract | app? or config?                               | event stream        |
 | POST /shutdown       |                                                 | ok, then stops      |
+| GET  /env            | ?app=                                           | the app's plain env |
+| POST /env            | app, unset [NAME] (stop carrying those --env)   | the app's plain env |
+| GET  /secrets        | ?app=                                           | secret names only   |
+| POST /secrets        | app, set? {NAME: value}, unset? [NAME]          | secret names only   |
+
+``/deploy`` also takes ``secrets`` ({NAME: value}, only names listed in baton.yml); secret
+values are never in an answer, only their names.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from baton.deploy.canary import request as canary_request
 from baton.deploy.engine import DeploymentRun, Engine
 from baton.errors import BatonError, UsageError
 from baton.runtime.base import Instance, Runtime
+from baton.secrets import redact
 
 STATUS_FOR_EXIT = {2: 400, 3: 409}
 
@@ -113,6 +121,10 @@ class Api:
                 web.post("/proxy/upgrade", self.upgrade_proxy),
                 web.get("/migrate/status", self.migrate_status),
                 web.post("/migrate/contract", self.migrate_contract),
+                web.get("/env", self.env),
+                web.post("/env", self.unset_env),
+                web.get("/secrets", self.secrets),
+                web.post("/secrets", self.set_secrets),
             ]
         )
         return app
@@ -161,6 +173,7 @@ class Api:
             command=_string(body, "command"),
             strategy=strategy,
             image=_string(body, "image"),
+            secrets=body.get("secrets"),
         )
         self.engine.start(run)
         return await self._stream(request, run)
@@ -252,12 +265,48 @@ class Api:
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
         try:
+            hidden = list(self.engine.secrets.read(app).values())
             async for label, line in _tail(sources, lines, follow):
+                line = redact(line, hidden) if hidden else line
                 await response.write(json.dumps({"instance": label, "line": line}).encode() + b"\n")
             await response.write_eof()
         except (ConnectionError, RuntimeError):
             pass
         return response
+
+    async def env(self, request: web.Request) -> web.Response:
+        from baton.deploy.appenv import app_env
+
+        app = self._app_name(request.query.get("app"), request.query.get("config"))
+        return web.json_response(app_env(self.engine, app))
+
+    async def unset_env(self, request: web.Request) -> web.Response:
+        from baton.deploy.appenv import unset_env
+
+        body = await _body(request)
+        unknown = sorted(set(body) - {"app", "config", "unset"})
+        if unknown:
+            raise UsageError(f"unknown field {unknown[0]!r} (expected app, unset)")
+        app = self._app_name(_string(body, "app"), _string(body, "config"))
+        return web.json_response(unset_env(self.engine, app, body.get("unset")))
+
+    async def secrets(self, request: web.Request) -> web.Response:
+        from baton.deploy.appenv import secret_names
+
+        app = self._app_name(request.query.get("app"), request.query.get("config"))
+        return web.json_response(secret_names(self.engine, app))
+
+    async def set_secrets(self, request: web.Request) -> web.Response:
+        from baton.deploy.appenv import change_secrets
+
+        body = await _body(request)
+        unknown = sorted(set(body) - {"app", "config", "set", "unset"})
+        if unknown:
+            raise UsageError(f"unknown field {unknown[0]!r} (expected app, set, unset)")
+        app = self._app_name(_string(body, "app"), _string(body, "config"))
+        return web.json_response(
+            change_secrets(self.engine, app, body.get("set"), body.get("unset"))
+        )
 
     async def shutdown(self, request: web.Request) -> web.Response:
         asyncio.get_running_loop().call_later(0.05, self._shutdown)

@@ -322,6 +322,8 @@ async def serve(state_dir: Path, *, flags_listen: str | None = None) -> int:
         check_ofrep_listen(flags_listen, flags_token)
     state_dir = state_dir.expanduser().absolute()
     state_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(PermissionError):  # a dir someone else owns stays as it is
+        os.chmod(state_dir, 0o700)  # it holds the store and the secrets: its owner's only
     lock = _lock(state_dir)
     (state_dir / "server.pid").write_text(f"{os.getpid()}\n")
     store = Store.open(state_dir / "baton.db")

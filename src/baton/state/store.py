@@ -21,11 +21,12 @@ plane's event-loop thread only.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,12 @@ MIGRATIONS: list[str] = [
         contracted  REAL                    -- null until its contract ran
     );
     """,
+    # 3 -> 4 (durable releases): what a release runs, frozen at deploy time, and the app's
+    # own --env that later deploys carry on. Secret values are never in this database.
+    """
+    ALTER TABLE releases ADD COLUMN artifact TEXT NOT NULL DEFAULT '{}';  -- JSON object
+    ALTER TABLE apps ADD COLUMN env TEXT NOT NULL DEFAULT '{}'            -- JSON object
+    """,
 ]
 
 RELEASE_STATES = ("pending", "live", "warm", "stopped", "failed")
@@ -148,6 +155,10 @@ class ReleaseRow:
     live_since: float | None
     warm_until: float | None
     created: float
+    # What the release runs, frozen at deploy time: {"kind": "snapshot", "path": ...} for the
+    # process runtime, {"kind": "image", "image": tag, "id": "sha256:..."} for docker; {} for
+    # releases recorded before artifacts existed.
+    artifact: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -236,6 +247,7 @@ def _release(row: sqlite3.Row) -> ReleaseRow:
         live_since=row["live_since"],
         warm_until=row["warm_until"],
         created=row["created"],
+        artifact=json.loads(row["artifact"]),
     )
 
 
@@ -281,6 +293,9 @@ class Store:
     def open(cls, path: Path | str) -> Store:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Owner-only, before SQLite creates it (its -wal and -shm files take the same mode).
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        os.chmod(path, 0o600)
         conn = sqlite3.connect(path, isolation_level=None, timeout=10.0)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
@@ -339,6 +354,14 @@ class Store:
             row["created"],
             row["updated"],
         )
+
+    def app_env(self, name: str) -> dict[str, str]:
+        """The app's ``--env`` values that every later deploy carries (no secrets here)."""
+        row = self._db.execute("SELECT env FROM apps WHERE name=?", (name,)).fetchone()
+        return {} if row is None else dict(json.loads(row["env"]))
+
+    def set_app_env(self, name: str, env: dict[str, str]) -> None:
+        self._db.execute("UPDATE apps SET env=? WHERE name=?", (json.dumps(env), name))
 
     def apps(self) -> list[AppRow]:
         rows = self._db.execute("SELECT name FROM apps ORDER BY name").fetchall()
@@ -482,6 +505,20 @@ class Store:
             return
         args.append(release_id)
         self._db.execute(f"UPDATE releases SET {', '.join(sets)} WHERE id=?", args)
+
+    def set_artifact(
+        self, release_id: int, artifact: dict[str, Any], *, cwd: str | None = None
+    ) -> None:
+        """Record what a release runs (and, for a snapshot, the directory it runs in)."""
+        if cwd is None:
+            self._db.execute(
+                "UPDATE releases SET artifact=? WHERE id=?", (json.dumps(artifact), release_id)
+            )
+        else:
+            self._db.execute(
+                "UPDATE releases SET artifact=?, cwd=? WHERE id=?",
+                (json.dumps(artifact), cwd, release_id),
+            )
 
     # -- instances ---------------------------------------------------------------------------
 
