@@ -533,6 +533,8 @@ def test_retry_on_stable_refuses_what_is_not_safe_to_replay(tmp_path: Path, valu
     assert caught.value.key == "deploy.canary.retry_on_stable"
     assert caught.value.file == str(path)
     assert "true, false or a list of idempotent methods" in str(caught.value)
+
+
 # ---------------------------------------------------------------- immutable releases, secrets
 
 
