@@ -22,6 +22,7 @@ from baton.errors import RouteTableError
 from baton.proxy.admin import AdminAPI
 from baton.proxy.handoff import HandoffServer, Takeover, handoff_path
 from baton.proxy.health import HealthChecker
+from baton.proxy.persist import load_table, save_table, table_path
 from baton.proxy.routing import parse_address, parse_table
 from baton.proxy.server import Proxy, ProxySettings
 
@@ -49,11 +50,18 @@ async def serve(
             await proxy.listen(address, sock=sock, serve=False)
         table = await _admin_get(admin, "/routes")
         await proxy.apply(parse_table({"apps": table["apps"]}), generation=table["generation"])
-        await proxy.start_serving()  # only now: a client accepted earlier would find no route
     for address in listen:
-        await proxy.listen(address)
+        await proxy.listen(address, serve=False)
+    saved = table_path(admin)
     if routes is not None:
         await proxy.apply(parse_table(json.loads(routes.read_text())))
+    elif successor is None:
+        await _load_saved(proxy, saved)
+    # Only now: a client accepted earlier would find no route (404) or an old one.
+    await proxy.start_serving()
+    proxy.on_table_change.append(lambda: _save(saved, proxy))
+    if routes is not None or successor is not None:
+        _save(saved, proxy)
     # A successor serves beside the old proxy first, then renames its sockets over the old.
     own_admin = admin + ".next" if takeover else admin
     api = AdminAPI(proxy)
@@ -80,6 +88,40 @@ async def serve(
     health.stop()
     await proxy.shutdown(settings.drain_deadline)
     await api.stop()
+
+
+async def _load_saved(proxy: Proxy, saved: Path) -> None:
+    """Apply the table saved by this proxy's predecessor (``persist.py``), if any."""
+    try:
+        loaded = load_table(saved)
+    except RouteTableError as exc:
+        logging.getLogger("baton.proxy").warning("%s; starting with an empty table", exc)
+        return
+    if loaded is None:
+        return
+    specs, generation = loaded
+    for spec in specs.values():
+        if spec.listen not in proxy.servers:
+            try:
+                await proxy.listen(spec.listen, serve=False)
+            except OSError as exc:
+                logging.getLogger("baton.proxy").warning(
+                    "saved route table: app %s: cannot listen on %s (%s)",
+                    spec.name,
+                    spec.listen,
+                    exc.strerror or exc,
+                )
+    usable = {name: spec for name, spec in specs.items() if spec.listen in proxy.servers}
+    await proxy.apply(usable, generation=generation)
+
+
+def _save(saved: Path, proxy: Proxy) -> None:
+    try:
+        save_table(saved, proxy.table.to_json())
+    except OSError as exc:
+        logging.getLogger("baton.proxy").error(
+            "cannot save the route table to %s: %s", saved, exc.strerror or exc
+        )
 
 
 async def _admin_get(path: str, url: str, timeout: float = 10.0) -> dict[str, Any]:
