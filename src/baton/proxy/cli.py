@@ -12,6 +12,7 @@ import logging
 import os
 import resource
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ async def serve(
     settings: ProxySettings,
     routes: Path | None = None,
     takeover: bool = False,
+    listen_fds: dict[str, int] | None = None,
 ) -> None:
     """Run one proxy until SIGTERM/SIGINT, or until a successor took over (``handoff.py``)."""
     proxy = Proxy(settings)
@@ -50,6 +52,9 @@ async def serve(
             await proxy.listen(address, sock=sock, serve=False)
         table = await _admin_get(admin, "/routes")
         await proxy.apply(parse_table({"apps": table["apps"]}), generation=table["generation"])
+    for address, fd in (listen_fds or {}).items():
+        # Sockets the control plane holds open for us (``baton.server.listeners``).
+        await proxy.listen(address, sock=socket.socket(fileno=fd), serve=False)
     for address in listen:
         await proxy.listen(address, serve=False)
     saved = table_path(admin)
@@ -147,6 +152,19 @@ async def _self_check(own_admin: str, generation: int) -> None:
         raise OSError(f"self-check failed: {health}")
 
 
+def _is_listening_socket(fd: int) -> bool:
+    try:
+        probe = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return False
+    try:
+        return bool(probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
 def _seconds(ctx: click.Context, param: click.Parameter, value: str) -> float:
     from baton.config import parse_duration
 
@@ -163,6 +181,14 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: str) -> float:
     multiple=True,
     help="Address to accept clients on (repeatable). Apps' listen addresses in the route "
     "table are opened too, so none is needed when a table will be loaded.",
+)
+@click.option(
+    "--listen-fd",
+    "listen_fd",
+    multiple=True,
+    metavar="ADDRESS=FD",
+    help="An inherited listening socket to accept clients on for ADDRESS (repeatable); "
+    "the control plane holds these open so clients wait while a proxy restarts.",
 )
 @click.option(
     "--takeover",
@@ -222,6 +248,7 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: str) -> float:
 )
 def proxy_command(
     listen: tuple[str, ...],
+    listen_fd: tuple[str, ...],
     takeover: bool,
     admin: str,
     routes: Path | None,
@@ -238,6 +265,19 @@ def proxy_command(
             parse_address(address, "--listen")
         except RouteTableError as exc:
             raise click.BadParameter(str(exc), param_hint="--listen") from None
+    listen_fds: dict[str, int] = {}
+    for item in listen_fd:
+        address, _, fd = item.rpartition("=")
+        try:
+            parse_address(address, "--listen-fd")
+        except RouteTableError as exc:
+            raise click.BadParameter(str(exc), param_hint="--listen-fd") from None
+        if not fd.isdigit() or not _is_listening_socket(int(fd)):
+            raise click.BadParameter(
+                f"expected ADDRESS=FD with FD an inherited listening socket, got {item!r}",
+                param_hint="--listen-fd",
+            )
+        listen_fds[address] = int(fd)
     settings = ProxySettings(
         header_timeout=header_timeout,
         keepalive_timeout=keepalive_timeout,
@@ -251,7 +291,7 @@ def proxy_command(
     import uvloop
 
     try:
-        uvloop.run(serve(list(listen), admin, settings, routes, takeover))
+        uvloop.run(serve(list(listen), admin, settings, routes, takeover, listen_fds))
     except OSError as exc:
         click.echo(f"baton proxy: cannot start: {exc}", err=True)
         sys.exit(1)
