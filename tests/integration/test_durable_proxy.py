@@ -48,6 +48,7 @@ async def test_a_proxy_killed_under_load_is_restarted_and_never_answers_404(host
     back = load.marker("back")
     await asyncio.sleep(0.5)
     result = await load.stop()
+    print(f"\nproxy SIGKILL under load: {result.summary()}")
     # Every answer came from the app: no 404 (an empty table), no 502/503.
     assert result.statuses.keys() == {200}, result.summary()
     assert set(result.bodies) == {"v1\n"}, result.summary()
@@ -75,11 +76,15 @@ async def test_killing_the_only_instance_under_load_fails_no_request(host: Host)
     replaced = load.marker("replaced")
     await asyncio.sleep(1.0)
     result = await load.stop()
+    waited = [s for s in result.timeline if killed <= s.sent < replaced]
+    print(
+        f"\nonly instance SIGKILLed under load: {result.summary()}; {len(waited)} sent before"
+        f" the replacement was routed, longest {max((s.t - s.sent for s in waited), default=0):.2f}s"
+    )
     # They waited in the proxy's queue for the replacement instead of failing.
     assert_no_failures(result)
     assert result.statuses.keys() == {200}, result.summary()
     assert any(s.sent >= replaced for s in result.timeline)
-    waited = [s for s in result.timeline if killed <= s.sent < replaced]
     assert waited, "no request was sent while the app had no instance"
     (running,) = await ProcessRuntime(host.state_dir).owned()
     assert running.address != victim.address
