@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -135,6 +137,7 @@ async def test_requests_wait_for_a_target_and_are_served_once_one_is_routed(
         wait_for, lambda: queue_figures(proxy).get("queued") == 3, what="3 queued"
     )
     assert not any(t.done() for t in waiting)
+    assert proxy.ok("GET", "/health")["queued"] == 3
     text = proxy.ok("GET", "/metrics")
     assert 'baton_queued{app="web"} 3' in text
     backend = await asyncio.to_thread(backend_factory, "v1")
@@ -322,3 +325,26 @@ def test_a_client_that_leaves_while_waiting_frees_its_place(proxy: ProxyProcess)
         wait_for(lambda: queue_figures(proxy).get("queued") == 1, what="1 queued")
     wait_for(lambda: queue_figures(proxy).get("queued") == 0, what="place freed")
     assert queue_figures(proxy)["queue_timeouts"] == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [("127.0.0.1:8080=notanfd", "inherited listening socket"), ("nowhere=3", "--listen-fd")],
+)
+def test_a_bad_listen_fd_is_refused_by_name(tmp_path: Path, value: str, words: str) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "baton.proxy",
+            "--admin",
+            str(tmp_path / "p.sock"),
+            "--listen-fd",
+            value,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and words in proc.stderr, proc.stderr
+    assert not (tmp_path / "p.sock").exists()
