@@ -37,7 +37,7 @@ async def test_a_proxy_killed_under_load_is_restarted_and_never_answers_404(host
     old = host.proxy_pid
     assert old is not None
     load = await start_load(host)
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(1.0)  # (the daemon collects the proxy's sockets within 0.25 s)
     killed = load.marker("killed")
     os.kill(old, signal.SIGKILL)
     deadline = time.monotonic() + 30
