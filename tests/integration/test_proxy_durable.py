@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from baton.proxy.proxy_protocol import v1_header, v2_header
+from baton.server.listeners import HeldListeners
 from tests.support.h1 import parse_status, send_raw, send_raw_async
 from tests.support.load import Load
 from tests.support.procs import Backend, free_port
@@ -108,6 +109,50 @@ def test_a_restarted_proxy_answers_its_first_client_from_the_saved_table(
     finally:
         stop.set()
         client.join(5)
+
+
+def test_a_client_arriving_while_the_proxy_is_dead_waits_for_the_next_one(
+    tmp_path: Path, backend: Backend
+) -> None:
+    """What the daemon does: hold the proxy's sockets, hand them to its successor."""
+    admin = str(tmp_path / "proxy.sock")
+    held = HeldListeners()
+    try:
+        with ProxyProcess(admin=admin) as first:
+            first.route(("v1", 100, [backend.addr]))
+            held.collect(admin)
+            assert list(held.sockets) == [first.listen]
+            first.kill()
+        with socket.create_connection(("127.0.0.1", first.port), timeout=5) as client:
+            client.sendall(request())  # nobody accepts yet: it waits in the accept queue
+            fds = held.hold([first.listen])
+            with open(tmp_path / "second.log", "wb") as log:
+                second = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "baton.proxy",
+                        "--admin",
+                        admin,
+                        "--listen-fd",
+                        f"{first.listen}={fds[first.listen]}",
+                    ],
+                    pass_fds=tuple(fds.values()),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            try:
+                client.settimeout(30)
+                answer = b""
+                while chunk := client.recv(65536):
+                    answer += chunk
+            finally:
+                second.terminate()
+                second.wait(30)
+        assert parse_status(answer) == 200 and head_and_body(answer)[1] == b"v1", answer
+    finally:
+        held.close()
 
 
 def test_a_damaged_saved_table_is_reported_and_the_proxy_starts_empty(
