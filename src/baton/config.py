@@ -18,6 +18,11 @@ runtime                           process         where instances run: process o
 proxy.listen                      127.0.0.1:8080  address the proxy listens on for this app
 proxy.hosts                       []              Host names routed to the app (empty = any Host)
 proxy.path_prefix                 /               path prefix routed to the app
+proxy.queue_timeout               10s             with no healthy target, how long a request
+                                                  waits for one (0 = 503 at once)
+proxy.queue_limit                 1000            requests that may wait; more get 503 at once
+proxy.trusted_proxies             []              CIDRs whose X-Forwarded-For/Proto/Host are kept
+proxy.proxy_protocol              false           require a PROXY protocol v1/v2 header on listen
 run.command                       (required)      process: string (run by /bin/sh -c) or list
                                                   (exec'd); docker: optional CMD override
 run.cwd                           .               working directory, relative to baton.yml
@@ -414,6 +419,27 @@ class ProxyConfig(_Section):
         description="longest life of a WebSocket or other tunnel, ended with close 1001"
         " (none = until its release is drained)",
     )
+    queue_timeout: Annotated[float, BeforeValidator(_check_queue_timeout), _Kind("duration")] = (
+        Field(
+            default=10.0,
+            description="with no healthy target (an instance restarting), how long a request"
+            " waits for one before 503 with Retry-After (0 = 503 at once; at most 1h)",
+        )
+    )
+    queue_limit: Annotated[int, BeforeValidator(_int_at_least(0, 1_000_000))] = Field(
+        default=1000,
+        description="requests that may wait for a healthy target; more get 503 at once",
+    )
+    trusted_proxies: Annotated[list[str], BeforeValidator(_check_cidrs)] = Field(
+        default_factory=list,
+        description="CIDRs of proxies in front of Baton whose X-Forwarded-For/Proto/Host are"
+        " kept and extended; from anyone else they are replaced",
+    )
+    proxy_protocol: Annotated[bool, BeforeValidator(_check_bool), _Shown("false")] = Field(
+        default=False,
+        description="require a PROXY protocol v1/v2 header on every connection to"
+        " proxy.listen (behind a TCP load balancer); apps sharing the address must agree",
+    )
 
     @field_validator("hosts")
     @classmethod
@@ -429,6 +455,34 @@ class ProxyConfig(_Section):
         if any(c in prefix for c in "?#"):
             raise ValueError(f"expected a path prefix without ? or #, got {prefix!r}")
         return prefix.rstrip("/") or "/"
+
+
+def _check_queue_timeout(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds > 3600:
+        raise ValueError(f"expected a duration of at most 1h, got {_shown(value)}")
+    return seconds
+
+
+def _check_cidrs(value: object) -> list[str]:
+    from baton.proxy.forwarded import parse_networks
+
+    if value is None:
+        return []
+    try:
+        return list(parse_networks(value))
+    except ValueError as exc:
+        text = str(exc)
+        if text.startswith("["):  # "[1]: expected ..." -> say which entry in words
+            index, _, rest = text[1:].partition("]: ")
+            raise ValueError(f"entry {index}: {rest}") from None
+        raise
+
+
+def _check_bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {_shown(value)}")
+    return value
 
 
 def _check_command(value: object) -> str | list[str] | None:
@@ -792,12 +846,6 @@ class HooksConfig(_Section):
         Field(default=None, description="shell command after the deployment")
     )
     timeout: PositiveDuration = Field(default=600.0, description="longest time a hook may run")
-
-
-def _check_bool(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {_shown(value)}")
-    return value
 
 
 class MigrationsConfig(_Section):

@@ -65,3 +65,7 @@ class RouteTableError(BatonError):
     """A route table (snapshot) sent to the proxy is invalid; the proxy keeps the old one."""
 
     exit_code = 2
+
+
+class ProxyProtocolError(BatonError):
+    """A connection's first bytes are not a valid PROXY protocol header."""

@@ -52,9 +52,10 @@ def admin_call(
 class ProxyProcess(ManagedProcess):
     """``python -m baton.proxy`` on a free port with its admin socket in a temp dir."""
 
-    def __init__(self, *extra_args: str, port: int | None = None) -> None:
+    def __init__(self, *extra_args: str, port: int | None = None, admin: str | None = None) -> None:
         self.tmp = tempfile.TemporaryDirectory(prefix="baton-proxy-")
-        self.admin = str(Path(self.tmp.name) / "proxy.sock")
+        # ``admin`` reuses a socket path (and so the saved route table beside it): a restart.
+        self.admin = admin or str(Path(self.tmp.name) / "proxy.sock")
         port = free_port() if port is None else port
         self.listen = f"{LOOPBACK}:{port}"
         cmd = [

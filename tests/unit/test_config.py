@@ -592,3 +592,53 @@ def test_build_hook_and_exclude_are_for_process_apps_only(tmp_path: Path) -> Non
             load_config(write(tmp_path, text))
         assert caught.value.key == key
         assert "only for runtime: process" in str(caught.value)
+
+
+# -- proxy.queue_timeout, queue_limit, trusted_proxies, proxy_protocol ----------------------
+
+
+def test_queue_and_forwarding_keys_default_and_reach_the_route(tmp_path: Path) -> None:
+    from baton.deploy.plan import Pool, app_route
+
+    cfg = load_config(write(tmp_path, MINIMAL)).config
+    assert (cfg.proxy.queue_timeout, cfg.proxy.queue_limit) == (10.0, 1000)
+    assert cfg.proxy.trusted_proxies == [] and cfg.proxy.proxy_protocol is False
+    text = MINIMAL + (
+        "proxy:\n  queue_timeout: 2500ms\n  queue_limit: 0\n"
+        "  trusted_proxies: [10.0.0.0/8, '::1']\n  proxy_protocol: true\n"
+    )
+    cfg = load_config(write(tmp_path, text)).config
+    assert (cfg.proxy.queue_timeout, cfg.proxy.queue_limit) == (2.5, 0)
+    assert cfg.proxy.trusted_proxies == ["10.0.0.0/8", "::1/128"]
+    route = app_route(cfg.model_dump(), [Pool("v1", 100, ("127.0.0.1:9000",))])
+    assert route is not None
+    assert route["queue_timeout"] == 2.5 and route["queue_limit"] == 0
+    assert route["trusted_proxies"] == ["10.0.0.0/8", "::1/128"]
+    assert route["proxy_protocol"] is True
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "fragments"),
+    [
+        ("proxy: {queue_timeout: -1s}", "proxy.queue_timeout", ["duration"]),
+        ("proxy: {queue_timeout: 2h}", "proxy.queue_timeout", ["at most 1h"]),
+        ("proxy: {queue_limit: -1}", "proxy.queue_limit", ["integer ≥ 0", "-1"]),
+        ("proxy: {queue_limit: lots}", "proxy.queue_limit", ["integer"]),
+        ("proxy: {trusted_proxies: 10.0.0.0/8}", "proxy.trusted_proxies", ["a list of CIDRs"]),
+        (
+            "proxy: {trusted_proxies: [10.0.0.0/8, 10.0.0.1/8]}",
+            "proxy.trusted_proxies",
+            ["entry 1", "10.0.0.1/8"],
+        ),
+        ("proxy: {proxy_protocol: 'yes'}", "proxy.proxy_protocol", ["true or false", "'yes'"]),
+    ],
+)
+def test_bad_queue_and_forwarding_keys_are_named(
+    tmp_path: Path, extra: str, key: str, fragments: list[str]
+) -> None:
+    path = write(tmp_path, MINIMAL + extra + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.key == key
+    for fragment in fragments:
+        assert fragment in str(caught.value), str(caught.value)

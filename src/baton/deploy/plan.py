@@ -227,7 +227,12 @@ def app_route(config: Mapping[str, Any], pools: Sequence[Pool]) -> dict[str, Any
             if proxy.get("max_connection_age")
             else {}
         ),
+        **{key: proxy[key] for key in _QUEUE_AND_FORWARDING if key in proxy},
     }
+
+
+# Route options carried as they are from baton.yml's proxy section (the proxy validates them).
+_QUEUE_AND_FORWARDING = ("queue_timeout", "queue_limit", "trusted_proxies", "proxy_protocol")
 
 
 def release_options(config: Mapping[str, Any] | None) -> dict[str, Any]:

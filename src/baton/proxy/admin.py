@@ -108,6 +108,7 @@ class AdminAPI:
                 "generation": p.table.generation,
                 "listeners": sorted(p.servers),
                 "connections": len(p.connections),
+                "queued": len(p.queues),  # requests waiting for a healthy target
             }
         )
 

@@ -12,6 +12,7 @@ import logging
 import os
 import resource
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from baton.errors import RouteTableError
 from baton.proxy.admin import AdminAPI
 from baton.proxy.handoff import HandoffServer, Takeover, handoff_path
 from baton.proxy.health import HealthChecker
+from baton.proxy.persist import load_table, save_table, table_path
 from baton.proxy.routing import parse_address, parse_table
 from baton.proxy.server import Proxy, ProxySettings
 
@@ -38,6 +40,7 @@ async def serve(
     settings: ProxySettings,
     routes: Path | None = None,
     takeover: bool = False,
+    listen_fds: dict[str, int] | None = None,
 ) -> None:
     """Run one proxy until SIGTERM/SIGINT, or until a successor took over (``handoff.py``)."""
     proxy = Proxy(settings)
@@ -49,11 +52,21 @@ async def serve(
             await proxy.listen(address, sock=sock, serve=False)
         table = await _admin_get(admin, "/routes")
         await proxy.apply(parse_table({"apps": table["apps"]}), generation=table["generation"])
-        await proxy.start_serving()  # only now: a client accepted earlier would find no route
+    for address, fd in (listen_fds or {}).items():
+        # Sockets the control plane holds open for us (``baton.server.listeners``).
+        await proxy.listen(address, sock=socket.socket(fileno=fd), serve=False)
     for address in listen:
-        await proxy.listen(address)
+        await proxy.listen(address, serve=False)
+    saved = table_path(admin)
     if routes is not None:
         await proxy.apply(parse_table(json.loads(routes.read_text())))
+    elif successor is None:
+        await _load_saved(proxy, saved)
+    # Only now: a client accepted earlier would find no route (404) or an old one.
+    await proxy.start_serving()
+    proxy.on_table_change.append(lambda: _save(saved, proxy))
+    if routes is not None or successor is not None:
+        _save(saved, proxy)
     # A successor serves beside the old proxy first, then renames its sockets over the old.
     own_admin = admin + ".next" if takeover else admin
     api = AdminAPI(proxy)
@@ -82,6 +95,40 @@ async def serve(
     await api.stop()
 
 
+async def _load_saved(proxy: Proxy, saved: Path) -> None:
+    """Apply the table saved by this proxy's predecessor (``persist.py``), if any."""
+    try:
+        loaded = load_table(saved)
+    except RouteTableError as exc:
+        logging.getLogger("baton.proxy").warning("%s; starting with an empty table", exc)
+        return
+    if loaded is None:
+        return
+    specs, generation = loaded
+    for spec in specs.values():
+        if spec.listen not in proxy.servers:
+            try:
+                await proxy.listen(spec.listen, serve=False)
+            except OSError as exc:
+                logging.getLogger("baton.proxy").warning(
+                    "saved route table: app %s: cannot listen on %s (%s)",
+                    spec.name,
+                    spec.listen,
+                    exc.strerror or exc,
+                )
+    usable = {name: spec for name, spec in specs.items() if spec.listen in proxy.servers}
+    await proxy.apply(usable, generation=generation)
+
+
+def _save(saved: Path, proxy: Proxy) -> None:
+    try:
+        save_table(saved, proxy.table.to_json())
+    except OSError as exc:
+        logging.getLogger("baton.proxy").error(
+            "cannot save the route table to %s: %s", saved, exc.strerror or exc
+        )
+
+
 async def _admin_get(path: str, url: str, timeout: float = 10.0) -> dict[str, Any]:
     """GET a JSON document from an admin API over its Unix socket."""
     async with asyncio.timeout(timeout):
@@ -105,6 +152,19 @@ async def _self_check(own_admin: str, generation: int) -> None:
         raise OSError(f"self-check failed: {health}")
 
 
+def _is_listening_socket(fd: int) -> bool:
+    try:
+        probe = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return False
+    try:
+        return bool(probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
 def _seconds(ctx: click.Context, param: click.Parameter, value: str) -> float:
     from baton.config import parse_duration
 
@@ -121,6 +181,14 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: str) -> float:
     multiple=True,
     help="Address to accept clients on (repeatable). Apps' listen addresses in the route "
     "table are opened too, so none is needed when a table will be loaded.",
+)
+@click.option(
+    "--listen-fd",
+    "listen_fd",
+    multiple=True,
+    metavar="ADDRESS=FD",
+    help="An inherited listening socket to accept clients on for ADDRESS (repeatable); "
+    "the control plane holds these open so clients wait while a proxy restarts.",
 )
 @click.option(
     "--takeover",
@@ -180,6 +248,7 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: str) -> float:
 )
 def proxy_command(
     listen: tuple[str, ...],
+    listen_fd: tuple[str, ...],
     takeover: bool,
     admin: str,
     routes: Path | None,
@@ -196,6 +265,19 @@ def proxy_command(
             parse_address(address, "--listen")
         except RouteTableError as exc:
             raise click.BadParameter(str(exc), param_hint="--listen") from None
+    listen_fds: dict[str, int] = {}
+    for item in listen_fd:
+        address, _, fd = item.rpartition("=")
+        try:
+            parse_address(address, "--listen-fd")
+        except RouteTableError as exc:
+            raise click.BadParameter(str(exc), param_hint="--listen-fd") from None
+        if not fd.isdigit() or not _is_listening_socket(int(fd)):
+            raise click.BadParameter(
+                f"expected ADDRESS=FD with FD an inherited listening socket, got {item!r}",
+                param_hint="--listen-fd",
+            )
+        listen_fds[address] = int(fd)
     settings = ProxySettings(
         header_timeout=header_timeout,
         keepalive_timeout=keepalive_timeout,
@@ -209,7 +291,7 @@ def proxy_command(
     import uvloop
 
     try:
-        uvloop.run(serve(list(listen), admin, settings, routes, takeover))
+        uvloop.run(serve(list(listen), admin, settings, routes, takeover, listen_fds))
     except OSError as exc:
         click.echo(f"baton proxy: cannot start: {exc}", err=True)
         sys.exit(1)

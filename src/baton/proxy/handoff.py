@@ -31,6 +31,9 @@ log = logging.getLogger("baton.proxy")
 
 HELLO = b"FDS\n"
 STOP = b"STOP\n"
+# The control plane asks for duplicates of the sockets to hold while this proxy lives (so
+# that a restart after a crash refuses no one: ``baton.server.listeners``); nothing retires.
+PEEK = b"PEEK\n"
 MAX_LISTENERS = 64
 
 
@@ -78,7 +81,7 @@ class HandoffServer:
         try:
             with conn:
                 request = await asyncio.wait_for(loop.sock_recv(conn, 64), 10)
-                if request != HELLO:
+                if request not in (HELLO, PEEK):
                     return
                 listeners = self.listeners()
                 header = json.dumps({"pid": os.getpid(), "listeners": list(listeners)}).encode()
@@ -89,6 +92,8 @@ class HandoffServer:
                 finally:
                     for fd in listeners.values():
                         os.close(fd)
+                if request == PEEK:
+                    return
                 # Wait for the successor's verdict; a closed connection means it gave up.
                 answer = b""
                 while not answer.endswith(b"\n"):

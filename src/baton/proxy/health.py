@@ -70,7 +70,10 @@ class HealthChecker:
         while True:
             await asyncio.sleep(spec.interval)
             ok = await check_once(target, spec)
+            was = target.healthy
             target.record_health(ok, spec.rise, spec.fall)
+            if target.healthy and not was:
+                self.proxy.wake_queued()  # requests waiting for this app may go now
 
     def stop(self) -> None:
         for _, task in self.tasks.values():

@@ -136,6 +136,9 @@ class ReleaseMetrics:
 class MetricsRegistry:
     def __init__(self) -> None:
         self._by_key: dict[tuple[str, str], ReleaseMetrics] = {}
+        # Per app: requests waiting for a healthy target, and how many timed out or were
+        # refused a place (set by the proxy; ``queue.py``).
+        self.queue_figures: Callable[[], dict[str, dict[str, int]]] = dict
 
     def get(self, app: str, release: str) -> ReleaseMetrics:
         key = (app, release)
@@ -154,6 +157,8 @@ class MetricsRegistry:
         apps: dict[str, Any] = {}
         for (app, release), m in sorted(self._by_key.items()):
             apps.setdefault(app, {"releases": {}})["releases"][release] = m.to_json()
+        for app, figures in self.queue_figures().items():
+            apps.setdefault(app, {"releases": {}})["queue"] = figures
         return {"apps": apps}
 
     def to_prometheus(self) -> str:
@@ -213,6 +218,25 @@ class MetricsRegistry:
                 out.append(f'{name}_bucket{{{labels},le="+Inf"}} {h.count}')
                 out.append(f"{name}_sum{{{labels}}} {h.sum:.6f}")
                 out.append(f"{name}_count{{{labels}}} {h.count}")
+        queues = sorted(self.queue_figures().items())
+        for name, kind, text, key in (
+            ("baton_queued", "gauge", "Requests waiting for a healthy target.", "queued"),
+            (
+                "baton_queue_timeouts_total",
+                "counter",
+                "Requests answered 503 after waiting queue_timeout for a healthy target.",
+                "queue_timeouts",
+            ),
+            (
+                "baton_queue_rejected_total",
+                "counter",
+                "Requests answered 503 at once because queue_limit requests were waiting.",
+                "queue_rejected",
+            ),
+        ):
+            head(name, kind, text)
+            for app, figures in queues:
+                out.append(f'{name}{{app="{_esc(app)}"}} {figures[key]}')
         return "\n".join(out) + "\n"
 
 

@@ -25,9 +25,12 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import quote, unquote
 
 from baton.errors import RouteTableError
+from baton.proxy.forwarded import parse_networks
 from baton.proxy.fuse import FuseSpec, parse_fuse, parse_retry_methods
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
+DEFAULT_QUEUE_TIMEOUT = 10.0
+DEFAULT_QUEUE_LIMIT = 1000
 STICKY_NONE, STICKY_COOKIE, STICKY_CLIENT_IP, STICKY_HEADER = range(4)
 _STICKY_KINDS = {"none": STICKY_NONE, "cookie": STICKY_COOKIE, "client-ip": STICKY_CLIENT_IP}
 _APP_KEYS = {
@@ -42,6 +45,10 @@ _APP_KEYS = {
     "release_secret",
     "max_connection_age",
     "retry_on_stable",
+    "queue_timeout",
+    "queue_limit",
+    "trusted_proxies",
+    "proxy_protocol",
 }
 _RELEASE_KEYS = {"name", "weight", "targets", "fuse"}
 _HEALTH_KEYS = {"kind", "path", "interval", "timeout", "rise", "fall"}
@@ -99,6 +106,11 @@ class AppSpec:
     release_secret: str | None = None  # lets non-loopback clients pin a release
     max_connection_age: float | None = None  # longest life of a tunnel (WebSocket), seconds
     retry_on_stable: tuple[str, ...] = ()  # methods whose canary 5xx is retried on stable
+    # With no healthy target, requests wait this long (0: 503 at once), at most queue_limit.
+    queue_timeout: float = DEFAULT_QUEUE_TIMEOUT
+    queue_limit: int = DEFAULT_QUEUE_LIMIT
+    trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-* headers are kept
+    proxy_protocol: bool = False  # the listener requires a PROXY protocol header
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -113,6 +125,10 @@ class AppSpec:
             "release_secret": self.release_secret,
             "max_connection_age": self.max_connection_age,
             **({"retry_on_stable": list(self.retry_on_stable)} if self.retry_on_stable else {}),
+            "queue_timeout": self.queue_timeout,
+            "queue_limit": self.queue_limit,
+            "trusted_proxies": list(self.trusted_proxies),
+            "proxy_protocol": self.proxy_protocol,
         }
 
 
@@ -263,8 +279,30 @@ def parse_app(name: object, value: object) -> AppSpec:
     max_age = value.get("max_connection_age")
     if max_age is not None:
         max_age = _number(max_age, f"{where}.max_connection_age", minimum=0.1, maximum=86400 * 30)
+    try:
+        trusted = parse_networks(value.get("trusted_proxies", []))
+    except ValueError as exc:
+        sep = "" if str(exc).startswith("[") else ": "
+        raise RouteTableError(f"{where}.trusted_proxies{sep}{exc}") from None
+    proxy_protocol = value.get("proxy_protocol", False)
+    if not isinstance(proxy_protocol, bool):
+        raise _fail(f"{where}.proxy_protocol", "true or false", proxy_protocol)
     return AppSpec(
         name=name,
+        queue_timeout=_number(
+            value.get("queue_timeout", DEFAULT_QUEUE_TIMEOUT),
+            f"{where}.queue_timeout",
+            minimum=0,
+            maximum=3600,
+        ),
+        queue_limit=_integer(
+            value.get("queue_limit", DEFAULT_QUEUE_LIMIT),
+            f"{where}.queue_limit",
+            minimum=0,
+            maximum=1_000_000,
+        ),
+        trusted_proxies=trusted,
+        proxy_protocol=proxy_protocol,
         max_connection_age=max_age,
         retry_on_stable=parse_retry_methods(
             value.get("retry_on_stable"), f"{where}.retry_on_stable"
@@ -308,7 +346,14 @@ def parse_table(value: object) -> dict[str, AppSpec]:
 def check_conflicts(apps: Mapping[str, AppSpec]) -> None:
     """Two apps may not claim the same (listen, host, prefix): the route would be ambiguous."""
     claimed: dict[tuple[str, str, str], str] = {}
+    framing: dict[str, AppSpec] = {}
     for app in apps.values():
+        first = framing.setdefault(app.listen, app)
+        if first.proxy_protocol != app.proxy_protocol:
+            raise RouteTableError(
+                f"apps.{app.name}.proxy_protocol: apps on {app.listen} must agree (app "
+                f"{first.name!r} has {str(first.proxy_protocol).lower()})"
+            )
         for host in app.hosts or ("",):
             key = (app.listen, host, app.path_prefix)
             other = claimed.get(key)

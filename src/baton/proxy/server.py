@@ -36,6 +36,8 @@ from typing import NamedTuple, cast
 
 import httptools
 
+from baton.errors import ProxyProtocolError
+from baton.proxy.forwarded import is_trusted
 from baton.proxy.fuse import Fuses
 from baton.proxy.http import (
     CONTINUE_100,
@@ -49,6 +51,8 @@ from baton.proxy.http import (
     upstream_head,
 )
 from baton.proxy.metrics import MetricsRegistry, ReleaseMetrics
+from baton.proxy.proxy_protocol import parse_header
+from baton.proxy.queue import Waiting, WaitQueues, retry_after
 from baton.proxy.routing import (
     STICKY_CLIENT_IP,
     STICKY_COOKIE,
@@ -116,6 +120,7 @@ class Exchange:
         "keep_alive",
         "method",
         "metrics",
+        "queued_until",
         "release",
         "request_id",
         "same_retry",
@@ -163,6 +168,7 @@ class Exchange:
         self.same_retry = False
         self.stable_retry = False  # a canary 5xx may be retried on the stable release
         self.set_cookie: bytes | None = None
+        self.queued_until = 0.0  # the deadline of its wait for a healthy target, if it waited
         self.status = 0
         self.t0 = time.monotonic()
         self.t_sent = self.t0
@@ -494,7 +500,7 @@ class ClientConnection(asyncio.Protocol):
         self.active = ex
         proxy = self.proxy
         info = ex.info
-        ex.request_id = info.request_id or proxy.next_request_id()
+        ex.request_id = ex.request_id or info.request_id or proxy.next_request_id()
         app = proxy.table.match_raw(self.listen, info.host, ex.url)
         if app is None:
             self._local(ex, 404, f"no route for host {normalise_host(info.host) or '-'!r}")
@@ -504,8 +510,11 @@ class ClientConnection(asyncio.Protocol):
             if ex.info.pin is not None and proxy.may_pin(app, ex, self):
                 pin = ex.info.pin.decode("latin-1")
                 why = f"release {pin!r} of app {app.name!r} is unknown or has no healthy target"
+            elif self.wait_for_target(ex, app):
+                return
             else:
-                why = f"no healthy target for app {app.name!r}"
+                self._unavailable(ex, app)
+                return
             self._local(ex, 503, why)
             return
         ex.release = release
@@ -522,6 +531,8 @@ class ClientConnection(asyncio.Protocol):
             client_ip=self.client_ip,
             request_id=ex.request_id,
             target=target.address.encode(),
+            trusted=bool(app.spec.trusted_proxies)
+            and is_trusted(app.spec.trusted_proxies, self.client_ip),
         )
         self._set_deadline(UPSTREAM_DEADLINE, app.spec.response_timeout)
         self.attach(ex, target, app.spec)
@@ -607,6 +618,8 @@ class ClientConnection(asyncio.Protocol):
                     ex.metrics.retries += 1
                 self.proxy.loop.call_later(SAME_TARGET_BACKOFF, self.attach, ex, target, spec)
                 return
+        if release is not None and ex.replayable and self._requeue(ex):
+            return
         self._fail(ex, 502, f"upstream unreachable ({why})")
 
     def _fail(self, ex: Exchange, status: int, message: str) -> None:
@@ -626,10 +639,16 @@ class ClientConnection(asyncio.Protocol):
         log.info("%s %s -> %d %s", ex.method.decode(), ex.url.decode("latin-1"), status, message)
         self._local(ex, status, message)
 
-    def _local(self, ex: Exchange, status: int, message: str) -> None:
+    def _local(
+        self, ex: Exchange, status: int, message: str, retry_after: int | None = None
+    ) -> None:
         """Answer with a local response; keep the connection if the request was read whole."""
         keep = ex.keep_alive and ex.complete and not ex.upgrade and not self.proxy.stopping
-        self.write(local_response(status, message, close=not keep, request_id=ex.request_id))
+        self.write(
+            local_response(
+                status, message, close=not keep, request_id=ex.request_id, retry_after=retry_after
+            )
+        )
         self.active = None
         if not keep:
             self.close()
@@ -682,6 +701,67 @@ class ClientConnection(asyncio.Protocol):
         m = ex.metrics = release.metrics
         m.in_flight += 1
         self.attach(ex, target, app.spec)
+
+    # -- waiting for a healthy target (``queue.py``) --------------------------------------
+
+    def wait_for_target(self, ex: Exchange, app: LiveApp) -> bool:
+        """Park ``ex`` until ``app`` has a healthy target; False when it may not wait."""
+        spec = app.spec
+        proxy = self.proxy
+        if ex.queued_until:  # woken, still nothing: back in line, same place and deadline
+            proxy.queues.put_back(Waiting(app.name, ex.queued_until, (self, ex)))
+            return True
+        if spec.queue_timeout <= 0 or proxy.stopping:
+            return False
+        deadline = proxy.loop.time() + spec.queue_timeout
+        if not proxy.queues.push(app.name, (self, ex), deadline, spec.queue_limit):
+            return False
+        ex.queued_until = deadline
+        self.deadline_kind = NO_DEADLINE  # the queue's deadline bounds the wait
+        return True
+
+    def _requeue(self, ex: Exchange) -> bool:
+        """A request no target could take (the app's only instance died): wait instead."""
+        m = ex.metrics
+        app = self.proxy.table.apps.get(m.app) if m is not None else None
+        if app is None or ex.status:
+            return False
+        spec = app.spec
+        if not ex.queued_until and (
+            spec.queue_timeout <= 0 or self.proxy.queues.waiting(app.name) >= spec.queue_limit
+        ):
+            return False
+        self._leave_target(ex)
+        ex.release = None
+        ex.tried = []
+        ex.attempts = 0
+        ex.same_retry = False
+        return self.wait_for_target(ex, app)
+
+    def dispatch_queued(self, ex: Exchange) -> None:
+        """A table swap or a healthy target: route the waiting request again."""
+        if ex is self.active and not self.closed:
+            self.start(ex)
+
+    def queue_timed_out(self, ex: Exchange, app: str, waited: float) -> None:
+        if ex is not self.active or self.closed:
+            return
+        live = self.proxy.table.apps.get(app)
+        timeout = live.spec.queue_timeout if live is not None else waited
+        self._local(
+            ex,
+            503,
+            f"no healthy target for app {app!r} within {waited:g}s",
+            retry_after(timeout),
+        )
+
+    def _unavailable(self, ex: Exchange, app: LiveApp) -> None:
+        spec = app.spec
+        if spec.queue_timeout > 0 and not self.proxy.stopping:
+            why = f"no healthy target for app {app.name!r} and {spec.queue_limit} requests waiting"
+        else:
+            why = f"no healthy target for app {app.name!r}"
+        self._local(ex, 503, why, retry_after(spec.queue_timeout))
 
     # -- upstream events ---------------------------------------------------------------
 
@@ -882,6 +962,10 @@ class Proxy:
         self._request_seq = 0
         self._sweeper: asyncio.Task[None] | None = None
         self.on_table_change: list[Callable[[], None]] = []
+        # Requests waiting for a healthy target, per app (``queue.py``).
+        self.queues: WaitQueues[tuple[ClientConnection, Exchange]] = WaitQueues()
+        self.metrics.queue_figures = self.queue_figures
+        self.proxy_protocol: frozenset[str] = frozenset()  # listeners requiring the header
 
     # -- routing -----------------------------------------------------------------------
 
@@ -977,6 +1061,7 @@ class Proxy:
 
     async def apply(self, specs: dict[str, AppSpec], generation: int | None = None) -> int:
         """Swap in a new table built from ``specs``; bind new listen addresses first."""
+        self.proxy_protocol = frozenset(s.listen for s in specs.values() if s.proxy_protocol)
         for spec in specs.values():
             if spec.listen not in self.servers:
                 await self.listen(spec.listen)
@@ -1006,6 +1091,7 @@ class Proxy:
         self.metrics.forget(keep)
         for callback in self.on_table_change:
             callback()
+        self.wake_queued()
         return table.generation
 
     def _arm_fuses(self, table: LiveTable) -> None:
@@ -1071,9 +1157,14 @@ class Proxy:
                 raise
             sock.listen(4096)
         server = await self.loop.create_server(
-            lambda: ClientConnection(self, address), sock=sock, backlog=4096, start_serving=serve
+            lambda: self._client(address), sock=sock, backlog=4096, start_serving=serve
         )
         self.servers[address] = server
+
+    def _client(self, address: str) -> ClientConnection:
+        if address in self.proxy_protocol:
+            return ProxiedConnection(self, address)
+        return ClientConnection(self, address)
 
     async def start_serving(self) -> None:
         for server in self.servers.values():
@@ -1087,6 +1178,8 @@ class Proxy:
                 target.draining = draining
                 if draining:
                     target.close_idle()
+        if not draining:
+            self.wake_queued()
 
     def busy(self, addresses: list[str]) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -1094,6 +1187,35 @@ class Proxy:
             t = self.targets.get(address)
             out[address] = {"in_flight": t.in_flight if t else 0, "tunnels": t.tunnels if t else 0}
         return out
+
+    # -- waiting requests --------------------------------------------------------------
+
+    def wake_queued(self) -> None:
+        """Route every waiting request again, oldest first (called on the events that can
+        give an app a target: a table swap, a target turning healthy or undrained)."""
+        if not self.queues:
+            return
+        for waiting in self.queues.take():
+            client, ex = waiting.waiter
+            client.dispatch_queued(ex)
+
+    def _expire_queued(self, now: float) -> None:
+        self.queues.prune(lambda w: w[0].closed or w[0].active is not w[1])
+        for waiting in self.queues.expired(now):
+            client, ex = waiting.waiter
+            client.queue_timed_out(ex, waiting.app, round(now - ex.t0, 1))
+
+    def queue_figures(self) -> dict[str, dict[str, int]]:
+        q = self.queues
+        apps = set(q.apps()) | set(q.timeouts) | set(q.overflows) | set(self.table.apps)
+        return {
+            app: {
+                "queued": q.waiting(app),
+                "queue_timeouts": q.timeouts.get(app, 0),
+                "queue_rejected": q.overflows.get(app, 0),
+            }
+            for app in sorted(apps)
+        }
 
     # -- tunnels -----------------------------------------------------------------------
 
@@ -1148,6 +1270,9 @@ class Proxy:
             for conn in list(self.connections):
                 if conn.deadline_kind and now >= conn.deadline:
                     conn.on_deadline()
+            if self.queues:
+                self._expire_queued(now)
+                self.wake_queued()  # a fallback: the events above normally do this
             for t in list(self.tunnel_ends.values()):
                 if t.max_age is not None and now - t.started >= t.max_age:
                     t.client.end_tunnel()
@@ -1200,4 +1325,43 @@ class Proxy:
                 await self._sweeper
 
 
-__all__ = ["ClientConnection", "Exchange", "Proxy", "ProxySettings"]
+class ProxiedConnection(ClientConnection):
+    """A client on a ``proxy_protocol`` listener: a PROXY header must come first.
+
+    Until the header is complete its bytes are held; a missing or malformed one gets 400
+    and the connection is closed, before any byte is read as HTTP. The header's source
+    address becomes the client's (X-Forwarded-For, client-ip stickiness, loopback trust).
+    """
+
+    __slots__ = ("preamble",)
+
+    def __init__(self, proxy: Proxy, listen: str) -> None:
+        super().__init__(proxy, listen)
+        self.preamble: bytes | None = b""
+
+    def data_received(self, data: bytes) -> None:
+        held = self.preamble
+        if held is None:
+            super().data_received(data)
+            return
+        data = held + data if held else data
+        try:
+            header = parse_header(data)
+        except ProxyProtocolError as exc:
+            log.info("refused a connection on %s: %s", self.listen, exc)
+            self._reject(400, str(exc))
+            return
+        if header is None:
+            self.preamble = data
+            return
+        self.preamble = None
+        ip = header.client_ip
+        if ip is not None:
+            self.client_ip = ip.encode()
+            self.loopback = ip.startswith(("127.", "::ffff:127.")) or ip == "::1"
+        rest = data[header.consumed :]
+        if rest:
+            super().data_received(rest)
+
+
+__all__ = ["ClientConnection", "Exchange", "ProxiedConnection", "Proxy", "ProxySettings"]

@@ -48,6 +48,7 @@ from baton.flags.service import FlagService
 from baton.runtime.base import Runtimes
 from baton.runtime.process import pid_alive
 from baton.server.api import Api
+from baton.server.listeners import HeldListeners
 from baton.state.store import Store
 
 log = logging.getLogger("baton.server")
@@ -98,6 +99,10 @@ class ProxySupervisor:
         self._log: IO[bytes] | None = None
         self.version: str | None = None  # the running proxy's Baton version
         self._changing = asyncio.Lock()  # one restart or upgrade at a time
+        # The public sockets, kept open here too: while a proxy is dead, clients wait in
+        # their accept queue instead of being refused (``listeners.py``).
+        self.held = HeldListeners()
+        self._peeked: tuple[int | None, list[str]] | None = None  # what was last collected
 
     def info(self) -> dict[str, Any]:
         return {"pid": self.pid, "restarts": self.restarts, "socket": str(self.socket)}
@@ -164,8 +169,12 @@ class ProxySupervisor:
         if self._log is None:
             self._log = self.log_path.open("ab")
         argv = [sys.executable, "-m", "baton.proxy", "--admin", str(self.socket)]
+        fds = self.held.hold(listens)
         for address in listens:
-            argv += ["--listen", address]
+            if address in fds:
+                argv += ["--listen-fd", f"{address}={fds[address]}"]
+            else:
+                argv += ["--listen", address]
         self._log.write(f"--- baton: starting the proxy: {' '.join(argv)}\n".encode())
         self._log.flush()
         self._proc = await asyncio.create_subprocess_exec(
@@ -174,6 +183,7 @@ class ProxySupervisor:
             stdout=self._log,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # outlives a crashed control plane; adopted on restart
+            pass_fds=tuple(fds.values()),
         )
         self.pid = self._proc.pid
         self.adopted = False
@@ -210,8 +220,13 @@ class ProxySupervisor:
             gone = self._gone()
             if not gone:
                 try:
-                    await self.client.health(timeout=2.0)
+                    health = await self.client.health(timeout=2.0)
                     failures, backoff = 0, 0.0
+                    listeners = health.get("listeners") or []
+                    if self.held.missing(listeners) and (self.pid, listeners) != self._peeked:
+                        self._peeked = (self.pid, listeners)
+                        # It bound an address itself: hold it too, for its next restart.
+                        await asyncio.to_thread(self.held.collect, str(self.socket))
                     continue
                 except BatonError:
                     failures += 1
@@ -291,6 +306,7 @@ class ProxySupervisor:
         """SIGTERM: the proxy stops accepting and finishes in-flight requests, then exits."""
         if self.pid is not None:
             await self._kill(self.pid, PROXY_STOP_TIMEOUT)
+        self.held.close()
         with contextlib.suppress(FileNotFoundError):
             self.pid_file.unlink()
         if self._log is not None:

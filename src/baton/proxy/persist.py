@@ -1,0 +1,77 @@
+"""The proxy's last route table on disk, so a restarted proxy serves from its first client.
+
+Theory of operation. Every table the proxy swaps in (from the admin API, ``--routes`` or
+a takeover) is written beside its admin socket (``proxy.sock`` -> ``proxy.routes.json``),
+atomically: a temporary file in the same directory, fsync, then ``os.replace``, so a crash
+at any moment leaves the old table or the new one, never half of one. When the proxy
+(re)starts it reads that file and applies it before its listeners accept a connection; the
+control plane then pushes its current table as usual. A missing file means a first start;
+an unreadable or invalid one is reported and ignored (the control plane's push repairs it),
+never a reason not to start. The file holds what the admin API's ``GET /routes`` shows
+(including an app's ``release_secret``), so it is written mode 0600.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from baton.errors import RouteTableError
+from baton.proxy.routing import AppSpec, parse_table
+
+
+def table_path(admin_socket: str | Path) -> Path:
+    """Where the proxy answering on ``admin_socket`` keeps its table."""
+    sock = Path(admin_socket)
+    stem = sock.name[: -len(".sock")] if sock.name.endswith(".sock") else sock.name
+    return sock.with_name(f"{stem}.routes.json")
+
+
+def save_table(path: Path, table: dict[str, Any]) -> None:
+    """Write ``table`` (``RouteTable.to_json()``) to ``path`` atomically, mode 0600."""
+    data = json.dumps(table, sort_keys=True).encode()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def load_table(path: Path) -> tuple[dict[str, AppSpec], int] | None:
+    """The saved table's specs and generation; None when there is none.
+
+    Raises RouteTableError naming the file when it exists but cannot be used.
+    """
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise RouteTableError(f"{path}: cannot read the saved route table ({exc})") from None
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise RouteTableError(f"{path}: invalid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise RouteTableError(f"{path}: expected an object with apps and generation")
+    generation = value.get("generation", 0)
+    if isinstance(generation, bool) or not isinstance(generation, int) or generation < 0:
+        raise RouteTableError(f"{path}: generation: expected an integer >= 0, got {generation!r}")
+    try:
+        specs = parse_table({"apps": value.get("apps", {})})
+    except RouteTableError as exc:
+        raise RouteTableError(f"{path}: {exc}") from None
+    return specs, generation
+
+
+__all__ = ["load_table", "save_table", "table_path"]
