@@ -618,7 +618,9 @@ class ClientConnection(asyncio.Protocol):
                     ex.metrics.retries += 1
                 self.proxy.loop.call_later(SAME_TARGET_BACKOFF, self.attach, ex, target, spec)
                 return
-        if release is not None and ex.replayable and self._requeue(ex):
+        # A canary that cannot answer is answered by stable (``_fail``) rather than waited for.
+        to_stable = ex.stable_retry and self.may_retry_on_stable(ex)
+        if release is not None and ex.replayable and not to_stable and self._requeue(ex):
             return
         self._fail(ex, 502, f"upstream unreachable ({why})")
 
