@@ -272,6 +272,9 @@ class Engine:
         self.reconciled: dict[str, Any] | None = None
         self.canaries: dict[str, CanaryControl] = {}  # app -> its running canary
         self.traffic = Traffic()  # recent proxy metrics: canary guard, `baton status`
+        # Set when the control plane stops but the data plane goes on (SIGTERM): deployments
+        # in progress stay recorded as running, for the next control plane to finish or undo.
+        self.detaching = False
 
     def runtime_for(self, release: ReleaseRow) -> Runtime:
         return self.runtimes.get(runtime_name(release.config))
@@ -449,6 +452,17 @@ class Engine:
         try:
             await self._steps(d)
         except asyncio.CancelledError:
+            if self.detaching:
+                run.finish(
+                    {
+                        "ok": False,
+                        "exit_code": 3,
+                        "status": "interrupted",
+                        "message": "the control plane stopped during the deployment; the"
+                        " next `baton up` finishes or undoes it",
+                    }
+                )
+                raise
             self.store.finish_deployment(run.id, "aborted", "the control plane stopped")
             run.finish(
                 {
@@ -888,6 +902,7 @@ class Engine:
             self.store.update_release(
                 d.release.id, state="live", weight=100, live_since=now, clear_warm_until=True
             )
+            self.store.set_app_stopped(d.app, False)
             for release in self.store.releases(d.app, ACTIVE_RELEASE_STATES):
                 if release.id == d.release.id:
                     continue
@@ -1046,9 +1061,11 @@ class Engine:
                 self.store.set_instance_state(row.id, "failed")
         for dep in self.store.running_deployments():
             notes.append(await self._recover_deployment(dep.id))
-        # Releases with nothing running any more.
+        # Releases with nothing running any more: a pending one failed, a warm one is gone.
+        # A live release stays live: it is the app's desired state, and convergence starts
+        # its instances again (after a reboot, none of them runs).
         for app in self.store.apps():
-            for release in self.store.releases(app.name, ACTIVE_RELEASE_STATES):
+            for release in self.store.releases(app.name, ("pending", "warm")):
                 if not self.store.instances(release.id, ("routed",)):
                     self.store.update_release(
                         release.id,
@@ -1149,6 +1166,8 @@ class Engine:
         notes: list[str] = []
         for app in self.store.apps():
             lock = self.app_lock(app.name)
+            if app.stopped:
+                continue
             if lock.locked() or self.store.running_deployment(app.name) is not None:
                 continue
             async with lock:
@@ -1160,6 +1179,16 @@ class Engine:
                     except BatonError as exc:
                         notes.append(f"{app.name} {release.version}: {exc}")
         return notes
+
+    async def repair(self, release: ReleaseRow, *, now: bool = False) -> list[str]:
+        """Start what a live release lacks (dead or missing instances), ready, then routed.
+
+        The same path a deploy uses to start a release's instances (``_start_instance``).
+        ``now`` ignores the back-off of earlier failed attempts (convergence at start).
+        """
+        if now:
+            self._replace_after.pop(release.id, None)
+        return await self._repair(release)
 
     async def _repair(self, release: ReleaseRow) -> list[str]:
         now = time.monotonic()
@@ -1258,9 +1287,10 @@ class Engine:
                 rows = alive_rows(keep)
                 for row in rows:
                     self.store.set_instance_state(row.id, "routed")
-                state = "live" if rows else "stopped"
-                self.store.update_release(keep.id, state=state, weight=100 if rows else 0)
-                if decision == "finish" and rows:
+                # The kept release is the app's desired release even when none of its
+                # instances runs (a reboot mid-deploy): convergence starts them again.
+                self.store.update_release(keep.id, state="live", weight=100)
+                if decision == "finish":
                     self.store.update_release(keep.id, live_since=time.time())
             if drop is not None:
                 for row in alive_rows(drop):
@@ -1275,6 +1305,16 @@ class Engine:
         )
         self.store.add_event(dep.id, dep.app, "recovered", {"decision": decision, "why": why})
         return f"{dep.app}: deployment #{dep.id} {message}"
+
+    async def drain_and_stop(
+        self,
+        rows: list[tuple[ReleaseRow, InstanceRow]],
+        drain_timeout: float,
+        stop_timeout: float,
+    ) -> None:
+        """Wait for the rows' in-flight work (already out of the route table), then stop them."""
+        await self._drain(None, rows, drain_timeout)
+        await self._stop_rows(rows, stop_timeout)
 
     async def cancel_runs(self) -> None:
         """Stop every deployment in progress where it is (``stop_all`` cleans up after)."""
@@ -1291,9 +1331,10 @@ class Engine:
             timeout = parse_config(release.config).deploy.stop_timeout
             by_timeout.setdefault(timeout, []).append((release, row))
         await asyncio.gather(*(self._stop_rows(r, t) for t, r in by_timeout.items()))
+        # The live releases stay live: that is the desired state `baton up` brings back.
         with self.store.transaction():
             for app in self.store.apps():
-                for release in self.store.releases(app.name, ACTIVE_RELEASE_STATES):
+                for release in self.store.releases(app.name, ("pending", "warm")):
                     self.store.update_release(release.id, state="stopped", weight=0)
         for dep in self.store.running_deployments():
             self.store.finish_deployment(dep.id, "aborted", "baton down")
@@ -1353,7 +1394,10 @@ class Engine:
             running = self.store.running_deployment(app.name)
             route = app.config.get("proxy", {})
             cleaned = (self.reconciled or {}).get("cleaned", [])
+            desired = self._live_release(app.name)
             apps[app.name] = {
+                "stopped": app.stopped,
+                "desired": desired.version if desired else None,
                 "runtime": runtime_name(app.config),
                 "live": live_version([p for _, p in pools]),
                 "listen": route.get("listen"),

@@ -19,6 +19,12 @@ Deployments stream their progress as newline-delimited JSON events; the last one
 | GET  /history        | ?app=&limit=                                    | deployments         |
 | GET  /logs           | ?app=&version=&lines=&follow=1                  | line stream         |
 | POST /shutdown       |                                                 | ok, then stops      |
+| GET  /watch          | ?app= (default: the only app, or the only one  | event stream        |
+|                      | deploying): the running deployment, else the    |                     |
+|                      | last one's outcome                              |                     |
+| POST /apps/NAME/stop |  drain, stop, mark stopped (stays down on `up`) | app, stopped        |
+| POST /apps/NAME/start|  start the live release again                   | app, version        |
+| POST /apps/NAME/remove| drain, stop, forget it and its releases        | app, stopped        |
 """
 
 from __future__ import annotations
@@ -109,6 +115,8 @@ class Api:
                 web.get("/logs", self.logs),
                 web.post("/shutdown", self.shutdown),
                 web.post("/proxy/upgrade", self.upgrade_proxy),
+                web.get("/watch", self.watch),
+                web.post("/apps/{name}/{verb}", self.app_verb),
             ]
         )
         return app
@@ -234,6 +242,38 @@ class Api:
         except (ConnectionError, RuntimeError):
             pass
         return response
+
+    async def watch(self, request: web.Request) -> web.StreamResponse:
+        """Re-attach to an app's deployment in progress, or replay its last one's outcome."""
+        from baton.deploy.lifecycle import last_outcome, running_run
+
+        app = request.query.get("app") or None
+        run = running_run(self.engine, app)
+        if run is not None:
+            return await self._stream(request, run)
+        name = self._app_name(app, request.query.get("config"))
+        if self.engine.store.app(name) is None:
+            raise UsageError(f"no app named {name!r} on this host")
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        for event in last_outcome(self.engine, name):
+            await response.write(json.dumps(event).encode() + b"\n")
+        await response.write_eof()
+        return response
+
+    async def app_verb(self, request: web.Request) -> web.Response:
+        """``baton app stop|start|remove NAME``."""
+        from baton.deploy import lifecycle
+
+        verbs = {
+            "stop": lifecycle.stop_app,
+            "start": lifecycle.start_app,
+            "remove": lifecycle.remove_app,
+        }
+        verb = request.match_info["verb"]
+        if verb not in verbs:
+            raise UsageError(f"unknown app verb {verb!r} (expected stop, start or remove)")
+        return web.json_response(await verbs[verb](self.engine, request.match_info["name"]))
 
     async def shutdown(self, request: web.Request) -> web.Response:
         asyncio.get_running_loop().call_later(0.05, self._shutdown)

@@ -95,6 +95,12 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX events_by_deployment ON events(deployment_id, id);
     """,
+    # n -> n + 1: whether the user stopped an app (`baton app stop`): it stays stopped
+    # across `baton up` until `baton app start`. The app's live release (the one with
+    # state 'live') is its desired release whether or not its instances run.
+    """
+    ALTER TABLE apps ADD COLUMN stopped INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 RELEASE_STATES = ("pending", "live", "warm", "stopped", "failed")
@@ -109,6 +115,7 @@ class AppRow:
     config_path: str
     created: float
     updated: float
+    stopped: bool = False  # by the user: not started again by `baton up` or the watcher
 
 
 @dataclass(frozen=True)
@@ -298,11 +305,30 @@ class Store:
             row["config_path"],
             row["created"],
             row["updated"],
+            bool(row["stopped"]),
         )
 
     def apps(self) -> list[AppRow]:
         rows = self._db.execute("SELECT name FROM apps ORDER BY name").fetchall()
         return [a for a in (self.app(r["name"]) for r in rows) if a is not None]
+
+    def set_app_stopped(self, name: str, stopped: bool) -> None:
+        """Record that the user stopped (or started again) the app."""
+        self._db.execute(
+            "UPDATE apps SET stopped=?, updated=? WHERE name=?", (int(stopped), time.time(), name)
+        )
+
+    def remove_app(self, name: str) -> None:
+        """Forget the app: its instances, releases, deployments, events and itself."""
+        with self._tx() as db:
+            releases = "SELECT id FROM releases WHERE app=?"
+            db.execute(f"DELETE FROM instances WHERE release_id IN ({releases})", (name,))
+            deployments = "SELECT id FROM deployments WHERE app=?"
+            db.execute(f"DELETE FROM events WHERE deployment_id IN ({deployments})", (name,))
+            db.execute("DELETE FROM events WHERE app=?", (name,))
+            db.execute("DELETE FROM deployments WHERE app=?", (name,))
+            db.execute("DELETE FROM releases WHERE app=?", (name,))
+            db.execute("DELETE FROM apps WHERE name=?", (name,))
 
     # -- deployments (and the per-app lock) ---------------------------------------------------
 
