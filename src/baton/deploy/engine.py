@@ -591,7 +591,7 @@ class Engine:
         elif step.kind == "switch":
             await self._switch(d, step)
         elif step.kind == "verify":
-            await self._verify(d)
+            await self._verify(d, step.batch)
         elif step.kind == "drain":
             await self._drain(d, self._rows(step.old), cfg.deploy.drain_timeout)
         elif step.kind == "stop":
@@ -792,9 +792,10 @@ class Engine:
         weights = {p.release: p.weight for _, p in self.router.pools(d.app)}
         d.run.emit({"event": "switch", "weights": weights, "batch": step.batch})
 
-    async def _verify(self, d: _Deploy) -> None:
+    async def _verify(self, d: _Deploy, batch: int | None = None) -> None:
         cfg = d.cfg.deploy
         version = d.release.version
+        where = "" if batch is None else f" in batch {batch + 1}"
 
         async def counts() -> Any:
             try:
@@ -823,11 +824,12 @@ class Engine:
                         "errors": verdict.errors,
                         "rate": verdict.rate,
                         "failing": True,
+                        "batch": batch,
                     }
                 )
                 raise DeploymentFailed(
-                    f"{version} failed verification: {verdict.describe(cfg.max_error_rate)};"
-                    " switched back"
+                    f"{version} failed verification{where}:"
+                    f" {verdict.describe(cfg.max_error_rate)}; switched back"
                 )
             if time.monotonic() - last_report >= 1.0:
                 last_report = time.monotonic()
@@ -956,7 +958,13 @@ class Engine:
             return True
         restored = True
         if previous is not None:
-            # Rolling stops old instances as it goes: start what is missing before switching back.
+            # Rolling takes old instances out batch by batch: those of the batch that failed
+            # still run (they are drained and stopped only after its verification), so they
+            # go back into the table; what earlier batches stopped is started again.
+            runtime = self.runtime_for(previous)
+            for row in self.store.instances(previous.id, ("draining",)):
+                if await runtime.alive(instance_of(previous, row)):
+                    self.store.set_instance_state(row.id, "routed")
             prev_routed = self.store.instances(previous.id, ("routed",))
             missing = parse_config(previous.config).instances - len(prev_routed)
             if missing > 0 and any(r.state == "routed" for _, r in new_rows):
