@@ -57,9 +57,11 @@ async def test_sigterm_to_the_control_plane_then_up_loses_no_request(host: Host)
     await _wait_gone([server])
     assert proxy is not None and _alive(proxy), "the proxy must outlive the control plane"
     assert await host.running_instances() == instances
+    gone = time.monotonic()
     await asyncio.sleep(1.0)  # served while no control plane runs
     up = await host.baton("up", "--detach", timeout=60)
     assert up.rc == 0, up
+    back = time.monotonic()
     await asyncio.sleep(0.5)
     outcome = await load.stop()
     assert_no_failures(outcome)
@@ -68,7 +70,8 @@ async def test_sigterm_to_the_control_plane_then_up_loses_no_request(host: Host)
     assert await host.running_instances() == instances
     status = (await host.status())["apps"]["shop"]
     assert status["live"] == "v1" and not status["stopped"]
-    print(f"\nSIGTERM + up: {outcome.summary()}")
+    gap = [x for x in outcome.timeline if gone <= x.sent < back]
+    print(f"\nSIGTERM + up: {len(gap)} requests while no control plane ran, {outcome.summary()}")
     # And it deploys as usual afterwards.
     assert (await host.deploy("--version", "v2", "--env", "APP_VERSION=v2")).rc == 0
     assert (await host.get())[1] == "v2\n"
@@ -146,9 +149,11 @@ async def test_a_reboot_then_up_serves_the_live_release_again(host: Host) -> Non
         with contextlib.suppress(ProcessLookupError):
             os.killpg(os.getpgid(pid), signal.SIGKILL)
     await _wait_gone(everything)
+    started = time.monotonic()
     up = await host.baton("up", "--detach", timeout=90)
     assert up.rc == 0, up
     assert await host.get() == (200, "v2\n")
+    print(f"\nreboot: `baton up` served v2 again after {time.monotonic() - started:.2f}s")
     load = await start_load(host, seconds=2)
     outcome = await load.wait()
     assert_no_failures(outcome)
