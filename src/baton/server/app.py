@@ -402,6 +402,11 @@ async def serve(state_dir: Path) -> int:
             engine.detaching = True
             await engine.cancel_runs()
             supervisor.detach()
+            log.info(
+                "the control plane stopped; the proxy (pid %s) and the apps keep serving"
+                " (`baton up` adopts them, `baton down` stops them)",
+                supervisor.pid,
+            )
         if runner is not None:
             await runner.cleanup()
         await proxy.close()
