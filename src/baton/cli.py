@@ -355,7 +355,7 @@ class Progress:
             for line in event["logs"]:
                 errors.print(f"    {escape(line)}")
         previous = event.get("previous")
-        if event.get("status") == "aborted":
+        if event.get("status") in ("aborted", "interrupted"):
             return
         if previous:
             errors.print(f"  users are still on {escape(previous)}")
