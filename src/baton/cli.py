@@ -709,6 +709,11 @@ def status(ctx: click.Context, sub_state_dir: Path | None, as_json: bool) -> Non
     for name, app in data["apps"].items():
         live = app["live"] or "[yellow](traffic split)[/yellow]" if app["releases"] else "none"
         console.print(f"\n[bold]{escape(name)}[/bold] on {app['listen']}  live: {live}")
+        if app.get("stopped"):
+            console.print(
+                f"[yellow]stopped[/yellow] by `baton app stop` (release"
+                f" {escape(str(app.get('desired')))}); `baton app start {escape(name)}` starts it"
+            )
         table = Table(show_edge=False, box=None, pad_edge=False)
         for column in (
             "release",

@@ -209,6 +209,8 @@ async def test_app_stop_start_and_remove(host: Host) -> None:
     assert (await host.get())[0] != 200
     status = (await host.status())["apps"]["shop"]
     assert status["stopped"] and status["desired"] == "v1"
+    text = await host.baton("status")
+    assert "stopped by `baton app stop`" in text.out, text
     # Stopped by the user: it stays stopped across down + up.
     assert (await host.baton("down", timeout=90)).rc == 0
     assert (await host.baton("up", "--detach", timeout=60)).rc == 0
