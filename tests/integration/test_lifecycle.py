@@ -77,6 +77,30 @@ async def test_sigterm_to_the_control_plane_then_up_loses_no_request(host: Host)
     assert (await host.get())[1] == "v2\n"
 
 
+async def test_up_replaces_an_adopted_instance_that_runs_but_does_not_answer(host: Host) -> None:
+    assert (await host.deploy("--version", "v1")).rc == 0
+    server = host.server_pid
+    assert server is not None
+    os.kill(server, signal.SIGTERM)
+    await _wait_gone([server])
+    before = await ProcessRuntime(host.state_dir).owned()
+    hung = before[0]
+    pid = parse_ref(hung.ref)[0]
+    os.kill(pid, signal.SIGSTOP)  # alive, but answers nothing
+    try:
+        up = await host.baton("up", "--detach", timeout=90)
+        assert up.rc == 0, up
+        status = (await host.status())["apps"]["shop"]
+        routed = {i["address"] for r in status["releases"] for i in r["instances"]}
+        assert hung.address not in routed
+        assert before[1].address in routed and len(routed) == 2
+        assert not _alive(pid)
+        assert await host.get() == (200, "v1\n")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
 async def test_sigterm_mid_deploy_leaves_it_for_the_next_control_plane(host: Host) -> None:
     assert (await host.deploy("--version", "v1")).rc == 0
     load = await start_load(host)

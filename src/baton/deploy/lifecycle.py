@@ -8,7 +8,9 @@ whether the user stopped the app (``apps.stopped``). This module makes the host 
   answers: for every app that is not stopped, it starts what the live release lacks (after
   a reboot or ``baton down``: every instance), waits until they are ready and routes them.
   Instances that still run (the control plane alone was restarted) were adopted by recovery
-  and are left alone, so a restart of the control plane changes nothing users see.
+  and are kept when they answer their health check, so a restart of the control plane
+  changes nothing users see; one that runs but does not answer (hung) is replaced like a
+  dead one, and stopped once its replacement is routed.
 - ``stop_app`` takes the app out of the route table, drains and stops its instances and marks
   it stopped: it stays stopped across ``baton up`` until ``start_app`` (or a new deploy).
 - ``remove_app`` does the same, then forgets the app, its releases and their snapshots.
@@ -25,14 +27,54 @@ import logging
 import shutil
 from typing import Any
 
-from baton.config import parse_config
+from baton.config import HealthConfig, parse_config
 from baton.deploy.engine import ACTIVE_RELEASE_STATES, DeploymentRun, Engine
+from baton.deploy.probes import ProbeError, http_get, tcp_connect
 from baton.errors import DeploymentFailed, DeploymentLocked, UsageError
 from baton.state.store import InstanceRow, ReleaseRow
 
 log = logging.getLogger("baton.lifecycle")
 
 RUNNING_INSTANCE_STATES = ("starting", "ready", "routed", "draining")
+ADOPT_PROBES = 3  # health checks an adopted instance gets before it counts as hung
+
+
+async def _answers(address: str, health: HealthConfig) -> bool:
+    """Whether an adopted instance answers its health check (a few tries, not a verdict on
+    one slow answer)."""
+    for _ in range(ADOPT_PROBES):
+        try:
+            if health.path:
+                status, _ = await http_get(address, health.path, health.timeout)
+                if 200 <= status < 300:
+                    return True
+            else:
+                await tcp_connect(address, health.timeout)
+                return True
+        except ProbeError:
+            pass
+        await asyncio.sleep(health.interval)
+    return False
+
+
+async def _converge_release(engine: Engine, release: ReleaseRow) -> list[str]:
+    cfg = parse_config(release.config)
+    routed = engine.store.instances(release.id, ("routed",))
+    answers = await asyncio.gather(*(_answers(row.address, cfg.health) for row in routed))
+    hung = [(release, row) for row, ok in zip(routed, answers, strict=True) if not ok]
+    for _, row in hung:
+        engine.store.set_instance_state(row.id, "draining")  # replaced below, like a dead one
+    notes = await engine.repair(release, now=True)
+    if not hung:
+        return notes
+    if len(engine.store.instances(release.id, ("routed",))) < cfg.instances:
+        # No replacement: keeping a hung instance routed is no worse than nothing.
+        for _, row in hung:
+            engine.store.set_instance_state(row.id, "routed")
+        return notes
+    await engine.drain_and_stop(hung, cfg.deploy.drain_timeout, cfg.deploy.stop_timeout)
+    what = ", ".join(row.address for _, row in hung)
+    return [*notes, f"{release.app} {release.version}: stopped {what}: running, but not healthy"]
 
 
 async def converge(engine: Engine) -> list[str]:
@@ -48,7 +90,7 @@ async def converge(engine: Engine) -> list[str]:
             for release in engine.store.releases(app, ("live",)):
                 if engine.store.running_deployment(app) is not None:
                     break
-                notes.extend(await engine.repair(release, now=True))
+                notes.extend(await _converge_release(engine, release))
         return notes
 
     apps = [a.name for a in engine.store.apps() if not a.stopped]
