@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from baton.config import AppConfig, ImageFacts
 
 DEFAULT_STATE_DIR = "~/.local/state/baton"
-UP_TIMEOUT = 60.0
+UP_TIMEOUT = 300.0  # the daemon answers once every app converged (each within its ready_timeout)
 DOWN_TIMEOUT = 120.0
 
 console = Console(highlight=False, soft_wrap=True)
