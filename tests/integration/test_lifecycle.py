@@ -162,6 +162,34 @@ async def test_down_then_up_brings_every_app_back(host: Host) -> None:
     assert len(await host.running_instances()) == 4
 
 
+async def test_down_mid_rolling_deploy_then_up_serves_the_previous_release_alone(
+    host: Host,
+) -> None:
+    host.config({"deploy": {"strategy": "rolling"}})
+    assert (await host.deploy("--version", "v1")).rc == 0
+    host.config({"deploy": {"strategy": "rolling", "verify": "30s"}})
+    deploying = asyncio.create_task(host.deploy("--version", "v2", "--env", "APP_VERSION=v2"))
+    deadline = time.monotonic() + 60
+    while True:
+        dep = (await host.status())["apps"]["shop"]["deployment"]
+        if dep and dep["step"] == "verify#0":  # one batch of v2 switched, one of v1 left
+            break
+        assert time.monotonic() < deadline, dep
+        await asyncio.sleep(0.05)
+    assert (await host.baton("down", timeout=90)).rc == 0
+    assert (await deploying).rc != 0
+    assert (await host.baton("up", "--detach", timeout=90)).rc == 0
+    status = (await host.status())["apps"]["shop"]
+    assert status["live"] == "v1"
+    assert [(r["version"], r["weight"], len(r["instances"])) for r in status["releases"]] == [
+        ("v1", 100, 2)
+    ]
+    load = await start_load(host, seconds=2)
+    outcome = await load.wait()
+    assert_no_failures(outcome)
+    assert set(outcome.bodies) == {"v1\n"}
+
+
 async def test_a_reboot_then_up_serves_the_live_release_again(host: Host) -> None:
     assert (await host.deploy("--version", "v1")).rc == 0
     assert (await host.deploy("--version", "v2", "--env", "APP_VERSION=v2")).rc == 0

@@ -1344,6 +1344,8 @@ class Engine:
             for app in self.store.apps():
                 for release in self.store.releases(app.name, ("pending", "warm")):
                     self.store.update_release(release.id, state="stopped", weight=0)
+                for release in self.store.releases(app.name, ("live",)):
+                    self.store.update_release(release.id, weight=100)  # alone when it is back
         for dep in self.store.running_deployments():
             self.store.finish_deployment(dep.id, "aborted", "baton down")
 
