@@ -11,7 +11,9 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -75,6 +77,43 @@ async def test_sigterm_to_the_control_plane_then_up_loses_no_request(host: Host)
     # And it deploys as usual afterwards.
     assert (await host.deploy("--version", "v2", "--env", "APP_VERSION=v2")).rc == 0
     assert (await host.get())[1] == "v2\n"
+
+
+async def test_ctrl_c_on_a_foreground_up_leaves_the_proxy_and_apps_serving(
+    tmp_path: Path,
+) -> None:
+    h = Host(tmp_path)
+    h.config()
+    # A terminal's Ctrl-C signals its whole foreground process group.
+    foreground = subprocess.Popen(
+        [*BATON, "--state-dir", str(h.state_dir), "up"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "up.log").open("wb"),
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while (await h.baton("status")).rc != 0:
+            assert foreground.poll() is None and time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        assert (await h.deploy("--version", "v1")).rc == 0
+        load = await start_load(h)
+        await asyncio.sleep(0.3)
+        os.killpg(foreground.pid, signal.SIGINT)
+        await asyncio.to_thread(foreground.wait, 30)
+        await asyncio.sleep(1.0)
+        outcome = await load.stop()
+        assert_no_failures(outcome)
+        assert set(outcome.bodies) == {"v1\n"}
+        assert h.proxy_pid is not None and _alive(h.proxy_pid)
+        assert len(await h.running_instances()) == 2
+        assert "keep serving" in (tmp_path / "up.log").read_text()
+    finally:
+        if foreground.poll() is None:
+            foreground.kill()
+            foreground.wait(10)
+        await h.teardown()
 
 
 async def test_up_replaces_an_adopted_instance_that_runs_but_does_not_answer(host: Host) -> None:
