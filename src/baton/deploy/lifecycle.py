@@ -14,6 +14,8 @@ whether the user stopped the app (``apps.stopped``). This module makes the host 
 - ``stop_app`` takes the app out of the route table, drains and stops its instances and marks
   it stopped: it stays stopped across ``baton up`` until ``start_app`` (or a new deploy).
 - ``remove_app`` does the same, then forgets the app, its releases and their snapshots.
+- ``running_run`` / ``last_outcome``: what ``baton watch`` re-attaches to (a deployment in
+  progress) or replays (the last one's outcome, as the events a follower saw at its end).
 
 Instances are started by the engine's own path for a release's instances (``Engine.repair``,
 which a deploy's start step shares), so whatever a release carries (its snapshot, image
