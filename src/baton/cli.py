@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from baton.config import AppConfig, ImageFacts
 
 DEFAULT_STATE_DIR = "~/.local/state/baton"
-UP_TIMEOUT = 60.0
+UP_TIMEOUT = 300.0  # the daemon answers once every app converged (each within its ready_timeout)
 DOWN_TIMEOUT = 120.0
 
 console = Console(highlight=False, soft_wrap=True)
@@ -180,13 +180,24 @@ def _fail(exc: BatonError) -> NoReturn:
     raise SystemExit(exc.exit_code)
 
 
+_following: list[Progress] = []  # the deployment this CLI renders, for Ctrl-C's message
+
+
 def _run(coro: Any) -> Any:
     try:
         return asyncio.run(coro)
     except BatonError as exc:
         _fail(exc)
     except KeyboardInterrupt:
-        errors.print("interrupted (a deployment in progress goes on in the daemon)")
+        followed = next((p for p in _following if p.id is not None and p.result is None), None)
+        if followed is not None:
+            errors.print(
+                f"interrupted: deployment #{followed.id} of {escape(followed.app)}"
+                f" {escape(followed.version)} goes on in the daemon; `baton watch"
+                f" {escape(followed.app)}` re-attaches to it, `baton status` shows where it is"
+            )
+        else:
+            errors.print("interrupted (a deployment in progress goes on in the daemon)")
         raise SystemExit(130) from None
 
 
@@ -267,12 +278,14 @@ class Progress:
         self.version = "?"
         self.previous: str | None = None
         self.app = "?"
+        self.id: int | None = None
         self._last_verify = 0.0
 
     def show(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
         if kind == "deployment":
             self.app, self.version = event["app"], event["version"]
+            self.id = event.get("id")
             self.previous = event.get("previous")
             what = {"rollback": "Rolling back", "contract": "Contract migration of"}.get(
                 str(event.get("kind")), "Deploying"
@@ -350,7 +363,7 @@ class Progress:
             for line in event["logs"]:
                 errors.print(f"    {escape(line)}")
         previous = event.get("previous")
-        if event.get("status") == "aborted":
+        if event.get("status") in ("aborted", "interrupted"):
             return
         if previous:
             errors.print(f"  users are still on {escape(previous)}")
@@ -401,9 +414,12 @@ def _figure(figures: dict[str, Any], side: str) -> str:
     return text
 
 
-async def _follow(client: Client, path: str, body: dict[str, Any]) -> int:
+async def _follow(
+    client: Client, path: str, body: dict[str, Any] | None, method: str = "POST"
+) -> int:
     progress = Progress()
-    async for event in client.stream("POST", path, body):
+    _following.append(progress)
+    async for event in client.stream(method, path, body):
         progress.show(event)
     if progress.result is None:
         raise DaemonUnreachable(
@@ -878,6 +894,11 @@ def status(ctx: click.Context, sub_state_dir: Path | None, as_json: bool) -> Non
     for name, app in data["apps"].items():
         live = app["live"] or "[yellow](traffic split)[/yellow]" if app["releases"] else "none"
         console.print(f"\n[bold]{escape(name)}[/bold] on {app['listen']}  live: {live}")
+        if app.get("stopped"):
+            console.print(
+                f"[yellow]stopped[/yellow] by `baton app stop` (release"
+                f" {escape(str(app.get('desired')))}); `baton app start {escape(name)}` starts it"
+            )
         table = Table(show_edge=False, box=None, pad_edge=False)
         for column in (
             "release",
@@ -1170,6 +1191,98 @@ def migrate_contract(
     """
     client = Client(state_dir_of(ctx, sub_state_dir))
     raise SystemExit(_run(_follow(client, "/migrate/contract", _app_selector(config, app))))
+
+
+@main.command()
+@state_dir_option
+@click.argument("app", required=False)
+@click.pass_context
+def watch(ctx: click.Context, sub_state_dir: Path | None, app: str | None) -> None:
+    """Re-attach to APP's deployment in progress (live progress), or show the last one's outcome.
+
+    Exits as `baton deploy` would: 0 live, 1 failed (users on the previous release), 3 no daemon.
+    """
+    client = Client(state_dir_of(ctx, sub_state_dir))
+    query = f"?app={app}" if app else ""
+    raise SystemExit(_run(_follow(client, f"/watch{query}", None, method="GET")))
+
+
+@main.group("app")
+def app_group() -> None:
+    """Per-app verbs: stop, start, remove."""
+
+
+def _app_verb(ctx: click.Context, sub_state_dir: Path | None, name: str, verb: str) -> Any:
+    client = Client(state_dir_of(ctx, sub_state_dir))
+    return _run(client.call("POST", f"/apps/{name}/{verb}", {}, timeout=DOWN_TIMEOUT))
+
+
+@app_group.command("stop")
+@state_dir_option
+@click.argument("name")
+@click.pass_context
+def app_stop(ctx: click.Context, sub_state_dir: Path | None, name: str) -> None:
+    """Drain and stop NAME; it stays stopped (across `baton up`) until `baton app start`."""
+    result = _app_verb(ctx, sub_state_dir, name, "stop")
+    console.print(f"{escape(name)} stopped ({len(result['stopped'])} instance(s))")
+
+
+@app_group.command("start")
+@state_dir_option
+@click.argument("name")
+@click.pass_context
+def app_start(ctx: click.Context, sub_state_dir: Path | None, name: str) -> None:
+    """Start NAME's live release again: ready, then routed."""
+    result = _app_verb(ctx, sub_state_dir, name, "start")
+    console.print(f"{escape(name)} {escape(result['version'])} is serving")
+
+
+@app_group.command("remove")
+@state_dir_option
+@click.argument("name")
+@click.pass_context
+def app_remove(ctx: click.Context, sub_state_dir: Path | None, name: str) -> None:
+    """Drain and stop NAME, then forget it, its releases and its history."""
+    result = _app_verb(ctx, sub_state_dir, name, "remove")
+    console.print(f"{escape(name)} removed ({len(result['stopped'])} instance(s) stopped)")
+
+
+@main.command("install-service")
+@state_dir_option
+@click.option("--user", "user_unit", is_flag=True, help="A systemd --user unit.")
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to write baton.service (default: /etc/systemd/system, or"
+    " ~/.config/systemd/user with --user).",
+)
+@click.option("--print", "print_only", is_flag=True, help="Print the unit; write nothing.")
+@click.pass_context
+def install_service(
+    ctx: click.Context,
+    sub_state_dir: Path | None,
+    user_unit: bool,
+    output_dir: Path | None,
+    print_only: bool,
+) -> None:
+    """Write a systemd unit that runs the control plane; the proxy and apps survive its restarts."""
+    from baton.service import default_output_dir, install, spec_for, unit_text
+
+    spec = spec_for(state_dir_of(ctx, sub_state_dir), user_unit)
+    if print_only:
+        click.echo(unit_text(spec), nl=False)
+        return
+    target = (output_dir or default_output_dir(user_unit)).expanduser().absolute()
+    try:
+        path = install(spec, target)
+    except OSError as exc:
+        _fail(UsageError(f"--output-dir: cannot write {target}: {exc.strerror or exc}"))
+    flag = " --user" if user_unit else ""
+    console.print(f"wrote {path}")
+    console.print(f"next: systemctl{flag} daemon-reload && systemctl{flag} enable --now baton")
+    if user_unit:
+        console.print('to run it without a login session: loginctl enable-linger "$USER"')
 
 
 if __name__ == "__main__":

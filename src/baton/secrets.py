@@ -156,6 +156,11 @@ class SecretStore:
             return {}
         return parse_dotenv(text, file=str(self.path(app)))
 
+    def forget(self, app: str) -> None:
+        """Remove the app's file (``baton app remove``)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.path(app).unlink()
+
     def write(self, app: str, values: dict[str, str]) -> None:
         """Replace the app's file atomically; created 0600 (never readable by others)."""
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -80,7 +80,20 @@ def test_rolling_with_a_larger_surge_and_fewer_new_instances_removes_every_old_o
     steps = plan_deploy("rolling", new_count=2, old=[1, 2, 3, 4, 5], max_surge=2, verify=True)
     switches = [s for s in steps if s.kind == "switch"]
     assert [(s.new, s.old) for s in switches] == [((0, 1), (1, 2, 3, 4, 5))]
-    assert kinds(steps)[-1] == "verify"
+    assert kinds(steps) == ["start#0", "ready#0", "switch#0", "verify#0", "drain#0", "stop#0"]
+
+
+def test_rolling_verifies_each_batch_before_the_next_one_switches() -> None:
+    steps = plan_deploy("rolling", new_count=3, old=[1, 2, 3], max_surge=1, verify=True)
+    assert kinds(steps) == [
+        "start#0", "ready#0", "switch#0", "verify#0", "drain#0", "stop#0",
+        "start#1", "ready#1", "switch#1", "verify#1", "drain#1", "stop#1",
+        "start#2", "ready#2", "switch#2", "verify#2", "drain#2", "stop#2",
+    ]  # fmt: skip
+    # The old instances a batch replaced still run while it is verified: switching back
+    # needs no restart of them.
+    verifies = [s for s in steps if s.kind == "verify"]
+    assert [s.new for s in verifies] == [(0,), (1,), (2,)]
 
 
 def test_rolling_scale_up_adds_instances_without_removing_more_than_exist() -> None:

@@ -149,3 +149,32 @@ def test_history_and_events(store: Store) -> None:
     done = store.deployment(first)
     assert done is not None and done.status == "failed" and done.ended is not None
     assert [e.data for e in store.events(first)] == [{"step": "start"}]
+
+
+def test_an_app_stopped_by_the_user_stays_stopped_until_started(tmp_path: Path) -> None:
+    path = tmp_path / "baton.db"
+    store = Store.open(path)
+    begin(store)
+    store.set_app_stopped("shop", True)
+    store.close()
+    again = Store.open(path)
+    app = again.app("shop")
+    assert app is not None and app.stopped
+    again.set_app_stopped("shop", False)
+    app = again.app("shop")
+    assert app is not None and not app.stopped
+    again.close()
+
+
+def test_removing_an_app_forgets_it_and_everything_it_had(store: Store) -> None:
+    deployment_id, release_id = begin(store)
+    store.add_instance(release_id, 0, "127.0.0.1:9000", "pid:1", None)
+    store.add_event(deployment_id, "shop", "step", {"step": "start"})
+    store.finish_deployment(deployment_id, "succeeded")
+    other, _ = begin(store, app="blog")
+    store.remove_app("shop")
+    assert store.app("shop") is None
+    assert store.releases("shop") == []
+    assert store.deployments("shop") == []
+    assert store.events(deployment_id) == []
+    assert store.app("blog") is not None and store.deployment(other) is not None

@@ -287,6 +287,9 @@ class Engine:
         self.canaries: dict[str, CanaryControl] = {}  # app -> its running canary
         self.traffic = Traffic()  # recent proxy metrics: canary guard, `baton status`
         self.secrets = SecretStore(state_dir)
+        # Set when the control plane stops but the data plane goes on (SIGTERM): deployments
+        # in progress stay recorded as running, for the next control plane to finish or undo.
+        self.detaching = False
 
     def canary_version(self, app: str) -> str | None:
         """The version of ``app``'s running canary, once it takes traffic (feature flags)."""
@@ -622,6 +625,17 @@ class Engine:
         try:
             await self._steps(d)
         except asyncio.CancelledError:
+            if self.detaching:
+                run.finish(
+                    {
+                        "ok": False,
+                        "exit_code": 3,
+                        "status": "interrupted",
+                        "message": "the control plane stopped during the deployment; the"
+                        " next `baton up` finishes or undoes it",
+                    }
+                )
+                raise
             self.store.finish_deployment(run.id, "aborted", "the control plane stopped")
             if d.kind == "deploy" and not d.switched:
                 artifacts.discard(self.store, self.store.release(d.release.id) or d.release)
@@ -817,7 +831,7 @@ class Engine:
         elif step.kind == "switch":
             await self._switch(d, step)
         elif step.kind == "verify":
-            await self._verify(d)
+            await self._verify(d, step.batch)
         elif step.kind == "drain":
             await self._drain(d, self._rows(step.old), cfg.deploy.drain_timeout)
         elif step.kind == "stop":
@@ -1051,9 +1065,10 @@ class Engine:
         weights = {p.release: p.weight for _, p in self.router.pools(d.app)}
         d.run.emit({"event": "switch", "weights": weights, "batch": step.batch})
 
-    async def _verify(self, d: _Deploy) -> None:
+    async def _verify(self, d: _Deploy, batch: int | None = None) -> None:
         cfg = d.cfg.deploy
         version = d.release.version
+        where = "" if batch is None else f" in batch {batch + 1}"
 
         async def counts() -> Any:
             try:
@@ -1082,11 +1097,12 @@ class Engine:
                         "errors": verdict.errors,
                         "rate": verdict.rate,
                         "failing": True,
+                        "batch": batch,
                     }
                 )
                 raise DeploymentFailed(
-                    f"{version} failed verification: {verdict.describe(cfg.max_error_rate)};"
-                    " switched back"
+                    f"{version} failed verification{where}:"
+                    f" {verdict.describe(cfg.max_error_rate)}; switched back"
                 )
             if time.monotonic() - last_report >= 1.0:
                 last_report = time.monotonic()
@@ -1161,6 +1177,7 @@ class Engine:
             self.store.update_release(
                 d.release.id, state="live", weight=100, live_since=now, clear_warm_until=True
             )
+            self.store.set_app_stopped(d.app, False)
             for release in self.store.releases(d.app, ACTIVE_RELEASE_STATES):
                 if release.id == d.release.id:
                     continue
@@ -1214,7 +1231,13 @@ class Engine:
             return True
         restored = True
         if previous is not None:
-            # Rolling stops old instances as it goes: start what is missing before switching back.
+            # Rolling takes old instances out batch by batch: those of the batch that failed
+            # still run (they are drained and stopped only after its verification), so they
+            # go back into the table; what earlier batches stopped is started again.
+            runtime = self.runtime_for(previous)
+            for row in self.store.instances(previous.id, ("draining",)):
+                if await runtime.alive(instance_of(previous, row)):
+                    self.store.set_instance_state(row.id, "routed")
             prev_routed = self.store.instances(previous.id, ("routed",))
             missing = parse_config(previous.config).instances - len(prev_routed)
             if missing > 0 and any(r.state == "routed" for _, r in new_rows):
@@ -1319,9 +1342,11 @@ class Engine:
                 self.store.set_instance_state(row.id, "failed")
         for dep in self.store.running_deployments():
             notes.append(await self._recover_deployment(dep.id))
-        # Releases with nothing running any more.
+        # Releases with nothing running any more: a pending one failed, a warm one is gone.
+        # A live release stays live: it is the app's desired state, and convergence starts
+        # its instances again (after a reboot, none of them runs).
         for app in self.store.apps():
-            for release in self.store.releases(app.name, ACTIVE_RELEASE_STATES):
+            for release in self.store.releases(app.name, ("pending", "warm")):
                 if not self.store.instances(release.id, ("routed",)):
                     self.store.update_release(
                         release.id,
@@ -1422,6 +1447,8 @@ class Engine:
         notes: list[str] = []
         for app in self.store.apps():
             lock = self.app_lock(app.name)
+            if app.stopped:
+                continue
             if lock.locked() or self.store.running_deployment(app.name) is not None:
                 continue
             async with lock:
@@ -1433,6 +1460,16 @@ class Engine:
                     except BatonError as exc:
                         notes.append(f"{app.name} {release.version}: {exc}")
         return notes
+
+    async def repair(self, release: ReleaseRow, *, now: bool = False) -> list[str]:
+        """Start what a live release lacks (dead or missing instances), ready, then routed.
+
+        The same path a deploy uses to start a release's instances (``_start_instance``).
+        ``now`` ignores the back-off of earlier failed attempts (convergence at start).
+        """
+        if now:
+            self._replace_after.pop(release.id, None)
+        return await self._repair(release)
 
     async def _repair(self, release: ReleaseRow) -> list[str]:
         now = time.monotonic()
@@ -1536,9 +1573,10 @@ class Engine:
                 rows = alive_rows(keep)
                 for row in rows:
                     self.store.set_instance_state(row.id, "routed")
-                state = "live" if rows else "stopped"
-                self.store.update_release(keep.id, state=state, weight=100 if rows else 0)
-                if decision == "finish" and rows:
+                # The kept release is the app's desired release even when none of its
+                # instances runs (a reboot mid-deploy): convergence starts them again.
+                self.store.update_release(keep.id, state="live", weight=100)
+                if decision == "finish":
                     self.store.update_release(keep.id, live_since=time.time())
             if drop is not None:
                 for row in alive_rows(drop):
@@ -1553,6 +1591,16 @@ class Engine:
         )
         self.store.add_event(dep.id, dep.app, "recovered", {"decision": decision, "why": why})
         return f"{dep.app}: deployment #{dep.id} {message}"
+
+    async def drain_and_stop(
+        self,
+        rows: list[tuple[ReleaseRow, InstanceRow]],
+        drain_timeout: float,
+        stop_timeout: float,
+    ) -> None:
+        """Wait for the rows' in-flight work (already out of the route table), then stop them."""
+        await self._drain(None, rows, drain_timeout)
+        await self._stop_rows(rows, stop_timeout)
 
     async def cancel_runs(self) -> None:
         """Stop every deployment in progress where it is (``stop_all`` cleans up after)."""
@@ -1569,10 +1617,13 @@ class Engine:
             timeout = parse_config(release.config).deploy.stop_timeout
             by_timeout.setdefault(timeout, []).append((release, row))
         await asyncio.gather(*(self._stop_rows(r, t) for t, r in by_timeout.items()))
+        # The live releases stay live: that is the desired state `baton up` brings back.
         with self.store.transaction():
             for app in self.store.apps():
-                for release in self.store.releases(app.name, ACTIVE_RELEASE_STATES):
+                for release in self.store.releases(app.name, ("pending", "warm")):
                     self.store.update_release(release.id, state="stopped", weight=0)
+                for release in self.store.releases(app.name, ("live",)):
+                    self.store.update_release(release.id, weight=100)  # alone when it is back
         for dep in self.store.running_deployments():
             self.store.finish_deployment(dep.id, "aborted", "baton down")
 
@@ -1632,7 +1683,10 @@ class Engine:
             running = self.store.running_deployment(app.name)
             route = app.config.get("proxy", {})
             cleaned = (self.reconciled or {}).get("cleaned", [])
+            desired = self._live_release(app.name)
             apps[app.name] = {
+                "stopped": app.stopped,
+                "desired": desired.version if desired else None,
                 "runtime": runtime_name(app.config),
                 "live": live_version([p for _, p in pools]),
                 "listen": route.get("listen"),

@@ -13,10 +13,14 @@ Theory of operation:
   is drained (the proxy waits for its in-flight requests and tunnels) and stopped, or kept
   warm with weight 0 for ``keep_previous``.
 - Rolling works in batches of ``max_surge`` instances: start them, wait until they are
-  ready, then one snapshot adds them and removes as many old instances, which are drained,
-  then stopped. Weights follow instance counts, so every instance gets an equal share.
-  Rolling bounds the extra capacity, so nothing of the old release stays warm; a failed
-  verification rolls the previous release back out the same way.
+  ready, then one snapshot adds them and removes as many old instances; with ``verify`` the
+  batch is then verified on live traffic (the new release's figures while only the batches
+  so far serve it) before its old instances are drained and stopped and before the next
+  batch switches. Weights follow instance counts, so every instance gets an equal share.
+  Rolling bounds the extra capacity, so nothing of the old release stays warm; a batch that
+  fails its verification switches every batch so far back (the old instances it replaced
+  still run; those of earlier batches are started again), so a bad release never reaches
+  the next batch.
 - Verification needs at least ``MIN_VERIFY_REQUESTS`` requests to the new release before it
   judges: an error rate measured on a handful of requests says nothing.
 """
@@ -132,11 +136,11 @@ def plan_deploy(
             if smoke_test and number == 0:
                 steps.append(Step("smoke_test", new=(chunk[0],), batch=number))
             steps.append(Step("switch", new=chunk, old=leaving, batch=number))
+            if verify:
+                steps.append(Step("verify", new=chunk, batch=number))
             if leaving:
                 steps.append(Step("drain", old=leaving, batch=number))
                 steps.append(Step("stop", old=leaving, batch=number))
-        if verify:
-            steps.append(Step("verify", new=tuple(range(new_count))))
     if post_deploy:
         steps.append(Step("post_deploy"))
     return steps

@@ -215,7 +215,13 @@ class FlagService:
     # -- the files --------------------------------------------------------------------------
 
     def check_files(self) -> None:
-        """Apply every registered app's flags.yml that changed since the last look."""
+        """Apply every registered app's flags.yml that changed since the last look; drop
+        the flags of an app that was removed (``baton app remove`` deletes its versions)."""
+        stored = self._store.flag_apps()
+        for gone in [app for app in self._apps if app not in stored]:
+            self._apps.pop(gone, None)
+            self._served.pop(gone, None)
+            self._file_stamps.pop(gone, None)
         for app, config_path in self._config_paths().items():
             path = Path(config_path).parent / FLAGS_FILE
             try:

@@ -28,6 +28,12 @@ Deployments stream their progress as newline-delimited JSON events; the last one
 
 ``/deploy`` also takes ``secrets`` ({NAME: value}, only names listed in baton.yml); secret
 values are never in an answer, only their names.
+| GET  /watch          | ?app= (default: the only app, or the only one  | event stream        |
+|                      | deploying): the running deployment, else the    |                     |
+|                      | last one's outcome                              |                     |
+| POST /apps/NAME/stop |  drain, stop, mark stopped (stays down on `up`) | app, stopped        |
+| POST /apps/NAME/start|  start the live release again                   | app, version        |
+| POST /apps/NAME/remove| drain, stop, forget it and its releases        | app, stopped        |
 """
 
 from __future__ import annotations
@@ -125,6 +131,8 @@ class Api:
                 web.post("/env", self.unset_env),
                 web.get("/secrets", self.secrets),
                 web.post("/secrets", self.set_secrets),
+                web.get("/watch", self.watch),
+                web.post("/apps/{name}/{verb}", self.app_verb),
             ]
         )
         return app
@@ -307,6 +315,38 @@ class Api:
         return web.json_response(
             change_secrets(self.engine, app, body.get("set"), body.get("unset"))
         )
+
+    async def watch(self, request: web.Request) -> web.StreamResponse:
+        """Re-attach to an app's deployment in progress, or replay its last one's outcome."""
+        from baton.deploy.lifecycle import last_outcome, running_run
+
+        app = request.query.get("app") or None
+        run = running_run(self.engine, app)
+        if run is not None:
+            return await self._stream(request, run)
+        name = self._app_name(app, request.query.get("config"))
+        if self.engine.store.app(name) is None:
+            raise UsageError(f"no app named {name!r} on this host")
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        for event in last_outcome(self.engine, name):
+            await response.write(json.dumps(event).encode() + b"\n")
+        await response.write_eof()
+        return response
+
+    async def app_verb(self, request: web.Request) -> web.Response:
+        """``baton app stop|start|remove NAME``."""
+        from baton.deploy import lifecycle
+
+        verbs = {
+            "stop": lifecycle.stop_app,
+            "start": lifecycle.start_app,
+            "remove": lifecycle.remove_app,
+        }
+        verb = request.match_info["verb"]
+        if verb not in verbs:
+            raise UsageError(f"unknown app verb {verb!r} (expected stop, start or remove)")
+        return web.json_response(await verbs[verb](self.engine, request.match_info["name"]))
 
     async def shutdown(self, request: web.Request) -> web.Response:
         asyncio.get_running_loop().call_later(0.05, self._shutdown)

@@ -18,9 +18,17 @@ sampler, which keeps the proxy's recent metrics for `baton status`.
 Runtimes are made per app by name (``runtime:`` in baton.yml, see ``baton.runtime.base``);
 a host whose apps all run as processes never talks to a Docker engine.
 
-Signals only set an event (SIGTERM, SIGINT, or ``POST /shutdown``); the main coroutine then
-stops every deployment, stops the proxy (which finishes its in-flight requests) and then
-every instance, and exits.
+After recovery, and still before the API answers, the host converges to its desired state
+(``baton.deploy.lifecycle.converge``): every app's live release gets its instances started,
+ready and routed when they do not run (after a reboot or ``baton down``); running ones were
+adopted. So ``baton up`` returns once the apps are served again.
+
+Signals only set an event. SIGTERM and SIGINT (what ``systemctl stop`` and Ctrl-C send) stop
+the control plane alone: the proxy and the instances run in sessions of their own and go on
+serving, a deployment in progress stays recorded for the next control plane to finish or
+undo, and the next ``baton up`` adopts everything. ``POST /shutdown`` (``baton down``) stops
+every deployment, the proxy (which finishes its in-flight requests) and then every instance,
+but keeps the desired state, so the next ``baton up`` brings every app back.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from aiohttp import web
 
 from baton import __version__
 from baton.deploy.engine import Engine, Router
+from baton.deploy.lifecycle import converge
 from baton.deploy.proxyclient import ProxyClient, ProxyUnavailable
 from baton.errors import BatonError
 from baton.flags.http import FlagAdmin, Ofrep, check_ofrep_listen, start_ofrep
@@ -302,6 +311,12 @@ class ProxySupervisor:
                 f"{_tail(self.log_path, 10)}"
             )
 
+    def detach(self) -> None:
+        """Leave the proxy running for the next control plane (which adopts it)."""
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
     async def stop(self) -> None:
         """SIGTERM: the proxy stops accepting and finishes in-flight requests, then exits."""
         if self.pid is not None:
@@ -348,6 +363,12 @@ async def serve(state_dir: Path, *, flags_listen: str | None = None) -> int:
     engine = Engine(store, runtimes, proxy, state_dir)
     supervisor = ProxySupervisor(state_dir, proxy, engine.router)
     stop = asyncio.Event()
+    down = asyncio.Event()  # `baton down`: stop the data plane too
+
+    def shut_down() -> None:
+        down.set()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -367,10 +388,12 @@ async def serve(state_dir: Path, *, flags_listen: str | None = None) -> int:
                 log.error("could not upgrade the proxy: %s", exc)
         for note in await engine.recover():
             log.warning("recovery: %s", note)
+        for note in await converge(engine):
+            log.warning("convergence: %s", note)
         api = Api(
             engine,
             proxy_info=supervisor.info,
-            shutdown=stop.set,
+            shutdown=shut_down,
             upgrade_proxy=supervisor.upgrade,
         )
         flags = FlagService(
@@ -411,12 +434,22 @@ async def serve(state_dir: Path, *, flags_listen: str | None = None) -> int:
         await asyncio.gather(*background, return_exceptions=True)
         with contextlib.suppress(FileNotFoundError):
             api_socket(state_dir).unlink()
-        if stop.is_set():
-            # A deliberate stop: everything Baton started goes. After a crash instead, the
-            # proxy and the instances keep serving; the next control plane adopts them.
+        if down.is_set():
+            # `baton down`: everything Baton started goes; the desired state stays.
             await engine.cancel_runs()
             await supervisor.stop()
             await engine.stop_all()
+        else:
+            # SIGTERM, or a crash: the proxy and the instances keep serving; the next
+            # control plane adopts them and finishes or undoes any deployment in progress.
+            engine.detaching = True
+            await engine.cancel_runs()
+            supervisor.detach()
+            log.info(
+                "the control plane stopped; the proxy (pid %s) and the apps keep serving"
+                " (`baton up` adopts them, `baton down` stops them)",
+                supervisor.pid,
+            )
         if ofrep_runner is not None:
             await ofrep_runner.cleanup()
         if runner is not None:

@@ -124,6 +124,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE releases ADD COLUMN artifact TEXT NOT NULL DEFAULT '{}';  -- JSON object
     ALTER TABLE apps ADD COLUMN env TEXT NOT NULL DEFAULT '{}'            -- JSON object
     """,
+    # 4 -> 5: whether the user stopped an app (`baton app stop`): it stays stopped
+    # across `baton up` until `baton app start`. The app's live release (the one with
+    # state 'live') is its desired release whether or not its instances run.
+    """
+    ALTER TABLE apps ADD COLUMN stopped INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 RELEASE_STATES = ("pending", "live", "warm", "stopped", "failed")
@@ -138,6 +144,7 @@ class AppRow:
     config_path: str
     created: float
     updated: float
+    stopped: bool = False  # by the user: not started again by `baton up` or the watcher
 
 
 @dataclass(frozen=True)
@@ -353,6 +360,7 @@ class Store:
             row["config_path"],
             row["created"],
             row["updated"],
+            bool(row["stopped"]),
         )
 
     def app_env(self, name: str) -> dict[str, str]:
@@ -366,6 +374,27 @@ class Store:
     def apps(self) -> list[AppRow]:
         rows = self._db.execute("SELECT name FROM apps ORDER BY name").fetchall()
         return [a for a in (self.app(r["name"]) for r in rows) if a is not None]
+
+    def set_app_stopped(self, name: str, stopped: bool) -> None:
+        """Record that the user stopped (or started again) the app."""
+        self._db.execute(
+            "UPDATE apps SET stopped=?, updated=? WHERE name=?", (int(stopped), time.time(), name)
+        )
+
+    def remove_app(self, name: str) -> None:
+        """Forget the app: its instances, releases, deployments, events, schema migrations,
+        flag versions and itself."""
+        with self._tx() as db:
+            releases = "SELECT id FROM releases WHERE app=?"
+            db.execute(f"DELETE FROM instances WHERE release_id IN ({releases})", (name,))
+            deployments = "SELECT id FROM deployments WHERE app=?"
+            db.execute(f"DELETE FROM events WHERE deployment_id IN ({deployments})", (name,))
+            db.execute("DELETE FROM events WHERE app=?", (name,))
+            db.execute("DELETE FROM deployments WHERE app=?", (name,))
+            db.execute("DELETE FROM schema_migrations WHERE app=?", (name,))
+            db.execute("DELETE FROM flag_versions WHERE app=?", (name,))
+            db.execute("DELETE FROM releases WHERE app=?", (name,))
+            db.execute("DELETE FROM apps WHERE name=?", (name,))
 
     # -- deployments (and the per-app lock) ---------------------------------------------------
 
@@ -635,6 +664,9 @@ class Store:
             " (SELECT MAX(version) FROM flag_versions WHERE app = f.app) ORDER BY app"
         )
         return [_flag_row(r) for r in rows]
+
+    def flag_apps(self) -> set[str]:
+        return {r[0] for r in self._db.execute("SELECT DISTINCT app FROM flag_versions")}
 
     def flag_history(self, app: str, limit: int = 50) -> list[FlagVersionRow]:
         rows = self._db.execute(
