@@ -65,3 +65,12 @@ class RouteTableError(BatonError):
     """A route table (snapshot) sent to the proxy is invalid; the proxy keeps the old one."""
 
     exit_code = 2
+
+
+class CertificateError(RouteTableError):
+    """A certificate or key cannot serve its host (unreadable, mismatched, other names).
+
+    Names the file and the host; whatever was serving keeps serving.
+    """
+
+    exit_code = 2

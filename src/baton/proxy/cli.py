@@ -45,10 +45,13 @@ async def serve(
     successor: Takeover | None = None
     if takeover:
         successor = Takeover(admin)
-        for address, sock in (await asyncio.to_thread(successor.receive)).items():
-            await proxy.listen(address, sock=sock, serve=False)
+        received = await asyncio.to_thread(successor.receive)
         table = await _admin_get(admin, "/routes")
-        await proxy.apply(parse_table({"apps": table["apps"]}), generation=table["generation"])
+        specs = parse_table({"apps": table["apps"]})
+        proxy.tls.update(specs)  # HTTPS listeners need their certificates before they accept
+        for address, sock in received.items():
+            await proxy.listen(address, sock=sock, serve=False)
+        await proxy.apply(specs, generation=table["generation"])
         await proxy.start_serving()  # only now: a client accepted earlier would find no route
     for address in listen:
         await proxy.listen(address)

@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import quote, unquote
 
 from baton.errors import RouteTableError
+from baton.proxy.tls import TlsSpec, parse_tls
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 STICKY_NONE, STICKY_COOKIE, STICKY_CLIENT_IP, STICKY_HEADER = range(4)
@@ -40,6 +41,8 @@ _APP_KEYS = {
     "stickiness",
     "release_secret",
     "max_connection_age",
+    "http_listen",
+    "tls",
 }
 _RELEASE_KEYS = {"name", "weight", "targets"}
 _HEALTH_KEYS = {"kind", "path", "interval", "timeout", "rise", "fall"}
@@ -88,9 +91,15 @@ class AppSpec:
     stickiness: str = "none"  # none | cookie | client-ip | header:<name>
     release_secret: str | None = None  # lets non-loopback clients pin a release
     max_connection_age: float | None = None  # longest life of a tunnel (WebSocket), seconds
+    http_listen: str | None = None  # plain-HTTP listener of a TLS app (redirects, ACME)
+    tls: TlsSpec | None = None  # ``listen`` is HTTPS with these certificates
 
     def to_json(self) -> dict[str, Any]:
+        tls = {} if self.tls is None else {"tls": self.tls.to_json()}
+        http = {} if self.http_listen is None else {"http_listen": self.http_listen}
         return {
+            **tls,
+            **http,
             "listen": self.listen,
             "hosts": list(self.hosts),
             "path_prefix": self.path_prefix,
@@ -250,7 +259,14 @@ def parse_app(name: object, value: object) -> AppSpec:
     max_age = value.get("max_connection_age")
     if max_age is not None:
         max_age = _number(max_age, f"{where}.max_connection_age", minimum=0.1, maximum=86400 * 30)
+    http_listen = value.get("http_listen")
+    if http_listen is not None:
+        parse_address(http_listen, f"{where}.http_listen")
+        if http_listen == listen:
+            raise _fail(f"{where}.http_listen", "an address other than listen", http_listen)
     return AppSpec(
+        http_listen=http_listen,
+        tls=parse_tls(value.get("tls"), f"{where}.tls"),
         name=name,
         max_connection_age=max_age,
         stickiness=stickiness,
@@ -293,16 +309,17 @@ def check_conflicts(apps: Mapping[str, AppSpec]) -> None:
     """Two apps may not claim the same (listen, host, prefix): the route would be ambiguous."""
     claimed: dict[tuple[str, str, str], str] = {}
     for app in apps.values():
-        for host in app.hosts or ("",):
-            key = (app.listen, host, app.path_prefix)
-            other = claimed.get(key)
-            if other is not None:
-                shown = host or "any host"
-                raise RouteTableError(
-                    f"apps.{app.name}: route {shown}{app.path_prefix} on {app.listen} "
-                    f"is already used by app {other!r}"
-                )
-            claimed[key] = app.name
+        for listen in (app.listen, app.http_listen) if app.http_listen else (app.listen,):
+            for host in app.hosts or ("",):
+                key = (listen, host, app.path_prefix)
+                other = claimed.get(key)
+                if other is not None:
+                    shown = host or "any host"
+                    raise RouteTableError(
+                        f"apps.{app.name}: route {shown}{app.path_prefix} on {listen} "
+                        f"is already used by app {other!r}"
+                    )
+                claimed[key] = app.name
 
 
 # ---------------------------------------------------------------------------------------
@@ -462,6 +479,8 @@ class RouteTable(Generic[T, M]):
         grouped: dict[str, list[App[T, M]]] = {}
         for app in apps.values():
             grouped.setdefault(app.spec.listen, []).append(app)
+            if app.spec.http_listen is not None:
+                grouped.setdefault(app.spec.http_listen, []).append(app)
         self.listeners: dict[str, _Listener[T, M]] = {k: _Listener(v) for k, v in grouped.items()}
 
     @classmethod

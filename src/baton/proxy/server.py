@@ -45,6 +45,7 @@ from baton.proxy.http import (
     chunk,
     local_response,
     scan_request,
+    short_response,
     upstream_head,
 )
 from baton.proxy.metrics import MetricsRegistry, ReleaseMetrics
@@ -60,6 +61,13 @@ from baton.proxy.routing import (
     parse_address,
     set_cookie,
     sticky_point,
+)
+from baton.proxy.tls import (
+    ACME_CHALLENGE_PREFIX,
+    POLL_INTERVAL,
+    TlsManager,
+    hsts_header,
+    https_location,
 )
 from baton.proxy.upstream import Target, UpstreamConnection
 from baton.proxy.websocket import FrameCursor, close_frame
@@ -109,6 +117,7 @@ class Exchange:
         "body",
         "body_size",
         "complete",
+        "extra_head",
         "head",
         "http11",
         "info",
@@ -144,6 +153,7 @@ class Exchange:
         self.upgrade = info.upgrade is not None
         self.complete = False
         self.head = b""
+        self.extra_head = b""  # header lines Baton adds to the response (HSTS)
         self.request_id = b""
         # Body pieces (already framed for the upstream) kept for a replay; None once the
         # body outgrew REPLAY_LIMIT.
@@ -216,6 +226,7 @@ class ClientConnection(asyncio.Protocol):
         "pending",
         "proxy",
         "reading",
+        "tls",
         "transport",
         "tunnel",
         "upgrading",
@@ -227,6 +238,7 @@ class ClientConnection(asyncio.Protocol):
     def __init__(self, proxy: Proxy, listen: str) -> None:
         self.proxy = proxy
         self.listen = listen
+        self.tls = listen in proxy.tls_servers
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.client_ip = b""
@@ -492,10 +504,19 @@ class ClientConnection(asyncio.Protocol):
         proxy = self.proxy
         info = ex.info
         ex.request_id = info.request_id or proxy.next_request_id()
+        if not self.tls and ex.url.startswith(ACME_CHALLENGE_PREFIX) and self._acme_answer(ex):
+            return
         app = proxy.table.match_raw(self.listen, info.host, ex.url)
         if app is None:
             self._local(ex, 404, f"no route for host {normalise_host(info.host) or '-'!r}")
             return
+        tls = app.spec.tls
+        if tls is not None:
+            if self.tls:
+                ex.extra_head = hsts_header(tls)
+            elif tls.redirect:
+                self._redirect(ex, https_location(app.spec.listen, info.host, ex.url))
+                return
         release, target = proxy.choose(app, ex, self)
         if release is None or target is None:
             if ex.info.pin is not None and proxy.may_pin(app, ex, self):
@@ -517,6 +538,7 @@ class ClientConnection(asyncio.Protocol):
             client_ip=self.client_ip,
             request_id=ex.request_id,
             target=target.address.encode(),
+            proto=b"https" if self.tls else b"http",
         )
         self._set_deadline(UPSTREAM_DEADLINE, app.spec.response_timeout)
         self.attach(ex, target, app.spec)
@@ -617,6 +639,30 @@ class ClientConnection(asyncio.Protocol):
         self._leave_target(ex)
         log.info("%s %s -> %d %s", ex.method.decode(), ex.url.decode("latin-1"), status, message)
         self._local(ex, status, message)
+
+    def _acme_answer(self, ex: Exchange) -> bool:
+        """An ACME HTTP-01 challenge this proxy was given: answer its key authorization."""
+        token = ex.url[len(ACME_CHALLENGE_PREFIX) :].decode("latin-1")
+        answer = self.proxy.acme_challenges.get(token)
+        if answer is None:
+            return False
+        self._answer(ex, 200, answer.encode(), b"")
+        return True
+
+    def _redirect(self, ex: Exchange, location: bytes) -> None:
+        self._answer(ex, 308, b"", b"Location: " + location + b"\r\n")
+
+    def _answer(self, ex: Exchange, status: int, body: bytes, headers: bytes) -> None:
+        """A local answer that is not an error (redirect, ACME challenge)."""
+        keep = ex.keep_alive and ex.complete and not ex.upgrade and not self.proxy.stopping
+        self.write(
+            short_response(status, body, headers=headers, close=not keep, request_id=ex.request_id)
+        )
+        self.active = None
+        if not keep:
+            self.close()
+            return
+        self._next()
 
     def _local(self, ex: Exchange, status: int, message: str) -> None:
         """Answer with a local response; keep the connection if the request was read whole."""
@@ -819,6 +865,10 @@ class Proxy:
         self.table: LiveTable = RouteTable.build({}, self._target, self.metrics.get, 0)
         self.connections: set[ClientConnection] = set()
         self.servers: dict[str, asyncio.base_events.Server] = {}
+        self.tls = TlsManager()
+        self.tls_servers: set[str] = set()  # listen addresses that speak TLS
+        self.acme_challenges: dict[str, str] = {}  # HTTP-01 token -> key authorization
+        self._cert_watch: asyncio.Task[None] | None = None
         self.tunnel_ends: dict[UpstreamConnection, _TunnelEnds] = {}
         self.stopping = False
         self._rr = 0
@@ -921,9 +971,12 @@ class Proxy:
 
     async def apply(self, specs: dict[str, AppSpec], generation: int | None = None) -> int:
         """Swap in a new table built from ``specs``; bind new listen addresses first."""
+        self.tls.update(specs, set(self.servers) - self.tls_servers, self.tls_servers)
         for spec in specs.values():
             if spec.listen not in self.servers:
                 await self.listen(spec.listen)
+            if spec.http_listen is not None and spec.http_listen not in self.servers:
+                await self.listen(spec.http_listen)
         if generation is None:
             generation = self.table.generation + 1
         table = RouteTable.build(specs, self._target, self.metrics.get, generation)
@@ -969,10 +1022,18 @@ class Proxy:
                 sock.close()
                 raise
             sock.listen(4096)
+        tls = self.tls.server_context(address) if self.tls.is_tls(address) else None
         server = await self.loop.create_server(
-            lambda: ClientConnection(self, address), sock=sock, backlog=4096, start_serving=serve
+            lambda: ClientConnection(self, address),
+            sock=sock,
+            backlog=4096,
+            start_serving=serve,
+            ssl=tls,
+            ssl_handshake_timeout=self.settings.header_timeout if tls is not None else None,
         )
         self.servers[address] = server
+        if tls is not None:
+            self.tls_servers.add(address)
 
     async def start_serving(self) -> None:
         for server in self.servers.values():
@@ -1039,6 +1100,16 @@ class Proxy:
 
     def start(self) -> None:
         self._sweeper = self.loop.create_task(self._sweep())
+        self._cert_watch = self.loop.create_task(self._watch_certificates())
+
+    async def _watch_certificates(self) -> None:
+        """Pick up certificate files replaced on disk (see ``tls.py``)."""
+        while True:
+            await asyncio.sleep(POLL_INTERVAL)
+            self.reload_certificates()
+
+    def reload_certificates(self) -> bool:
+        return self.tls.poll(self.table.specs)
 
     async def _sweep(self) -> None:
         while True:
@@ -1093,6 +1164,8 @@ class Proxy:
             conn.close()
         for target in self.targets.values():
             target.close_idle()
+        if self._cert_watch is not None:
+            self._cert_watch.cancel()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
