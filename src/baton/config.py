@@ -80,7 +80,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
+from types import UnionType
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -98,8 +99,8 @@ from baton.errors import ConfigError
 # --------------------------------------------------------------------------- values
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h|d|y)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "y": 365 * 86400.0}
 _DURATION_HINT = "a duration like 30s or 500ms"
 
 
@@ -164,7 +165,7 @@ def format_duration(seconds: float) -> str:
     """The shortest readable form: 0.1 → ``100ms``, 90 → ``90s``, 600 → ``10m``, 3600 → ``1h``."""
     if seconds < 1 and seconds != 0:
         return f"{seconds * 1000:g}ms"
-    for unit, size in (("h", 3600.0), ("m", 60.0)):
+    for unit, size in (("y", 365 * 86400.0), ("d", 86400.0), ("h", 3600.0), ("m", 60.0)):
         if seconds >= size and seconds % size == 0:
             return f"{seconds / size:g}{unit}"
     return f"{seconds:g}s"
@@ -303,6 +304,10 @@ def _check_listen(value: object) -> str:
     return value
 
 
+def _optional_listen(value: object) -> str | None:
+    return None if value is None else _check_listen(value)
+
+
 def _check_host(value: object) -> str:
     hint = "a host name like shop.example.com or *.example.com (no port, no scheme)"
     if not isinstance(value, str) or not value:
@@ -364,6 +369,95 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _check_file_path(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ValueError(
+            f"expected an absolute file path like /etc/ssl/shop.pem, got {_shown(value)}"
+        )
+    return value
+
+
+ACME_DIRECTORIES = {
+    "production": "https://acme-v02.api.letsencrypt.org/directory",
+    "staging": "https://acme-staging-v02.api.letsencrypt.org/directory",
+}
+
+
+def _check_directory(value: object) -> str:
+    if isinstance(value, str) and value in ACME_DIRECTORIES:
+        return ACME_DIRECTORIES[value]
+    if isinstance(value, str) and value.startswith("https://") and len(value) > 8:
+        return value
+    raise ValueError(
+        f"expected production, staging or an https:// ACME directory URL, got {_shown(value)}"
+    )
+
+
+def _check_email(value: object) -> str:
+    if not isinstance(value, str) or not re.match(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", value):
+        raise ValueError(f"expected an email address like ops@example.com, got {_shown(value)}")
+    return value
+
+
+def _check_ask_url(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        raise ValueError(f"expected an http:// or https:// URL, got {_shown(value)}")
+    return value
+
+
+class AcmeConfig(_Section):
+    email: Annotated[str, BeforeValidator(_check_email)] = Field(
+        description="contact address of the ACME account"
+    )
+    directory: Annotated[str, BeforeValidator(_check_directory), _Shown("production")] = Field(
+        default=ACME_DIRECTORIES["production"],
+        description="ACME directory: production, staging (Let's Encrypt) or a URL",
+    )
+    ca_bundle: Annotated[str | None, BeforeValidator(_check_file_path)] = Field(
+        default=None, description="CA certificates (PEM) trusted for a private ACME server"
+    )
+    renew_before: Annotated[float, BeforeValidator(_duration_at_least(60.0)), _Kind("duration")] = (
+        Field(default=30 * 86400.0, description="renew when less than this is left")
+    )
+
+
+class TlsConfig(_Section):
+    certificate: Annotated[str | None, BeforeValidator(_check_file_path)] = Field(
+        default=None, description="certificate chain (PEM, leaf first) for the app's hosts"
+    )
+    key: Annotated[str | None, BeforeValidator(_check_file_path)] = Field(
+        default=None, description="its private key (PEM, unencrypted)"
+    )
+    acme: AcmeConfig | None = Field(
+        default=None, description="obtain and renew certificates with ACME (HTTP-01)"
+    )
+    on_demand_ask: Annotated[str | None, BeforeValidator(_check_ask_url)] = Field(
+        default=None,
+        description="ACME: issue for names under *.suffix hosts when GET URL?domain=NAME is 200",
+    )
+    redirect: bool = Field(default=True, description="plain HTTP answers 308 to https")
+    hsts: Annotated[float | None, BeforeValidator(_optional_duration(0.0)), _Kind("duration")] = (
+        Field(default=None, description="Strict-Transport-Security max-age, e.g. 1y")
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TlsConfig:
+        if (self.certificate is None) != (self.key is None):
+            missing = "key" if self.key is None else "certificate"
+            raise _KeyedError((missing,), "required with the other of certificate/key")
+        if self.certificate is None and self.acme is None:
+            raise _KeyedError((), "expected certificate and key, or acme (with an email)")
+        if self.certificate is not None and self.acme is not None:
+            raise _KeyedError(("acme",), "expected either certificate/key or acme, not both")
+        if self.on_demand_ask is not None and self.acme is None:
+            raise _KeyedError(("on_demand_ask",), "needs proxy.tls.acme")
+        return self
+
+
 class ProxyConfig(_Section):
     listen: Annotated[str, BeforeValidator(_check_listen)] = Field(
         default="127.0.0.1:8080", description="address the proxy listens on for this app"
@@ -381,6 +475,12 @@ class ProxyConfig(_Section):
         description="longest life of a WebSocket or other tunnel, ended with close 1001"
         " (none = until its release is drained)",
     )
+    http_listen: Annotated[str | None, BeforeValidator(_optional_listen)] = Field(
+        default=None,
+        description="plain-HTTP listener of a TLS app: redirects and ACME HTTP-01"
+        " (none = 0.0.0.0:80 when proxy.tls is set)",
+    )
+    tls: TlsConfig | None = Field(default=None, description="serve proxy.listen over HTTPS")
 
     @field_validator("hosts")
     @classmethod
@@ -815,6 +915,8 @@ def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
         annotation = field.annotation if field is not None else None
         if get_origin(annotation) is list:
             annotation = (get_args(annotation) or (None,))[0]
+        if get_origin(annotation) in (Union, UnionType):  # an optional section (proxy.tls)
+            annotation = next((a for a in get_args(annotation) if a is not type(None)), None)
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return None
         model = annotation
@@ -1025,6 +1127,14 @@ def defaults_table() -> list[tuple[str, str, str]]:
     def walk(model: type[BaseModel], prefix: str) -> None:
         for name, field in model.model_fields.items():
             annotation = field.annotation
+            if get_origin(annotation) in (Union, UnionType):  # an optional section (proxy.tls)
+                inner = [a for a in get_args(annotation) if a is not type(None)]
+                if (
+                    len(inner) == 1
+                    and isinstance(inner[0], type)
+                    and issubclass(inner[0], BaseModel)
+                ):
+                    annotation = inner[0]
             if isinstance(annotation, type) and issubclass(annotation, BaseModel):
                 walk(annotation, f"{prefix}{name}.")
                 continue

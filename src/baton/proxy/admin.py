@@ -69,6 +69,7 @@ class AdminAPI:
                 web.post("/tls/reload", self.tls_reload),
                 web.put("/acme/challenges/{token}", self.put_challenge),
                 web.delete("/acme/challenges/{token}", self.delete_challenge),
+                web.delete("/tls/wanted/{name}", self.forget_wanted),
             ]
         )
         self.app = app
@@ -217,7 +218,11 @@ class AdminAPI:
 
     async def delete_challenge(self, request: web.Request) -> web.Response:
         self.proxy.acme_challenges.pop(request.match_info["token"], None)
-        self.proxy.tls.wanted.pop(request.query.get("domain", ""), None)
+        return web.json_response({})
+
+    async def forget_wanted(self, request: web.Request) -> web.Response:
+        """An on-demand name was issued or refused: stop listing it."""
+        self.proxy.tls.wanted.pop(request.match_info["name"], None)
         return web.json_response({})
 
 
