@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 import ssl
 from pathlib import Path
@@ -52,17 +53,28 @@ class TestCA:
         self.path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
     def issue(
-        self, names: list[str], stem: str, *, days: int = 30, serial: int | None = None
+        self,
+        names: list[str],
+        stem: str,
+        *,
+        days: int = 30,
+        serial: int | None = None,
+        ips: tuple[str, ...] = (),
     ) -> tuple[Path, Path]:
         """A leaf for ``names`` written to ``<stem>.crt`` / ``<stem>.key``; returns the paths."""
-        cert_pem, k_pem = self.issue_pem(names, days=days, serial=serial)
+        cert_pem, k_pem = self.issue_pem(names, days=days, serial=serial, ips=ips)
         cert_path, key_path = self.dir / f"{stem}.crt", self.dir / f"{stem}.key"
         write_atomic(key_path, k_pem)
         write_atomic(cert_path, cert_pem)
         return cert_path, key_path
 
     def issue_pem(
-        self, names: list[str], *, days: int = 30, serial: int | None = None
+        self,
+        names: list[str],
+        *,
+        days: int = 30,
+        serial: int | None = None,
+        ips: tuple[str, ...] = (),
     ) -> tuple[bytes, bytes]:
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
@@ -75,7 +87,11 @@ class TestCA:
             .not_valid_before(now - datetime.timedelta(hours=1))
             .not_valid_after(now + datetime.timedelta(days=days))
             .add_extension(
-                x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
+                x509.SubjectAlternativeName(
+                    [x509.DNSName(n) for n in names]
+                    + [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+                ),
+                critical=False,
             )
             .sign(self.key, hashes.SHA256())
         )
