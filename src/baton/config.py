@@ -67,6 +67,7 @@ is refused because ``5`` is ambiguous. ``health.interval`` may be longer or shor
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import hashlib
 import ipaddress
@@ -214,6 +215,13 @@ class _Kind:
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
+
+
+class _Shown:
+    """Marks how ``defaults_table`` shows a field's default when it is not a plain value."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
 
 
 def _duration_at_least(minimum: float) -> Callable[[object], float]:
@@ -587,13 +595,6 @@ def _check_network(value: object) -> str | None:
             f" {_shown(value)}"
         )
     return value
-
-
-class _Shown:
-    """Marks how ``defaults_table`` shows a field's default when it is not a plain value."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
 
 
 # run.* keys only the docker runtime reads; a process app setting one is told so.
@@ -1456,4 +1457,68 @@ def checklist(loaded: LoadedConfig, image: ImageFacts | None = None) -> list[Che
             _warn(f"proxy.listen port {port} needs root or CAP_NET_BIND_SERVICE", "proxy.listen")
         )
     del host
+    items += _tls_items(cfg)
+    return items
+
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+EXPIRY_WARNING = 30 * 86400.0
+
+
+def _tls_items(cfg: AppConfig) -> list[CheckItem]:
+    """HTTPS checks: DNS-valid hosts, port 80 for HTTP-01, certificate files and expiry."""
+    tls = cfg.proxy.tls
+    if tls is None:
+        return []
+    from baton.errors import CertificateError
+    from baton.proxy.tls import CertPair
+
+    items: list[CheckItem] = []
+    for i, host in enumerate(cfg.proxy.hosts):
+        name = host[2:] if host.startswith("*.") else host
+        labels = name.split(".")
+        if len(labels) < 2 or not all(_DNS_LABEL.match(label) for label in labels):
+            items.append(
+                _warn(
+                    f"proxy.hosts[{i}] {host!r} is not a DNS name a public CA can certify",
+                    f"proxy.hosts[{i}]",
+                )
+            )
+    if not cfg.proxy.hosts:
+        items.append(_warn("proxy.tls without proxy.hosts: no name to choose a certificate by"))
+    if tls.acme is not None:
+        http_port = (cfg.proxy.http_listen or "0.0.0.0:80").rpartition(":")[2]
+        if http_port != "80":
+            items.append(
+                _warn(
+                    f"proxy.http_listen is on port {http_port}: ACME HTTP-01 validation "
+                    "reaches port 80 (forward it here)",
+                    "proxy.http_listen",
+                )
+            )
+        if any(h.startswith("*.") for h in cfg.proxy.hosts) and tls.on_demand_ask is None:
+            items.append(
+                _warn(
+                    "*.suffix hosts get no ACME certificate without proxy.tls.on_demand_ask",
+                    "proxy.tls.on_demand_ask",
+                )
+            )
+        return items
+    assert tls.certificate is not None and tls.key is not None
+    try:
+        pair = CertPair.load(tls.certificate, tls.key, list(cfg.proxy.hosts), "file")
+    except CertificateError as exc:
+        items.append(_error(str(exc), "proxy.tls.certificate"))
+        return items
+    left = (pair.info.not_after - datetime.datetime.now(datetime.UTC)).total_seconds()
+    when = pair.info.not_after.date().isoformat()
+    if left < EXPIRY_WARNING:
+        items.append(
+            _warn(
+                f"proxy.tls.certificate expires {when} ({max(0, left) / 86400:.0f} days left)",
+                "proxy.tls.certificate",
+            )
+        )
+    else:
+        items.append(_ok(f"proxy.tls.certificate valid for the hosts until {when}"))
     return items

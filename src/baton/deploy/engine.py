@@ -154,6 +154,12 @@ class Router:
                 pools.append((release, Pool(release.version, release.weight, targets)))
         return pools
 
+    def live_config(self, app: str) -> dict[str, Any] | None:
+        """The config of the release that sets the app's routing (None when nothing routes)."""
+        pools = self.pools(app)
+        primary = primary_release([p for _, p in pools])
+        return next((dict(r.config) for r, p in pools if p.release == primary), None)
+
     def app_route(self, app: str) -> dict[str, Any] | None:
         pools = self.pools(app)
         primary = primary_release([p for _, p in pools])

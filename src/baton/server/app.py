@@ -45,6 +45,7 @@ from baton.errors import BatonError
 from baton.runtime.base import Runtimes
 from baton.runtime.process import pid_alive
 from baton.server.api import Api
+from baton.server.certs import CertManager, live_acme_apps
 from baton.state.store import Store
 
 log = logging.getLogger("baton.server")
@@ -318,6 +319,8 @@ async def serve(state_dir: Path) -> int:
     runtimes = Runtimes(state_dir)
     proxy = ProxyClient(state_dir / "proxy.sock")
     engine = Engine(store, runtimes, proxy, state_dir)
+    certs = CertManager(state_dir, proxy, lambda: live_acme_apps(engine.router))
+    engine.router.acme_dir = str(certs.acme_dir)
     supervisor = ProxySupervisor(state_dir, proxy, engine.router)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -343,6 +346,7 @@ async def serve(state_dir: Path) -> int:
             proxy_info=supervisor.info,
             shutdown=stop.set,
             upgrade_proxy=supervisor.upgrade,
+            certificates=certs.certificates,
         )
         runner = web.AppRunner(api.app(), handle_signals=False, access_log=None)
         await runner.setup()
@@ -358,6 +362,7 @@ async def serve(state_dir: Path) -> int:
             loop.create_task(_reap_warm(engine, stop)),
             loop.create_task(_replace_dead(engine, stop)),
             loop.create_task(_sample_traffic(engine, stop)),
+            loop.create_task(certs.run(stop)),
         ]
         await stop.wait()
         log.info("shutting down")

@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from josepy.jwk import JWKRSA
 
+from baton.deploy.engine import Router
 from baton.deploy.proxyclient import ProxyClient
 from baton.errors import BatonError
 from baton.proxy.tls import write_private
@@ -373,9 +374,37 @@ class CertManager:
         data = {name: st.to_json() for name, st in sorted(self.names.items())}
         write_private(str(self._status_path), json.dumps(data, indent=1).encode())
 
+    async def certificates(self) -> list[dict[str, Any]]:
+        """Each host's certificate as the proxy serves it, with ACME's last error."""
+        try:
+            rows: list[dict[str, Any]] = (await self.proxy.tls_status())["certificates"]
+        except BatonError as exc:
+            return [{"host": "*", "error": f"proxy: {exc}"}]
+        names = self.status()
+        for row in rows:
+            acme = names.pop(row.get("host", ""), None)
+            if acme is not None:
+                row["last_renewal"] = acme["last_renewal"]
+                row["error"] = acme["error"] or row.get("error")
+        for name, acme in names.items():
+            if acme["error"]:
+                rows.append({"host": name, "source": "acme", "error": acme["error"]})
+        return rows
+
     def status(self) -> dict[str, dict[str, Any]]:
         """Per name: the last error, failures in a row, and when it was last (re)issued."""
         return {name: st.to_json() for name, st in sorted(self.names.items())}
+
+
+def live_acme_apps(router: Router) -> list[tuple[list[str], dict[str, Any]]]:
+    """(hosts, proxy.tls) of every app whose routed release asks for TLS."""
+    out: list[tuple[list[str], dict[str, Any]]] = []
+    for app in router.store.apps():
+        config = router.live_config(app.name)
+        proxy = (config or {}).get("proxy") or {}
+        if proxy.get("tls"):
+            out.append((list(proxy.get("hosts") or []), proxy["tls"]))
+    return out
 
 
 def ask_allows(url: str, name: str) -> bool:
