@@ -12,6 +12,7 @@ from baton.errors import CertificateError, RouteTableError
 from baton.proxy.routing import parse_app
 from baton.proxy.tls import (
     CertPair,
+    alpn_protocols,
     covers,
     host_matches,
     hsts_header,
@@ -103,6 +104,6 @@ def test_renewal_is_due_within_renew_before_and_failures_back_off(tmp_path: Path
     assert backoff(1) < backoff(2) < backoff(3) and backoff(100) == 3600
 
 
-def test_alpn_chooses_http1_unless_h2_is_available() -> None:
-    assert protocol_for_alpn("h2", lambda: "h1", lambda: "h2") == "h1"  # H2_AVAILABLE is off
-    assert protocol_for_alpn(None, lambda: "h1", None) == "h1"
+def test_alpn_offers_and_chooses_http1_until_h2_registers() -> None:
+    assert alpn_protocols() == ["http/1.1"]
+    assert protocol_for_alpn("h2") is None and protocol_for_alpn(None) is None

@@ -36,6 +36,7 @@ from typing import NamedTuple, cast
 
 import httptools
 
+from baton.proxy import tls as tls_module
 from baton.proxy.http import (
     CONTINUE_100,
     FRAME_CHUNKED,
@@ -68,6 +69,7 @@ from baton.proxy.tls import (
     TlsManager,
     hsts_header,
     https_location,
+    protocol_for_alpn,
 )
 from baton.proxy.upstream import Target, UpstreamConnection
 from baton.proxy.websocket import FrameCursor, close_frame
@@ -264,6 +266,8 @@ class ClientConnection(asyncio.Protocol):
     # -- connection lifecycle ----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.tls and tls_module.H2_AVAILABLE and self._handed_over(transport):
+            return
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         peer = transport.get_extra_info("peername")
         ip = peer[0] if peer else "unknown"
@@ -271,6 +275,17 @@ class ClientConnection(asyncio.Protocol):
         self.loopback = ip.startswith(("127.", "::ffff:127.")) or ip == "::1"
         self.proxy.connections.add(self)
         self._set_deadline(HEADER_DEADLINE, self.proxy.settings.header_timeout)
+
+    def _handed_over(self, transport: asyncio.BaseTransport) -> bool:
+        """A TLS connection that agreed on another protocol with ALPN (h2) goes to it."""
+        ssl_object = transport.get_extra_info("ssl_object")
+        factory = protocol_for_alpn(ssl_object.selected_alpn_protocol() if ssl_object else None)
+        if factory is None:
+            return False
+        protocol = factory(self.proxy, self.listen)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -22,6 +22,7 @@ one place that picks the connection protocol for an accepted TLS connection.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
 import logging
@@ -41,23 +42,35 @@ from baton.errors import CertificateError, RouteTableError
 
 log = logging.getLogger("baton.proxy")
 
-# Set to True by the HTTP/2 module when it is present: ALPN then offers "h2" first.
+# Set by ``register_h2`` (the HTTP/2 module): ALPN then offers "h2" first, and a TLS
+# connection that agreed on "h2" is handed to ``_h2_factory(proxy, listen)``.
 H2_AVAILABLE = False
+_h2_factory: Callable[[Any, str], asyncio.BaseProtocol] | None = None
 POLL_INTERVAL = 2.0  # seconds between checks of certificate files for a replacement
 ACME_CHALLENGE_PREFIX = b"/.well-known/acme-challenge/"
+MAX_WANTED = 1000  # on-demand names waiting for the control plane, at most
 
 
 def alpn_protocols() -> list[str]:
     return ["h2", "http/1.1"] if H2_AVAILABLE else ["http/1.1"]
 
 
-def protocol_for_alpn(
-    name: str | None, http1: Callable[[], Any], h2: Callable[[], Any] | None
-) -> Any:
-    """The connection protocol for an accepted TLS connection, by the ALPN name agreed."""
-    if name == "h2" and h2 is not None and H2_AVAILABLE:
-        return h2()
-    return http1()
+def register_h2(factory: Callable[[Any, str], asyncio.BaseProtocol]) -> None:
+    """Offer HTTP/2 with ALPN; call before the proxy opens its TLS listeners."""
+    global H2_AVAILABLE, _h2_factory
+    H2_AVAILABLE = True
+    _h2_factory = factory
+
+
+def protocol_for_alpn(name: str | None) -> Callable[[Any, str], asyncio.BaseProtocol] | None:
+    """The protocol for an accepted TLS connection by the ALPN name it agreed on.
+
+    None means HTTP/1.1: the connection stays with ``ClientConnection``. This is the one
+    place where a TLS connection's protocol is chosen.
+    """
+    if name == "h2" and _h2_factory is not None:
+        return _h2_factory
+    return None
 
 
 # ---------------------------------------------------------------------------------------
@@ -553,8 +566,13 @@ class TlsManager:
                 return None
             if name:
                 low = name.lower()
-                if low not in listener.exact and any(
-                    low.endswith(s) and "." not in low[: -len(s)] for s, _ in self.on_demand
+                room = len(self.wanted) < MAX_WANTED  # random names must not grow it
+                if (
+                    room
+                    and low not in listener.exact
+                    and any(
+                        low.endswith(s) and "." not in low[: -len(s)] for s, _ in self.on_demand
+                    )
                 ):
                     self.wanted.setdefault(low, 0.0)
             pair = listener.find(name)
@@ -635,6 +653,7 @@ __all__ = [
     "https_location",
     "parse_tls",
     "protocol_for_alpn",
+    "register_h2",
     "self_signed",
     "write_private",
 ]
