@@ -288,3 +288,27 @@ def test_verified_chain_rejects_a_name_the_certificate_does_not_cover(site: Site
     wait_port(site.tls_port)
     with pytest.raises(ssl.SSLCertVerificationError):
         https_get(site.tls_port, "shop.test", "/", site.ca.path, sni="evil.test")
+
+
+def test_a_listener_cannot_switch_between_plain_and_https_in_place(site: Site) -> None:
+    cert, key = site.ca.issue(["shop.test"], "shop")
+    plain = {
+        "listen": site.proxy.listen,  # bound at start, plain
+        "releases": [{"name": "v1", "weight": 100, "targets": [site.backend.addr]}],
+    }
+    status, body = site.proxy.call("PUT", "/apps/web", {**plain, "tls": site.tls(cert, key)})
+    assert status == 400 and "already serves plain HTTP" in body["error"]
+    assert site.route(hosts=["shop.test"], tls=site.tls(cert, key))[0] == 200
+    wait_port(site.tls_port)
+    status, body = site.proxy.call(
+        "PUT", "/apps/other", {**plain, "listen": site.tls_listen, "hosts": ["other.test"]}
+    )
+    assert status == 400 and "needs proxy.tls" in body["error"]
+    status, body = site.proxy.call(
+        "PUT",
+        "/apps/other",
+        {**plain, "listen": "127.0.0.1:1", "http_listen": site.tls_listen, "hosts": ["o.test"]},
+    )
+    assert status == 400 and "HTTPS listener" in body["error"]
+    status, _, body = https_get(site.tls_port, "shop.test", "/", site.ca.path)
+    assert (status, body) == (200, b"v1")

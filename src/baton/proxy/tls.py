@@ -427,6 +427,12 @@ class TlsManager:
                     f"apps.{spec.name}: listen {spec.listen} serves HTTPS for another app; "
                     "this app needs proxy.tls too (or another listen address)"
                 )
+        for spec in specs.values():
+            if spec.http_listen is not None and spec.http_listen in tls_listen:
+                raise CertificateError(
+                    f"apps.{spec.name}: http_listen {spec.http_listen} is an HTTPS listener "
+                    "of another app; plain HTTP needs an address of its own"
+                )
         for address in sorted(tls_listen & plain):
             raise CertificateError(
                 f"listen {address} already serves plain HTTP; it cannot become an HTTPS "

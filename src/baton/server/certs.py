@@ -266,7 +266,7 @@ class CertManager:
         """One round: issue or renew what is due (everything with ``force``)."""
         async with self._lock:
             now = datetime.datetime.now(datetime.UTC)
-            self.suffixes = {}
+            before, self.suffixes = self.suffixes, {}
             due: list[tuple[str, AcmeSettings]] = []
             for hosts, tls in self.wants():
                 settings = AcmeSettings.from_config(tls)
@@ -275,9 +275,10 @@ class CertManager:
                 for host in hosts:
                     if host.startswith("*."):
                         if settings.on_demand_ask:
-                            self.suffixes[host[1:]] = self.suffixes.get(host[1:]) or _Suffix(
-                                settings
-                            )
+                            # Keep the suffix's recent issuances: the rate limit spans rounds.
+                            old = before.get(host[1:])
+                            entry = _Suffix(settings, old.issued if old is not None else [])
+                            self.suffixes[host[1:]] = entry
                         continue
                     cert, _ = cert_paths(self.acme_dir, host)
                     if force or needs_issue(cert, settings.renew_before, now):
