@@ -145,3 +145,20 @@ async def test_an_acme_app_gets_its_certificate_from_pebble_through_the_daemon(
         row = next(r for r in status["certificates"] if r["host"] == "shop.test")
         assert row["source"] == "acme" and "Pebble" in row["issuer"] and not row["error"]
         assert row["last_renewal"]
+
+
+async def test_a_deploy_with_a_certificate_for_other_names_changes_nothing(
+    https_host: HttpsHost,
+) -> None:
+    host = https_host
+    ca = TestCA(host.root)
+    cert, key = ca.issue(["shop.test"], "shop")
+    other_cert, other_key = ca.issue(["other.test"], "other")
+    host.https_config({"certificate": str(cert), "key": str(key)})
+    assert (await host.deploy("--version", "v1")).rc == 0
+    host.https_config({"certificate": str(other_cert), "key": str(other_key)})
+    bad = await host.deploy("--version", "v2", "--env", "APP_VERSION=v2")
+    assert bad.rc != 0, bad
+    assert str(other_cert) in bad.out + bad.err and "shop.test" in bad.out + bad.err, bad
+    done = await asyncio.to_thread(curl, host, ca.path)
+    assert done.returncode == 0 and done.stdout.strip() == "v1", done.stderr
