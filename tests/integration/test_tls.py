@@ -312,3 +312,25 @@ def test_a_listener_cannot_switch_between_plain_and_https_in_place(site: Site) -
     assert status == 400 and "HTTPS listener" in body["error"]
     status, _, body = https_get(site.tls_port, "shop.test", "/", site.ca.path)
     assert (status, body) == (200, b"v1")
+
+
+async def test_websocket_works_over_the_https_listener(site: Site) -> None:
+    import aiohttp
+
+    cert, key = site.ca.issue(["shop.test"], "shop")
+    assert site.route(hosts=["shop.test"], tls=site.tls(cert, key))[0] == 200
+    wait_port(site.tls_port)
+    ctx = client_context(site.ca.path)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(
+            # Connect to loopback, send SNI shop.test and verify the chain for that name.
+            f"https://127.0.0.1:{site.tls_port}/ws",
+            ssl=ctx,
+            server_hostname="shop.test",
+            headers={"Host": "shop.test"},
+        ) as ws,
+    ):
+        assert (await ws.receive_str()) == "v1"
+        await ws.send_str("over tls")
+        assert (await ws.receive_str()) == "over tls"
