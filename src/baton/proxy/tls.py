@@ -382,6 +382,33 @@ class _Want:
     source: str
 
 
+def _check_kinds(specs: Mapping[str, Any], plain: Set[str], bound_tls: Set[str]) -> None:
+    """A listen address is HTTPS or plain HTTP, for every app on it, as long as it is bound."""
+    tls_listen = TlsManager.tls_addresses(specs)
+    for spec in specs.values():
+        for address in (spec.listen, spec.http_listen):
+            if address in bound_tls and address not in tls_listen:
+                raise CertificateError(
+                    f"apps.{spec.name}: {address} already serves HTTPS; it cannot serve "
+                    "plain HTTP in place (use another address, or restart the proxy)"
+                )
+        if spec.tls is None and spec.listen in tls_listen:
+            raise CertificateError(
+                f"apps.{spec.name}: listen {spec.listen} serves HTTPS for another app; "
+                "this app needs proxy.tls too (or another listen address)"
+            )
+        if spec.http_listen is not None and spec.http_listen in tls_listen:
+            raise CertificateError(
+                f"apps.{spec.name}: http_listen {spec.http_listen} is an HTTPS listener "
+                "of another app; plain HTTP needs an address of its own"
+            )
+    for address in sorted(tls_listen & plain):
+        raise CertificateError(
+            f"listen {address} already serves plain HTTP; it cannot become an HTTPS "
+            "listener in place (use another address, or restart the proxy)"
+        )
+
+
 class TlsManager:
     """Owns the SSL contexts of every TLS listener and the certificate pairs behind them."""
 
@@ -389,11 +416,10 @@ class TlsManager:
         self.listeners: dict[str, _Listener] = {}
         self.pairs: dict[tuple[str, str], CertPair] = {}
         self.contexts: dict[str, ssl.SSLContext] = {}
-        self.specs: dict[str, TlsSpec] = {}  # by app name
         self.missing: dict[str, str] = {}  # ACME hosts without a certificate yet -> why
         self.wanted: dict[str, float] = {}  # on-demand names asked for by a client (SNI)
-        self.on_demand: list[tuple[str, str]] = []  # (".suffix", acme_dir) open to on-demand
-        self._fallback: ssl.SSLContext | None = None
+        # (".suffix", acme_dir, listen) of apps open to on-demand issuance
+        self.on_demand: list[tuple[str, str, str]] = []
 
     # -- what the route table asks for -------------------------------------------------
 
@@ -413,35 +439,11 @@ class TlsManager:
         serving plain HTTP and ``bound_tls`` those serving HTTPS: neither can change kind
         in place.
         """
-        tls_listen = self.tls_addresses(specs)
-        for spec in specs.values():
-            for address in (spec.listen, spec.http_listen):
-                if address in bound_tls and address not in tls_listen:
-                    raise CertificateError(
-                        f"apps.{spec.name}: {address} already serves HTTPS; it cannot serve "
-                        "plain HTTP in place (use another address, or restart the proxy)"
-                    )
-        for spec in specs.values():
-            if spec.tls is None and spec.listen in tls_listen:
-                raise CertificateError(
-                    f"apps.{spec.name}: listen {spec.listen} serves HTTPS for another app; "
-                    "this app needs proxy.tls too (or another listen address)"
-                )
-        for spec in specs.values():
-            if spec.http_listen is not None and spec.http_listen in tls_listen:
-                raise CertificateError(
-                    f"apps.{spec.name}: http_listen {spec.http_listen} is an HTTPS listener "
-                    "of another app; plain HTTP needs an address of its own"
-                )
-        for address in sorted(tls_listen & plain):
-            raise CertificateError(
-                f"listen {address} already serves plain HTTP; it cannot become an HTTPS "
-                "listener in place (use another address, or restart the proxy)"
-            )
+        _check_kinds(specs, plain, bound_tls)
         listeners: dict[str, _Listener] = {}
         pairs: dict[tuple[str, str], CertPair] = {}
         missing: dict[str, str] = {}
-        on_demand: list[tuple[str, str]] = []
+        on_demand: list[tuple[str, str, str]] = []
         for spec in sorted(specs.values(), key=lambda s: s.name):
             tls: TlsSpec | None = spec.tls
             if tls is None:
@@ -451,7 +453,9 @@ class TlsManager:
                 want = self._want(tls, host)
                 if want is None:
                     if host.startswith("*.") and tls.on_demand and tls.acme_dir:
-                        on_demand.append((host[1:], tls.acme_dir))
+                        on_demand.append((host[1:], tls.acme_dir, spec.listen))
+                    elif host.startswith("*."):
+                        missing[host] = "ACME cannot certify a wildcard: set on_demand_ask"
                     else:
                         missing[host] = "no certificate yet"
                     continue
@@ -463,15 +467,12 @@ class TlsManager:
                     pairs[key] = pair
                 self._place(listener, host, pair)
         # On-demand names issued earlier: their pairs live in acme_dir/<name>.
-        for suffix, acme_dir in on_demand:
-            for address, listener in listeners.items():
-                del address
-                self._load_issued(listener, suffix, acme_dir, pairs)
+        for suffix, acme_dir, listen in on_demand:
+            self._load_issued(listeners[listen], suffix, acme_dir, pairs)
         self.listeners = listeners
         self.pairs = pairs
         self.missing = missing
         self.on_demand = on_demand
-        self.specs = {s.name: s.tls for s in specs.values() if s.tls is not None}
 
     def _reuse_or_load(self, want: _Want, hosts: list[str]) -> CertPair:
         """The loaded pair for these files, re-read if they changed.
@@ -577,7 +578,7 @@ class TlsManager:
                     room
                     and low not in listener.exact
                     and any(
-                        low.endswith(s) and "." not in low[: -len(s)] for s, _ in self.on_demand
+                        low.endswith(s) and "." not in low[: -len(s)] for s, _, _ in self.on_demand
                     )
                 ):
                     self.wanted.setdefault(low, 0.0)
