@@ -18,6 +18,15 @@ runtime                           process         where instances run: process o
 proxy.listen                      127.0.0.1:8080  address the proxy listens on for this app
 proxy.hosts                       []              Host names routed to the app (empty = any Host)
 proxy.path_prefix                 /               path prefix routed to the app
+proxy.http_listen                 0.0.0.0:80 (tls) plain-HTTP listener of a TLS app
+proxy.tls.certificate / key       none            PEM chain and key (absolute paths)
+proxy.tls.acme.email              (required)      ACME account contact (with acme)
+proxy.tls.acme.directory          production      production, staging or an https URL
+proxy.tls.acme.ca_bundle          none            CA bundle for a private ACME server
+proxy.tls.acme.renew_before       30d             renew when less than this is left
+proxy.tls.on_demand_ask           none            URL allowing on-demand names (200)
+proxy.tls.redirect                true            plain HTTP answers 308 to https
+proxy.tls.hsts                    none            Strict-Transport-Security max-age
 run.command                       (required)      process: string (run by /bin/sh -c) or list
                                                   (exec'd); docker: optional CMD override
 run.cwd                           .               working directory, relative to baton.yml

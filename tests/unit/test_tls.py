@@ -20,7 +20,7 @@ from baton.proxy.tls import (
     parse_tls,
     protocol_for_alpn,
 )
-from baton.server.certs import backoff, needs_issue
+from baton.server.certs import backoff, needs_issue, rate_limit
 from tests.support.certs import TestCA
 
 
@@ -107,3 +107,14 @@ def test_renewal_is_due_within_renew_before_and_failures_back_off(tmp_path: Path
 def test_alpn_offers_and_chooses_http1_until_h2_registers() -> None:
     assert alpn_protocols() == ["http/1.1"]
     assert protocol_for_alpn("h2") is None and protocol_for_alpn(None) is None
+
+
+def test_on_demand_issuance_is_rate_limited_per_minute() -> None:
+    issued: list[float] = []
+    for i in range(10):
+        allowed, issued = rate_limit(issued, 100.0 + i)
+        assert allowed
+    allowed, issued = rate_limit(issued, 110.0)
+    assert not allowed and len(issued) == 10
+    allowed, issued = rate_limit(issued, 161.0)  # the first two fell out of the minute
+    assert allowed and len(issued) == 9

@@ -230,6 +230,16 @@ def needs_issue(path: Path, renew_before: float, now: datetime.datetime) -> bool
     return end is None or (end - now).total_seconds() < renew_before
 
 
+def rate_limit(
+    issued: list[float], now: float, per_minute: int = ON_DEMAND_PER_MINUTE
+) -> tuple[bool, list[float]]:
+    """Whether one more on-demand issuance fits in the last minute; the times to keep."""
+    recent = [t for t in issued if t > now - 60.0]
+    if len(recent) >= per_minute:
+        return False, recent
+    return True, [*recent, now]
+
+
 def backoff(failures: int) -> float:
     return float(min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** max(0, failures - 1)))
 
@@ -320,10 +330,9 @@ class CertManager:
                 self.names[name] = NameState(error=f"refused by the ask URL {ask}")
                 await self.proxy.forget_wanted(name)
                 continue
-            recent = [t for t in entry.issued if t > time.monotonic() - 60.0]
-            if len(recent) >= ON_DEMAND_PER_MINUTE:
-                continue  # rate limit: try again in a later round
-            entry.issued = [*recent, time.monotonic()]
+            allowed, entry.issued = rate_limit(entry.issued, time.monotonic())
+            if not allowed:
+                continue  # try again in a later round
             due.append((name, entry.settings))
         return due
 
