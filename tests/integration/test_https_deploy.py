@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -162,3 +164,24 @@ async def test_a_deploy_with_a_certificate_for_other_names_changes_nothing(
     assert str(other_cert) in bad.out + bad.err and "shop.test" in bad.out + bad.err, bad
     done = await asyncio.to_thread(curl, host, ca.path)
     assert done.returncode == 0 and done.stdout.strip() == "v1", done.stderr
+
+
+async def test_a_restarted_proxy_serves_https_again_with_the_same_certificate(
+    https_host: HttpsHost,
+) -> None:
+    host = https_host
+    ca = TestCA(host.root)
+    cert, key = ca.issue(["shop.test"], "shop")
+    host.https_config({"certificate": str(cert), "key": str(key)})
+    assert (await host.deploy("--version", "v1")).rc == 0
+    old = host.proxy_pid
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 30
+    done = await asyncio.to_thread(curl, host, ca.path)
+    while (done.returncode != 0 or host.proxy_pid in (None, old)) and loop.time() < end:
+        await asyncio.sleep(0.2)
+        done = await asyncio.to_thread(curl, host, ca.path)
+    assert done.returncode == 0 and done.stdout.strip() == "v1", done.stderr
+    assert host.proxy_pid not in (None, old)
