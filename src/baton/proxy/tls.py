@@ -317,21 +317,25 @@ class CertPair:
 
     @classmethod
     def load(cls, cert_path: str, key_path: str, hosts: list[str], source: str) -> CertPair:
+        serving = f" for {', '.join(hosts)}" if hosts else ""
+        # Stamps first: a file replaced while it is read is read again at the next poll.
         try:
-            stamps = (_stamp(cert_path), _stamp(key_path))
+            cert_stamp = _stamp(cert_path)
             with open(cert_path, "rb") as f:
                 cert_pem = f.read()
         except OSError as exc:
             raise CertificateError(
-                f"{cert_path}: cannot read the certificate for {', '.join(hosts)} ({exc.strerror})"
+                f"{cert_path}: cannot read the certificate{serving} ({exc.strerror})"
             ) from None
         try:
+            key_stamp = _stamp(key_path)
             with open(key_path, "rb") as f:
                 key_pem = f.read()
         except OSError as exc:
             raise CertificateError(
-                f"{key_path}: cannot read the key for {', '.join(hosts)} ({exc.strerror})"
+                f"{key_path}: cannot read the key{serving} ({exc.strerror})"
             ) from None
+        stamps = (cert_stamp, key_stamp)
         leaf = check_pair(cert_pem, key_pem, cert_path, key_path, hosts)
         try:
             context = _context(cert_pem, key_pem)
