@@ -1495,9 +1495,17 @@ def _tls_items(cfg: AppConfig) -> list[CheckItem]:
             )
     if not cfg.proxy.hosts:
         items.append(_warn("proxy.tls without proxy.hosts: no name to choose a certificate by"))
+    http_port = int((cfg.proxy.http_listen or "0.0.0.0:80").rpartition(":")[2])
+    if http_port < 1024 and os.geteuid() != 0:
+        items.append(
+            _warn(
+                f"proxy.http_listen port {http_port} needs root or CAP_NET_BIND_SERVICE"
+                + ("" if cfg.proxy.http_listen else " (the default with proxy.tls)"),
+                "proxy.http_listen",
+            )
+        )
     if tls.acme is not None:
-        http_port = (cfg.proxy.http_listen or "0.0.0.0:80").rpartition(":")[2]
-        if http_port != "80":
+        if http_port != 80:
             items.append(
                 _warn(
                     f"proxy.http_listen is on port {http_port}: ACME HTTP-01 validation "
