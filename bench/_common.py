@@ -161,6 +161,26 @@ def nginx_proxy_process(
     return _nginx_process("nginx", workdir, port, body, nofile)
 
 
+def nginx_tls_proxy_process(
+    workdir: Path, port: int, upstream_port: int, nofile: int, cert: Path, key: Path
+) -> ManagedProcess:
+    """nginx terminating TLS (HTTP/1.1) in front of the backend: one worker, same pool."""
+    body = f"""\
+    upstream app {{ server {LOOPBACK}:{upstream_port}; keepalive 256; }}
+    server {{
+        listen {LOOPBACK}:{port} ssl backlog=4096;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}"""
+    return _nginx_process("nginx-tls", workdir, port, body, nofile)
+
+
 def haproxy_process(workdir: Path, port: int, upstream_port: int, nofile: int) -> ManagedProcess:
     """HAProxy, one thread, HTTP mode with keep-alive on both sides."""
     haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
@@ -306,10 +326,15 @@ def parse_wrk(output: str) -> WrkResult:
 
 
 def wrk_command(
-    url: str, connections: int, seconds: float, threads: int = 2, timeout: str = "5s"
+    url: str,
+    connections: int,
+    seconds: float,
+    threads: int = 2,
+    timeout: str = "5s",
+    headers: Sequence[str] = (),
 ) -> list[str]:
     """`wrk --latency` against a loopback `url` for a fixed `seconds` (keep-alive)."""
-    if not url.startswith(f"http://{LOOPBACK}:"):
+    if not url.startswith((f"http://{LOOPBACK}:", f"https://{LOOPBACK}:")):
         raise ValueError(f"benchmarks only send traffic to {LOOPBACK}: {url}")
     threads = max(1, min(threads, connections))
     return [
@@ -319,15 +344,21 @@ def wrk_command(
         f"-d{max(1, round(seconds))}s",
         f"--timeout={timeout}",
         "--latency",
+        *(arg for h in headers for arg in ("-H", h)),
         url,
     ]
 
 
 def run_wrk(
-    url: str, connections: int, seconds: float, threads: int = 2, timeout: str = "5s"
+    url: str,
+    connections: int,
+    seconds: float,
+    threads: int = 2,
+    timeout: str = "5s",
+    headers: Sequence[str] = (),
 ) -> WrkResult:
     """Run wrk against a loopback `url`; bounded by `seconds` (and killed if it overstays)."""
-    cmd = wrk_command(url, connections, seconds, threads, timeout)
+    cmd = wrk_command(url, connections, seconds, threads, timeout, headers)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}: {done.stderr.strip()}")

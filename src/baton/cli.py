@@ -951,6 +951,28 @@ def status(ctx: click.Context, sub_state_dir: Path | None, as_json: bool) -> Non
                 f"cleaned at start: {item['runtime']} {escape(item['version'])}#{item['index']}"
                 f" ({item['address']}), which no live or warm release routed"
             )
+    _show_certificates(data.get("certificates") or [])
+
+
+def _show_certificates(rows: list[dict[str, Any]]) -> None:
+    """``baton status``: each host's certificate (issuer, expiry, source, last error)."""
+    if not rows:
+        return
+    table = Table(show_edge=False, box=None, pad_edge=False)
+    for column in ("host", "issuer", "not after", "source", "error"):
+        table.add_column(column)
+    for row in rows:
+        issuer = str(row.get("issuer") or "-")
+        cn = next((p[3:] for p in issuer.split(",") if p.startswith("CN=")), issuer)
+        table.add_row(
+            escape(str(row.get("host") or "*")),
+            escape(cn),
+            escape(str(row.get("not_after") or "-")[:19]),
+            escape(str(row.get("source") or "-")),
+            f"[red]{escape(str(row['error']))}[/red]" if row.get("error") else "",
+        )
+    console.print("\n[bold]certificates[/bold]")
+    console.print(table)
 
 
 def _show_traffic(app: dict[str, Any]) -> None:

@@ -23,6 +23,15 @@ proxy.queue_timeout               10s             with no healthy target, how lo
 proxy.queue_limit                 1000            requests that may wait; more get 503 at once
 proxy.trusted_proxies             []              CIDRs whose X-Forwarded-For/Proto/Host are kept
 proxy.proxy_protocol              false           require a PROXY protocol v1/v2 header on listen
+proxy.http_listen                 0.0.0.0:80 (tls) plain-HTTP listener of a TLS app
+proxy.tls.certificate / key       none            PEM chain and key (absolute paths)
+proxy.tls.acme.email              (required)      ACME account contact (with acme)
+proxy.tls.acme.directory          production      production, staging or an https URL
+proxy.tls.acme.ca_bundle          none            CA bundle for a private ACME server
+proxy.tls.acme.renew_before       30d             renew when less than this is left
+proxy.tls.on_demand_ask           none            URL allowing on-demand names (200)
+proxy.tls.redirect                true            plain HTTP answers 308 to https
+proxy.tls.hsts                    none            Strict-Transport-Security max-age
 run.command                       (required)      process: string (run by /bin/sh -c) or list
                                                   (exec'd); docker: optional CMD override
 run.cwd                           .               working directory, relative to baton.yml
@@ -85,6 +94,7 @@ is refused because ``5`` is ambiguous. ``health.interval`` may be longer or shor
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import hashlib
 import ipaddress
@@ -98,7 +108,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
+from types import UnionType
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -116,8 +127,8 @@ from baton.errors import ConfigError
 # --------------------------------------------------------------------------- values
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h|d|y)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "y": 365 * 86400.0}
 _DURATION_HINT = "a duration like 30s or 500ms"
 
 
@@ -182,7 +193,7 @@ def format_duration(seconds: float) -> str:
     """The shortest readable form: 0.1 → ``100ms``, 90 → ``90s``, 600 → ``10m``, 3600 → ``1h``."""
     if seconds < 1 and seconds != 0:
         return f"{seconds * 1000:g}ms"
-    for unit, size in (("h", 3600.0), ("m", 60.0)):
+    for unit, size in (("y", 365 * 86400.0), ("d", 86400.0), ("h", 3600.0), ("m", 60.0)):
         if seconds >= size and seconds % size == 0:
             return f"{seconds / size:g}{unit}"
     return f"{seconds:g}s"
@@ -231,6 +242,13 @@ class _Kind:
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
+
+
+class _Shown:
+    """Marks how ``defaults_table`` shows a field's default when it is not a plain value."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
 
 
 def _duration_at_least(minimum: float) -> Callable[[object], float]:
@@ -321,6 +339,10 @@ def _check_listen(value: object) -> str:
     return value
 
 
+def _optional_listen(value: object) -> str | None:
+    return None if value is None else _check_listen(value)
+
+
 def _check_host(value: object) -> str:
     hint = "a host name like shop.example.com or *.example.com (no port, no scheme)"
     if not isinstance(value, str) or not value:
@@ -402,6 +424,95 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _check_file_path(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ValueError(
+            f"expected an absolute file path like /etc/ssl/shop.pem, got {_shown(value)}"
+        )
+    return value
+
+
+ACME_DIRECTORIES = {
+    "production": "https://acme-v02.api.letsencrypt.org/directory",
+    "staging": "https://acme-staging-v02.api.letsencrypt.org/directory",
+}
+
+
+def _check_directory(value: object) -> str:
+    if isinstance(value, str) and value in ACME_DIRECTORIES:
+        return ACME_DIRECTORIES[value]
+    if isinstance(value, str) and value.startswith("https://") and len(value) > 8:
+        return value
+    raise ValueError(
+        f"expected production, staging or an https:// ACME directory URL, got {_shown(value)}"
+    )
+
+
+def _check_email(value: object) -> str:
+    if not isinstance(value, str) or not re.match(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", value):
+        raise ValueError(f"expected an email address like ops@example.com, got {_shown(value)}")
+    return value
+
+
+def _check_ask_url(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        raise ValueError(f"expected an http:// or https:// URL, got {_shown(value)}")
+    return value
+
+
+class AcmeConfig(_Section):
+    email: Annotated[str, BeforeValidator(_check_email)] = Field(
+        description="contact address of the ACME account"
+    )
+    directory: Annotated[str, BeforeValidator(_check_directory), _Shown("production")] = Field(
+        default=ACME_DIRECTORIES["production"],
+        description="ACME directory: production, staging (Let's Encrypt) or a URL",
+    )
+    ca_bundle: Annotated[str | None, BeforeValidator(_check_file_path)] = Field(
+        default=None, description="CA certificates (PEM) trusted for a private ACME server"
+    )
+    renew_before: Annotated[float, BeforeValidator(_duration_at_least(60.0)), _Kind("duration")] = (
+        Field(default=30 * 86400.0, description="renew when less than this is left")
+    )
+
+
+class TlsConfig(_Section):
+    certificate: Annotated[str | None, BeforeValidator(_check_file_path)] = Field(
+        default=None, description="certificate chain (PEM, leaf first) for the app's hosts"
+    )
+    key: Annotated[str | None, BeforeValidator(_check_file_path)] = Field(
+        default=None, description="its private key (PEM, unencrypted)"
+    )
+    acme: AcmeConfig | None = Field(
+        default=None, description="obtain and renew certificates with ACME (HTTP-01)"
+    )
+    on_demand_ask: Annotated[str | None, BeforeValidator(_check_ask_url)] = Field(
+        default=None,
+        description="ACME: issue for names under *.suffix hosts when GET URL?domain=NAME is 200",
+    )
+    redirect: bool = Field(default=True, description="plain HTTP answers 308 to https")
+    hsts: Annotated[float | None, BeforeValidator(_optional_duration(0.0)), _Kind("duration")] = (
+        Field(default=None, description="Strict-Transport-Security max-age, e.g. 1y")
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TlsConfig:
+        if (self.certificate is None) != (self.key is None):
+            missing = "key" if self.key is None else "certificate"
+            raise _KeyedError((missing,), "required with the other of certificate/key")
+        if self.certificate is None and self.acme is None:
+            raise _KeyedError((), "expected certificate and key, or acme (with an email)")
+        if self.certificate is not None and self.acme is not None:
+            raise _KeyedError(("acme",), "expected either certificate/key or acme, not both")
+        if self.on_demand_ask is not None and self.acme is None:
+            raise _KeyedError(("on_demand_ask",), "needs proxy.tls.acme")
+        return self
+
+
 class ProxyConfig(_Section):
     listen: Annotated[str, BeforeValidator(_check_listen)] = Field(
         default="127.0.0.1:8080", description="address the proxy listens on for this app"
@@ -440,6 +551,12 @@ class ProxyConfig(_Section):
         description="require a PROXY protocol v1/v2 header on every connection to"
         " proxy.listen (behind a TCP load balancer); apps sharing the address must agree",
     )
+    http_listen: Annotated[str | None, BeforeValidator(_optional_listen)] = Field(
+        default=None,
+        description="plain-HTTP listener of a TLS app: redirects and ACME HTTP-01"
+        " (none = 0.0.0.0:80 when proxy.tls is set)",
+    )
+    tls: TlsConfig | None = Field(default=None, description="serve proxy.listen over HTTPS")
 
     @field_validator("hosts")
     @classmethod
@@ -574,13 +691,6 @@ def _check_network(value: object) -> str | None:
             f" {_shown(value)}"
         )
     return value
-
-
-class _Shown:
-    """Marks how ``defaults_table`` shows a field's default when it is not a plain value."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
 
 
 # run.* keys only the docker runtime reads; a process app setting one is told so.
@@ -1004,6 +1114,8 @@ def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
         annotation = field.annotation if field is not None else None
         if get_origin(annotation) is list:
             annotation = (get_args(annotation) or (None,))[0]
+        if get_origin(annotation) in (Union, UnionType):  # an optional section (proxy.tls)
+            annotation = next((a for a in get_args(annotation) if a is not type(None)), None)
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return None
         model = annotation
@@ -1224,6 +1336,14 @@ def defaults_table() -> list[tuple[str, str, str]]:
     def walk(model: type[BaseModel], prefix: str) -> None:
         for name, field in model.model_fields.items():
             annotation = field.annotation
+            if get_origin(annotation) in (Union, UnionType):  # an optional section (proxy.tls)
+                inner = [a for a in get_args(annotation) if a is not type(None)]
+                if (
+                    len(inner) == 1
+                    and isinstance(inner[0], type)
+                    and issubclass(inner[0], BaseModel)
+                ):
+                    annotation = inner[0]
             if isinstance(annotation, type) and issubclass(annotation, BaseModel):
                 walk(annotation, f"{prefix}{name}.")
                 continue
@@ -1545,4 +1665,76 @@ def checklist(loaded: LoadedConfig, image: ImageFacts | None = None) -> list[Che
             _warn(f"proxy.listen port {port} needs root or CAP_NET_BIND_SERVICE", "proxy.listen")
         )
     del host
+    items += _tls_items(cfg)
+    return items
+
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+EXPIRY_WARNING = 30 * 86400.0
+
+
+def _tls_items(cfg: AppConfig) -> list[CheckItem]:
+    """HTTPS checks: DNS-valid hosts, port 80 for HTTP-01, certificate files and expiry."""
+    tls = cfg.proxy.tls
+    if tls is None:
+        return []
+    from baton.errors import CertificateError
+    from baton.proxy.tls import CertPair
+
+    items: list[CheckItem] = []
+    for i, host in enumerate(cfg.proxy.hosts):
+        name = host[2:] if host.startswith("*.") else host
+        labels = name.split(".")
+        if len(labels) < 2 or not all(_DNS_LABEL.match(label) for label in labels):
+            items.append(
+                _warn(
+                    f"proxy.hosts[{i}] {host!r} is not a DNS name a public CA can certify",
+                    f"proxy.hosts[{i}]",
+                )
+            )
+    if not cfg.proxy.hosts:
+        items.append(_warn("proxy.tls without proxy.hosts: no name to choose a certificate by"))
+    http_port = int((cfg.proxy.http_listen or "0.0.0.0:80").rpartition(":")[2])
+    if http_port < 1024 and os.geteuid() != 0:
+        items.append(
+            _warn(
+                f"proxy.http_listen port {http_port} needs root or CAP_NET_BIND_SERVICE"
+                + ("" if cfg.proxy.http_listen else " (the default with proxy.tls)"),
+                "proxy.http_listen",
+            )
+        )
+    if tls.acme is not None:
+        if http_port != 80:
+            items.append(
+                _warn(
+                    f"proxy.http_listen is on port {http_port}: ACME HTTP-01 validation "
+                    "reaches port 80 (forward it here)",
+                    "proxy.http_listen",
+                )
+            )
+        if any(h.startswith("*.") for h in cfg.proxy.hosts) and tls.on_demand_ask is None:
+            items.append(
+                _warn(
+                    "*.suffix hosts get no ACME certificate without proxy.tls.on_demand_ask",
+                    "proxy.tls.on_demand_ask",
+                )
+            )
+        return items
+    assert tls.certificate is not None and tls.key is not None
+    try:
+        pair = CertPair.load(tls.certificate, tls.key, list(cfg.proxy.hosts), "file")
+    except CertificateError as exc:
+        items.append(_error(str(exc), "proxy.tls.certificate"))
+        return items
+    left = (pair.info.not_after - datetime.datetime.now(datetime.UTC)).total_seconds()
+    when = pair.info.not_after.date().isoformat()
+    if left < EXPIRY_WARNING:
+        items.append(
+            _warn(
+                f"proxy.tls.certificate expires {when} ({max(0, left) / 86400:.0f} days left)",
+                "proxy.tls.certificate",
+            )
+        )
+    else:
+        items.append(_ok(f"proxy.tls.certificate valid for the hosts until {when}"))
     return items

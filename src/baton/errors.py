@@ -69,3 +69,12 @@ class RouteTableError(BatonError):
 
 class ProxyProtocolError(BatonError):
     """A connection's first bytes are not a valid PROXY protocol header."""
+
+
+class CertificateError(RouteTableError):
+    """A certificate or key cannot serve its host (unreadable, mismatched, other names).
+
+    Names the file and the host; whatever was serving keeps serving.
+    """
+
+    exit_code = 2

@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
+import ssl
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -153,6 +154,8 @@ class Load:
         self.markers: dict[str, float] = {}
         self.started = 0.0
         self._stopped: float | None = None
+        self._tls: ssl.SSLContext | None = None
+        self._sni: str | None = None
 
     async def start(
         self,
@@ -166,8 +169,13 @@ class Load:
         timeout: float = 10.0,
         delay: float = 0.0,
         headers: dict[str, str] | None = None,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> Load:
-        """Begin sending. `delay` is a pause between one worker's requests (0 = flat out)."""
+        """Begin sending. `delay` is a pause between one worker's requests (0 = flat out).
+
+        With `tls`, every connection is HTTPS (SNI `server_hostname`, else the Host name).
+        """
         if self._tasks:
             raise RuntimeError("Load already started")
         if max_requests <= 0 or max_seconds <= 0:
@@ -180,6 +188,8 @@ class Load:
             head += f"{name}: {value}\r\n"
         request = (head + "\r\n").encode("latin-1")
         self._max_requests = max_requests
+        self._tls = tls
+        self._sni = server_hostname or (host_header or host).partition(":")[0]
         self.started = time.monotonic()
         self._deadline = self.started + max_seconds
         self._tasks = [
@@ -278,7 +288,7 @@ class Load:
                             _close(writer)
                             writer = None
                     if writer is None:
-                        reader, writer = await _connect(host, port, timeout)
+                        reader, writer = await _connect(host, port, timeout, self._tls, self._sni)
                         reused = False
                     assert reader is not None
                     response = await asyncio.wait_for(
@@ -328,11 +338,22 @@ def _close(writer: asyncio.StreamWriter) -> None:
 
 
 async def _connect(
-    host: str, port: int, timeout: float
+    host: str,
+    port: int,
+    timeout: float,
+    tls: ssl.SSLContext | None = None,
+    sni: str | None = None,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     try:
         return await asyncio.wait_for(
-            asyncio.open_connection(host, port, limit=MAX_HEADER_BYTES), timeout
+            asyncio.open_connection(
+                host,
+                port,
+                limit=MAX_HEADER_BYTES,
+                ssl=tls,
+                server_hostname=sni if tls is not None else None,
+            ),
+            timeout,
         )
     except ConnectionRefusedError as e:
         raise _Failure("refused", str(e)) from None

@@ -642,3 +642,100 @@ def test_bad_queue_and_forwarding_keys_are_named(
     assert caught.value.key == key
     for fragment in fragments:
         assert fragment in str(caught.value), str(caught.value)
+
+
+# ---------------------------------------------------------------- HTTPS (proxy.tls)
+
+TLS_BASE = "app: shop\nproxy:\n  hosts: [shop.example.com]\n{tls}run:\n  command: x\n"
+
+
+def tls_config(tls: str) -> str:
+    return TLS_BASE.format(tls=textwrap.indent(textwrap.dedent(tls), "  "))
+
+
+def test_tls_from_files_and_acme_parse_with_defaults(tmp_path: Path) -> None:
+    files = load_config(
+        write(tmp_path, tls_config("tls:\n  certificate: /etc/c.pem\n  key: /etc/k.pem\n"))
+    ).config.proxy
+    assert files.tls is not None and files.tls.redirect and files.tls.hsts is None
+    assert files.http_listen is None  # the route then uses 0.0.0.0:80
+    acme = load_config(
+        write(
+            tmp_path,
+            tls_config(
+                "http_listen: 127.0.0.1:8081\ntls:\n  hsts: 1y\n  acme:\n"
+                "    email: ops@example.com\n    directory: staging\n    renew_before: 20d\n"
+            ),
+        )
+    ).config.proxy
+    assert acme.tls is not None and acme.tls.acme is not None
+    assert acme.tls.hsts == 365 * 86400
+    assert acme.tls.acme.directory.startswith("https://acme-staging-v02.")
+    assert acme.tls.acme.renew_before == 20 * 86400
+    assert acme.http_listen == "127.0.0.1:8081"
+    rows = {key: default for key, default, _ in defaults_table()}
+    assert rows["proxy.tls.acme.directory"] == "production"
+    assert rows["proxy.tls.acme.renew_before"] == "30d"
+
+
+@pytest.mark.parametrize(
+    ("tls", "key", "words"),
+    [
+        ("tls:\n  certificate: /c.pem\n", "proxy.tls.key", "certificate/key"),
+        ("tls: {}\n", "proxy.tls", "acme"),
+        ("tls:\n  certificate: c.pem\n  key: /k\n", "proxy.tls.certificate", "absolute"),
+        (
+            "tls:\n  certificate: /c\n  key: /k\n  acme: {email: a@b.co}\n",
+            "proxy.tls.acme",
+            "not both",
+        ),
+        ("tls:\n  acme: {email: nobody}\n", "proxy.tls.acme.email", "email address"),
+        (
+            "tls:\n  acme: {email: a@b.co, directory: http://x}\n",
+            "proxy.tls.acme.directory",
+            "https://",
+        ),
+        (
+            "tls:\n  certificate: /c\n  key: /k\n  on_demand_ask: http://x\n",
+            "proxy.tls.on_demand_ask",
+            "acme",
+        ),
+        ("tls:\n  certificate: /c\n  key: /k\n  hsts: forever\n", "proxy.tls.hsts", "duration"),
+        (
+            "tls:\n  certificate: /c\n  key: /k\n  redirects: false\n",
+            "proxy.tls.redirects",
+            "unknown key",
+        ),
+        ("http_listen: 80\n", "proxy.http_listen", "host:port"),
+    ],
+)
+def test_bad_tls_keys_name_the_key(tmp_path: Path, tls: str, key: str, words: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, tls_config(tls)))
+    assert caught.value.key == key, str(caught.value)
+    assert words in str(caught.value)
+
+
+def test_check_warns_about_tls_names_port_80_and_expiry(tmp_path: Path) -> None:
+    from tests.support.certs import TestCA
+
+    ca = TestCA(tmp_path)
+    soon_cert, soon_key = ca.issue(["shop.example.com"], "soon", days=10)
+    text = tls_config(f"tls:\n  certificate: {soon_cert}\n  key: {soon_key}\n")
+    items = {i.key: i for i in checklist(load_config(write(tmp_path, text)))}
+    assert items["proxy.tls.certificate"].level == "warn"
+    assert "days left" in items["proxy.tls.certificate"].message
+
+    other_cert, other_key = ca.issue(["other.example.com"], "other")
+    text = tls_config(f"tls:\n  certificate: {other_cert}\n  key: {other_key}\n")
+    items = {i.key: i for i in checklist(load_config(write(tmp_path, text)))}
+    assert items["proxy.tls.certificate"].level == "error"
+    assert "shop.example.com" in items["proxy.tls.certificate"].message
+
+    text = (
+        "app: shop\nproxy:\n  hosts: [localhost, bad_name.example.com]\n"
+        "  http_listen: 0.0.0.0:8081\n  tls:\n    acme: {email: a@b.co}\nrun:\n  command: x\n"
+    )
+    got = levels(checklist(load_config(write(tmp_path, text))))
+    assert got["proxy.hosts[0]"] == "warn" and got["proxy.hosts[1]"] == "warn"
+    assert got["proxy.http_listen"] == "warn"

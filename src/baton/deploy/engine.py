@@ -150,6 +150,7 @@ class Router:
         self.proxy = proxy
         self._lock = asyncio.Lock()
         self.fuses: dict[str, ArmedFuse] = {}  # app -> its running canary's fuse
+        self.acme_dir: str | None = None  # where ACME certificates live (server/certs.py)
 
     def pools(self, app: str) -> list[tuple[ReleaseRow, Pool]]:
         pools = []
@@ -159,13 +160,19 @@ class Router:
                 pools.append((release, Pool(release.version, release.weight, targets)))
         return pools
 
+    def live_config(self, app: str) -> dict[str, Any] | None:
+        """The config of the release that sets the app's routing (None when nothing routes)."""
+        pools = self.pools(app)
+        primary = primary_release([p for _, p in pools])
+        return next((dict(r.config) for r, p in pools if p.release == primary), None)
+
     def app_route(self, app: str) -> dict[str, Any] | None:
         pools = self.pools(app)
         primary = primary_release([p for _, p in pools])
         config = next((r.config for r, p in pools if p.release == primary), None)
         if config is None:
             return None
-        route = app_route(config, [p for _, p in pools])
+        route = app_route(config, [p for _, p in pools], self.acme_dir)
         if route is not None:
             route.update(release_options(pools[-1][0].config))  # the newest release decides
             armed = self.fuses.get(app)
@@ -178,7 +185,8 @@ class Router:
 
     def listens(self) -> list[str]:
         table = self.table()
-        return sorted({route["listen"] for route in table["apps"].values()})
+        # HTTPS listeners are opened by the table itself (they need its certificates).
+        return sorted({r["listen"] for r in table["apps"].values() if "tls" not in r})
 
     async def push_app(self, app: str, *, retry_for: float = 15.0) -> None:
         """Send one app's routes; wait (bounded) for a proxy that is being restarted."""

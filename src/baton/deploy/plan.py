@@ -212,7 +212,33 @@ def primary_release(pools: Sequence[Pool]) -> str | None:
     return best.release
 
 
-def app_route(config: Mapping[str, Any], pools: Sequence[Pool]) -> dict[str, Any] | None:
+DEFAULT_HTTP_LISTEN = "0.0.0.0:80"
+
+
+def tls_route(proxy: Mapping[str, Any], acme_dir: str | None) -> dict[str, Any]:
+    """The route's ``tls`` and ``http_listen`` from ``proxy.tls`` (empty without TLS).
+
+    File pairs go to the proxy as paths (it reads and watches them); ACME pairs as the
+    directory the control plane writes them to (``acme_dir``/<host>/{cert,key}.pem).
+    """
+    tls = proxy.get("tls")
+    if not tls:
+        return {}
+    spec: dict[str, Any] = {"redirect": tls.get("redirect", True)}
+    if tls.get("hsts") is not None:
+        spec["hsts"] = tls["hsts"]
+    if tls.get("certificate"):
+        spec["certificate"] = tls["certificate"]
+        spec["key"] = tls["key"]
+    else:
+        spec["acme_dir"] = acme_dir or "/nonexistent"
+        spec["on_demand"] = bool(tls.get("on_demand_ask"))
+    return {"tls": spec, "http_listen": proxy.get("http_listen") or DEFAULT_HTTP_LISTEN}
+
+
+def app_route(
+    config: Mapping[str, Any], pools: Sequence[Pool], acme_dir: str | None = None
+) -> dict[str, Any] | None:
     """One app's entry of the route table, or None when no pool has a target."""
     routed = [p for p in pools if p.targets]
     if not routed:
@@ -232,6 +258,7 @@ def app_route(config: Mapping[str, Any], pools: Sequence[Pool]) -> dict[str, Any
             else {}
         ),
         **{key: proxy[key] for key in _QUEUE_AND_FORWARDING if key in proxy},
+        **tls_route(proxy, acme_dir),
     }
 
 

@@ -139,3 +139,24 @@ class ProxyClient:
             "GET", f"/fuses?after={after}&wait={wait:g}", timeout=wait + 10.0
         )
         return result
+
+    # -- TLS (proxy/tls.py) and ACME HTTP-01 answers (server/certs.py) -----------------
+
+    async def tls_status(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("GET", "/tls")
+        return result
+
+    async def reload_certificates(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("POST", "/tls/reload")
+        return result
+
+    async def put_challenge(self, token: str, key_authorization: str) -> None:
+        await self._call(
+            "PUT", f"/acme/challenges/{token}", {"key_authorization": key_authorization}
+        )
+
+    async def delete_challenge(self, token: str) -> None:
+        await self._call("DELETE", f"/acme/challenges/{token}")
+
+    async def forget_wanted(self, name: str) -> None:
+        await self._call("DELETE", f"/tls/wanted/{name}")

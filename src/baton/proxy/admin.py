@@ -66,6 +66,11 @@ class AdminAPI:
                 web.get("/metrics", self.metrics_text),
                 web.get("/metrics.json", self.metrics_json),
                 web.get("/fuses", self.get_fuses),
+                web.get("/tls", self.tls_status),
+                web.post("/tls/reload", self.tls_reload),
+                web.put("/acme/challenges/{token}", self.put_challenge),
+                web.delete("/acme/challenges/{token}", self.delete_challenge),
+                web.delete("/tls/wanted/{name}", self.forget_wanted),
             ]
         )
         self.app = app
@@ -209,6 +214,44 @@ class AdminAPI:
 
     async def metrics_json(self, request: web.Request) -> web.Response:
         return web.json_response(self.proxy.metrics.to_json())
+
+    # -- TLS: certificates (tls.py) and ACME HTTP-01 answers ---------------------------
+
+    async def tls_status(self, request: web.Request) -> web.Response:
+        """Each host's certificate, and on-demand names clients asked for (for ACME)."""
+        tls = self.proxy.tls
+        return web.json_response({"certificates": tls.status(), "wanted": sorted(tls.wanted)})
+
+    async def tls_reload(self, request: web.Request) -> web.Response:
+        """Re-read certificate files now instead of at the next poll."""
+        changed = self.proxy.reload_certificates()
+        return web.json_response({"changed": changed, "certificates": self.proxy.tls.status()})
+
+    async def put_challenge(self, request: web.Request) -> web.Response:
+        token = request.match_info["token"]
+        body = await _json_body(request)
+        answer = body.get("key_authorization") if isinstance(body, dict) else None
+        if not _is_token(token) or not isinstance(answer, str) or not _is_token(answer, "."):
+            raise RouteTableError(
+                'request body: expected {"key_authorization": "<token>.<thumbprint>"} and a '
+                "base64url token in the path"
+            )
+        self.proxy.acme_challenges[token] = answer
+        return web.json_response({"token": token})
+
+    async def delete_challenge(self, request: web.Request) -> web.Response:
+        self.proxy.acme_challenges.pop(request.match_info["token"], None)
+        return web.json_response({})
+
+    async def forget_wanted(self, request: web.Request) -> web.Response:
+        """An on-demand name was issued or refused: stop listing it."""
+        self.proxy.tls.wanted.pop(request.match_info["name"], None)
+        return web.json_response({})
+
+
+def _is_token(value: str, extra: str = "") -> bool:
+    """base64url characters only (what ACME tokens and key authorizations are made of)."""
+    return 0 < len(value) <= 512 and all(c.isalnum() or c in "-_" + extra for c in value)
 
 
 def _int_query(request: web.Request, name: str, minimum: int, maximum: int) -> int:

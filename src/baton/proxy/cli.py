@@ -24,7 +24,7 @@ from baton.proxy.admin import AdminAPI
 from baton.proxy.handoff import HandoffServer, Takeover, handoff_path
 from baton.proxy.health import HealthChecker
 from baton.proxy.persist import load_table, save_table, table_path
-from baton.proxy.routing import parse_address, parse_table
+from baton.proxy.routing import AppSpec, parse_address, parse_table
 from baton.proxy.server import Proxy, ProxySettings
 
 
@@ -48,20 +48,35 @@ async def serve(
     successor: Takeover | None = None
     if takeover:
         successor = Takeover(admin)
-        for address, sock in (await asyncio.to_thread(successor.receive)).items():
-            await proxy.listen(address, sock=sock, serve=False)
+        received = await asyncio.to_thread(successor.receive)
         table = await _admin_get(admin, "/routes")
-        await proxy.apply(parse_table({"apps": table["apps"]}), generation=table["generation"])
+        specs = parse_table({"apps": table["apps"]})
+        proxy.tls.update(specs)  # HTTPS listeners need their certificates before they accept
+        for address, sock in received.items():
+            await proxy.listen(address, sock=sock, serve=False)
+        await proxy.apply(specs, generation=table["generation"])
+    saved = table_path(admin)
+    given = parse_table(json.loads(routes.read_text())) if routes is not None else None
+    restored = _read_saved(saved) if given is None and successor is None else None
+    first = given if given is not None else restored[0] if restored is not None else None
+    if first is not None and successor is None:
+        # Certificates before any listener: an inherited HTTPS socket must be served as HTTPS.
+        try:
+            proxy.tls.update(first)
+        except RouteTableError as exc:
+            if given is not None:
+                raise
+            logging.getLogger("baton.proxy").warning("%s; starting with an empty table", exc)
+            restored = None
     for address, fd in (listen_fds or {}).items():
         # Sockets the control plane holds open for us (``baton.server.listeners``).
         await proxy.listen(address, sock=socket.socket(fileno=fd), serve=False)
     for address in listen:
         await proxy.listen(address, serve=False)
-    saved = table_path(admin)
-    if routes is not None:
-        await proxy.apply(parse_table(json.loads(routes.read_text())))
-    elif successor is None:
-        await _load_saved(proxy, saved)
+    if given is not None:
+        await proxy.apply(given)
+    elif restored is not None:
+        await _apply_saved(proxy, *restored)
     # Only now: a client accepted earlier would find no route (404) or an old one.
     await proxy.start_serving()
     proxy.on_table_change.append(lambda: _save(saved, proxy))
@@ -95,16 +110,17 @@ async def serve(
     await api.stop()
 
 
-async def _load_saved(proxy: Proxy, saved: Path) -> None:
-    """Apply the table saved by this proxy's predecessor (``persist.py``), if any."""
+def _read_saved(saved: Path) -> tuple[dict[str, AppSpec], int] | None:
+    """The table saved by this proxy's predecessor (``persist.py``), if any and readable."""
     try:
-        loaded = load_table(saved)
+        return load_table(saved)
     except RouteTableError as exc:
         logging.getLogger("baton.proxy").warning("%s; starting with an empty table", exc)
-        return
-    if loaded is None:
-        return
-    specs, generation = loaded
+        return None
+
+
+async def _apply_saved(proxy: Proxy, specs: dict[str, AppSpec], generation: int) -> None:
+    """Apply a saved table, leaving out apps whose address cannot be bound (logged)."""
     for spec in specs.values():
         if spec.listen not in proxy.servers:
             try:

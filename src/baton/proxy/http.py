@@ -119,6 +119,24 @@ def local_response(
     return b"".join(head) + body
 
 
+def short_response(
+    status: int, body: bytes, *, headers: bytes, close: bool, request_id: bytes = b""
+) -> bytes:
+    """A local answer with a given body and extra header lines (each ending in CRLF)."""
+    head = [
+        b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, "OK").encode()),
+        headers,
+        b"Content-Length: %d\r\n" % len(body),
+        b"Via: " + VIA + b"\r\n",
+    ]
+    if request_id:
+        head.append(b"X-Request-Id: " + request_id + b"\r\n")
+    if close:
+        head.append(b"Connection: close\r\n")
+    head.append(b"\r\n")
+    return b"".join(head) + body
+
+
 @dataclass(slots=True)
 class RequestInfo:
     """What the proxy needs to know about a request once its headers are complete."""
@@ -325,6 +343,7 @@ def client_head(
     client_keep_alive: bool,
     upgrade: bool,
     set_cookie: bytes | None = None,
+    extra: bytes = b"",
 ) -> ResponseInfo:
     """The response head sent to the client, and how its body is framed.
 
@@ -363,6 +382,8 @@ def client_head(
     parts = [b"HTTP/1.1", raw[8:], b"\r\nVia: ", VIA if via is None else via + b", " + VIA]
     if set_cookie is not None:
         parts += (b"\r\nSet-Cookie: ", set_cookie)
+    if extra:
+        parts += (b"\r\n", extra[:-2])  # header lines ending in CRLF: drop the last one
     keep_alive = client_keep_alive
     until_close = False
     if upgrade and status == 101:

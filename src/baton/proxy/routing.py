@@ -27,6 +27,7 @@ from urllib.parse import quote, unquote
 from baton.errors import RouteTableError
 from baton.proxy.forwarded import parse_networks
 from baton.proxy.fuse import FuseSpec, parse_fuse, parse_retry_methods
+from baton.proxy.tls import TlsSpec, parse_tls
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_QUEUE_TIMEOUT = 10.0
@@ -49,6 +50,8 @@ _APP_KEYS = {
     "queue_limit",
     "trusted_proxies",
     "proxy_protocol",
+    "http_listen",
+    "tls",
 }
 _RELEASE_KEYS = {"name", "weight", "targets", "fuse"}
 _HEALTH_KEYS = {"kind", "path", "interval", "timeout", "rise", "fall"}
@@ -111,9 +114,15 @@ class AppSpec:
     queue_limit: int = DEFAULT_QUEUE_LIMIT
     trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-* headers are kept
     proxy_protocol: bool = False  # the listener requires a PROXY protocol header
+    http_listen: str | None = None  # plain-HTTP listener of a TLS app (redirects, ACME)
+    tls: TlsSpec | None = None  # ``listen`` is HTTPS with these certificates
 
     def to_json(self) -> dict[str, Any]:
+        tls = {} if self.tls is None else {"tls": self.tls.to_json()}
+        http = {} if self.http_listen is None else {"http_listen": self.http_listen}
         return {
+            **tls,
+            **http,
             "listen": self.listen,
             "hosts": list(self.hosts),
             "path_prefix": self.path_prefix,
@@ -287,7 +296,14 @@ def parse_app(name: object, value: object) -> AppSpec:
     proxy_protocol = value.get("proxy_protocol", False)
     if not isinstance(proxy_protocol, bool):
         raise _fail(f"{where}.proxy_protocol", "true or false", proxy_protocol)
+    http_listen = value.get("http_listen")
+    if http_listen is not None:
+        parse_address(http_listen, f"{where}.http_listen")
+        if http_listen == listen:
+            raise _fail(f"{where}.http_listen", "an address other than listen", http_listen)
     return AppSpec(
+        http_listen=http_listen,
+        tls=parse_tls(value.get("tls"), f"{where}.tls"),
         name=name,
         queue_timeout=_number(
             value.get("queue_timeout", DEFAULT_QUEUE_TIMEOUT),
@@ -354,16 +370,17 @@ def check_conflicts(apps: Mapping[str, AppSpec]) -> None:
                 f"apps.{app.name}.proxy_protocol: apps on {app.listen} must agree (app "
                 f"{first.name!r} has {str(first.proxy_protocol).lower()})"
             )
-        for host in app.hosts or ("",):
-            key = (app.listen, host, app.path_prefix)
-            other = claimed.get(key)
-            if other is not None:
-                shown = host or "any host"
-                raise RouteTableError(
-                    f"apps.{app.name}: route {shown}{app.path_prefix} on {app.listen} "
-                    f"is already used by app {other!r}"
-                )
-            claimed[key] = app.name
+        for listen in (app.listen, app.http_listen) if app.http_listen else (app.listen,):
+            for host in app.hosts or ("",):
+                key = (listen, host, app.path_prefix)
+                other = claimed.get(key)
+                if other is not None:
+                    shown = host or "any host"
+                    raise RouteTableError(
+                        f"apps.{app.name}: route {shown}{app.path_prefix} on {listen} "
+                        f"is already used by app {other!r}"
+                    )
+                claimed[key] = app.name
 
 
 # ---------------------------------------------------------------------------------------
@@ -523,6 +540,8 @@ class RouteTable(Generic[T, M]):
         grouped: dict[str, list[App[T, M]]] = {}
         for app in apps.values():
             grouped.setdefault(app.spec.listen, []).append(app)
+            if app.spec.http_listen is not None:
+                grouped.setdefault(app.spec.http_listen, []).append(app)
         self.listeners: dict[str, _Listener[T, M]] = {k: _Listener(v) for k, v in grouped.items()}
 
     @classmethod

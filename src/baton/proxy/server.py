@@ -37,6 +37,7 @@ from typing import NamedTuple, cast
 import httptools
 
 from baton.errors import ProxyProtocolError
+from baton.proxy import tls as tls_module
 from baton.proxy.forwarded import is_trusted
 from baton.proxy.fuse import Fuses
 from baton.proxy.http import (
@@ -48,6 +49,7 @@ from baton.proxy.http import (
     chunk,
     local_response,
     scan_request,
+    short_response,
     upstream_head,
 )
 from baton.proxy.metrics import MetricsRegistry, ReleaseMetrics
@@ -65,6 +67,14 @@ from baton.proxy.routing import (
     parse_address,
     set_cookie,
     sticky_point,
+)
+from baton.proxy.tls import (
+    ACME_CHALLENGE_PREFIX,
+    POLL_INTERVAL,
+    TlsManager,
+    hsts_header,
+    https_location,
+    protocol_for_alpn,
 )
 from baton.proxy.upstream import Target, UpstreamConnection
 from baton.proxy.websocket import FrameCursor, close_frame
@@ -114,6 +124,7 @@ class Exchange:
         "body",
         "body_size",
         "complete",
+        "extra_head",
         "head",
         "http11",
         "info",
@@ -151,6 +162,7 @@ class Exchange:
         self.upgrade = info.upgrade is not None
         self.complete = False
         self.head = b""
+        self.extra_head = b""  # header lines Baton adds to the response (HSTS)
         self.request_id = b""
         # Body pieces (already framed for the upstream) kept for a replay; None once the
         # body outgrew REPLAY_LIMIT.
@@ -225,6 +237,7 @@ class ClientConnection(asyncio.Protocol):
         "pending",
         "proxy",
         "reading",
+        "tls",
         "transport",
         "tunnel",
         "upgrading",
@@ -236,6 +249,7 @@ class ClientConnection(asyncio.Protocol):
     def __init__(self, proxy: Proxy, listen: str) -> None:
         self.proxy = proxy
         self.listen = listen
+        self.tls = listen in proxy.tls_servers
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.client_ip = b""
@@ -261,6 +275,8 @@ class ClientConnection(asyncio.Protocol):
     # -- connection lifecycle ----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.tls and tls_module.H2_AVAILABLE and self._handed_over(transport):
+            return
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         peer = transport.get_extra_info("peername")
         ip = peer[0] if peer else "unknown"
@@ -268,6 +284,17 @@ class ClientConnection(asyncio.Protocol):
         self.loopback = ip.startswith(("127.", "::ffff:127.")) or ip == "::1"
         self.proxy.connections.add(self)
         self._set_deadline(HEADER_DEADLINE, self.proxy.settings.header_timeout)
+
+    def _handed_over(self, transport: asyncio.BaseTransport) -> bool:
+        """A TLS connection that agreed on another protocol with ALPN (h2) goes to it."""
+        ssl_object = transport.get_extra_info("ssl_object")
+        factory = protocol_for_alpn(ssl_object.selected_alpn_protocol() if ssl_object else None)
+        if factory is None:
+            return False
+        protocol = factory(self.proxy, self.listen)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -501,10 +528,19 @@ class ClientConnection(asyncio.Protocol):
         proxy = self.proxy
         info = ex.info
         ex.request_id = ex.request_id or info.request_id or proxy.next_request_id()
+        if not self.tls and ex.url.startswith(ACME_CHALLENGE_PREFIX) and self._acme_answer(ex):
+            return
         app = proxy.table.match_raw(self.listen, info.host, ex.url)
         if app is None:
             self._local(ex, 404, f"no route for host {normalise_host(info.host) or '-'!r}")
             return
+        tls = app.spec.tls
+        if tls is not None:
+            if self.tls:
+                ex.extra_head = hsts_header(tls)
+            elif tls.redirect:
+                self._redirect(ex, https_location(app.spec.listen, info.host, ex.url))
+                return
         release, target = proxy.choose(app, ex, self)
         if release is None or target is None:
             if ex.info.pin is not None and proxy.may_pin(app, ex, self):
@@ -533,6 +569,7 @@ class ClientConnection(asyncio.Protocol):
             target=target.address.encode(),
             trusted=bool(app.spec.trusted_proxies)
             and is_trusted(app.spec.trusted_proxies, self.client_ip),
+            proto=b"https" if self.tls else b"http",
         )
         self._set_deadline(UPSTREAM_DEADLINE, app.spec.response_timeout)
         self.attach(ex, target, app.spec)
@@ -640,6 +677,30 @@ class ClientConnection(asyncio.Protocol):
         self._leave_target(ex)
         log.info("%s %s -> %d %s", ex.method.decode(), ex.url.decode("latin-1"), status, message)
         self._local(ex, status, message)
+
+    def _acme_answer(self, ex: Exchange) -> bool:
+        """An ACME HTTP-01 challenge this proxy was given: answer its key authorization."""
+        token = ex.url[len(ACME_CHALLENGE_PREFIX) :].decode("latin-1")
+        answer = self.proxy.acme_challenges.get(token)
+        if answer is None:
+            return False
+        self._answer(ex, 200, answer.encode(), b"")
+        return True
+
+    def _redirect(self, ex: Exchange, location: bytes) -> None:
+        self._answer(ex, 308, b"", b"Location: " + location + b"\r\n")
+
+    def _answer(self, ex: Exchange, status: int, body: bytes, headers: bytes) -> None:
+        """A local answer that is not an error (redirect, ACME challenge)."""
+        keep = ex.keep_alive and ex.complete and not ex.upgrade and not self.proxy.stopping
+        self.write(
+            short_response(status, body, headers=headers, close=not keep, request_id=ex.request_id)
+        )
+        self.active = None
+        if not keep:
+            self.close()
+            return
+        self._next()
 
     def _local(
         self, ex: Exchange, status: int, message: str, retry_after: int | None = None
@@ -956,6 +1017,10 @@ class Proxy:
         self.table: LiveTable = RouteTable.build({}, self._target, self.metrics.get, 0)
         self.connections: set[ClientConnection] = set()
         self.servers: dict[str, asyncio.base_events.Server] = {}
+        self.tls = TlsManager()
+        self.tls_servers: set[str] = set()  # listen addresses that speak TLS
+        self.acme_challenges: dict[str, str] = {}  # HTTP-01 token -> key authorization
+        self._cert_watch: asyncio.Task[None] | None = None
         self.tunnel_ends: dict[UpstreamConnection, _TunnelEnds] = {}
         self.fuses = Fuses()
         self.stopping = False
@@ -1064,9 +1129,12 @@ class Proxy:
     async def apply(self, specs: dict[str, AppSpec], generation: int | None = None) -> int:
         """Swap in a new table built from ``specs``; bind new listen addresses first."""
         self.proxy_protocol = frozenset(s.listen for s in specs.values() if s.proxy_protocol)
+        self.tls.update(specs, set(self.servers) - self.tls_servers, self.tls_servers)
         for spec in specs.values():
             if spec.listen not in self.servers:
                 await self.listen(spec.listen)
+            if spec.http_listen is not None and spec.http_listen not in self.servers:
+                await self.listen(spec.http_listen)
         if generation is None:
             generation = self.table.generation + 1
         self.fuses.arm(specs)
@@ -1158,10 +1226,18 @@ class Proxy:
                 sock.close()
                 raise
             sock.listen(4096)
+        tls = self.tls.server_context(address) if self.tls.is_tls(address) else None
         server = await self.loop.create_server(
-            lambda: self._client(address), sock=sock, backlog=4096, start_serving=serve
+            lambda: self._client(address),
+            sock=sock,
+            backlog=4096,
+            start_serving=serve,
+            ssl=tls,
+            ssl_handshake_timeout=self.settings.header_timeout if tls is not None else None,
         )
         self.servers[address] = server
+        if tls is not None:
+            self.tls_servers.add(address)
 
     def _client(self, address: str) -> ClientConnection:
         if address in self.proxy_protocol:
@@ -1264,6 +1340,16 @@ class Proxy:
 
     def start(self) -> None:
         self._sweeper = self.loop.create_task(self._sweep())
+        self._cert_watch = self.loop.create_task(self._watch_certificates())
+
+    async def _watch_certificates(self) -> None:
+        """Pick up certificate files replaced on disk (see ``tls.py``)."""
+        while True:
+            await asyncio.sleep(POLL_INTERVAL)
+            self.reload_certificates()
+
+    def reload_certificates(self) -> bool:
+        return self.tls.poll(self.table.specs)
 
     async def _sweep(self) -> None:
         while True:
@@ -1321,6 +1407,8 @@ class Proxy:
             conn.close()
         for target in self.targets.values():
             target.close_idle()
+        if self._cert_watch is not None:
+            self._cert_watch.cancel()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

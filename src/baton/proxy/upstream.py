@@ -313,6 +313,7 @@ class UpstreamConnection(asyncio.Protocol):
             client_keep_alive=ex.keep_alive and not ex.upgrade and not client.proxy.stopping,
             upgrade=ex.upgrade,
             set_cookie=ex.set_cookie,
+            extra=ex.extra_head,
         )
         self.framing = info.framing
         self.until_close = info.until_close

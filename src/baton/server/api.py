@@ -104,8 +104,10 @@ class Api:
         proxy_info: Callable[[], dict[str, Any]],
         shutdown: Callable[[], None],
         upgrade_proxy: Callable[[list[str] | None, float], Awaitable[dict[str, Any]]] | None = None,
+        certificates: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None,
     ) -> None:
         self.engine = engine
+        self._certificates = certificates
         self._proxy_info = proxy_info
         self._shutdown = shutdown
         self._upgrade_proxy = upgrade_proxy
@@ -169,6 +171,8 @@ class Api:
         status = await self.engine.status()
         status["proxy"].update(self._proxy_info())
         annotate_status(self.engine, status)
+        if self._certificates is not None:
+            status["certificates"] = await self._certificates()
         return web.json_response(status)
 
     async def deploy(self, request: web.Request) -> web.StreamResponse:

@@ -57,6 +57,7 @@ from baton.flags.service import FlagService
 from baton.runtime.base import Runtimes
 from baton.runtime.process import pid_alive
 from baton.server.api import Api
+from baton.server.certs import CertManager, live_acme_apps
 from baton.server.listeners import HeldListeners
 from baton.state.store import Store
 
@@ -361,6 +362,8 @@ async def serve(state_dir: Path, *, flags_listen: str | None = None) -> int:
     runtimes = Runtimes(state_dir)
     proxy = ProxyClient(state_dir / "proxy.sock")
     engine = Engine(store, runtimes, proxy, state_dir)
+    certs = CertManager(state_dir, proxy, lambda: live_acme_apps(engine.router))
+    engine.router.acme_dir = str(certs.acme_dir)
     supervisor = ProxySupervisor(state_dir, proxy, engine.router)
     stop = asyncio.Event()
     down = asyncio.Event()  # `baton down`: stop the data plane too
@@ -395,6 +398,7 @@ async def serve(state_dir: Path, *, flags_listen: str | None = None) -> int:
             proxy_info=supervisor.info,
             shutdown=shut_down,
             upgrade_proxy=supervisor.upgrade,
+            certificates=certs.certificates,
         )
         flags = FlagService(
             store,
@@ -421,6 +425,7 @@ async def serve(state_dir: Path, *, flags_listen: str | None = None) -> int:
             loop.create_task(flags.watch(stop)),
             loop.create_task(_auto_contract(engine, stop)),
             loop.create_task(judge_flags(flags, engine.traffic, stop)),
+            loop.create_task(certs.run(stop)),
         ]
         if flags_listen is not None:
             ofrep_runner = await start_ofrep(Ofrep(flags, flags_token), flags_listen)
