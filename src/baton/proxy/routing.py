@@ -40,6 +40,7 @@ _APP_KEYS = {
     "stickiness",
     "release_secret",
     "max_connection_age",
+    "pin_from",
 }
 _RELEASE_KEYS = {"name", "weight", "targets"}
 _HEALTH_KEYS = {"kind", "path", "interval", "timeout", "rise", "fall"}
@@ -88,6 +89,7 @@ class AppSpec:
     stickiness: str = "none"  # none | cookie | client-ip | header:<name>
     release_secret: str | None = None  # lets non-loopback clients pin a release
     max_connection_age: float | None = None  # longest life of a tunnel (WebSocket), seconds
+    pin_from: tuple[str, ...] = ()  # networks (CIDR) whose clients may pin without the secret
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -101,6 +103,7 @@ class AppSpec:
             "stickiness": self.stickiness,
             "release_secret": self.release_secret,
             "max_connection_age": self.max_connection_age,
+            "pin_from": list(self.pin_from),
         }
 
 
@@ -250,8 +253,10 @@ def parse_app(name: object, value: object) -> AppSpec:
     max_age = value.get("max_connection_age")
     if max_age is not None:
         max_age = _number(max_age, f"{where}.max_connection_age", minimum=0.1, maximum=86400 * 30)
+    pin_from = parse_networks(value.get("pin_from", []), f"{where}.pin_from")
     return AppSpec(
         name=name,
+        pin_from=pin_from,
         max_connection_age=max_age,
         stickiness=stickiness,
         release_secret=secret,
@@ -438,6 +443,32 @@ def _match_prefix(apps: tuple[App[T, M], ...], path: str) -> App[T, M] | None:
             if rest in ("", "/", "?"):
                 return app
     return None
+
+
+def parse_networks(value: object, where: str) -> tuple[str, ...]:
+    """A list of CIDR networks (``10.0.0.0/8``, ``::1/128``), normalised."""
+    if not isinstance(value, list):
+        raise _fail(where, "a list of networks such as 10.0.0.0/8", value)
+    nets: list[str] = []
+    for i, net in enumerate(value):
+        try:
+            if not isinstance(net, str):
+                raise ValueError(net)
+            nets.append(str(ipaddress.ip_network(net, strict=False)))
+        except ValueError:
+            raise _fail(f"{where}[{i}]", "a network such as 10.0.0.0/8", net) from None
+    return tuple(nets)
+
+
+def pin_allowed(client_ip: bytes, nets: tuple[str, ...]) -> bool:
+    """Whether a client address lies in one of ``nets`` (IPv4-mapped IPv6 counts as IPv4)."""
+    try:
+        ip = ipaddress.ip_address(client_ip.decode("ascii"))
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in ipaddress.ip_network(net) for net in nets)
 
 
 def normalise_host(raw: bytes | None) -> str:
