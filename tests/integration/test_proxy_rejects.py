@@ -6,6 +6,9 @@ has served nothing.
 
 from __future__ import annotations
 
+import json
+import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -79,6 +82,50 @@ REJECTED: list[tuple[str, bytes, int]] = [
         431,
     ),
     ("url-over-limit", b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n" + H + b"\r\n", 431),
+    # Host must be uri-host [":" port] (RFC 9112 3.2, RFC 3986 3.2.2).
+    ("host-with-path", b"GET / HTTP/1.1\r\nHost: app.test/../admin\r\n\r\n", 400),
+    ("host-with-space", b"GET / HTTP/1.1\r\nHost: app test\r\n\r\n", 400),
+    ("host-with-userinfo", b"GET / HTTP/1.1\r\nHost: user@app.test\r\n\r\n", 400),
+    ("host-with-markup", b"GET / HTTP/1.1\r\nHost: app.test<script>\r\n\r\n", 400),
+    ("host-bad-port", b"GET / HTTP/1.1\r\nHost: app.test:99999\r\n\r\n", 400),
+    ("host-port-not-digits", b"GET / HTTP/1.1\r\nHost: app.test:8o\r\n\r\n", 400),
+    (
+        "absolute-form-other-authority",
+        b"GET http://other.test/ HTTP/1.1\r\n" + H + b"\r\n",
+        400,
+    ),
+    ("absolute-form-userinfo", b"GET http://u@app.test/ HTTP/1.1\r\n" + H + b"\r\n", 400),
+    ("connect", b"CONNECT app.test:443 HTTP/1.1\r\nHost: app.test:443\r\n\r\n", 405),
+    (
+        "header-count-over-limit",
+        b"GET / HTTP/1.1\r\n" + H + b"".join(b"X-H%d: v\r\n" % i for i in range(100)) + b"\r\n",
+        431,
+    ),
+    (
+        "endless-trailers",
+        b"POST / HTTP/1.1\r\n"
+        + H
+        + b"Transfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n"
+        + b"X-Trailer: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n" * 2000,
+        431,
+    ),
+    (
+        "endless-trailer-line",
+        b"POST / HTTP/1.1\r\n"
+        + H
+        + b"Transfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\nX-Trailer: "
+        + b"a" * 200_000,
+        431,
+    ),
+    (
+        "too-many-trailers",
+        b"POST / HTTP/1.1\r\n"
+        + H
+        + b"Transfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n"
+        + b"".join(b"X-T%d: v\r\n" % i for i in range(150))
+        + b"\r\n",
+        431,
+    ),
 ]
 
 
@@ -141,3 +188,186 @@ def test_connection_that_sends_nothing_is_closed_after_header_timeout(
     response = send_raw("127.0.0.1", proxy.port, b"", timeout=8)
     # Closed by the proxy within the time-out (send_raw returns at close, not at 8 s).
     assert response == b"" or parse_status(response) == 408
+
+
+# -- requests Baton must answer (issue 12) ------------------------------------------------
+
+
+def responses(data: bytes) -> list[tuple[int, bytes]]:
+    """(status, body) of each response in ``data`` (bodies framed by Content-Length)."""
+    out: list[tuple[int, bytes]] = []
+    rest = data
+    while rest:
+        head, sep, rest = rest.partition(b"\r\n\r\n")
+        if not sep:
+            raise ValueError(f"incomplete response head: {head[:100]!r}")
+        status = parse_status(head + b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        out.append((status, rest[:length]))
+        rest = rest[length:]
+    return out
+
+
+# (case id, request bytes, the statuses answered in order). The connection then closes.
+ANSWERED: list[tuple[str, bytes, list[int]]] = [
+    (
+        "connection-close-then-another-request",
+        b"GET / HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\nGET / HTTP/1.1\r\n" + H + b"\r\n",
+        [200],
+    ),
+    (
+        "connection-close-then-garbage",
+        b"GET / HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n\x00garbage\r\n\r\n",
+        [200],
+    ),
+    (
+        "http10-then-another-request",
+        b"GET / HTTP/1.0\r\n" + H + b"\r\nGET / HTTP/1.1\r\n" + H + b"\r\n",
+        [200],
+    ),
+    (
+        "body-then-garbage",
+        b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 5\r\n\r\nhelloGARBAGE\r\n\r\n",
+        [200, 400],
+    ),
+    (
+        "two-requests-then-bad-host",
+        b"GET / HTTP/1.1\r\n" + H + b"\r\nGET / HTTP/1.1\r\n" + H + b"\r\n"
+        b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+        [200, 200, 400],
+    ),
+    (
+        "absolute-form-routed-by-authority",
+        b"GET http://app.test/ HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n",
+        [200],
+    ),
+    (
+        "absolute-form-http10-without-host",
+        b"GET http://app.test/ HTTP/1.0\r\n\r\n",
+        [200],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "expected"), [c[1:] for c in ANSWERED], ids=[c[0] for c in ANSWERED]
+)
+def test_first_request_is_answered_before_what_follows_is_judged(
+    proxied: tuple[ProxyProcess, Backend], request_bytes: bytes, expected: list[int]
+) -> None:
+    proxy, _ = proxied
+    response = send_raw("127.0.0.1", proxy.port, request_bytes, timeout=5)
+    assert [status for status, _ in responses(response)] == expected, response[:400]
+    assert responses(response)[0][1] in (b"v1", b"hello")
+
+
+def test_request_then_half_close_is_answered_every_time(
+    proxied: tuple[ProxyProcess, Backend],
+) -> None:
+    proxy, _ = proxied
+    request = b"GET / HTTP/1.1\r\n" + H + b"\r\n"
+    answers = [
+        send_raw("127.0.0.1", proxy.port, request, timeout=5, half_close=True) for _ in range(5)
+    ]
+    assert [responses(a) for a in answers] == [[(200, b"v1")]] * 5
+    # Pipelined requests then EOF: every one is answered.
+    two = send_raw("127.0.0.1", proxy.port, request * 2, timeout=5, half_close=True)
+    assert responses(two) == [(200, b"v1")] * 2
+
+
+def test_pipelined_large_body_does_not_count_as_header_bytes(
+    proxied: tuple[ProxyProcess, Backend],
+) -> None:
+    """A 100 KB POST body followed by a GET head split in two is not a 431."""
+    proxy, _ = proxied
+    body = b"x" * 100_000
+    post = b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+        sock.sendall(post + b"GET / HTTP/1.1\r\nHo")
+        got = bytearray()
+        while got.count(b"x") < len(body):  # the echo of the POST, before the GET is whole
+            got += sock.recv(65536)
+        sock.sendall(b"st: app.test\r\nConnection: close\r\n\r\n")
+        while chunk := sock.recv(65536):
+            got += chunk
+    assert [(s, len(b)) for s, b in responses(bytes(got))] == [(200, 100_000), (200, 2)]
+
+
+def test_next_head_on_keep_alive_connection_gets_the_header_timeout(
+    proxied: tuple[ProxyProcess, Backend],
+) -> None:
+    """After one request, a next head trickled byte by byte is cut at the header time-out
+    (1 s here), not held for the keep-alive time-out (75 s), even when its first byte came
+    while the first answer was still owed."""
+    proxy, _ = proxied
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.sendall(b"GET /slow?s=0.3 HTTP/1.1\r\n" + H + b"\r\nG")
+        got = bytearray()
+        while not got.endswith(b"v1"):
+            got += sock.recv(65536)
+        start = time.monotonic()
+        answer = bytearray()
+        for byte in b"ET / HTTP/1.1\r\nHost: app.test\r\nX-Slow: " + b"a" * 100:
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                break
+            sock.settimeout(0.3)
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+            answer += data
+            if not data or answer.endswith(b"\n"):
+                break
+            if time.monotonic() - start > 20:
+                break
+        assert parse_status(bytes(answer)) == 408, answer
+
+
+def test_too_many_connections_get_503() -> None:
+    with Backend("v1") as backend, ProxyProcess("--max-connections", "3") as proxy:
+        proxy.route(("v1", 100, [backend.addr]))
+        held = [socket.create_connection(("127.0.0.1", proxy.port)) for _ in range(3)]
+        try:
+            for s in held:  # each one is accepted and served
+                s.sendall(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
+                assert s.recv(65536).startswith(b"HTTP/1.1 200")
+            over = send_raw("127.0.0.1", proxy.port, b"GET / HTTP/1.1\r\n" + H + b"\r\n")
+            assert parse_status(over) == 503 and b"too many connections" in over
+        finally:
+            for s in held:
+                s.close()
+        # Slots free up as connections close.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            again = send_raw("127.0.0.1", proxy.port, b"GET / HTTP/1.1\r\n" + H + b"\r\n\r\n")
+            if parse_status(again) == 200:
+                break
+        assert parse_status(again) == 200
+
+
+def test_headers_the_app_sees(proxied: tuple[ProxyProcess, Backend]) -> None:
+    """Underscore spellings of framing/forwarding headers are dropped; Connection: Host does
+    not strip Host; every request carries Baton's forwarding headers."""
+    proxy, _ = proxied
+    response = send_raw(
+        "127.0.0.1",
+        proxy.port,
+        b"GET /headers HTTP/1.1\r\n"
+        + H
+        + b"X_Forwarded_For: 6.6.6.6\r\nTransfer_Encoding: chunked\r\nContent_Length: 9\r\n"
+        b"X_Custom: kept\r\nConnection: close, Host, X-Request-Id\r\nX-Request-Id: rid-1\r\n\r\n",
+    )
+    seen = json.loads(responses(response)[0][1])
+    assert seen["host"] == "app.test"
+    assert seen["x-forwarded-for"] == "127.0.0.1"
+    assert seen["x-request-id"] == "rid-1"
+    assert seen["x_custom"] == "kept"
+    for dropped in ("x_forwarded_for", "transfer_encoding", "content_length"):
+        assert dropped not in seen
+    assert seen["via"] == "1.1 baton"
