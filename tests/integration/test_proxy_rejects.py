@@ -6,16 +6,19 @@ has served nothing.
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 
 from tests.support.h1 import parse_status, send_raw
-from tests.support.procs import Backend
+from tests.support.procs import Backend, free_port
 from tests.support.proxy import ProxyProcess
+from tests.support.scripted import ScriptedUpstream
 
 H = b"Host: app.test\r\n"
 
@@ -371,3 +374,144 @@ def test_headers_the_app_sees(proxied: tuple[ProxyProcess, Backend]) -> None:
     for dropped in ("x_forwarded_for", "transfer_encoding", "content_length"):
         assert dropped not in seen
     assert seen["via"] == "1.1 baton"
+
+
+# -- apps that misbehave (issue 12): scripted upstream bytes -> what the client gets -------
+
+WS_REQUEST_HEADERS = (
+    b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+)
+
+
+@dataclass
+class AppCase:
+    id: str
+    reply: bytes
+    request: bytes  # sent with Host: <case>.test and Connection: close added at the end
+    answers: list[tuple[int, bytes]]  # what the client gets (status, body)
+    app_requests: int | None  # how many requests the app may see (None: not checked)
+    close: bool = False  # the app closes after its reply
+
+
+APP_CASES = [
+    AppCase(
+        "101-for-a-request-that-did-not-ask",
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        b"GET / HTTP/1.1\r\n",
+        [(502, b"")],
+        1,
+    ),
+    AppCase(
+        "101-to-a-protocol-not-offered",
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\n" + WS_REQUEST_HEADERS,
+        [(502, b"")],
+        1,
+    ),
+    AppCase(
+        "bytes-past-content-length",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL",
+        b"GET /1 HTTP/1.1\r\n%(host)s\r\nGET /2 HTTP/1.1\r\n",
+        [(200, b"ok"), (200, b"ok")],
+        2,
+    ),
+    AppCase(
+        "body-after-204",
+        b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL",
+        b"GET /1 HTTP/1.1\r\n%(host)s\r\nGET /2 HTTP/1.1\r\n",
+        [(204, b""), (204, b"")],
+        2,
+    ),
+    AppCase(
+        "post-the-app-read-then-closed-without-answering",
+        b"",
+        b"POST /pay HTTP/1.1\r\nContent-Length: 5\r\n",
+        [(502, b"")],
+        1,  # never replayed: the app may have acted on it
+        close=True,
+    ),
+    AppCase(
+        "get-the-app-read-then-closed-without-answering",
+        b"",
+        b"GET / HTTP/1.1\r\n",
+        [(502, b"")],
+        None,  # idempotent: retried (at least twice in all)
+        close=True,
+    ),
+]
+
+
+def dechunk(body: bytes) -> bytes:
+    out = bytearray()
+    while True:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            return bytes(out)
+        out += body[:size]
+        body = body[size + 2 :]
+
+
+@pytest.mark.parametrize("case", APP_CASES, ids=[c.id for c in APP_CASES])
+def test_misbehaving_app_is_contained(proxied: tuple[ProxyProcess, Backend], case: AppCase) -> None:
+    proxy, _ = proxied
+    host = b"Host: %s.test\r\n" % case.id.encode()
+    with ScriptedUpstream(case.reply, close=case.close) as app:
+        proxy.route(("s1", 100, [app.addr]), app=case.id, hosts=[f"{case.id}.test"])
+        request = (case.request % {b"host": host}) + host + b"Connection: close\r\n\r\n"
+        if b"Content-Length: 5" in case.request:
+            request += b"hello"
+        got = send_raw("127.0.0.1", proxy.port, request, timeout=10)
+        answers = responses(got)
+        assert [s for s, _ in answers] == [s for s, _ in case.answers], got[:500]
+        for (_, body), (status, expected) in zip(answers, case.answers, strict=True):
+            if status < 500:
+                assert body == expected
+        assert b"EVIL" not in got
+        if case.app_requests is not None:
+            assert len(app.requests) == case.app_requests
+        else:
+            assert len(app.requests) >= 2
+        proxy.call("DELETE", f"/apps/{case.id}")
+
+
+def test_transfer_encoding_gzip_until_close_is_forwarded_whole(
+    proxied: tuple[ProxyProcess, Backend],
+) -> None:
+    proxy, _ = proxied
+    payload = gzip.compress(b"hello gzip " * 100)
+    reply = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n" + payload
+    with ScriptedUpstream(reply, close=True) as app:
+        proxy.route(("s1", 100, [app.addr]), app="gzip", hosts=["gzip.test"])
+        got = send_raw(
+            "127.0.0.1",
+            proxy.port,
+            b"GET / HTTP/1.1\r\nHost: gzip.test\r\nConnection: close\r\n\r\n",
+            timeout=10,
+        )
+        proxy.call("DELETE", "/apps/gzip")
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert parse_status(got) == 200
+    assert b"Transfer-Encoding: gzip, chunked" in head.split(b"\r\n")
+    assert body.endswith(b"0\r\n\r\n"), "the chunked body ends"
+    assert gzip.decompress(dechunk(body)) == b"hello gzip " * 100
+
+
+def test_failed_exchange_is_logged_once_at_warning_with_its_request_id() -> None:
+    port = free_port()  # nothing listens there
+    with ProxyProcess() as proxy:
+        proxy.route(("v1", 100, [f"127.0.0.1:{port}"]))
+        got = send_raw(
+            "127.0.0.1",
+            proxy.port,
+            b"GET /x HTTP/1.1\r\n" + H + b"X-Request-Id: req-42\r\nConnection: close\r\n\r\n",
+        )
+        assert parse_status(got) == 502
+        deadline = time.monotonic() + 10
+        while b"req-42" not in proxy.stderr_path.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        lines = [ln for ln in proxy.stderr_path.read_text().splitlines() if "req-42" in ln]
+    assert len(lines) == 1, lines
+    assert f"127.0.0.1:{port}" in lines[0] and "502" in lines[0]
+    assert "cannot connect" in lines[0]
