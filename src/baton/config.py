@@ -51,7 +51,8 @@ deploy.canary.analysis.max_error_rate_increase 0.5%  canary minus baseline error
 deploy.canary.analysis.max_latency_ratio 1.25     canary p95 / baseline p95, at most
 deploy.canary.analysis.confidence 0.95            confidence of the statistical tests
 deploy.canary.max_hold_extensions 3               extra holds of an inconclusive step, then fail
-deploy.canary.release_secret      none            X-Baton-Secret for non-loopback release pinning
+deploy.canary.release_secret      none            X-Baton-Secret that lets a client pin a release
+deploy.canary.pin_from            none            networks (CIDR) whose clients may pin without it
 hooks.pre_deploy                  none            shell command before anything starts
 hooks.smoke_test                  none            shell command against a new instance
 hooks.post_deploy                 none            shell command after the deployment
@@ -590,6 +591,22 @@ def _check_secret(value: object) -> str | None:
     return value
 
 
+def _check_networks(value: object) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of networks like [10.0.0.0/8], got {_shown(value)}")
+    nets: list[str] = []
+    for net in value:
+        try:
+            if not isinstance(net, str):
+                raise ValueError
+            nets.append(str(ipaddress.ip_network(net, strict=False)))
+        except ValueError:
+            raise ValueError(f"expected a network like 10.0.0.0/8, got {_shown(net)}") from None
+    return nets
+
+
 def _check_ratio(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
         raise ValueError(f"expected a ratio like 1.25, got {_shown(value)}")
@@ -664,8 +681,12 @@ class CanaryConfig(_Section):
     )
     release_secret: Annotated[str | None, BeforeValidator(_check_secret)] = Field(
         default=None,
-        description="lets non-loopback clients pick a release with X-Baton-Release"
-        " (sent as X-Baton-Secret)",
+        description="lets clients pick a release with X-Baton-Release (sent as X-Baton-Secret)",
+    )
+    pin_from: Annotated[list[str], BeforeValidator(_check_networks)] = Field(
+        default=[],
+        description="networks (CIDR) whose clients may use X-Baton-Release without the"
+        " secret (default none: loopback is not trusted)",
     )
 
     @field_validator("steps")

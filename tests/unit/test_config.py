@@ -285,6 +285,8 @@ BAD_CONFIGS: list[tuple[str, str | None, list[str]]] = [
     ("- app: a\n", None, ["mapping", "top level", "a list"]),
     ("app: a\nrun: [\n", None, ["invalid YAML", "line"]),
     ("app: a\napp: b\nrun: {command: x}\n", None, ["duplicate key 'app'", "line 2"]),
+    (MINIMAL + "deploy: {canary: {pin_from: [10.0.0.300/8]}}\n", "deploy.canary.pin_from", ["network like 10.0.0.0/8", "10.0.0.300/8"]),
+    (MINIMAL + "deploy: {canary: {pin_from: 10.0.0.0/8}}\n", "deploy.canary.pin_from", ["a list of networks"]),
 ]  # fmt: skip
 
 
@@ -502,3 +504,9 @@ def test_the_example_app_config_is_valid_and_passes_its_checklist() -> None:
     loaded = load_config(example)
     assert loaded.config.app == "example" and loaded.config.instances == 2
     assert all(item.ok for item in checklist(loaded))
+
+
+def test_pin_from_networks_are_normalised_and_default_to_none(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, MINIMAL)).config.deploy.canary.pin_from == []
+    path = write(tmp_path, MINIMAL + "deploy: {canary: {pin_from: [10.1.2.3/8, '::1']}}\n")
+    assert load_config(path).config.deploy.canary.pin_from == ["10.0.0.0/8", "::1/128"]

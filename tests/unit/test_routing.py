@@ -15,6 +15,7 @@ from baton.proxy.routing import (
     cookie_release,
     normalise_host,
     parse_table,
+    pin_allowed,
     set_cookie,
     sticky_point,
 )
@@ -203,3 +204,26 @@ def test_invalid_stickiness_is_rejected(value: object) -> None:
 def test_short_release_secret_is_rejected() -> None:
     with pytest.raises(RouteTableError, match="release_secret"):
         parse_table({"apps": {"w": app(release_secret="short")}})
+
+
+def test_pin_from_takes_networks_and_matches_client_addresses() -> None:
+    spec = parse_table(
+        {
+            "apps": {
+                "web": {
+                    "releases": [{"name": "v1", "targets": ["127.0.0.1:9"]}],
+                    "pin_from": ["10.1.2.3/8", "::1"],
+                }
+            }
+        }
+    )["web"]
+    assert spec.pin_from == ("10.0.0.0/8", "::1/128")
+    assert pin_allowed(b"10.9.9.9", spec.pin_from)
+    assert pin_allowed(b"::ffff:10.0.0.1", spec.pin_from)
+    assert pin_allowed(b"::1", spec.pin_from)
+    assert not pin_allowed(b"127.0.0.1", spec.pin_from)  # loopback is not trusted by default
+    assert not pin_allowed(b"unknown", spec.pin_from)
+    with pytest.raises(RouteTableError, match=r"apps\.web\.pin_from\[0\]"):
+        parse_table(
+            {"apps": {"web": {"releases": [{"name": "v1", "targets": []}], "pin_from": ["x"]}}}
+        )
