@@ -45,6 +45,7 @@ from baton.errors import BatonError
 from baton.runtime.base import Runtimes
 from baton.runtime.process import pid_alive
 from baton.server.api import Api
+from baton.state.files import open_private, private_dir, private_umask
 from baton.state.store import Store
 
 log = logging.getLogger("baton.server")
@@ -156,9 +157,9 @@ class ProxySupervisor:
         await self.router.push_all()
 
     async def _spawn(self, listens: list[str]) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.log_path.parent)
         if self._log is None:
-            self._log = self.log_path.open("ab")
+            self._log = open_private(self.log_path)
         argv = [sys.executable, "-m", "baton.proxy", "--admin", str(self.socket)]
         for address in listens:
             argv += ["--listen", address]
@@ -240,9 +241,9 @@ class ProxySupervisor:
         async with self._changing:
             old = await self.client.health(timeout=5.0)
             old_pid = int(old.get("pid") or 0)
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(self.log_path.parent)
             if self._log is None:
-                self._log = self.log_path.open("ab")
+                self._log = open_private(self.log_path)
             argv = [*(command or [sys.executable, "-m", "baton.proxy"])]
             argv += ["--admin", str(self.socket), "--takeover"]
             self._log.write(f"--- baton: upgrading the proxy: {' '.join(argv)}\n".encode())
@@ -311,7 +312,7 @@ def _lock(state_dir: Path) -> IO[str]:
 async def serve(state_dir: Path) -> int:
     """Run the control plane until SIGTERM/SIGINT or ``POST /shutdown``. Returns the exit code."""
     state_dir = state_dir.expanduser().absolute()
-    state_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(state_dir)
     lock = _lock(state_dir)
     (state_dir / "server.pid").write_text(f"{os.getpid()}\n")
     store = Store.open(state_dir / "baton.db")
@@ -350,8 +351,8 @@ async def serve(state_dir: Path) -> int:
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()
         site = web.UnixSite(runner, str(sock))
-        await site.start()
-        os.chmod(sock, 0o600)
+        with private_umask():  # born 0600: no window with the process umask's mode
+            await site.start()
         log.info("baton server %s: API on %s", os.getpid(), sock)
         background = [
             loop.create_task(supervisor.watch(stop)),

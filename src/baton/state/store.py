@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from baton.errors import DeploymentLocked
+from baton.state.files import private_file
 
 MIGRATIONS: list[str] = [
     # 0 -> 1: the first schema.
@@ -241,6 +242,11 @@ class Store:
     def open(cls, path: Path | str) -> Store:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Created 0600 before SQLite opens it: SQLite gives -wal and -shm the db's mode.
+        private_file(path)
+        for side in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if side.exists():
+                private_file(side)
         conn = sqlite3.connect(path, isolation_level=None, timeout=10.0)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
