@@ -6,12 +6,16 @@ has served nothing.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
+import os
+import signal
 import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -515,3 +519,46 @@ def test_failed_exchange_is_logged_once_at_warning_with_its_request_id() -> None
     assert len(lines) == 1, lines
     assert f"127.0.0.1:{port}" in lines[0] and "502" in lines[0]
     assert "cannot connect" in lines[0]
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_pipelining_client_that_never_reads_costs_bounded_memory() -> None:
+    """Clients that pipeline thousands of requests and read nothing: the proxy stops parsing
+    after the request it owes an answer to (held bytes, not one exchange per request)."""
+    with Backend("v1") as backend, ProxyProcess() as proxy:
+        proxy.route(("v1", 100, [backend.addr]))
+        pid = proxy.proc.pid
+        before = rss_kib(pid)
+        first = b"GET /slow?s=3 HTTP/1.1\r\n" + H + b"\r\n"
+        pipeline = first + (b"GET / HTTP/1.1\r\n" + H + b"\r\n") * 1500  # < the header cap
+        clients = []
+        # Stopped, the proxy reads nothing: each connection's bytes wait in the kernel, so
+        # its first read takes a large batch of requests at once (the worst case).
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            for _ in range(60):  # (old code: ~50 MB here; now ~8 MB)
+                s = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+                s.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    s.send(pipeline)
+                clients.append(s)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        try:
+            peak = before
+            deadline = time.monotonic() + 2  # the proxy has read what it will read by then
+            while time.monotonic() < deadline:
+                peak = max(peak, rss_kib(pid))
+                time.sleep(0.1)
+        finally:
+            for s in clients:
+                s.close()
+        assert peak - before < 24 * 1024, f"RSS grew from {before} KiB to {peak} KiB"
+        ok = send_raw("127.0.0.1", proxy.port, b"GET / HTTP/1.1\r\n" + H + b"\r\n\r\n")
+        assert parse_status(ok) == 200

@@ -19,6 +19,26 @@ from typing import Self
 Reply = bytes | Callable[[bytes], bytes]
 
 
+def _fill(sock: socket.socket, buf: bytearray, n: int) -> bool:
+    """Read until ``buf`` holds at least ``n`` bytes; False at EOF first."""
+    while len(buf) < n:
+        data = sock.recv(65536)
+        if not data:
+            return False
+        buf += data
+    return True
+
+
+def _fill_line(sock: socket.socket, buf: bytearray, start: int) -> int:
+    """Read until a CRLF at or after ``start``; its index, or -1 at EOF first."""
+    while (i := buf.find(b"\r\n", start)) < 0:
+        data = sock.recv(65536)
+        if not data:
+            return -1
+        buf += data
+    return i
+
+
 def _read_request(sock: socket.socket, buf: bytearray) -> bytes | None:
     """One request's raw bytes from ``buf`` + the socket (None at EOF before a whole one)."""
     while b"\r\n\r\n" not in buf:
@@ -29,23 +49,34 @@ def _read_request(sock: socket.socket, buf: bytearray) -> bytes | None:
     end = buf.index(b"\r\n\r\n") + 4
     head = bytes(buf[:end]).lower()
     length = 0
+    chunked = False
     for line in head.split(b"\r\n"):
         if line.startswith(b"content-length:"):
             length = int(line.split(b":", 1)[1])
-    if b"transfer-encoding: chunked" in head:
-        while not buf.endswith(b"0\r\n\r\n"):
-            data = sock.recv(65536)
-            if not data:
+        elif line.startswith(b"transfer-encoding:") and b"chunked" in line:
+            chunked = True
+    if chunked:
+        pos = end
+        while True:
+            eol = _fill_line(sock, buf, pos)
+            if eol < 0:
                 return None
-            buf += data
-        raw = bytes(buf)
-        del buf[:]
+            size = int(bytes(buf[pos:eol]).split(b";")[0], 16)
+            pos = eol + 2
+            if size == 0:
+                eol = _fill_line(sock, buf, pos)  # (Baton sends no trailers)
+                if eol < 0:
+                    return None
+                pos = eol + 2
+                break
+            if not _fill(sock, buf, pos + size + 2):
+                return None
+            pos += size + 2
+        raw = bytes(buf[:pos])
+        del buf[:pos]
         return raw
-    while len(buf) < end + length:
-        data = sock.recv(65536)
-        if not data:
-            return None
-        buf += data
+    if not _fill(sock, buf, end + length):
+        return None
     raw = bytes(buf[: end + length])
     del buf[: end + length]
     return raw
