@@ -564,3 +564,21 @@ async def test_stopping_proxy_ends_websockets_with_1001(backend: Backend) -> Non
             closing = await ws.receive(timeout=10)
             assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 1001
             assert await asyncio.to_thread(proxy.proc.wait, 15) == 0
+
+
+async def test_idle_tunnel_is_closed_after_the_tunnel_idle_timeout(backend: Backend) -> None:
+    with ProxyProcess("--tunnel-idle-timeout", "1s") as proxy:
+        proxy.route(("v1", 100, [backend.addr]))
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(f"{proxy.url}/ws", autoping=False) as busy,
+        ):
+            assert await busy.receive_str(timeout=5) == "v1"
+            # A tunnel with traffic stays open past the idle time-out...
+            for i in range(8):
+                await busy.send_str(f"m{i}")
+                assert await busy.receive_str(timeout=5) == f"m{i}"
+                await asyncio.sleep(0.3)
+            # ...and once idle it is closed politely (1001).
+            closing = await busy.receive(timeout=10)
+            assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 1001
