@@ -11,8 +11,16 @@ until the response is complete, whatever the table does meanwhile.
 Rules the code keeps:
 - A request never answered (connect refused/reset, or the upstream closed before one
   response byte) is retried on another target of the same release, or once on the same
-  target after a short back-off, if it is replayable: no body, or a body of at most
-  ``REPLAY_LIMIT`` bytes still held. Nothing is retried once a response byte arrived.
+  target after a short back-off, if ``http.replayable`` says so: the upstream provably saw
+  nothing of it, or it is idempotent with its body (at most ``REPLAY_LIMIT`` bytes) still
+  held. Nothing is retried once a response byte arrived.
+- A client is read no further while a pipelined request waits for its turn: the bytes
+  after it are held raw (``held``) and parsed when its turn comes. Bad bytes after
+  requests read whole are rejected only once those are answered (``deferred``); a client
+  that half-closes after its requests still gets their answers.
+- Every head (also a next one on a keep-alive connection) must arrive within the header
+  time-out; header fields and a chunked body's framing and trailers are bounded by the
+  header limits.
 - Every request Baton cannot forward gets a short local answer: 404 no route, 503 no
   healthy target, 502 upstream unreachable, 504 upstream time-out, 4xx bad request.
 - Back-pressure: while one side's write buffer is full, the other side is not read.
