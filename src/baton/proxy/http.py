@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 VIA = b"1.1 baton"
 
@@ -251,6 +252,7 @@ _HOST_VALUE = re.compile(
 )
 
 
+@lru_cache(maxsize=1024)  # (a site sees few distinct Host values: checked once each)
 def valid_host(value: bytes) -> bool:
     """Whether a Host value is ``uri-host [ ":" port ]`` (RFC 9112 3.2, RFC 3986 3.2.2)."""
     value = value.strip(b" \t")
