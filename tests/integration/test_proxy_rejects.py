@@ -352,7 +352,9 @@ def test_too_many_connections_get_503() -> None:
         # Slots free up as connections close.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            again = send_raw("127.0.0.1", proxy.port, b"GET / HTTP/1.1\r\n" + H + b"\r\n\r\n")
+            again = send_raw(
+                "127.0.0.1", proxy.port, b"GET / HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n"
+            )
             if parse_status(again) == 200:
                 break
         assert parse_status(again) == 200
@@ -560,5 +562,7 @@ def test_pipelining_client_that_never_reads_costs_bounded_memory() -> None:
             for s in clients:
                 s.close()
         assert peak - before < 24 * 1024, f"RSS grew from {before} KiB to {peak} KiB"
-        ok = send_raw("127.0.0.1", proxy.port, b"GET / HTTP/1.1\r\n" + H + b"\r\n\r\n")
+        ok = send_raw(
+            "127.0.0.1", proxy.port, b"GET / HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n"
+        )
         assert parse_status(ok) == 200
