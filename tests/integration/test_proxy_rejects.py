@@ -566,3 +566,17 @@ def test_pipelining_client_that_never_reads_costs_bounded_memory() -> None:
             "127.0.0.1", proxy.port, b"GET / HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n"
         )
         assert parse_status(ok) == 200
+
+
+def test_absolute_form_target_is_routed_by_its_authority_and_sent_in_origin_form(
+    proxied: tuple[ProxyProcess, Backend],
+) -> None:
+    proxy, _ = proxied
+    with ScriptedUpstream(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabs") as app:
+        proxy.route(("s1", 100, [app.addr]), app="absolute", hosts=["abs.test"])
+        got = send_raw("127.0.0.1", proxy.port, b"GET http://abs.test/x?y=1 HTTP/1.0\r\n\r\n")
+        proxy.call("DELETE", "/apps/absolute")
+    assert responses(got) == [(200, b"abs")]
+    head = app.requests[0].split(b"\r\n\r\n")[0].split(b"\r\n")
+    assert head[0] == b"GET /x?y=1 HTTP/1.1"
+    assert b"Host: abs.test" in head
