@@ -34,6 +34,7 @@ from rich.table import Table
 from baton import __version__
 from baton.errors import BatonError, ConfigError, DaemonUnreachable, UsageError
 from baton.runtime.process import pid_alive
+from baton.state.files import open_private, private_dir
 
 if TYPE_CHECKING:
     from baton.config import AppConfig, ImageFacts
@@ -496,10 +497,10 @@ def up(
         from baton.server.app import run_server
 
         raise SystemExit(run_server(state_dir, flags_listen=flags_listen))
-    state_dir.mkdir(parents=True, exist_ok=True)
-    (state_dir / "logs").mkdir(exist_ok=True)
+    private_dir(state_dir)
+    private_dir(state_dir / "logs")
     log_path = state_dir / "logs" / "server.log"
-    with log_path.open("ab") as log:
+    with open_private(log_path) as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "baton.cli", "--state-dir", str(state_dir), "server"]
             + (["--flags", flags_listen] if flags_listen else []),

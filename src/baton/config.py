@@ -67,11 +67,12 @@ deploy.canary.analysis.max_error_rate_increase 0.5%  canary minus baseline error
 deploy.canary.analysis.max_latency_ratio 1.25     canary p95 / baseline p95, at most
 deploy.canary.analysis.confidence 0.95            confidence of the statistical tests
 deploy.canary.max_hold_extensions 3               extra holds of an inconclusive step, then fail
-deploy.canary.release_secret      none            X-Baton-Secret for non-loopback release pinning
+deploy.canary.release_secret      none            X-Baton-Secret that lets a client pin a release
 deploy.canary.retry_on_stable     GET, HEAD, OPTIONS
                                                   canary 5xx retried on the stable release (methods,
                                                   true or false)
 hooks.build                       none            process: shell command run in the snapshot first
+deploy.canary.pin_from            none            networks (CIDR) whose clients may pin without it
 hooks.pre_deploy                  none            shell command before anything starts
 hooks.smoke_test                  none            shell command against a new instance
 hooks.post_deploy                 none            shell command after the deployment
@@ -890,8 +891,12 @@ class CanaryConfig(_Section):
     )
     release_secret: Annotated[str | None, BeforeValidator(_check_secret)] = Field(
         default=None,
-        description="lets non-loopback clients pick a release with X-Baton-Release"
-        " (sent as X-Baton-Secret)",
+        description="lets clients pick a release with X-Baton-Release (sent as X-Baton-Secret)",
+    )
+    pin_from: Annotated[list[str], BeforeValidator(_check_cidrs)] = Field(
+        default=[],
+        description="networks (CIDR) whose clients may use X-Baton-Release without the"
+        " secret (default none: loopback is not trusted)",
     )
     retry_on_stable: Annotated[
         list[str], BeforeValidator(_check_retry_methods), _Shown("GET, HEAD, OPTIONS")

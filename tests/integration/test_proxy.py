@@ -488,19 +488,34 @@ def test_header_and_client_ip_stickiness_are_consistent(
     assert len({body(get(proxy)) for _ in range(20)}) == 1
 
 
-def test_release_header_from_loopback_reaches_a_weight_zero_release(
+def test_release_header_needs_the_secret_or_a_trusted_network(
     proxy: ProxyProcess, backend_factory: BackendFactory
 ) -> None:
     stable, canary = backend_factory("stable"), backend_factory("canary")
-    proxy.route(("stable", 100, [stable.addr]), ("canary", 0, [canary.addr]))
-    assert {body(get(proxy)) for _ in range(10)} == {b"stable"}
-    assert body(get(proxy, extra=b"X-Baton-Release: canary\r\n")) == b"canary"
-    unknown = get(proxy, extra=b"X-Baton-Release: nope\r\n")
-    assert parse_status(unknown) == 503 and b"'nope'" in body(unknown)
-    secret = json.loads(
-        body(get(proxy, "/headers", extra=b"X-Baton-Release: canary\r\nX-Baton-Secret: s3\r\n"))
+    secret = b"s3cret-s3cret-s3cret"
+    proxy.route(
+        ("stable", 100, [stable.addr]), ("canary", 0, [canary.addr]), release_secret=secret.decode()
     )
-    assert "x-baton-secret" not in secret  # never forwarded
+    assert {body(get(proxy)) for _ in range(10)} == {b"stable"}
+    # Loopback alone is not trusted: behind a local TLS terminator it is every client.
+    assert body(get(proxy, extra=b"X-Baton-Release: canary\r\n")) == b"stable"
+    wrong = b"X-Baton-Release: canary\r\nX-Baton-Secret: nope-nope-nope-nope\r\n"
+    assert body(get(proxy, extra=wrong)) == b"stable"
+    pin = b"X-Baton-Release: canary\r\nX-Baton-Secret: " + secret + b"\r\n"
+    assert body(get(proxy, extra=pin)) == b"canary"
+    unknown = get(proxy, extra=b"X-Baton-Release: nope\r\nX-Baton-Secret: " + secret + b"\r\n")
+    assert parse_status(unknown) == 503 and b"'nope'" in body(unknown)
+    seen = json.loads(body(get(proxy, "/headers", extra=pin)))
+    assert "x-baton-secret" not in seen  # never forwarded
+    # A configured trusted network may pin without the secret.
+    proxy.route(
+        ("stable", 100, [stable.addr]), ("canary", 0, [canary.addr]), pin_from=["127.0.0.0/8"]
+    )
+    assert body(get(proxy, extra=b"X-Baton-Release: canary\r\n")) == b"canary"
+    proxy.route(
+        ("stable", 100, [stable.addr]), ("canary", 0, [canary.addr]), pin_from=["10.0.0.0/8"]
+    )
+    assert body(get(proxy, extra=b"X-Baton-Release: canary\r\n")) == b"stable"
 
 
 # -- long-lived connections --------------------------------------------------------------
@@ -551,3 +566,21 @@ async def test_stopping_proxy_ends_websockets_with_1001(backend: Backend) -> Non
             closing = await ws.receive(timeout=10)
             assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 1001
             assert await asyncio.to_thread(proxy.proc.wait, 15) == 0
+
+
+async def test_idle_tunnel_is_closed_after_the_tunnel_idle_timeout(backend: Backend) -> None:
+    with ProxyProcess("--tunnel-idle-timeout", "1s") as proxy:
+        proxy.route(("v1", 100, [backend.addr]))
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(f"{proxy.url}/ws", autoping=False) as busy,
+        ):
+            assert await busy.receive_str(timeout=5) == "v1"
+            # A tunnel with traffic stays open past the idle time-out...
+            for i in range(8):
+                await busy.send_str(f"m{i}")
+                assert await busy.receive_str(timeout=5) == f"m{i}"
+                await asyncio.sleep(0.3)
+            # ...and once idle it is closed politely (1001).
+            closing = await busy.receive(timeout=10)
+            assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 1001

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import pytest
 
+from baton.proxy.failures import RateLimit
 from baton.proxy.http import (
     FRAME_CHUNKED,
     FRAME_CLOSE,
     FRAME_LENGTH,
     FRAME_NONE,
     RequestRejected,
+    absolute_form,
     client_head,
     local_response,
+    replayable,
     scan_request,
+    upgrade_refused,
     upstream_head,
+    valid_host,
 )
 
 HOST = (b"Host", b"shop.test")
@@ -184,3 +189,167 @@ def test_response_headers_named_in_connection_are_dropped() -> None:
         upgrade=False,
     )
     assert b"X-Hop" not in info.head and b"X-Keep: 2\r\n" in info.head
+
+
+# -- issue 12 ------------------------------------------------------------------------------
+
+HOSTS = [
+    (b"app.test", True),
+    (b"app.test:8080", True),
+    (b"APP.Test:", True),
+    (b"127.0.0.1:80", True),
+    (b"[::1]:8080", True),
+    (b"[::1]", True),
+    (b"xn--bcher-kva.example", True),
+    (b"a%20b", True),
+    (b"", True),  # RFC 9112 3.2: empty when the target has no authority
+    (b"app.test/../admin", False),
+    (b"app test", False),
+    (b"user@app.test", False),
+    (b"app.test<script>", False),
+    (b"app.test:99999", False),
+    (b"app.test:8o", False),
+    (b"app.test:80:80", False),
+    (b"[::1", False),
+    (b"app.test\\", False),
+    (b"a%zz", False),
+]
+
+
+@pytest.mark.parametrize(("value", "ok"), HOSTS, ids=[h.decode() or "empty" for h, _ in HOSTS])
+def test_host_values_follow_rfc_9112(value: bytes, ok: bool) -> None:
+    assert valid_host(value) is ok
+    if ok:
+        scan_request([(b"Host", value)], http11=True)
+    else:
+        with pytest.raises(RequestRejected) as err:
+            scan_request([(b"Host", value)], http11=True)
+        assert err.value.status == 400 and "Host" in err.value.message
+
+
+def test_underscore_spellings_of_framing_and_forwarding_headers_are_dropped() -> None:
+    info = scan_request(
+        [
+            HOST,
+            (b"Transfer_Encoding", b"chunked"),
+            (b"X_Forwarded_For", b"6.6.6.6"),
+            (b"content_length", b"9"),
+            (b"X_Real_IP", b"6.6.6.6"),
+            (b"X_Custom_Thing", b"kept"),
+        ],
+        http11=True,
+    )
+    assert info.kept == [b"Host: shop.test\r\n", b"X_Custom_Thing: kept\r\n"]
+
+
+def test_connection_cannot_name_host_or_request_id_away() -> None:
+    info = scan_request(
+        [
+            HOST,
+            (b"Connection", b"Host, X-Request-Id, X-Hop"),
+            (b"X-Request-Id", b"r"),
+            (b"X-Hop", b"1"),
+        ],
+        http11=True,
+    )
+    head = upstream_head(b"GET", b"/", info, client_ip=b"1.2.3.4", request_id=b"r", target=b"t:1")
+    assert b"Host: shop.test\r\n" in head and b"X-Request-Id: r\r\n" in head
+    assert b"X-Hop" not in head
+
+
+ABSOLUTE = [
+    (b"/plain", b"shop.test", b"/plain", b"shop.test"),
+    (b"http://shop.test/a?b", b"shop.test", b"/a?b", b"shop.test"),
+    (b"HTTP://SHOP.test", b"shop.test", b"/", b"shop.test"),
+    (b"https://shop.test:8443/x", b"shop.test:8443", b"/x", b"shop.test:8443"),
+    (b"http://shop.test/x", None, b"/x", b"shop.test"),  # HTTP/1.0 without Host
+]
+
+
+@pytest.mark.parametrize(("url", "host", "path", "routed_by"), ABSOLUTE)
+def test_absolute_form_is_routed_by_its_authority(
+    url: bytes, host: bytes | None, path: bytes, routed_by: bytes
+) -> None:
+    info = scan_request([(b"Host", host)] if host is not None else [], http11=host is not None)
+    assert absolute_form(url, info) == path
+    assert info.host == routed_by
+    head = upstream_head(b"GET", path, info, client_ip=b"1.2.3.4", request_id=b"r", target=b"t:1")
+    assert head.count(b"\r\nHost: ") == 1
+
+
+@pytest.mark.parametrize(
+    "url", [b"http://other.test/", b"http://u@shop.test/", b"ftp://shop.test/", b"shop.test/x"]
+)
+def test_absolute_form_that_conflicts_or_is_not_http_is_400(url: bytes) -> None:
+    info = scan_request([HOST], http11=True)
+    with pytest.raises(RequestRejected) as err:
+        absolute_form(url, info)
+    assert err.value.status == 400
+
+
+@pytest.mark.parametrize(
+    ("method", "sent", "body_held", "ok"),
+    [
+        (b"POST", False, True, True),  # connect refused: the app saw nothing
+        (b"POST", True, True, False),  # the app may have acted on it
+        (b"PATCH", True, True, False),
+        (b"GET", True, True, True),
+        (b"PUT", True, True, True),
+        (b"DELETE", True, True, True),
+        (b"PUT", True, False, False),  # body no longer held
+        (b"GET", False, False, False),
+    ],
+)
+def test_only_requests_safe_to_replay_are_replayed(
+    method: bytes, sent: bool, body_held: bool, ok: bool
+) -> None:
+    assert replayable(method, sent=sent, body_held=body_held) is ok
+
+
+@pytest.mark.parametrize(
+    ("requested", "headers", "ok"),
+    [
+        (b"websocket", [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade")], True),
+        (b"websocket", [(b"Upgrade", b"WebSocket")], True),
+        (None, [(b"Upgrade", b"websocket")], False),
+        (b"websocket", [(b"Upgrade", b"h2c")], False),
+        (b"websocket", [], False),
+    ],
+)
+def test_101_opens_a_tunnel_only_to_the_protocol_asked_for(
+    requested: bytes | None, headers: list[tuple[bytes, bytes]], ok: bool
+) -> None:
+    assert (upgrade_refused(requested, raw_head(101, headers)) is None) is ok
+
+
+def test_transfer_coding_other_than_chunked_is_kept_and_body_runs_until_close() -> None:
+    info = client_head(
+        200,
+        raw_head(200, [(b"Transfer-Encoding", b"gzip")]),
+        head_request=False,
+        client_http11=True,
+        client_keep_alive=True,
+        upgrade=False,
+    )
+    assert info.until_close and info.framing == FRAME_CHUNKED
+    assert b"Transfer-Encoding: gzip, chunked\r\n" in info.head
+    chunked = client_head(
+        200,
+        raw_head(200, [(b"Transfer-Encoding", b"gzip, chunked")]),
+        head_request=False,
+        client_http11=True,
+        client_keep_alive=True,
+        upgrade=False,
+    )
+    assert not chunked.until_close
+    assert b"Transfer-Encoding: gzip, chunked\r\n" in chunked.head
+
+
+def test_failure_log_is_rate_limited_and_says_how_many_it_suppressed() -> None:
+    limit = RateLimit(per_second=2)
+    assert limit.allow(10.0) == (True, 0)
+    assert limit.allow(10.1) == (True, 0)
+    assert limit.allow(10.2) == (False, 0)
+    assert limit.allow(10.9) == (False, 0)
+    assert limit.allow(11.0) == (True, 2)  # the next line reports the two suppressed
+    assert limit.allow(11.1) == (True, 0)

@@ -19,6 +19,7 @@ from baton.deploy.plan import (
     plan_recovery,
     primary_release,
     release_counts,
+    release_options,
     route_table,
     split_weights,
     unique_label,
@@ -285,3 +286,11 @@ def test_app_route_carries_max_connection_age_only_when_set() -> None:
     assert bounded is not None and bounded["max_connection_age"] == 3600.0
     unbounded = app_route({"proxy": {}}, pools)
     assert unbounded is not None and "max_connection_age" not in unbounded
+
+
+def test_release_options_carry_the_pinning_secret_and_trusted_networks() -> None:
+    assert release_options({"deploy": {"canary": {}}}) == {}
+    options = release_options(
+        {"deploy": {"canary": {"release_secret": "s" * 16, "pin_from": ["10.0.0.0/8"]}}}
+    )
+    assert options == {"release_secret": "s" * 16, "pin_from": ["10.0.0.0/8"]}

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from baton.errors import RouteTableError
+from baton.proxy.forwarded import is_trusted
 from baton.proxy.routing import (
     RouteTable,
     cookie_release,
@@ -203,3 +204,34 @@ def test_invalid_stickiness_is_rejected(value: object) -> None:
 def test_short_release_secret_is_rejected() -> None:
     with pytest.raises(RouteTableError, match="release_secret"):
         parse_table({"apps": {"w": app(release_secret="short")}})
+
+
+def test_pin_from_takes_networks_and_matches_client_addresses() -> None:
+    spec = parse_table(
+        {
+            "apps": {
+                "web": {
+                    "releases": [{"name": "v1", "targets": ["127.0.0.1:9"]}],
+                    "pin_from": ["10.0.0.0/8", "::1"],
+                }
+            }
+        }
+    )["web"]
+    assert spec.pin_from == ("10.0.0.0/8", "::1/128")
+    assert is_trusted(spec.pin_from, b"10.9.9.9")
+    assert is_trusted(spec.pin_from, b"::ffff:10.0.0.1")
+    assert is_trusted(spec.pin_from, b"::1")
+    assert not is_trusted(spec.pin_from, b"127.0.0.1")  # loopback is not trusted by default
+    assert not is_trusted(spec.pin_from, b"unknown")
+    with pytest.raises(RouteTableError, match=r"apps\.web\.pin_from\[0\]"):
+        parse_table(
+            {"apps": {"web": {"releases": [{"name": "v1", "targets": []}], "pin_from": ["x"]}}}
+        )
+    with pytest.raises(RouteTableError, match=r"apps\.web\.pin_from\[0\]: expected a CIDR"):
+        parse_table(  # host bits set: a typo more often than not
+            {
+                "apps": {
+                    "web": {"releases": [{"name": "v1", "targets": []}], "pin_from": ["10.1.2.3/8"]}
+                }
+            }
+        )

@@ -279,6 +279,8 @@ def release_options(config: Mapping[str, Any] | None) -> dict[str, Any]:
         options["stickiness"] = canary["stickiness"]
     if canary.get("release_secret"):
         options["release_secret"] = canary["release_secret"]
+    if canary.get("pin_from"):
+        options["pin_from"] = list(canary["pin_from"])
     return options
 
 

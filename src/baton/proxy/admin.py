@@ -18,6 +18,7 @@ from baton import __version__
 from baton.errors import RouteTableError
 from baton.proxy.routing import check_conflicts, parse_app, parse_table
 from baton.proxy.server import TUNNEL_CLOSE_GRACE, Proxy
+from baton.state.files import private_umask
 
 MAX_BODY = 4 * 1024 * 1024
 
@@ -96,8 +97,8 @@ class AdminAPI:
         self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self.runner.setup()
         site = web.UnixSite(self.runner, path)
-        await site.start()
-        os.chmod(path, 0o600)
+        with private_umask():  # born 0600: no window with the process umask's mode
+            await site.start()
 
     async def stop(self) -> None:
         if self.runner is not None:

@@ -242,6 +242,27 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: str) -> float:
     help="Largest request header block in bytes; larger gets 431.",
 )
 @click.option(
+    "--max-headers",
+    default=100,
+    type=click.IntRange(1, 10000),
+    show_default=True,
+    help="Most header (or trailer) fields in one request; more gets 431.",
+)
+@click.option(
+    "--max-connections",
+    default=10000,
+    type=click.IntRange(1, 10_000_000),
+    show_default=True,
+    help="Most open client connections per listener; beyond it new ones get 503 and close.",
+)
+@click.option(
+    "--tunnel-idle-timeout",
+    default="1h",
+    callback=_seconds,
+    show_default=True,
+    help="A tunnel (WebSocket) with no bytes either way for this long is closed.",
+)
+@click.option(
     "--upstream-idle-timeout",
     default="2s",
     callback=_seconds,
@@ -271,6 +292,9 @@ def proxy_command(
     header_timeout: float,
     keepalive_timeout: float,
     max_header_size: int,
+    max_headers: int,
+    max_connections: int,
+    tunnel_idle_timeout: float,
     upstream_idle_timeout: float,
     upstream_max_idle: int,
     drain_deadline: float,
@@ -298,6 +322,9 @@ def proxy_command(
         header_timeout=header_timeout,
         keepalive_timeout=keepalive_timeout,
         max_header_size=max_header_size,
+        max_headers=max_headers,
+        max_connections=max_connections,
+        tunnel_idle_timeout=tunnel_idle_timeout,
         upstream_idle_timeout=upstream_idle_timeout,
         upstream_max_idle=upstream_max_idle,
         drain_deadline=drain_deadline,

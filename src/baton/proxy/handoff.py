@@ -27,6 +27,8 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from baton.state.files import private_umask
+
 log = logging.getLogger("baton.proxy")
 
 HELLO = b"FDS\n"
@@ -61,8 +63,8 @@ class HandoffServer:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(self.path)
-        os.chmod(self.path, 0o600)
+        with private_umask():  # born 0600: no window with the process umask's mode
+            sock.bind(self.path)
         sock.listen(4)
         sock.setblocking(False)
         self.sock = sock

@@ -10,12 +10,24 @@ rules are tested without a network.
 Rejections (never forwarded): both Content-Length and Transfer-Encoding; a Content-Length
 that is not a decimal number, or given twice; a Transfer-Encoding other than ``chunked``
 last; an HTTP/1.1 request without Host, or with two Host headers; a header block over the
-configured limit (431). Parser-level errors (request line, header names) are 400.
+configured limit (431), or with more header fields than the configured count (431); a
+Host that is not a valid ``reg-name``/IP literal with an optional port (400); an
+absolute-form target whose authority differs from Host (400); ``CONNECT`` (405).
+Parser-level errors (request line, header names) are 400. Header names spelled with ``_``
+that would read as a framing or forwarding header once ``_`` became ``-``
+(``Transfer_Encoding``, ``X_Forwarded_For``) are dropped, and ``Connection`` cannot name
+Host or X-Request-Id away.
+
+Replays. ``replayable`` is the one rule for sending a request again after an attempt got no
+answer: always when the upstream provably saw nothing of it (connect refused, closed before
+a byte was written), otherwise only for idempotent methods whose body is still held.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 VIA = b"1.1 baton"
 
@@ -73,6 +85,7 @@ _REQUEST_SPECIAL = {
 REASONS = {
     400: "Bad Request",
     404: "Not Found",
+    405: "Method Not Allowed",
     408: "Request Timeout",
     413: "Content Too Large",
     417: "Expectation Failed",
@@ -177,12 +190,17 @@ def scan_request(headers: list[tuple[bytes, bytes]], http11: bool) -> RequestInf
     xf_host: bytes | None = None
     special = _REQUEST_SPECIAL
     for name, value in headers:
-        kind = special.get(name.lower())
+        lower = name.lower()
+        kind = special.get(lower)
         if kind is None:
+            if b"_" in lower and _underscore_collides(lower):
+                continue  # an app reading "_" as "-" would see a second framing header
             kept.append(name + b": " + value + b"\r\n")
         elif kind == _HOST:
             if host is not None:
                 raise RequestRejected(400, "duplicate Host header")
+            if not valid_host(value):
+                raise RequestRejected(400, "invalid Host header")
             host = value
             kept.append(name + b": " + value + b"\r\n")
         elif kind == _CONTENT_LENGTH:
@@ -237,7 +255,7 @@ def scan_request(headers: list[tuple[bytes, bytes]], http11: bool) -> RequestInf
     if upgrade is not None and b"upgrade" not in connection:
         upgrade = None
     if connection and (len(connection) > 1 or connection[0] not in _CONNECTION_OPTIONS):
-        named = set(connection) - _CONNECTION_OPTIONS
+        named = set(connection) - _CONNECTION_OPTIONS - _NOT_NAMEABLE
         if named:
             kept = [line for line in kept if line.split(b":", 1)[0].lower() not in named]
     return RequestInfo(
@@ -256,6 +274,89 @@ def scan_request(headers: list[tuple[bytes, bytes]], http11: bool) -> RequestInf
         xf_proto or None,
         xf_host or None,
     )
+
+
+# Headers a client's Connection header cannot remove: Baton needs them end to end.
+_NOT_NAMEABLE = frozenset({b"host", b"x-request-id"})
+# Names that, with "_" read as "-", are framing or forwarding headers.
+_COLLIDING = frozenset(
+    {
+        *_REQUEST_SPECIAL,
+        b"x-real-ip",
+        b"forwarded",
+        b"x-forwarded-port",
+        b"x-forwarded-prefix",
+    }
+)
+
+
+def _underscore_collides(lower: bytes) -> bool:
+    return lower.replace(b"_", b"-") in _COLLIDING
+
+
+# RFC 3986: reg-name = *( unreserved / pct-encoded / sub-delims ); IP-literal = "[" ... "]";
+# then an optional ":" port of digits. Empty is allowed (RFC 9112 3.2: no authority).
+_REG_NAME = re.compile(rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*")
+_IP_LITERAL = re.compile(rb"\[(?:[0-9A-Fa-f:.]+|v[0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+)\]")
+_HOST_VALUE = re.compile(
+    rb"(?:" + _IP_LITERAL.pattern + rb"|" + _REG_NAME.pattern + rb")(?::[0-9]{0,5})?"
+)
+
+
+@lru_cache(maxsize=1024)  # (a site sees few distinct Host values: checked once each)
+def valid_host(value: bytes) -> bool:
+    """Whether a Host value is ``uri-host [ ":" port ]`` (RFC 9112 3.2, RFC 3986 3.2.2)."""
+    value = value.strip(b" \t")
+    if len(value) > 255:
+        return False
+    m = _HOST_VALUE.fullmatch(value)
+    if m is None:
+        return False
+    _, colon, port = value.rpartition(b":") if not value.endswith(b"]") else (b"", b"", b"")
+    return not colon or not port or int(port) <= 65535
+
+
+def absolute_form(url: bytes, info: RequestInfo) -> bytes:
+    """The origin-form target of an absolute-form request (routed by its authority).
+
+    ``http://app.test/x`` becomes ``/x`` with Host ``app.test``; a Host header that names
+    another authority is a conflicting request (400). Other targets are returned as they are.
+    """
+    if url[:1] == b"/" or url == b"*":
+        return url
+    scheme, sep, rest = url.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        raise RequestRejected(400, "request target is neither a path nor an http(s) URI")
+    cut = len(rest)
+    for stop in (b"/", b"?", b"#"):
+        i = rest.find(stop)
+        if 0 <= i < cut:
+            cut = i
+    authority, path = rest[:cut], rest[cut:]
+    if b"@" in authority or not authority or not valid_host(authority):
+        raise RequestRejected(400, "invalid authority in the request target")
+    if path[:1] != b"/":
+        path = b"/" + path
+    if info.host is None:
+        info.host = authority
+        info.kept.append(b"Host: " + authority + b"\r\n")
+    elif info.host.strip().lower() != authority.lower():
+        raise RequestRejected(400, "the request target's authority differs from Host")
+    return path
+
+
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+
+
+def replayable(method: bytes, *, sent: bool, body_held: bool) -> bool:
+    """Whether a request whose attempt got no answer may be sent (again) to an upstream.
+
+    ``sent``: a byte of it reached the last upstream (which may then have acted on it);
+    ``body_held``: the whole body is still in memory to send again.
+    """
+    if not body_held:
+        return False
+    return not sent or method in IDEMPOTENT
 
 
 def upstream_head(
@@ -355,6 +456,7 @@ def client_head(
     connection: bytes | None = None
     upgrade_value: bytes | None = None
     te_chunked = False
+    codings: list[bytes] = []
     lines = raw.split(b"\r\n")
     kept = [lines[0]]
     special = _RESPONSE_SPECIAL
@@ -372,7 +474,12 @@ def client_head(
         elif kind == _UPGRADE:
             upgrade_value = value.strip()
         elif kind == _TRANSFER_ENCODING:
-            te_chunked = True
+            codings += (c.strip() for c in value.split(b",") if c.strip())
+    if codings:
+        # chunked last: the upstream delimits the body; other codings are the body's own
+        # (gzip): they travel on, and without chunked last the body ends with the connection.
+        te_chunked = codings[-1].lower() == b"chunked"
+        codings = [c for c in codings if c.lower() != b"chunked"]
     if connection is not None and connection.strip().lower() not in _CONNECTION_OPTIONS:
         named = _connection_named(connection)
         if named:
@@ -403,7 +510,8 @@ def client_head(
         until_close = not te_chunked
         if client_http11:
             framing = FRAME_CHUNKED
-            parts.append(b"\r\nTransfer-Encoding: chunked")
+            parts.append(b"\r\nTransfer-Encoding: ")
+            parts.append(b", ".join([*codings, b"chunked"]))
         else:
             framing = FRAME_CLOSE
             keep_alive = False
@@ -413,6 +521,24 @@ def client_head(
         parts.append(b"\r\nConnection: keep-alive")
     parts.append(b"\r\n\r\n")
     return ResponseInfo(b"".join(parts), framing, keep_alive, until_close)
+
+
+def upgrade_refused(requested: bytes | None, raw: bytes) -> str | None:
+    """Why a 101 answer must not open a tunnel (None when it may).
+
+    Only a request that asked to upgrade may be switched, and only to a protocol it named.
+    """
+    if requested is None:
+        return "upstream switched protocols for a request that did not ask to"
+    offered = {p.strip().lower() for p in requested.split(b",")}
+    for line in raw.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"upgrade":
+            chosen = {p.strip().lower() for p in value.split(b",")}
+            if chosen and chosen <= offered:
+                return None
+            return "upstream switched to a protocol the request did not offer"
+    return "upstream switched protocols without naming one"
 
 
 def chunk(data: bytes) -> bytes:

@@ -52,6 +52,7 @@ _APP_KEYS = {
     "proxy_protocol",
     "http_listen",
     "tls",
+    "pin_from",
 }
 _RELEASE_KEYS = {"name", "weight", "targets", "fuse"}
 _HEALTH_KEYS = {"kind", "path", "interval", "timeout", "rise", "fall"}
@@ -116,6 +117,7 @@ class AppSpec:
     proxy_protocol: bool = False  # the listener requires a PROXY protocol header
     http_listen: str | None = None  # plain-HTTP listener of a TLS app (redirects, ACME)
     tls: TlsSpec | None = None  # ``listen`` is HTTPS with these certificates
+    pin_from: tuple[str, ...] = ()  # networks (CIDR) whose clients may pin without the secret
 
     def to_json(self) -> dict[str, Any]:
         tls = {} if self.tls is None else {"tls": self.tls.to_json()}
@@ -138,6 +140,7 @@ class AppSpec:
             "queue_limit": self.queue_limit,
             "trusted_proxies": list(self.trusted_proxies),
             "proxy_protocol": self.proxy_protocol,
+            "pin_from": list(self.pin_from),
         }
 
 
@@ -288,11 +291,7 @@ def parse_app(name: object, value: object) -> AppSpec:
     max_age = value.get("max_connection_age")
     if max_age is not None:
         max_age = _number(max_age, f"{where}.max_connection_age", minimum=0.1, maximum=86400 * 30)
-    try:
-        trusted = parse_networks(value.get("trusted_proxies", []))
-    except ValueError as exc:
-        sep = "" if str(exc).startswith("[") else ": "
-        raise RouteTableError(f"{where}.trusted_proxies{sep}{exc}") from None
+    trusted = _networks(value.get("trusted_proxies", []), f"{where}.trusted_proxies")
     proxy_protocol = value.get("proxy_protocol", False)
     if not isinstance(proxy_protocol, bool):
         raise _fail(f"{where}.proxy_protocol", "true or false", proxy_protocol)
@@ -301,6 +300,7 @@ def parse_app(name: object, value: object) -> AppSpec:
         parse_address(http_listen, f"{where}.http_listen")
         if http_listen == listen:
             raise _fail(f"{where}.http_listen", "an address other than listen", http_listen)
+    pin_from = _networks(value.get("pin_from", []), f"{where}.pin_from")
     return AppSpec(
         http_listen=http_listen,
         tls=parse_tls(value.get("tls"), f"{where}.tls"),
@@ -319,6 +319,7 @@ def parse_app(name: object, value: object) -> AppSpec:
         ),
         trusted_proxies=trusted,
         proxy_protocol=proxy_protocol,
+        pin_from=pin_from,
         max_connection_age=max_age,
         retry_on_stable=parse_retry_methods(
             value.get("retry_on_stable"), f"{where}.retry_on_stable"
@@ -516,6 +517,15 @@ def _match_prefix(apps: tuple[App[T, M], ...], path: str) -> App[T, M] | None:
             if rest in ("", "/", "?"):
                 return app
     return None
+
+
+def _networks(value: object, where: str) -> tuple[str, ...]:
+    """CIDR networks (``forwarded.parse_networks``); errors name the key and the entry."""
+    try:
+        return parse_networks(value)
+    except ValueError as exc:
+        sep = "" if str(exc).startswith("[") else ": "
+        raise RouteTableError(f"{where}{sep}{exc}") from None
 
 
 def normalise_host(raw: bytes | None) -> str:

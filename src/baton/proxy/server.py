@@ -11,8 +11,16 @@ until the response is complete, whatever the table does meanwhile.
 Rules the code keeps:
 - A request never answered (connect refused/reset, or the upstream closed before one
   response byte) is retried on another target of the same release, or once on the same
-  target after a short back-off, if it is replayable: no body, or a body of at most
-  ``REPLAY_LIMIT`` bytes still held. Nothing is retried once a response byte arrived.
+  target after a short back-off, if ``http.replayable`` says so: the upstream provably saw
+  nothing of it, or it is idempotent with its body (at most ``REPLAY_LIMIT`` bytes) still
+  held. Nothing is retried once a response byte arrived.
+- A client is read no further while a pipelined request waits for its turn: the bytes
+  after it are held raw (``held``) and parsed when its turn comes. Bad bytes after
+  requests read whole are rejected only once those are answered (``deferred``); a client
+  that half-closes after its requests still gets their answers.
+- Every head (also a next one on a keep-alive connection) must arrive within the header
+  time-out; header fields and a chunked body's framing and trailers are bounded by the
+  header limits.
 - Every request Baton cannot forward gets a short local answer: 404 no route, 503 no
   healthy target, 502 upstream unreachable, 504 upstream time-out, 4xx bad request.
 - Back-pressure: while one side's write buffer is full, the other side is not read.
@@ -38,6 +46,7 @@ import httptools
 
 from baton.errors import ProxyProtocolError
 from baton.proxy import tls as tls_module
+from baton.proxy.failures import FailureLog
 from baton.proxy.forwarded import is_trusted
 from baton.proxy.fuse import Fuses
 from baton.proxy.http import (
@@ -46,8 +55,10 @@ from baton.proxy.http import (
     LAST_CHUNK,
     RequestInfo,
     RequestRejected,
+    absolute_form,
     chunk,
     local_response,
+    replayable,
     scan_request,
     short_response,
     upstream_head,
@@ -98,6 +109,12 @@ UPSTREAM_DEADLINE = 3  # waiting for the response head: 504
 PAUSE_PIPELINE = 1
 PAUSE_UPSTREAM = 2
 PAUSE_BUFFER = 4
+PAUSE_DEFERRED = 8
+
+# Client bytes are parsed at most this many at a time outside a body (a body: BODY_STEP), so
+# that parsing stops soon after a pipelined request and the rest is held as raw bytes.
+FEED_STEP = 4096
+BODY_STEP = 65536
 
 
 @dataclass
@@ -109,6 +126,9 @@ class ProxySettings:
     upstream_max_idle: int = 256
     eject_after: int = 3
     drain_deadline: float = 30.0
+    max_headers: int = 100
+    max_connections: int = 10000  # per listener; beyond it: 503 and close
+    tunnel_idle_timeout: float = 3600.0
 
 
 LiveTable = RouteTable[Target, ReleaseMetrics]
@@ -221,23 +241,34 @@ class ClientConnection(asyncio.Protocol):
 
     __slots__ = (
         "active",
+        "began",
+        "begin_offset",
         "client_ip",
         "closed",
+        "counted",
         "current_parse",
         "deadline",
         "deadline_kind",
+        "deferred",
         "early",
+        "eof",
         "feed_len",
         "head_size",
+        "head_started",
         "headers",
+        "held",
+        "last_io",
         "listen",
         "loopback",
         "parser",
         "paused",
         "pending",
+        "piece_body",
         "proxy",
         "reading",
         "tls",
+        "trailer_count",
+        "trailer_size",
         "transport",
         "tunnel",
         "upgrading",
@@ -271,6 +302,17 @@ class ClientConnection(asyncio.Protocol):
         self.closed = False
         self.deadline = 0.0
         self.deadline_kind = NO_DEADLINE
+        self.counted = False
+        self.held = b""  # raw bytes after a pipelined request, parsed when its turn comes
+        self.deferred: tuple[int, str] | None = None  # a rejection owed after earlier answers
+        self.eof = False  # the client shut its write side
+        self.began = False
+        self.begin_offset = 0
+        self.piece_body = 0
+        self.head_started = 0.0
+        self.trailer_size = 0
+        self.trailer_count = 0
+        self.last_io = 0.0
 
     # -- connection lifecycle ----------------------------------------------------------
 
@@ -282,8 +324,15 @@ class ClientConnection(asyncio.Protocol):
         ip = peer[0] if peer else "unknown"
         self.client_ip = ip.encode()
         self.loopback = ip.startswith(("127.", "::ffff:127.")) or ip == "::1"
-        self.proxy.connections.add(self)
-        self._set_deadline(HEADER_DEADLINE, self.proxy.settings.header_timeout)
+        proxy = self.proxy
+        if not proxy.admit(self.listen):
+            self.closed = True
+            self.transport.write(local_response(503, "too many connections", close=True))
+            self.transport.close()
+            return
+        self.counted = True
+        proxy.connections.add(self)
+        self._set_deadline(HEADER_DEADLINE, proxy.settings.header_timeout)
 
     def _handed_over(self, transport: asyncio.BaseTransport) -> bool:
         """A TLS connection that agreed on another protocol with ALPN (h2) goes to it."""
@@ -298,6 +347,9 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.counted:
+            self.counted = False
+            self.proxy.release(self.listen)
         self.proxy.connections.discard(self)
         self._drop_tunnel(close_upstream=True)
         ex = self.active
@@ -385,6 +437,7 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         tunnel = self.tunnel
         if tunnel is not None:
+            self.last_io = self.proxy.loop.time()
             ws = self.ws
             if ws is not None:
                 if ws.app_closed:
@@ -400,33 +453,105 @@ class ClientConnection(asyncio.Protocol):
             self.early.append(data)
             self._pause(PAUSE_BUFFER)
             return
-        if not self.reading and self.current_parse is None:
-            # The first bytes of a new request: its head must arrive within the time-out.
-            self.reading = True
-            self.head_size = 0
-            self._set_deadline(HEADER_DEADLINE, self.proxy.settings.header_timeout)
+        self._feed(data)
+
+    def eof_received(self) -> bool | None:
+        """The client shut its write side: answer the requests it sent whole, then close."""
+        self.eof = True
+        if self.tunnel is not None or self.upgrading:
+            return None
+        ex = self.current_parse
+        if ex is not None:
+            # Its body can never complete now: it is not answered.
+            self.current_parse = None
+            if ex is self.active:
+                return None
+            if self.pending and self.pending[-1] is ex:
+                self.pending.pop()
+        if self.active is None and not self.pending and not self.held:
+            return None
+        return True  # keep the write side open for the answers
+
+    def _feed(self, data: bytes) -> None:
+        """Parse client bytes; after a pipelined request, hold the rest unparsed.
+
+        A client that pipelines requests and never reads the answers costs one read's bytes,
+        not one parsed exchange per request.
+        """
+        if self.held:
+            self.held += data  # (not normally reached: reading is paused while bytes are held)
+            return
+        if len(data) <= FEED_STEP:
+            self._parse(data)
+            return
+        view = memoryview(data)
+        i, n = 0, len(data)
+        while i < n:
+            if self.closed or self.deferred is not None:
+                return
+            if self.pending:
+                self.held = bytes(view[i:]) + self.held
+                return
+            if self.upgrading:
+                self.early.append(bytes(view[i:]))
+                return
+            step = BODY_STEP if self.current_parse is not None else FEED_STEP
+            piece = view[i : i + step]
+            i += len(piece)
+            self._parse(piece)
+
+    def _parse(self, data: bytes | memoryview) -> None:
+        if self.closed or self.deferred is not None or self.upgrading:
+            if self.upgrading:
+                self.early.append(bytes(data))
+            return
         self.feed_len = len(data)
+        self.piece_body = 0
+        self.began = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self.upgrading = True
             rest = data[exc.args[0] :]
             if rest:
-                self.early.append(rest)
+                self.early.append(bytes(rest))
             return
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, RequestRejected):
-                self._reject(cause.status, cause.message)
+                self._reject_after_answers(cause.status, cause.message)
                 return
             raise
         except httptools.HttpParserError as exc:
-            self._reject(400, _parser_message(exc))
+            self._reject_after_answers(400, _parser_message(exc))
             return
+        limit = self.proxy.settings.max_header_size
         if self.reading:
-            self.head_size += len(data)
-            if self.head_size > self.proxy.settings.max_header_size:
-                self._reject(431, "request header block too large")
+            # Only the bytes from where this head began count (not a body before it).
+            self.head_size += len(data) - self.begin_offset if self.began else len(data)
+            if self.head_size > limit:
+                self._reject_after_answers(431, "request header block too large")
+            return
+        ex = self.current_parse
+        if ex is not None and ex.info.chunked:
+            # Chunk framing and trailers without a body byte between them are bounded like
+            # a header block.
+            if self.piece_body:
+                self.trailer_size = 0
+            else:
+                self.trailer_size += len(data)
+                if self.trailer_size > limit:
+                    self._reject(431, "chunked framing or trailer section too large")
+
+    def _reject_after_answers(self, status: int, message: str) -> None:
+        """Reject what the client sent, but first answer the requests it sent before it whole."""
+        if self.current_parse is None and (self.active is not None or self.pending):
+            self.deferred = (status, message)
+            self.reading = False
+            self.held = b""
+            self._pause(PAUSE_DEFERRED)
+            return
+        self._reject(status, message)
 
     def _reject(self, status: int, message: str) -> None:
         """Answer a request Baton refuses (or cannot parse) and close the connection."""
@@ -447,14 +572,32 @@ class ClientConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.reading = True
         self.head_size = 0
+        self.began = True
+        self.begin_offset = self.piece_body
         self.url = b""
         self.headers = []
         self.current_parse = None
+        self.trailer_size = 0
+        self.trailer_count = 0
+        self.head_started = self.proxy.loop.time()
+        if self.active is None:
+            # A new head must arrive within the header time-out (while an answer is still
+            # owed, the answer's deadline runs; this one starts when it is done).
+            self._set_deadline(HEADER_DEADLINE, self.proxy.settings.header_timeout)
 
     def on_url(self, url: bytes) -> None:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        max_headers = self.proxy.settings.max_headers
+        if self.current_parse is not None:
+            # A trailer field: not forwarded, so not kept; only counted.
+            self.trailer_count += 1
+            if self.trailer_count > max_headers:
+                raise RequestRejected(431, "too many trailer fields")
+            return
+        if len(self.headers) >= max_headers:
+            raise RequestRejected(431, f"more than {max_headers} header fields")
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -470,10 +613,15 @@ class ClientConnection(asyncio.Protocol):
         if version != "1.1" and version != "1.0":
             raise RequestRejected(400, f"unsupported HTTP version {version!r}")
         http11 = version == "1.1"
+        method = parser.get_method()
+        if method == b"CONNECT":
+            raise RequestRejected(405, "CONNECT is not supported")
         info = scan_request(self.headers, http11)
-        ex = Exchange(parser.get_method(), self.url, info, http11, parser.should_keep_alive())
+        url = absolute_form(self.url, info)
+        ex = Exchange(method, url, info, http11, parser.should_keep_alive())
         self.reading = False
-        self.deadline_kind = NO_DEADLINE
+        if self.deadline_kind == HEADER_DEADLINE:
+            self.deadline_kind = NO_DEADLINE
         self.current_parse = ex
         if info.content_length is None and not info.chunked:
             ex.complete = True  # no body; llhttp still calls on_message_complete
@@ -484,6 +632,7 @@ class ClientConnection(asyncio.Protocol):
             self._pause(PAUSE_PIPELINE)
 
     def on_body(self, body: bytes) -> None:
+        self.piece_body += len(body)
         ex = self.current_parse
         if ex is None:
             return
@@ -600,7 +749,8 @@ class ClientConnection(asyncio.Protocol):
         except (TimeoutError, OSError) as exc:
             target.connect_failed(self.proxy.settings.eject_after)
             if ex is self.active and not self.closed and ex.target is target:
-                self.retry_or_fail(ex, spec, f"cannot connect to {target.address}: {_why(exc)}")
+                why = f"cannot connect to {target.address}: {_why(exc)}"
+                self.retry_or_fail(ex, spec, why, sent=False)
             return
         target.connect_succeeded()
         if ex is not self.active or self.closed or ex.target is not target:
@@ -613,7 +763,7 @@ class ClientConnection(asyncio.Protocol):
             # Accepted, then closed before we wrote a byte (docker-proxy in front of a dying
             # container does this): the request was never sent, so it is safe to retry.
             up.close()
-            self.retry_or_fail(ex, spec, "upstream closed the connection at once")
+            self.retry_or_fail(ex, spec, "upstream closed the connection at once", sent=False)
             return
         ex.upstream = up
         up.begin(self, ex)
@@ -634,15 +784,19 @@ class ClientConnection(asyncio.Protocol):
         if self.write_paused:
             up.transport.pause_reading()
 
-    def retry_or_fail(self, ex: Exchange, spec: AppSpec, why: str) -> None:
-        """The exchange was never answered: try again where that is safe, else 502."""
+    def retry_or_fail(self, ex: Exchange, spec: AppSpec, why: str, *, sent: bool) -> None:
+        """The exchange was never answered: try again where that is safe, else 502.
+
+        ``sent``: the last attempt wrote bytes to its upstream, which may have acted on them.
+        """
         target = ex.target
         ex.upstream = None
         if target is not None:
             ex.target = None
             target.in_flight -= 1
         release = ex.release
-        if release is not None and ex.replayable and ex.attempts < MAX_ATTEMPTS:
+        safe = replayable(ex.method, sent=sent, body_held=ex.replayable)
+        if release is not None and safe and ex.attempts < MAX_ATTEMPTS:
             nxt = self.proxy.pick_target(release, exclude=ex.tried)
             if nxt is not None:
                 if ex.metrics is not None:
@@ -657,7 +811,7 @@ class ClientConnection(asyncio.Protocol):
                 return
         # A canary that cannot answer is answered by stable (``_fail``) rather than waited for.
         to_stable = ex.stable_retry and self.may_retry_on_stable(ex)
-        if release is not None and ex.replayable and not to_stable and self._requeue(ex):
+        if release is not None and safe and not to_stable and self._requeue(ex):
             return
         self._fail(ex, 502, f"upstream unreachable ({why})")
 
@@ -674,8 +828,8 @@ class ClientConnection(asyncio.Protocol):
             ex.metrics.upstream_errors += 1
             elapsed = time.monotonic() - ex.t0
             ex.metrics.record(status, elapsed, elapsed)
+        self.proxy.failures.record(ex, status, message)
         self._leave_target(ex)
-        log.info("%s %s -> %d %s", ex.method.decode(), ex.url.decode("latin-1"), status, message)
         self._local(ex, status, message)
 
     def _acme_answer(self, ex: Exchange) -> bool:
@@ -852,17 +1006,38 @@ class ClientConnection(asyncio.Protocol):
         self._next()
 
     def _next(self) -> None:
+        """The active exchange is done: start the next request, or wait for one."""
         if self.pending:
-            ex = self.pending.popleft()
-            if not self.pending:
-                self._resume(PAUSE_PIPELINE)
-            self.start(ex)
+            self.start(self.pending.popleft())  # (may answer at once and come back here)
+            self._release_held()
+            return
+        self._release_held()
+        if self.active is not None or self.pending or self.closed:
+            return
+        if self.deferred is not None:
+            self._reject(*self.deferred)  # everything before the bad bytes is answered
+        elif self.eof:
+            self.close()
+        elif self.reading:
+            # A next head began while the answer was owed: its time-out runs from then.
+            self.deadline_kind = HEADER_DEADLINE
+            self.deadline = self.head_started + self.proxy.settings.header_timeout
         elif self.proxy.stopping:
             # Retiring: the client may be sending its next request right now; closing
             # would lose it. Give it a moment (its next response says Connection: close).
             self._set_deadline(IDLE_DEADLINE, STOPPING_IDLE_GRACE)
         else:
             self._set_deadline(IDLE_DEADLINE, self.proxy.settings.keepalive_timeout)
+
+    def _release_held(self) -> None:
+        """Parse held bytes once no request is waiting; read the socket again after them."""
+        if self.pending or self.closed:
+            return
+        if self.held:
+            held, self.held = self.held, b""
+            self._feed(held)
+        if not self.pending and not self.held:
+            self._resume(PAUSE_PIPELINE)
 
     def upstream_lost(self, up: UpstreamConnection) -> None:
         """The upstream connection closed while carrying our exchange."""
@@ -877,6 +1052,7 @@ class ClientConnection(asyncio.Protocol):
                 self.response_done(up, reusable=False)
                 return
             # Truncated response: the client cannot be told anything sane; close it.
+            self.proxy.failures.record(ex, ex.status, "upstream closed mid-response")
             if ex.metrics is not None:
                 ex.metrics.upstream_errors += 1
             ex.upstream = None
@@ -888,7 +1064,9 @@ class ClientConnection(asyncio.Protocol):
         if spec is None or up.got_bytes:
             self._fail(ex, 502, "upstream closed the connection before answering")
             return
-        self.retry_or_fail(ex, spec.spec, "upstream closed the connection before answering")
+        self.retry_or_fail(
+            ex, spec.spec, "upstream closed the connection before answering", sent=True
+        )
 
     def upstream_broken(self, up: UpstreamConnection, why: str) -> None:
         ex = self.active
@@ -896,6 +1074,7 @@ class ClientConnection(asyncio.Protocol):
             up.close()
             return
         if ex.status:
+            self.proxy.failures.record(ex, ex.status, why)
             self._abandon(ex)
             self.active = None
             self.close()
@@ -920,6 +1099,7 @@ class ClientConnection(asyncio.Protocol):
         up.upgraded = True
         up.ex = None
         self.deadline_kind = NO_DEADLINE
+        self.last_io = self.proxy.loop.time()
         upgrade = ex.info.upgrade
         if upgrade is not None and upgrade.strip().lower() == b"websocket":
             self.ws = _WebSocketTunnel()
@@ -934,6 +1114,7 @@ class ClientConnection(asyncio.Protocol):
         self._resume(PAUSE_BUFFER)
 
     def tunnel_data_from_app(self, data: bytes) -> None:
+        self.last_io = self.proxy.loop.time()
         ws = self.ws
         if ws is None:
             self.write(data)
@@ -1033,6 +1214,19 @@ class Proxy:
         self.queues: WaitQueues[tuple[ClientConnection, Exchange]] = WaitQueues()
         self.metrics.queue_figures = self.queue_figures
         self.proxy_protocol: frozenset[str] = frozenset()  # listeners requiring the header
+        self.open_per_listener: dict[str, int] = {}
+        self.failures = FailureLog(log)
+
+    def admit(self, listen: str) -> bool:
+        """Count a new client connection on ``listen``; False when the listener is full."""
+        n = self.open_per_listener.get(listen, 0)
+        if n >= self.settings.max_connections:
+            return False
+        self.open_per_listener[listen] = n + 1
+        return True
+
+    def release(self, listen: str) -> None:
+        self.open_per_listener[listen] -= 1
 
     # -- routing -----------------------------------------------------------------------
 
@@ -1047,8 +1241,11 @@ class Proxy:
         return b"%s-%x" % (self._request_prefix, self._request_seq)
 
     def may_pin(self, app: LiveApp, ex: Exchange, client: ClientConnection) -> bool:
-        """X-Baton-Release is honoured from loopback, or with the app's secret."""
-        if client.loopback:
+        """X-Baton-Release is honoured with the app's secret, or from its ``pin_from`` nets.
+
+        Never for "any loopback peer": behind a local TLS terminator that is everyone.
+        """
+        if app.spec.pin_from and is_trusted(app.spec.pin_from, client.client_ip):
             return True
         secret = app.spec.release_secret
         given = ex.info.pin_secret
@@ -1361,8 +1558,10 @@ class Proxy:
             if self.queues:
                 self._expire_queued(now)
                 self.wake_queued()  # a fallback: the events above normally do this
+            idle_limit = self.settings.tunnel_idle_timeout
             for t in list(self.tunnel_ends.values()):
-                if t.max_age is not None and now - t.started >= t.max_age:
+                too_old = t.max_age is not None and now - t.started >= t.max_age
+                if too_old or now - t.client.last_io >= idle_limit:
                     t.client.end_tunnel()
             idle_before = time.monotonic() - self.settings.upstream_idle_timeout
             for address, target in list(self.targets.items()):

@@ -11,6 +11,9 @@ connections (the app closing one just as Baton reuses it is the classic lost req
 An ``UpstreamConnection`` parses one response at a time with httptools and writes it to the
 client connection that owns the exchange, batching what one ``data_received`` produced
 into a single write. It never decides about retries: it tells its client what happened.
+Bytes after the end of a response (more than its Content-Length, a body after 204/304)
+are never forwarded: the connection is closed instead of pooled. A 101 opens a tunnel only
+when the request asked to upgrade to the protocol the 101 names; otherwise it is a 502.
 """
 
 from __future__ import annotations
@@ -21,12 +24,27 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from baton.proxy.http import FRAME_CHUNKED, FRAME_NONE, LAST_CHUNK, chunk, client_head
+from baton.proxy.http import (
+    FRAME_CHUNKED,
+    FRAME_NONE,
+    LAST_CHUNK,
+    chunk,
+    client_head,
+    upgrade_refused,
+)
 
 MAX_RESPONSE_HEAD = 1024 * 1024
 
 if TYPE_CHECKING:
     from baton.proxy.server import ClientConnection, Exchange
+
+
+class BadResponse(Exception):
+    """The upstream's response breaks a rule Baton keeps (raised inside parser callbacks)."""
+
+
+class _Excess(Exception):
+    """Bytes after a complete response: the start of a response nobody asked for."""
 
 
 class Target:
@@ -263,7 +281,14 @@ class UpstreamConnection(asyncio.Protocol):
                 client.retry_on_stable(self, self.discard)
                 return
             self._flush(client)
-            client.upstream_broken(self, f"invalid response from upstream: {exc}")
+            if self.done:
+                # The response was complete; what followed it is dropped with the connection.
+                self.done = False
+                client.response_done(self, reusable=False)
+                return
+            cause = exc.__context__
+            why = str(cause) if isinstance(cause, BadResponse) else f"{exc}"
+            client.upstream_broken(self, f"invalid response from upstream: {why}")
             return
         if self.discard:
             client.retry_on_stable(self, self.discard)
@@ -283,6 +308,10 @@ class UpstreamConnection(asyncio.Protocol):
             out.clear()
 
     # -- httptools callbacks -----------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.done:
+            raise _Excess
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -305,6 +334,10 @@ class UpstreamConnection(asyncio.Protocol):
         if status >= 500 and ex.stable_retry and client.may_retry_on_stable(ex):
             self.discard = status  # not one byte of it reaches the client
             return
+        if status == 101:
+            why = upgrade_refused(ex.info.upgrade if ex.upgrade else None, head)
+            if why is not None:
+                raise BadResponse(why)
         info = client_head(
             status,
             head,

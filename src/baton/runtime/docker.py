@@ -70,6 +70,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from baton.errors import BatonError, DaemonUnreachable, DeploymentFailed, RuntimeFailure
 from baton.runtime.base import Instance, InstanceSpec
+from baton.state.files import open_private
 
 if TYPE_CHECKING:
     from baton.config import AppConfig
@@ -720,7 +721,9 @@ class DockerRuntime:
         if logs is not None and path is not None:
             with contextlib.suppress(OSError):
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(logs)
+                with open_private(path) as saved:
+                    saved.truncate(0)
+                    saved.write(logs)
         self._remove_record(instance.ref)
 
     def _record_log_path(self, ref: str) -> Path | None:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from baton.errors import RuntimeFailure
 from baton.runtime.base import Instance, InstanceSpec
+from baton.state.files import open_private
 
 if TYPE_CHECKING:
     from baton.config import AppConfig
@@ -287,7 +288,7 @@ class ProcessRuntime:
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = (log_dir / f"{spec.app}-{_safe(spec.version)}-{spec.index}.log").absolute()
         started_at = time.time()
-        with open(log_path, "ab") as log:
+        with open_private(log_path) as log:
             log.write(
                 f"--- baton: starting {spec.app} {spec.version} #{spec.index} on "
                 f"127.0.0.1:{port} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode()

@@ -59,6 +59,7 @@ from baton.runtime.process import pid_alive
 from baton.server.api import Api
 from baton.server.certs import CertManager, live_acme_apps
 from baton.server.listeners import HeldListeners
+from baton.state.files import open_private, private_dir, private_umask
 from baton.state.store import Store
 
 log = logging.getLogger("baton.server")
@@ -175,9 +176,9 @@ class ProxySupervisor:
         await self.router.push_all()
 
     async def _spawn(self, listens: list[str]) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.log_path.parent)
         if self._log is None:
-            self._log = self.log_path.open("ab")
+            self._log = open_private(self.log_path)
         argv = [sys.executable, "-m", "baton.proxy", "--admin", str(self.socket)]
         fds = self.held.hold(listens)
         for address in listens:
@@ -269,9 +270,9 @@ class ProxySupervisor:
         async with self._changing:
             old = await self.client.health(timeout=5.0)
             old_pid = int(old.get("pid") or 0)
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(self.log_path.parent)
             if self._log is None:
-                self._log = self.log_path.open("ab")
+                self._log = open_private(self.log_path)
             argv = [*(command or [sys.executable, "-m", "baton.proxy"])]
             argv += ["--admin", str(self.socket), "--takeover"]
             self._log.write(f"--- baton: upgrading the proxy: {' '.join(argv)}\n".encode())
@@ -353,9 +354,7 @@ async def serve(state_dir: Path, *, flags_listen: str | None = None) -> int:
     if flags_listen is not None:
         check_ofrep_listen(flags_listen, flags_token)
     state_dir = state_dir.expanduser().absolute()
-    state_dir.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(PermissionError):  # a dir someone else owns stays as it is
-        os.chmod(state_dir, 0o700)  # it holds the store and the secrets: its owner's only
+    private_dir(state_dir)
     lock = _lock(state_dir)
     (state_dir / "server.pid").write_text(f"{os.getpid()}\n")
     store = Store.open(state_dir / "baton.db")
@@ -414,8 +413,8 @@ async def serve(state_dir: Path, *, flags_listen: str | None = None) -> int:
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()
         site = web.UnixSite(runner, str(sock))
-        await site.start()
-        os.chmod(sock, 0o600)
+        with private_umask():  # born 0600: no window with the process umask's mode
+            await site.start()
         log.info("baton server %s: API on %s", os.getpid(), sock)
         background = [
             loop.create_task(supervisor.watch(stop)),

@@ -21,7 +21,6 @@ plane's event-loop thread only.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from baton.errors import DeploymentLocked
+from baton.state.files import private_file
 
 MIGRATIONS: list[str] = [
     # 0 -> 1: the first schema.
@@ -300,9 +300,11 @@ class Store:
     def open(cls, path: Path | str) -> Store:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Owner-only, before SQLite creates it (its -wal and -shm files take the same mode).
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-        os.chmod(path, 0o600)
+        # Created 0600 before SQLite opens it: SQLite gives -wal and -shm the db's mode.
+        private_file(path)
+        for side in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if side.exists():
+                private_file(side)
         conn = sqlite3.connect(path, isolation_level=None, timeout=10.0)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")

@@ -1,0 +1,60 @@
+"""Private files: how Baton creates what holds its state, secrets and sockets.
+
+Theory of operation. Everything in the state dir may carry secrets (the SQLite store holds
+release env, the logs may echo app output, the sockets accept deploys), so it is created
+private from the first instant: directories 0700, files 0600, Unix sockets bound under a
+0177 umask (so they are born 0600), never created with the process umask and chmod'ed afterwards (that leaves a
+window in which another user can open them). Files that already exist with looser modes
+(an older Baton) are tightened when they are opened again. The umask is process-wide, so
+``private_umask`` is held only around the one call that creates a socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and missing parents, those with the default mode) as 0700."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=DIR_MODE)
+    if path.stat().st_mode & 0o777 != DIR_MODE:
+        os.chmod(path, DIR_MODE)
+    return path
+
+
+def private_file(path: Path) -> Path:
+    """Make sure ``path`` exists as a 0600 file (created so, or tightened)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
+    try:
+        if os.fstat(fd).st_mode & 0o777 != FILE_MODE:
+            os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
+    return path
+
+
+def open_private(path: Path, mode: str = "ab") -> IO[bytes]:
+    """Open a log file for appending, created 0600 (an existing one is tightened)."""
+    if mode != "ab":
+        raise ValueError("open_private appends ('ab') only")
+    private_file(path)
+    return path.open("ab")
+
+
+@contextlib.contextmanager
+def private_umask() -> Iterator[None]:
+    """Hold umask 0177 while a Unix socket is bound, so it is born 0600."""
+    old = os.umask(0o177)
+    try:
+        yield
+    finally:
+        os.umask(old)
