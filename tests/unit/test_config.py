@@ -285,8 +285,8 @@ BAD_CONFIGS: list[tuple[str, str | None, list[str]]] = [
     ("- app: a\n", None, ["mapping", "top level", "a list"]),
     ("app: a\nrun: [\n", None, ["invalid YAML", "line"]),
     ("app: a\napp: b\nrun: {command: x}\n", None, ["duplicate key 'app'", "line 2"]),
-    (MINIMAL + "deploy: {canary: {pin_from: [10.0.0.300/8]}}\n", "deploy.canary.pin_from", ["network like 10.0.0.0/8", "10.0.0.300/8"]),
-    (MINIMAL + "deploy: {canary: {pin_from: 10.0.0.0/8}}\n", "deploy.canary.pin_from", ["a list of networks"]),
+    (MINIMAL + "deploy: {canary: {pin_from: [10.0.0.300/8]}}\n", "deploy.canary.pin_from", ["CIDR like 10.0.0.0/8", "10.0.0.300/8"]),
+    (MINIMAL + "deploy: {canary: {pin_from: 10.0.0.0/8}}\n", "deploy.canary.pin_from", ["a list of CIDRs"]),
 ]  # fmt: skip
 
 
@@ -745,5 +745,8 @@ def test_check_warns_about_tls_names_port_80_and_expiry(tmp_path: Path) -> None:
 
 def test_pin_from_networks_are_normalised_and_default_to_none(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, MINIMAL)).config.deploy.canary.pin_from == []
-    path = write(tmp_path, MINIMAL + "deploy: {canary: {pin_from: [10.1.2.3/8, '::1']}}\n")
+    path = write(tmp_path, MINIMAL + "deploy: {canary: {pin_from: [10.0.0.0/8, '::1']}}\n")
     assert load_config(path).config.deploy.canary.pin_from == ["10.0.0.0/8", "::1/128"]
+    typo = write(tmp_path, MINIMAL + "deploy: {canary: {pin_from: [10.1.2.3/8]}}\n")
+    with pytest.raises(ConfigError, match="host bits set"):  # a typo more often than not
+        load_config(typo)
