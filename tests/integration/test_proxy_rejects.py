@@ -507,7 +507,8 @@ def test_transfer_encoding_gzip_until_close_is_forwarded_whole(
 def test_failed_exchange_is_logged_once_at_warning_with_its_request_id() -> None:
     port = free_port()  # nothing listens there
     with ProxyProcess() as proxy:
-        proxy.route(("v1", 100, [f"127.0.0.1:{port}"]))
+        # queue_timeout 0: answer at once instead of waiting for the target to come up
+        proxy.route(("v1", 100, [f"127.0.0.1:{port}"]), queue_timeout=0)
         got = send_raw(
             "127.0.0.1",
             proxy.port,

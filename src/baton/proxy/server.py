@@ -809,9 +809,11 @@ class ClientConnection(asyncio.Protocol):
                     ex.metrics.retries += 1
                 self.proxy.loop.call_later(SAME_TARGET_BACKOFF, self.attach, ex, target, spec)
                 return
-        # A canary that cannot answer is answered by stable (``_fail``) rather than waited for.
+        # Wait for a healthy target only when the last upstream provably saw nothing (its
+        # instance is gone); an app that read the request and hung up gets a 502. A canary
+        # that cannot answer is answered by stable (``_fail``) rather than waited for.
         to_stable = ex.stable_retry and self.may_retry_on_stable(ex)
-        if release is not None and safe and not to_stable and self._requeue(ex):
+        if release is not None and safe and not sent and not to_stable and self._requeue(ex):
             return
         self._fail(ex, 502, f"upstream unreachable ({why})")
 
