@@ -421,6 +421,22 @@ class _Commands(click.Group):
         return super().get_command(ctx, name)
 
 
+def observe_options(f: F) -> F:
+    """``--metrics``, ``--dashboard`` (+ TLS) and ``--log-format`` of ``up`` and ``server``."""
+    from baton.observe.cli import add_options
+
+    return add_options(f)
+
+
+def _observe_flags(observe: dict[str, Any]) -> tuple[Any, str, list[str]]:
+    from baton.observe.cli import endpoints_from
+
+    try:
+        return endpoints_from(observe)
+    except BatonError as exc:
+        _fail(exc)
+
+
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--state-dir",
@@ -436,10 +452,12 @@ def main(state_dir: Path | None) -> None:
 @main.command()
 @state_dir_option
 @click.option("--detach", is_flag=True, help="Run in the background; return once the API answers.")
+@observe_options
 @click.pass_context
-def up(ctx: click.Context, sub_state_dir: Path | None, detach: bool) -> None:
+def up(ctx: click.Context, /, sub_state_dir: Path | None, detach: bool, **observe: Any) -> None:
     """Start the host daemon: the control plane and the proxy it supervises."""
     state_dir = state_dir_of(ctx, sub_state_dir)
+    endpoints, log_format, server_flags = _observe_flags(observe)
     client = Client(state_dir)
     running = _run(client.answers())
     if running is not None:
@@ -448,13 +466,21 @@ def up(ctx: click.Context, sub_state_dir: Path | None, detach: bool) -> None:
     if not detach:
         from baton.server.app import run_server
 
-        raise SystemExit(run_server(state_dir))
+        raise SystemExit(run_server(state_dir, endpoints, log_format))
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / "logs").mkdir(exist_ok=True)
     log_path = state_dir / "logs" / "server.log"
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "baton.cli", "--state-dir", str(state_dir), "server"],
+            [
+                sys.executable,
+                "-m",
+                "baton.cli",
+                "--state-dir",
+                str(state_dir),
+                "server",
+                *server_flags,
+            ],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -517,12 +543,14 @@ def upgrade(
 
 @main.command()
 @state_dir_option
+@observe_options
 @click.pass_context
-def server(ctx: click.Context, sub_state_dir: Path | None) -> None:
+def server(ctx: click.Context, /, sub_state_dir: Path | None, **observe: Any) -> None:
     """Run the control plane in the foreground (what `baton up` runs)."""
     from baton.server.app import run_server
 
-    raise SystemExit(run_server(state_dir_of(ctx, sub_state_dir)))
+    endpoints, log_format, _ = _observe_flags(observe)
+    raise SystemExit(run_server(state_dir_of(ctx, sub_state_dir), endpoints, log_format))
 
 
 @main.command()

@@ -51,6 +51,9 @@ from baton.errors import (
     RouteTableError,
     UsageError,
 )
+from baton.observe import hub as observe_hub
+from baton.observe import logs as observe_logs
+from baton.observe.metrics import METRICS
 from baton.runtime.base import Instance, InstanceSpec, Runtime, Runtimes
 from baton.state.store import InstanceRow, ReleaseRow, Store
 
@@ -114,6 +117,7 @@ class DeploymentRun:
     def emit(self, event: dict[str, Any]) -> None:
         event.setdefault("ts", time.time())
         self.events.append(event)
+        observe_hub.publish(self.id, self.app, self.version, event)
         self._wake.set()
         self._wake = asyncio.Event()
 
@@ -446,6 +450,7 @@ class Engine:
     async def _execute(self, d: _Deploy) -> None:
         run = d.run
         started = time.monotonic()
+        observe_logs.bind(run.id, run.app, run.version)
         try:
             await self._steps(d)
         except asyncio.CancelledError:
@@ -1224,6 +1229,7 @@ class Engine:
         history.append(record)
         del history[:-RECENT_REPLACEMENTS]
         self.store.add_event(None, release.app, "replaced", record)
+        METRICS.count_restart(release.app, "instance", len(dead) or len(new))
         return [
             f"{release.app} {release.version}: replaced {what} by "
             + ", ".join(f"#{i.index} ({i.address})" for i in new)

@@ -131,3 +131,8 @@ class ProxyClient:
     async def metrics(self) -> dict[str, Any]:
         result: dict[str, Any] = await self._call("GET", "/metrics.json")
         return result
+
+    async def metrics_text(self) -> str:
+        """The per-release metrics in the Prometheus text format."""
+        result: str = await self._call("GET", "/metrics", text=True)
+        return result

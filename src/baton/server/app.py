@@ -42,6 +42,9 @@ from baton import __version__
 from baton.deploy.engine import Engine, Router
 from baton.deploy.proxyclient import ProxyClient, ProxyUnavailable
 from baton.errors import BatonError
+from baton.observe import logs as observe_logs
+from baton.observe import serve as observe_serve
+from baton.observe.endpoints import Endpoints
 from baton.runtime.base import Runtimes
 from baton.runtime.process import pid_alive
 from baton.server.api import Api
@@ -308,7 +311,7 @@ def _lock(state_dir: Path) -> IO[str]:
     return handle
 
 
-async def serve(state_dir: Path) -> int:
+async def serve(state_dir: Path, endpoints: Endpoints | None = None) -> int:
     """Run the control plane until SIGTERM/SIGINT or ``POST /shutdown``. Returns the exit code."""
     state_dir = state_dir.expanduser().absolute()
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -324,6 +327,7 @@ async def serve(state_dir: Path) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     runner: web.AppRunner | None = None
+    extra_runners: list[web.AppRunner] = []  # --metrics, --dashboard
     background: list[asyncio.Task[None]] = []
     try:
         await supervisor.ensure()
@@ -344,6 +348,8 @@ async def serve(state_dir: Path) -> int:
             shutdown=stop.set,
             upgrade_proxy=supervisor.upgrade,
         )
+        if endpoints is not None:  # before the API answers: a port in use fails `up` at once
+            extra_runners = await observe_serve.start(endpoints, engine, supervisor)
         runner = web.AppRunner(api.app(), handle_signals=False, access_log=None)
         await runner.setup()
         sock = api_socket(state_dir)
@@ -374,6 +380,8 @@ async def serve(state_dir: Path) -> int:
             await engine.cancel_runs()
             await supervisor.stop()
             await engine.stop_all()
+        for extra in extra_runners:
+            await extra.cleanup()
         if runner is not None:
             await runner.cleanup()
         await proxy.close()
@@ -418,12 +426,12 @@ async def _sample_traffic(engine: Engine, stop: asyncio.Event) -> None:
             await engine.traffic.sample(engine.proxy)
 
 
-def run_server(state_dir: Path) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s baton server: %(message)s", stream=sys.stderr
-    )
+def run_server(
+    state_dir: Path, endpoints: Endpoints | None = None, log_format: str = "text"
+) -> int:
+    observe_logs.configure(log_format)
     try:
-        return asyncio.run(serve(state_dir))
+        return asyncio.run(serve(state_dir, endpoints))
     except AlreadyRunning as exc:
         print(f"baton server: {exc}", file=sys.stderr)
         return 0
