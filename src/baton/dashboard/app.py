@@ -28,7 +28,7 @@ from baton.dashboard import page
 from baton.dashboard.view import StateCache
 from baton.errors import BatonError, UsageError
 from baton.observe import hub
-from baton.observe.endpoints import bearer_ok
+from baton.observe.endpoints import bearer_ok, token_matches
 
 if TYPE_CHECKING:
     from baton.deploy.engine import Engine
@@ -37,7 +37,7 @@ STATIC = Path(__file__).with_name("static")
 COOKIE = "baton_dashboard"
 TICK = 1.0  # seconds between pushes when nothing happens
 ACTIONS = ("promote", "abort", "rollback")
-OPEN_PATHS = ("/login", "/static/")
+OPEN_PATHS = ("/login", "/static/", "/favicon.ico")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -58,6 +58,7 @@ class Dashboard:
         app.add_routes(
             [
                 web.get("/", self.index),
+                web.get("/favicon.ico", self.favicon),
                 web.get("/login", self.login_form),
                 web.post("/login", self.login),
                 web.post("/logout", self.logout),
@@ -99,8 +100,7 @@ class Dashboard:
         offered = str(form.get("token", ""))
         if self.token is None:
             raise web.HTTPSeeOther("/")
-        probe = request.clone(headers={"Authorization": f"Bearer {offered}"})
-        if not offered or not bearer_ok(probe, self.token):
+        if not token_matches(offered, self.token):
             return _html(page.login(error="That token is not right."), status=401)
         response = web.HTTPSeeOther("/")
         response.set_cookie(
@@ -118,6 +118,9 @@ class Dashboard:
     async def index(self, request: web.Request) -> web.Response:
         state = await self.cache.get()
         return _html(page.dashboard(state))
+
+    async def favicon(self, request: web.Request) -> web.Response:
+        return web.Response(status=204)
 
     async def state(self, request: web.Request) -> web.Response:
         return web.json_response(await self.cache.get())
