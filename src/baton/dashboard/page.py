@@ -120,8 +120,9 @@ def dashboard(state: dict[str, Any]) -> str:
 
 
 def _json_in_html(value: Any) -> str:
-    # "</" would end the script element early.
-    return json.dumps(value).replace("</", "<\\/")
+    # No "<", ">" or "&" at all: nothing in the data can end or confuse the script element.
+    text = json.dumps(value)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def app_section(name: str, app: dict[str, Any]) -> str:

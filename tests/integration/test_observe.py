@@ -1,0 +1,114 @@
+"""What a monitoring stack reads from a running daemon: ``--metrics`` scraped over HTTP and
+parsed with prometheus_client's parser, and ``--log-format json`` lines, each of a
+deployment's lines carrying its id and version."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.test_deploy import Host, assert_no_failures, start_load
+from tests.support.procs import free_port
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+async def host(tmp_path: Path) -> AsyncIterator[Host]:
+    h = Host(tmp_path)
+    h.config()
+    h.metrics_port = free_port()  # type: ignore[attr-defined]
+    try:
+        up = await h.baton(
+            "up",
+            "--detach",
+            "--metrics",
+            f"127.0.0.1:{h.metrics_port}",  # type: ignore[attr-defined]
+            "--log-format",
+            "json",
+            timeout=60,
+        )
+        assert up.rc == 0, up
+        yield h
+    finally:
+        await h.teardown()
+
+
+def scrape(
+    port: int, path: str = "/metrics"
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = response.read().decode()
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            found[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return found
+
+
+async def test_metrics_endpoint_serves_deployments_and_the_proxys_per_release_counts(
+    host: Host,
+) -> None:
+    port: int = host.metrics_port  # type: ignore[attr-defined]
+    assert (await host.deploy("--version", "v1")).rc == 0
+    load = await start_load(host, seconds=60)
+    result = await host.deploy("--version", "v2", "--env", "APP_VERSION=v2")
+    outcome = await load.stop()
+    assert result.rc == 0, result
+    assert_no_failures(outcome)
+    failed = await host.deploy("--version", "v3", "--command", "exit 3")
+    assert failed.rc == 1, failed
+
+    found = scrape(port)
+    deploys = {
+        labels: value
+        for (name, labels), value in found.items()
+        if name == "baton_deployments_total"
+    }
+    assert deploys[(("app", "shop"), ("kind", "deploy"), ("outcome", "succeeded"))] == 2
+    assert deploys[(("app", "shop"), ("kind", "deploy"), ("outcome", "failed"))] == 1
+    switch = (("app", "shop"), ("step", "switch"))
+    assert found[("baton_deploy_step_duration_seconds_count", switch)] == 2
+    # The proxy's per-release metrics, next to the control plane's, in the same scrape.
+    # (v1 is gone from the proxy's metrics once it stopped; v2 is live.)
+    served = sum(
+        v
+        for (name, labels), v in found.items()
+        if name == "baton_requests_total" and ("release", "v2") in labels
+    )
+    assert served >= outcome.bodies["v2\n"] > 0
+    assert ("baton_proxy_restarts_total", ()) in found
+    # Each half alone too.
+    assert not any(n == "baton_requests_total" for n, _ in scrape(port, "/metrics/control"))
+    assert any(n == "baton_requests_total" for n, _ in scrape(port, "/metrics/proxy"))
+
+    # JSON logs: every line parses; the deployment's lines carry its id and version.
+    lines = [
+        json.loads(line)
+        for line in (host.state_dir / "logs" / "server.log").read_text().splitlines()
+        if line.startswith("{")
+    ]
+    history = json.loads((await host.baton("history", "--json")).out)["deployments"]
+    v2 = next(d for d in history if d["version"] == "v2")
+    mine = [line for line in lines if line.get("deployment_id") == v2["id"]]
+    assert {line["version"] for line in mine} == {"v2"}, mine
+    assert {"step", "result"} <= {line.get("event") for line in mine}
+    assert any("switch" in line["message"] for line in mine)
+
+
+async def test_metrics_off_loopback_without_a_token_is_refused_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    h = Host(tmp_path)
+    result = await h.baton("up", "--detach", "--metrics", f"0.0.0.0:{free_port()}")
+    assert result.rc == 2, result
+    assert "BATON_METRICS_TOKEN" in result.err
+    assert h.server_pid is None
+    bad = await h.baton("up", "--detach", "--dashboard", "nowhere")
+    assert bad.rc == 2 and "--dashboard: expected HOST:PORT" in bad.err, bad
