@@ -703,14 +703,79 @@ def abort(
 @main.command()
 @state_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--watch", is_flag=True, help="Redraw in place every --interval until Ctrl-C.")
+@click.option("--interval", default="1s", show_default=True, help="Redraw period of --watch.")
 @click.pass_context
-def status(ctx: click.Context, sub_state_dir: Path | None, as_json: bool) -> None:
+def status(
+    ctx: click.Context,
+    sub_state_dir: Path | None,
+    as_json: bool,
+    watch: bool,
+    interval: str,
+) -> None:
     """Per app: the live release, each release's weight and instances, deployments running."""
     client = Client(state_dir_of(ctx, sub_state_dir))
+    if watch:
+        if as_json:
+            _fail(UsageError("--watch and --json do not go together"))
+        from baton.observe.live import watch as watch_live
+
+        period = _interval(interval)
+        watch_live(lambda: _run(client.call("GET", "/status")), _show_status, console, period)
+        return
     data = _run(client.call("GET", "/status"))
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
+    _show_status(data)
+
+
+def _interval(text: str) -> float:
+    from baton.config import parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        _fail(UsageError(f"--interval: {exc}"))
+    if not 0.1 <= seconds <= 3600:
+        _fail(UsageError(f"--interval: expected between 100ms and 1h, got {text!r}"))
+    return seconds
+
+
+@main.command()
+@state_dir_option
+@click.option("--app", default=None, help="Only this app.")
+@click.option("--interval", default="1s", show_default=True, help="Redraw period.")
+@click.option("--window", default="5s", show_default=True, help="Traffic behind each figure.")
+@click.pass_context
+def top(
+    ctx: click.Context, sub_state_dir: Path | None, app: str | None, interval: str, window: str
+) -> None:
+    """Live view of each release's split, req/s, errors and latency (e.g. during a canary)."""
+    from baton.observe.live import watch as watch_live
+    from baton.observe.views import top_lines
+
+    client = Client(state_dir_of(ctx, sub_state_dir))
+    period, seconds = _interval(interval), _interval(window)
+
+    def fetch() -> Any:
+        data = _run(client.call("GET", f"/status?window={seconds:g}"))
+        if app is not None:
+            if app not in data["apps"]:
+                raise UsageError(f"--app: no app named {app!r} is deployed here")
+            data["apps"] = {app: data["apps"][app]}
+        return data
+
+    fetch()  # a bad --app or an unreachable daemon fails at once, with its exit code
+    watch_live(
+        fetch,
+        lambda data: console.print(escape("\n".join(top_lines(data, console.width)))),
+        console,
+        period,
+    )
+
+
+def _show_status(data: dict[str, Any]) -> None:
     proxy = data.get("proxy", {})
     console.print(
         f"proxy: {'[green]up[/green]' if proxy.get('ok') else '[red]down[/red]'}"
@@ -839,33 +904,9 @@ def history(
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    table = Table(show_edge=False, box=None, pad_edge=False)
-    for column in (
-        "#",
-        "app",
-        "kind",
-        "version",
-        "previous",
-        "strategy",
-        "status",
-        "started",
-        "note",
-    ):
-        table.add_column(column)
-    for dep in data["deployments"]:
-        colour = {"succeeded": "green", "running": "cyan"}.get(dep["status"], "red")
-        table.add_row(
-            str(dep["id"]),
-            dep["app"],
-            dep["kind"],
-            dep["version"] or "-",
-            dep["previous"] or "-",
-            dep["strategy"],
-            f"[{colour}]{dep['status']}[/{colour}]",
-            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(dep["started"])),
-            escape((dep["error"] or "").splitlines()[0] if dep["error"] else ""),
-        )
-    console.print(table)
+    from baton.observe.views import history_lines
+
+    click.echo("\n".join(history_lines(data["deployments"], console.width)))
 
 
 @main.command()

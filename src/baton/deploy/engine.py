@@ -54,6 +54,7 @@ from baton.errors import (
 from baton.observe import hub as observe_hub
 from baton.observe import logs as observe_logs
 from baton.observe.metrics import METRICS
+from baton.observe.signals import SIGNALS
 from baton.runtime.base import Instance, InstanceSpec, Runtime, Runtimes
 from baton.state.store import InstanceRow, ReleaseRow, Store
 
@@ -806,6 +807,8 @@ class Engine:
             if now is None:
                 continue
             verdict = judge(before, now, cfg.max_error_rate)
+            if cfg.signals.rollback and (why := SIGNALS.regression(d.run.id, cfg.signals)):
+                raise DeploymentFailed(f"{version} failed verification: {why}; switched back")
             if verdict.failing:
                 d.run.emit(
                     {

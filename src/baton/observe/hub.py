@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from baton.observe.metrics import METRICS
+from baton.observe.signals import SIGNALS
 
 log = logging.getLogger("baton.deploy")
 
@@ -33,6 +34,7 @@ def subscribe(listener: Listener) -> Callable[[], None]:
 
 def publish(deployment_id: int, app: str, version: str, event: Mapping[str, Any]) -> None:
     METRICS.observe(deployment_id, app, event)
+    SIGNALS.on_event(deployment_id, app, version, event)
     _log_event(deployment_id, app, version, event)
     for listener in list(_listeners):
         try:

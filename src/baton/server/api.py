@@ -36,6 +36,8 @@ from baton.deploy.canary import Request, annotate_status, canary_events
 from baton.deploy.canary import request as canary_request
 from baton.deploy.engine import DeploymentRun, Engine
 from baton.errors import BatonError, UsageError
+from baton.observe.signals import stored as stored_signals
+from baton.observe.views import annotate_live
 from baton.runtime.base import Instance, Runtime
 
 STATUS_FOR_EXIT = {2: 400, 3: 409}
@@ -145,6 +147,8 @@ class Api:
         status = await self.engine.status()
         status["proxy"].update(self._proxy_info())
         annotate_status(self.engine, status)
+        if "window" in request.query:  # `baton top`: each release's figures over a short window
+            annotate_live(self.engine, status, request.query["window"])
         return web.json_response(status)
 
     async def deploy(self, request: web.Request) -> web.StreamResponse:
@@ -214,6 +218,7 @@ class Api:
         for dep in deployments:
             if dep.get("strategy") == "canary":
                 dep["canary"] = canary_events(self.engine, dep["id"])
+            dep["signals"] = stored_signals(self.engine, dep["id"])
         return web.json_response({"deployments": deployments})
 
     async def logs(self, request: web.Request) -> web.StreamResponse:

@@ -44,6 +44,7 @@ from baton.deploy.proxyclient import ProxyClient, ProxyUnavailable
 from baton.errors import BatonError
 from baton.observe import logs as observe_logs
 from baton.observe import serve as observe_serve
+from baton.observe import signals as observe_signals
 from baton.observe.endpoints import Endpoints
 from baton.runtime.base import Runtimes
 from baton.runtime.process import pid_alive
@@ -364,6 +365,7 @@ async def serve(state_dir: Path, endpoints: Endpoints | None = None) -> int:
             loop.create_task(_reap_warm(engine, stop)),
             loop.create_task(_replace_dead(engine, stop)),
             loop.create_task(_sample_traffic(engine, stop)),
+            loop.create_task(observe_signals.watch(engine, stop)),
         ]
         await stop.wait()
         log.info("shutting down")
