@@ -4,7 +4,9 @@ deployment's lines carrying its id and version."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -112,3 +114,38 @@ async def test_metrics_off_loopback_without_a_token_is_refused_before_anything_s
     assert h.server_pid is None
     bad = await h.baton("up", "--detach", "--dashboard", "nowhere")
     assert bad.rc == 2 and "--dashboard: expected HOST:PORT" in bad.err, bad
+
+
+async def test_the_proxy_access_log_carries_release_and_request_id(tmp_path: Path) -> None:
+    h = Host(tmp_path)
+    h.config()
+    access = tmp_path / "access.log"
+    try:
+        up = await h.baton("up", "--detach", "--access-log", str(access), timeout=60)
+        assert up.rc == 0, up
+        assert (await h.deploy("--version", "v1")).rc == 0
+        ids = [f"test-{n}" for n in range(20)]
+        for rid in ids:
+            reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
+            writer.write(
+                f"GET /?token=secret HTTP/1.1\r\nHost: x\r\nX-Request-Id: {rid}\r\n"
+                "Connection: close\r\n\r\n".encode()
+            )
+            assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 200")
+            writer.close()
+        deadline = time.monotonic() + 20
+        lines: list[dict[str, object]] = []
+        while time.monotonic() < deadline:
+            if access.exists():
+                lines = [json.loads(line) for line in access.read_text().splitlines()]
+                if {line["request_id"] for line in lines} >= set(ids):
+                    break
+            await asyncio.sleep(0.1)
+        mine = [line for line in lines if line["request_id"] in ids]
+        assert len(mine) == 20, lines
+        for line in mine:
+            assert (line["app"], line["release"], line["status"]) == ("shop", "v1", 200)
+            assert line["path"] == "/?..." and line["method"] == "GET"
+        assert "secret" not in access.read_text()  # query strings (tokens) are not logged
+    finally:
+        await h.teardown()

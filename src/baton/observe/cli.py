@@ -8,6 +8,7 @@ detached process inherits, never from argv.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -15,6 +16,7 @@ import click
 
 from baton.observe.endpoints import DASHBOARD_TOKEN_ENV, METRICS_TOKEN_ENV, Endpoints
 from baton.observe.logs import FORMATS
+from baton.proxy.accesslog import FORMATS as ACCESS_LOG_FORMATS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -42,6 +44,26 @@ _OPTIONS = (
         help="Allow the dashboard off loopback without TLS (the token travels in clear).",
     ),
     click.option(
+        "--access-log",
+        default=None,
+        metavar="PATH",
+        help="The proxy appends one line per answered request here (off by default).",
+    ),
+    click.option(
+        "--access-log-format",
+        type=click.Choice(ACCESS_LOG_FORMATS),
+        default="json",
+        show_default=True,
+        help="json, or combined (plus app, release and request id).",
+    ),
+    click.option(
+        "--access-log-sample",
+        type=click.FloatRange(0.0, 1.0, min_open=True),
+        default=1.0,
+        show_default=True,
+        help="Fraction of requests in the access log.",
+    ),
+    click.option(
         "--log-format",
         type=click.Choice(FORMATS),
         default="text",
@@ -66,10 +88,24 @@ def endpoints_from(flags: dict[str, Any]) -> tuple[Endpoints, str, list[str]]:
         dashboard_cert=flags.get("dashboard_cert"),
         dashboard_key=flags.get("dashboard_key"),
     )
+    proxy_args = Endpoints.access_log_args(
+        flags.get("access_log"),
+        str(flags.get("access_log_format") or "json"),
+        float(flags.get("access_log_sample") or 1.0),
+    )
+    endpoints = dataclasses.replace(endpoints, proxy_args=proxy_args)
     argv: list[str] = []
-    for key in ("metrics", "dashboard", "dashboard_cert", "dashboard_key"):
+    for key in ("metrics", "dashboard"):
         if flags.get(key):
             argv += [f"--{key.replace('_', '-')}", str(flags[key])]
+    for key, path in (
+        ("dashboard_cert", endpoints.dashboard_cert),
+        ("dashboard_key", endpoints.dashboard_key),
+    ):
+        if path is not None:
+            argv += [f"--{key.replace('_', '-')}", str(path.absolute())]
+    if proxy_args:
+        argv += list(proxy_args)
     if flags.get("dashboard_insecure"):
         argv.append("--dashboard-insecure")
     log_format = str(flags.get("log_format") or "text")

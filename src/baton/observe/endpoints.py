@@ -59,6 +59,7 @@ class Endpoints:
     dashboard_insecure: bool = False
     dashboard_cert: Path | None = None
     dashboard_key: Path | None = None
+    proxy_args: tuple[str, ...] = ()  # flags the proxy is started with (its access log)
 
     @classmethod
     def from_flags(
@@ -107,6 +108,25 @@ class Endpoints:
                     " (--dashboard-cert and --dashboard-key), or --dashboard-insecure"
                 )
         return cls(m, metrics_token, d, dashboard_token, dashboard_insecure, cert, key)
+
+    @classmethod
+    def access_log_args(cls, path: str | None, fmt: str, sample: float) -> tuple[str, ...]:
+        """The proxy's access-log flags; UsageError when the file cannot be written."""
+        if path is None:
+            return ()
+        target = Path(path).expanduser().absolute()
+        if not target.parent.is_dir():
+            raise UsageError(f"--access-log: no such directory: {target.parent}")
+        if target.is_dir():
+            raise UsageError(f"--access-log: {target} is a directory")
+        return (
+            "--access-log",
+            str(target),
+            "--access-log-format",
+            fmt,
+            "--access-log-sample",
+            repr(sample),
+        )
 
     def tls(self) -> ssl.SSLContext | None:
         if self.dashboard_cert is None or self.dashboard_key is None:

@@ -36,6 +36,7 @@ from typing import NamedTuple, cast
 
 import httptools
 
+from baton.proxy.accesslog import AccessLog, AccessLogSpec
 from baton.proxy.http import (
     CONTINUE_100,
     FRAME_CHUNKED,
@@ -94,6 +95,7 @@ class ProxySettings:
     upstream_max_idle: int = 256
     eject_after: int = 3
     drain_deadline: float = 30.0
+    access_log: AccessLogSpec | None = None  # off by default
 
 
 LiveTable = RouteTable[Target, ReleaseMetrics]
@@ -614,9 +616,29 @@ class ClientConnection(asyncio.Protocol):
             ex.metrics.upstream_errors += 1
             elapsed = time.monotonic() - ex.t0
             ex.metrics.record(status, elapsed, elapsed)
+        if self.proxy.access_log is not None:
+            elapsed = time.monotonic() - ex.t0
+            self._log_access(ex, status, elapsed, elapsed)
         self._leave_target(ex)
         log.info("%s %s -> %d %s", ex.method.decode(), ex.url.decode("latin-1"), status, message)
         self._local(ex, status, message)
+
+    def _log_access(self, ex: Exchange, status: int, ttfb: float, total: float) -> None:
+        release, target = ex.release, ex.target
+        assert self.proxy.access_log is not None
+        self.proxy.access_log.add(
+            self.client_ip,
+            ex.method,
+            ex.url,
+            ex.http11,
+            status,
+            ex.metrics.app if ex.metrics is not None else "-",
+            release.name if release is not None else "-",
+            target.address if target is not None else "-",
+            ex.request_id,
+            ttfb,
+            total,
+        )
 
     def _local(self, ex: Exchange, status: int, message: str) -> None:
         """Answer with a local response; keep the connection if the request was read whole."""
@@ -640,6 +662,8 @@ class ClientConnection(asyncio.Protocol):
         m = ex.metrics
         if m is not None:
             m.record(ex.status, ex.ttfb, now - ex.t0)
+        if self.proxy.access_log is not None:
+            self._log_access(ex, ex.status, ex.ttfb, now - ex.t0)
         target = ex.target
         self._leave_target(ex)
         up.detach()
@@ -826,6 +850,7 @@ class Proxy:
         self._request_seq = 0
         self._sweeper: asyncio.Task[None] | None = None
         self.on_table_change: list[Callable[[], None]] = []
+        self.access_log = AccessLog(self.settings.access_log) if self.settings.access_log else None
 
     # -- routing -----------------------------------------------------------------------
 

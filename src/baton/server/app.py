@@ -98,6 +98,7 @@ class ProxySupervisor:
         self._log: IO[bytes] | None = None
         self.version: str | None = None  # the running proxy's Baton version
         self._changing = asyncio.Lock()  # one restart or upgrade at a time
+        self.extra_args: list[str] = []  # e.g. the access log's flags (baton.observe)
 
     def info(self) -> dict[str, Any]:
         return {"pid": self.pid, "restarts": self.restarts, "socket": str(self.socket)}
@@ -163,7 +164,7 @@ class ProxySupervisor:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         if self._log is None:
             self._log = self.log_path.open("ab")
-        argv = [sys.executable, "-m", "baton.proxy", "--admin", str(self.socket)]
+        argv = [sys.executable, "-m", "baton.proxy", "--admin", str(self.socket), *self.extra_args]
         for address in listens:
             argv += ["--listen", address]
         self._log.write(f"--- baton: starting the proxy: {' '.join(argv)}\n".encode())
@@ -248,7 +249,7 @@ class ProxySupervisor:
             if self._log is None:
                 self._log = self.log_path.open("ab")
             argv = [*(command or [sys.executable, "-m", "baton.proxy"])]
-            argv += ["--admin", str(self.socket), "--takeover"]
+            argv += ["--admin", str(self.socket), "--takeover", *self.extra_args]
             self._log.write(f"--- baton: upgrading the proxy: {' '.join(argv)}\n".encode())
             self._log.flush()
             try:
@@ -323,6 +324,8 @@ async def serve(state_dir: Path, endpoints: Endpoints | None = None) -> int:
     proxy = ProxyClient(state_dir / "proxy.sock")
     engine = Engine(store, runtimes, proxy, state_dir)
     supervisor = ProxySupervisor(state_dir, proxy, engine.router)
+    if endpoints is not None:
+        supervisor.extra_args = list(endpoints.proxy_args)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
