@@ -11,6 +11,7 @@ read from ``--metrics`` with prometheus_client's parser. Screenshots land in
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import time
 import urllib.error
@@ -175,6 +176,8 @@ async def test_the_dashboard_follows_a_canary_live_and_promotes_and_aborts_it(
                 timeout=60_000,
             )
             seen.append(await page.locator(timeline).count())
+            starter = 'article.deployment[data-deployment="2"] [data-field="started-by"]'
+            assert await page.inner_text(starter) == getpass.getuser()  # from SO_PEERCRED
             assert seen[-1] > seen[0], seen  # more steps arrived without a reload
             split = page.locator('article.app[data-app="shop"] .split .seg')
             assert await split.count() == 2

@@ -25,6 +25,7 @@ DEPLOYMENTS: list[dict[str, Any]] = [
         "ended": 1796007870.25,
         "step": "done",
         "error": None,
+        "started_by": {"by": "ana", "via": "cli"},
         "canary": [
             {"kind": "step", "step": "canary#0"},
             {"kind": "verdict", "step": 1, "verdict": "pass", "decision": "next"},
@@ -69,7 +70,7 @@ DEPLOYMENTS: list[dict[str, Any]] = [
 
 EXPECTED = """\
 #12 SUCCEEDED shop deploy v2 (from v1)
-    canary, started 2026-11-30 03:04:16, took 14.2s
+    canary, started 2026-11-30 03:04:16, took 14.2s by ana via cli
     step 1 verdict: pass -> next
     signals, first 5m vs last: p50 0.8 ms vs 0.8 ms, p95 5.0 ms vs 5.8 ms
       (0.86x), p99 7.0 ms vs 9.8 ms, errors 0.00% vs 0.00% -> no regression

@@ -27,7 +27,7 @@ from aiohttp import web
 from baton.dashboard import page
 from baton.dashboard.view import StateCache
 from baton.errors import BatonError, UsageError
-from baton.observe import hub
+from baton.observe import hub, starter
 from baton.observe.endpoints import bearer_ok, token_matches
 
 if TYPE_CHECKING:
@@ -175,14 +175,16 @@ class Dashboard:
         if self.engine.store.app(app) is None:
             return web.json_response({"error": f"no app named {app!r}"}, status=404)
         try:
-            answer = await self._act(app, action, body)
+            answer = await self._act(request, app, action, body)
         except BatonError as exc:
             status = 409 if exc.exit_code == 3 else 400 if exc.exit_code == 2 else 500
             return web.json_response({"error": str(exc)}, status=status)
         await self.cache.get(fresh=True)
         return web.json_response({"ok": True, **answer})
 
-    async def _act(self, app: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _act(
+        self, request: web.Request, app: str, action: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
         from baton.deploy.canary import request as canary_request
 
         if action == "rollback":
@@ -190,6 +192,7 @@ class Dashboard:
             if version is not None and not isinstance(version, str):
                 raise UsageError("version: expected a string")
             run = await self.engine.prepare_rollback(app, version)
+            starter.record(self.engine, run, f"dashboard client {request.remote}", "dashboard")
             self.engine.start(run)
             return {"deployment": run.id, "message": f"rolling {app} back to {run.version}"}
         run = canary_request(self.engine, app, "promote" if action == "promote" else "abort")

@@ -234,10 +234,16 @@ def _deployment(dep: dict[str, Any]) -> str:
         else ""
     )
     signals = _signals(dep.get("signals"))
+    starter = dep.get("started_by") or {}
+    by = (
+        f' by <span data-field="started-by">{_e(starter.get("by"))}</span> via {_e(starter.get("via"))}'
+        if starter
+        else ""
+    )
     return f"""<article class="deployment" data-deployment="{_e(dep["id"])}" data-status="{_e(dep["status"])}">
 <h3>#{_e(dep["id"])} {_e(dep["app"])} {_e(dep["kind"])} <strong>{_e(dep.get("version") or NONE)}</strong>{frm}
 <span class="badge status-{_e(dep["status"])}" data-field="status">{_e(dep["status"])}</span></h3>
-<p class="meta">{_e(dep["strategy"])} · started {_clock(dep["started"])}{_e(took)}</p>
+<p class="meta">{_e(dep["strategy"])} · started {_clock(dep["started"])}{_e(took)}{by}</p>
 {error}{signals}
 <ol class="timeline" data-field="timeline">
 {steps}

@@ -22,7 +22,15 @@ if TYPE_CHECKING:
 
 LIVE_WINDOW = 5.0  # seconds behind the live figures and chart points
 DEPLOYMENTS = 12  # deployments in the timeline
-TIMELINE_KINDS = ("step", "verdict", "canary_request", "failed", "succeeded", "signals")
+TIMELINE_KINDS = (
+    "step",
+    "verdict",
+    "canary_request",
+    "failed",
+    "succeeded",
+    "signals",
+    "started_by",
+)
 
 
 def release_totals(engine: Engine, app: str, release: str) -> dict[str, Any] | None:
@@ -52,7 +60,9 @@ async def build_state(engine: Engine) -> dict[str, Any]:
             if e.kind in TIMELINE_KINDS
         ]
         signals = next((t for t in reversed(timeline) if t["kind"] == "signals"), None)
-        deployments.append({**dep, "timeline": timeline, "signals": signals})
+        by = next((t for t in timeline if t["kind"] == "started_by"), None)
+        timeline = [t for t in timeline if t["kind"] != "started_by"]
+        deployments.append({**dep, "timeline": timeline, "signals": signals, "started_by": by})
     return {"ts": time.time(), "apps": status["apps"], "deployments": deployments}
 
 

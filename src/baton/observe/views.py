@@ -82,7 +82,9 @@ def history_lines(
             if dep.get("ended") is not None
             else ", running"
         )
-        lines += _wrap(f"{dep['strategy']}, started {clock(dep['started'])}{took}", width)
+        starter = dep.get("started_by") or {}
+        by = f" by {starter['by']} via {starter.get('via', '?')}" if starter.get("by") else ""
+        lines += _wrap(f"{dep['strategy']}, started {clock(dep['started'])}{took}{by}", width)
         if dep.get("status") == "running" and dep.get("step"):
             lines += _wrap(f"at step {dep['step']}", width)
         verdicts = [e for e in dep.get("canary") or [] if e.get("kind") == "verdict"]

@@ -36,6 +36,7 @@ from baton.deploy.canary import Request, annotate_status, canary_events
 from baton.deploy.canary import request as canary_request
 from baton.deploy.engine import DeploymentRun, Engine
 from baton.errors import BatonError, UsageError
+from baton.observe import starter
 from baton.observe.signals import stored as stored_signals
 from baton.observe.views import annotate_live
 from baton.runtime.base import Instance, Runtime
@@ -162,6 +163,7 @@ class Api:
             strategy=strategy,
             image=_string(body, "image"),
         )
+        starter.record(self.engine, run, starter.peer_user(request), "cli")
         self.engine.start(run)
         return await self._stream(request, run)
 
@@ -169,6 +171,7 @@ class Api:
         body = await _body(request)
         app = self._app_name(_string(body, "app"), _string(body, "config"))
         run = await self.engine.prepare_rollback(app, _string(body, "version"))
+        starter.record(self.engine, run, starter.peer_user(request), "cli")
         self.engine.start(run)
         return await self._stream(request, run)
 
@@ -219,6 +222,7 @@ class Api:
             if dep.get("strategy") == "canary":
                 dep["canary"] = canary_events(self.engine, dep["id"])
             dep["signals"] = stored_signals(self.engine, dep["id"])
+            dep["started_by"] = starter.started_by(self.engine, dep["id"])
         return web.json_response({"deployments": deployments})
 
     async def logs(self, request: web.Request) -> web.StreamResponse:
