@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
+from baton.observe import otlp
 from baton.observe.endpoints import DASHBOARD_TOKEN_ENV, METRICS_TOKEN_ENV, Endpoints
 from baton.observe.logs import FORMATS
 from baton.proxy.accesslog import FORMATS as ACCESS_LOG_FORMATS
@@ -64,6 +65,13 @@ _OPTIONS = (
         help="Fraction of requests in the access log.",
     ),
     click.option(
+        "--otlp-endpoint",
+        default=None,
+        metavar="URL",
+        help="Export deployments as OTLP traces (needs the OpenTelemetry SDK installed;"
+        " default $OTEL_EXPORTER_OTLP_ENDPOINT).",
+    ),
+    click.option(
         "--log-format",
         type=click.Choice(FORMATS),
         default="text",
@@ -93,7 +101,8 @@ def endpoints_from(flags: dict[str, Any]) -> tuple[Endpoints, str, list[str]]:
         str(flags.get("access_log_format") or "json"),
         float(flags.get("access_log_sample") or 1.0),
     )
-    endpoints = dataclasses.replace(endpoints, proxy_args=proxy_args)
+    otlp_url = otlp.endpoint_from(flags.get("otlp_endpoint"))
+    endpoints = dataclasses.replace(endpoints, proxy_args=proxy_args, otlp=otlp_url)
     argv: list[str] = []
     for key in ("metrics", "dashboard"):
         if flags.get(key):
@@ -106,6 +115,8 @@ def endpoints_from(flags: dict[str, Any]) -> tuple[Endpoints, str, list[str]]:
             argv += [f"--{key.replace('_', '-')}", str(path.absolute())]
     if proxy_args:
         argv += list(proxy_args)
+    if flags.get("otlp_endpoint"):
+        argv += ["--otlp-endpoint", str(flags["otlp_endpoint"])]
     if flags.get("dashboard_insecure"):
         argv.append("--dashboard-insecure")
     log_format = str(flags.get("log_format") or "text")

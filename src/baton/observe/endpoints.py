@@ -60,6 +60,7 @@ class Endpoints:
     dashboard_cert: Path | None = None
     dashboard_key: Path | None = None
     proxy_args: tuple[str, ...] = ()  # flags the proxy is started with (its access log)
+    otlp: str | None = None  # where deployment traces go (baton.observe.otlp)
 
     @classmethod
     def from_flags(

@@ -7,7 +7,9 @@ the daemon reports itself up.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
@@ -20,19 +22,33 @@ if TYPE_CHECKING:
     from baton.server.app import ProxySupervisor
 
 
-async def start(
-    endpoints: Endpoints, engine: Engine, supervisor: ProxySupervisor
-) -> list[web.AppRunner]:
+class Running(Protocol):
+    async def cleanup(self) -> None: ...
+
+
+class _Stopper:
+    def __init__(self, stop: Callable[[], None]) -> None:
+        self._stop = stop
+
+    async def cleanup(self) -> None:
+        await asyncio.to_thread(self._stop)  # flushes what is still batched
+
+
+async def start(endpoints: Endpoints, engine: Engine, supervisor: ProxySupervisor) -> list[Running]:
     METRICS.register_gauge(
         "baton_proxy_restarts_total",
         "Times the control plane restarted a dead or hung proxy.",
         lambda: [({}, float(supervisor.restarts))],
         kind="counter",
     )
-    runners: list[web.AppRunner] = []
+    runners: list[Running] = []
     try:
+        if endpoints.otlp is not None:
+            from baton.observe import otlp
+
+            runners.append(_Stopper(otlp.start(endpoints.otlp)))
         if endpoints.metrics is not None:
-            runner = web.AppRunner(
+            runner: web.AppRunner = web.AppRunner(
                 metrics_app(engine.proxy, endpoints.metrics_token), access_log=None
             )
             await _bind(runner, "--metrics", *endpoints.metrics)
@@ -48,8 +64,8 @@ async def start(
             await _bind(runner, "--dashboard", *endpoints.dashboard, tls=tls)
             runners.append(runner)
     except BaseException:
-        for runner in runners:
-            await runner.cleanup()
+        for started in runners:
+            await started.cleanup()
         raise
     return runners
 

@@ -331,7 +331,7 @@ async def serve(state_dir: Path, endpoints: Endpoints | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     runner: web.AppRunner | None = None
-    extra_runners: list[web.AppRunner] = []  # --metrics, --dashboard
+    extra_runners: list[observe_serve.Running] = []  # --metrics, --dashboard, --otlp-endpoint
     background: list[asyncio.Task[None]] = []
     try:
         await supervisor.ensure()
