@@ -134,6 +134,15 @@ async def test_the_dashboard_follows_a_canary_live_and_promotes_and_aborts_it(
     assert http_status(f"{dash.url}/") == 401
     assert http_status(f"{dash.url}/api/state", token="wrong-token-wrong-token") == 401
     assert http_status(f"{dash.url}/api/state", token=TOKEN) == 200
+    # The buttons' API: a token is not enough without the X-Baton-Action header (a form
+    # on another site cannot send it).
+    post = urllib.request.Request(
+        f"{dash.url}/api/apps/shop/rollback", data=b"{}", method="POST",
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+    )  # fmt: skip
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(post, timeout=10)
+    assert refused.value.code == 403
 
     load = await start_load(host, seconds=240)
     stopped = False
@@ -259,6 +268,12 @@ async def test_the_dashboard_follows_a_canary_live_and_promotes_and_aborts_it(
             await page.wait_for_timeout(300)
             await page.screenshot(path=str(ARTIFACTS / "dashboard-phone.png"), full_page=True)
             assert errors == [], errors
+            # Signing out drops the cookie: the page is 401 again.
+            await page.set_viewport_size({"width": 1280, "height": 900})
+            await page.click("form.signout button")
+            await page.wait_for_selector("#token")
+            response = await page.goto(f"{dash.url}/")
+            assert response is not None and response.status == 401
         finally:
             await browser.close()
             if not stopped:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -138,3 +139,31 @@ def test_the_page_escapes_what_it_shows() -> None:
     html = page.dashboard(state)
     assert "<script>x</script>" not in html and "<img src=x>" not in html
     assert "&lt;script&gt;x&lt;/script&gt;" in html
+
+
+async def test_the_metrics_endpoint_wants_the_token_when_it_has_one(tmp_path: Path) -> None:
+    from aiohttp import ClientSession
+    from aiohttp.test_utils import TestServer
+
+    from baton.deploy.proxyclient import ProxyClient
+    from baton.observe.endpoints import metrics_app
+
+    proxy = ProxyClient(tmp_path / "no-proxy.sock")  # no proxy runs: said in a comment line
+    server = TestServer(metrics_app(proxy, "s3cret-token-0123456789"), host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with ClientSession() as http:
+            url = str(server.make_url("/metrics"))
+            async with http.get(url) as r:
+                assert r.status == 401
+            async with http.get(url, headers={"Authorization": "Bearer wrong"}) as r:
+                assert r.status == 401
+            good = {"Authorization": "Bearer s3cret-token-0123456789"}
+            async with http.get(url, headers=good) as r:
+                assert r.status == 200
+                text = await r.text()
+        assert "# the proxy's metrics are unavailable" in text
+        assert any(f.name == "baton_deployments" for f in text_string_to_metric_families(text))
+    finally:
+        await server.close()
+        await proxy.close()

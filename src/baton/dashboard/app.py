@@ -117,7 +117,7 @@ class Dashboard:
 
     async def index(self, request: web.Request) -> web.Response:
         state = await self.cache.get()
-        return _html(page.dashboard(state))
+        return _html(page.dashboard(state, signed_in=self.token is not None))
 
     async def favicon(self, request: web.Request) -> web.Response:
         return web.Response(status=204)

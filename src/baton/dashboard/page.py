@@ -16,6 +16,7 @@ from typing import Any
 
 from baton import __version__
 
+SIGN_OUT = '<form method="post" action="/logout" class="signout"><button type="submit">Sign out</button></form>'
 NONE = "\u2013"  # an en dash: "no figure yet"
 CONTROL_TITLES = {"promote": "Promote", "abort": "Abort", "rollback": "Roll back"}
 CONTROL_WHAT = {
@@ -82,7 +83,7 @@ def login(error: str | None) -> str:
     return _shell("Baton — sign in", body, scripts=False)
 
 
-def dashboard(state: dict[str, Any]) -> str:
+def dashboard(state: dict[str, Any], *, signed_in: bool = False) -> str:
     apps = "\n".join(app_section(name, app) for name, app in state["apps"].items())
     if not apps:
         apps = '<p data-empty="apps">No app is deployed on this host yet.</p>'
@@ -90,6 +91,7 @@ def dashboard(state: dict[str, Any]) -> str:
 <h1>Baton</h1>
 <p class="meta">Baton {_e(__version__)} · updated <time data-field="updated">{_clock(state["ts"])}</time>
 <span class="conn" data-field="connection" role="status" aria-live="polite">connecting…</span></p>
+{SIGN_OUT if signed_in else ""}
 </header>
 <main>
 <section aria-labelledby="apps-title">
