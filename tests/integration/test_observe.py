@@ -149,3 +149,47 @@ async def test_the_proxy_access_log_carries_release_and_request_id(tmp_path: Pat
         assert "secret" not in access.read_text()  # query strings (tokens) are not logged
     finally:
         await h.teardown()
+
+
+async def test_the_dashboard_serves_tls_with_its_certificate_and_wants_the_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ssl
+    import subprocess
+    import urllib.error
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    token = "tls-dashboard-token-0123456789"
+    monkeypatch.setenv("BATON_DASHBOARD_TOKEN", token)
+    h = Host(tmp_path)
+    h.config()
+    port = free_port()
+    try:
+        up = await h.baton(
+            "up", "--detach", "--dashboard", f"127.0.0.1:{port}",
+            "--dashboard-cert", str(cert), "--dashboard-key", str(key), timeout=60,
+        )  # fmt: skip
+        assert up.rc == 0, up
+        context = ssl.create_default_context(cafile=str(cert))
+
+        def get(token_sent: str | None) -> int:
+            request = urllib.request.Request(f"https://127.0.0.1:{port}/api/state")
+            if token_sent:
+                request.add_header("Authorization", f"Bearer {token_sent}")
+            try:
+                with urllib.request.urlopen(request, timeout=10, context=context) as r:
+                    return int(r.status)
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        assert await asyncio.to_thread(get, None) == 401
+        assert await asyncio.to_thread(get, "not-the-token-not-the-token") == 401
+        assert await asyncio.to_thread(get, token) == 200
+    finally:
+        await h.teardown()
