@@ -57,6 +57,8 @@ def forget_pulse(event: asyncio.Event) -> None:
         _pulse.remove(event)
 
 
+# Events worth a line at INFO; the rest (probes, instance progress) at DEBUG.
+_NOTABLE = ("deployment", "step", "switch", "verdict", "canary", "verify", "warning", "result")
 # Event fields safe and short enough for a log line (never env, command or hook output).
 _LOGGED = ("step", "batch", "strategy", "previous", "status", "verdict", "decision", "message")
 
@@ -66,7 +68,8 @@ def _log_event(deployment_id: int, app: str, version: str, event: Mapping[str, A
     if kind in ("output", "log", "hook_output", "progress"):
         return
     parts = [f"{k}={event[k]}" for k in _LOGGED if event.get(k) not in (None, "")]
-    log.info(
+    log.log(
+        logging.INFO if kind in _NOTABLE else logging.DEBUG,
         "deployment #%s %s %s: %s %s",
         deployment_id,
         app,
