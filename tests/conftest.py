@@ -61,3 +61,28 @@ def _docker_rule(request: pytest.FixtureRequest) -> None:
     if os.environ.get("BATON_REQUIRE_DOCKER") == "1":
         pytest.fail("BATON_REQUIRE_DOCKER=1 but no Docker engine answers on its socket")
     pytest.skip("no Docker engine (set BATON_REQUIRE_DOCKER=1 to make this an error)")
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@functools.cache
+def browser_available() -> bool:
+    """True when Debian's Chromium and Playwright for Python are both installed."""
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        return False
+    return os.access(CHROMIUM, os.X_OK)
+
+
+@pytest.fixture(autouse=True)
+def _browser_rule(request: pytest.FixtureRequest) -> None:
+    """Tests marked `browser` skip without Chromium, except under BATON_REQUIRE_BROWSER=1 (CI)."""
+    if request.node.get_closest_marker("browser") is None or browser_available():
+        return
+    if os.environ.get("BATON_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"BATON_REQUIRE_BROWSER=1 but {CHROMIUM} or Playwright is missing")
+    pytest.skip(
+        f"no browser ({CHROMIUM} and Playwright; BATON_REQUIRE_BROWSER=1 makes this an error)"
+    )

@@ -450,6 +450,22 @@ class _Commands(click.Group):
         return super().get_command(ctx, name)
 
 
+def observe_options(f: F) -> F:
+    """``--metrics``, ``--dashboard`` (+ TLS) and ``--log-format`` of ``up`` and ``server``."""
+    from baton.observe.cli import add_options
+
+    return add_options(f)
+
+
+def _observe_flags(observe: dict[str, Any]) -> tuple[Any, str, list[str]]:
+    from baton.observe.cli import endpoints_from
+
+    try:
+        return endpoints_from(observe)
+    except BatonError as exc:
+        _fail(exc)
+
+
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--state-dir",
@@ -475,12 +491,19 @@ flags_listen_option = click.option(
 @state_dir_option
 @click.option("--detach", is_flag=True, help="Run in the background; return once the API answers.")
 @flags_listen_option
+@observe_options
 @click.pass_context
 def up(
-    ctx: click.Context, sub_state_dir: Path | None, detach: bool, flags_listen: str | None
+    ctx: click.Context,
+    /,
+    sub_state_dir: Path | None,
+    detach: bool,
+    flags_listen: str | None,
+    **observe: Any,
 ) -> None:
     """Start the host daemon: the control plane and the proxy it supervises."""
     state_dir = state_dir_of(ctx, sub_state_dir)
+    endpoints, log_format, server_flags = _observe_flags(observe)
     if flags_listen is not None:
         from baton.flags.http import check_ofrep_listen
 
@@ -488,6 +511,7 @@ def up(
             check_ofrep_listen(flags_listen, os.environ.get("BATON_FLAGS_TOKEN") or None)
         except BatonError as exc:
             _fail(exc)
+        server_flags = [*server_flags, "--flags", flags_listen]
     client = Client(state_dir)
     running = _run(client.answers())
     if running is not None:
@@ -496,14 +520,21 @@ def up(
     if not detach:
         from baton.server.app import run_server
 
-        raise SystemExit(run_server(state_dir, flags_listen=flags_listen))
+        raise SystemExit(run_server(state_dir, endpoints, log_format, flags_listen=flags_listen))
     private_dir(state_dir)
     private_dir(state_dir / "logs")
     log_path = state_dir / "logs" / "server.log"
     with open_private(log_path) as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "baton.cli", "--state-dir", str(state_dir), "server"]
-            + (["--flags", flags_listen] if flags_listen else []),
+            [
+                sys.executable,
+                "-m",
+                "baton.cli",
+                "--state-dir",
+                str(state_dir),
+                "server",
+                *server_flags,
+            ],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -567,12 +598,17 @@ def upgrade(
 @main.command()
 @state_dir_option
 @flags_listen_option
+@observe_options
 @click.pass_context
-def server(ctx: click.Context, sub_state_dir: Path | None, flags_listen: str | None) -> None:
+def server(
+    ctx: click.Context, /, sub_state_dir: Path | None, flags_listen: str | None, **observe: Any
+) -> None:
     """Run the control plane in the foreground (what `baton up` runs)."""
     from baton.server.app import run_server
 
-    raise SystemExit(run_server(state_dir_of(ctx, sub_state_dir), flags_listen=flags_listen))
+    endpoints, log_format, _ = _observe_flags(observe)
+    state_dir = state_dir_of(ctx, sub_state_dir)
+    raise SystemExit(run_server(state_dir, endpoints, log_format, flags_listen=flags_listen))
 
 
 @main.command()
@@ -677,16 +713,6 @@ def _artifact_text(artifact: dict[str, Any]) -> str:
         short = image_id.split(":", 1)[-1][:12]
         digest = f", {artifact['digest']}" if artifact.get("digest") else ""
         return f"image {artifact.get('image')} = {short}{digest}"
-    return "-"
-
-
-def _artifact_short(artifact: dict[str, Any]) -> str:
-    """The artifact in a table cell: ``snapshot``, or ``tag (id12)``."""
-    if artifact.get("kind") == "snapshot":
-        return "snapshot" if artifact.get("kept", True) else "snapshot (removed)"
-    if artifact.get("kind") == "image":
-        short = str(artifact.get("id") or "").split(":", 1)[-1][:12]
-        return f"{artifact.get('image')} ({short})"
     return "-"
 
 
@@ -877,14 +903,79 @@ def abort(
 @main.command()
 @state_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--watch", is_flag=True, help="Redraw in place every --interval until Ctrl-C.")
+@click.option("--interval", default="1s", show_default=True, help="Redraw period of --watch.")
 @click.pass_context
-def status(ctx: click.Context, sub_state_dir: Path | None, as_json: bool) -> None:
+def status(
+    ctx: click.Context,
+    sub_state_dir: Path | None,
+    as_json: bool,
+    watch: bool,
+    interval: str,
+) -> None:
     """Per app: the live release, each release's weight and instances, deployments running."""
     client = Client(state_dir_of(ctx, sub_state_dir))
+    if watch:
+        if as_json:
+            _fail(UsageError("--watch and --json do not go together"))
+        from baton.observe.live import watch as watch_live
+
+        period = _interval(interval)
+        watch_live(lambda: _run(client.call("GET", "/status")), _show_status, console, period)
+        return
     data = _run(client.call("GET", "/status"))
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
+    _show_status(data)
+
+
+def _interval(text: str) -> float:
+    from baton.config import parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        _fail(UsageError(f"--interval: {exc}"))
+    if not 0.1 <= seconds <= 3600:
+        _fail(UsageError(f"--interval: expected between 100ms and 1h, got {text!r}"))
+    return seconds
+
+
+@main.command()
+@state_dir_option
+@click.option("--app", default=None, help="Only this app.")
+@click.option("--interval", default="1s", show_default=True, help="Redraw period.")
+@click.option("--window", default="5s", show_default=True, help="Traffic behind each figure.")
+@click.pass_context
+def top(
+    ctx: click.Context, sub_state_dir: Path | None, app: str | None, interval: str, window: str
+) -> None:
+    """Live view of each release's split, req/s, errors and latency (e.g. during a canary)."""
+    from baton.observe.live import watch as watch_live
+    from baton.observe.views import top_lines
+
+    client = Client(state_dir_of(ctx, sub_state_dir))
+    period, seconds = _interval(interval), _interval(window)
+
+    def fetch() -> Any:
+        data = _run(client.call("GET", f"/status?window={seconds:g}"))
+        if app is not None:
+            if app not in data["apps"]:
+                raise UsageError(f"--app: no app named {app!r} is deployed here")
+            data["apps"] = {app: data["apps"][app]}
+        return data
+
+    fetch()  # a bad --app or an unreachable daemon fails at once, with its exit code
+    watch_live(
+        fetch,
+        lambda data: console.print(escape("\n".join(top_lines(data, console.width)))),
+        console,
+        period,
+    )
+
+
+def _show_status(data: dict[str, Any]) -> None:
     proxy = data.get("proxy", {})
     console.print(
         f"proxy: {'[green]up[/green]' if proxy.get('ok') else '[red]down[/red]'}"
@@ -1044,35 +1135,9 @@ def history(
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    table = Table(show_edge=False, box=None, pad_edge=False)
-    for column in (
-        "#",
-        "app",
-        "kind",
-        "version",
-        "previous",
-        "strategy",
-        "status",
-        "started",
-        "runs",
-        "note",
-    ):
-        table.add_column(column)
-    for dep in data["deployments"]:
-        colour = {"succeeded": "green", "running": "cyan"}.get(dep["status"], "red")
-        table.add_row(
-            str(dep["id"]),
-            dep["app"],
-            dep["kind"],
-            dep["version"] or "-",
-            dep["previous"] or "-",
-            dep["strategy"],
-            f"[{colour}]{dep['status']}[/{colour}]",
-            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(dep["started"])),
-            escape(_artifact_short(dep.get("artifact") or {})),
-            escape((dep["error"] or "").splitlines()[0] if dep["error"] else ""),
-        )
-    console.print(table)
+    from baton.observe.views import history_lines
+
+    click.echo("\n".join(history_lines(data["deployments"], console.width)))
 
 
 @main.command()

@@ -73,6 +73,11 @@ deploy.canary.retry_on_stable     GET, HEAD, OPTIONS
                                                   true or false)
 hooks.build                       none            process: shell command run in the snapshot first
 deploy.canary.pin_from            none            networks (CIDR) whose clients may pin without it
+deploy.signals.window             5m              new release's first N vs previous one's last N
+deploy.signals.max_latency_ratio  1.5             new p95 / previous p95 above this is flagged
+deploy.signals.max_error_rate_increase 1%         new minus previous error rate above this: flagged
+deploy.signals.min_requests       50              requests per release before a judgement
+deploy.signals.rollback           false           a flagged regression during verify switches back
 hooks.pre_deploy                  none            shell command before anything starts
 hooks.smoke_test                  none            shell command against a new instance
 hooks.post_deploy                 none            shell command after the deployment
@@ -916,6 +921,27 @@ class CanaryConfig(_Section):
         return steps
 
 
+class SignalsConfig(_Section):
+    window: PositiveDuration = Field(
+        default=300.0,
+        description="deploy signals: the new release's first N vs the previous one's last N",
+    )
+    max_latency_ratio: Annotated[float, BeforeValidator(_check_ratio)] = Field(
+        default=1.5, description="deploy signals: new p95 / previous p95 above this is flagged"
+    )
+    max_error_rate_increase: Percent = Field(
+        default=0.01,
+        description="deploy signals: new minus previous error rate above this is flagged",
+    )
+    min_requests: Annotated[int, BeforeValidator(_int_at_least(1, 10_000_000))] = Field(
+        default=50, description="deploy signals: requests per release before a judgement"
+    )
+    rollback: Annotated[bool, BeforeValidator(_check_bool), _Shown("false")] = Field(
+        default=False,
+        description="deploy signals: a flagged regression during deploy.verify switches back",
+    )
+
+
 class DeployConfig(_Section):
     strategy: Annotated[
         Literal["blue-green", "rolling", "canary"],
@@ -943,6 +969,7 @@ class DeployConfig(_Section):
         default=0.05, description="error rate during verify that rolls back"
     )
     canary: CanaryConfig = Field(default=CanaryConfig(), description="canary releases")
+    signals: SignalsConfig = Field(default=SignalsConfig(), description="deploy-correlated signals")
 
 
 class HooksConfig(_Section):

@@ -161,6 +161,9 @@ def test_a_minimal_file_gets_the_documented_defaults(tmp_path: Path) -> None:
     assert (d.max_surge, d.ready_timeout, d.drain_timeout, d.stop_timeout) == (1, 60, 30, 10)
     assert (d.keep_previous, d.verify, d.max_error_rate) == (600, 10, 0.05)
     assert cfg.hooks.pre_deploy is None and cfg.hooks.timeout == 600
+    sig = d.signals
+    assert (sig.window, sig.max_latency_ratio, sig.max_error_rate_increase) == (300, 1.5, 0.01)
+    assert (sig.min_requests, sig.rollback) == (50, False)
 
 
 def test_the_defaults_table_covers_every_key_and_matches_the_models(tmp_path: Path) -> None:
@@ -170,6 +173,8 @@ def test_the_defaults_table_covers_every_key_and_matches_the_models(tmp_path: Pa
     assert rows["deploy.keep_previous"] == "10m"
     assert rows["deploy.max_error_rate"] == "5%"
     assert rows["health.path"] == "none"
+    assert rows["deploy.signals.window"] == "5m"
+    assert rows["deploy.signals.rollback"] == "false"
     # every leaf of a fully written file is in the table
     raw = yaml.safe_load(FULL)
     leaves = {
@@ -237,6 +242,12 @@ BAD_CONFIGS: list[tuple[str, str | None, list[str]]] = [
     (MINIMAL + "deploy: {max_error_rate: 5}\n", "deploy.max_error_rate", ["percentage", "got 5"]),
     (MINIMAL + "deploy: {max_error_rate: 120%}\n", "deploy.max_error_rate", ["between 0% and 100%"]),
     (MINIMAL + "deploy: 3\n", "deploy", ["expected a mapping", "got 3"]),
+    (MINIMAL + "deploy: {signals: {window: 0s}}\n", "deploy.signals.window", ["at least"]),
+    (MINIMAL + "deploy: {signals: {max_latency_ratio: 0.5}}\n", "deploy.signals.max_latency_ratio", ["between 1 and 100"]),
+    (MINIMAL + "deploy: {signals: {max_error_rate_increase: 3}}\n", "deploy.signals.max_error_rate_increase", ["percentage"]),
+    (MINIMAL + "deploy: {signals: {rollback: maybe}}\n", "deploy.signals.rollback", ["true or false", "'maybe'"]),
+    (MINIMAL + "deploy: {signals: {rollback: 1}}\n", "deploy.signals.rollback", ["true or false"]),
+    (MINIMAL + "deploy: {signals: {windw: 1m}}\n", "deploy.signals.windw", ["unknown key", "did you mean"]),
     (MINIMAL + "health: {interval: 0s}\n", "health.interval", ["at least"]),
     (MINIMAL + "health: {path: up}\n", "health.path", ["starting with /", "'up'"]),
     (MINIMAL + "health: {success_threshold: 0}\n", "health.success_threshold", ["≥ 1"]),

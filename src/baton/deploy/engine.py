@@ -55,6 +55,10 @@ from baton.errors import (
     RouteTableError,
     UsageError,
 )
+from baton.observe import hub as observe_hub
+from baton.observe import logs as observe_logs
+from baton.observe.metrics import METRICS
+from baton.observe.signals import SIGNALS
 from baton.runtime.base import Instance, InstanceSpec, Runtime, Runtimes
 from baton.secrets import SecretStore, check_given, redact
 from baton.state.store import InstanceRow, ReleaseRow, Store
@@ -119,6 +123,7 @@ class DeploymentRun:
     def emit(self, event: dict[str, Any]) -> None:
         event.setdefault("ts", time.time())
         self.events.append(event)
+        observe_hub.publish(self.id, self.app, self.version, event)
         self._wake.set()
         self._wake = asyncio.Event()
 
@@ -630,6 +635,7 @@ class Engine:
     async def _execute(self, d: _Deploy) -> None:
         run = d.run
         started = time.monotonic()
+        observe_logs.bind(run.id, run.app, run.version)
         try:
             await self._steps(d)
         except asyncio.CancelledError:
@@ -1097,6 +1103,8 @@ class Engine:
             if now is None:
                 continue
             verdict = judge(before, now, cfg.max_error_rate)
+            if cfg.signals.rollback and (why := SIGNALS.regression(d.run.id, cfg.signals)):
+                raise DeploymentFailed(f"{version} failed verification: {why}; switched back")
             if verdict.failing:
                 d.run.emit(
                     {
@@ -1542,6 +1550,7 @@ class Engine:
         history.append(record)
         del history[:-RECENT_REPLACEMENTS]
         self.store.add_event(None, release.app, "replaced", record)
+        METRICS.count_restart(release.app, "instance", len(dead) or len(new))
         return [
             f"{release.app} {release.version}: replaced {what} by "
             + ", ".join(f"#{i.index} ({i.address})" for i in new)

@@ -160,3 +160,8 @@ class ProxyClient:
 
     async def forget_wanted(self, name: str) -> None:
         await self._call("DELETE", f"/tls/wanted/{name}")
+
+    async def metrics_text(self) -> str:
+        """The per-release metrics in the Prometheus text format."""
+        result: str = await self._call("GET", "/metrics", text=True)
+        return result

@@ -20,6 +20,8 @@ from typing import Any
 import click
 
 from baton.errors import RouteTableError
+from baton.proxy.accesslog import FORMATS as ACCESS_LOG_FORMATS
+from baton.proxy.accesslog import AccessLogSpec
 from baton.proxy.admin import AdminAPI
 from baton.proxy.handoff import HandoffServer, Takeover, handoff_path
 from baton.proxy.health import HealthChecker
@@ -44,6 +46,8 @@ async def serve(
 ) -> None:
     """Run one proxy until SIGTERM/SIGINT, or until a successor took over (``handoff.py``)."""
     proxy = Proxy(settings)
+    if proxy.access_log is not None:
+        proxy.access_log.start()
     health = HealthChecker(proxy)
     successor: Takeover | None = None
     if takeover:
@@ -108,6 +112,8 @@ async def serve(
     health.stop()
     await proxy.shutdown(settings.drain_deadline)
     await api.stop()
+    if proxy.access_log is not None:
+        await proxy.access_log.close()
 
 
 def _read_saved(saved: Path) -> tuple[dict[str, AppSpec], int] | None:
@@ -283,6 +289,27 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: str) -> float:
     show_default=True,
     help="On SIGTERM: longest wait for in-flight requests before exiting.",
 )
+@click.option(
+    "--access-log",
+    "access_log",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Append one line per answered request to this file (off by default).",
+)
+@click.option(
+    "--access-log-format",
+    type=click.Choice(ACCESS_LOG_FORMATS),
+    default="json",
+    show_default=True,
+    help="json, or the combined log format plus app, release and request id.",
+)
+@click.option(
+    "--access-log-sample",
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Fraction of requests logged (e.g. 0.1).",
+)
 def proxy_command(
     listen: tuple[str, ...],
     listen_fd: tuple[str, ...],
@@ -298,6 +325,9 @@ def proxy_command(
     upstream_idle_timeout: float,
     upstream_max_idle: int,
     drain_deadline: float,
+    access_log: Path | None,
+    access_log_format: str,
+    access_log_sample: float,
 ) -> None:
     """Run Baton's reverse proxy (the data plane)."""
     for address in listen:
@@ -328,6 +358,9 @@ def proxy_command(
         upstream_idle_timeout=upstream_idle_timeout,
         upstream_max_idle=upstream_max_idle,
         drain_deadline=drain_deadline,
+        access_log=AccessLogSpec(access_log, access_log_format, access_log_sample)
+        if access_log is not None
+        else None,
     )
     logging.basicConfig(level=logging.WARNING, format="baton proxy: %(message)s")
     _raise_nofile_limit()

@@ -46,6 +46,7 @@ import httptools
 
 from baton.errors import ProxyProtocolError
 from baton.proxy import tls as tls_module
+from baton.proxy.accesslog import AccessLog, AccessLogSpec
 from baton.proxy.failures import FailureLog
 from baton.proxy.forwarded import is_trusted
 from baton.proxy.fuse import Fuses
@@ -129,6 +130,7 @@ class ProxySettings:
     max_headers: int = 100
     max_connections: int = 10000  # per listener; beyond it: 503 and close
     tunnel_idle_timeout: float = 3600.0
+    access_log: AccessLogSpec | None = None  # off by default
 
 
 LiveTable = RouteTable[Target, ReleaseMetrics]
@@ -831,8 +833,28 @@ class ClientConnection(asyncio.Protocol):
             elapsed = time.monotonic() - ex.t0
             ex.metrics.record(status, elapsed, elapsed)
         self.proxy.failures.record(ex, status, message)
+        if self.proxy.access_log is not None:
+            elapsed = time.monotonic() - ex.t0
+            self._log_access(ex, status, elapsed, elapsed)
         self._leave_target(ex)
         self._local(ex, status, message)
+
+    def _log_access(self, ex: Exchange, status: int, ttfb: float, total: float) -> None:
+        release, target = ex.release, ex.target
+        assert self.proxy.access_log is not None
+        self.proxy.access_log.add(
+            self.client_ip,
+            ex.method,
+            ex.url,
+            ex.http11,
+            status,
+            ex.metrics.app if ex.metrics is not None else "-",
+            release.name if release is not None else "-",
+            target.address if target is not None else "-",
+            ex.request_id,
+            ttfb,
+            total,
+        )
 
     def _acme_answer(self, ex: Exchange) -> bool:
         """An ACME HTTP-01 challenge this proxy was given: answer its key authorization."""
@@ -994,6 +1016,8 @@ class ClientConnection(asyncio.Protocol):
         m = ex.metrics
         if m is not None:
             m.record(ex.status, ex.ttfb, now - ex.t0)
+        if self.proxy.access_log is not None:
+            self._log_access(ex, ex.status, ex.ttfb, now - ex.t0)
         target = ex.target
         self._leave_target(ex)
         up.detach()
@@ -1229,6 +1253,7 @@ class Proxy:
 
     def release(self, listen: str) -> None:
         self.open_per_listener[listen] -= 1
+        self.access_log = AccessLog(self.settings.access_log) if self.settings.access_log else None
 
     # -- routing -----------------------------------------------------------------------
 

@@ -51,6 +51,9 @@ from baton.deploy.canary import Request, annotate_status, canary_events
 from baton.deploy.canary import request as canary_request
 from baton.deploy.engine import DeploymentRun, Engine
 from baton.errors import BatonError, UsageError
+from baton.observe import starter
+from baton.observe.signals import stored as stored_signals
+from baton.observe.views import annotate_live
 from baton.runtime.base import Instance, Runtime
 from baton.secrets import redact
 
@@ -173,6 +176,8 @@ class Api:
         annotate_status(self.engine, status)
         if self._certificates is not None:
             status["certificates"] = await self._certificates()
+        if "window" in request.query:  # `baton top`: each release's figures over a short window
+            annotate_live(self.engine, status, request.query["window"])
         return web.json_response(status)
 
     async def deploy(self, request: web.Request) -> web.StreamResponse:
@@ -187,6 +192,7 @@ class Api:
             image=_string(body, "image"),
             secrets=body.get("secrets"),
         )
+        starter.record(self.engine, run, starter.peer_user(request), "cli")
         self.engine.start(run)
         return await self._stream(request, run)
 
@@ -197,6 +203,7 @@ class Api:
         if not isinstance(force, bool):
             raise UsageError("force: expected true or false")
         run = await self.engine.prepare_rollback(app, _string(body, "version"), force=force)
+        starter.record(self.engine, run, starter.peer_user(request), "cli")
         self.engine.start(run)
         return await self._stream(request, run)
 
@@ -263,6 +270,8 @@ class Api:
         for dep in deployments:
             if dep.get("strategy") == "canary":
                 dep["canary"] = canary_events(self.engine, dep["id"])
+            dep["signals"] = stored_signals(self.engine, dep["id"])
+            dep["started_by"] = starter.started_by(self.engine, dep["id"])
         return web.json_response({"deployments": deployments})
 
     async def logs(self, request: web.Request) -> web.StreamResponse:

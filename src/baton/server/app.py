@@ -54,6 +54,10 @@ from baton.errors import BatonError
 from baton.flags.http import FlagAdmin, Ofrep, check_ofrep_listen, start_ofrep
 from baton.flags.judge import watch as judge_flags
 from baton.flags.service import FlagService
+from baton.observe import logs as observe_logs
+from baton.observe import serve as observe_serve
+from baton.observe import signals as observe_signals
+from baton.observe.endpoints import Endpoints
 from baton.runtime.base import Runtimes
 from baton.runtime.process import pid_alive
 from baton.server.api import Api
@@ -114,6 +118,7 @@ class ProxySupervisor:
         # their accept queue instead of being refused (``listeners.py``).
         self.held = HeldListeners()
         self._peeked: tuple[int | None, list[str]] | None = None  # what was last collected
+        self.extra_args: list[str] = []  # e.g. the access log's flags (baton.observe)
 
     def info(self) -> dict[str, Any]:
         return {"pid": self.pid, "restarts": self.restarts, "socket": str(self.socket)}
@@ -179,7 +184,7 @@ class ProxySupervisor:
         private_dir(self.log_path.parent)
         if self._log is None:
             self._log = open_private(self.log_path)
-        argv = [sys.executable, "-m", "baton.proxy", "--admin", str(self.socket)]
+        argv = [sys.executable, "-m", "baton.proxy", "--admin", str(self.socket), *self.extra_args]
         fds = self.held.hold(listens)
         for address in listens:
             if address in fds:
@@ -274,7 +279,7 @@ class ProxySupervisor:
             if self._log is None:
                 self._log = open_private(self.log_path)
             argv = [*(command or [sys.executable, "-m", "baton.proxy"])]
-            argv += ["--admin", str(self.socket), "--takeover"]
+            argv += ["--admin", str(self.socket), "--takeover", *self.extra_args]
             self._log.write(f"--- baton: upgrading the proxy: {' '.join(argv)}\n".encode())
             self._log.flush()
             try:
@@ -345,7 +350,9 @@ def _lock(state_dir: Path) -> IO[str]:
     return handle
 
 
-async def serve(state_dir: Path, *, flags_listen: str | None = None) -> int:
+async def serve(
+    state_dir: Path, endpoints: Endpoints | None = None, *, flags_listen: str | None = None
+) -> int:
     """Run the control plane until SIGTERM/SIGINT or ``POST /shutdown``. Returns the exit code.
 
     ``flags_listen`` (``host:port``) also serves feature-flag evaluations (OFREP) over TCP.
@@ -364,6 +371,8 @@ async def serve(state_dir: Path, *, flags_listen: str | None = None) -> int:
     certs = CertManager(state_dir, proxy, lambda: live_acme_apps(engine.router))
     engine.router.acme_dir = str(certs.acme_dir)
     supervisor = ProxySupervisor(state_dir, proxy, engine.router)
+    if endpoints is not None:
+        supervisor.extra_args = list(endpoints.proxy_args)
     stop = asyncio.Event()
     down = asyncio.Event()  # `baton down`: stop the data plane too
 
@@ -376,6 +385,7 @@ async def serve(state_dir: Path, *, flags_listen: str | None = None) -> int:
         loop.add_signal_handler(sig, stop.set)
     runner: web.AppRunner | None = None
     ofrep_runner: web.AppRunner | None = None
+    extra_runners: list[observe_serve.Running] = []  # --metrics, --dashboard, --otlp-endpoint
     background: list[asyncio.Task[None]] = []
     try:
         await supervisor.ensure()
@@ -399,6 +409,8 @@ async def serve(state_dir: Path, *, flags_listen: str | None = None) -> int:
             upgrade_proxy=supervisor.upgrade,
             certificates=certs.certificates,
         )
+        if endpoints is not None:  # before the API answers: a port in use fails `up` at once
+            extra_runners = await observe_serve.start(endpoints, engine, supervisor)
         flags = FlagService(
             store,
             lambda: {a.name: a.config_path for a in store.apps()},
@@ -425,6 +437,7 @@ async def serve(state_dir: Path, *, flags_listen: str | None = None) -> int:
             loop.create_task(_auto_contract(engine, stop)),
             loop.create_task(judge_flags(flags, engine.traffic, stop)),
             loop.create_task(certs.run(stop)),
+            loop.create_task(observe_signals.watch(engine, stop)),
         ]
         if flags_listen is not None:
             ofrep_runner = await start_ofrep(Ofrep(flags, flags_token), flags_listen)
@@ -456,6 +469,8 @@ async def serve(state_dir: Path, *, flags_listen: str | None = None) -> int:
             )
         if ofrep_runner is not None:
             await ofrep_runner.cleanup()
+        for extra in extra_runners:
+            await extra.cleanup()
         if runner is not None:
             await runner.cleanup()
         await proxy.close()
@@ -514,12 +529,16 @@ async def _sample_traffic(engine: Engine, stop: asyncio.Event) -> None:
             await engine.traffic.sample(engine.proxy)
 
 
-def run_server(state_dir: Path, *, flags_listen: str | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s baton server: %(message)s", stream=sys.stderr
-    )
+def run_server(
+    state_dir: Path,
+    endpoints: Endpoints | None = None,
+    log_format: str = "text",
+    *,
+    flags_listen: str | None = None,
+) -> int:
+    observe_logs.configure(log_format)
     try:
-        return asyncio.run(serve(state_dir, flags_listen=flags_listen))
+        return asyncio.run(serve(state_dir, endpoints, flags_listen=flags_listen))
     except AlreadyRunning as exc:
         print(f"baton server: {exc}", file=sys.stderr)
         return 0
