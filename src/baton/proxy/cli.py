@@ -12,6 +12,7 @@ import logging
 import os
 import resource
 import signal
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,14 @@ async def serve(
     settings: ProxySettings,
     routes: Path | None = None,
     takeover: bool = False,
+    tls: tuple[str, str] | None = None,
 ) -> None:
     """Run one proxy until SIGTERM/SIGINT, or until a successor took over (``handoff.py``)."""
     proxy = Proxy(settings)
+    if tls is not None:
+        from baton.proxy.alpn import server_context
+
+        proxy.tls = server_context(*tls)
     health = HealthChecker(proxy)
     successor: Takeover | None = None
     if takeover:
@@ -178,6 +184,17 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: str) -> float:
     show_default=True,
     help="On SIGTERM: longest wait for in-flight requests before exiting.",
 )
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Serve every listener over TLS with this certificate chain (PEM), HTTP/2 and "
+    "HTTP/1.1 by ALPN. Needs --tls-key.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The private key (PEM) for --tls-cert.",
+)
 def proxy_command(
     listen: tuple[str, ...],
     takeover: bool,
@@ -189,8 +206,12 @@ def proxy_command(
     upstream_idle_timeout: float,
     upstream_max_idle: int,
     drain_deadline: float,
+    tls_cert: str | None,
+    tls_key: str | None,
 ) -> None:
     """Run Baton's reverse proxy (the data plane)."""
+    if (tls_cert is None) != (tls_key is None):
+        raise click.BadParameter("--tls-cert and --tls-key go together", param_hint="--tls-cert")
     for address in listen:
         try:
             parse_address(address, "--listen")
@@ -209,8 +230,9 @@ def proxy_command(
     import uvloop
 
     try:
-        uvloop.run(serve(list(listen), admin, settings, routes, takeover))
-    except OSError as exc:
+        tls = (tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
+        uvloop.run(serve(list(listen), admin, settings, routes, takeover, tls))
+    except (OSError, ssl.SSLError) as exc:
         click.echo(f"baton proxy: cannot start: {exc}", err=True)
         sys.exit(1)
     except RouteTableError as exc:

@@ -27,6 +27,7 @@ import contextlib
 import logging
 import os
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -826,6 +827,10 @@ class Proxy:
         self._request_seq = 0
         self._sweeper: asyncio.Task[None] | None = None
         self.on_table_change: list[Callable[[], None]] = []
+        # Called once when the proxy starts to stop (HTTP/2 sessions send GOAWAY).
+        self.on_stop: set[Callable[[], None]] = set()
+        # Stand-in for the tls branch's listener: when set, every listener speaks TLS.
+        self.tls: ssl.SSLContext | None = None
 
     # -- routing -----------------------------------------------------------------------
 
@@ -969,8 +974,14 @@ class Proxy:
                 sock.close()
                 raise
             sock.listen(4096)
+        if self.tls is not None:
+            from baton.proxy.alpn import alpn_protocol_factory
+
+            factory: Callable[[], asyncio.Protocol] = alpn_protocol_factory(self, address)
+        else:
+            factory = lambda: ClientConnection(self, address)  # noqa: E731
         server = await self.loop.create_server(
-            lambda: ClientConnection(self, address), sock=sock, backlog=4096, start_serving=serve
+            factory, sock=sock, backlog=4096, start_serving=serve, ssl=self.tls
         )
         self.servers[address] = server
 
@@ -1077,6 +1088,8 @@ class Proxy:
         self.stopping = True
         for server in self.servers.values():
             server.close()
+        for on_stop in list(self.on_stop):
+            on_stop()
         for conn in list(self.connections):
             if conn.active is None and conn.tunnel is None and not conn.reading:
                 conn._set_deadline(IDLE_DEADLINE, STOPPING_IDLE_GRACE)
