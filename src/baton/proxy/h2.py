@@ -184,7 +184,7 @@ class H2Stream(ClientConnection):
         self.start(ex)
 
     def data(self, data: bytes, flow_controlled: int) -> None:
-        if self.current_parse is not None:
+        if data and self.current_parse is not None:  # (an empty frame would be a last chunk)
             self.on_body(data)
         if self.paused and not self.closed:
             self.held += flow_controlled

@@ -644,6 +644,8 @@ class ClientConnection(asyncio.Protocol):
         target = ex.target
         self._leave_target(ex)
         up.detach()
+        if self.write_paused and up.transport is not None:
+            up.transport.resume_reading()  # paused for this client; not for the next one
         if reusable and ex.complete and not up.until_close and target is not None:
             target.put_idle(up, self.proxy.settings.upstream_max_idle)
         else:
