@@ -225,6 +225,19 @@ def test_malformed_stream_is_reset_and_the_connection_keeps_serving(
         assert ok.status == 200 and bytes(ok.body) == b"v1"
 
 
+def test_stream_over_the_concurrency_limit_is_refused_not_the_connection(
+    proxy: ProxyProcess, backend: Backend
+) -> None:
+    proxy.route(("v1", 100, [backend.addr]))
+    with H2Client(proxy.port, ignore_limits=True) as client:
+        client.wait(lambda: client.conn.remote_settings.max_concurrent_streams == 100)
+        sids = [client.request("/slow?s=0.5") for _ in range(101)]
+        results = [client.response(sid) for sid in sids]
+        assert [r.status for r in results[:100]] == [200] * 100
+        assert results[100].reset == h2.errors.ErrorCodes.REFUSED_STREAM
+        assert client.response(client.request("/")).status == 200
+
+
 def test_garbage_frames_end_the_connection_with_goaway_not_a_crash(
     proxy: ProxyProcess, backend: Backend
 ) -> None:

@@ -30,11 +30,26 @@ class Stream:
         return next((v for n, v in self.headers if n == name), None)
 
 
+class _Unlimited(h2.connection.H2Connection):
+    """A client that ignores the server's MAX_CONCURRENT_STREAMS (to test the limit)."""
+
+    @property
+    def open_outbound_streams(self) -> int:
+        _ = super().open_outbound_streams
+        return 0
+
+
 class H2Client:
     """One HTTP/2 connection to ``127.0.0.1:port``; ``auto_ack=False`` keeps windows closed."""
 
     def __init__(
-        self, port: int, *, auto_ack: bool = True, window: int | None = None, timeout: float = 20
+        self,
+        port: int,
+        *,
+        auto_ack: bool = True,
+        window: int | None = None,
+        timeout: float = 20,
+        ignore_limits: bool = False,
     ) -> None:
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
@@ -45,9 +60,8 @@ class H2Client:
         assert self.sock.selected_alpn_protocol() == "h2"
         self.auto_ack = auto_ack
         self.timeout = timeout
-        self.conn = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=True, header_encoding=None)
-        )
+        connection = _Unlimited if ignore_limits else h2.connection.H2Connection
+        self.conn = connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
         if window is not None:
             self.conn.local_settings = h2.settings.Settings(
                 client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window}

@@ -131,6 +131,20 @@ def response_headers(head: bytes) -> tuple[int, list[tuple[bytes, bytes]]]:
     return status, out
 
 
+class _ServerConnection(h2.connection.H2Connection):
+    """h2's connection state machine, minus its own concurrency check.
+
+    h2 treats a stream over ``MAX_CONCURRENT_STREAMS`` as a connection error; RFC 9113
+    5.1.2 allows a stream error, which costs the client one retried request instead of
+    all of them, so the session refuses such a stream itself (REFUSED_STREAM).
+    """
+
+    @property
+    def open_inbound_streams(self) -> int:
+        _ = super().open_inbound_streams  # h2 prunes closed streams while it counts
+        return 0
+
+
 class H2Stream(ClientConnection):
     """One request stream: a ClientConnection whose bytes travel as HTTP/2 frames."""
 
@@ -329,7 +343,7 @@ class H2Session(asyncio.Protocol):
         config = h2.config.H2Configuration(
             client_side=False, header_encoding=None, validate_inbound_headers=False
         )
-        self.conn = h2.connection.H2Connection(config=config)
+        self.conn = _ServerConnection(config=config)
         self.streams: dict[int, H2Stream] = {}
         self.client_ip = b""
         self.loopback = False
