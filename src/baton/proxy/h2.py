@@ -340,8 +340,14 @@ class H2Session(asyncio.Protocol):
         self.proxy = proxy
         self.listen = listen
         self.transport: asyncio.Transport | None = None
+        # Inbound headers are validated per stream (a bad one resets that stream only);
+        # outbound ones come from a response head httptools parsed and we lower-cased.
         config = h2.config.H2Configuration(
-            client_side=False, header_encoding=None, validate_inbound_headers=False
+            client_side=False,
+            header_encoding=None,
+            validate_inbound_headers=False,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
         )
         self.conn = _ServerConnection(config=config)
         self.streams: dict[int, H2Stream] = {}
@@ -350,6 +356,7 @@ class H2Session(asyncio.Protocol):
         self.closed = False
         self.write_paused = False
         self.going_away = False
+        self.send_soon = False
         self.last_stream = 0
         self._idle: asyncio.TimerHandle | None = None
 
@@ -376,7 +383,7 @@ class H2Session(asyncio.Protocol):
         # h2 sets the HPACK decoder's limit only when a changed setting is acknowledged.
         conn.decoder.max_header_list_size = self.proxy.settings.max_header_size
         conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
-        self.send()
+        self.send_now()
         if self.proxy.stopping:
             self.go_away()
         else:
@@ -397,6 +404,14 @@ class H2Session(asyncio.Protocol):
             self.transport.close()
 
     def send(self) -> None:
+        """Write what h2 has queued, once per loop iteration: responses of streams that
+        completed together leave in one TLS write (each write is a TLS record and a syscall)."""
+        if not self.send_soon:
+            self.send_soon = True
+            self.proxy.loop.call_soon(self.send_now)
+
+    def send_now(self) -> None:
+        self.send_soon = False
         data = self.conn.data_to_send()
         if data and self.transport is not None and not self.closed:
             self.transport.write(data)
@@ -419,7 +434,7 @@ class H2Session(asyncio.Protocol):
         self.last_stream = self.conn.highest_inbound_stream_id
         # A graceful GOAWAY, written beside h2's state machine: h2's own close_connection()
         # would refuse to send the responses still in flight. Newer streams are refused.
-        self.send()
+        self.send_now()
         if self.transport is not None:
             self.transport.write(GoAwayFrame(0, last_stream_id=self.last_stream).serialize())
         if not self.streams:
@@ -455,7 +470,7 @@ class H2Session(asyncio.Protocol):
             del self.streams[stream.stream_id]
         if not self.streams:
             if self.going_away:
-                self.send()
+                self.send_now()
                 self.close()
             else:
                 self._arm_idle(self.proxy.settings.keepalive_timeout)
@@ -467,7 +482,7 @@ class H2Session(asyncio.Protocol):
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
             log.info("h2 connection from %s: %s", self.client_ip.decode(), exc)
-            self.send()  # the GOAWAY h2 prepared
+            self.send_now()  # the GOAWAY h2 prepared
             self.close()
             return
         for event in events:
@@ -498,7 +513,7 @@ class H2Session(asyncio.Protocol):
                 if stream is not None:
                     stream.lost()
             elif isinstance(event, h2.events.ConnectionTerminated):
-                self.send()
+                self.send_now()
                 self.close()
                 return
         self.send()
