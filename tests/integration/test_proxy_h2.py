@@ -20,7 +20,7 @@ import pytest
 
 from tests.support.certs import self_signed
 from tests.support.h2client import H2Client
-from tests.support.procs import Backend
+from tests.support.procs import Backend, free_port
 from tests.support.proxy import ProxyProcess
 
 BackendFactory = Callable[..., Backend]
@@ -205,6 +205,34 @@ def test_response_waits_for_the_clients_window_and_resumes(
         client.flush()
         client.response(sid)
     assert stream.ended and len(stream.body) == 4096 * 1024
+
+
+def test_unanswered_streams_are_retried_on_another_target(
+    proxy: ProxyProcess, backend: Backend
+) -> None:
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there: connect refused
+    proxy.route(("v1", 100, [dead, backend.addr]))
+    with H2Client(proxy.port) as client:
+        sids = [client.request("/") for _ in range(20)]
+        results = [client.response(sid) for sid in sids]
+    assert [(r.status, bytes(r.body)) for r in results] == [(200, b"v1")] * 20
+    assert proxy.release_metrics("v1")["retries"] >= 1
+
+
+def test_streams_in_flight_are_counted_per_target_for_draining(
+    proxy: ProxyProcess, backend: Backend
+) -> None:
+    proxy.route(("v1", 100, [backend.addr]))
+
+    def in_flight() -> int:
+        return int(proxy.ok("GET", "/targets")["targets"][backend.addr]["in_flight"])
+
+    with H2Client(proxy.port) as client:
+        sids = [client.request("/slow?s=1") for _ in range(5)]
+        client.wait(lambda: in_flight() == 5)
+        for sid in sids:
+            assert client.response(sid).status == 200
+    assert in_flight() == 0
 
 
 # -- bad input ------------------------------------------------------------------------------

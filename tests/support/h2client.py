@@ -148,7 +148,10 @@ class H2Client:
         return events
 
     def wait(self, done: object, timeout: float | None = None) -> None:
-        """Read until ``done()`` is true; raise TimeoutError after ``timeout`` seconds."""
+        """Read until ``done()`` is true; raise TimeoutError after ``timeout`` seconds.
+
+        Reads wait at most 50 ms, so ``done`` may also watch state outside this connection.
+        """
         assert callable(done)
         deadline = time.monotonic() + (timeout or self.timeout)
         while not done():
@@ -156,7 +159,7 @@ class H2Client:
                 raise ConnectionError("the server closed the connection")
             if time.monotonic() > deadline:
                 raise TimeoutError("condition not met in time")
-            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            self.sock.settimeout(min(0.05, max(0.01, deadline - time.monotonic())))
             try:
                 self.read_once()
             except TimeoutError:

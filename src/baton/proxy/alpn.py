@@ -14,6 +14,9 @@ import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from baton.proxy.h2 import H2Session
+from baton.proxy.server import ClientConnection
+
 if TYPE_CHECKING:
     from baton.proxy.server import Proxy
 
@@ -31,11 +34,7 @@ def server_context(certificate: str, key: str) -> ssl.SSLContext:
 def protocol_for_alpn(name: str | None, proxy: Proxy, listen: str) -> asyncio.Protocol:
     """The protocol serving a TLS connection whose client chose ``name`` by ALPN."""
     if name == "h2":
-        from baton.proxy.h2 import H2Session
-
         return H2Session(proxy, listen)
-    from baton.proxy.server import ClientConnection
-
     return ClientConnection(proxy, listen)
 
 
