@@ -9,6 +9,8 @@ import re
 import signal
 import ssl
 import subprocess
+import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -355,3 +357,65 @@ def test_proxy_stop_sends_goaway_and_finishes_the_stream_in_flight(
     assert "recv GOAWAY frame" in out and "last_stream_id=13" in out, out
     assert ":status: 200" in out and "END_STREAM" in out, out
     assert proxy.proc is not None and proxy.proc.wait(timeout=30) == 0  # a clean exit
+
+
+def test_takeover_under_http2_load_loses_nothing(
+    proxy: ProxyProcess, cert: tuple[Path, Path], backend: Backend
+) -> None:
+    """curl keeps multiplexing requests while a new proxy takes the TLS listener over."""
+    proxy.route(("v1", 100, [backend.addr]))
+    url = f"https://127.0.0.1:{proxy.port}/"
+    stop = threading.Event()
+    outcomes: Counter[str] = Counter()
+    errors: list[str] = []
+
+    def load() -> None:
+        while not stop.is_set():
+            args = ["curl", "-sS", "--http2", "--cacert", str(cert[0]), "--parallel"]
+            args += ["--parallel-max", "8", "-w", "%{http_code} %{http_version}\\n"]
+            for _ in range(40):
+                args += [url, "-o", "/dev/null"]
+            done = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+            outcomes.update(done.stdout.split("\n")[:-1])
+            if done.returncode != 0:
+                errors.append(done.stderr)
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    try:
+        successor = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "baton.proxy",
+                "--admin",
+                proxy.admin,
+                "--takeover",
+                "--tls-cert",
+                str(cert[0]),
+                "--tls-key",
+                str(cert[1]),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while proxy.ok("GET", "/health")["pid"] != successor.pid:
+                assert time.monotonic() < deadline and successor.poll() is None
+                time.sleep(0.05)
+            assert proxy.proc is not None and proxy.proc.wait(timeout=40) == 0  # old one retired
+            while sum(proxy.release_metrics("v1")["requests"].values()) < 100:
+                assert time.monotonic() < deadline + 30
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            loader.join(timeout=90)
+            successor.terminate()
+            successor.wait(timeout=40)
+    finally:
+        stop.set()
+    assert errors == []
+    assert set(outcomes) == {"200 2"}, outcomes
+    assert outcomes["200 2"] > 200

@@ -24,8 +24,10 @@ Rules the code keeps:
 - Limits: ``MAX_CONCURRENT_STREAMS`` and ``MAX_HEADER_LIST_SIZE`` (the proxy's header
   limit) are advertised; a stream over the concurrency limit is refused (REFUSED_STREAM,
   safe for the client to retry).
-- Stopping (proxy stop or takeover): GOAWAY naming the last stream accepted; streams in
-  flight finish, newer ones are refused, the connection closes when the last one ends.
+- Stopping (proxy stop or takeover): GOAWAY in two steps (the first admits everything,
+  the second, one round trip later, names the last stream accepted), so no request the
+  client sent in good faith is refused; streams in flight finish, and the connection
+  closes when the last one ends.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ from baton.proxy.upstream import UpstreamConnection
 log = logging.getLogger("baton.proxy")
 
 MAX_CONCURRENT_STREAMS = 100
+MAX_STREAM_ID = 2**31 - 1
+GOAWAY_PING = b"baton-go"  # PING payload (8 bytes) marking the first of the two GOAWAYs
+GOAWAY_GRACE = 1.0  # longest wait for that PING's ACK before the final GOAWAY
 STREAM_WINDOW = 256 * 1024  # per-stream receive window: bounds what one upload buffers
 CONNECTION_WINDOW = 16 * 1024 * 1024
 
@@ -357,7 +362,7 @@ class H2Session(asyncio.Protocol):
         self.write_paused = False
         self.going_away = False
         self.send_soon = False
-        self.last_stream = 0
+        self.last_stream = MAX_STREAM_ID  # streams above it are refused (after a GOAWAY)
         self._idle: asyncio.TimerHandle | None = None
 
     # -- connection lifecycle ----------------------------------------------------------
@@ -427,18 +432,34 @@ class H2Session(asyncio.Protocol):
             self.go_away()
 
     def go_away(self) -> None:
-        """Accept no new stream; finish the ones in flight, then close."""
+        """Accept no new stream; finish the ones in flight, then close.
+
+        Two steps (RFC 9113 6.8): a GOAWAY that still admits every stream, with a PING;
+        when its ACK returns (or after ``GOAWAY_GRACE``), the final GOAWAY names the last
+        stream accepted. Requests the client sent before it saw the first are served, not
+        refused. Both are written beside h2's state machine: h2's own close_connection()
+        would refuse to send the responses still in flight.
+        """
         if self.going_away or self.closed:
             return
         self.going_away = True
-        self.last_stream = self.conn.highest_inbound_stream_id
-        # A graceful GOAWAY, written beside h2's state machine: h2's own close_connection()
-        # would refuse to send the responses still in flight. Newer streams are refused.
+        self._write_goaway(MAX_STREAM_ID)
+        self.conn.ping(GOAWAY_PING)
         self.send_now()
-        if self.transport is not None:
-            self.transport.write(GoAwayFrame(0, last_stream_id=self.last_stream).serialize())
+        self.proxy.loop.call_later(GOAWAY_GRACE, self._final_goaway)
+
+    def _final_goaway(self) -> None:
+        if self.closed or self.last_stream != MAX_STREAM_ID:
+            return
+        self._write_goaway(self.conn.highest_inbound_stream_id)
         if not self.streams:
             self.close()
+
+    def _write_goaway(self, last_stream: int) -> None:
+        self.last_stream = last_stream
+        self.send_now()  # whole frames h2 has queued go first
+        if self.transport is not None and not self.closed:
+            self.transport.write(GoAwayFrame(0, last_stream_id=last_stream).serialize())
 
     # -- flow control ------------------------------------------------------------------
 
@@ -469,7 +490,7 @@ class H2Session(asyncio.Protocol):
         if self.streams.get(stream.stream_id) is stream:
             del self.streams[stream.stream_id]
         if not self.streams:
-            if self.going_away:
+            if self.last_stream != MAX_STREAM_ID:
                 self.send_now()
                 self.close()
             else:
@@ -508,6 +529,9 @@ class H2Session(asyncio.Protocol):
                     self._flush_all()
             elif isinstance(event, h2.events.RemoteSettingsChanged):
                 self._flush_all()
+            elif isinstance(event, h2.events.PingAckReceived):
+                if event.ping_data == GOAWAY_PING:
+                    self._final_goaway()
             elif isinstance(event, h2.events.StreamReset):
                 stream = self.streams.get(event.stream_id)
                 if stream is not None:
@@ -522,7 +546,7 @@ class H2Session(asyncio.Protocol):
         sid = event.stream_id
         if sid is None or event.headers is None:
             return
-        if self.going_away and sid > self.last_stream:
+        if sid > self.last_stream:
             self.reset(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         if len(self.streams) >= MAX_CONCURRENT_STREAMS:
