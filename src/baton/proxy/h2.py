@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import cast
 
 import h2.config
@@ -160,6 +161,7 @@ class H2Stream(ClientConnection):
         "head_sent",
         "held",
         "outq",
+        "sent_from",
         "session",
         "stream_id",
     )
@@ -173,7 +175,8 @@ class H2Stream(ClientConnection):
         self.head_sent = False
         self.finished = False  # the whole response was written: END_STREAM, not a reset
         self.ending = False  # END_STREAM goes out once the queued body is sent
-        self.outq: list[bytes] = []
+        self.outq: deque[bytes] = deque()
+        self.sent_from = 0  # bytes of outq[0] already sent
         self.held = 0  # request bytes received but not yet acknowledged (flow control)
         self.blocked = 0
 
@@ -255,13 +258,15 @@ class H2Stream(ClientConnection):
             window = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
             if window <= 0:
                 break
-            piece = outq[0]
-            if len(piece) <= window:
-                outq.pop(0)
+            piece, start = outq[0], self.sent_from
+            if len(piece) - start <= window:
+                outq.popleft()
+                self.sent_from = 0
+                conn.send_data(sid, piece[start:] if start else piece)
             else:
-                outq[0] = piece[window:]
-                piece = piece[:window]
-            conn.send_data(sid, piece)
+                # Frames are cut from the queued read without copying its remainder.
+                self.sent_from = start + window
+                conn.send_data(sid, piece[start : start + window])
         if outq:
             self._block(BLOCK_WINDOW)
             return
@@ -319,6 +324,7 @@ class H2Stream(ClientConnection):
             self.flush()
         else:
             self.outq.clear()
+            self.sent_from = 0
             self.session.reset(self.stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
             self.session.forget(self)
         self.session.send()
@@ -332,6 +338,7 @@ class H2Stream(ClientConnection):
     def lost(self) -> None:
         """The client reset the stream, or the connection went away."""
         self.outq.clear()
+        self.sent_from = 0
         self.ending = False
         if not self.closed or self.active is not None:
             self.connection_lost(None)
