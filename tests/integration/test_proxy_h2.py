@@ -268,6 +268,20 @@ def test_stream_over_the_concurrency_limit_is_refused_not_the_connection(
         assert client.response(client.request("/")).status == 200
 
 
+def test_header_block_over_the_limit_ends_only_that_connection(
+    proxy: ProxyProcess, backend: Backend
+) -> None:
+    proxy.route(("v1", 100, [backend.addr]))
+    with H2Client(proxy.port) as client:
+        client.wait(lambda: client.conn.remote_settings.max_header_list_size == 65536)
+        client.request("/", headers=[("x-big", "a" * 70_000)])
+        client.wait(lambda: client.goaway is not None)
+        assert client.goaway is not None
+        assert client.goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+    with H2Client(proxy.port) as client:
+        assert client.response(client.request("/")).status == 200
+
+
 def test_garbage_frames_end_the_connection_with_goaway_not_a_crash(
     proxy: ProxyProcess, backend: Backend
 ) -> None:
