@@ -23,7 +23,9 @@ Rules the code keeps:
   connection errors: GOAWAY with the library's error code, then close, never a crash.
 - Limits: ``MAX_CONCURRENT_STREAMS`` and ``MAX_HEADER_LIST_SIZE`` (the proxy's header
   limit) are advertised; a stream over the concurrency limit is refused (REFUSED_STREAM,
-  safe for the client to retry).
+  safe for the client to retry); a header block over the size limit ends the connection
+  (ENHANCE_YOUR_CALM), because HPACK's shared table cannot be trusted after a block
+  whose decoding was abandoned.
 - Stopping (proxy stop or takeover): GOAWAY in two steps (the first admits everything,
   the second, one round trip later, names the last stream accepted), so no request the
   client sent in good faith is refused; streams in flight finish, and the connection
@@ -508,7 +510,7 @@ class H2Session(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             events = self.conn.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
+        except h2.exceptions.H2Error as exc:
             log.info("h2 connection from %s: %s", self.client_ip.decode(), exc)
             self.send_now()  # the GOAWAY h2 prepared
             self.close()
