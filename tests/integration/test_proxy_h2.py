@@ -433,3 +433,31 @@ def test_takeover_under_http2_load_loses_nothing(
     assert errors == []
     assert set(outcomes) == {"200 2"}, outcomes
     assert outcomes["200 2"] > 200
+
+
+def test_certificate_and_key_that_do_not_match_are_refused_by_name(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    cert, _ = self_signed(tmp_path / "a")
+    _, other_key = self_signed(tmp_path / "b")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "baton.proxy",
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+            "--admin",
+            str(tmp_path / "admin.sock"),
+            "--tls-cert",
+            str(cert),
+            "--tls-key",
+            str(other_key),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert str(cert) in done.stderr and "KEY_VALUES_MISMATCH" in done.stderr, done.stderr

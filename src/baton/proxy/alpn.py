@@ -26,7 +26,11 @@ ALPN_PROTOCOLS = ["h2", "http/1.1"]
 def server_context(certificate: str, key: str) -> ssl.SSLContext:
     """A TLS server context for one certificate chain, offering h2 and http/1.1."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(certificate, key)
+    try:
+        ctx.load_cert_chain(certificate, key)
+    except ssl.SSLError as exc:
+        why = exc.reason or str(exc)
+        raise OSError(f"cannot use certificate {certificate} with key {key}: {why}") from None
     ctx.set_alpn_protocols(ALPN_PROTOCOLS)
     return ctx
 
