@@ -46,6 +46,7 @@ __all__ = [
     "free_port",
     "haproxy_process",
     "nginx_backend_process",
+    "nginx_h2_proxy_process",
     "nginx_proxy_process",
     "parse_wrk",
     "process_tree",
@@ -179,6 +180,26 @@ def nginx_tls_proxy_process(
         }}
     }}"""
     return _nginx_process("nginx-tls", workdir, port, body, nofile)
+
+
+def nginx_h2_proxy_process(
+    workdir: Path, port: int, upstream_port: int, nofile: int, cert: Path, key: Path
+) -> ManagedProcess:
+    """nginx as an HTTPS reverse proxy speaking HTTP/2 to clients: one worker, as above."""
+    body = f"""\
+    upstream app {{ server {LOOPBACK}:{upstream_port}; keepalive 256; }}
+    server {{
+        listen {LOOPBACK}:{port} ssl http2 backlog=4096;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        http2_max_concurrent_streams 100;
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}"""
+    return _nginx_process("nginx-h2", workdir, port, body, nofile)
 
 
 def haproxy_process(workdir: Path, port: int, upstream_port: int, nofile: int) -> ManagedProcess:

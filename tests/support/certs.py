@@ -132,3 +132,28 @@ def served_certificate(
 def names_of(cert: x509.Certificate) -> list[str]:
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     return list(san.value.get_values_for_type(x509.DNSName))
+
+
+def self_signed(directory: Path, names: tuple[str, ...] = ("app.test",)) -> tuple[Path, Path]:
+    """A self-signed pair for ``names`` and 127.0.0.1 (its own CA: ``--cacert cert.pem``),
+    written to ``cert.pem`` and ``key.pem`` in ``directory``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    alt: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
+    alt.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(names[0]))
+        .issuer_name(_name(names[0]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    write_atomic(key_path, key_pem(key))
+    write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    return cert_path, key_path

@@ -104,3 +104,32 @@ class ProxyProcess(ManagedProcess):
     @property
     def url(self) -> str:
         return f"http://{self.listen}"
+
+
+class TlsProxyProcess(ProxyProcess):
+    """A proxy whose app listener speaks HTTPS (HTTP/2 or HTTP/1.1 by ALPN).
+
+    It starts on a plain port (that is how readiness is seen), then ``port``/``listen``
+    name a second port that every ``route`` serves over TLS with ``cert``/``key``: the
+    listener opens with the first route, as an app's HTTPS listener does.
+    """
+
+    def __init__(self, cert: Path, key: Path, *extra_args: str) -> None:
+        super().__init__(*extra_args)
+        self.tls_fields = {"certificate": str(cert), "key": str(key)}
+        self.tls_port = free_port()
+
+    def start(self) -> TlsProxyProcess:
+        super().start()
+        self.port = self.tls_port
+        self.listen = f"{LOOPBACK}:{self.tls_port}"
+        return self
+
+    def route(
+        self, *releases: tuple[str, int, list[str]], app: str = "web", **app_fields: Any
+    ) -> int:
+        return super().route(*releases, app=app, **{"tls": self.tls_fields, **app_fields})
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.listen}"

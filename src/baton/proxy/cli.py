@@ -23,11 +23,13 @@ from baton.errors import RouteTableError
 from baton.proxy.accesslog import FORMATS as ACCESS_LOG_FORMATS
 from baton.proxy.accesslog import AccessLogSpec
 from baton.proxy.admin import AdminAPI
+from baton.proxy.h2 import H2Session
 from baton.proxy.handoff import HandoffServer, Takeover, handoff_path
 from baton.proxy.health import HealthChecker
 from baton.proxy.persist import load_table, save_table, table_path
 from baton.proxy.routing import AppSpec, parse_address, parse_table
 from baton.proxy.server import Proxy, ProxySettings
+from baton.proxy.tls import register_h2
 
 
 def _raise_nofile_limit() -> None:
@@ -45,6 +47,7 @@ async def serve(
     listen_fds: dict[str, int] | None = None,
 ) -> None:
     """Run one proxy until SIGTERM/SIGINT, or until a successor took over (``handoff.py``)."""
+    register_h2(H2Session)  # HTTPS listeners offer h2 by ALPN (before any of them opens)
     proxy = Proxy(settings)
     if proxy.access_log is not None:
         proxy.access_log.start()

@@ -1021,6 +1021,8 @@ class ClientConnection(asyncio.Protocol):
         target = ex.target
         self._leave_target(ex)
         up.detach()
+        if self.write_paused and up.transport is not None:
+            up.transport.resume_reading()  # paused for this client; not for the next one
         if reusable and ex.complete and not up.until_close and target is not None:
             target.put_idle(up, self.proxy.settings.upstream_max_idle)
         else:
@@ -1254,6 +1256,8 @@ class Proxy:
     def release(self, listen: str) -> None:
         self.open_per_listener[listen] -= 1
         self.access_log = AccessLog(self.settings.access_log) if self.settings.access_log else None
+        # Called once when the proxy starts to stop (HTTP/2 sessions send GOAWAY).
+        self.on_stop: set[Callable[[], None]] = set()
 
     # -- routing -----------------------------------------------------------------------
 
@@ -1617,6 +1621,8 @@ class Proxy:
         self.stopping = True
         for server in self.servers.values():
             server.close()
+        for on_stop in list(self.on_stop):
+            on_stop()
         for conn in list(self.connections):
             if conn.active is None and conn.tunnel is None and not conn.reading:
                 conn._set_deadline(IDLE_DEADLINE, STOPPING_IDLE_GRACE)
