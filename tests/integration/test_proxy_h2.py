@@ -310,7 +310,10 @@ def test_canary_split_with_cookie_stickiness_per_stream(
     proxy: ProxyProcess, backend_factory: BackendFactory
 ) -> None:
     v1, v2 = backend_factory("v1"), backend_factory("v2")
-    proxy.route(("v1", 50, [v1.addr]), ("v2", 50, [v2.addr]), stickiness="cookie")
+    secret = "pin-secret-0123456789"
+    proxy.route(
+        ("v1", 50, [v1.addr]), ("v2", 50, [v2.addr]), stickiness="cookie", release_secret=secret
+    )
     with H2Client(proxy.port) as client:
         fresh = [client.response(client.request("/")) for _ in range(60)]
         seen = Counter(bytes(s.body) for s in fresh)
@@ -322,9 +325,9 @@ def test_canary_split_with_cookie_stickiness_per_stream(
             bytes(client.response(client.request("/", headers=[("cookie", kept)])).body)
             for _ in range(30)
         )
+        pin = [("x-baton-release", "v2"), ("x-baton-secret", secret)]
         pinned = Counter(
-            bytes(client.response(client.request("/", headers=[("x-baton-release", "v2")])).body)
-            for _ in range(10)
+            bytes(client.response(client.request("/", headers=pin)).body) for _ in range(10)
         )
     assert sticky == {bytes(fresh[0].body): 30}
     assert pinned == {b"v2": 10}

@@ -1244,6 +1244,9 @@ class Proxy:
         self.proxy_protocol: frozenset[str] = frozenset()  # listeners requiring the header
         self.open_per_listener: dict[str, int] = {}
         self.failures = FailureLog(log)
+        self.access_log = AccessLog(self.settings.access_log) if self.settings.access_log else None
+        # Called once when the proxy starts to stop (HTTP/2 sessions send GOAWAY).
+        self.on_stop: set[Callable[[], None]] = set()
 
     def admit(self, listen: str) -> bool:
         """Count a new client connection on ``listen``; False when the listener is full."""
@@ -1255,9 +1258,6 @@ class Proxy:
 
     def release(self, listen: str) -> None:
         self.open_per_listener[listen] -= 1
-        self.access_log = AccessLog(self.settings.access_log) if self.settings.access_log else None
-        # Called once when the proxy starts to stop (HTTP/2 sessions send GOAWAY).
-        self.on_stop: set[Callable[[], None]] = set()
 
     # -- routing -----------------------------------------------------------------------
 
