@@ -89,6 +89,8 @@ async def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator
         assert up.rc == 0, up
         deployed = await h.deploy("--version", "v1")
         assert deployed.rc == 0, deployed
+        # The daemon applies the flags.yml of a newly registered app within about 0.5 s.
+        await _until(lambda: bool(h.post("/apps/shop/ofrep/v1/evaluate/flags", {})[1]["flags"]))
         yield h
     finally:
         await h.teardown()

@@ -7,6 +7,7 @@ For data-driven tests of request parsing and bad input, where any client library
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import socket
 import time
@@ -29,7 +30,9 @@ def send_raw(
         try:
             sock.sendall(data)
             if half_close:
-                sock.shutdown(socket.SHUT_WR)
+                # The server may already have answered and closed (a rejection): read that.
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_WR)
             while (left := deadline - time.monotonic()) > 0:
                 sock.settimeout(left)
                 chunk = sock.recv(65536)
