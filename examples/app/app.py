@@ -19,7 +19,10 @@ Environment: PORT (or --port), APP_VERSION (default v1), FAIL_ON_START=1 (exit 1
 NEVER_HEALTHY=1, ERROR_RATE=0.3, BOOT_DELAY=S (sleep before listening), SHUTDOWN_GRACE=S
 (default 30), ACCESS_LOG=1 (log every request to stderr), LATENCY_MS=N (``GET /`` sleeps N
 ms first), LATENCY_JITTER_MS=N (plus a random, exponentially distributed extra N ms on
-average: noisy latency for canary benchmarks).
+average: noisy latency for canary benchmarks). Feature flags: with FLAGS_URL and FLAG (and
+FLAGS_TOKEN), ``GET /`` evaluates FLAG over OFREP for the request's X-User (else a random
+user), answers with ``Baton-Flags: FLAG=VARIANT``, and fails FLAG_ERROR_RATE of requests
+when the variant's value is true.
 """
 
 from __future__ import annotations
@@ -34,11 +37,15 @@ import socket
 import sys
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 from urllib.parse import parse_qs, urlsplit
 
 VERSION = os.environ.get("APP_VERSION", "v1")
+FLAGS_URL = os.environ.get("FLAGS_URL", "").rstrip("/")  # e.g. http://127.0.0.1:8099/apps/shop
+FLAG = os.environ.get("FLAG", "")
+FLAGS_TOKEN = os.environ.get("FLAGS_TOKEN", "")
 LATENCY_MS = float(os.environ.get("LATENCY_MS", "0") or 0)
 LATENCY_JITTER_MS = float(os.environ.get("LATENCY_JITTER_MS", "0") or 0)
 
@@ -115,9 +122,38 @@ class Handler(BaseHTTPRequestHandler):
         if os.environ.get("ACCESS_LOG") == "1":
             log(format % args)
 
-    def reply(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
+    def flag_variant(self) -> tuple[str, bool] | None:
+        """With FLAGS_URL and FLAG: the variant of FLAG for this request's user (X-User, else
+        a random one), evaluated by Baton over OFREP; (variant, value is true)."""
+        if not FLAGS_URL or not FLAG:
+            return None
+        user = self.headers.get("X-User") or f"anon-{random.getrandbits(32)}"
+        body = json.dumps({"context": {"targetingKey": user}}).encode()
+        request = urllib.request.Request(
+            f"{FLAGS_URL}/ofrep/v1/evaluate/flags/{FLAG}",
+            data=body,
+            headers={"Content-Type": "application/json"}
+            | ({"Authorization": f"Bearer {FLAGS_TOKEN}"} if FLAGS_TOKEN else {}),
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as resp:
+                answer = json.loads(resp.read())
+        except (OSError, ValueError):
+            return None  # no flag service: the code's default (off)
+        return str(answer.get("variant")), answer.get("value") is True
+
+    def reply(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = "text/plain",
+        extra: dict[str, str] | None = None,
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
+        for name, value in (extra or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         if CONNECTIONS.draining.is_set():
             self.send_header("Connection", "close")
@@ -135,10 +171,14 @@ class Handler(BaseHTTPRequestHandler):
             if delay > 0:
                 time.sleep(delay / 1000.0)
             rate = float(os.environ.get("ERROR_RATE", "0") or 0)
+            flag = self.flag_variant()
+            if flag is not None and flag[1]:
+                rate = float(os.environ.get("FLAG_ERROR_RATE", "0") or 0)
+            extra = {"Baton-Flags": f"{FLAG}={flag[0]}"} if flag is not None else {}
             if rate > 0 and random.random() < rate:
-                self.reply(500, b"error on purpose\n")
+                self.reply(500, b"error on purpose\n", extra=extra)
             else:
-                self.reply(200, f"{VERSION}\n".encode())
+                self.reply(200, f"{VERSION}\n".encode(), extra=extra)
         elif url.path == "/version":
             body = {
                 "version": VERSION,

@@ -24,6 +24,7 @@ from openfeature.evaluation_context import EvaluationContext
 from openfeature.flag_evaluation import Reason
 
 from tests.integration.test_deploy import Host
+from tests.support.load import Load
 from tests.support.procs import free_port
 
 pytestmark = pytest.mark.timeout(240)
@@ -264,3 +265,57 @@ async def test_a_flag_following_a_canary_is_on_for_its_users_and_off_after_an_ab
     assert (
         await asyncio.to_thread(client.get_boolean_value, "new-checkout", True, on_canary) is False
     )
+
+
+async def test_a_flag_whose_on_cohort_fails_is_killed_automatically_under_load(
+    host: Flagged,
+) -> None:
+    judged = {
+        "flags": {
+            "new-checkout": {
+                "variants": {"on": True, "off": False},
+                "default": "off",
+                "rollout": {"on": "50%"},
+                "judge": {"window": "10s", "min_requests": 60},
+            }
+        }
+    }
+    host.write_flags(judged)
+    await _until(lambda: host.post("/apps/shop/ofrep/v1/evaluate/flags", {})[1]["flags"])
+    deployed = await host.deploy(
+        "--version",
+        "v2",
+        "--env",
+        f"FLAGS_URL={host.base}",
+        "--env",
+        "FLAG=new-checkout",
+        "--env",
+        f"FLAGS_TOKEN={TOKEN}",
+        "--env",
+        "FLAG_ERROR_RATE=0.3",
+    )
+    assert deployed.rc == 0, deployed
+    load = await Load().start(
+        host.url, concurrency=4, max_requests=200_000, max_seconds=90, delay=0.002
+    )
+    killed_at = 0.0
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            listed = json.loads((await host.baton("flags", "list", "--json")).out)["apps"][0]
+            if "new-checkout" in listed["kills"]:
+                killed_at = time.monotonic()
+                break
+            assert time.monotonic() < deadline, listed.get("verdicts")
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(3)
+    finally:
+        outcome = await load.stop()
+    # Before the kill, the "on" cohort failed; from shortly after it, nothing does.
+    assert outcome.statuses[500] > 0, "the on cohort should have failed before the kill"
+    assert outcome.failures == [], outcome.summary()  # answers, not resets
+    late = [s for s in outcome.timeline if s.sent >= killed_at + 1.0]
+    assert late and all(s.status == 200 for s in late), outcome.summary()
+    history = json.loads((await host.baton("flags", "history", "--json")).out)["versions"]
+    assert history[0]["source"] == "judge"
+    assert history[0]["note"].startswith("new-checkout: killed (on judged worse than off:")

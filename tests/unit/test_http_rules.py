@@ -353,3 +353,18 @@ def test_failure_log_is_rate_limited_and_says_how_many_it_suppressed() -> None:
     assert limit.allow(10.9) == (False, 0)
     assert limit.allow(11.0) == (True, 2)  # the next line reports the two suppressed
     assert limit.allow(11.1) == (True, 0)
+
+
+def test_baton_flags_is_counted_not_forwarded() -> None:
+    from baton.proxy.http import client_head, flag_cohorts
+
+    raw = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nBaton-Flags: new-checkout=on, banner=fancy"
+    info = client_head(
+        200, raw, head_request=False, client_http11=True, client_keep_alive=True, upgrade=False
+    )
+    assert b"baton-flags" not in info.head.lower()
+    assert info.flags is not None
+    assert flag_cohorts(info.flags) == [("new-checkout", "on"), ("banner", "fancy")]
+    # an app's malformed entries are skipped, never an error; at most 16 pairs are taken
+    assert flag_cohorts(b"=x, a b=c, ok=yes, bad=, =") == [("ok", "yes")]
+    assert len(flag_cohorts(b",".join(b"f%d=on" % i for i in range(40)))) == 16

@@ -61,7 +61,8 @@ HOP_BY_HOP = frozenset(
     _PIN_SECRET,
     _XF_PROTO,
     _XF_HOST,
-) = range(16)
+    _FLAGS,
+) = range(17)
 _CONNECTION_OPTIONS = frozenset({b"keep-alive", b"close", b"upgrade", b""})
 # Request headers that are not copied as they are (one dict lookup per header).
 _REQUEST_SPECIAL = {
@@ -416,6 +417,7 @@ class ResponseInfo:
     framing: int
     keep_alive: bool  # whether the client connection may stay open after this response
     until_close: bool = False  # the upstream delimits the body by closing its connection
+    flags: bytes | None = None  # the app's Baton-Flags value (removed from ``head``)
 
 
 def _connection_named(value: bytes) -> set[bytes]:
@@ -432,7 +434,26 @@ _RESPONSE_SPECIAL = {
     b"via": _VIA,
     b"upgrade": _UPGRADE,
     b"transfer-encoding": _TRANSFER_ENCODING,
+    b"baton-flags": _FLAGS,  # the app's flag variants for this answer: counted, not forwarded
 }
+FLAG_COHORTS_MAX = 16  # flag=variant pairs counted from one answer, at most
+_COHORT_PART = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def flag_cohorts(value: bytes) -> list[tuple[str, str]]:
+    """``Baton-Flags: new-checkout=on, banner=fancy`` -> the (flag, variant) pairs.
+
+    Malformed entries are skipped (an app's bug must not break its answers); at most
+    ``FLAG_COHORTS_MAX`` pairs are taken, each name as flags.yml allows it.
+    """
+    out: list[tuple[str, str]] = []
+    for part in value.split(b","):
+        key, sep, variant = part.strip().partition(b"=")
+        if sep and _COHORT_PART.match(key) and _COHORT_PART.match(variant):
+            out.append((key.decode(), variant.decode()))
+            if len(out) >= FLAG_COHORTS_MAX:
+                break
+    return out
 
 
 def client_head(
@@ -457,6 +478,7 @@ def client_head(
     upgrade_value: bytes | None = None
     te_chunked = False
     codings: list[bytes] = []
+    flags: bytes | None = None
     lines = raw.split(b"\r\n")
     kept = [lines[0]]
     special = _RESPONSE_SPECIAL
@@ -475,6 +497,8 @@ def client_head(
             upgrade_value = value.strip()
         elif kind == _TRANSFER_ENCODING:
             codings += (c.strip() for c in value.split(b",") if c.strip())
+        elif kind == _FLAGS:
+            flags = value.strip() if flags is None else flags + b"," + value.strip()
     if codings:
         # chunked last: the upstream delimits the body; other codings are the body's own
         # (gzip): they travel on, and without chunked last the body ends with the connection.
@@ -498,7 +522,7 @@ def client_head(
         if upgrade_value is not None:
             parts += (b"\r\nUpgrade: ", upgrade_value)
         parts.append(b"\r\n\r\n")
-        return ResponseInfo(b"".join(parts), FRAME_NONE, False)
+        return ResponseInfo(b"".join(parts), FRAME_NONE, False, False, flags)
     if head_request or status < 200 or status == 204 or status == 304:
         framing = FRAME_NONE
         if content_length is not None:
@@ -520,7 +544,7 @@ def client_head(
     elif not client_http11:
         parts.append(b"\r\nConnection: keep-alive")
     parts.append(b"\r\n\r\n")
-    return ResponseInfo(b"".join(parts), framing, keep_alive, until_close)
+    return ResponseInfo(b"".join(parts), framing, keep_alive, until_close, flags)
 
 
 def upgrade_refused(requested: bytes | None, raw: bytes) -> str | None:

@@ -133,6 +133,9 @@ class ReleaseMetrics:
         }
 
 
+FLAG_COHORT_PREFIX = "flag:"  # pseudo-releases counting a feature flag's cohorts
+
+
 class MetricsRegistry:
     def __init__(self) -> None:
         self._by_key: dict[tuple[str, str], ReleaseMetrics] = {}
@@ -149,7 +152,10 @@ class MetricsRegistry:
 
     def forget(self, keep: set[tuple[str, str]]) -> None:
         """Drop releases that are no longer routed and have no work left."""
+        apps = {app for app, _ in keep}
         for key, m in list(self._by_key.items()):
+            if key[1].startswith(FLAG_COHORT_PREFIX) and key[0] in apps:
+                continue  # a feature flag's cohort lives as long as its app
             if key not in keep and m.in_flight == 0 and m.tunnels == 0:
                 del self._by_key[key]
 

@@ -37,7 +37,7 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from hmac import compare_digest
 from typing import NamedTuple, cast
@@ -58,6 +58,7 @@ from baton.proxy.http import (
     RequestRejected,
     absolute_form,
     chunk,
+    flag_cohorts,
     local_response,
     replayable,
     scan_request,
@@ -145,6 +146,7 @@ class Exchange:
         "attempts",
         "body",
         "body_size",
+        "cohorts",
         "complete",
         "extra_head",
         "head",
@@ -203,6 +205,8 @@ class Exchange:
         self.stable_retry = False  # a canary 5xx may be retried on the stable release
         self.set_cookie: bytes | None = None
         self.queued_until = 0.0  # the deadline of its wait for a healthy target, if it waited
+        # Feature-flag cohorts the app said it served (``Baton-Flags``); most answers: none.
+        self.cohorts: Sequence[ReleaseMetrics] = ()
         self.status = 0
         self.t0 = time.monotonic()
         self.t_sent = self.t0
@@ -1016,6 +1020,8 @@ class ClientConnection(asyncio.Protocol):
         m = ex.metrics
         if m is not None:
             m.record(ex.status, ex.ttfb, now - ex.t0)
+        for cohort in ex.cohorts:
+            cohort.record(ex.status, ex.ttfb, now - ex.t0)
         if self.proxy.access_log is not None:
             self._log_access(ex, ex.status, ex.ttfb, now - ex.t0)
         target = ex.target
@@ -1247,6 +1253,12 @@ class Proxy:
         self.access_log = AccessLog(self.settings.access_log) if self.settings.access_log else None
         # Called once when the proxy starts to stop (HTTP/2 sessions send GOAWAY).
         self.on_stop: set[Callable[[], None]] = set()
+
+    def flag_cohort_metrics(self, app: str, value: bytes) -> list[ReleaseMetrics]:
+        """The counters of the flag cohorts a ``Baton-Flags`` answer names: each
+        (flag, variant) is counted like a release named ``flag:FLAG=VARIANT`` of the app, so
+        the control plane judges a flag's cohorts with the canary judge."""
+        return [self.metrics.get(app, f"flag:{k}={v}") for k, v in flag_cohorts(value)]
 
     def admit(self, listen: str) -> bool:
         """Count a new client connection on ``listen``; False when the listener is full."""

@@ -352,6 +352,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.until_close = info.until_close
         ex.keep_alive = info.keep_alive
         self.out.append(info.head)
+        if info.flags is not None and ex.metrics is not None:
+            ex.cohorts = client.proxy.flag_cohort_metrics(ex.metrics.app, info.flags)
         ex.response_started(status)
         if ex.method == b"HEAD":
             self.head_only = True
