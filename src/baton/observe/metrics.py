@@ -81,6 +81,7 @@ class ControlMetrics:
     ) -> None:
         """A metric another part owns, e.g. ``baton_certificate_expiry_seconds`` (labels
         ``host``): ``fn`` is called at every scrape."""
+        self._gauges = [g for g in self._gauges if g.name != name]  # registered again: replaced
         self._gauges.append(_Gauge(name, help_text, fn, kind))
 
     def _close_step(self, deployment_id: int, ts: float) -> None:

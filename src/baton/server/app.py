@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import fcntl
 import logging
 import os
@@ -58,10 +59,11 @@ from baton.observe import logs as observe_logs
 from baton.observe import serve as observe_serve
 from baton.observe import signals as observe_signals
 from baton.observe.endpoints import Endpoints
+from baton.observe.metrics import METRICS
 from baton.runtime.base import Runtimes
 from baton.runtime.process import pid_alive
 from baton.server.api import Api
-from baton.server.certs import CertManager, live_acme_apps
+from baton.server.certs import CertManager, expiry_samples, live_acme_apps
 from baton.server.listeners import HeldListeners
 from baton.state.files import open_private, private_dir, private_umask
 from baton.state.store import Store
@@ -370,6 +372,13 @@ async def serve(
     engine = Engine(store, runtimes, proxy, state_dir)
     certs = CertManager(state_dir, proxy, lambda: live_acme_apps(engine.router))
     engine.router.acme_dir = str(certs.acme_dir)
+    METRICS.register_gauge(
+        "baton_certificate_expiry_seconds",
+        "Seconds until each HTTPS host's certificate expires.",
+        lambda: expiry_samples(
+            live_acme_apps(engine.router), certs.acme_dir, datetime.datetime.now(datetime.UTC)
+        ),
+    )
     supervisor = ProxySupervisor(state_dir, proxy, engine.router)
     if endpoints is not None:
         supervisor.extra_args = list(endpoints.proxy_args)

@@ -406,6 +406,25 @@ class CertManager:
         return {name: st.to_json() for name, st in sorted(self.names.items())}
 
 
+def expiry_samples(
+    apps: list[tuple[list[str], dict[str, Any]]], acme_dir: Path, now: datetime.datetime
+) -> list[tuple[dict[str, str], float]]:
+    """``baton_certificate_expiry_seconds``: per HTTPS host, seconds until its certificate's
+    not-after (negative once expired), read from the files the proxy serves."""
+    out: list[tuple[dict[str, str], float]] = []
+    for hosts, tls in apps:
+        for host in hosts or ["*"]:
+            if tls.get("certificate"):
+                path, source = Path(str(tls["certificate"])), "file"
+            else:
+                path, source = cert_paths(acme_dir, host)[0], "acme"
+            end = not_after(path)
+            if end is not None:
+                labels = {"host": host, "source": source}
+                out.append((labels, round((end - now).total_seconds(), 1)))
+    return out
+
+
 def live_acme_apps(router: Router) -> list[tuple[list[str], dict[str, Any]]]:
     """(hosts, proxy.tls) of every app whose routed release asks for TLS."""
     out: list[tuple[list[str], dict[str, Any]]] = []
