@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from baton.errors import ConfigError, UsageError
+from baton.state.files import write_private
 
 SECRETS_FILE = Path(".baton") / "secrets"  # beside baton.yml
 REDACTED = "[secret]"
@@ -165,18 +166,4 @@ class SecretStore:
         """Replace the app's file atomically; created 0600 (never readable by others)."""
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
-        final = self.path(app)
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(format_dotenv(values))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
+        write_private(self.path(app), format_dotenv(values).encode("utf-8"))

@@ -63,7 +63,7 @@ import math
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from baton.proxy.metrics import LATENCY_BOUNDS
 
@@ -326,9 +326,34 @@ def _upper_tail(z: float) -> float:
 # -- the judge ---------------------------------------------------------------------------------
 
 
+class AnalysisSettings(Protocol):
+    """What a judge needs, wherever it is configured (a canary's analysis, a flag's judge)."""
+
+    @property
+    def min_requests(self) -> int: ...
+    @property
+    def max_error_rate(self) -> float: ...
+    @property
+    def max_error_rate_increase(self) -> float: ...
+    @property
+    def max_latency_ratio(self) -> float: ...
+    @property
+    def confidence(self) -> float: ...
+
+
 @dataclass(frozen=True)
 class AnalysisConfig:
     """The ``deploy.canary.analysis`` settings, as fractions (1 % is 0.01)."""
+
+    @classmethod
+    def of(cls, settings: AnalysisSettings) -> AnalysisConfig:
+        return cls(
+            min_requests=settings.min_requests,
+            max_error_rate=settings.max_error_rate,
+            max_error_rate_increase=settings.max_error_rate_increase,
+            max_latency_ratio=settings.max_latency_ratio,
+            confidence=settings.confidence,
+        )
 
     min_requests: int = 200
     max_error_rate: float = 0.01

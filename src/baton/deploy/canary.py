@@ -79,13 +79,7 @@ Request = Literal["promote", "abort"]
 
 def analysis_config(cfg: CanaryAnalysisConfig) -> AnalysisConfig:
     """The judge's settings from ``deploy.canary.analysis``."""
-    return AnalysisConfig(
-        min_requests=cfg.min_requests,
-        max_error_rate=cfg.max_error_rate,
-        max_error_rate_increase=cfg.max_error_rate_increase,
-        max_latency_ratio=cfg.max_latency_ratio,
-        confidence=cfg.confidence,
-    )
+    return AnalysisConfig.of(cfg)
 
 
 def failed_rules(verdict: Verdict, cfg: AnalysisConfig) -> list[str]:

@@ -41,6 +41,7 @@ from baton.flags.model import (
 )
 from baton.flags.service import FlagService
 from baton.proxy.routing import parse_address
+from baton.server.api import json_body
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_BODY = 256 * 1024
@@ -266,7 +267,7 @@ class FlagAdmin:
         return web.json_response({"apps": apps})
 
     async def apply(self, request: web.Request) -> web.StreamResponse:
-        body = await _json(request)
+        body = await json_body(request)
         app = _str(body, "app")
         if "file" in body:
             from pathlib import Path
@@ -277,7 +278,7 @@ class FlagAdmin:
         return web.json_response({"app": app, "version": version})
 
     async def change(self, request: web.Request) -> web.StreamResponse:
-        body = await _json(request)
+        body = await json_body(request)
         app, key, action = _str(body, "app"), _str(body, "key"), _str(body, "action")
         if action == "set":
             version = self.flags.set_variant(app, key, _str(body, "variant"))
@@ -301,13 +302,3 @@ class FlagAdmin:
         except ValueError:
             raise UsageError("limit: expected a number") from None
         return web.json_response({"app": app, "versions": self.flags.history(app, limit)})
-
-
-async def _json(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UsageError("the request body is not JSON") from None
-    if not isinstance(body, dict):
-        raise UsageError("the request body must be a JSON object")
-    return body

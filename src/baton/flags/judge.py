@@ -9,19 +9,17 @@ named ``flag:<flag>=<variant>`` — the same counters and latency histograms as 
 non-default variant's cohort is compared with the default variant's over the flag's window;
 a ``fail`` verdict (a significant error-rate increase, or a significant and large latency
 increase) kills the flag, which sends every user back to the default variant within one
-evaluation. ``judge_flag`` is pure; ``watch`` is the daemon's loop.
+evaluation. ``judge_flag`` is pure; the daemon calls ``check`` every ``JUDGE_INTERVAL``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 
 from baton.deploy.analysis import AnalysisConfig, Verdict, judge
 from baton.deploy.traffic import Traffic
-from baton.flags.model import Flag, FlagJudge
+from baton.flags.model import Flag
 from baton.flags.service import FlagService
 
 log = logging.getLogger("baton.flags")
@@ -33,16 +31,6 @@ JUDGE_INTERVAL = 1.0
 def cohort(flag: str, variant: str) -> str:
     """The pseudo-release name a (flag, variant) cohort is counted under by the proxy."""
     return f"flag:{flag}={variant}"
-
-
-def analysis_config(j: FlagJudge) -> AnalysisConfig:
-    return AnalysisConfig(
-        min_requests=j.min_requests,
-        max_error_rate=j.max_error_rate,
-        max_error_rate_increase=j.max_error_rate_increase,
-        max_latency_ratio=j.max_latency_ratio,
-        confidence=j.confidence,
-    )
 
 
 @dataclass(frozen=True)
@@ -67,7 +55,7 @@ def judge_flag(flag: Flag, traffic: Traffic, app: str) -> list[Judgement]:
         if window is None or window.requests == 0:
             continue
         out.append(
-            Judgement(flag.key, variant, judge(baseline, window, analysis_config(flag.judge)))
+            Judgement(flag.key, variant, judge(baseline, window, AnalysisConfig.of(flag.judge)))
         )
     return out
 
@@ -93,16 +81,3 @@ def check(flags: FlagService, traffic: Traffic) -> list[str]:
                 notes.append(f"{app}: flag {flag.key} killed: {why}")
                 break
     return notes
-
-
-async def watch(flags: FlagService, traffic: Traffic, stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), JUDGE_INTERVAL)
-        if stop.is_set():
-            return
-        try:
-            for note in check(flags, traffic):
-                log.warning("%s", note)
-        except Exception:  # a bug here must not end the watching
-            log.exception("the flag judge failed; going on")

@@ -5,8 +5,8 @@ Theory of operation. ``FlagService`` owns, in memory, the flag set each app serv
 new version first (``Store.add_flag_version``), so a restarted daemon serves exactly what
 was served before and ``baton flags history`` can say who changed what. Three things change a
 set:
-- the app's ``flags.yml`` (beside its baton.yml): ``watch`` stats every registered app's file
-  every ``WATCH_INTERVAL`` and applies a changed one, so an edit reaches evaluations within a
+- the app's ``flags.yml`` (beside its baton.yml): ``check_files`` (the daemon calls it every
+  ``WATCH_INTERVAL``) stats every registered app's file and applies a changed one, so an edit reaches evaluations within a
   second; a file that does not parse is reported (``file_errors``, the daemon log) and the
   set in force stays;
 - ``baton flags set/rollout`` (``change``): an edit of one flag, kept until the file
@@ -20,8 +20,6 @@ The stored document of a version is ``{"flags": <FlagSet JSON>, "kills": [keys]}
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -239,12 +237,3 @@ class FlagService:
             except BatonError as exc:
                 self.file_errors[app] = str(exc)
                 log.error("flags of %s: %s (the flags in force stay)", app, exc)
-
-    async def watch(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                self.check_files()
-            except Exception:  # a bug here must not end the watching
-                log.exception("the flags watcher failed; going on")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), WATCH_INTERVAL)

@@ -58,6 +58,7 @@ MAX_CONCURRENT_STREAMS = 100
 MAX_STREAM_ID = 2**31 - 1
 GOAWAY_PING = b"baton-go"  # PING payload (8 bytes) marking the first of the two GOAWAYs
 GOAWAY_GRACE = 1.0  # longest wait for that PING's ACK before the final GOAWAY
+GOAWAY_LINGER = 2.0  # after the final GOAWAY: longest wait for the client to hang up
 STREAM_WINDOW = 256 * 1024  # per-stream receive window: bounds what one upload buffers
 CONNECTION_WINDOW = 16 * 1024 * 1024
 
@@ -375,6 +376,7 @@ class H2Session(asyncio.Protocol):
         self.send_soon = False
         self.last_stream = MAX_STREAM_ID  # streams above it are refused (after a GOAWAY)
         self._idle: asyncio.TimerHandle | None = None
+        self.lingering = False  # the final GOAWAY is out and no stream is left
 
     # -- connection lifecycle ----------------------------------------------------------
 
@@ -464,7 +466,18 @@ class H2Session(asyncio.Protocol):
             return
         self._write_goaway(self.conn.highest_inbound_stream_id)
         if not self.streams:
-            self.close()
+            self._linger()
+
+    def _linger(self) -> None:
+        """The final GOAWAY is out and no stream is left: keep reading until the client
+        hangs up (new streams get REFUSED_STREAM, which clients retry on a new connection),
+        at most ``GOAWAY_LINGER``. Closing at once would reset what the client is writing
+        right now, a request lost to a broken pipe."""
+        if self.closed or self.lingering:
+            return
+        self.lingering = True
+        self.send_now()
+        self.proxy.loop.call_later(GOAWAY_LINGER, self.close)
 
     def _write_goaway(self, last_stream: int) -> None:
         self.last_stream = last_stream
@@ -502,8 +515,7 @@ class H2Session(asyncio.Protocol):
             del self.streams[stream.stream_id]
         if not self.streams:
             if self.last_stream != MAX_STREAM_ID:
-                self.send_now()
-                self.close()
+                self._linger()
             else:
                 self._arm_idle(self.proxy.settings.keepalive_timeout)
 

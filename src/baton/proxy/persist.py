@@ -13,14 +13,13 @@ never a reason not to start. The file holds what the admin API's ``GET /routes``
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from baton.errors import RouteTableError
 from baton.proxy.routing import AppSpec, parse_table
+from baton.state.files import write_private
 
 
 def table_path(admin_socket: str | Path) -> Path:
@@ -32,19 +31,7 @@ def table_path(admin_socket: str | Path) -> Path:
 
 def save_table(path: Path, table: dict[str, Any]) -> None:
     """Write ``table`` (``RouteTable.to_json()``) to ``path`` atomically, mode 0600."""
-    data = json.dumps(table, sort_keys=True).encode()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+    write_private(path, json.dumps(table, sort_keys=True).encode())
 
 
 def load_table(path: Path) -> tuple[dict[str, AppSpec], int] | None:

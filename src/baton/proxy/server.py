@@ -99,6 +99,7 @@ _NO_BODY: list[bytes] = []  # shared empty list: most requests never allocate th
 MAX_ATTEMPTS = 4
 SAME_TARGET_BACKOFF = 0.05
 STOPPING_IDLE_GRACE = 1.0
+HANDSHAKES_TRACKED = 1024  # above this many, stale entries (failed handshakes) are dropped
 TUNNEL_CLOSE_GRACE = 2.0  # after close frames: longest wait before TCP is closed anyway
 
 # What a connection's deadline means when it passes.
@@ -323,6 +324,7 @@ class ClientConnection(asyncio.Protocol):
     # -- connection lifecycle ----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.proxy.handshaking.pop(self, None)
         if self.tls and tls_module.H2_AVAILABLE and self._handed_over(transport):
             return
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
@@ -353,6 +355,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.proxy.handshaking.pop(self, None)
         if self.counted:
             self.counted = False
             self.proxy.release(self.listen)
@@ -1253,6 +1256,7 @@ class Proxy:
         self.access_log = AccessLog(self.settings.access_log) if self.settings.access_log else None
         # Called once when the proxy starts to stop (HTTP/2 sessions send GOAWAY).
         self.on_stop: set[Callable[[], None]] = set()
+        self.handshaking: dict[ClientConnection, float] = {}  # accepted, TLS not done yet
 
     def flag_cohort_metrics(self, app: str, value: bytes) -> list[ReleaseMetrics]:
         """The counters of the flag cohorts a ``Baton-Flags`` answer names: each
@@ -1480,9 +1484,26 @@ class Proxy:
             self.tls_servers.add(address)
 
     def _client(self, address: str) -> ClientConnection:
-        if address in self.proxy_protocol:
-            return ProxiedConnection(self, address)
-        return ClientConnection(self, address)
+        conn = (
+            ProxiedConnection(self, address)
+            if address in self.proxy_protocol
+            else ClientConnection(self, address)
+        )
+        if address in self.tls_servers:
+            # Accepted, still in its TLS handshake: not yet in ``connections``, but a
+            # retiring proxy must not exit under it (the client would see a reset).
+            now = self.loop.time()
+            if len(self.handshaking) > HANDSHAKES_TRACKED:
+                self._forget_handshakes(now)
+            self.handshaking[conn] = now
+        return conn
+
+    def _forget_handshakes(self, now: float) -> None:
+        """Drop handshakes older than the handshake time-out (failed ones never report)."""
+        oldest = now - self.settings.header_timeout
+        for conn, since in list(self.handshaking.items()):
+            if since < oldest:
+                del self.handshaking[conn]
 
     async def start_serving(self) -> None:
         for server in self.servers.values():
@@ -1639,7 +1660,10 @@ class Proxy:
             if conn.active is None and conn.tunnel is None and not conn.reading:
                 conn._set_deadline(IDLE_DEADLINE, STOPPING_IDLE_GRACE)
         end = self.loop.time() + deadline
-        while self.loop.time() < end and self.connections:
+        # HTTP/2 sessions (registered in ``on_stop`` until they close) finish their streams
+        # and close themselves after their final GOAWAY: wait for them as for connections.
+        while self.loop.time() < end and (self.connections or self.on_stop or self.handshaking):
+            self._forget_handshakes(self.loop.time())
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
             if conn.tunnel is not None:

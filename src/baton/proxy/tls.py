@@ -28,7 +28,6 @@ import ipaddress
 import logging
 import os
 import ssl
-import tempfile
 from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
@@ -635,23 +634,6 @@ def unlink_quietly(path: str) -> None:
         pass
 
 
-def write_private(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically with mode 0600 (certificates, keys)."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        unlink_quietly(tmp)
-        raise
-
-
 __all__ = [
     "ACME_CHALLENGE_PREFIX",
     "H2_AVAILABLE",
@@ -666,5 +648,4 @@ __all__ = [
     "protocol_for_alpn",
     "register_h2",
     "self_signed",
-    "write_private",
 ]

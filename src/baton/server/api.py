@@ -67,7 +67,7 @@ def _error(message: str, exit_code: int) -> web.Response:
     )
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
+async def json_body(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -181,7 +181,7 @@ class Api:
         return web.json_response(status)
 
     async def deploy(self, request: web.Request) -> web.StreamResponse:
-        body = await _body(request)
+        body = await json_body(request)
         strategy = _string(body, "strategy")
         run = await self.engine.prepare_deploy(
             _string(body, "config", required=True) or "",
@@ -197,7 +197,7 @@ class Api:
         return await self._stream(request, run)
 
     async def rollback(self, request: web.Request) -> web.StreamResponse:
-        body = await _body(request)
+        body = await json_body(request)
         app = self._app_name(_string(body, "app"), _string(body, "config"))
         force = body.get("force", False)
         if not isinstance(force, bool):
@@ -218,7 +218,7 @@ class Api:
         return web.json_response({"apps": apps})
 
     async def migrate_contract(self, request: web.Request) -> web.StreamResponse:
-        body = await _body(request)
+        body = await json_body(request)
         app = self._app_name(_string(body, "app"), _string(body, "config"))
         run = await self.engine.prepare_contract(app)
         self.engine.start(run)
@@ -238,7 +238,7 @@ class Api:
         return await self._canary_request(request, "abort")
 
     async def _canary_request(self, request: web.Request, what: Request) -> web.StreamResponse:
-        body = await _body(request)
+        body = await json_body(request)
         app = self._app_name(_string(body, "app"), _string(body, "config"))
         run = canary_request(self.engine, app, what)
         return await self._stream(request, run, skip=len(run.events))
@@ -304,7 +304,7 @@ class Api:
     async def unset_env(self, request: web.Request) -> web.Response:
         from baton.deploy.appenv import unset_env
 
-        body = await _body(request)
+        body = await json_body(request)
         unknown = sorted(set(body) - {"app", "config", "unset"})
         if unknown:
             raise UsageError(f"unknown field {unknown[0]!r} (expected app, unset)")
@@ -320,7 +320,7 @@ class Api:
     async def set_secrets(self, request: web.Request) -> web.Response:
         from baton.deploy.appenv import change_secrets
 
-        body = await _body(request)
+        body = await json_body(request)
         unknown = sorted(set(body) - {"app", "config", "set", "unset"})
         if unknown:
             raise UsageError(f"unknown field {unknown[0]!r} (expected app, set, unset)")
@@ -367,7 +367,7 @@ class Api:
 
     async def upgrade_proxy(self, request: web.Request) -> web.Response:
         """Replace the proxy process without refusing a connection (``baton upgrade``)."""
-        body = await _body(request)
+        body = await json_body(request)
         unknown = sorted(set(body) - {"command", "timeout"})
         if unknown:
             raise UsageError(f"unknown field {unknown[0]!r} (expected command, timeout)")

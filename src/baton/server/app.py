@@ -37,11 +37,13 @@ import asyncio
 import contextlib
 import datetime
 import fcntl
+import inspect
 import logging
 import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -53,7 +55,9 @@ from baton.deploy.lifecycle import converge
 from baton.deploy.proxyclient import ProxyClient, ProxyUnavailable
 from baton.errors import BatonError
 from baton.flags.http import FlagAdmin, Ofrep, check_ofrep_listen, start_ofrep
-from baton.flags.judge import watch as judge_flags
+from baton.flags.judge import JUDGE_INTERVAL as FLAG_JUDGE_INTERVAL
+from baton.flags.judge import check as judge_flags
+from baton.flags.service import WATCH_INTERVAL as FLAGS_FILE_INTERVAL
 from baton.flags.service import FlagService
 from baton.observe import logs as observe_logs
 from baton.observe import serve as observe_serve
@@ -439,12 +443,25 @@ async def serve(
         log.info("baton server %s: API on %s", os.getpid(), sock)
         background = [
             loop.create_task(supervisor.watch(stop)),
-            loop.create_task(_reap_warm(engine, stop)),
-            loop.create_task(_replace_dead(engine, stop)),
-            loop.create_task(_sample_traffic(engine, stop)),
-            loop.create_task(flags.watch(stop)),
-            loop.create_task(_auto_contract(engine, stop)),
-            loop.create_task(judge_flags(flags, engine.traffic, stop)),
+            loop.create_task(every(1.0, stop, "warm releases", lambda: _expire_warm(engine))),
+            loop.create_task(
+                every(INSTANCE_WATCH_INTERVAL, stop, "instance watcher", engine.replace_dead)
+            ),
+            loop.create_task(
+                every(TRAFFIC_SAMPLE_INTERVAL, stop, "traffic", lambda: _sample_traffic(engine))
+            ),
+            loop.create_task(every(FLAGS_FILE_INTERVAL, stop, "flags files", flags.check_files)),
+            loop.create_task(
+                every(AUTO_CONTRACT_INTERVAL, stop, "migrations", engine.auto_contract)
+            ),
+            loop.create_task(
+                every(
+                    FLAG_JUDGE_INTERVAL,
+                    stop,
+                    "flag judge",
+                    lambda: judge_flags(flags, engine.traffic),
+                )
+            ),
             loop.create_task(certs.run(stop)),
             loop.create_task(observe_signals.watch(engine, stop)),
         ]
@@ -490,52 +507,43 @@ async def serve(
         lock.close()
 
 
-async def _reap_warm(engine: Engine, stop: asyncio.Event) -> None:
+async def every(
+    interval: float,
+    stop: asyncio.Event,
+    what: str,
+    tick: Callable[[], Awaitable[Iterable[str] | None] | Iterable[str] | None],
+) -> None:
+    """Call ``tick`` every ``interval`` seconds until ``stop``; log the notes it returns.
+
+    The daemon's periodic jobs (warm releases, dead instances, traffic samples, flags files
+    and judges, auto-contract) all run this way: an error in one round is logged and the
+    next round runs anyway, since a bug in a watcher must not end the watching.
+    """
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 1.0)
+            await asyncio.wait_for(stop.wait(), interval)
+        if stop.is_set():
+            return
         try:
-            await engine.expire_warm()
+            notes = tick()
+            if inspect.isawaitable(notes):
+                notes = await notes
+            for note in notes or ():
+                log.warning("%s: %s", what, note)
         except BatonError as exc:
-            log.warning("stopping an expired warm release failed: %s", exc)
+            log.warning("%s failed: %s", what, exc)
+        except Exception:
+            log.exception("%s failed; going on", what)
 
 
-async def _replace_dead(engine: Engine, stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), INSTANCE_WATCH_INTERVAL)
-        if stop.is_set():
-            return
-        try:
-            for note in await engine.replace_dead():
-                log.warning("instance watcher: %s", note)
-        except Exception:  # a bug here must not end the watching
-            log.exception("the instance watcher failed; going on")
+async def _expire_warm(engine: Engine) -> None:
+    await engine.expire_warm()
 
 
-async def _auto_contract(engine: Engine, stop: asyncio.Event) -> None:
-    """Run the contract migration of apps with ``migrations.auto_contract`` once allowed."""
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), AUTO_CONTRACT_INTERVAL)
-        if stop.is_set():
-            return
-        try:
-            for note in await engine.auto_contract():
-                log.warning("migrations: %s", note)
-        except Exception:  # a bug here must not end the watching
-            log.exception("the auto-contract check failed; going on")
-
-
-async def _sample_traffic(engine: Engine, stop: asyncio.Event) -> None:
+async def _sample_traffic(engine: Engine) -> None:
     """Keep ``engine.traffic`` fed, so `baton status` can show each release's recent figures."""
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), TRAFFIC_SAMPLE_INTERVAL)
-        if stop.is_set():
-            return
-        if engine.store.apps():
-            await engine.traffic.sample(engine.proxy)
+    if engine.store.apps():
+        await engine.traffic.sample(engine.proxy)
 
 
 def run_server(

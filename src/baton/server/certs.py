@@ -40,7 +40,7 @@ from josepy.jwk import JWKRSA
 from baton.deploy.engine import Router
 from baton.deploy.proxyclient import ProxyClient
 from baton.errors import BatonError
-from baton.proxy.tls import write_private
+from baton.state.files import write_private
 
 log = logging.getLogger("baton.server")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -58,3 +59,23 @@ def private_umask() -> Iterator[None]:
         yield
     finally:
         os.umask(old)
+
+
+def write_private(path: Path | str, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically (a temp file in the same dir, fsync'ed,
+    renamed over it), mode 0600; a missing directory is created 0700. A reader sees the
+    old file or the new one, never a part; a crash leaves at most a stray ``.tmp-*``."""
+    directory = os.path.dirname(os.fspath(path)) or "."
+    os.makedirs(directory, mode=DIR_MODE, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        os.fchmod(fd, FILE_MODE)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
