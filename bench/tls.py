@@ -17,8 +17,8 @@ negotiate TLS 1.3. Two measures per proxy, targets interleaved, 2 s warm-up each
   a new TCP connection and a full TLS handshake (wrk does not resume sessions), so
   requests per second = handshakes per second.
 
-Then Baton's ratio to nginx for each. HTTP/2 (`h2load` against both) is measured by the
-HTTP/2 part of Baton (see ``H2_SECTION`` below), when present.
+Then Baton's ratio to nginx for each. HTTP/2 (`h2load` against nginx's `http2`) is
+measured by `bench/http2.py`.
 
 Everything runs on the same (possibly small, noisy) machine as wrk itself; read the
 ratios, not the absolute numbers.
@@ -55,8 +55,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 WARMUP_SECONDS = 2
-# Where the HTTP/2 engineer adds `h2load` figures (Baton vs nginx http2) to the same run.
-H2_SECTION = "HTTP/2: not measured by this version (h2load numbers go here)"
+H2_SECTION = "HTTP/2: see bench/http2.py (h2load, Baton against nginx's http2)"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
