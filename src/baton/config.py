@@ -579,6 +579,17 @@ class ProxyConfig(_Section):
             raise ValueError(f"expected a path prefix without ? or #, got {prefix!r}")
         return prefix.rstrip("/") or "/"
 
+    @model_validator(mode="after")
+    def _proxy_protocol_is_plain(self) -> ProxyConfig:
+        # The PROXY header comes before the TLS handshake, and the TLS layer reads first.
+        if self.proxy_protocol and self.tls is not None:
+            raise _KeyedError(
+                ("proxy_protocol",),
+                "not supported on an HTTPS listener (proxy.tls): terminate TLS in front of"
+                " Baton, or let the load balancer pass TCP without a PROXY header",
+            )
+        return self
+
 
 def _check_queue_timeout(value: object) -> float:
     seconds = parse_duration(value)

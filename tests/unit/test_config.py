@@ -761,3 +761,15 @@ def test_pin_from_networks_are_normalised_and_default_to_none(tmp_path: Path) ->
     typo = write(tmp_path, MINIMAL + "deploy: {canary: {pin_from: [10.1.2.3/8]}}\n")
     with pytest.raises(ConfigError, match="host bits set"):  # a typo more often than not
         load_config(typo)
+
+
+def test_proxy_protocol_is_refused_on_an_https_listener(tmp_path: Path) -> None:
+    text = MINIMAL + (
+        "proxy:\n  proxy_protocol: true\n"
+        "  tls: {certificate: /etc/ssl/a.pem, key: /etc/ssl/a.key}\n"
+    )
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.key == "proxy.proxy_protocol"
+    assert "not supported on an HTTPS listener" in str(caught.value)

@@ -235,3 +235,13 @@ def test_pin_from_takes_networks_and_matches_client_addresses() -> None:
                 }
             }
         )
+
+
+def test_proxy_protocol_and_tls_on_one_app_is_refused() -> None:
+    app = {
+        "releases": [{"name": "v1", "targets": ["127.0.0.1:9"]}],
+        "proxy_protocol": True,
+        "tls": {"certificate": "/etc/ssl/a.pem", "key": "/etc/ssl/a.key"},
+    }
+    with pytest.raises(RouteTableError, match=r"apps\.web\.proxy_protocol: expected false"):
+        parse_table({"apps": {"web": app}})

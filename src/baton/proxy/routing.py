@@ -295,6 +295,8 @@ def parse_app(name: object, value: object) -> AppSpec:
     proxy_protocol = value.get("proxy_protocol", False)
     if not isinstance(proxy_protocol, bool):
         raise _fail(f"{where}.proxy_protocol", "true or false", proxy_protocol)
+    if proxy_protocol and value.get("tls") is not None:
+        raise _fail(f"{where}.proxy_protocol", "false on an HTTPS listener (tls)", proxy_protocol)
     http_listen = value.get("http_listen")
     if http_listen is not None:
         parse_address(http_listen, f"{where}.http_listen")
