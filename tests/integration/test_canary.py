@@ -126,7 +126,9 @@ async def test_a_canary_failing_30_percent_of_requests_is_aborted_with_a_small_b
     await asyncio.sleep(0.5)
     outcome = await load.stop()
     assert result.rc == 1, result
-    assert "fuse tripped" in result.err, result  # the proxy's fuse is first, by count
+    # The proxy's fuse (by count) or the control plane's guard (by time), whichever sees the
+    # 20th answer first: at this rate they race, and either aborts at once.
+    assert "fuse tripped" in result.err or "guard:" in result.err, result
     assert "users are still on v1" in result.err, result
     assert_no_failures(outcome)  # every request was answered (the 500s are the app's)
     during = [s for s in outcome.timeline if started <= s.sent < done]
