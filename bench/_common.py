@@ -163,43 +163,40 @@ def nginx_proxy_process(
 
 
 def nginx_tls_proxy_process(
-    workdir: Path, port: int, upstream_port: int, nofile: int, cert: Path, key: Path
+    workdir: Path,
+    port: int,
+    upstream_port: int,
+    nofile: int,
+    cert: Path,
+    key: Path,
+    *,
+    http2: bool = False,
 ) -> ManagedProcess:
-    """nginx terminating TLS (HTTP/1.1) in front of the backend: one worker, same pool."""
+    """nginx terminating TLS in front of the backend (HTTP/1.1, or HTTP/2 to clients with
+    ``http2``): one worker, the same keep-alive upstream pool."""
+    listen = "ssl http2" if http2 else "ssl"
+    extra = "http2_max_concurrent_streams 100;" if http2 else "ssl_protocols TLSv1.2 TLSv1.3;"
     body = f"""\
     upstream app {{ server {LOOPBACK}:{upstream_port}; keepalive 256; }}
     server {{
-        listen {LOOPBACK}:{port} ssl backlog=4096;
+        listen {LOOPBACK}:{port} {listen} backlog=4096;
         ssl_certificate {cert};
         ssl_certificate_key {key};
-        ssl_protocols TLSv1.2 TLSv1.3;
+        {extra}
         location / {{
             proxy_pass http://app;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }}
     }}"""
-    return _nginx_process("nginx-tls", workdir, port, body, nofile)
+    return _nginx_process("nginx-h2" if http2 else "nginx-tls", workdir, port, body, nofile)
 
 
 def nginx_h2_proxy_process(
     workdir: Path, port: int, upstream_port: int, nofile: int, cert: Path, key: Path
 ) -> ManagedProcess:
-    """nginx as an HTTPS reverse proxy speaking HTTP/2 to clients: one worker, as above."""
-    body = f"""\
-    upstream app {{ server {LOOPBACK}:{upstream_port}; keepalive 256; }}
-    server {{
-        listen {LOOPBACK}:{port} ssl http2 backlog=4096;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        http2_max_concurrent_streams 100;
-        location / {{
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }}
-    }}"""
-    return _nginx_process("nginx-h2", workdir, port, body, nofile)
+    """nginx as an HTTPS reverse proxy speaking HTTP/2 to clients."""
+    return nginx_tls_proxy_process(workdir, port, upstream_port, nofile, cert, key, http2=True)
 
 
 def haproxy_process(workdir: Path, port: int, upstream_port: int, nofile: int) -> ManagedProcess:

@@ -23,10 +23,8 @@ The management calls live on the daemon's Unix socket only (see ``server/api.py`
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 from collections.abc import Awaitable, Callable
-from hmac import compare_digest
 from typing import Any
 
 from aiohttp import web
@@ -40,7 +38,7 @@ from baton.flags.model import (
     parse_percent,
 )
 from baton.flags.service import FlagService
-from baton.proxy.routing import parse_address
+from baton.observe.endpoints import bearer_ok, is_loopback, parse_address, token_matches
 from baton.server.api import json_body
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -86,11 +84,9 @@ class Ofrep:
     def _authorised(self, request: web.Request) -> bool:
         if not self.token:
             return True
-        given = request.headers.get("X-API-Key", "")
-        auth = request.headers.get("Authorization", "")
-        if auth.startswith("Bearer "):
-            given = auth[len("Bearer ") :]
-        return compare_digest(given.encode(), self.token.encode())
+        return bearer_ok(request, self.token) or token_matches(
+            request.headers.get("X-API-Key", ""), self.token
+        )
 
     def _app_of(self, request: web.Request) -> str | None:
         app = request.match_info.get("app") or request.headers.get("X-Baton-App")
@@ -185,15 +181,8 @@ class Ofrep:
 
 def check_ofrep_listen(address: str, token: str | None) -> tuple[str, int]:
     """``--flags ADDR``: a valid host:port; off loopback only with a token."""
-    try:
-        host, port = parse_address(address, "--flags")
-    except BatonError as exc:
-        raise UsageError(str(exc)) from None
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback and not token:
+    host, port = parse_address("--flags", address)
+    if not is_loopback(host) and not token:
         raise UsageError(
             f"--flags {address}: off loopback, flag evaluations need a token"
             " (set BATON_FLAGS_TOKEN in the daemon's environment)"
