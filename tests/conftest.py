@@ -16,6 +16,9 @@ import pytest
 
 from tests.support.procs import Backend
 
+# The `host` fixture (one Baton host in a temp dir) for every test module.
+pytest_plugins = ["tests.support.host"]
+
 
 @pytest.fixture
 def backend_factory() -> Iterator[Callable[..., Backend]]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_deploy import Host, assert_no_failures, start_load
+from tests.support.host import Host, assert_no_failures, start_load
 from tests.support.procs import free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]

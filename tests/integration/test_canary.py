@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_deploy import Host, assert_no_failures, served_after, start_load
+from tests.support.host import Host, assert_no_failures, served_after, start_load
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_deploy import Host, served_after
+from tests.support.host import Host, served_after
 from tests.support.load import Load
 
 pytestmark = pytest.mark.timeout(180)

@@ -7,10 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration import test_deploy
-from tests.integration.test_deploy import Host
-
-host = test_deploy.host  # the same fixture: a Baton host of its own, torn down after the test
+from tests.support.host import Host
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -30,7 +30,7 @@ except ImportError:  # the SDK is a dependency; a venv made before it was added 
     pytest.skip("the docker SDK is not installed", allow_module_level=True)
 
 from baton.runtime.docker import LABEL_APP, LABEL_STATE_DIR, DockerInstanceSpec, DockerRuntime
-from tests.integration.test_deploy import (
+from tests.support.host import (
     Host,
     _merge,
     assert_no_failures,

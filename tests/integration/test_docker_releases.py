@@ -13,8 +13,8 @@ import docker
 import pytest
 
 from tests.integration import test_docker_deploy
-from tests.integration.test_deploy import assert_no_failures, served_after, start_load
 from tests.integration.test_docker_deploy import DockerHost, image
+from tests.support.host import assert_no_failures, served_after, start_load
 
 dhost = test_docker_deploy.dhost
 images = test_docker_deploy.images

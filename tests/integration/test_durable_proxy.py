@@ -1,6 +1,6 @@
 """End to end with the daemon: a dead proxy or a dead single instance is not an outage.
 
-The real CLI, daemon, proxy and app processes (``test_deploy.Host``), under continuous load.
+The real CLI, daemon, proxy and app processes (``tests.support.host.Host``), under continuous load.
 """
 
 from __future__ import annotations
@@ -14,11 +14,8 @@ import time
 import pytest
 
 from baton.runtime.process import ProcessRuntime, parse_ref
-from tests.integration import test_deploy
-from tests.integration.test_deploy import Host, assert_no_failures, start_load
 from tests.integration.test_replace import wait_replaced
-
-host = test_deploy.host  # a Baton host of its own, torn down after the test
+from tests.support.host import Host, assert_no_failures, start_load
 
 pytestmark = pytest.mark.timeout(240)
 

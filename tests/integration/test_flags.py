@@ -23,7 +23,7 @@ from openfeature.contrib.provider.ofrep import OFREPProvider
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.flag_evaluation import Reason
 
-from tests.integration.test_deploy import Host
+from tests.support.host import Host
 from tests.support.load import Load
 from tests.support.procs import free_port
 

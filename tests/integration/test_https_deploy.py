@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_deploy import Host, assert_no_failures
 from tests.support.certs import TestCA, client_context
+from tests.support.host import Host, assert_no_failures
 from tests.support.load import Load
 from tests.support.pebble import Pebble, available
 from tests.support.procs import free_port

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.test_deploy import assert_no_failures, start_load
 from tests.integration.test_docker_deploy import DockerHost, dhost, image, images
+from tests.support.host import assert_no_failures, start_load
 
 __all__ = ["dhost", "images"]  # fixtures
 

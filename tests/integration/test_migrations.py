@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_deploy import APP_DIR, Host
+from tests.support.host import APP_DIR, Host
 from tests.support.load import Load
 from tests.support.postgres import pg_bin, postgres_cluster
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.test_deploy import Host, assert_no_failures, start_load
+from tests.support.host import Host, assert_no_failures, start_load
 from tests.support.procs import free_port
 
 pytestmark = pytest.mark.timeout(180)

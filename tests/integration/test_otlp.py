@@ -19,7 +19,7 @@ pytest.importorskip("opentelemetry.sdk.trace")
 pytest.importorskip("opentelemetry.exporter.otlp.proto.http.trace_exporter")
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
-from tests.integration.test_deploy import Host
+from tests.support.host import Host
 from tests.support.procs import free_port
 
 pytestmark = pytest.mark.timeout(120)

@@ -15,7 +15,7 @@ import pytest
 
 from baton.state.files import private_dir
 from baton.state.store import Store
-from tests.integration.test_deploy import Host
+from tests.support.host import Host
 
 
 @pytest.fixture

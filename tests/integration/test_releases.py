@@ -22,16 +22,13 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.integration import test_deploy
-from tests.integration.test_deploy import (
+from tests.support.host import (
     APP_DIR,
     Host,
     assert_no_failures,
     served_after,
     start_load,
 )
-
-host = test_deploy.host  # a Baton host of its own per test, torn down after it
 
 pytestmark = pytest.mark.timeout(240)
 

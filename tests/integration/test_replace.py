@@ -15,10 +15,7 @@ from typing import Any
 import pytest
 
 from baton.runtime.process import ProcessRuntime, parse_ref
-from tests.integration import test_deploy
-from tests.integration.test_deploy import Host, assert_no_failures, start_load
-
-host = test_deploy.host  # the same fixture: a Baton host of its own, torn down after the test
+from tests.support.host import Host, assert_no_failures, start_load
 
 pytestmark = pytest.mark.timeout(180)
 

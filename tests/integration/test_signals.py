@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_deploy import BATON, Host, assert_no_failures, start_load
+from tests.support.host import BATON, Host, assert_no_failures, start_load
 from tests.support.load import Load
 
 pytestmark = pytest.mark.timeout(240)
