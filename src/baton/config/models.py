@@ -100,7 +100,6 @@ is refused because ``5`` is ambiguous. ``health.interval`` may be longer or shor
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import math
 import re
@@ -118,6 +117,7 @@ from pydantic import (
     model_validator,
 )
 
+from baton.addresses import parse_address, parse_host
 from baton.config.units import (
     _shown,
     format_duration,
@@ -210,24 +210,18 @@ Percent = Annotated[float, BeforeValidator(parse_percent), _Kind("percent")]
 
 _APP_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_HOST_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?$")
 # Set by the runtime for every instance; a user value would be silently overwritten.
 _RESERVED_ENV = {"PORT", "BATON_APP", "BATON_VERSION", "BATON_INSTANCE"}
 
 
 def _check_listen(value: object) -> str:
-    hint = "an address like 127.0.0.1:8080 (host:port)"
-    if not isinstance(value, str) or ":" not in value:
-        raise ValueError(f"expected {hint}, got {_shown(value)}")
-    host, _, port_s = value.rpartition(":")
-    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not bare or not port_s.isdigit() or not 0 < int(port_s) < 65536:
-        raise ValueError(f"expected {hint}, got {_shown(value)}")
     try:
-        ipaddress.ip_address(bare)
-    except ValueError:
-        if bare != host or not all(_HOST_LABEL.match(p) for p in bare.lower().split(".")):
-            raise ValueError(f"expected {hint}, got {_shown(value)}") from None
+        parse_address(value)
+    except ValueError as exc:
+        raise ValueError(
+            f"expected an address like 127.0.0.1:8080 (host:port), got {_shown(value)} ({exc})"
+        ) from None
+    assert isinstance(value, str)
     return value
 
 
@@ -236,14 +230,13 @@ def _optional_listen(value: object) -> str | None:
 
 
 def _check_host(value: object) -> str:
-    hint = "a host name like shop.example.com or *.example.com (no port, no scheme)"
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"expected {hint}, got {_shown(value)}")
-    host = value.strip().lower().rstrip(".")
-    name = host[2:] if host.startswith("*.") else host
-    if not name or len(name) > 253 or not all(_HOST_LABEL.match(p) for p in name.split(".")):
-        raise ValueError(f"expected {hint}, got {_shown(value)}")
-    return host
+    try:
+        return parse_host(value)
+    except ValueError as exc:
+        raise ValueError(
+            "expected a host name like shop.example.com or *.example.com "
+            f"(no port, no scheme), got {_shown(value)} ({exc})"
+        ) from None
 
 
 def _check_path(what: str) -> Callable[[object], str]:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from baton import addresses
 from baton.deploy.proxyclient import ProxyClient
 from baton.errors import BatonError, UsageError
 from baton.observe.metrics import METRICS
@@ -32,11 +33,12 @@ PROM_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 def parse_address(flag: str, value: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:PORT`` for IPv6) -> (host, port); UsageError naming the flag."""
-    host, sep, port_text = value.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise UsageError(f"{flag}: expected HOST:PORT (e.g. 127.0.0.1:9180), got {value!r}")
-    return host, int(port_text)
+    try:
+        return addresses.parse_address(value)
+    except ValueError as exc:
+        raise UsageError(
+            f"{flag}: expected HOST:PORT (e.g. 127.0.0.1:9180), got {value!r} ({exc})"
+        ) from None
 
 
 def is_loopback(host: str) -> bool:

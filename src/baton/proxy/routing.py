@@ -16,7 +16,6 @@ wins, a prefix matching on a path-segment boundary only (``/api`` matches ``/api
 
 from __future__ import annotations
 
-import ipaddress
 import random
 import zlib
 from collections.abc import Callable, Mapping
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote, unquote
 
+from baton import addresses
 from baton.errors import RouteTableError
 from baton.proxy.forwarded import parse_networks
 from baton.proxy.fuse import FuseSpec, parse_fuse, parse_retry_methods
@@ -153,22 +153,13 @@ def _fail(where: str, expected: str, got: object) -> RouteTableError:
 
 
 def parse_address(value: object, where: str) -> tuple[str, int]:
-    """Parse ``host:port`` (IPv4, hostname, or ``[v6]:port``)."""
-    if not isinstance(value, str) or ":" not in value:
-        raise _fail(where, "an address like 127.0.0.1:8080", value)
-    host, _, port_s = value.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not host or not port_s.isdigit() or not 0 < int(port_s) < 65536:
-        raise _fail(where, "an address like 127.0.0.1:8080", value)
+    """Parse ``host:port`` (IPv4, hostname, or ``[v6]:port``); the rules are ``baton.addresses``."""
     try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        if host != "localhost" and not all(
-            part and (part.replace("-", "").isalnum()) for part in host.split(".")
-        ):
-            raise _fail(where, "an address like 127.0.0.1:8080", value) from None
-    return host, int(port_s)
+        return addresses.parse_address(value)
+    except ValueError as exc:
+        raise RouteTableError(
+            f"{where}: expected an address like 127.0.0.1:8080, got {value!r} ({exc})"
+        ) from None
 
 
 def _number(value: object, where: str, *, minimum: float, maximum: float) -> float:
@@ -196,13 +187,12 @@ def _check_keys(obj: Mapping[str, Any], allowed: set[str], where: str) -> None:
 
 
 def _parse_host(value: object, where: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise _fail(where, "a host name or *.suffix", value)
-    host = value.lower()
-    name = host[2:] if host.startswith("*.") else host
-    if not name or any(not part or not part.replace("-", "").isalnum() for part in name.split(".")):
-        raise _fail(where, "a host name or *.suffix", value)
-    return host
+    try:
+        return addresses.parse_host(value)
+    except ValueError as exc:
+        raise RouteTableError(
+            f"{where}: expected a host name or *.suffix, got {value!r} ({exc})"
+        ) from None
 
 
 def parse_health(value: object, where: str) -> HealthSpec:
