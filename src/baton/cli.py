@@ -32,7 +32,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from baton import __version__
-from baton.errors import BatonError, ConfigError, DaemonUnreachable, UsageError
+from baton.errors import BatonError, ConfigError, DaemonUnreachable, ImageNotFound, UsageError
 from baton.runtime.process import pid_alive
 from baton.state.files import open_private, private_dir
 
@@ -1211,9 +1211,9 @@ async def _image_facts(cfg: AppConfig) -> ImageFacts:
             healthcheck = await runtime.image_healthcheck(image)
         except DaemonUnreachable as exc:
             return ImageFacts(image, found=None, error=str(exc))
+        except ImageNotFound:
+            return ImageFacts(image, found=False)
         except BatonError as exc:
-            if "not found locally" in str(exc):
-                return ImageFacts(image, found=False)
             return ImageFacts(image, found=None, error=str(exc))
         finally:
             runtime.close()

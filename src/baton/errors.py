@@ -61,6 +61,34 @@ class RuntimeFailure(BatonError):
     exit_code = 1
 
 
+class ImageNotFound(RuntimeFailure):
+    """A docker image is not present locally (``baton deploy`` pulls it; ``check`` says so)."""
+
+    def __init__(self, image: str, message: str | None = None) -> None:
+        self.image = image
+        super().__init__(message or f"image {image!r} not found locally")
+
+
+class ProxyAnswered(BatonError):
+    """The proxy's admin API answered a request with an error status (``status``)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class EntryError(ValueError):
+    """One entry of a list value is wrong: ``index`` says which (None: the list itself).
+
+    ``str()`` reads ``[index]: problem``; callers that name the key put it in their words.
+    """
+
+    def __init__(self, problem: str, index: int | None = None) -> None:
+        self.problem = problem
+        self.index = index
+        super().__init__(problem if index is None else f"[{index}]: {problem}")
+
+
 class RouteTableError(BatonError):
     """A route table (snapshot) sent to the proxy is invalid; the proxy keeps the old one."""
 

@@ -343,6 +343,11 @@ async def test_check_warns_about_docker_readiness_and_stop_timeout(
     result = await h.baton("check", "-c", str(checked))
     assert result.rc == 0, result
     assert "with a HEALTHCHECK" in result.out and "HEALTHCHECK healthy" in result.out, result
+    absent = images.missing()
+    missing = h.config({"run": {"image": absent}}, name="missing.yml")
+    result = await h.baton("check", "-c", str(missing))
+    assert result.rc == 0, result
+    assert f"run.image {absent} is not present locally" in result.out, result
 
 
 # -- errors without an engine -------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ except ImportError:  # the SDK is a dependency; a venv made before it was added 
     pytest.skip("the docker SDK is not installed", allow_module_level=True)
 
 from baton.deploy.probes import ProbeError, http_get
-from baton.errors import DaemonUnreachable, DeploymentFailed, RuntimeFailure
+from baton.errors import DaemonUnreachable, DeploymentFailed, ImageNotFound, RuntimeFailure
 from baton.runtime.base import Instance, InstanceSpec
 from baton.runtime.docker import (
     LABEL_STATE_DIR,
@@ -327,8 +327,10 @@ async def test_a_missing_image_fails_fast_naming_the_image(
 
     await runtime.ensure_image(images.get("v1"))  # present: nothing to do
 
-    with pytest.raises(RuntimeFailure, match=f"image {missing!r} not found locally"):
+    with pytest.raises(ImageNotFound, match=f"image {missing!r} not found locally"):
         await runtime.start(spec(app, missing, tmp_path))
+    with pytest.raises(ImageNotFound, match=f"image {missing!r} not found locally"):
+        await runtime.image_healthcheck(missing)
     assert await runtime.owned() == []
 
     with pytest.raises(RuntimeFailure, match="needs a DockerInstanceSpec"):

@@ -125,6 +125,7 @@ from baton.config.units import (
     parse_duration,
     parse_percent,
 )
+from baton.errors import EntryError
 
 # --------------------------------------------------------------------------- field types
 
@@ -484,12 +485,9 @@ def _check_cidrs(value: object) -> list[str]:
         return []
     try:
         return list(parse_networks(value))
-    except ValueError as exc:
-        text = str(exc)
-        if text.startswith("["):  # "[1]: expected ..." -> say which entry in words
-            index, _, rest = text[1:].partition("]: ")
-            raise ValueError(f"entry {index}: {rest}") from None
-        raise
+    except EntryError as exc:
+        where = "" if exc.index is None else f"entry {exc.index}: "
+        raise ValueError(f"{where}{exc.problem}") from None
 
 
 def _check_bool(value: object) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from baton.errors import BatonError, RouteTableError
+from baton.errors import BatonError, ProxyAnswered, RouteTableError
 
 
 class ProxyUnavailable(BatonError):
@@ -76,7 +76,9 @@ class ProxyClient:
                 message = raw
             if status in (400, 409):
                 raise RouteTableError(f"the proxy refused {method} {path}: {message}")
-            raise BatonError(f"the proxy answered {status} to {method} {path}: {message}")
+            raise ProxyAnswered(
+                status, f"the proxy answered {status} to {method} {path}: {message}"
+            )
         if text:
             return raw
         try:
@@ -107,8 +109,8 @@ class ProxyClient:
         """Remove one app from the table; None when the proxy did not have it."""
         try:
             result = await self._call("DELETE", f"/apps/{app}")
-        except BatonError as exc:
-            if " 404 " in str(exc):
+        except ProxyAnswered as exc:
+            if exc.status == 404:
                 return None
             raise
         return int(result.get("generation", 0))

@@ -13,26 +13,26 @@ from __future__ import annotations
 import ipaddress
 from functools import lru_cache
 
+from baton.errors import EntryError
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def parse_networks(values: object) -> tuple[str, ...]:
     """Normalised CIDRs (``10.0.0.0/8``, ``::1/128``; a bare address is one host).
 
-    Raises ValueError saying which entry is wrong and what was expected.
+    Raises ``EntryError`` (a ValueError) saying which entry is wrong and what was expected.
     """
     if not isinstance(values, list | tuple):
-        raise ValueError(f"expected a list of CIDRs like 10.0.0.0/8, got {values!r}")
+        raise EntryError(f"expected a list of CIDRs like 10.0.0.0/8, got {values!r}")
     out: list[str] = []
     for i, value in enumerate(values):
         if not isinstance(value, str):
-            raise ValueError(f"[{i}]: expected a CIDR like 10.0.0.0/8, got {value!r}")
+            raise EntryError(f"expected a CIDR like 10.0.0.0/8, got {value!r}", i)
         try:
             network = ipaddress.ip_network(value.strip(), strict=True)
         except ValueError as exc:
-            raise ValueError(
-                f"[{i}]: expected a CIDR like 10.0.0.0/8, got {value!r} ({exc})"
-            ) from None
+            raise EntryError(f"expected a CIDR like 10.0.0.0/8, got {value!r} ({exc})", i) from None
         if str(network) not in out:
             out.append(str(network))
     return tuple(out)

@@ -24,7 +24,7 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import quote, unquote
 
 from baton import addresses
-from baton.errors import RouteTableError
+from baton.errors import EntryError, RouteTableError
 from baton.proxy.forwarded import parse_networks
 from baton.proxy.fuse import FuseSpec, parse_fuse, parse_retry_methods
 from baton.proxy.tls import TlsSpec, parse_tls
@@ -515,9 +515,9 @@ def _networks(value: object, where: str) -> tuple[str, ...]:
     """CIDR networks (``forwarded.parse_networks``); errors name the key and the entry."""
     try:
         return parse_networks(value)
-    except ValueError as exc:
-        sep = "" if str(exc).startswith("[") else ": "
-        raise RouteTableError(f"{where}{sep}{exc}") from None
+    except EntryError as exc:
+        sep = ": " if exc.index is None else f"[{exc.index}]: "
+        raise RouteTableError(f"{where}{sep}{exc.problem}") from None
 
 
 def normalise_host(raw: bytes | None) -> str:

@@ -68,7 +68,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from baton.errors import BatonError, DaemonUnreachable, DeploymentFailed, RuntimeFailure
+from baton.errors import (
+    BatonError,
+    DaemonUnreachable,
+    DeploymentFailed,
+    ImageNotFound,
+    RuntimeFailure,
+)
 from baton.runtime.base import Instance, InstanceSpec
 from baton.state.files import open_private
 
@@ -425,7 +431,7 @@ class DockerRuntime:
             try:
                 attrs = client.images.get(image).attrs
             except docker.errors.ImageNotFound:
-                raise RuntimeFailure(f"image {image!r} not found locally") from None
+                raise ImageNotFound(image) from None
             test = ((attrs.get("Config") or {}).get("Healthcheck") or {}).get("Test")
             if not test or test == ["NONE"]:
                 return None
@@ -608,8 +614,8 @@ class DockerRuntime:
         try:
             container = client.containers.create(**options)
         except errors.ImageNotFound:
-            raise RuntimeFailure(
-                f"{who}: image {spec.image!r} not found locally (ensure_image pulls it)"
+            raise ImageNotFound(
+                spec.image, f"{who}: image {spec.image!r} not found locally (ensure_image pulls it)"
             ) from None
         except errors.APIError as exc:
             raise RuntimeFailure(
