@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
 import stat
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -13,15 +16,21 @@ from hypothesis import strategies as st
 
 from baton.config import (
     AppConfig,
+    CertificateFacts,
+    CheckItem,
+    HostFacts,
+    ProgramFacts,
     apply_overrides,
     checklist,
     config_hash,
     defaults_table,
     format_duration,
+    gather_host_facts,
     load_config,
     parse_config,
     parse_duration,
     parse_percent,
+    rules,
 )
 from baton.errors import ConfigError
 
@@ -456,8 +465,8 @@ def test_bad_overrides_name_the_flag(
 # ---------------------------------------------------------------- checklist
 
 
-def levels(items: list[object]) -> dict[str | None, str]:
-    return {item.key: item.level for item in items}  # type: ignore[attr-defined]
+def levels(items: Sequence[CheckItem]) -> dict[str | None, str]:
+    return {item.key: item.level for item in items}
 
 
 def make_executable(path: Path, text: str = "#!/bin/sh\nexit 0\n") -> None:
@@ -777,3 +786,70 @@ def test_proxy_protocol_is_refused_on_an_https_listener(tmp_path: Path) -> None:
         load_config(path)
     assert caught.value.key == "proxy.proxy_protocol"
     assert "not supported on an HTTPS listener" in str(caught.value)
+
+
+# ---------------------------------------------------------------- checklist rules over host facts
+
+NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+
+
+def facts(**more: Any) -> HostFacts:
+    return HostFacts(**{"root": False, "now": NOW, **more})
+
+
+def rule_levels(text: str, host: HostFacts) -> dict[str | None, str]:
+    return levels(rules(parse_config(yaml.safe_load(text)), host))
+
+
+def test_a_low_port_needs_privileges_only_when_not_root() -> None:
+    text = MINIMAL + "proxy: {listen: '0.0.0.0:80'}\n"
+    assert rule_levels(text, facts(root=False))["proxy.listen"] == "warn"
+    assert "proxy.listen" not in rule_levels(text, facts(root=True))
+
+
+def test_the_run_command_is_judged_by_what_the_host_said_about_its_program() -> None:
+    on_path = {"python3": ProgramFacts(None, found=True)}
+    assert rule_levels(MINIMAL, facts(programs=on_path))["run.command"] == "ok"
+    missing = {"python3": ProgramFacts(None, found=False)}
+    item = {
+        i.key: i for i in rules(parse_config(yaml.safe_load(MINIMAL)), facts(programs=missing))
+    }["run.command"]
+    assert item.level == "error" and "not on PATH" in item.message
+    script = MINIMAL.replace("python3 app.py", "./run.sh")
+    not_exec = {"./run.sh": ProgramFacts("/srv/shop/run.sh", found=True, executable=False)}
+    assert rule_levels(script, facts(programs=not_exec))["run.command"] == "error"
+    assert rule_levels(MINIMAL, facts())["run.command"] == "warn"  # never looked up
+
+
+@pytest.mark.parametrize(
+    ("days_left", "level"), [(10, "warn"), (29, "warn"), (31, "ok"), (365, "ok")]
+)
+def test_a_certificate_is_warned_about_30_days_before_it_expires(
+    days_left: int, level: str
+) -> None:
+    text = "app: shop\nproxy:\n  hosts: [shop.example.com]\n  tls: {certificate: /c.pem, key: /k.pem}\nrun: {command: x}\n"
+    cert = CertificateFacts(NOW + datetime.timedelta(days=days_left))
+    items = rules(parse_config(yaml.safe_load(text)), facts(certificate=cert))
+    assert next(i.level for i in items if "certificate" in i.message) == level
+
+
+def test_an_unusable_certificate_is_an_error_naming_why() -> None:
+    text = "app: shop\nproxy:\n  hosts: [shop.example.com]\n  tls: {certificate: /c.pem, key: /k.pem}\nrun: {command: x}\n"
+    cert = CertificateFacts(None, "/c.pem: not valid for shop.example.com")
+    got = {i.key: i for i in rules(parse_config(yaml.safe_load(text)), facts(certificate=cert))}
+    assert got["proxy.tls.certificate"].level == "error"
+    assert "not valid for shop.example.com" in got["proxy.tls.certificate"].message
+
+
+def test_host_facts_look_up_the_programs_of_the_command_and_hooks(tmp_path: Path) -> None:
+    make_executable(tmp_path / "migrate.sh")
+    text = (
+        MINIMAL + "hooks:\n  pre_deploy: ./migrate.sh\n  smoke_test: exec no-such-program-baton\n"
+    )
+    gathered = gather_host_facts(load_config(write(tmp_path, text)))
+    assert gathered.programs["python3"].found
+    assert gathered.programs["./migrate.sh"] == ProgramFacts(
+        str(tmp_path / "migrate.sh"), found=True, executable=True
+    )
+    assert not gathered.programs["no-such-program-baton"].found
+    assert gathered.certificate is None and gathered.image is None

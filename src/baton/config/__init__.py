@@ -9,7 +9,17 @@ only re-exports their public names, so ``from baton.config import X`` is the one
 
 from __future__ import annotations
 
-from baton.config.checklist import EXPIRY_WARNING, CheckItem, ImageFacts, checklist
+from baton.config.checklist import (
+    EXPIRY_WARNING,
+    CertificateFacts,
+    CheckItem,
+    HostFacts,
+    ImageFacts,
+    ProgramFacts,
+    checklist,
+    gather_host_facts,
+    rules,
+)
 from baton.config.loading import (
     LoadedConfig,
     apply_overrides,
@@ -52,16 +62,19 @@ __all__ = [
     "CanaryAnalysisConfig",
     "CanaryConfig",
     "CanaryStep",
+    "CertificateFacts",
     "CheckItem",
     "DeployConfig",
     "Duration",
     "HealthConfig",
     "HooksConfig",
+    "HostFacts",
     "ImageFacts",
     "LoadedConfig",
     "MigrationsConfig",
     "Percent",
     "PositiveDuration",
+    "ProgramFacts",
     "ProxyConfig",
     "RunConfig",
     "SignalsConfig",
@@ -72,9 +85,11 @@ __all__ = [
     "defaults_table",
     "format_duration",
     "format_percent",
+    "gather_host_facts",
     "load_config",
     "parse_config",
     "parse_duration",
     "parse_percent",
     "read_yaml",
+    "rules",
 ]

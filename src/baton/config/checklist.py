@@ -2,7 +2,10 @@
 
 This module owns the rules ``baton check`` applies after the config validated: readiness,
 draining, stop and verify settings, canary choices, hooks, ports and TLS. Each finding is a
-``CheckItem`` (ok, warning or error) naming the key it is about.
+``CheckItem`` (ok, warning or error) naming the key it is about. The rules are pure: they
+read a config and ``HostFacts``, which ``gather_host_facts`` fills once by asking the host
+(is a program on PATH or executable, are we root, what does the certificate say, the time).
+Unit tests build ``HostFacts`` by hand and call ``rules``; ``checklist`` does both steps.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ import os
 import re
 import shlex
 import shutil
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 from typing import Literal
@@ -55,31 +59,55 @@ _SHELL_WORDS = {
 _RUNNERS = {"exec", "command"}
 
 
-def _find_program(command: str | list[str], app_dir: Path) -> tuple[str, str]:
-    """("ok" | "error" | "unknown", explanation) for the program a command starts with."""
+def _program(command: str | list[str]) -> tuple[str | None, str]:
+    """(the program a command starts with, "") or (None, why it cannot be checked)."""
     if isinstance(command, list):
         words = command
     else:
         try:
             words = shlex.split(command)
         except ValueError as exc:
-            return "error", f"is not valid shell syntax ({exc})"
+            return None, f"error:is not valid shell syntax ({exc})"
     # Leading VAR=value assignments and `exec`/`command` run the next word as the program.
     while words and (re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", words[0]) or words[0] in _RUNNERS):
         words = words[1:]
     if not words:
-        return "unknown", "has no program to check"
+        return None, "unknown:has no program to check"
     program = words[0]
     if program in _SHELL_WORDS or "$" in program or "`" in program:
-        return "unknown", f"starts with {program!r}, which cannot be checked before it runs"
-    if "/" in program:
-        target = Path(program) if os.path.isabs(program) else app_dir / program
-        if not target.exists():
-            return "error", f"runs {program!r}, but {target} does not exist"
-        if not target.is_file() or not os.access(target, os.X_OK):
-            return "error", f"runs {program!r}, but {target} is not an executable file"
+        return None, f"unknown:starts with {program!r}, which cannot be checked before it runs"
+    return program, ""
+
+
+@dataclass(frozen=True)
+class ProgramFacts:
+    """What the host says about a program a command runs.
+
+    ``where`` is the file looked at for a program with a ``/`` (relative to the app's
+    directory), None for a bare name looked up on PATH.
+    """
+
+    where: str | None
+    found: bool
+    executable: bool = True
+
+
+def _find_program(command: str | list[str], facts: HostFacts) -> tuple[str, str]:
+    """("ok" | "error" | "unknown", explanation) for the program a command starts with."""
+    program, why = _program(command)
+    if program is None:
+        kind, _, text = why.partition(":")
+        return kind, text
+    seen = facts.programs.get(program)
+    if seen is None:
+        return "unknown", f"runs {program!r}, which was not looked up"
+    if seen.where is not None:
+        if not seen.found:
+            return "error", f"runs {program!r}, but {seen.where} does not exist"
+        if not seen.executable:
+            return "error", f"runs {program!r}, but {seen.where} is not an executable file"
         return "ok", f"runs {program!r} (found)"
-    if shutil.which(program) is None:
+    if not seen.found:
         return "error", f"runs {program!r}, which is not on PATH"
     return "ok", f"runs {program!r} (on PATH)"
 
@@ -96,6 +124,73 @@ class ImageFacts:
     found: bool | None
     healthcheck: list[str] | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class CertificateFacts:
+    """What ``proxy.tls.certificate``/``key`` hold: the expiry, or why they cannot serve."""
+
+    not_after: datetime.datetime | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """Everything the checklist's rules need to know about this host, gathered once."""
+
+    root: bool  # may bind ports below 1024
+    now: datetime.datetime
+    programs: Mapping[str, ProgramFacts] = field(default_factory=dict)
+    certificate: CertificateFacts | None = None
+    image: ImageFacts | None = None
+
+
+def _commands(cfg: AppConfig) -> list[str | list[str]]:
+    hooks = [getattr(cfg.hooks, name) for name in ("pre_deploy", "smoke_test", "post_deploy")]
+    run = [cfg.run.command] if cfg.runtime != "docker" and cfg.run.command is not None else []
+    return [*run, *(h for h in hooks if h is not None)]
+
+
+def _look_up(program: str, app_dir: Path) -> ProgramFacts:
+    if "/" in program:
+        target = Path(program) if os.path.isabs(program) else app_dir / program
+        return ProgramFacts(
+            str(target),
+            found=target.exists(),
+            executable=target.is_file() and os.access(target, os.X_OK),
+        )
+    return ProgramFacts(None, found=shutil.which(program) is not None)
+
+
+def _certificate(cfg: AppConfig) -> CertificateFacts | None:
+    tls = cfg.proxy.tls
+    if tls is None or tls.acme is not None:
+        return None
+    from baton.errors import CertificateError
+    from baton.proxy.tls import CertPair
+
+    assert tls.certificate is not None and tls.key is not None
+    try:
+        pair = CertPair.load(tls.certificate, tls.key, list(cfg.proxy.hosts), "file")
+    except CertificateError as exc:
+        return CertificateFacts(None, str(exc))
+    return CertificateFacts(pair.info.not_after)
+
+
+def gather_host_facts(loaded: LoadedConfig, image: ImageFacts | None = None) -> HostFacts:
+    """Ask the host what the rules need: programs, privileges, the certificate, the time."""
+    programs: dict[str, ProgramFacts] = {}
+    for command in _commands(loaded.config):
+        program, _ = _program(command)
+        if program is not None and program not in programs:
+            programs[program] = _look_up(program, loaded.app_dir)
+    return HostFacts(
+        root=os.geteuid() == 0,
+        now=datetime.datetime.now(datetime.UTC),
+        programs=programs,
+        certificate=_certificate(loaded.config),
+        image=image,
+    )
 
 
 def _canary_items(c: CanaryConfig) -> list[CheckItem]:
@@ -130,6 +225,11 @@ def _canary_items(c: CanaryConfig) -> list[CheckItem]:
 
 
 def checklist(loaded: LoadedConfig, image: ImageFacts | None = None) -> list[CheckItem]:
+    """The zero-downtime checklist ``baton check`` prints after the config validated."""
+    return rules(loaded.config, gather_host_facts(loaded, image))
+
+
+def rules(cfg: AppConfig, facts: HostFacts) -> list[CheckItem]:
     """The zero-downtime checklist ``baton check`` prints after the config validated.
 
     Decisions: for the process runtime a ``stop_timeout`` shorter than ``drain_timeout`` is
@@ -142,10 +242,10 @@ def checklist(loaded: LoadedConfig, image: ImageFacts | None = None) -> list[Che
     listens, so for docker apps an accepted connection proves nothing. Without
     ``health.path`` a container is ready once it answers one HTTP request (``GET /``, any
     status); with an image HEALTHCHECK, Docker must also report it healthy. A docker app with
-    neither a health path nor a HEALTHCHECK is warned about. ``image`` carries what the
-    engine said about the image (None: not asked).
+    neither a health path nor a HEALTHCHECK is warned about. ``facts.image`` carries what
+    the engine said about the image (None: not asked).
     """
-    cfg = loaded.config
+    image = facts.image
     d = cfg.deploy
     h = cfg.health
     items: list[CheckItem] = []
@@ -170,7 +270,7 @@ def checklist(loaded: LoadedConfig, image: ImageFacts | None = None) -> list[Che
             items.append(_ok(f"run.image {shown} is present locally ({hc})", "run.image"))
     else:
         assert cfg.run.command is not None
-        kind, why = _find_program(cfg.run.command, loaded.app_dir)
+        kind, why = _find_program(cfg.run.command, facts)
         items.append(
             {"ok": _ok, "error": _error, "unknown": _warn}[kind](
                 f"run.command {why}", "run.command"
@@ -308,7 +408,7 @@ def checklist(loaded: LoadedConfig, image: ImageFacts | None = None) -> list[Che
         command = getattr(cfg.hooks, name)
         if command is None:
             continue
-        kind, why = _find_program(command, loaded.app_dir)
+        kind, why = _find_program(command, facts)
         key = f"hooks.{name}"
         items.append({"ok": _ok, "error": _error, "unknown": _ok}[kind](f"{key} {why}", key))
     if cfg.hooks.smoke_test is None:
@@ -320,12 +420,12 @@ def checklist(loaded: LoadedConfig, image: ImageFacts | None = None) -> list[Che
         )
 
     host, _, port = cfg.proxy.listen.rpartition(":")
-    if int(port) < 1024 and os.geteuid() != 0:
+    if int(port) < 1024 and not facts.root:
         items.append(
             _warn(f"proxy.listen port {port} needs root or CAP_NET_BIND_SERVICE", "proxy.listen")
         )
     del host
-    items += _tls_items(cfg)
+    items += _tls_items(cfg, facts)
     return items
 
 
@@ -333,14 +433,11 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 EXPIRY_WARNING = 30 * 86400.0
 
 
-def _tls_items(cfg: AppConfig) -> list[CheckItem]:
+def _tls_items(cfg: AppConfig, facts: HostFacts) -> list[CheckItem]:
     """HTTPS checks: DNS-valid hosts, port 80 for HTTP-01, certificate files and expiry."""
     tls = cfg.proxy.tls
     if tls is None:
         return []
-    from baton.errors import CertificateError
-    from baton.proxy.tls import CertPair
-
     items: list[CheckItem] = []
     for i, host in enumerate(cfg.proxy.hosts):
         name = host[2:] if host.startswith("*.") else host
@@ -355,7 +452,7 @@ def _tls_items(cfg: AppConfig) -> list[CheckItem]:
     if not cfg.proxy.hosts:
         items.append(_warn("proxy.tls without proxy.hosts: no name to choose a certificate by"))
     http_port = int((cfg.proxy.http_listen or "0.0.0.0:80").rpartition(":")[2])
-    if http_port < 1024 and os.geteuid() != 0:
+    if http_port < 1024 and not facts.root:
         items.append(
             _warn(
                 f"proxy.http_listen port {http_port} needs root or CAP_NET_BIND_SERVICE"
@@ -380,14 +477,13 @@ def _tls_items(cfg: AppConfig) -> list[CheckItem]:
                 )
             )
         return items
-    assert tls.certificate is not None and tls.key is not None
-    try:
-        pair = CertPair.load(tls.certificate, tls.key, list(cfg.proxy.hosts), "file")
-    except CertificateError as exc:
-        items.append(_error(str(exc), "proxy.tls.certificate"))
+    cert = facts.certificate
+    if cert is None or cert.not_after is None:
+        why = cert.error if cert is not None and cert.error else "the certificate was not read"
+        items.append(_error(why, "proxy.tls.certificate"))
         return items
-    left = (pair.info.not_after - datetime.datetime.now(datetime.UTC)).total_seconds()
-    when = pair.info.not_after.date().isoformat()
+    left = (cert.not_after - facts.now).total_seconds()
+    when = cert.not_after.date().isoformat()
     if left < EXPIRY_WARNING:
         items.append(
             _warn(
