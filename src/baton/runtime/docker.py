@@ -62,7 +62,6 @@ import re
 import shlex
 import threading
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +75,8 @@ from baton.errors import (
     RuntimeFailure,
 )
 from baton.runtime.base import Instance, InstanceSpec
-from baton.state.files import open_private
+from baton.runtime.logtail import last_lines, tail_file
+from baton.state.files import open_private, write_private
 
 if TYPE_CHECKING:
     from baton.config import AppConfig
@@ -205,11 +205,6 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _log_lines(data: bytes, lines: int | None) -> list[str]:
-    text = data.decode(errors="replace").splitlines()
-    return text if lines is None else list(deque(text, maxlen=lines))
-
-
 class DockerRuntime:
     """Runs instances as Docker containers. See the module docstring."""
 
@@ -299,11 +294,7 @@ class DockerRuntime:
             "log_path": str(instance.log_path) if instance.log_path else None,
         }
         with contextlib.suppress(OSError):  # the labels stay the source of truth
-            self.records_dir.mkdir(parents=True, exist_ok=True)
-            path = self._record_path(instance.ref)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(record, indent=1))
-            os.replace(tmp, path)
+            write_private(self._record_path(instance.ref), json.dumps(record, indent=1).encode())
 
     def _read_record(self, container_id: str) -> dict[str, Any]:
         try:
@@ -632,7 +623,7 @@ class DockerRuntime:
             if host_port is not None:
                 return str(container.id), host_port
             state = container.attrs.get("State") or {}
-            tail = _log_lines(
+            tail = last_lines(
                 container.logs(stdout=True, stderr=True, tail=_LOG_TAIL_ON_FAILURE), None
             )
             status = state.get("ExitCode")
@@ -796,15 +787,11 @@ class DockerRuntime:
 
         data = await self._run(read)
         if data is not None:
-            return _log_lines(data, lines)
+            return last_lines(data, lines)
         path = instance.log_path or self._record_log_path(instance.ref)
         if path is None:
             return []
-        try:
-            saved = await asyncio.to_thread(path.read_bytes)
-        except OSError:
-            return []
-        return _log_lines(saved, lines)
+        return await asyncio.to_thread(tail_file, path, lines)
 
     async def owned(self) -> list[Instance]:
         """Every container of this state dir, running or not (exited ones are listed too)."""

@@ -28,7 +28,6 @@ import signal
 import socket
 import subprocess
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from baton.errors import RuntimeFailure
 from baton.runtime.base import Instance, InstanceSpec
-from baton.state.files import open_private
+from baton.runtime.logtail import tail_file
+from baton.state.files import open_private, write_private
 
 if TYPE_CHECKING:
     from baton.config import AppConfig
@@ -154,11 +154,7 @@ class ProcessRuntime:
             "address": instance.address,
             "log_path": str(instance.log_path) if instance.log_path else None,
         }
-        self.records_dir.mkdir(parents=True, exist_ok=True)
-        path = self._record_path(pid, ticks)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, path)
+        write_private(self._record_path(pid, ticks), json.dumps(record, indent=1).encode())
 
     def _read_records(self) -> list[dict[str, Any]]:
         records: list[dict[str, Any]] = []
@@ -371,7 +367,7 @@ class ProcessRuntime:
                     path = self._instance_from(record).log_path
         if path is None:
             return []
-        return await asyncio.to_thread(_tail, path, lines)
+        return await asyncio.to_thread(tail_file, path, lines)
 
     async def owned(self) -> list[Instance]:
         found = []
@@ -387,30 +383,3 @@ class ProcessRuntime:
                 with contextlib.suppress(FileNotFoundError):
                     record["_path"].unlink()
         return found
-
-
-def _tail(path: Path, lines: int | None) -> list[str]:
-    try:
-        with open(path, "rb") as f:
-            if lines is None:
-                data = f.read()
-            else:
-                if lines <= 0:
-                    return []
-                # Read backwards in blocks until enough newlines are in hand.
-                f.seek(0, os.SEEK_END)
-                end = f.tell()
-                block = 8192
-                data = b""
-                pos = end
-                while pos > 0 and data.count(b"\n") <= lines:
-                    step = min(block, pos)
-                    pos -= step
-                    f.seek(pos)
-                    data = f.read(step) + data
-    except FileNotFoundError:
-        return []
-    text = data.decode(errors="replace").splitlines()
-    if lines is None:
-        return text
-    return list(deque(text, maxlen=lines))

@@ -65,6 +65,7 @@ from baton.observe import signals as observe_signals
 from baton.observe.endpoints import Endpoints
 from baton.observe.metrics import METRICS
 from baton.runtime.base import Runtimes
+from baton.runtime.logtail import tail_file
 from baton.runtime.process import pid_alive
 from baton.server.api import Api
 from baton.server.certs import CertManager, expiry_samples, live_acme_apps
@@ -97,10 +98,7 @@ def _is_proxy(pid: int) -> bool:
 
 
 def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
+    return "\n".join(tail_file(path, lines))
 
 
 class ProxySupervisor:
