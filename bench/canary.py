@@ -45,7 +45,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _common import parse_wrk, wrk_command  # type: ignore[attr-defined]  # noqa: E402
+from _common import parse_wrk, wrk_command  # noqa: E402
 
 from tests.support.load import Load, LoadResult  # noqa: E402
 from tests.support.procs import free_port  # noqa: E402

@@ -43,7 +43,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, free_port, parse_wrk, require_tools  # type: ignore[attr-defined]
+from _common import REPO, free_port, parse_wrk, require_tools
 
 APP_DIR = REPO / "examples" / "app"
 BATON = [sys.executable, "-m", "baton.cli"]

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, free_port, parse_wrk, require_tools, wrk_command  # type: ignore[attr-defined]
+from _common import REPO, free_port, parse_wrk, require_tools, wrk_command
 
 APP_DIR = REPO / "examples" / "app"
 BATON = [sys.executable, "-m", "baton.cli"]

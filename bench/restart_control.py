@@ -31,6 +31,8 @@ from pathlib import Path
 
 from _common import REPO, WrkResult, free_port, parse_wrk, require_tools, wrk_command
 
+from baton.runtime.process import pid_alive
+
 BATON = [sys.executable, "-m", "baton.cli"]
 
 
@@ -54,13 +56,8 @@ def pid_of(path: Path) -> int:
 def wait_gone(pid: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not pid_alive(pid):
             return
-        with open(f"/proc/{pid}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                return
         time.sleep(0.02)
     raise TimeoutError(f"pid {pid} still runs")
 

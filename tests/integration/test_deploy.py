@@ -17,9 +17,9 @@ import time
 
 import pytest
 
+from baton.runtime.process import pid_alive
 from tests.support.host import (
     Host,
-    alive,
     assert_no_failures,
     served_after,
     start_load,
@@ -278,8 +278,8 @@ async def test_down_stops_every_instance_and_the_proxy(host: Host) -> None:
     down = await host.baton("down", timeout=90)
     assert down.rc == 0, down
     assert await host.running_instances() == []
-    assert proxy is not None and not alive(proxy)
-    assert server is not None and not alive(server)
+    assert proxy is not None and not pid_alive(proxy)
+    assert server is not None and not pid_alive(server)
     with pytest.raises(OSError):
         await host.get()
     unreachable = await host.baton("status")

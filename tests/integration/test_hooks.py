@@ -13,14 +13,7 @@ import pytest
 
 from baton.deploy.hooks import HookResult, raise_for_hook, run_hook
 from baton.errors import DeploymentFailed
-
-
-def process_exists(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
+from baton.runtime.process import pid_alive
 
 
 async def test_a_successful_hook_streams_its_output_and_sees_cwd_and_env(tmp_path: Path) -> None:
@@ -74,9 +67,9 @@ async def test_a_hook_past_its_timeout_is_killed_with_its_whole_group(tmp_path: 
     assert result.output_tail == ["started"]
     child = int(pid_file.read_text())
     deadline = time.monotonic() + 10
-    while process_exists(child) and time.monotonic() < deadline:
+    while pid_alive(child) and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
-    assert not process_exists(child)
+    assert not pid_alive(child)
     with pytest.raises(
         DeploymentFailed, match=r"post_deploy hook .* timed out after 1s and was killed"
     ):

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from baton.runtime.process import ProcessRuntime, parse_ref
+from baton.runtime.process import ProcessRuntime, parse_ref, pid_alive
 from tests.support.host import (
     BATON,
     Host,
-    alive,
     assert_no_failures,
     served_after,
     start_load,
@@ -32,8 +31,8 @@ pytestmark = pytest.mark.timeout(240)
 
 async def _wait_gone(pids: list[int], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
-    while any(alive(p) for p in pids):
-        assert time.monotonic() < deadline, f"still alive: {[p for p in pids if alive(p)]}"
+    while any(pid_alive(p) for p in pids):
+        assert time.monotonic() < deadline, f"still alive: {[p for p in pids if pid_alive(p)]}"
         await asyncio.sleep(0.05)
 
 
@@ -54,7 +53,7 @@ async def test_sigterm_to_the_control_plane_then_up_loses_no_request(host: Host)
     assert server is not None
     os.kill(server, signal.SIGTERM)  # what `systemctl stop` sends
     await _wait_gone([server])
-    assert proxy is not None and alive(proxy), "the proxy must outlive the control plane"
+    assert proxy is not None and pid_alive(proxy), "the proxy must outlive the control plane"
     assert await host.running_instances() == instances
     gone = time.monotonic()
     await asyncio.sleep(1.0)  # served while no control plane runs
@@ -103,7 +102,7 @@ async def test_ctrl_c_on_a_foreground_up_leaves_the_proxy_and_apps_serving(
         outcome = await load.stop()
         assert_no_failures(outcome)
         assert set(outcome.bodies) == {"v1\n"}
-        assert h.proxy_pid is not None and alive(h.proxy_pid)
+        assert h.proxy_pid is not None and pid_alive(h.proxy_pid)
         assert len(await h.running_instances()) == 2
         assert "keep serving" in (tmp_path / "up.log").read_text()
     finally:
@@ -130,7 +129,7 @@ async def test_up_replaces_an_adopted_instance_that_runs_but_does_not_answer(hos
         routed = {i["address"] for r in status["releases"] for i in r["instances"]}
         assert hung.address not in routed
         assert before[1].address in routed and len(routed) == 2
-        assert not alive(pid)
+        assert not pid_alive(pid)
         assert await host.get() == (200, "v1\n")
     finally:
         with contextlib.suppress(ProcessLookupError):

@@ -15,7 +15,7 @@ import pytest
 from baton.deploy.probes import ProbeError, http_get, wait_ready
 from baton.errors import RuntimeFailure
 from baton.runtime.base import Instance, InstanceSpec
-from baton.runtime.process import ProcessRuntime, parse_ref
+from baton.runtime.process import ProcessRuntime, parse_ref, pid_alive
 
 EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "examples" / "app"
 
@@ -66,14 +66,6 @@ async def eventually(predicate: object, timeout: float = 10.0) -> bool:
             return True
         await asyncio.sleep(0.02)
     return False
-
-
-def process_exists(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
 
 
 @pytest.fixture
@@ -144,7 +136,7 @@ async def test_a_process_ignoring_sigterm_is_killed_after_the_timeout(
     )
     await runtime.stop(instance, timeout=0.5)
     assert not await runtime.alive(instance)
-    assert not process_exists(pid_of(instance))
+    assert not pid_alive(pid_of(instance))
 
 
 async def test_stop_kills_the_whole_process_group_including_grandchildren(
@@ -161,7 +153,7 @@ async def test_stop_kills_the_whole_process_group_including_grandchildren(
     grandchild = int(pid_file.read_text())
     assert os.getpgid(grandchild) == pid_of(instance)
     await runtime.stop(instance, timeout=0.5)
-    assert await eventually(lambda: not process_exists(grandchild))
+    assert await eventually(lambda: not pid_alive(grandchild))
 
 
 async def test_a_group_whose_leader_died_is_still_owned_and_stopped(
@@ -169,7 +161,7 @@ async def test_a_group_whose_leader_died_is_still_owned_and_stopped(
 ) -> None:
     command = f"{sys.executable} -c 'import time; time.sleep(600)' & echo started"
     instance = await runtime.start(shell_spec(tmp_path, command))
-    assert await eventually(lambda: not process_exists(pid_of(instance)))  # the shell exited
+    assert await eventually(lambda: not pid_alive(pid_of(instance)))  # the shell exited
     assert not await runtime.alive(instance)
     assert [i.ref for i in await runtime.owned()] == [instance.ref]  # its child still runs
     await runtime.stop(instance, timeout=2)
@@ -194,7 +186,7 @@ async def test_a_fresh_runtime_on_the_same_state_dir_finds_and_stops_instances(
         assert await second.alive(instance)
         await second.stop(instance, timeout=10)
     for instance in started:
-        assert await eventually(lambda i=instance: not process_exists(pid_of(i)))  # type: ignore[misc]
+        assert await eventually(lambda i=instance: not pid_alive(pid_of(i)))
     assert await ProcessRuntime(tmp_path / "state").owned() == []
 
 
@@ -202,7 +194,7 @@ async def test_stop_is_idempotent_and_quiet_for_dead_instances(
     runtime: ProcessRuntime, tmp_path: Path
 ) -> None:
     instance = await runtime.start(shell_spec(tmp_path, "exit 0"))
-    assert await eventually(lambda: not process_exists(pid_of(instance)))
+    assert await eventually(lambda: not pid_alive(pid_of(instance)))
     assert not await runtime.alive(instance)
     await runtime.stop(instance, timeout=1)
     await runtime.stop(instance, timeout=1)
@@ -218,7 +210,7 @@ async def test_a_reused_pid_is_never_signalled(runtime: ProcessRuntime, tmp_path
         forged = Instance("x", "v1", 0, "127.0.0.1:1", ref=f"{bystander.pid}:1")
         assert not await runtime.alive(forged)
         await runtime.stop(forged, timeout=0.1)
-        assert bystander.returncode is None and process_exists(bystander.pid)
+        assert bystander.returncode is None and pid_alive(bystander.pid)
     finally:
         bystander.send_signal(signal.SIGKILL)
         await bystander.wait()
@@ -228,7 +220,7 @@ async def test_an_instance_that_fails_on_start_is_seen_dead_and_its_output_kept(
     runtime: ProcessRuntime, tmp_path: Path
 ) -> None:
     instance = await runtime.start(example_spec(tmp_path, FAIL_ON_START="1"))
-    assert await eventually(lambda: not process_exists(pid_of(instance)))
+    assert await eventually(lambda: not pid_alive(pid_of(instance)))
     assert not await runtime.alive(instance)
     assert await runtime.exit_code(instance) == 1
     assert any("FAIL_ON_START" in line for line in await runtime.logs(instance, 5))
@@ -239,7 +231,7 @@ async def test_logs_are_appended_per_instance_and_tailed(
 ) -> None:
     command = "for i in $(seq 1 500); do echo line $i; done; echo oops >&2"
     instance = await runtime.start(shell_spec(tmp_path, command))
-    assert await eventually(lambda: not process_exists(pid_of(instance)))
+    assert await eventually(lambda: not pid_alive(pid_of(instance)))
     assert instance.log_path == (tmp_path / "logs" / "sh-v1-0.log").absolute()
     assert await runtime.logs(instance, 3) == ["line 499", "line 500", "oops"]
     everything = await runtime.logs(instance)
@@ -261,7 +253,7 @@ async def test_the_environment_carries_port_and_instance_identity(
         log_dir=tmp_path / "logs",
     )
     instance = await runtime.start(spec)
-    assert await eventually(lambda: not process_exists(pid_of(instance)))
+    assert await eventually(lambda: not pid_alive(pid_of(instance)))
     assert await runtime.logs(instance, 1) == [f"{instance.port} sh v9 4 hello"]
 
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -412,7 +413,8 @@ def test_malformed_admin_input_is_400_and_changes_nothing(
 
 
 def test_bad_drain_body_is_400(proxy: ProxyProcess) -> None:
-    for payload in ({"targets": "x"}, {"targets": ["a:1"], "wait": -1}, {"wat": 1}, []):
+    payloads: list[Any] = [{"targets": "x"}, {"targets": ["a:1"], "wait": -1}, {"wat": 1}, []]
+    for payload in payloads:
         status, answer = proxy.call("POST", "/drain", payload)
         assert status == 400 and answer["error"], payload
 

@@ -150,7 +150,7 @@ def test_fuzzed_requests_never_crash_and_forward_only_well_framed_requests(
     proxy, app = fuzz_target
     seen = len(app.requests)
     send_raw("127.0.0.1", proxy.port, data, timeout=3, half_close=True)
-    assert proxy.proc.poll() is None, "the proxy is still running"
+    assert proxy.alive, "the proxy is still running"
     for raw in app.requests[seen:]:
         check_well_framed(raw)
 
@@ -159,7 +159,7 @@ def test_after_the_fuzz_the_proxy_serves_and_its_memory_is_bounded(
     fuzz_target: tuple[ProxyProcess, ScriptedUpstream],
 ) -> None:
     proxy, app = fuzz_target
-    before = rss_kib(proxy.proc.pid)
+    before = rss_kib(proxy.pid)
     # Hostile shapes, many times: endless trailers, huge pipelines, oversized heads.
     trailers = (
         b"POST / HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n"
@@ -169,7 +169,7 @@ def test_after_the_fuzz_the_proxy_serves_and_its_memory_is_bounded(
     for _ in range(20):
         send_raw("127.0.0.1", proxy.port, trailers, timeout=3, half_close=True)
         send_raw("127.0.0.1", proxy.port, pipeline, timeout=0.2)
-    after = rss_kib(proxy.proc.pid)
+    after = rss_kib(proxy.pid)
     assert after - before < 64 * 1024, f"RSS grew from {before} KiB to {after} KiB"
     ok = send_raw(
         "127.0.0.1", proxy.port, b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n", 3, half_close=True

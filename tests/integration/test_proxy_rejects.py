@@ -515,10 +515,12 @@ def test_failed_exchange_is_logged_once_at_warning_with_its_request_id() -> None
             b"GET /x HTTP/1.1\r\n" + H + b"X-Request-Id: req-42\r\nConnection: close\r\n\r\n",
         )
         assert parse_status(got) == 502
+        log = proxy.stderr_path
+        assert log is not None
         deadline = time.monotonic() + 10
-        while b"req-42" not in proxy.stderr_path.read_bytes() and time.monotonic() < deadline:
+        while b"req-42" not in log.read_bytes() and time.monotonic() < deadline:
             time.sleep(0.05)
-        lines = [ln for ln in proxy.stderr_path.read_text().splitlines() if "req-42" in ln]
+        lines = [ln for ln in log.read_text().splitlines() if "req-42" in ln]
     assert len(lines) == 1, lines
     assert f"127.0.0.1:{port}" in lines[0] and "502" in lines[0]
     assert "cannot connect" in lines[0]
@@ -536,7 +538,7 @@ def test_pipelining_client_that_never_reads_costs_bounded_memory() -> None:
     after the request it owes an answer to (held bytes, not one exchange per request)."""
     with Backend("v1") as backend, ProxyProcess() as proxy:
         proxy.route(("v1", 100, [backend.addr]))
-        pid = proxy.proc.pid
+        pid = proxy.pid
         before = rss_kib(pid)
         first = b"GET /slow?s=3 HTTP/1.1\r\n" + H + b"\r\n"
         pipeline = first + (b"GET / HTTP/1.1\r\n" + H + b"\r\n") * 1500  # < the header cap

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from tests.support.host import Host, alive, assert_no_failures, start_load
+from baton.runtime.process import pid_alive
+from tests.support.host import Host, assert_no_failures, start_load
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -36,9 +37,9 @@ async def test_twenty_upgrades_in_a_row_under_load_lose_nothing(host: Host) -> N
     assert host.proxy_pid != first
     # Retired proxies exit by themselves once their connections are done.
     deadline = time.monotonic() + 40
-    while any(alive(pid) for pid in retired) and time.monotonic() < deadline:
+    while any(pid_alive(pid) for pid in retired) and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
-    assert not any(alive(pid) for pid in retired)
+    assert not any(pid_alive(pid) for pid in retired)
     # The control plane drives the new proxy as before.
     assert (await host.deploy("--version", "v2", "--env", "APP_VERSION=v2")).rc == 0
     assert await host.get() == (200, "v2\n")
@@ -65,7 +66,7 @@ async def test_a_broken_new_proxy_leaves_the_old_one_serving(
     assert result.rc == 1, result
     assert why in result.err and "goes on serving" in result.err
     assert_no_failures(outcome)
-    assert host.proxy_pid == old and old is not None and alive(old)
+    assert host.proxy_pid == old and old is not None and pid_alive(old)
     assert await host.get() == (200, "v1\n")
     # And a good upgrade still works afterwards.
     assert (await host.baton("upgrade")).rc == 0
@@ -84,7 +85,7 @@ async def test_the_control_plane_restarts_without_touching_the_proxy(host: Host)
     await asyncio.sleep(0.5)
     outcome = await load.stop()
     assert_no_failures(outcome)
-    assert host.proxy_pid == proxy and alive(proxy)  # adopted, not restarted
+    assert host.proxy_pid == proxy and pid_alive(proxy)  # adopted, not restarted
     assert host.server_pid not in (None, server)
 
 

@@ -131,13 +131,15 @@ class H2Client:
             sid = getattr(event, "stream_id", None)
             stream = self.streams.get(sid) if sid else None
             if isinstance(event, h2.events.ResponseReceived) and stream is not None:
-                stream.headers = list(event.headers or [])  # type: ignore[arg-type]
+                stream.headers = list(event.headers or [])
                 stream.status = int(dict(stream.headers)[b":status"])
             elif isinstance(event, h2.events.DataReceived) and stream is not None:
                 stream.body += event.data or b""
                 stream.chunks += 1
                 if self.auto_ack and event.flow_controlled_length:
-                    self.conn.acknowledge_received_data(event.flow_controlled_length, sid)
+                    self.conn.acknowledge_received_data(
+                        event.flow_controlled_length, event.stream_id
+                    )
             elif isinstance(event, h2.events.StreamEnded) and stream is not None:
                 stream.ended = True
             elif isinstance(event, h2.events.StreamReset) and stream is not None:

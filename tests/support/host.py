@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from baton.runtime.process import ProcessRuntime
+from baton.runtime.process import ProcessRuntime, pid_alive
 from tests.support.load import Load, LoadResult
 from tests.support.procs import REPO_ROOT, free_port
 
@@ -48,17 +48,6 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with contextlib.suppress(OSError):
-        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-    return True
 
 
 def _pid(path: Path) -> int | None:
@@ -158,7 +147,7 @@ class Host:
         with contextlib.suppress(AssertionError):
             await self.baton("down", timeout=90)
         for pid in (self.server_pid, self.proxy_pid):
-            if pid and alive(pid):
+            if pid and pid_alive(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         runtime = ProcessRuntime(self.state_dir)

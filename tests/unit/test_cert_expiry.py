@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 from pathlib import Path
+from typing import Any
 
 from baton.server.certs import cert_paths, expiry_samples
 from tests.support.certs import TestCA
@@ -17,7 +18,7 @@ def test_expiry_seconds_per_host_from_files_and_acme(tmp_path: Path) -> None:
     acme_cert.parent.mkdir(parents=True)
     acme_cert.write_bytes(ca.issue_pem(["blog.test"], days=40)[0])
     now = datetime.datetime.now(datetime.UTC)
-    apps = [
+    apps: list[tuple[list[str], dict[str, Any]]] = [
         (["shop.test"], {"certificate": str(cert), "key": str(key)}),
         (["blog.test", "missing.test"], {"acme": {"email": "ops@example.com"}}),
     ]

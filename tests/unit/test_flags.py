@@ -243,7 +243,7 @@ def test_a_flag_following_a_canary_is_on_for_the_canarys_own_evaluations_only() 
 
 def _metrics(cohorts: dict[str, tuple[int, int]]) -> dict[str, Any]:
     """A /metrics.json answer with each cohort's (requests, 5xx), all fast."""
-    from baton.deploy.analysis import LATENCY_BOUNDS
+    from baton.proxy.metrics import LATENCY_BOUNDS
 
     releases = {}
     for name, (requests, errors) in cohorts.items():

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 
 import pytest
 
 from baton.errors import RouteTableError
 from baton.proxy.fuse import Fuse, Fuses, FuseSpec, binomial_tail, renormalise, should_trip
-from baton.proxy.routing import parse_app
+from baton.proxy.routing import AppSpec, parse_app
 
 GUARD = FuseSpec(max_error_rate=0.01, min_requests=20, window=200, deployment="7")
 
@@ -112,9 +113,8 @@ def app_with(
     }
 
 
-def weights(specs: dict[str, object]) -> dict[str, int]:
-    app = specs["web"]
-    return {r.name: r.weight for r in app.releases}  # type: ignore[attr-defined]
+def weights(specs: Mapping[str, AppSpec]) -> dict[str, int]:
+    return {r.name: r.weight for r in specs["web"].releases}
 
 
 def test_a_tripped_canary_stays_at_weight_0_until_a_new_deployment() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from baton.proxy.failures import RateLimit
@@ -110,7 +112,7 @@ def test_ambiguous_requests_are_rejected(headers: list[tuple[bytes, bytes]], sta
 
 def test_response_framing() -> None:
     def framing(status: int, headers: list[tuple[bytes, bytes]], **kw: bool) -> tuple[int, bool]:
-        args = {
+        args: dict[str, Any] = {
             "head_request": False,
             "client_http11": True,
             "client_keep_alive": True,

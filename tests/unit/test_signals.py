@@ -6,10 +6,15 @@ from typing import Any
 
 import pytest
 
-from baton.deploy.analysis import LATENCY_BOUNDS, ReleaseWindow
+from baton.deploy.analysis import ReleaseWindow
 from baton.observe.signals import SignalBook, judge
+from baton.proxy.metrics import LATENCY_BOUNDS
 
-LIMITS = {"max_latency_ratio": 1.5, "max_error_rate_increase": 0.01, "min_requests": 50}
+LIMITS: dict[str, Any] = {
+    "max_latency_ratio": 1.5,
+    "max_error_rate_increase": 0.01,
+    "min_requests": 50,
+}
 
 
 def test_a_slower_release_is_flagged_with_its_figures() -> None:

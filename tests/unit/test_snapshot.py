@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -80,7 +81,7 @@ def test_a_snapshot_never_overwrites_an_existing_one(tmp_path: Path) -> None:
         take(tmp_path / "app", tmp_path / "v1", [])
 
 
-def _release(rid: int, version: str, state: str, artifact: dict[str, object]) -> ReleaseRow:
+def _release(rid: int, version: str, state: str, artifact: dict[str, Any]) -> ReleaseRow:
     return ReleaseRow(
         id=rid,
         app="shop",

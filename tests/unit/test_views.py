@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from baton.observe.views import history_lines, top_lines
@@ -12,7 +13,7 @@ def utc(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
 
 
-DEPLOYMENTS: list[dict[str, Any]] = [
+DEPLOYMENTS: list[Mapping[str, Any]] = [
     {
         "id": 12,
         "app": "shop",

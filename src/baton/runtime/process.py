@@ -83,7 +83,7 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     stat = _stat(pid)
-    return stat is not None and stat.state != "Z"
+    return stat is not None and stat.state not in ("Z", "X")
 
 
 def _group_members(pgid: int) -> list[int]:
