@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -40,86 +38,46 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from _common import parse_wrk, wrk_command  # noqa: E402
 
+from tests.support.host import Host  # noqa: E402
 from tests.support.load import Load, LoadResult  # noqa: E402
-from tests.support.procs import free_port  # noqa: E402
 
-APP_DIR = REPO / "examples" / "app"
-BATON = [sys.executable, "-m", "baton.cli"]
 NOISE = {"LATENCY_MS": "2", "LATENCY_JITTER_MS": "5"}
 
 
-class Bench:
+class Bench(Host):
+    """A Baton host (``tests/support/host.py``) running a canary app, with the bench's knobs."""
+
     def __init__(self, root: Path, hold: float, noise: bool = True, retry: bool = True) -> None:
-        self.root = root
-        self.state_dir = root / "state"
-        self.port = free_port()
-        self.config = root / "baton.yml"
-        self.config.write_text(
-            yaml.safe_dump(
-                {
-                    "app": "bench",
-                    "proxy": {"listen": f"127.0.0.1:{self.port}"},
-                    "run": {
-                        "command": f"exec {sys.executable} app.py --port $PORT",
-                        "cwd": str(APP_DIR),
-                        "env": {
-                            "APP_VERSION": "v0",
-                            "SHUTDOWN_GRACE": "5",
-                            **(NOISE if noise else {}),
-                        },
-                    },
-                    "instances": 2,
-                    "health": {"path": "/up", "interval": "50ms"},
-                    "deploy": {
-                        "strategy": "canary",
-                        "drain_timeout": "5s",
-                        "stop_timeout": "5s",
-                        "keep_previous": "0s",
-                        "verify": "0s",
-                        "canary": {
-                            "retry_on_stable": retry,
-                            "steps": [
-                                {"weight": 5, "hold": f"{hold:g}s"},
-                                {"weight": 25, "hold": f"{hold:g}s"},
-                                {"weight": 50, "hold": f"{hold:g}s"},
-                            ],
-                        },
-                    },
+        super().__init__(root)
+        steps = [{"weight": w, "hold": f"{hold:g}s"} for w in (5, 25, 50)]
+        self.config_file = self.config(
+            {
+                "app": "bench",
+                "run": {"env": {"APP_VERSION": "v0", **(NOISE if noise else {})}},
+                "deploy": {
+                    "strategy": "canary",
+                    "ready_timeout": "60s",
+                    "canary": {"retry_on_stable": retry, "steps": steps},
                 },
-                sort_keys=False,
-            )
+            }
         )
 
-    async def baton(self, *args: str, timeout: float = 600.0) -> tuple[int, str, str]:
-        proc = await asyncio.create_subprocess_exec(
-            *BATON,
-            "--state-dir",
-            str(self.state_dir),
-            *args,
-            cwd=self.root,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "COLUMNS": "200"},
-        )
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-        assert proc.returncode is not None
-        return proc.returncode, out.decode(), err.decode()
-
-    async def deploy(self, version: str, *env: str) -> tuple[int, str, str]:
+    async def deploy_version(self, version: str, *env: str) -> tuple[int, str, str]:
         flags = [x for e in (f"APP_VERSION={version}", *env) for x in ("--env", e)]
-        return await self.baton("deploy", "-c", str(self.config), "--version", version, *flags)
+        done = await self.baton(
+            "deploy", "-c", str(self.config_file), "--version", version, *flags, timeout=600.0
+        )
+        return done.rc, done.out, done.err
 
     async def last_deployment(self) -> dict[str, Any]:
-        rc, out, err = await self.baton("history", "--json", "-n", "1")
-        assert rc == 0, err
-        found: dict[str, Any] = json.loads(out)["deployments"][0]
+        done = await self.baton("history", "--json", "-n", "1")
+        assert done.rc == 0, done
+        found: dict[str, Any] = json.loads(done.out)["deployments"][0]
         return found
 
 
@@ -145,7 +103,7 @@ async def bad_run_low(bench: Bench, n: int, rate: float) -> dict[str, Any]:
     """A bad canary under about ``rate`` req/s; every answer the clients got is counted."""
     concurrency = 8
     load = await Load().start(
-        f"http://127.0.0.1:{bench.port}/",
+        bench.url,
         concurrency=concurrency,
         max_requests=10_000_000,
         max_seconds=600,
@@ -153,7 +111,7 @@ async def bad_run_low(bench: Bench, n: int, rate: float) -> dict[str, Any]:
     )
     await asyncio.sleep(2.0)
     started = time.monotonic()
-    rc, _, err = await bench.deploy(f"badlow{n}", "ERROR_RATE=0.3")
+    rc, _, err = await bench.deploy_version(f"badlow{n}", "ERROR_RATE=0.3")
     done = time.monotonic()
     await asyncio.sleep(1.0)
     result = await load.stop()
@@ -175,13 +133,13 @@ async def bad_run_low(bench: Bench, n: int, rate: float) -> dict[str, Any]:
 async def bad_run_high(bench: Bench, n: int, connections: int) -> dict[str, Any]:
     """A bad canary under unthrottled wrk that lasts the whole deploy (and a bit more)."""
     seconds = 25
-    cmd = wrk_command(f"http://127.0.0.1:{bench.port}/", connections, seconds)
+    cmd = wrk_command(bench.url, connections, seconds)
     wrk = await asyncio.create_subprocess_exec(
         *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     await asyncio.sleep(2.0)
     started = time.monotonic()
-    rc, _, err = await bench.deploy(f"badhigh{n}", "ERROR_RATE=0.3")
+    rc, _, err = await bench.deploy_version(f"badhigh{n}", "ERROR_RATE=0.3")
     done = time.monotonic()
     out, werr = await asyncio.wait_for(wrk.communicate(), seconds + 60)
     assert rc == 1, err
@@ -203,7 +161,7 @@ async def bad_run_high(bench: Bench, n: int, connections: int) -> dict[str, Any]
 
 async def good_runs(bench: Bench, runs: int, concurrency: int) -> dict[str, Any]:
     load = await Load().start(
-        f"http://127.0.0.1:{bench.port}/",
+        bench.url,
         concurrency=concurrency,
         max_requests=100_000_000,
         max_seconds=7200,
@@ -211,7 +169,7 @@ async def good_runs(bench: Bench, runs: int, concurrency: int) -> dict[str, Any]
     outcomes: list[dict[str, Any]] = []
     for n in range(runs):
         started = time.monotonic()
-        rc, out, err = await bench.deploy(f"good{n}")
+        rc, out, err = await bench.deploy_version(f"good{n}")
         dep = await bench.last_deployment()
         judged = [e for e in dep["canary"] if e["kind"] == "verdict"]
         outcome = {
@@ -266,10 +224,10 @@ async def main() -> int:
     bad: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="baton-bench-canary-") as tmp:
         bench = Bench(Path(tmp), args.hold, noise=args.noise, retry=args.retry)
-        rc, _, err = await bench.baton("up", "--detach", timeout=60)
-        assert rc == 0, err
+        up = await bench.baton("up", "--detach", timeout=60)
+        assert up.rc == 0, up
         try:
-            rc, _, err = await bench.deploy("v0")
+            rc, _, err = await bench.deploy_version("v0")
             assert rc == 0, err
             for mode in modes:
                 for n in range(args.bad_runs):
@@ -280,8 +238,7 @@ async def main() -> int:
                     print(f"  bad run ({mode}) {n + 1}/{args.bad_runs}: {bad[-1]}", flush=True)
             good = await good_runs(bench, args.runs, args.concurrency)
         finally:
-            with contextlib.suppress(Exception):
-                await bench.baton("down", timeout=120)
+            await bench.teardown()
     figures: dict[str, Any] = {
         "hold": args.hold,
         "concurrency": args.concurrency,

@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -35,10 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import proxy as proxybench
-import yaml
 from _common import LOOPBACK, REPO, admin_call, free_port, raise_nofile_limit, require_tools
 
-BATON = [sys.executable, "-m", "baton.cli"]
+from tests.support.host import Host
+
 CHROMIUM = "/usr/bin/chromium"
 
 
@@ -60,32 +59,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 @contextlib.contextmanager
 def dashboard_open(workdir: Path) -> Iterator[str]:
     """A daemon with the example app, its dashboard open in Chromium; yields its URL."""
-    state, app_port = workdir / "daemon", free_port()
+    host = Host(workdir)
+    app_port = host.port
     dash, metrics = free_port(), free_port()
-    config = workdir / "baton.yml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "app": "bench",
-                "proxy": {"listen": f"{LOOPBACK}:{app_port}"},
-                "run": {
-                    "command": f"exec {sys.executable} app.py --port $PORT",
-                    "cwd": str(REPO / "examples" / "app"),
-                },
-                "health": {"path": "/up", "interval": "50ms"},
-                "deploy": {"verify": "0s", "keep_previous": "0s"},
-            }
-        )
+    config = host.config({"app": "bench", "instances": 1})
+    up = host.run(
+        "up", "--detach", "--dashboard", f"{LOOPBACK}:{dash}", "--metrics", f"{LOOPBACK}:{metrics}"
     )
-    base = [*BATON, "--state-dir", str(state)]
-    env = {**os.environ, "BATON_STATE_DIR": str(state)}
-    subprocess.run(
-        [*base, "up", "--detach", "--dashboard", f"{LOOPBACK}:{dash}", "--metrics",
-         f"{LOOPBACK}:{metrics}"], check=True, env=env, cwd=workdir,
-    )  # fmt: skip
+    if up.rc != 0:
+        raise SystemExit(f"baton up failed:\n{up}")
     stop = threading.Event()
     try:
-        subprocess.run([*base, "deploy", "-c", str(config), "--version", "v1"], check=True, env=env)
+        deployed = host.run("deploy", "-c", str(config), "--version", "v1")
+        if deployed.rc != 0:
+            raise SystemExit(f"deploy failed:\n{deployed}")
 
         def trickle() -> None:  # ~20 req/s to the app, and a scrape a second
             n = 0
@@ -117,7 +104,7 @@ def dashboard_open(workdir: Path) -> Iterator[str]:
             browser.close()
     finally:
         stop.set()
-        subprocess.run([*base, "down"], env=env, check=False)
+        host.down()
 
 
 @contextlib.contextmanager

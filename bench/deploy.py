@@ -43,10 +43,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, free_port, parse_wrk, require_tools
+from _common import free_port, parse_wrk, require_tools
 
-APP_DIR = REPO / "examples" / "app"
-BATON = [sys.executable, "-m", "baton.cli"]
+from tests.support.host import APP_DIR, BATON, Host
+
 HEALTH_INTERVAL = 0.05
 
 
@@ -116,55 +116,33 @@ def container_boot_seconds(image: str, samples: int = 5) -> float:
     return statistics.median(asyncio.run(run()))
 
 
-def write_config(path: Path, port: int, strategy: str, image: str | None = None) -> None:
+def bench_config(host: Host, strategy: str, image: str | None = None) -> Path:
+    """The benchmark's baton.yml: two instances, fast readiness polling, no verify window."""
+    extra: dict[str, Any] = {
+        "app": "bench",
+        "run": {"env": {"APP_VERSION": "v0", "SHUTDOWN_GRACE": "5"}},
+        "health": {"interval": f"{int(HEALTH_INTERVAL * 1000)}ms"},
+        "deploy": {"strategy": strategy, "ready_timeout": "30s", "drain_timeout": "10s"},
+    }
     if image is not None:
-        run = f"runtime: docker\nproxy:\n  listen: 127.0.0.1:{port}\nrun:\n  image: {image}\n  port: 8080"
-    else:
-        run = (
-            f"proxy:\n  listen: 127.0.0.1:{port}\nrun:\n"
-            f"  command: exec {sys.executable} app.py --port $PORT\n  cwd: {APP_DIR}\n"
-            '  env: {APP_VERSION: v0, SHUTDOWN_GRACE: "5"}'
-        )
-    path.write_text(
-        f"""app: bench
-{run}
-instances: 2
-health: {{path: /up, interval: {int(HEALTH_INTERVAL * 1000)}ms, success_threshold: 2}}
-deploy:
-  strategy: {strategy}
-  ready_timeout: 30s
-  drain_timeout: 10s
-  stop_timeout: 5s
-  keep_previous: 0s
-  verify: 0s
-"""
-    )
-
-
-def baton(state_dir: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*BATON, "--state-dir", str(state_dir), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+        extra["runtime"] = "docker"
+        extra["run"] = {"image": image, "port": 8080, "command": None, "cwd": None, "env": None}
+    return host.config(extra)
 
 
 def timed_deploy(
-    state_dir: Path, config: Path, version: str, image: str | None = None
+    host: Host, config: Path, version: str, image: str | None = None
 ) -> tuple[float, float]:
     """(seconds to the switch line, seconds to exit) of one `baton deploy`."""
     what = ["--image", image] if image is not None else ["--env", f"APP_VERSION={version}"]
     started = time.monotonic()
     proc = subprocess.Popen(
-        [*BATON, "--state-dir", str(state_dir), "deploy", "-c", str(config),
-         "--version", version, *what],
+        host.command("deploy", "-c", str(config), "--version", version, *what),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
+    )
     assert proc.stdout is not None
     switched = None
     output = []
@@ -217,7 +195,10 @@ def run(args: argparse.Namespace, tags: list[str | None]) -> int:
     docker = tags[0] is not None
     boot = container_boot_seconds(str(tags[0])) if docker else app_boot_seconds()
     cli_start = statistics.median(
-        [_timed(lambda: baton(Path("/nonexistent"), "--version")) for _ in range(3)]
+        [
+            _timed(lambda: subprocess.run([*BATON, "--version"], capture_output=True))
+            for _ in range(3)
+        ]
     )
     print(
         f"app boot ({'container' if docker else 'spawn'} to first healthy answer): {boot:.3f}s;"
@@ -225,17 +206,15 @@ def run(args: argparse.Namespace, tags: list[str | None]) -> int:
     )
 
     with tempfile.TemporaryDirectory(prefix="baton-bench-deploy-") as tmp:
-        root = Path(tmp)
-        state_dir = root / "state"
-        config = root / "baton.yml"
-        port = free_port()
-        write_config(config, port, args.strategy, tags[0])
-        up = baton(state_dir, "up", "--detach", timeout=60)
-        if up.returncode != 0:
-            raise SystemExit(f"baton up failed:\n{up.stdout}{up.stderr}")
+        host = Host(Path(tmp))
+        port = host.port
+        config = bench_config(host, args.strategy, tags[0])
+        up = host.run("up", "--detach", timeout=60)
+        if up.rc != 0:
+            raise SystemExit(f"baton up failed:\n{up}")
         wrk: subprocess.Popen[str] | None = None
         try:
-            timed_deploy(state_dir, config, "v0", tags[0])
+            timed_deploy(host, config, "v0", tags[0])
             wrk = subprocess.Popen(
                 ["wrk", "-t2", f"-c{args.connections}", "-d3600s", "--timeout=5s", "--latency",
                  f"http://127.0.0.1:{port}/"],
@@ -246,7 +225,7 @@ def run(args: argparse.Namespace, tags: list[str | None]) -> int:
             time.sleep(1.0)
             switch, end = [], []
             for n in range(1, args.deploys + 1):
-                to_switch, to_end = timed_deploy(state_dir, config, f"v{n}", tags[n % 2])
+                to_switch, to_end = timed_deploy(host, config, f"v{n}", tags[n % 2])
                 switch.append(to_switch - boot)
                 end.append(to_end - boot)
                 print(f"  deploy {n:2d}: switch +{to_switch:.3f}s, done +{to_end:.3f}s", flush=True)
@@ -260,7 +239,7 @@ def run(args: argparse.Namespace, tags: list[str | None]) -> int:
         finally:
             if wrk is not None and wrk.poll() is None:
                 wrk.kill()
-            baton(state_dir, "down", timeout=120)
+            host.down()
 
     report: dict[str, Any] = {
         "runtime": args.runtime,

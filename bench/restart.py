@@ -31,40 +31,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, free_port, parse_wrk, require_tools, wrk_command
+from _common import parse_wrk, require_tools, wrk_command
 
-APP_DIR = REPO / "examples" / "app"
-BATON = [sys.executable, "-m", "baton.cli"]
+from tests.support.host import Host
 
 
-def baton(state_dir: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*BATON, "--state-dir", str(state_dir), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
+def bench_config(host: Host, instances: int) -> Path:
+    return host.config(
+        {
+            "app": "bench",
+            "instances": instances,
+            "deploy": {"ready_timeout": "30s"},
+        }
     )
-
-
-def write_config(path: Path, port: int, instances: int) -> None:
-    path.write_text(
-        f"""app: bench
-proxy:
-  listen: 127.0.0.1:{port}
-run:
-  command: exec {sys.executable} app.py --port $PORT
-  cwd: {APP_DIR}
-  env: {{APP_VERSION: v1, SHUTDOWN_GRACE: "5"}}
-instances: {instances}
-health: {{path: /up, interval: 50ms, success_threshold: 2}}
-deploy: {{ready_timeout: 30s, drain_timeout: 5s, stop_timeout: 5s, keep_previous: 0s, verify: 0s}}
-"""
-    )
-
-
-def _pid(path: Path) -> int:
-    return int(path.read_text().strip())
 
 
 def _instance_pid(state_dir: Path) -> int:
@@ -79,24 +58,23 @@ def _instance_pid(state_dir: Path) -> int:
 
 def scenario(kind: str, connections: int, seconds: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"baton-bench-restart-{kind}-") as tmp:
-        root = Path(tmp)
-        state_dir = root / "state"
-        config = root / "baton.yml"
-        port = free_port()
-        write_config(config, port, 1 if kind == "instance" else 2)
-        up = baton(state_dir, "up", "--detach", timeout=60)
-        if up.returncode != 0:
-            raise SystemExit(f"baton up failed:\n{up.stdout}{up.stderr}")
+        host = Host(Path(tmp))
+        state_dir = host.state_dir
+        config = bench_config(host, 1 if kind == "instance" else 2)
+        up = host.run("up", "--detach", timeout=60)
+        if up.rc != 0:
+            raise SystemExit(f"baton up failed:\n{up}")
         try:
-            deployed = baton(state_dir, "deploy", "-c", str(config), "--version", "v1")
-            if deployed.returncode != 0:
-                raise SystemExit(f"deploy failed:\n{deployed.stdout}{deployed.stderr}")
+            deployed = host.run("deploy", "-c", str(config), "--version", "v1")
+            if deployed.rc != 0:
+                raise SystemExit(f"deploy failed:\n{deployed}")
             time.sleep(1.0)  # the daemon collects the proxy's listening sockets
-            cmd = wrk_command(f"http://127.0.0.1:{port}/", connections, seconds, timeout="10s")
+            cmd = wrk_command(host.url, connections, seconds, timeout="10s")
             wrk = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             time.sleep(3.0)
             if kind == "proxy":
-                os.kill(_pid(state_dir / "proxy.pid"), signal.SIGKILL)
+                assert host.proxy_pid is not None
+                os.kill(host.proxy_pid, signal.SIGKILL)
             else:
                 os.killpg(_instance_pid(state_dir), signal.SIGKILL)
             killed = time.monotonic()
@@ -104,9 +82,9 @@ def scenario(kind: str, connections: int, seconds: float) -> dict[str, Any]:
             if wrk.returncode != 0:
                 raise SystemExit(f"wrk failed: {err}")
             result = parse_wrk(out)
-            status = json.loads(baton(state_dir, "status", "--json").stdout)
+            status = json.loads(host.run("status", "--json").out)
         finally:
-            baton(state_dir, "down", timeout=120)
+            host.down()
     return {
         "kind": kind,
         "killed_after_s": 3.0,

@@ -22,31 +22,23 @@ import argparse
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 import urllib.request
 from pathlib import Path
 
-from _common import REPO, WrkResult, free_port, parse_wrk, require_tools, wrk_command
+from _common import WrkResult, parse_wrk, require_tools, wrk_command
 
 from baton.runtime.process import pid_alive
+from tests.support.host import Host
 
-BATON = [sys.executable, "-m", "baton.cli"]
 
-
-def baton(state: Path, *args: str, timeout: float = 300) -> str:
-    done = subprocess.run(
-        [*BATON, "--state-dir", str(state), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"baton {' '.join(args)}: exit {done.returncode}\n{done.stderr}")
-    return done.stdout
+def baton(host: Host, *args: str, timeout: float = 300) -> str:
+    done = host.run(*args, timeout=timeout)
+    if done.rc != 0:
+        raise RuntimeError(f"baton {' '.join(args)}: exit {done.rc}\n{done.err}")
+    return done.out
 
 
 def pid_of(path: Path) -> int:
@@ -82,26 +74,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     require_tools("wrk")
     with tempfile.TemporaryDirectory(prefix="baton-bench-restart-") as tmp:
-        root = Path(tmp)
-        state = root / "state"
-        port = free_port()
-        url = f"http://127.0.0.1:{port}/"
-        config = root / "baton.yml"
-        config.write_text(
-            f"""app: bench
-proxy: {{listen: "127.0.0.1:{port}"}}
-run:
-  command: exec {sys.executable} app.py --port $PORT
-  cwd: {REPO / "examples" / "app"}
-  env: {{SHUTDOWN_GRACE: "2"}}
-instances: 2
-health: {{path: /up, interval: 50ms, timeout: 2s}}
-deploy: {{verify: 0s, keep_previous: 0s}}
-"""
+        host = Host(Path(tmp))
+        state = host.state_dir
+        url = host.url
+        config = host.config(
+            {
+                "app": "bench",
+                "run": {"env": {"SHUTDOWN_GRACE": "2"}},
+                "deploy": {"ready_timeout": "60s", "drain_timeout": "30s", "stop_timeout": "10s"},
+            }
         )
-        baton(state, "up", "--detach")
+        baton(host, "up", "--detach")
         try:
-            baton(state, "deploy", "-c", str(config), "--version", "v1")
+            baton(host, "deploy", "-c", str(config), "--version", "v1")
             base = wrk_during(url, args.connections, args.seconds)
 
             def restarts() -> None:
@@ -111,7 +96,7 @@ deploy: {{verify: 0s, keep_previous: 0s}}
                     server = pid_of(state / "server.pid")
                     os.kill(server, signal.SIGTERM)
                     wait_gone(server)
-                    baton(state, "up", "--detach")
+                    baton(host, "up", "--detach")
                     time.sleep(gap * 0.5)
 
             during = wrk_during(url, args.connections, args.seconds, restarts)
@@ -129,7 +114,7 @@ deploy: {{verify: 0s, keep_previous: 0s}}
             for pid in pids:
                 wait_gone(pid)
             started = time.monotonic()
-            baton(state, "up", "--detach")
+            baton(host, "up", "--detach")
             with urllib.request.urlopen(url, timeout=10) as answer:
                 assert answer.status == 200
             print(
@@ -137,7 +122,7 @@ deploy: {{verify: 0s, keep_previous: 0s}}
                 f" release again after {time.monotonic() - started:.2f} s"
             )
         finally:
-            subprocess.run([*BATON, "--state-dir", str(state), "down"], timeout=120, check=False)
+            host.down()
     return 0
 
 

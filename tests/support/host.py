@@ -1,8 +1,10 @@
 """One Baton host for end-to-end tests: the real CLI, daemon, proxy and app processes.
 
 `Host` owns a temp dir (state dir, baton.yml, a free public port), runs `baton ...` as a child
-process, and tears down everything it started (daemon, proxy, instances) even when a test
-fails. Integration tests, browser tests and the benchmarks build on it.
+process (``baton`` from async tests, ``run`` from the synchronous benchmarks, ``command`` for
+whoever needs the argv to stream its output), and tears down everything it started (daemon,
+proxy, instances) even when a test fails. Integration tests, browser tests and the benchmarks
+build on it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -86,16 +89,33 @@ class Host:
                 "max_error_rate": "5%",
             },
         }
+        merged = _merge(base, extra or {})
+        # A run key given as None is left out (a docker app has no command or cwd of its own).
+        merged["run"] = {k: v for k, v in merged["run"].items() if v is not None}
         path = self.root / name
-        path.write_text(yaml.safe_dump(_merge(base, extra or {}), sort_keys=False))
+        path.write_text(yaml.safe_dump(merged, sort_keys=False))
         return path
+
+    def command(self, *args: str) -> list[str]:
+        """The argv of ``baton --state-dir STATE ARGS...``."""
+        return [*BATON, "--state-dir", str(self.state_dir), *args]
+
+    def run(self, *args: str, timeout: float = CLI_TIMEOUT) -> Result:
+        """``baton ARGS...`` run to its end, synchronously (for the benchmarks)."""
+        done = subprocess.run(
+            self.command(*args),
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"},
+        )
+        return Result(done.returncode, done.stdout, done.stderr)
 
     async def baton(self, *args: str, timeout: float = CLI_TIMEOUT) -> Result:
         proc = await asyncio.create_subprocess_exec(
-            *BATON,
-            "--state-dir",
-            str(self.state_dir),
-            *args,
+            *self.command(*args),
             cwd=self.root,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -153,6 +173,10 @@ class Host:
         runtime = ProcessRuntime(self.state_dir)
         for instance in await runtime.owned():
             await runtime.stop(instance, 1.0)
+
+    def down(self) -> None:
+        """``teardown`` for synchronous callers (the benchmarks)."""
+        asyncio.run(self.teardown())
 
 
 @pytest.fixture
