@@ -59,24 +59,24 @@ _SHELL_WORDS = {
 _RUNNERS = {"exec", "command"}
 
 
-def _program(command: str | list[str]) -> tuple[str | None, str]:
-    """(the program a command starts with, "") or (None, why it cannot be checked)."""
+def _program(command: str | list[str]) -> tuple[str | None, str, str]:
+    """(the program a command starts with, "", "") or (None, "error" | "unknown", why not)."""
     if isinstance(command, list):
         words = command
     else:
         try:
             words = shlex.split(command)
         except ValueError as exc:
-            return None, f"error:is not valid shell syntax ({exc})"
+            return None, "error", f"is not valid shell syntax ({exc})"
     # Leading VAR=value assignments and `exec`/`command` run the next word as the program.
     while words and (re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", words[0]) or words[0] in _RUNNERS):
         words = words[1:]
     if not words:
-        return None, "unknown:has no program to check"
+        return None, "unknown", "has no program to check"
     program = words[0]
     if program in _SHELL_WORDS or "$" in program or "`" in program:
-        return None, f"unknown:starts with {program!r}, which cannot be checked before it runs"
-    return program, ""
+        return None, "unknown", f"starts with {program!r}, which cannot be checked before it runs"
+    return program, "", ""
 
 
 @dataclass(frozen=True)
@@ -94,10 +94,9 @@ class ProgramFacts:
 
 def _find_program(command: str | list[str], facts: HostFacts) -> tuple[str, str]:
     """("ok" | "error" | "unknown", explanation) for the program a command starts with."""
-    program, why = _program(command)
+    program, kind, why = _program(command)
     if program is None:
-        kind, _, text = why.partition(":")
-        return kind, text
+        return kind, why
     seen = facts.programs.get(program)
     if seen is None:
         return "unknown", f"runs {program!r}, which was not looked up"
@@ -181,7 +180,7 @@ def gather_host_facts(loaded: LoadedConfig, image: ImageFacts | None = None) -> 
     """Ask the host what the rules need: programs, privileges, the certificate, the time."""
     programs: dict[str, ProgramFacts] = {}
     for command in _commands(loaded.config):
-        program, _ = _program(command)
+        program, _, _ = _program(command)
         if program is not None and program not in programs:
             programs[program] = _look_up(program, loaded.app_dir)
     return HostFacts(
