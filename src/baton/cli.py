@@ -33,7 +33,6 @@ from rich.table import Table
 
 from baton import __version__
 from baton.errors import BatonError, ConfigError, DaemonUnreachable, UsageError
-from baton.runtime.process import pid_alive
 from baton.state.files import open_private, private_dir
 
 if TYPE_CHECKING:
@@ -616,6 +615,8 @@ def server(
 @click.pass_context
 def down(ctx: click.Context, sub_state_dir: Path | None) -> None:
     """Drain and stop everything Baton started: instances, the proxy, the daemon."""
+    from baton.runtime.process import pid_alive
+
     state_dir = state_dir_of(ctx, sub_state_dir)
     client = Client(state_dir)
     health = _run(client.answers())
