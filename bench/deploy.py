@@ -59,7 +59,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, free_port, parse_wrk, require_tools  # type: ignore[attr-defined]
+from _common import REPO, free_port, parse_wrk, require_tools
 
 APP_DIR = REPO / "examples" / "app"
 BACKEND = REPO / "tests" / "support" / "backend.py"
