@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from baton import __version__
 from baton.errors import BatonError, ConfigError, DaemonUnreachable, UsageError
@@ -977,6 +976,8 @@ def top(
 
 
 def _show_status(data: dict[str, Any]) -> None:
+    from rich.table import Table  # only these views need it: not at start-up
+
     proxy = data.get("proxy", {})
     console.print(
         f"proxy: {'[green]up[/green]' if proxy.get('ok') else '[red]down[/red]'}"
@@ -1049,6 +1050,8 @@ def _show_status(data: dict[str, Any]) -> None:
 
 def _show_certificates(rows: list[dict[str, Any]]) -> None:
     """``baton status``: each host's certificate (issuer, expiry, source, last error)."""
+    from rich.table import Table  # only these views need it: not at start-up
+
     if not rows:
         return
     table = Table(show_edge=False, box=None, pad_edge=False)
@@ -1070,6 +1073,8 @@ def _show_certificates(rows: list[dict[str, Any]]) -> None:
 
 def _show_traffic(app: dict[str, Any]) -> None:
     """Each release's recent traffic, and where a running canary is."""
+    from rich.table import Table  # only these views need it: not at start-up
+
     rows = [r for r in app["releases"] if r.get("traffic")]
     if rows:
         seconds = max(r["traffic"].get("seconds") or 0 for r in rows)

@@ -14,7 +14,15 @@ import sys
 from pathlib import Path
 
 # What `baton deploy` must leave unimported (the daemon's and the proxy's stacks).
-HEAVY = ("aiohttp", "uvloop", "httptools", "docker", "baton.server", "baton.deploy.engine")
+HEAVY = (
+    "aiohttp",
+    "uvloop",
+    "httptools",
+    "docker",
+    "baton.server",
+    "baton.deploy.engine",
+    "rich.table",  # the status views' tables
+)
 
 PROBE = """
 import json, sys
