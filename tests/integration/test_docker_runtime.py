@@ -540,8 +540,17 @@ async def test_a_container_killed_or_turned_unhealthy_is_noticed_from_the_events
         assert await again.healthy(checked) is False
     finally:
         again.close()
-    await runtime.stop(plain, 5)
-    await runtime.stop(checked, 5)
+    # A runtime of another state dir gets no events for these: it must not answer stale.
+    stranger = DockerRuntime(tmp_path / "elsewhere")
+    try:
+        assert await stranger.alive(checked)  # starts its events stream
+        assert await asyncio.to_thread(stranger.states.wait_connected, 20)
+        assert await stranger.alive(checked)  # asked again with its stream connected
+        await runtime.stop(plain, 5)
+        await runtime.stop(checked, 5)
+        assert await stranger.alive(checked) is False
+    finally:
+        stranger.close()
     assert await runtime.alive(checked) is False
     assert await runtime.healthy(checked) is False
 

@@ -945,8 +945,13 @@ class DockerRuntime:
         if known is not None:
             return known
         generation = self.states.generation()
-        seen = state_from_inspect(await self._run(self._inspect(ref)))
-        self.states.seed(ref, seen, generation)
+        attrs = await self._run(self._inspect(ref))
+        seen = state_from_inspect(attrs)
+        labels = ((attrs or {}).get("Config") or {}).get("Labels") or {}
+        # The stream only reports containers labelled with this state dir: any other one
+        # (the same dir spelt another way) is inspected each time, never remembered stale.
+        if attrs is None or labels.get(LABEL_STATE_DIR) == str(self.state_dir):
+            self.states.seed(ref, seen, generation)
         return seen
 
     async def alive(self, instance: Instance) -> bool:
