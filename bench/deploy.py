@@ -48,6 +48,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import statistics
@@ -235,12 +236,15 @@ def timed_deploy(state_dir: Path, config: Path, version: str, image: str | None 
     return timeline
 
 
-def cli_seconds(config: Path, image: str | None, samples: int = 3) -> float:
-    """Median time of the CLI alone up to its request: `baton deploy` (same config and
-    flags) against a state dir where no daemon answers, which exits as soon as it tried."""
+def cli_seconds(config: Path, image: str | None, samples: int = 3) -> tuple[float, float]:
+    """Median (wall, CPU) seconds of the CLI alone up to its request: `baton deploy` (same
+    config and flags) against a state dir where no daemon answers, which exits as soon as it
+    tried. CPU time (user + system) barely moves with the machine's load; wall time does."""
     times = []
+    cpu = []
     with tempfile.TemporaryDirectory(prefix="baton-bench-cli-") as nowhere:
         for n in range(samples):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.monotonic()
             done = subprocess.run(
                 deploy_command(Path(nowhere), config, f"cli{n}", image),
@@ -251,9 +255,11 @@ def cli_seconds(config: Path, image: str | None, samples: int = 3) -> float:
                 env=CHILD_ENV,
             )
             times.append(time.monotonic() - started)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
             if done.returncode != 3:
                 raise SystemExit(f"expected exit 3 (no daemon), got {done.returncode}")
-    return statistics.median(times)
+    return statistics.median(times), statistics.median(cpu)
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -314,8 +320,11 @@ def run(args: argparse.Namespace, tags: list[str | None]) -> dict[str, Any]:
         config = root / "baton.yml"
         port = free_port()
         write_config(config, port, args.strategy, tags[0])
-        cli = cli_seconds(config, tags[0])
-        print(f"`baton deploy` up to its request (no daemon there): {cli:.3f}s")
+        cli, cli_cpu = cli_seconds(config, tags[0], 5)
+        print(
+            f"`baton deploy` up to its request (no daemon there): {cli:.3f}s"
+            f" ({cli_cpu:.3f}s of CPU)"
+        )
         up = baton(state_dir, "up", "--detach", timeout=60)
         if up.returncode != 0:
             raise SystemExit(f"baton up failed:\n{up.stdout}{up.stderr}")
@@ -363,6 +372,7 @@ def run(args: argparse.Namespace, tags: list[str | None]) -> dict[str, Any]:
         "app_boot_under_load_s": boot_loaded,
         "cli_start_s": cli_start,
         "cli_to_request_s": cli,
+        "cli_to_request_cpu_s": cli_cpu,
         "overhead_to_switch_s": summary(switch),
         "overhead_to_end_s": summary(end),
         "overhead_to_switch_minus_loaded_boot_s": summary([x + boot - boot_loaded for x in switch]),
