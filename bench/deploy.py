@@ -1,7 +1,8 @@
 """Deploy benchmark: Baton's own overhead per deploy, where it goes, and failed requests.
 
     .venv/bin/python bench/deploy.py [--deploys 20] [--connections 16] [--strategy blue-green]
-                                     [--runtime process|docker] [--websockets 20]
+                                     [--runtime process|docker] [--api-deploys 5]
+                                     [--websockets 20]
                                      [--skip-websockets] [--json out.json]
 
 One run, in a temp dir, on free 127.0.0.1 ports:
@@ -18,10 +19,12 @@ One run, in a temp dir, on free 127.0.0.1 ports:
    the switch; to the exit also drain and stop of the old release).
 4. Where the overhead goes (medians), from the arrival time of each progress line:
    ``cli`` = the CLI alone up to sending its request (the same `baton deploy` against a state
-   dir where no daemon answers), ``api`` = from there to the first progress line (the daemon
-   records the deployment, resolves the release), ``prepare`` = to the start step, ``start +
+   dir where no daemon answers), ``api`` = from the request to the first progress event (the
+   daemon records the deployment; timed on the API deploys below), ``prepare`` = to the start step, ``start +
    ready - boot`` = starting the instances and probing them, minus the app's boot (the peer),
    ``switch`` = from the switch step to the line saying traffic moved.
+   Then ``--api-deploys`` more deploys asked of the daemon's API directly (the CLI's request,
+   without the CLI): the control plane's own overhead to the switch.
 5. wrk's failed requests (socket errors + non-2xx/3xx) over all the deploys.
 6. A rolling deploy with ``--websockets`` WebSockets held open through the proxy vs the same
    rolling deploy without them (`tests/support/backend.py` as the app, 3 instances, one at a
@@ -45,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import os
 import re
@@ -236,6 +240,53 @@ def timed_deploy(state_dir: Path, config: Path, version: str, image: str | None 
     return timeline
 
 
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path) -> None:
+        super().__init__("baton", timeout=120)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(str(self.unix_path))
+        self.sock = sock
+
+
+def api_deploy(state_dir: Path, config: Path, version: str, image: str | None) -> Timeline:
+    """The same deploy as `baton deploy`, asked of the daemon's API directly (no CLI): what
+    the control plane itself adds, timed by the arrival of its progress events."""
+    body: dict[str, Any] = {"config": str(config), "version": version}
+    if image is not None:
+        body["image"] = image
+    else:
+        body["env"] = {"APP_VERSION": version}
+    started = time.monotonic()
+    conn = _UnixHTTPConnection(state_dir / "baton.sock")
+    timeline = Timeline()
+    try:
+        conn.request("POST", "/deploy", json.dumps(body), {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        result: dict[str, Any] = {}
+        for raw in resp:
+            at = time.monotonic() - started
+            event = json.loads(raw)
+            kind = event.get("event")
+            if kind == "deployment" and timeline.header is None:
+                timeline.header = at
+            elif kind == "step":
+                timeline.steps.setdefault(str(event.get("step")), at)
+            elif kind == "switch" and timeline.switched is None:
+                timeline.switched = at
+            elif kind == "result":
+                result = event
+    finally:
+        conn.close()
+    timeline.ended = time.monotonic() - started
+    if not result.get("ok") or timeline.switched is None:
+        raise SystemExit(f"API deploy {version} failed: {result}")
+    return timeline
+
+
 def cli_seconds(config: Path, image: str | None, samples: int = 3) -> tuple[float, float]:
     """Median (wall, CPU) seconds of the CLI alone up to its request: `baton deploy` (same
     config and flags) against a state dir where no daemon answers, which exits as soon as it
@@ -277,6 +328,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--strategy", choices=["blue-green", "rolling"], default="blue-green")
     parser.add_argument("--runtime", choices=["process", "docker"], default="process")
+    parser.add_argument("--api-deploys", type=int, default=5, help="deploys without the CLI")
     parser.add_argument("--websockets", type=int, default=20, help="open during the rolling run")
     parser.add_argument("--skip-websockets", action="store_true", help="skip part 6")
     parser.add_argument("--json", type=Path, default=None)
@@ -348,6 +400,16 @@ def run(args: argparse.Namespace, tags: list[str | None]) -> dict[str, Any]:
                     f" done +{timeline.ended:.3f}s",
                     flush=True,
                 )
+            # The same deploys without the CLI: the control plane's own overhead.
+            by_api = []
+            for n in range(args.deploys + 1, args.deploys + 1 + args.api_deploys):
+                timeline = api_deploy(state_dir, config, f"v{n}", tags[n % 2])
+                by_api.append(timeline)
+                print(
+                    f"  API deploy {n:2d}: switch +{timeline.switched:.3f}s,"
+                    f" done +{timeline.ended:.3f}s",
+                    flush=True,
+                )
             # The peer again, under the same load: what starting the app costs on this busy
             # host without Baton (the deploy figures above pay that cost too).
             boot_loaded = container_boot_seconds(str(tags[0]), 3) if docker else app_boot_seconds(3)
@@ -364,6 +426,8 @@ def run(args: argparse.Namespace, tags: list[str | None]) -> dict[str, Any]:
     end = [t.ended - boot for t in timelines]
     parts = [t.parts(boot, cli) for t in timelines]
     breakdown = {name: statistics.median(p[name] for p in parts) for name in parts[0]}
+    if by_api:  # measured directly there, rather than as a difference of two noisy figures
+        breakdown["api"] = statistics.median((t.header or 0.0) for t in by_api)
     report: dict[str, Any] = {
         "runtime": args.runtime,
         "strategy": args.strategy,
@@ -377,6 +441,9 @@ def run(args: argparse.Namespace, tags: list[str | None]) -> dict[str, Any]:
         "overhead_to_end_s": summary(end),
         "overhead_to_switch_minus_loaded_boot_s": summary([x + boot - boot_loaded for x in switch]),
         "overhead_breakdown_median_s": breakdown,
+        "api_overhead_to_switch_s": summary(
+            [(t.switched or 0.0) - boot for t in by_api] or [float("nan")]
+        ),
         "wrk": result.as_dict(),
     }
     target = 0.5 if docker else 0.25
@@ -391,6 +458,9 @@ def run(args: argparse.Namespace, tags: list[str | None]) -> dict[str, Any]:
     ls = report["overhead_to_switch_minus_loaded_boot_s"]
     print(f"  app boot under the same load: {boot_loaded:.3f}s; overhead to the switch minus"
           f" that: median {ls['median']:.3f}s, p90 {ls['p90']:.3f}s")  # fmt: skip
+    a = report["api_overhead_to_switch_s"]
+    print(f"  the same through the API, without the CLI: median {a['median']:.3f}s,"
+          f" p90 {a['p90']:.3f}s  (the control plane's own overhead)")  # fmt: skip
     print("  where the overhead to the switch goes (medians): "
           + ", ".join(f"{name} {value:.3f}s" for name, value in breakdown.items()))  # fmt: skip
     print(f"  wrk: {result.requests} requests, {result.rps:.0f} req/s, failed: {result.errors}"
