@@ -48,9 +48,11 @@ a round trip to the engine every time (tens of ms on a busy host). So the runtim
 Docker's events stream for the containers of its state dir (``ContainerStates``, fed by a
 daemon thread) and answers from it: a container is inspected once, when first asked about,
 and from then on each ``start``/``die``/``destroy``/``health_status`` event updates what is
-known. Docker subscribes the stream before it sends the answer's headers, and an inspect is only
-merged when it started after those headers came, so no event after the inspect is missed; while it is not connected, or after
-it broke, every question is an inspect again (and the next one re-subscribes).
+known. Docker subscribes the stream before it sends the answer's headers, and an inspect is
+only merged when it started after those headers came, so no event after the inspect is
+missed; while the stream is not connected, or after it broke, every question is an inspect
+again (and the next one re-subscribes). Only containers labelled with this state dir are
+remembered: the stream never reports the others.
 
 Stopping is ``docker stop`` with the grace period (the image's STOPSIGNAL, SIGTERM unless it
 says otherwise, then SIGKILL), then the container's logs are saved to
@@ -282,9 +284,10 @@ def merge_inspect(state: ContainerState, seen: ContainerState) -> None:
 class ContainerStates:
     """The containers of one state dir as Docker's events stream reports them.
 
-    ``subscribe(client)`` (in a thread) opens the stream and pumps it until it ends or
-    ``close``; ``generation`` changes each time the stream (re)connects or breaks, so an
-    inspect started under one subscription is only merged under the same one.
+    ``ensure(connect)`` opens the stream in a daemon thread that applies its events until
+    it ends or ``close``; ``generation`` changes each time the stream (re)connects or
+    breaks, so an inspect started under one subscription is only merged (``seed``) under
+    the same one. ``get`` answers only while the stream is connected.
     """
 
     def __init__(self, state_dir: Path) -> None:
