@@ -19,10 +19,12 @@ One run, in a temp dir, on free 127.0.0.1 ports:
    the switch; to the exit also drain and stop of the old release).
 4. Where the overhead goes (medians), from the arrival time of each progress line:
    ``cli`` = the CLI alone up to sending its request (the same `baton deploy` against a state
-   dir where no daemon answers), ``api`` = from the request to the first progress event (the
-   daemon records the deployment; timed on the API deploys below), ``prepare`` = to the start step, ``start +
-   ready - boot`` = starting the instances and probing them, minus the app's boot (the peer),
-   ``switch`` = from the switch step to the line saying traffic moved.
+   dir where no daemon answers, under the same load; its CPU time too), ``api`` = from the
+   request to the first progress event (the daemon records the deployment; timed on the API
+   deploys below), ``prepare`` = to the start step, ``start + ready - boot`` = starting the
+   instances and probing them, minus the app's boot (the peer), ``switch`` = from the switch
+   step to the line saying traffic moved. The CLI is timed apart from the deploys, so the
+   parts need not add up to the total exactly.
    Then ``--api-deploys`` more deploys asked of the daemon's API directly (the CLI's request,
    without the CLI): the control plane's own overhead to the switch.
 5. wrk's failed requests (socket errors + non-2xx/3xx) over all the deploys.
