@@ -29,11 +29,9 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from baton import __version__
 from baton.errors import BatonError, ConfigError, DaemonUnreachable, ImageNotFound, UsageError
-from baton.runtime.process import pid_alive
 from baton.state.files import open_private, private_dir
 
 if TYPE_CHECKING:
@@ -616,6 +614,8 @@ def server(
 @click.pass_context
 def down(ctx: click.Context, sub_state_dir: Path | None) -> None:
     """Drain and stop everything Baton started: instances, the proxy, the daemon."""
+    from baton.runtime.process import pid_alive
+
     state_dir = state_dir_of(ctx, sub_state_dir)
     client = Client(state_dir)
     health = _run(client.answers())
@@ -976,6 +976,8 @@ def top(
 
 
 def _show_status(data: dict[str, Any]) -> None:
+    from rich.table import Table  # only these views need it: not at start-up
+
     proxy = data.get("proxy", {})
     console.print(
         f"proxy: {'[green]up[/green]' if proxy.get('ok') else '[red]down[/red]'}"
@@ -1048,6 +1050,8 @@ def _show_status(data: dict[str, Any]) -> None:
 
 def _show_certificates(rows: list[dict[str, Any]]) -> None:
     """``baton status``: each host's certificate (issuer, expiry, source, last error)."""
+    from rich.table import Table  # only these views need it: not at start-up
+
     if not rows:
         return
     table = Table(show_edge=False, box=None, pad_edge=False)
@@ -1069,6 +1073,8 @@ def _show_certificates(rows: list[dict[str, Any]]) -> None:
 
 def _show_traffic(app: dict[str, Any]) -> None:
     """Each release's recent traffic, and where a running canary is."""
+    from rich.table import Table  # only these views need it: not at start-up
+
     rows = [r for r in app["releases"] if r.get("traffic")]
     if rows:
         seconds = max(r["traffic"].get("seconds") or 0 for r in rows)

@@ -25,7 +25,7 @@ except ImportError:  # the SDK is a dependency; a venv made before it was added 
         raise
     pytest.skip("the docker SDK is not installed", allow_module_level=True)
 
-from baton.deploy.probes import ProbeError, http_get
+from baton.deploy.probes import ProbeError, http_get, wait_ready
 from baton.errors import DaemonUnreachable, DeploymentFailed, ImageNotFound, RuntimeFailure
 from baton.runtime.base import Instance, InstanceSpec
 from baton.runtime.docker import (
@@ -470,3 +470,117 @@ async def test_owned_survives_a_new_runtime_and_remove_orphans_keeps_what_it_is_
     assert await served(keep) == b"v2"
     assert await other.alive(theirs)
     assert await recovered.remove_orphans({keep.ref}) == []
+
+
+# --------------------------------------------------------------------------- readiness
+
+
+async def ready(runtime: DockerRuntime, instance: Instance, ready_timeout: float = 30) -> list[str]:
+    """The engine's readiness wait for one container; returns its progress lines."""
+    seen: list[str] = []
+
+    async def alive() -> bool:
+        return await runtime.alive(instance)
+
+    async def runtime_healthy() -> str | None:
+        verdict = await runtime.healthy(instance)
+        return None if verdict is None or verdict else "not healthy (yet)"
+
+    await wait_ready(
+        instance.address,
+        health_path="/up",
+        interval=0.1,
+        timeout=2,
+        success_threshold=2,
+        ready_timeout=ready_timeout,
+        alive=alive,
+        on_progress=seen.append,
+        http_on_tcp=not runtime.tcp_proves_listening,
+        runtime_healthy=runtime_healthy,
+    )
+    return seen
+
+
+async def test_a_container_killed_or_turned_unhealthy_is_noticed_from_the_events_stream(
+    runtime: DockerRuntime, images: ImageCache, client: Any, app: str, tmp_path: Path
+) -> None:
+    plain = await runtime.start(spec(app, images.get("v1"), tmp_path, index=0))
+    checked = await runtime.start(spec(app, images.get("v1", healthcheck=True), tmp_path, index=1))
+    assert await runtime.alive(plain)
+
+    async def is_healthy() -> bool:
+        return await runtime.healthy(checked) is True
+
+    assert await eventually(is_healthy)
+    assert runtime.states.live  # the answers come from the events stream, not inspects
+    assert runtime.states.get(plain.ref) is not None
+
+    # Killed behind Baton's back: alive turns False.
+    await asyncio.to_thread(lambda: client.containers.get(plain.ref).kill())
+
+    async def dead() -> bool:
+        return not await runtime.alive(plain)
+
+    assert await eventually(dead)
+    assert await runtime.healthy(plain) is None  # no HEALTHCHECK: no verdict, still
+
+    # Its health file removed: Docker's HEALTHCHECK fails, and healthy turns False.
+    await asyncio.to_thread(
+        lambda: client.containers.get(checked.ref).exec_run(["/busybox", "rm", "/www/up"])
+    )
+
+    async def sick() -> bool:
+        return await runtime.healthy(checked) is False
+
+    assert await eventually(sick)
+    assert await runtime.alive(checked)
+
+    # A new runtime on the same state dir (a restarted control plane) sees the same.
+    again = DockerRuntime(tmp_path / "state")
+    try:
+        assert not await again.alive(plain)
+        assert await again.healthy(checked) is False
+    finally:
+        again.close()
+    # A runtime of another state dir gets no events for these: it must not answer stale.
+    stranger = DockerRuntime(tmp_path / "elsewhere")
+    try:
+        assert await stranger.alive(checked)  # starts its events stream
+        assert await asyncio.to_thread(stranger.states.wait_connected, 20)
+        assert await stranger.alive(checked)  # asked again with its stream connected
+        await runtime.stop(plain, 5)
+        await runtime.stop(checked, 5)
+        assert await stranger.alive(checked) is False
+    finally:
+        stranger.close()
+    assert await runtime.alive(checked) is False
+    assert await runtime.healthy(checked) is False
+
+
+async def test_readiness_waits_for_a_slow_container_and_fails_for_one_that_dies(
+    runtime: DockerRuntime, images: ImageCache, app: str, tmp_path: Path
+) -> None:
+    slow_script = "/busybox sleep 1; exec /busybox httpd -f -p $PORT -h /www"
+    slow = await runtime.start(
+        spec(
+            app, images.get("v1"), tmp_path, index=0, command=["/busybox", "sh", "-c", slow_script]
+        )
+    )
+    seen = await ready(runtime, slow)
+    # Never ready before the app answers: docker-proxy accepted first, the probes failed,
+    # and the health path answers now that readiness returned.
+    assert any(line.startswith("GET /up: ") for line in seen), seen
+    status, _ = await http_get(slow.address, "/up", 2)
+    assert status == 200
+    assert seen[-1] == "GET /up → 200 (2/2)"
+
+    dying_script = "/busybox sleep 1; exit 4"
+    dying = await runtime.start(
+        spec(
+            app, images.get("v1"), tmp_path, index=1, command=["/busybox", "sh", "-c", dying_script]
+        )
+    )
+    with pytest.raises(DeploymentFailed, match="exited before it became ready"):
+        await ready(runtime, dying, ready_timeout=60)
+    await runtime.stop(slow, 5)
+    await runtime.stop(dying, 5)

@@ -135,6 +135,37 @@ async def test_readiness_needs_a_streak_of_successes_after_failures(serve: Serve
     ]
 
 
+async def test_the_streak_stays_spaced_by_the_interval_while_failures_are_retried_sooner(
+    serve: Serve,
+) -> None:
+    # The app answers 503 while it boots, then 200s. Retries while it boots come sooner
+    # than the interval (back-off from 10 ms), but the successes of the streak are still
+    # at least `interval` apart: the health rule is not weakened.
+    interval = 0.4
+    answered: list[tuple[int, float]] = []
+    loop = asyncio.get_running_loop()
+
+    def respond(n: int) -> bytes:
+        status = 503 if len(answered) < 3 else 200
+        answered.append((status, loop.time()))
+        return answer(status, b"ok")
+
+    address = await serve(respond)
+    await wait_ready(
+        address,
+        health_path="/up",
+        interval=interval,
+        timeout=2,
+        success_threshold=2,
+        ready_timeout=20,
+    )
+    times = [t for status, t in answered]
+    statuses = [status for status, t in answered]
+    assert statuses == [503, 503, 503, 200, 200]
+    assert times[1] - times[0] < interval and times[2] - times[1] < interval
+    assert times[4] - times[3] >= interval - 0.01
+
+
 async def test_a_health_path_that_keeps_failing_reports_the_last_answer(serve: Serve) -> None:
     address = await serve(lambda n: answer(500, b"db down"))
     with pytest.raises(

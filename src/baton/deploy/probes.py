@@ -9,6 +9,10 @@ accepts on the published port before the app in the container listens, so an acc
 connection proves nothing): with ``http_on_tcp`` and no health path, the TCP phase also
 needs one complete HTTP answer to ``GET /``, whatever its status; and ``runtime_healthy``,
 when given, must report healthy at the end (Docker's verdict on the image HEALTHCHECK).
+Checks are spaced ``interval`` apart once one succeeded (the streak must span that time),
+but while an instance is still coming up the next check comes sooner: ``backoff`` starts at
+10 ms and doubles after each failure up to ``interval``, so an app that is ready in 30 ms is
+seen ready then, not at the next 100 ms tick, and one that takes seconds is not hammered.
 ``wait_ready`` gives up with ``DeploymentFailed`` when ``ready_timeout`` passes or, at once,
 when the instance's process exits; the message names the instance and the last failed check.
 
@@ -28,6 +32,15 @@ from baton.errors import DeploymentFailed
 _MAX_BODY = 1 << 20  # a health answer bigger than this is cut, not an error
 _MAX_HEAD = 64 * 1024
 _TCP_POLL = 0.05  # the TCP phase polls at most this far apart: connects to loopback are cheap
+FIRST_RETRY = 0.01  # the first retry after a failed check; doubled up to the interval
+
+
+def backoff(failures: int, interval: float, first: float = FIRST_RETRY) -> float:
+    """Seconds to wait before the next check after ``failures`` failed ones in a row:
+    ``first`` doubled each time, never more than ``interval`` (nor less, if it is shorter)."""
+    if failures <= 0 or interval <= first:
+        return interval
+    return min(interval, first * (1 << min(failures - 1, 30)))
 
 
 class ProbeError(Exception):
@@ -188,6 +201,7 @@ async def wait_ready(
     never = f"never became ready in {format_duration(ready_timeout)}"
 
     # Phase 1: the port accepts TCP.
+    failures = 0
     while True:
         await check_alive()
         if remaining() <= 0:
@@ -203,11 +217,13 @@ async def wait_ready(
             if not cut_short(budget):
                 last_failure = f"{exc} ({address})"
             progress(f"waiting for {address}: {exc}")
-        await pause(min(interval, _TCP_POLL))
+        failures += 1
+        await pause(backoff(failures, min(interval, _TCP_POLL)))
     progress(f"{address} accepts TCP")
 
     # Phase 2: the health path answers 2xx success_threshold times in a row.
     streak = 0
+    failures = 0
     while health_path is not None and streak < success_threshold:
         await check_alive()
         if remaining() <= 0:
@@ -230,9 +246,11 @@ async def wait_ready(
                 streak = 0
                 last_failure = f"GET {health_path} → {status}"
                 progress(last_failure)
-        await pause(interval)
+        failures = 0 if streak else failures + 1
+        await pause(backoff(failures, interval))
 
     # Phase 3: the runtime's own health verdict (Docker's HEALTHCHECK), when it has one.
+    failures = 0
     while runtime_healthy is not None:
         await check_alive()
         if remaining() <= 0:
@@ -242,4 +260,5 @@ async def wait_ready(
             return
         last_failure = why
         progress(why)
-        await pause(interval)
+        failures += 1
+        await pause(backoff(failures, interval))

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from baton.observe import otlp
-from baton.observe.endpoints import DASHBOARD_TOKEN_ENV, METRICS_TOKEN_ENV, Endpoints
 from baton.observe.logs import FORMATS
+from baton.observe.tokens import DASHBOARD_TOKEN_ENV, METRICS_TOKEN_ENV
 from baton.proxy.accesslog import FORMATS as ACCESS_LOG_FORMATS
+
+if TYPE_CHECKING:  # imported when used: every `baton` command builds these options
+    from baton.observe.endpoints import Endpoints
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -89,6 +91,9 @@ def add_options(f: F) -> F:
 
 def endpoints_from(flags: dict[str, Any]) -> tuple[Endpoints, str, list[str]]:
     """(validated endpoints, log format, the same flags as argv for ``baton server``)."""
+    from baton.observe import otlp
+    from baton.observe.endpoints import Endpoints
+
     endpoints = Endpoints.from_flags(
         metrics=flags.get("metrics"),
         dashboard=flags.get("dashboard"),

@@ -25,9 +25,8 @@ from baton import addresses
 from baton.deploy.proxyclient import ProxyClient
 from baton.errors import BatonError, UsageError
 from baton.observe.metrics import METRICS
+from baton.observe.tokens import DASHBOARD_TOKEN_ENV, METRICS_TOKEN_ENV
 
-METRICS_TOKEN_ENV = "BATON_METRICS_TOKEN"
-DASHBOARD_TOKEN_ENV = "BATON_DASHBOARD_TOKEN"
 PROM_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 

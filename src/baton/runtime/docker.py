@@ -42,6 +42,18 @@ nor removed. A small JSON record per container under ``<state_dir>/docker/`` kee
 labels cannot (the host port Docker chose, the log file) so an exited container still has
 the address it was started with.
 
+Watching. The deploy engine asks ``alive`` and ``healthy`` before every readiness probe,
+many times a second per instance; an Engine API inspect for each would cost a thread hop and
+a round trip to the engine every time (tens of ms on a busy host). So the runtime follows
+Docker's events stream for the containers of its state dir (``ContainerStates``, fed by a
+daemon thread) and answers from it: a container is inspected once, when first asked about,
+and from then on each ``start``/``die``/``destroy``/``health_status`` event updates what is
+known. Docker subscribes the stream before it sends the answer's headers, and an inspect is
+only merged when it started after those headers came, so no event after the inspect is
+missed; while the stream is not connected, or after it broke, every question is an inspect
+again (and the next one re-subscribes). Only containers labelled with this state dir are
+remembered: the stream never reports the others.
+
 Stopping is ``docker stop`` with the grace period (the image's STOPSIGNAL, SIGTERM unless it
 says otherwise, then SIGKILL), then the container's logs are saved to
 ``<log_dir>/<app>-<version>-<index>.log`` (``Instance.log_path``) and the container and its
@@ -205,6 +217,184 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+@dataclass
+class ContainerState:
+    """What is known of one container: each field None until an inspect or an event says.
+
+    ``health`` is Docker's HEALTHCHECK status ("starting", "healthy", "unhealthy");
+    ``has_healthcheck`` whether its config declares one (an inspect tells, events do not).
+    """
+
+    exists: bool | None = None
+    running: bool | None = None
+    health: str | None = None
+    has_healthcheck: bool | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.exists is False or (
+            self.running is not None and self.has_healthcheck is not None
+        )
+
+
+_MAX_STATES = 4096  # containers remembered by ContainerStates before gone ones are pruned
+_RUNNING_ACTIONS = {"start": True, "restart": True, "unpause": True, "die": False, "pause": False}
+
+
+def state_from_inspect(attrs: dict[str, Any] | None) -> ContainerState:
+    """What an inspect says (None: the container is gone)."""
+    if attrs is None:
+        return ContainerState(exists=False, running=False, has_healthcheck=False)
+    test = ((attrs.get("Config") or {}).get("Healthcheck") or {}).get("Test")
+    state = attrs.get("State") or {}
+    return ContainerState(
+        exists=True,
+        running=state.get("Status") == "running",
+        health=(state.get("Health") or {}).get("Status"),
+        has_healthcheck=bool(test) and test != ["NONE"],
+    )
+
+
+def apply_event(state: ContainerState, event: dict[str, Any]) -> None:
+    """Update ``state`` with one container event of Docker's events stream."""
+    action = str(event.get("Action") or event.get("status") or "")
+    if action == "destroy":
+        state.exists, state.running = False, False
+    elif action.startswith("health_status"):
+        state.health = action.partition(":")[2].strip() or None
+    elif action in _RUNNING_ACTIONS:
+        state.exists = True
+        state.running = _RUNNING_ACTIONS[action]
+        if action == "start" and state.has_healthcheck:
+            state.health = "starting"
+
+
+def merge_inspect(state: ContainerState, seen: ContainerState) -> None:
+    """Fill what ``state`` does not know yet from an inspect: events that arrived while the
+    inspect ran are newer than it, so they win."""
+    if state.exists is None:
+        state.exists = seen.exists
+    if state.running is None:
+        state.running = seen.running
+    if state.health is None:
+        state.health = seen.health
+    if state.has_healthcheck is None:
+        state.has_healthcheck = seen.has_healthcheck
+
+
+class ContainerStates:
+    """The containers of one state dir as Docker's events stream reports them.
+
+    ``ensure(connect)`` opens the stream in a daemon thread that applies its events until
+    it ends or ``close``; ``generation`` changes each time the stream (re)connects or
+    breaks, so an inspect started under one subscription is only merged (``seed``) under
+    the same one. ``get`` answers only while the stream is connected.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self._lock = threading.Lock()
+        self._states: dict[str, ContainerState] = {}
+        self._stream: Any = None
+        self._thread: threading.Thread | None = None
+        self._connected = threading.Event()
+        self._generation = 0
+        self._last_attempt = -math.inf
+
+    @property
+    def live(self) -> bool:
+        return self._connected.is_set()
+
+    def generation(self) -> int:
+        with self._lock:
+            return self._generation if self._connected.is_set() else -1
+
+    def get(self, ref: str) -> ContainerState | None:
+        """What the stream knows of ``ref``, when it is connected and knows enough."""
+        with self._lock:
+            state = self._states.get(ref)
+            if not self._connected.is_set() or state is None or not state.known:
+                return None
+            return ContainerState(**vars(state))
+
+    def seed(self, ref: str, seen: ContainerState, generation: int) -> None:
+        with self._lock:
+            if generation < 0 or generation != self._generation or not self._connected.is_set():
+                return
+            merge_inspect(self._states.setdefault(ref, ContainerState()), seen)
+
+    def ensure(self, connect: Callable[[], Any], retry_after: float = 1.0) -> None:
+        """Start following the stream unless it runs (or failed less than ``retry_after``
+        s ago); returns at once, the subscription is made in a daemon thread."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            now = time.monotonic()
+            if now - self._last_attempt < retry_after:
+                return
+            self._last_attempt = now
+            self._thread = threading.Thread(
+                target=self._follow, args=(connect,), name="baton-docker-events", daemon=True
+            )
+            self._thread.start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def _follow(self, connect: Callable[[], Any]) -> None:
+        stream: Any = None
+        try:
+            client = connect()
+            stream = client.api.events(
+                decode=True,
+                filters={"type": "container", "label": [f"{LABEL_STATE_DIR}={self.state_dir}"]},
+            )
+            with self._lock:
+                self._stream = stream
+                self._states.clear()
+                self._generation += 1
+                self._connected.set()
+            for event in stream:
+                if not isinstance(event, dict):
+                    continue
+                ref = str(event.get("id") or (event.get("Actor") or {}).get("ID") or "")
+                if not ref:
+                    continue
+                with self._lock:
+                    apply_event(self._states.setdefault(ref, ContainerState()), event)
+                    if len(self._states) > _MAX_STATES:
+                        self._prune()
+        except Exception:
+            pass  # the engine went away or close() cut the stream: fall back to inspects
+        finally:
+            with self._lock:
+                self._connected.clear()
+                self._generation += 1
+                self._states.clear()
+                self._stream = None
+            if stream is not None:
+                with contextlib.suppress(Exception):
+                    stream.close()
+
+    def _prune(self) -> None:
+        # Removed containers stay known as gone (an inspect racing their removal must not
+        # bring them back as running); the oldest of them go once there are many.
+        gone = [ref for ref, state in self._states.items() if state.exists is False]
+        for ref in gone[: len(gone) // 2 + 1]:
+            del self._states[ref]
+
+    def close(self) -> None:
+        with self._lock:
+            stream, self._stream = self._stream, None
+            self._connected.clear()
+            self._generation += 1
+            self._states.clear()
+            self._last_attempt = -math.inf
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.close()
+
+
 class DockerRuntime:
     """Runs instances as Docker containers. See the module docstring."""
 
@@ -227,6 +417,7 @@ class DockerRuntime:
         self._factory = client_factory
         self._client: Any = None
         self._lock = threading.Lock()
+        self.states = ContainerStates(self.state_dir)
 
     # ----------------------------------------------------------------- the client
 
@@ -271,6 +462,7 @@ class DockerRuntime:
 
     def close(self) -> None:
         """Close the client's connections (a later call opens new ones)."""
+        self.states.close()
         with self._lock:
             client, self._client = self._client, None
         if client is not None:
@@ -579,6 +771,7 @@ class DockerRuntime:
         if network is not None:
             options["network"] = network
 
+        self._follow_events()
         container_id, host_port = await self._run(
             lambda client: self._start_sync(client, spec, name, options)
         )
@@ -601,9 +794,16 @@ class DockerRuntime:
         docker = _sdk()
         errors = docker.errors
         who = f"{spec.app} {spec.version} #{spec.index}"
-        self._remove_leftover(client, spec, name)
         try:
-            container = client.containers.create(**options)
+            try:
+                container = client.containers.create(**options)
+            except errors.APIError as exc:
+                # The name is taken (409): a leftover of this very instance is replaced; any
+                # other container keeps it. Checked only then, which saves a round trip.
+                if exc.status_code != 409:
+                    raise
+                self._remove_leftover(client, spec, name)
+                container = client.containers.create(**options)
         except errors.ImageNotFound:
             raise ImageNotFound(
                 spec.image, f"{who}: image {spec.image!r} not found locally (ensure_image pulls it)"
@@ -734,28 +934,42 @@ class DockerRuntime:
 
         return inspect
 
+    def _follow_events(self) -> None:
+        """Follow the events stream (if it does not run yet); see "Watching" above."""
+        self.states.ensure(self._connect)
+
+    async def state(self, ref: str) -> ContainerState:
+        """What is known of container ``ref``: from the events stream, else an inspect."""
+        self._follow_events()
+        known = self.states.get(ref)
+        if known is not None:
+            return known
+        generation = self.states.generation()
+        attrs = await self._run(self._inspect(ref))
+        seen = state_from_inspect(attrs)
+        labels = ((attrs or {}).get("Config") or {}).get("Labels") or {}
+        # The stream only reports containers labelled with this state dir: any other one
+        # (the same dir spelt another way) is inspected each time, never remembered stale.
+        if attrs is None or labels.get(LABEL_STATE_DIR) == str(self.state_dir):
+            self.states.seed(ref, seen, generation)
+        return seen
+
     async def alive(self, instance: Instance) -> bool:
-        attrs = await self._run(self._inspect(instance.ref))
-        if attrs is None:
-            return False
-        state = attrs.get("State") or {}
-        return bool(state.get("Status") == "running")
+        return bool((await self.state(instance.ref)).running)
 
     async def healthy(self, instance: Instance) -> bool | None:
         """None when the image declares no HEALTHCHECK, else whether Docker says ``healthy``.
 
         A container that is gone or not running is not healthy (False).
         """
-        attrs = await self._run(self._inspect(instance.ref))
-        if attrs is None:
+        state = await self.state(instance.ref)
+        if not state.exists:
             return False
-        test = ((attrs.get("Config") or {}).get("Healthcheck") or {}).get("Test")
-        if not test or test == ["NONE"]:
+        if not state.has_healthcheck:
             return None
-        state = attrs.get("State") or {}
-        if state.get("Status") != "running":
+        if not state.running:
             return False
-        return bool((state.get("Health") or {}).get("Status") == "healthy")
+        return state.health == "healthy"
 
     async def exit_code(self, instance: Instance) -> int | None:
         """The container's exit status once it has exited, else None (running or gone)."""
