@@ -68,6 +68,8 @@ from baton.proxy.workers import (
     counters_only,
     merge,
     prometheus_counters,
+    routed_only,
+    routed_series,
     share,
     sum_fuses,
     sum_metrics,
@@ -281,6 +283,14 @@ class Supervisor:
 
     def _set_table(self, table: dict[str, Any]) -> None:
         self.table = table
+        routed = {
+            (str(app), str(rel.get("name")))
+            for app, spec in table.get("apps", {}).items()
+            for rel in spec.get("releases", [])
+            if isinstance(rel, dict)
+        }
+        self.retired = routed_only(self.retired, routed)
+        self.retired_text = routed_series(self.retired_text, routed)
         try:
             save_table(self.saved, table)
         except OSError as exc:

@@ -91,6 +91,34 @@ def sum_metrics(live: list[dict[str, Any]], retired: dict[str, Any]) -> dict[str
     return total
 
 
+def routed_only(retired: dict[str, Any], routed: set[tuple[str, str]]) -> dict[str, Any]:
+    """Retired counters of the releases still routed: as a single proxy forgets a release
+    once it leaves the table, so do the totals (a feature flag's cohorts live with the app)."""
+    apps_routed = {app for app, _ in routed}
+    apps: dict[str, Any] = {}
+    for app, figures in retired.get("apps", {}).items():
+        if app not in apps_routed:
+            continue
+        releases = {
+            name: m
+            for name, m in figures.get("releases", {}).items()
+            if (app, name) in routed or name.startswith("flag:")
+        }
+        apps[app] = {**figures, "releases": releases}
+    return {"apps": apps}
+
+
+def routed_series(retired: dict[str, float], routed: set[tuple[str, str]]) -> dict[str, float]:
+    """``routed_only`` for Prometheus series (labelled ``app="A",release="R"``)."""
+    keep = [f'app="{app}",release="{rel}"' for app, rel in routed]
+    flags = [f'app="{app}",release="flag:' for app, _ in routed]
+    return {
+        series: value
+        for series, value in retired.items()
+        if "release=" not in series or any(k in series for k in [*keep, *flags])
+    }
+
+
 # -- Prometheus text ----------------------------------------------------------------------
 
 
