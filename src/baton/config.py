@@ -563,6 +563,11 @@ class ProxyConfig(_Section):
         " (none = 0.0.0.0:80 when proxy.tls is set)",
     )
     tls: TlsConfig | None = Field(default=None, description="serve proxy.listen over HTTPS")
+    workers: Annotated[int | str, BeforeValidator(_check_workers)] = Field(
+        default=1,
+        description="proxy worker processes sharing the listeners (auto = one per core);"
+        " the proxy runs the largest value among the host's apps",
+    )
 
     @field_validator("hosts")
     @classmethod
@@ -589,6 +594,16 @@ class ProxyConfig(_Section):
                 " Baton, or let the load balancer pass TCP without a PROXY header",
             )
         return self
+
+
+def _check_workers(value: object) -> int | str:
+    from baton.proxy.workers import MAX_WORKERS
+
+    if value == "auto":
+        return "auto"
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_WORKERS:
+        return value
+    raise ValueError(f"expected an integer from 1 to {MAX_WORKERS} or auto, got {_shown(value)}")
 
 
 def _check_queue_timeout(value: object) -> float:

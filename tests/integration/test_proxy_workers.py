@@ -4,6 +4,7 @@ the control plane (one admin API, tables acknowledged by every worker, summed co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.support.h1 import parse_status
-from tests.support.host import served_after
+from tests.support.host import Host, alive, assert_no_failures, served_after, start_load
 from tests.support.load import Load
 from tests.support.procs import Backend
 from tests.support.proxy import ProxyProcess, admin_call
@@ -237,3 +238,48 @@ def test_bad_worker_count_is_refused_with_a_clear_error(value: str) -> None:
     )
     assert result.returncode == 2
     assert "--workers" in result.stderr and "'auto'" in result.stderr, result.stderr
+
+
+async def proxy_workers(host: Host, count: int, timeout: float = 60.0) -> list[dict[str, Any]]:
+    """Wait until the host's proxy runs ``count`` workers (the daemon acts on proxy.workers)."""
+    sock = str(host.state_dir / "proxy.sock")
+    deadline = time.monotonic() + timeout
+    answer: Any = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            status, answer = await asyncio.to_thread(admin_call, sock, "GET", "/health", timeout=5)
+            workers: list[dict[str, Any]] = answer.get("workers", []) if status == 200 else []
+            if len(workers) == count and all(
+                w["generation"] == answer["generation"] for w in workers
+            ):
+                return workers
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the proxy never ran {count} workers: {answer}")
+
+
+@pytest.mark.timeout(300)
+async def test_baton_upgrade_with_two_workers_under_load_fails_no_request(host: Host) -> None:
+    host.config({"proxy": {"workers": 2}})
+    assert (await host.deploy("--version", "v1")).rc == 0
+    first = await proxy_workers(host, 2)  # the daemon gave its proxy two workers, hitlessly
+    load = await start_load(host)
+    retired: list[int] = []
+    for _ in range(3):
+        before = host.proxy_pid
+        result = await host.baton("upgrade")
+        assert result.rc == 0, result
+        assert before is not None and host.proxy_pid not in (None, before)
+        retired.append(before)
+        await proxy_workers(host, 2)
+    await asyncio.sleep(1.0)
+    outcome = await load.stop()
+    assert_no_failures(outcome)
+    assert set(outcome.bodies) == {"v1\n"}
+    deadline = time.monotonic() + 60
+    gone = [*retired, *(w["pid"] for w in first)]
+    while any(alive(pid) for pid in gone) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert not any(alive(pid) for pid in gone)
+    # The control plane drives the workers as one proxy: a deploy switches every one.
+    assert (await host.deploy("--version", "v2", "--env", "APP_VERSION=v2")).rc == 0
+    assert {(await host.get())[1] for _ in range(20)} == {"v2\n"}

@@ -773,3 +773,22 @@ def test_proxy_protocol_is_refused_on_an_https_listener(tmp_path: Path) -> None:
         load_config(path)
     assert caught.value.key == "proxy.proxy_protocol"
     assert "not supported on an HTTPS listener" in str(caught.value)
+
+
+# ---------------------------------------------------------------- proxy.workers
+
+
+@pytest.mark.parametrize(("text", "workers"), [("", 1), ("4", 4), ("auto", "auto")])
+def test_proxy_workers_is_a_count_or_auto(tmp_path: Path, text: str, workers: object) -> None:
+    extra = f"proxy: {{workers: {text}}}\n" if text else ""
+    assert load_config(write(tmp_path, MINIMAL + extra)).config.proxy.workers == workers
+
+
+@pytest.mark.parametrize("bad", ["0", "-2", "1.5", "many", "'2'", "true", "1000"])
+def test_bad_proxy_workers_is_named_with_what_was_expected(tmp_path: Path, bad: str) -> None:
+    path = write(tmp_path, MINIMAL + f"proxy: {{workers: {bad}}}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.key == "proxy.workers"
+    assert "integer from 1 to 256 or auto" in str(caught.value)
+    assert str(path) in str(caught.value)

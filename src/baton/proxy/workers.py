@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 # Per-release keys whose value is a level, not a running count.
@@ -39,6 +40,19 @@ def parse_workers(value: object, where: str = "workers") -> int:
             f"{where}: expected an integer from 1 to {MAX_WORKERS} or 'auto', got {value!r}"
         )
     return number
+
+
+def wanted_workers(configs: Iterable[Mapping[str, Any] | None]) -> int:
+    """The host's proxy workers: the largest ``proxy.workers`` among its apps' live configs
+    (the proxy is shared; an app asking for more cores gets them for all)."""
+    wanted = 1
+    for config in configs:
+        value = ((config or {}).get("proxy") or {}).get("workers", 1)
+        try:
+            wanted = max(wanted, parse_workers(value))
+        except ValueError:
+            continue  # validated when the release was made; an old store has none
+    return wanted
 
 
 def share(total: int, workers: int) -> int:
