@@ -24,6 +24,8 @@ proxy.queue_limit                 1000            requests that may wait; more g
 proxy.trusted_proxies             []              CIDRs whose X-Forwarded-For/Proto/Host are kept
 proxy.proxy_protocol              false           require a PROXY protocol v1/v2 header on listen
 proxy.http_listen                 0.0.0.0:80 (tls) plain-HTTP listener of a TLS app
+proxy.workers                     1               proxy worker processes (auto = one per core);
+                                                  the host's proxy runs the largest value
 proxy.tls.certificate / key       none            PEM chain and key (absolute paths)
 proxy.tls.acme.email              (required)      ACME account contact (with acme)
 proxy.tls.acme.directory          production      production, staging or an https URL
