@@ -13,6 +13,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ import pytest
 from tests.support.h1 import parse_status
 from tests.support.host import Host, alive, assert_no_failures, served_after, start_load
 from tests.support.load import Load
-from tests.support.procs import Backend
+from tests.support.procs import Backend, ManagedProcess, free_port
 from tests.support.proxy import ProxyProcess, admin_call
 
 WORKERS = ("--workers", "2")
@@ -139,7 +140,7 @@ async def test_a_killed_worker_is_replaced_and_totals_never_go_backwards(
         totals.append(answered_2xx(proxy))
         workers = health(proxy)["workers"]
         replaced = next((w for w in workers if w["index"] == before[0]["index"]), {})
-        if replaced and replaced["pid"] != before[0]["pid"]:
+        if replaced and replaced["pid"] not in (None, before[0]["pid"]):
             break
         await asyncio.sleep(0.05)
     assert replaced and replaced["pid"] != before[0]["pid"] and replaced["restarts"] == 1
@@ -283,3 +284,105 @@ async def test_baton_upgrade_with_two_workers_under_load_fails_no_request(host: 
     # The control plane drives the workers as one proxy: a deploy switches every one.
     assert (await host.deploy("--version", "v2", "--env", "APP_VERSION=v2")).rc == 0
     assert {(await host.get())[1] for _ in range(20)} == {"v2\n"}
+
+
+APP = Path(__file__).resolve().parents[2] / "examples" / "app" / "app.py"
+
+
+async def test_a_fuse_trip_in_one_worker_takes_the_canary_out_of_every_worker(
+    two_workers: tuple[ProxyProcess, Backend, Backend],
+) -> None:
+    proxy, v1, _ = two_workers
+    port = free_port()
+    env = {"APP_VERSION": "v2", "ERROR_RATE": "1.0", "SHUTDOWN_GRACE": "1"}
+    with ManagedProcess(
+        [sys.executable, str(APP), "--port", str(port)], port=port, env=env, name="canary"
+    ) as canary:
+        releases = [
+            {"name": "v1", "weight": 50, "targets": [v1.addr]},
+            {
+                "name": "v2",
+                "weight": 50,
+                "targets": [f"127.0.0.1:{canary.port}"],
+                "fuse": {"max_error_rate": 0.01, "min_requests": 20, "deployment": "41"},
+            },
+        ]
+        spec = {"listen": proxy.listen, "retry_on_stable": ["GET"], "releases": releases}
+        proxy.ok("PUT", "/apps/web", spec)
+        result = await Load().run(proxy.url, concurrency=8, max_requests=400, max_seconds=30)
+        assert result.failures == [] and set(result.bodies) == {"v1"}, result.summary()
+        fuses = proxy.ok("GET", "/fuses")
+        assert fuses["trips"] >= 1 and fuses["apps"]["web"]["v2"]["tripped"] is True
+        assert {(e["release"], e["deployment"]) for e in fuses["events"]} == {("v2", "41")}
+        weights = {
+            r["name"]: r["weight"] for r in proxy.ok("GET", "/routes")["apps"]["web"]["releases"]
+        }
+        assert weights == {"v1": 100, "v2": 0}
+        failed = proxy.release_metrics("v2")["requests"]["5xx"]
+        # Neither worker sends the canary anything now; nor after the control plane, not
+        # knowing yet, pushes its next step (whichever worker applies it first).
+        for step in (50, 75):
+            releases[0]["weight"], releases[1]["weight"] = 100 - step, step
+            proxy.ok("PUT", "/apps/web", spec)
+            seen = await worker_prefixes(proxy.port)
+            assert len(seen) == 2, seen
+            assert proxy.release_metrics("v2")["requests"]["5xx"] == failed
+
+
+async def test_active_health_checks_run_once_and_reach_every_worker(
+    two_workers: tuple[ProxyProcess, Backend, Backend],
+) -> None:
+    proxy, _, _ = two_workers
+    checks: list[float] = []
+    healthy = True
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                if head.startswith(b"GET /up "):
+                    checks.append(time.monotonic())
+                    status = b"200 OK" if healthy else b"503 Unavailable"
+                else:
+                    status = b"200 OK"
+                writer.write(b"HTTP/1.1 %s\r\nContent-Length: 2\r\n\r\nok" % status)
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    health_spec = {
+        "kind": "http",
+        "path": "/up",
+        "interval": 0.1,
+        "timeout": 1.0,
+        "rise": 2,
+        "fall": 2,
+    }
+    try:
+        spec = {
+            "listen": proxy.listen,
+            "health": health_spec,
+            "queue_timeout": 0,
+            "releases": [{"name": "v1", "weight": 100, "targets": [address]}],
+        }
+        await asyncio.to_thread(proxy.ok, "PUT", "/apps/web", spec)
+        await asyncio.sleep(2.0)  # a window of checks: one checker makes at most ~20
+        window = [t for t in checks if t >= checks[0] + 0.05] if checks else []
+        assert 3 <= len(window) <= 22, len(window)
+
+        async def statuses() -> set[int]:
+            return {s for s, _ in await asyncio.gather(*(fetch(proxy.port) for _ in range(24)))}
+
+        healthy = False  # every worker ejects it, though only one process checks
+        deadline = time.monotonic() + 20
+        while await statuses() != {503} and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert await statuses() == {503}
+        assert proxy.ok("GET", "/targets")["targets"][address]["healthy"] is False
+        healthy = True  # and every worker takes it back
+        while await statuses() != {200} and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert await statuses() == {200}
+    finally:
+        server.close()

@@ -52,8 +52,6 @@ from aiohttp import web
 from baton import __version__
 from baton.errors import RouteTableError
 from baton.proxy.handoff import (
-    MAX_LISTENERS,
-    PEEK,
     HandoffServer,
     Takeover,
     adopt_into,
@@ -75,6 +73,7 @@ from baton.proxy.workers import (
     sum_metrics,
     sum_prometheus,
     sum_targets,
+    zero_tripped,
 )
 from baton.server.listeners import bind_listener
 from baton.state.files import private_umask
@@ -112,23 +111,7 @@ async def admin_get(path: str, url: str, timeout: float = 10.0) -> dict[str, Any
     return result
 
 
-def peek(path: str, timeout: float = 5.0) -> dict[str, socket.socket]:
-    """Duplicates of the listening sockets of the proxy whose hand-off socket is ``path``
-    (``PEEK``: nothing retires). Blocking."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-        conn.settimeout(timeout)
-        conn.connect(path)
-        conn.sendall(PEEK)
-        data, fds, _, _ = socket.recv_fds(conn, 1 << 16, MAX_LISTENERS)
-    addresses = json.loads(data)["listeners"] if data else []
-    if len(addresses) != len(fds):
-        for fd in fds:
-            os.close(fd)
-        raise OSError(f"{len(fds)} sockets for {len(addresses)} listeners")
-    return {a: socket.socket(fileno=fd) for a, fd in zip(addresses, fds, strict=True)}
-
-
-@dataclass
+@dataclass(eq=False)  # one per slot, compared (and hashed) by identity
 class Worker:
     """One worker process, by slot; a restarted worker keeps its slot."""
 
@@ -177,6 +160,7 @@ class Supervisor:
         self.retired_text: dict[str, float] = {}
         self.events: list[dict[str, Any]] = []  # fuse trips, numbered here
         self.trips = 0
+        self.tripped: set[tuple[str, str, str]] = set()  # (app, release, deployment)
         self.stopping = False
         self.checks: dict[str, tuple[HealthSpec, asyncio.Task[None]]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
@@ -505,6 +489,8 @@ class Supervisor:
             for event in new:
                 self.trips += 1
                 self.events.append({**event, "id": self.trips})
+                key = (str(event.get("app")), str(event.get("release")))
+                self.tripped.add((*key, str(event.get("deployment"))))
             del self.events[:-50]
             if new:
                 await self._spread_trip(worker)
@@ -544,20 +530,23 @@ class Supervisor:
             raise
 
     async def health(self, request: web.Request) -> web.Response:
+        answers = dict(await self._each("/health", timeout=2.0))
         workers = []
         connections = queued = 0
-        for worker, answer in await self._each("/health", timeout=2.0):
-            if isinstance(answer, dict):
-                connections += int(answer.get("connections", 0))
-                queued += int(answer.get("queued", 0))
-                workers.append(
-                    {
-                        "index": worker.index,
-                        "pid": answer.get("pid"),
-                        "generation": answer.get("generation"),
-                        "restarts": worker.restarts,
-                    }
-                )
+        for worker in self.workers:  # every slot, also one being restarted (pid null)
+            answer = answers.get(worker)
+            if not isinstance(answer, dict):
+                answer = {}
+            connections += int(answer.get("connections", 0))
+            queued += int(answer.get("queued", 0))
+            workers.append(
+                {
+                    "index": worker.index,
+                    "pid": answer.get("pid"),
+                    "generation": answer.get("generation"),
+                    "restarts": worker.restarts,
+                }
+            )
         return web.json_response(
             {
                 "status": "stopping" if self.stopping else "ok",
@@ -616,8 +605,12 @@ class Supervisor:
                     self.held.pop(address).close()
                 return web.Response(status=status, text=text, content_type="application/json")
             table = await self._json(first, "/routes")
-            self._set_table({"generation": generation, "apps": table["apps"]})
-            body = json.dumps({"apps": table["apps"]}).encode()
+            apps = zero_tripped(table["apps"], self.tripped)
+            if apps is not None:  # ``first`` did not see the trip another worker saw
+                await self._apply_to(first, {}, generation, json.dumps({"apps": apps}).encode())
+            apps = apps if apps is not None else table["apps"]
+            self._set_table({"generation": generation, "apps": apps})
+            body = json.dumps({"apps": apps}).encode()
             answers = await asyncio.gather(
                 *(self._apply_to(w, adopted, generation, body) for w in rest),
                 return_exceptions=True,

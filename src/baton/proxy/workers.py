@@ -16,6 +16,8 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from baton.proxy.fuse import renormalise
+
 # Per-release keys whose value is a level, not a running count.
 GAUGES = frozenset({"in_flight", "tunnels", "queued"})
 # A canary fuse judges a sliding window of one worker's answers: not a running count.
@@ -245,6 +247,37 @@ def sum_targets(parts: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, A
                 elif isinstance(value, int | float) and isinstance(mine.get(key), int | float):
                     mine[key] = mine[key] + value
     return dict(sorted(out.items()))
+
+
+def zero_tripped(apps: dict[str, Any], tripped: set[tuple[str, str, str]]) -> dict[str, Any] | None:
+    """Route-table ``apps`` with every release whose fuse tripped in some worker (same app,
+    release and deployment) at weight 0 and the others renormalised, as the tripped
+    worker's own ``Fuses.enforce`` does; None when nothing changes. So a table change
+    first applied by a worker whose fuse did not trip cannot undo a trip."""
+    changed = False
+    out = dict(apps)
+    for name, app in apps.items():
+        releases = app.get("releases", [])
+        hit = {
+            r.get("name")
+            for r in releases
+            if isinstance(r.get("fuse"), dict)
+            and (name, r.get("name"), str(r["fuse"].get("deployment"))) in tripped
+            and r.get("weight", 0) > 0
+        }
+        if not hit:
+            continue
+        others = [r for r in releases if r.get("name") not in hit]
+        weights = renormalise(
+            [int(r.get("weight", 0)) for r in others], [bool(r.get("targets")) for r in others]
+        )
+        new = dict(zip((r.get("name") for r in others), weights, strict=True))
+        out[name] = {
+            **app,
+            "releases": [{**r, "weight": new.get(r.get("name"), 0)} for r in releases],
+        }
+        changed = True
+    return out if changed else None
 
 
 def sum_fuses(parts: list[dict[str, Any]]) -> dict[str, Any]:
