@@ -476,10 +476,11 @@ class Supervisor:
     # -- fuses: a trip in one worker is reported once and reaches every worker ------------
 
     async def _watch_fuses(self, worker: Worker) -> None:
+        # Short long-polls: a stopping worker's admin API waits for open requests.
         while True:
             try:
                 answer = await self._json(
-                    worker, f"/fuses?after={worker.fuse_seen}&wait=10", timeout=20.0
+                    worker, f"/fuses?after={worker.fuse_seen}&wait=1", timeout=10.0
                 )
             except (OSError, aiohttp.ClientError, TimeoutError, ValueError):
                 await asyncio.sleep(0.2)
