@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.certs import client_context, self_signed
 from tests.support.h1 import parse_status
 from tests.support.host import Host, alive, assert_no_failures, served_after, start_load
 from tests.support.load import Load
@@ -386,3 +388,45 @@ async def test_active_health_checks_run_once_and_reach_every_worker(
         assert await statuses() == {200}
     finally:
         server.close()
+
+
+async def test_an_https_app_added_later_is_served_by_every_worker(
+    two_workers: tuple[ProxyProcess, Backend, Backend], tmp_path: Path
+) -> None:
+    proxy, v1, _ = two_workers
+    cert, key = self_signed(tmp_path, ("app.test",))
+    port = free_port()
+    spec: dict[str, Any] = {
+        "listen": f"127.0.0.1:{port}",
+        "hosts": ["app.test"],
+        "tls": {"certificate": str(cert), "key": str(key)},
+        "releases": [{"name": "v1", "weight": 100, "targets": [v1.addr]}],
+    }
+    # A certificate that does not match is refused naming the file; the address stays free.
+    bad = {**spec, "tls": {"certificate": str(cert), "key": str(tmp_path / "missing.pem")}}
+    status, answer = proxy.call("PUT", "/apps/secure", bad)
+    assert status == 400 and "missing.pem" in answer["error"], answer
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", port))  # nobody holds it
+    proxy.ok("PUT", "/apps/secure", spec)
+    ctx = client_context(cert)
+
+    async def one() -> str:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=ctx, server_hostname="app.test"
+        )
+        try:
+            writer.write(b"GET /headers HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+            data = await asyncio.wait_for(reader.read(), 10)
+        finally:
+            writer.close()
+        assert parse_status(data) == 200, data
+        body = json.loads(data.partition(b"\r\n\r\n")[2])
+        return str(body["x-request-id"]).split("-")[0]
+
+    seen: set[str] = set()
+    for _ in range(50):
+        seen.update(await asyncio.gather(*(one() for _ in range(8))))
+        if len(seen) == 2:
+            break
+    assert len(seen) == 2, seen

@@ -178,7 +178,7 @@ class Supervisor:
                 web.get("/metrics", self.metrics_text),
                 web.get("/metrics.json", self.metrics_json),
                 web.get("/fuses", self.fuses),
-                web.get("/tls", self.first),
+                web.get("/tls", self.tls_status),
                 web.post("/tls/reload", self.broadcast),
                 web.put("/acme/challenges/{token}", self.broadcast),
                 web.delete("/acme/challenges/{token}", self.broadcast),
@@ -206,6 +206,8 @@ class Supervisor:
             self.held.update(received)
             table = await admin_get(self.admin, "/routes")
             self._set_table({"generation": table["generation"], "apps": table["apps"]})
+            # Every address the table routes is held, so no worker ever binds one itself.
+            self._bind(_listens(parse_table({"apps": table["apps"]})))
         for address, fd in listen_fds.items():
             self.held.setdefault(address, socket.socket(fileno=fd))
         for address in listen:
@@ -672,12 +674,13 @@ class Supervisor:
         status, text = (await self._all(request, await request.read()))[0]
         return web.Response(status=status, text=text, content_type="application/json")
 
-    async def first(self, request: web.Request) -> web.Response:
-        live = self._live()
-        if not live:
+    async def tls_status(self, request: web.Request) -> web.Response:
+        """The first worker's certificates; on-demand names any worker was asked for."""
+        answers = [a for _, a in await self._each("/tls") if isinstance(a, dict)]
+        if not answers:
             raise OSError("no worker is running")
-        status, text = await self._call(live[0], request.method, request.path_qs)
-        return web.Response(status=status, text=text, content_type="application/json")
+        wanted = sorted({name for a in answers for name in a.get("wanted", [])})
+        return web.json_response({**answers[0], "wanted": wanted})
 
     async def metrics_json(self, request: web.Request) -> web.Response:
         return web.json_response(sum_metrics(await self._read_metrics(), self.retired))
