@@ -40,7 +40,7 @@ STOP = b"STOP\n"
 # The control plane asks for duplicates of the sockets to hold while this proxy lives (so
 # that a restart after a crash refuses no one: ``baton.server.listeners``); nothing retires.
 PEEK = b"PEEK\n"
-MAX_LISTENERS = 64
+MAX_LISTENERS = 253  # SCM_MAX_FD: one message carries at most this many
 # A supervisor gives its workers new listening sockets: ADOPT, GO, the sockets, OK.
 ADOPT = b"ADOPT\n"
 GO = b"GO\n"
@@ -57,7 +57,7 @@ class HandoffServer:
     def __init__(
         self,
         path: str,
-        listeners: Callable[[], dict[str, int]],
+        listeners: Callable[[], dict[str, int] | list[tuple[str, int]]],
         on_stop: Callable[[], None],
         adopt: Callable[[dict[str, socket.socket]], Awaitable[None]] | None = None,
     ) -> None:
@@ -104,14 +104,17 @@ class HandoffServer:
                     return
                 if request not in (HELLO, PEEK):
                     return
-                listeners = self.listeners()
-                header = json.dumps({"pid": os.getpid(), "listeners": list(listeners)}).encode()
+                given = self.listeners()
+                # (address, fd) pairs: a supervisor has one socket per worker and address.
+                pairs = list(given.items()) if isinstance(given, dict) else given
+                addresses = [address for address, _ in pairs]
+                header = json.dumps({"pid": os.getpid(), "listeners": addresses}).encode()
                 try:
                     conn.setblocking(True)
-                    socket.send_fds(conn, [header], list(listeners.values()))
+                    socket.send_fds(conn, [header], [fd for _, fd in pairs])
                     conn.setblocking(False)
                 finally:
-                    for fd in listeners.values():
+                    for _, fd in pairs:
                         os.close(fd)
                 if request == PEEK:
                     return
@@ -145,6 +148,20 @@ class Takeover:
         self.old_pid = 0
 
     def receive(self, timeout: float = 10.0) -> dict[str, socket.socket]:
+        """One socket per address. The old proxy's other sockets for an address (a
+        supervisor's ``SO_REUSEPORT`` group) are closed here: a proxy with fewer workers
+        than the old one cannot serve them (their queued connections are reset when the
+        old one retires)."""
+        out: dict[str, socket.socket] = {}
+        for address, sock in self.receive_all(timeout):
+            if address in out:
+                sock.close()
+            else:
+                out[address] = sock
+        return out
+
+    def receive_all(self, timeout: float = 10.0) -> list[tuple[str, socket.socket]]:
+        """Every listening socket of the old proxy, in its order, with its address."""
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         conn.settimeout(timeout)
         try:
@@ -157,7 +174,7 @@ class Takeover:
         self.conn = conn
         header: dict[str, Any] = json.loads(data)
         self.old_pid = int(header["pid"])
-        return _sockets(header["listeners"], fds)
+        return _pairs(header["listeners"], fds)
 
     def finish(self) -> None:
         """Tell the old proxy to stop accepting and retire."""
@@ -167,18 +184,18 @@ class Takeover:
         self.conn = None
 
 
-def _sockets(addresses: list[str], fds: list[int]) -> dict[str, socket.socket]:
+def _pairs(addresses: list[str], fds: list[int]) -> list[tuple[str, socket.socket]]:
     if len(addresses) != len(fds):
         for fd in fds:
             os.close(fd)
         raise OSError(f"hand-off sent {len(fds)} sockets for {len(addresses)} listeners")
-    return {a: socket.socket(fileno=fd) for a, fd in zip(addresses, fds, strict=True)}
+    return [(a, socket.socket(fileno=fd)) for a, fd in zip(addresses, fds, strict=True)]
 
 
 def _receive(conn: socket.socket) -> dict[str, socket.socket]:
     data, fds, _, _ = socket.recv_fds(conn, 1 << 16, MAX_LISTENERS)
     header: dict[str, Any] = json.loads(data)
-    return _sockets(header["listeners"], fds)
+    return dict(_pairs(header["listeners"], fds))
 
 
 def adopt_into(path: str, listeners: dict[str, int], timeout: float = 10.0) -> None:

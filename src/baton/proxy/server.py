@@ -1464,6 +1464,8 @@ class Proxy:
             host, port = parse_address(address, "listen")
             sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # A successor with several workers adds its own sockets to this port (supervisor.py).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             try:
                 sock.bind((host, port))
             except OSError:

@@ -1,15 +1,19 @@
 """``baton proxy --workers N``: one supervisor process and N worker processes, one proxy.
 
 Theory of operation. The supervisor binds (or inherits, or takes over) every listening
-socket and holds it; each worker is a full proxy (``server.Proxy``) started with
-duplicates of those same sockets (``--listen-fd``). Sharing one socket per address, rather
-than one ``SO_REUSEPORT`` socket per worker, is deliberate: the accept queue belongs to the
-socket, so a worker that dies (even by SIGKILL) resets nothing — queued clients are
-accepted by the other workers, or by the replacement, which inherits the same sockets; the
-hitless takeover (``handoff.py``) hands over one socket per address, exactly as a single
-proxy does, and the daemon-held sockets (``--listen-fd``) keep working unchanged. A
-``SO_REUSEPORT`` group would spread connections more evenly, but closing any member resets
-the connections queued on it: every worker restart and every takeover would drop clients.
+socket and holds it: per address, one socket per worker slot, all bound with
+``SO_REUSEPORT`` so that the kernel spreads new connections evenly among the workers
+(one socket shared by every worker would let whichever worker wakes first accept a whole
+burst: measured, 50 simultaneous connections often all went to one worker). Each worker is
+a full proxy (``server.Proxy``) started with a duplicate of its slot's socket
+(``--listen-fd``). Holding every slot's socket here is what makes the group safe: closing
+a ``SO_REUSEPORT`` socket resets the connections queued on it, and here none is closed
+while the proxy lives. A worker that dies (even by SIGKILL) leaves its socket open in the
+supervisor; clients queued on it wait for the replacement, which inherits the same
+socket. The hitless takeover (``handoff.py``) hands over every socket of every slot; a
+successor with as many workers serves each one. A first socket bound without
+``SO_REUSEPORT`` (an older proxy's, or an older daemon's ``--listen-fd``) cannot have
+siblings: then every worker shares that one socket, which works, less evenly.
 
 The supervisor serves the one admin API the control plane knows (same paths, same
 answers) and keeps the workers in step:
@@ -148,7 +152,10 @@ class Supervisor:
         self.admin = admin
         self.settings = settings
         self.worker_args = worker_args
-        self.held: dict[str, socket.socket] = {}
+        # Per address, one listening socket per worker slot (a SO_REUSEPORT group), or one
+        # shared by every worker when the inherited socket cannot have siblings.
+        self.held: dict[str, list[socket.socket]] = {}
+        self.count = count
         self.table: dict[str, Any] = {"generation": 0, "apps": {}}
         self.saved = table_path(admin)
         self.lock = asyncio.Lock()  # table changes and worker (re)starts, one at a time
@@ -199,20 +206,25 @@ class Supervisor:
         listen: list[str],
         listen_fds: dict[str, int],
         routes: Path | None,
-        received: dict[str, socket.socket] | None,
+        received: list[tuple[str, socket.socket]] | None,
     ) -> None:
         """Hold every listening socket and the first table, then start the workers."""
+        for address, sock in received or []:
+            group = self.held.setdefault(address, [])
+            if len(group) < self.count:
+                group.append(sock)
+            else:  # more than we have workers for: see ``Takeover.receive``
+                sock.close()
+        for address, fd in listen_fds.items():
+            self.held.setdefault(address, []).append(socket.socket(fileno=fd))
+        for address in list(self.held):
+            self._fill(address)
         if received is not None:
-            self.held.update(received)
             table = await admin_get(self.admin, "/routes")
             self._set_table({"generation": table["generation"], "apps": table["apps"]})
             # Every address the table routes is held, so no worker ever binds one itself.
             self._bind(_listens(parse_table({"apps": table["apps"]})))
-        for address, fd in listen_fds.items():
-            self.held.setdefault(address, socket.socket(fileno=fd))
-        for address in listen:
-            if address not in self.held:
-                self.held[address] = bind_listener(address)
+        self._bind([a for a in listen if a not in self.held])
         if received is None:
             if routes is not None:
                 raw = json.loads(routes.read_text())
@@ -254,18 +266,43 @@ class Supervisor:
         self._set_table({"generation": generation, "apps": usable})
 
     def _bind(self, addresses: list[str]) -> list[str]:
-        """Hold a socket for each address not held yet; returns the new ones."""
+        """Hold a socket per worker for each address not held yet; returns the new ones."""
         new: list[str] = []
         try:
             for address in addresses:
                 if address not in self.held:
-                    self.held[address] = bind_listener(address)
+                    self.held[address] = [bind_listener(address)]
                     new.append(address)
+                    self._fill(address)
         except (OSError, RouteTableError):
-            for address in new:
-                self.held.pop(address).close()
+            self._release(new)
             raise
         return new
+
+    def _fill(self, address: str) -> None:
+        """One socket per worker on ``address``: siblings of the first (``SO_REUSEPORT``),
+        so the kernel spreads new connections evenly among the workers, and a dead
+        worker's socket, held here, keeps its queued clients for the replacement. A
+        first socket bound without ``SO_REUSEPORT`` (an older proxy's) cannot have
+        siblings: every worker then shares it."""
+        group = self.held[address]
+        while len(group) < self.count:
+            try:
+                group.append(bind_listener(address))
+            except OSError as exc:
+                if len(group) > 1:
+                    raise
+                log.warning("%s: one listening socket shared by every worker (%s)", address, exc)
+                return
+
+    def _release(self, addresses: list[str]) -> None:
+        for address in addresses:
+            for sock in self.held.pop(address, []):
+                sock.close()
+
+    def slot(self, address: str, worker: Worker) -> socket.socket:
+        group = self.held[address]
+        return group[worker.index % len(group)]
 
     def _set_table(self, table: dict[str, Any]) -> None:
         self.table = table
@@ -291,8 +328,9 @@ class Supervisor:
         with private_umask():
             await site.start()
 
-    def listening_fds(self) -> dict[str, int]:
-        return {address: os.dup(sock.fileno()) for address, sock in self.held.items()}
+    def listening_fds(self) -> list[tuple[str, int]]:
+        """Every held socket (a successor needs them all: closing one resets its queue)."""
+        return [(a, os.dup(sock.fileno())) for a, group in self.held.items() for sock in group]
 
     # -- workers --------------------------------------------------------------------------
 
@@ -309,9 +347,10 @@ class Supervisor:
             *self.worker_args,
         ]
         fds: list[int] = []
-        for address, sock in self.held.items():
-            argv += ["--listen-fd", f"{address}={sock.fileno()}"]
-            fds.append(sock.fileno())
+        for address in self.held:
+            fd = self.slot(address, worker).fileno()
+            argv += ["--listen-fd", f"{address}={fd}"]
+            fds.append(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(worker.admin)
         worker.proc = await asyncio.create_subprocess_exec(
@@ -589,9 +628,9 @@ class Supervisor:
                 new = self._bind(addresses)
             except OSError as exc:
                 return _error(409, f"cannot apply: {exc.strerror or exc}")
-            adopted = {a: self.held[a].fileno() for a in new}
             try:
-                if adopted:
+                if new:
+                    adopted = {a: self.slot(a, first).fileno() for a in new}
                     await asyncio.to_thread(adopt_into, handoff_path(first.admin), adopted)
                 status, text = await self._call(
                     first,
@@ -600,22 +639,20 @@ class Supervisor:
                     raw or None,
                 )
             except BaseException:
-                for address in new:
-                    self.held.pop(address).close()
+                self._release(new)
                 raise
             if status != 200:
-                for address in new:
-                    self.held.pop(address).close()
+                self._release(new)
                 return web.Response(status=status, text=text, content_type="application/json")
             table = await self._json(first, "/routes")
             apps = zero_tripped(table["apps"], self.tripped)
             if apps is not None:  # ``first`` did not see the trip another worker saw
-                await self._apply_to(first, {}, generation, json.dumps({"apps": apps}).encode())
+                await self._apply_to(first, [], generation, json.dumps({"apps": apps}).encode())
             apps = apps if apps is not None else table["apps"]
             self._set_table({"generation": generation, "apps": apps})
             body = json.dumps({"apps": apps}).encode()
             answers = await asyncio.gather(
-                *(self._apply_to(w, adopted, generation, body) for w in rest),
+                *(self._apply_to(w, new, generation, body) for w in rest),
                 return_exceptions=True,
             )
             for worker, answer in zip(rest, answers, strict=True):
@@ -627,9 +664,10 @@ class Supervisor:
         return web.json_response({"generation": generation})
 
     async def _apply_to(
-        self, worker: Worker, adopted: dict[str, int], generation: int, body: bytes
+        self, worker: Worker, new: list[str], generation: int, body: bytes
     ) -> str | None:
-        if adopted:
+        if new:
+            adopted = {a: self.slot(a, worker).fileno() for a in new}
             await asyncio.to_thread(adopt_into, handoff_path(worker.admin), adopted)
         status, text = await self._call(worker, "PUT", f"/routes?generation={generation}", body)
         return None if status == 200 else f"{status} {text}"
@@ -721,6 +759,11 @@ class Supervisor:
             if worker.alive and worker.proc is not None:
                 with contextlib.suppress(ProcessLookupError):
                     worker.proc.send_signal(signal.SIGTERM)
+        # At once: workers stop accepting now, and a successor holds what it serves; a
+        # socket it does not serve must leave the port's group before clients queue on it.
+        for group in self.held.values():
+            for sock in group:
+                sock.close()
         for worker in self.workers:
             if worker.proc is not None:
                 try:
@@ -734,8 +777,6 @@ class Supervisor:
                     os.unlink(path)
         if self.runner is not None:
             await self.runner.cleanup()
-        for sock in self.held.values():
-            sock.close()
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -790,10 +831,10 @@ async def supervise(
     """Run ``count`` workers as one proxy until SIGTERM/SIGINT or a successor took over."""
     supervisor = Supervisor(admin, settings, count, worker_args(settings, count))
     successor: Takeover | None = None
-    received: dict[str, socket.socket] | None = None
+    received: list[tuple[str, socket.socket]] | None = None
     if takeover:
         successor = Takeover(admin)
-        received = await asyncio.to_thread(successor.receive)
+        received = await asyncio.to_thread(successor.receive_all)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
