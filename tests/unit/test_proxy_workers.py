@@ -15,6 +15,8 @@ from baton.proxy.workers import (
     sum_metrics,
     sum_prometheus,
     sum_targets,
+    wanted_workers,
+    zero_tripped,
 )
 
 
@@ -105,3 +107,35 @@ def test_targets_sum_work_and_are_healthy_only_where_every_worker_agrees() -> No
     assert sum_targets([a, b]) == {
         "t:1": {"in_flight": 3, "tunnels": 1, "healthy": False, "draining": True}
     }
+
+
+def test_the_host_runs_the_largest_worker_count_among_its_apps() -> None:
+    assert wanted_workers([]) == 1
+    assert wanted_workers([None, {"proxy": {}}, {"proxy": {"workers": 3}}, {}]) == 3
+    assert wanted_workers([{"proxy": {"workers": "auto"}}]) == len(os.sched_getaffinity(0))
+    assert wanted_workers([{"proxy": {"workers": "bogus"}}]) == 1  # an old or odd record
+
+
+def canary_apps(weight: int, deployment: str = "41") -> dict[str, object]:
+    return {
+        "web": {
+            "releases": [
+                {"name": "v1", "weight": 100 - weight, "targets": ["a:1"]},
+                {
+                    "name": "v2",
+                    "weight": weight,
+                    "targets": ["a:2"],
+                    "fuse": {"max_error_rate": 0.01, "deployment": deployment},
+                },
+            ]
+        }
+    }
+
+
+def test_a_trip_seen_by_any_worker_keeps_that_canary_at_weight_zero() -> None:
+    tripped = {("web", "v2", "41")}
+    out = zero_tripped(canary_apps(75), tripped)
+    assert out is not None
+    assert [r["weight"] for r in out["web"]["releases"]] == [100, 0]
+    assert zero_tripped(canary_apps(0), tripped) is None  # already out
+    assert zero_tripped(canary_apps(75, deployment="42"), tripped) is None  # a new deployment

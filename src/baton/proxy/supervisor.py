@@ -405,6 +405,7 @@ class Supervisor:
                     log.error("cannot restart worker %d: %s", worker.index, exc)
                     if worker.proc is not None:
                         proc = worker.proc
+            await asyncio.sleep(RESTART_BACKOFF)  # not in a tight loop, and not locked
 
     def _retire(self, worker: Worker) -> None:
         """Keep a dead worker's last counters in the totals; its gauges are gone."""
