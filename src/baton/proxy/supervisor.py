@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import json
 import logging
 import os
@@ -644,6 +645,8 @@ class Supervisor:
                 raise
             if status != 200:
                 self._release(new)
+                if new:  # the refused table's sockets must not stay open in ``first``
+                    await asyncio.to_thread(adopt_into, handoff_path(first.admin), {})
                 return web.Response(status=status, text=text, content_type="application/json")
             table = await self._json(first, "/routes")
             apps = zero_tripped(table["apps"], self.tripped)
@@ -868,31 +871,12 @@ async def supervise(
 # -- the worker's side ------------------------------------------------------------------
 
 
-class WorkerProxy(Proxy):
-    """A worker's proxy: a listen address its table needs comes from the supervisor
-    (``ADOPT``, just before the table), never from a bind of its own."""
-
-    def __init__(self, settings: ProxySettings) -> None:
-        super().__init__(settings)
-        self.adopted: dict[str, socket.socket] = {}
-
-    async def listen(
-        self, address: str, sock: socket.socket | None = None, *, serve: bool = True
-    ) -> None:
-        if sock is None and address in self.adopted:
-            sock = self.adopted.pop(address)
-        await super().listen(address, sock, serve=serve)
-
-    async def apply(self, specs: dict[str, AppSpec], generation: int | None = None) -> int:
-        try:
-            return await super().apply(specs, generation)
-        finally:
-            for sock in self.adopted.values():  # given for a table that was refused
-                sock.close()
-            self.adopted.clear()
-
-    async def adopt(self, sockets: dict[str, socket.socket]) -> None:
-        self.adopted.update(sockets)
+async def _adopt(proxy: Proxy, sockets: dict[str, socket.socket]) -> None:
+    """Listening sockets for the table that comes next (``Proxy.listen`` takes them
+    instead of binding); any left from a table that was refused are closed."""
+    for sock in proxy.adopted.values():
+        sock.close()
+    proxy.adopted = dict(sockets)
 
 
 def _die_with_parent() -> None:
@@ -918,7 +902,7 @@ async def serve_worker(
         loop.add_signal_handler(sig, stop.set)
     _die_with_parent()
     register_h2(H2Session)
-    proxy = WorkerProxy(settings)
+    proxy = Proxy(settings)
     if proxy.access_log is not None:
         proxy.access_log.start()
     saved: tuple[dict[str, AppSpec], int] | None = None
@@ -936,7 +920,9 @@ async def serve_worker(
     await proxy.start_serving()  # only now: with the table every worker serves
     api = AdminAPI(proxy, worker=True)
     await api.start(admin)
-    handoff = HandoffServer(handoff_path(admin), proxy.listening_fds, stop.set, proxy.adopt)
+    handoff = HandoffServer(
+        handoff_path(admin), proxy.listening_fds, stop.set, functools.partial(_adopt, proxy)
+    )
     handoff.start()
     proxy.start()
     await stop.wait()
