@@ -93,7 +93,7 @@ def terminate_on_sigterm() -> None:
 
 _NGINX_MAIN = """\
 {user}
-worker_processes 1;
+worker_processes {workers};
 worker_rlimit_nofile {nofile};
 daemon off;
 master_process on;
@@ -115,7 +115,7 @@ http {{
 
 
 def _nginx_process(
-    name: str, workdir: Path, port: int, http_body: str, nofile: int
+    name: str, workdir: Path, port: int, http_body: str, nofile: int, workers: int = 1
 ) -> ManagedProcess:
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     d = workdir / name
@@ -129,6 +129,7 @@ def _nginx_process(
             connections=max(1024, nofile - 64),
             dir=d,
             body=http_body,
+            workers=workers,
         )
     )
     cmd = [nginx, "-p", str(d), "-e", str(d / "error.log"), "-c", str(conf)]
@@ -146,9 +147,10 @@ def nginx_backend_process(workdir: Path, port: int, nofile: int) -> ManagedProce
 
 
 def nginx_proxy_process(
-    workdir: Path, port: int, upstream_port: int, nofile: int
+    workdir: Path, port: int, upstream_port: int, nofile: int, workers: int = 1
 ) -> ManagedProcess:
-    """nginx as a reverse proxy: one worker, upstream keep-alive pool of 64."""
+    """nginx as a reverse proxy: ``workers`` workers (sharing one listening socket, as
+    Baton's do), each with an upstream keep-alive pool of 256."""
     body = f"""\
     upstream app {{ server {LOOPBACK}:{upstream_port}; keepalive 256; }}
     server {{
@@ -159,7 +161,8 @@ def nginx_proxy_process(
             proxy_set_header Connection "";
         }}
     }}"""
-    return _nginx_process("nginx", workdir, port, body, nofile)
+    name = "nginx" if workers == 1 else f"nginx{workers}w"
+    return _nginx_process(name, workdir, port, body, nofile, workers)
 
 
 def nginx_tls_proxy_process(
@@ -234,14 +237,14 @@ backend app
 
 
 def baton_process(
-    cmd: Sequence[str] | str, workdir: Path, port: int
+    cmd: Sequence[str] | str, workdir: Path, port: int, name: str = "baton"
 ) -> tuple[ManagedProcess, Path]:
     """`baton proxy` (or `cmd`) on `port` with its admin socket in `workdir`.
 
     `cmd` may contain `{listen}` and `{admin}`; otherwise `--listen ... --admin ...` is
     appended.
     """
-    d = workdir / "baton"
+    d = workdir / name
     d.mkdir(parents=True, exist_ok=True)
     admin = d / "admin.sock"
     listen = f"{LOOPBACK}:{port}"
@@ -250,7 +253,7 @@ def baton_process(
         argv = [a.format(listen=listen, admin=admin) for a in argv]
     else:
         argv += ["--listen", listen, "--admin", str(admin)]
-    proc = ManagedProcess(argv, port=port, unix_socket=admin, name="baton", log_dir=d, cwd=REPO)
+    proc = ManagedProcess(argv, port=port, unix_socket=admin, name=name, log_dir=d, cwd=REPO)
     return proc, admin
 
 

@@ -20,9 +20,15 @@ For each connection count, every target gets a 2 s wrk warm-up then a measured r
 round; with several rounds the median is reported. Then Baton's ratios to nginx and the
 targets: throughput >= 1.0x nginx, p99 <= 1.5x nginx.
 
+Every core (unless `--skip-workers`): `nginx2w` (nginx, 2 workers, one shared listening
+socket) and `baton2w` (`baton proxy --workers 2`: a supervisor and 2 workers sharing
+each listening socket) join the same interleaved matrix; Baton 2 workers is compared with
+nginx 2 workers. On a 2-core machine wrk competes with both workers for the cores.
+
 Memory: resident memory (VmRSS, with children) of the Baton and nginx proxies before and
 after 10,000 idle keep-alive client connections (each sends one GET, reads the response,
-then stays open). Target for Baton: < 60 MB added.
+then stays open). Target for Baton: < 60 MB added per worker (for `baton2w`, each
+worker's own growth is reported).
 
 Everything runs on the same (possibly small, noisy) machine as wrk itself; read the
 ratios, not the absolute numbers.
@@ -91,6 +97,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="command starting Baton's proxy (default: .venv/bin/baton proxy)",
     )
     parser.add_argument("--skip-baton", action="store_true", help="measure only the peers")
+    parser.add_argument(
+        "--skip-workers", action="store_true", help="skip the 2-worker Baton and nginx"
+    )
     parser.add_argument("--json", type=Path, help="write the results to this file")
     args = parser.parse_args(argv)
     if args.duration < 1 or args.rounds < 1 or not args.connections:
@@ -120,6 +129,13 @@ def start_targets(
     )
     ports["nginx"] = nginx_port
 
+    if not args.skip_workers:
+        nginx2_port = free_port()
+        procs["nginx2w"] = stack.enter_context(
+            nginx_proxy_process(workdir, nginx2_port, backend_port, nofile, workers=2)
+        )
+        ports["nginx2w"] = nginx2_port
+
     haproxy_port = free_port()
     procs["haproxy"] = stack.enter_context(
         haproxy_process(workdir, haproxy_port, backend_port, nofile)
@@ -132,6 +148,11 @@ def start_targets(
             port, proc = start_baton(stack, workdir, args.baton_cmd, backend_port)
             ports["baton"] = port
             procs["baton"] = proc
+            if not args.skip_workers:
+                cmd = f"{args.baton_cmd} --workers 2"
+                port, proc = start_baton(stack, workdir, cmd, backend_port, "baton2w")
+                ports["baton2w"] = port
+                procs["baton2w"] = proc
         except (ProcessError, RuntimeError, OSError) as exc:
             baton_skipped = str(exc)
             log(
@@ -147,10 +168,10 @@ def start_targets(
 
 
 def start_baton(
-    stack: ExitStack, workdir: Path, cmd: str, backend_port: int
+    stack: ExitStack, workdir: Path, cmd: str, backend_port: int, name: str = "baton"
 ) -> tuple[int, ManagedProcess]:
     port = free_port()
-    proc, admin = baton_process(cmd, workdir, port)
+    proc, admin = baton_process(cmd, workdir, port, name)
     proc.ready_timeout = 20.0
     proc.start()
     try:
@@ -205,22 +226,29 @@ def measure(
     return runs, summary
 
 
-def ratios(summary: dict[int, dict[str, dict[str, float]]]) -> dict[int, dict[str, Any]]:
+def ratios(
+    summary: dict[int, dict[str, dict[str, float]]], baton: str = "baton", nginx: str = "nginx"
+) -> dict[int, dict[str, Any]]:
+    """Baton's figures against nginx's (``baton2w`` against ``nginx2w`` for 2 workers)."""
     out: dict[int, dict[str, Any]] = {}
     for conns, figures in summary.items():
-        if "baton" not in figures:
+        if baton not in figures or nginx not in figures:
             continue
-        baton, nginx = figures["baton"], figures["nginx"]
-        throughput = baton["rps"] / nginx["rps"]
-        p99 = baton["p99"] / nginx["p99"]
-        out[conns] = {
-            "throughput_vs_nginx": throughput,
-            "p99_vs_nginx": p99,
-            "throughput_met": throughput >= THROUGHPUT_TARGET,
-            "p99_met": p99 <= P99_TARGET,
-            "errors": baton["errors"],
-        }
+        mine, theirs = figures[baton], figures[nginx]
+        out[conns] = _ratio(mine, theirs)
     return out
+
+
+def _ratio(baton: dict[str, float], nginx: dict[str, float]) -> dict[str, Any]:
+    throughput = baton["rps"] / nginx["rps"]
+    p99 = baton["p99"] / nginx["p99"]
+    return {
+        "throughput_vs_nginx": throughput,
+        "p99_vs_nginx": p99,
+        "throughput_met": throughput >= THROUGHPUT_TARGET,
+        "p99_met": p99 <= P99_TARGET,
+        "errors": baton["errors"],
+    }
 
 
 # -- memory under idle keep-alive connections --------------------------------------------
@@ -262,14 +290,29 @@ def _still_open(conns: list[Connection]) -> int:
     return sum(1 for r, w in conns if not r.at_eof() and not w.is_closing())
 
 
+def _worker_pids(proc: ManagedProcess) -> list[int]:
+    """A ``baton proxy --workers N``'s worker pids (from its admin API); [] for others."""
+    admin = proc.unix_socket
+    if admin is None:
+        return []
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        status, answer = admin_call(str(admin), "GET", "/health")
+        if status == 200:
+            return [int(w["pid"]) for w in answer.get("workers", [])]
+    return []
+
+
 async def _memory_of(name: str, proc: ManagedProcess, port: int, count: int) -> dict[str, Any]:
     await asyncio.sleep(1)
+    workers = _worker_pids(proc)
+    workers_before = [rss_bytes(pid, include_children=False) for pid in workers]
     before = rss_bytes(proc.pid)
     started = time.monotonic()
     conns = await _open_idle(port, count)
     opened = time.monotonic() - started
     await asyncio.sleep(2)  # let the proxy settle; idle connections stay idle
     after = rss_bytes(proc.pid)
+    workers_after = [rss_bytes(pid, include_children=False) for pid in workers]
     open_now = _still_open(conns)
     for _, w in conns:
         w.close()
@@ -281,12 +324,16 @@ async def _memory_of(name: str, proc: ManagedProcess, port: int, count: int) -> 
         f"  {name:<8} RSS {before / 2**20:7.1f} MB -> {after / 2**20:7.1f} MB "
         f"(+{added:.1f} MB) with {open_now} idle connections (opened in {opened:.1f}s)"
     )
+    per_worker = [(a - b) / 2**20 for a, b in zip(workers_after, workers_before, strict=True)]
+    if per_worker:
+        log(f"  {name:<8} per worker: " + ", ".join(f"+{mb:.1f} MB" for mb in per_worker))
     return {
         "rss_before_mb": before / 2**20,
         "rss_after_mb": after / 2**20,
         "added_mb": added,
         "idle_connections": open_now,
         "per_connection_kb": (after - before) / 1024 / max(1, open_now),
+        **({"added_mb_per_worker": per_worker} if per_worker else {}),
     }
 
 
@@ -294,7 +341,7 @@ def measure_memory(
     ports: dict[str, int], procs: dict[str, ManagedProcess], count: int
 ) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
-    for name in ("baton", "nginx"):
+    for name in ("baton", "nginx", "baton2w", "nginx2w"):
         if name in procs:
             results[name] = asyncio.run(_memory_of(name, procs[name], ports[name], count))
             time.sleep(1)  # let the closes reach the proxy before the next one
@@ -310,6 +357,7 @@ def report(
     memory: dict[str, dict[str, Any]],
     baton_skipped: str | None,
     args: argparse.Namespace,
+    ratio2: dict[int, dict[str, Any]] | None = None,
 ) -> None:
     def met(ok: bool) -> str:
         return "met" if ok else "NOT MET"
@@ -336,6 +384,12 @@ def report(
             f"p99 {r['p99_vs_nginx']:.2f}x (target <= {P99_TARGET:.1f}x: {met(r['p99_met'])})"
             + (f", {r['errors']:.0f} errors" if r["errors"] else "")
         )
+    for conns, r in (ratio2 or {}).items():
+        print(
+            f"Baton 2 workers vs nginx 2 workers at {conns} connections: throughput "
+            f"{r['throughput_vs_nginx']:.2f}x, p99 {r['p99_vs_nginx']:.2f}x"
+            + (f", {r['errors']:.0f} errors" if r["errors"] else "")
+        )
     for name, m in memory.items():
         line = (
             f"Memory {name}: +{m['added_mb']:.1f} MB for {m['idle_connections']} idle keep-alive "
@@ -344,6 +398,12 @@ def report(
         )
         if name == "baton" and m["idle_connections"] >= IDLE_CONNECTIONS:
             line += f" target < {MEMORY_TARGET_MB:.0f} MB: {met(m['added_mb'] < MEMORY_TARGET_MB)}"
+        if m.get("added_mb_per_worker") and m["idle_connections"] >= IDLE_CONNECTIONS:
+            worst = max(m["added_mb_per_worker"])
+            line += (
+                f"; per worker +{', +'.join(f'{mb:.1f}' for mb in m['added_mb_per_worker'])} MB,"
+                f" target < {MEMORY_TARGET_MB:.0f} MB per worker: {met(worst < MEMORY_TARGET_MB)}"
+            )
         print(line)
 
 
@@ -373,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
             if not proc.alive:
                 log(f"!!! {name} died during the benchmark:\n{proc.describe()}")
         ratio = ratios(summary)
-        report(summary, ratio, memory, baton_skipped, args)
+        ratio2 = ratios(summary, "baton2w", "nginx2w")
+        report(summary, ratio, memory, baton_skipped, args, ratio2)
         if args.json:
             args.json.write_text(
                 json.dumps(
@@ -388,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
                         "runs": runs,
                         "summary": {str(c): v for c, v in summary.items()},
                         "baton_vs_nginx": {str(c): v for c, v in ratio.items()},
+                        "baton2w_vs_nginx2w": {str(c): v for c, v in ratio2.items()},
                         "baton_skipped": baton_skipped,
                         "memory": memory,
                         "targets": {

@@ -853,3 +853,22 @@ def test_host_facts_look_up_the_programs_of_the_command_and_hooks(tmp_path: Path
     )
     assert not gathered.programs["no-such-program-baton"].found
     assert gathered.certificate is None and gathered.image is None
+
+
+# ---------------------------------------------------------------- proxy.workers
+
+
+@pytest.mark.parametrize(("text", "workers"), [("", 1), ("4", 4), ("auto", "auto")])
+def test_proxy_workers_is_a_count_or_auto(tmp_path: Path, text: str, workers: object) -> None:
+    extra = f"proxy: {{workers: {text}}}\n" if text else ""
+    assert load_config(write(tmp_path, MINIMAL + extra)).config.proxy.workers == workers
+
+
+@pytest.mark.parametrize("bad", ["0", "-2", "1.5", "many", "'2'", "true", "1000"])
+def test_bad_proxy_workers_is_named_with_what_was_expected(tmp_path: Path, bad: str) -> None:
+    path = write(tmp_path, MINIMAL + f"proxy: {{workers: {bad}}}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.key == "proxy.workers"
+    assert "integer from 1 to 256 or auto" in str(caught.value)
+    assert str(path) in str(caught.value)

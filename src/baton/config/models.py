@@ -24,6 +24,8 @@ proxy.queue_limit                 1000            requests that may wait; more g
 proxy.trusted_proxies             []              CIDRs whose X-Forwarded-For/Proto/Host are kept
 proxy.proxy_protocol              false           require a PROXY protocol v1/v2 header on listen
 proxy.http_listen                 0.0.0.0:80 (tls) plain-HTTP listener of a TLS app
+proxy.workers                     1               proxy worker processes (auto = one per core);
+                                                  the host's proxy runs the largest value
 proxy.tls.certificate / key       none            PEM chain and key (absolute paths)
 proxy.tls.acme.email              (required)      ACME account contact (with acme)
 proxy.tls.acme.directory          production      production, staging or an https URL
@@ -443,6 +445,11 @@ class ProxyConfig(_Section):
         " (none = 0.0.0.0:80 when proxy.tls is set)",
     )
     tls: TlsConfig | None = Field(default=None, description="serve proxy.listen over HTTPS")
+    workers: Annotated[int | str, BeforeValidator(_check_workers)] = Field(
+        default=1,
+        description="proxy worker processes sharing the listeners (auto = one per core);"
+        " the proxy runs the largest value among the host's apps",
+    )
 
     @field_validator("hosts")
     @classmethod
@@ -469,6 +476,16 @@ class ProxyConfig(_Section):
                 " Baton, or let the load balancer pass TCP without a PROXY header",
             )
         return self
+
+
+def _check_workers(value: object) -> int | str:
+    from baton.proxy.workers import MAX_WORKERS
+
+    if value == "auto":
+        return "auto"
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_WORKERS:
+        return value
+    raise ValueError(f"expected an integer from 1 to {MAX_WORKERS} or auto, got {_shown(value)}")
 
 
 def _check_queue_timeout(value: object) -> float:

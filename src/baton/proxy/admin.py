@@ -50,8 +50,11 @@ def _address_list(body: Any) -> list[str]:
 
 
 class AdminAPI:
-    def __init__(self, proxy: Proxy) -> None:
+    def __init__(self, proxy: Proxy, *, worker: bool = False) -> None:
         self.proxy = proxy
+        # A worker of a supervisor (``supervisor.py``): tables come with the generation every
+        # worker must carry, and active health-check results come from the supervisor.
+        self.worker = worker
         self.lock = asyncio.Lock()  # table changes apply one at a time
         app = web.Application(client_max_size=MAX_BODY, middlewares=[self._errors])
         app.add_routes(
@@ -74,6 +77,8 @@ class AdminAPI:
                 web.delete("/tls/wanted/{name}", self.forget_wanted),
             ]
         )
+        if worker:
+            app.add_routes([web.post("/worker/health", self.worker_health)])
         self.app = app
         self.runner: web.AppRunner | None = None
 
@@ -124,7 +129,7 @@ class AdminAPI:
     async def put_routes(self, request: web.Request) -> web.Response:
         specs = parse_table(await _json_body(request))
         async with self.lock:
-            generation = await self.proxy.apply(specs)
+            generation = await self.proxy.apply(specs, self._generation(request))
         return web.json_response({"generation": generation})
 
     async def put_app(self, request: web.Request) -> web.Response:
@@ -134,7 +139,7 @@ class AdminAPI:
             specs = dict(self.proxy.table.specs)
             specs[name] = spec
             check_conflicts(specs)
-            generation = await self.proxy.apply(specs)
+            generation = await self.proxy.apply(specs, self._generation(request))
         return web.json_response({"generation": generation})
 
     async def delete_app(self, request: web.Request) -> web.Response:
@@ -144,8 +149,40 @@ class AdminAPI:
             if name not in specs:
                 return _error(404, f"no app named {name!r}")
             del specs[name]
-            generation = await self.proxy.apply(specs)
+            generation = await self.proxy.apply(specs, self._generation(request))
         return web.json_response({"generation": generation})
+
+    def _generation(self, request: web.Request) -> int | None:
+        """The generation a supervisor gives every worker's copy of a table."""
+        if not self.worker or "generation" not in request.query:
+            return None
+        return _int_query(request, "generation", 0, 1 << 62)
+
+    async def worker_health(self, request: web.Request) -> web.Response:
+        """Active health-check results, run once by the supervisor for every worker:
+        ``{"results": [["127.0.0.1:40001", true, rise, fall], ...]}``."""
+        body = await _json_body(request)
+        results = body.get("results") if isinstance(body, dict) else None
+        if not isinstance(results, list) or not all(
+            isinstance(r, list)
+            and len(r) == 4
+            and isinstance(r[0], str)
+            and isinstance(r[1], bool)
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in r[2:])
+            for r in results
+        ):
+            raise RouteTableError("results: expected a list of [address, ok, rise, fall]")
+        healed = False
+        for address, ok, rise, fall in results:
+            target = self.proxy.targets.get(address)
+            if target is None:
+                continue
+            was = target.healthy
+            target.record_health(ok, rise, fall)
+            healed = healed or (target.healthy and not was)
+        if healed:
+            self.proxy.wake_queued()  # requests waiting for this app may go now
+        return web.json_response({"ok": True})
 
     async def targets(self, request: web.Request) -> web.Response:
         return web.json_response(

@@ -15,7 +15,6 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -29,7 +28,9 @@ from baton.proxy.health import HealthChecker
 from baton.proxy.persist import load_table, save_table, table_path
 from baton.proxy.routing import AppSpec, parse_address, parse_table
 from baton.proxy.server import Proxy, ProxySettings
+from baton.proxy.supervisor import admin_get, serve_worker, supervise
 from baton.proxy.tls import register_h2
+from baton.proxy.workers import parse_workers
 
 
 def _raise_nofile_limit() -> None:
@@ -56,7 +57,7 @@ async def serve(
     if takeover:
         successor = Takeover(admin)
         received = await asyncio.to_thread(successor.receive)
-        table = await _admin_get(admin, "/routes")
+        table = await admin_get(admin, "/routes")
         specs = parse_table({"apps": table["apps"]})
         proxy.tls.update(specs)  # HTTPS listeners need their certificates before they accept
         for address, sock in received.items():
@@ -154,25 +155,9 @@ def _save(saved: Path, proxy: Proxy) -> None:
         )
 
 
-async def _admin_get(path: str, url: str, timeout: float = 10.0) -> dict[str, Any]:
-    """GET a JSON document from an admin API over its Unix socket."""
-    async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_unix_connection(path)
-        try:
-            writer.write(f"GET {url} HTTP/1.0\r\nHost: baton\r\n\r\n".encode())
-            raw = await reader.read()
-        finally:
-            writer.close()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    if head.split(b" ", 2)[1:2] != [b"200"]:
-        raise OSError(f"admin API at {path} answered {head.splitlines()[:1]!r}")
-    result: dict[str, Any] = json.loads(body)
-    return result
-
-
 async def _self_check(own_admin: str, generation: int) -> None:
     """Before taking over: our own admin API answers and carries the same table."""
-    health = await _admin_get(own_admin, "/health")
+    health = await admin_get(own_admin, "/health")
     if health.get("generation") != generation or health.get("pid") != os.getpid():
         raise OSError(f"self-check failed: {health}")
 
@@ -221,6 +206,14 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: str) -> float:
     help="Take the listening sockets and route table over from the proxy running at --admin, "
     "then make it retire (a hitless upgrade).",
 )
+@click.option(
+    "--workers",
+    default="1",
+    show_default=True,
+    metavar="N|auto",
+    help="Worker processes sharing the listeners (auto: one per core), under one admin API.",
+)
+@click.option("--worker-of", "worker_of", default=None, hidden=True)
 @click.option(
     "--admin", required=True, type=click.Path(dir_okay=False), help="Admin Unix socket path."
 )
@@ -317,6 +310,8 @@ def proxy_command(
     listen: tuple[str, ...],
     listen_fd: tuple[str, ...],
     takeover: bool,
+    workers: str,
+    worker_of: str | None,
     admin: str,
     routes: Path | None,
     header_timeout: float,
@@ -333,6 +328,10 @@ def proxy_command(
     access_log_sample: float,
 ) -> None:
     """Run Baton's reverse proxy (the data plane)."""
+    try:
+        count = parse_workers(workers, "--workers")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--workers") from None
     for address in listen:
         try:
             parse_address(address, "--listen")
@@ -369,8 +368,14 @@ def proxy_command(
     _raise_nofile_limit()
     import uvloop
 
+    if worker_of is not None:
+        main = serve_worker(admin, worker_of, settings, listen_fds)
+    elif count > 1:
+        main = supervise(list(listen), admin, settings, count, routes, takeover, listen_fds)
+    else:
+        main = serve(list(listen), admin, settings, routes, takeover, listen_fds)
     try:
-        uvloop.run(serve(list(listen), admin, settings, routes, takeover, listen_fds))
+        uvloop.run(main)
     except OSError as exc:
         click.echo(f"baton proxy: cannot start: {exc}", err=True)
         sys.exit(1)

@@ -14,6 +14,10 @@ response carries ``Connection: close``, tunnels stay until they end or the drain
 If the new proxy fails at any point before ``STOP`` (crashes, hangs, cannot load the table),
 the hand-off connection closes without ``STOP`` and the old proxy carries on as if nothing
 happened: it never stopped accepting and closed nothing.
+
+A proxy worker (``supervisor.py``) also accepts ``ADOPT``: its supervisor sends it the
+listening sockets of a new listen address (one socket shared by every worker), which it
+serves at once; ``adopt_into`` is the supervisor's side.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from baton.state.files import private_umask
@@ -36,7 +40,11 @@ STOP = b"STOP\n"
 # The control plane asks for duplicates of the sockets to hold while this proxy lives (so
 # that a restart after a crash refuses no one: ``baton.server.listeners``); nothing retires.
 PEEK = b"PEEK\n"
-MAX_LISTENERS = 64
+MAX_LISTENERS = 253  # SCM_MAX_FD: one message carries at most this many
+# A supervisor gives its workers new listening sockets: ADOPT, GO, the sockets, OK.
+ADOPT = b"ADOPT\n"
+GO = b"GO\n"
+OK = b"OK\n"
 
 
 def handoff_path(admin: str) -> str:
@@ -49,12 +57,14 @@ class HandoffServer:
     def __init__(
         self,
         path: str,
-        listeners: Callable[[], dict[str, int]],
+        listeners: Callable[[], dict[str, int] | list[tuple[str, int]]],
         on_stop: Callable[[], None],
+        adopt: Callable[[dict[str, socket.socket]], Awaitable[None]] | None = None,
     ) -> None:
         self.path = path
         self.listeners = listeners
         self.on_stop = on_stop
+        self.adopt = adopt
         self.sock: socket.socket | None = None
         self.task: asyncio.Task[None] | None = None
         self.conns: set[asyncio.Task[None]] = set()
@@ -83,16 +93,28 @@ class HandoffServer:
         try:
             with conn:
                 request = await asyncio.wait_for(loop.sock_recv(conn, 64), 10)
+                if request == ADOPT and self.adopt is not None:
+                    await loop.sock_sendall(conn, GO)
+                    conn.setblocking(True)
+                    conn.settimeout(10)
+                    sockets = await asyncio.to_thread(_receive, conn)
+                    conn.setblocking(False)
+                    await self.adopt(sockets)
+                    await loop.sock_sendall(conn, OK)
+                    return
                 if request not in (HELLO, PEEK):
                     return
-                listeners = self.listeners()
-                header = json.dumps({"pid": os.getpid(), "listeners": list(listeners)}).encode()
+                given = self.listeners()
+                # (address, fd) pairs: a supervisor has one socket per worker and address.
+                pairs = list(given.items()) if isinstance(given, dict) else given
+                addresses = [address for address, _ in pairs]
+                header = json.dumps({"pid": os.getpid(), "listeners": addresses}).encode()
                 try:
                     conn.setblocking(True)
-                    socket.send_fds(conn, [header], list(listeners.values()))
+                    socket.send_fds(conn, [header], [fd for _, fd in pairs])
                     conn.setblocking(False)
                 finally:
-                    for fd in listeners.values():
+                    for _, fd in pairs:
                         os.close(fd)
                 if request == PEEK:
                     return
@@ -126,6 +148,20 @@ class Takeover:
         self.old_pid = 0
 
     def receive(self, timeout: float = 10.0) -> dict[str, socket.socket]:
+        """One socket per address. The old proxy's other sockets for an address (a
+        supervisor's ``SO_REUSEPORT`` group) are closed here: a proxy with fewer workers
+        than the old one cannot serve them (their queued connections are reset when the
+        old one retires)."""
+        out: dict[str, socket.socket] = {}
+        for address, sock in self.receive_all(timeout):
+            if address in out:
+                sock.close()
+            else:
+                out[address] = sock
+        return out
+
+    def receive_all(self, timeout: float = 10.0) -> list[tuple[str, socket.socket]]:
+        """Every listening socket of the old proxy, in its order, with its address."""
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         conn.settimeout(timeout)
         try:
@@ -138,10 +174,7 @@ class Takeover:
         self.conn = conn
         header: dict[str, Any] = json.loads(data)
         self.old_pid = int(header["pid"])
-        addresses: list[str] = header["listeners"]
-        if len(addresses) != len(fds):
-            raise OSError(f"hand-off sent {len(fds)} sockets for {len(addresses)} listeners")
-        return {a: socket.socket(fileno=fd) for a, fd in zip(addresses, fds, strict=True)}
+        return _pairs(header["listeners"], fds)
 
     def finish(self) -> None:
         """Tell the old proxy to stop accepting and retire."""
@@ -149,3 +182,32 @@ class Takeover:
         self.conn.sendall(STOP)
         self.conn.close()
         self.conn = None
+
+
+def _pairs(addresses: list[str], fds: list[int]) -> list[tuple[str, socket.socket]]:
+    if len(addresses) != len(fds):
+        for fd in fds:
+            os.close(fd)
+        raise OSError(f"hand-off sent {len(fds)} sockets for {len(addresses)} listeners")
+    return [(a, socket.socket(fileno=fd)) for a, fd in zip(addresses, fds, strict=True)]
+
+
+def _receive(conn: socket.socket) -> dict[str, socket.socket]:
+    data, fds, _, _ = socket.recv_fds(conn, 1 << 16, MAX_LISTENERS)
+    header: dict[str, Any] = json.loads(data)
+    return dict(_pairs(header["listeners"], fds))
+
+
+def adopt_into(path: str, listeners: dict[str, int], timeout: float = 10.0) -> None:
+    """Give the worker whose hand-off socket is ``path`` these listening sockets (by
+    address; the fds stay open here) and wait until it serves them. Blocking."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(timeout)
+        conn.connect(path)
+        conn.sendall(ADOPT)
+        if conn.recv(16) != GO:
+            raise OSError(f"{path}: the worker refused the listening sockets")
+        header = json.dumps({"pid": os.getpid(), "listeners": list(listeners)}).encode()
+        socket.send_fds(conn, [header], list(listeners.values()))
+        if conn.recv(16) != OK:
+            raise OSError(f"{path}: the worker did not take the listening sockets")

@@ -1257,6 +1257,8 @@ class Proxy:
         # Called once when the proxy starts to stop (HTTP/2 sessions send GOAWAY).
         self.on_stop: set[Callable[[], None]] = set()
         self.handshaking: dict[ClientConnection, float] = {}  # accepted, TLS not done yet
+        # Listening sockets a supervisor gave this worker for the next table (supervisor.py).
+        self.adopted: dict[str, socket.socket] = {}
 
     def flag_cohort_metrics(self, app: str, value: bytes) -> list[ReleaseMetrics]:
         """The counters of the flag cohorts a ``Baton-Flags`` answer names: each
@@ -1461,9 +1463,13 @@ class Proxy:
         if address in self.servers:
             return
         if sock is None:
+            sock = self.adopted.pop(address, None)
+        if sock is None:
             host, port = parse_address(address, "listen")
             sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # A successor with several workers adds its own sockets to this port (supervisor.py).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             try:
                 sock.bind((host, port))
             except OSError:

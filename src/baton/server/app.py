@@ -64,6 +64,7 @@ from baton.observe import serve as observe_serve
 from baton.observe import signals as observe_signals
 from baton.observe.endpoints import Endpoints
 from baton.observe.metrics import METRICS
+from baton.proxy.workers import wanted_workers
 from baton.runtime.base import Runtimes
 from baton.runtime.logtail import tail_file
 from baton.runtime.process import pid_alive
@@ -123,9 +124,30 @@ class ProxySupervisor:
         self.held = HeldListeners()
         self._peeked: tuple[int | None, list[str]] | None = None  # what was last collected
         self.extra_args: list[str] = []  # e.g. the access log's flags (baton.observe)
+        self._resized: tuple[int | None, int] | None = None  # proxy.workers last acted on
 
     def info(self) -> dict[str, Any]:
         return {"pid": self.pid, "restarts": self.restarts, "socket": str(self.socket)}
+
+    def _wanted_workers(self) -> int:
+        return wanted_workers(self.router.live_config(a.name) for a in self.router.store.apps())
+
+    def _workers_args(self) -> list[str]:
+        wanted = self._wanted_workers()
+        return ["--workers", str(wanted)] if wanted > 1 else []
+
+    async def _resize(self, health: dict[str, Any]) -> None:
+        """The apps' ``proxy.workers`` changed: a hitless upgrade to that many workers
+        (tried once per proxy and count; a failure leaves the running proxy serving)."""
+        wanted, running = self._wanted_workers(), len(health.get("workers") or []) or 1
+        if wanted == running or self._resized == (self.pid, wanted):
+            return
+        self._resized = (self.pid, wanted)
+        log.info("proxy.workers is now %d (the proxy runs %d): upgrading it", wanted, running)
+        try:
+            await self.upgrade()
+        except BatonError as exc:
+            log.error("could not give the proxy %d workers: %s", wanted, exc)
 
     async def ensure(self) -> None:
         """Adopt the proxy that answers on the socket, or start one."""
@@ -189,6 +211,7 @@ class ProxySupervisor:
         if self._log is None:
             self._log = open_private(self.log_path)
         argv = [sys.executable, "-m", "baton.proxy", "--admin", str(self.socket), *self.extra_args]
+        argv += self._workers_args()
         fds = self.held.hold(listens)
         for address in listens:
             if address in fds:
@@ -247,6 +270,7 @@ class ProxySupervisor:
                         self._peeked = (self.pid, listeners)
                         # It bound an address itself: hold it too, for its next restart.
                         await asyncio.to_thread(self.held.collect, str(self.socket))
+                    await self._resize(health)
                     continue
                 except BatonError:
                     failures += 1
@@ -284,6 +308,7 @@ class ProxySupervisor:
                 self._log = open_private(self.log_path)
             argv = [*(command or [sys.executable, "-m", "baton.proxy"])]
             argv += ["--admin", str(self.socket), "--takeover", *self.extra_args]
+            argv += self._workers_args()
             self._log.write(f"--- baton: upgrading the proxy: {' '.join(argv)}\n".encode())
             self._log.flush()
             try:

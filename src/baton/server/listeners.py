@@ -29,11 +29,17 @@ BACKLOG = 4096
 
 
 def bind_listener(address: str) -> socket.socket:
-    """A listening TCP socket on ``address`` (host:port), as the proxy itself would bind it."""
+    """A listening TCP socket on ``address`` (host:port), as the proxy itself would bind it.
+
+    ``SO_REUSEPORT``: a proxy with several workers (``baton.proxy.supervisor``) binds one
+    more socket per worker on the same address, and the kernel spreads connections
+    among them; only sockets that all set it before binding may share a port.
+    """
     host, port = parse_address(address, "listen")
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(BACKLOG)
     except OSError:
