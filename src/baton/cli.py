@@ -436,7 +436,7 @@ class _Commands(click.Group):
     """The CLI's commands; ``proxy`` is imported only when used (it loads the data plane)."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted([*super().list_commands(ctx), "proxy", "flags"])
+        return sorted([*super().list_commands(ctx), "proxy", "flags", "hosts"])
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name == "proxy":
@@ -447,6 +447,10 @@ class _Commands(click.Group):
             from baton.flags.cli import flags_group
 
             return flags_group
+        if name == "hosts":
+            from baton.cluster.cli import hosts_command
+
+            return hosts_command
         return super().get_command(ctx, name)
 
 
@@ -455,6 +459,22 @@ def observe_options(f: F) -> F:
     from baton.observe.cli import add_options
 
     return add_options(f)
+
+
+def cluster_options(f: F) -> F:
+    """``--cluster``, ``--host-name``, ``--advertise``, ``--roles`` of ``up`` and ``server``."""
+    from baton.cluster.cli import add_options
+
+    return add_options(f)
+
+
+def _cluster_flags(flags: dict[str, Any]) -> Any:
+    from baton.cluster.cli import options_from
+
+    try:
+        return options_from(flags)
+    except BatonError as exc:
+        _fail(exc)
 
 
 def _observe_flags(observe: dict[str, Any]) -> tuple[Any, str, list[str]]:
@@ -492,6 +512,7 @@ flags_listen_option = click.option(
 @click.option("--detach", is_flag=True, help="Run in the background; return once the API answers.")
 @flags_listen_option
 @observe_options
+@cluster_options
 @click.pass_context
 def up(
     ctx: click.Context,
@@ -504,6 +525,9 @@ def up(
     """Start the host daemon: the control plane and the proxy it supervises."""
     state_dir = state_dir_of(ctx, sub_state_dir)
     endpoints, log_format, server_flags = _observe_flags(observe)
+    cluster = _cluster_flags(observe)
+    if cluster is not None:
+        server_flags = [*server_flags, *cluster.server_flags()]
     if flags_listen is not None:
         from baton.flags.http import check_ofrep_listen
 
@@ -520,7 +544,9 @@ def up(
     if not detach:
         from baton.server.app import run_server
 
-        raise SystemExit(run_server(state_dir, endpoints, log_format, flags_listen=flags_listen))
+        raise SystemExit(
+            run_server(state_dir, endpoints, log_format, flags_listen=flags_listen, cluster=cluster)
+        )
     private_dir(state_dir)
     private_dir(state_dir / "logs")
     log_path = state_dir / "logs" / "server.log"
@@ -599,6 +625,7 @@ def upgrade(
 @state_dir_option
 @flags_listen_option
 @observe_options
+@cluster_options
 @click.pass_context
 def server(
     ctx: click.Context, /, sub_state_dir: Path | None, flags_listen: str | None, **observe: Any
@@ -607,8 +634,11 @@ def server(
     from baton.server.app import run_server
 
     endpoints, log_format, _ = _observe_flags(observe)
+    cluster = _cluster_flags(observe)
     state_dir = state_dir_of(ctx, sub_state_dir)
-    raise SystemExit(run_server(state_dir, endpoints, log_format, flags_listen=flags_listen))
+    raise SystemExit(
+        run_server(state_dir, endpoints, log_format, flags_listen=flags_listen, cluster=cluster)
+    )
 
 
 @main.command()

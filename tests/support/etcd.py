@@ -128,6 +128,13 @@ class EtcdCluster:
         self._spawn(i, "existing")
         self.wait_healthy([i])
 
+    def restart_all(self) -> None:
+        """Bring every member back (after the whole cluster went down)."""
+        for i in range(len(self.names)):
+            self.kill(i)
+            self._spawn(i, "existing")
+        self.wait_healthy()
+
     def stop(self) -> None:
         for member in self.members:
             if member is not None:

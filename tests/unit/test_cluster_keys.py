@@ -12,7 +12,9 @@ from baton.errors import UsageError
 def test_records_round_trip_through_json() -> None:
     host = keys.HostRecord("web1", "10.213.0.2:8080", ("app", "edge"), "0.1.0", {"shop": "v2"})
     assert keys.HostRecord.from_json(host.to_json()) == host
-    desired = keys.DesiredRelease("shop", "v2", "d-7", "/srv/shop/baton.yml", image="sha256:ab")
+    desired = keys.DesiredRelease(
+        "shop", "v2", "d-7", "/srv/shop/baton.yml", image="sha256:ab", env={"A": "1"}
+    )
     assert keys.DesiredRelease.from_json(desired.to_json()) == desired
     progress = keys.Progress("shop", "v2", "d-7", "failed", "ready", "never ready", 12)
     assert keys.Progress.from_json(progress.to_json()) == progress
@@ -35,6 +37,10 @@ def test_desired_release_becomes_the_local_deploy_request() -> None:
         (b"[1]", "expected a JSON object"),
         (b'{"app": "shop", "version": "v2", "deployment": "d"}', "config: expected"),
         (b'{"app": "../x", "version": "v2", "deployment": "d", "config": "c"}', "app name"),
+        (
+            b'{"app": "a", "version": "v2", "deployment": "d", "config": "c", "env": {"A": 1}}',
+            "env: expected an object of string values",
+        ),
     ],
 )
 def test_a_bad_desired_release_is_refused_with_what_is_wrong(raw: bytes, message: str) -> None:

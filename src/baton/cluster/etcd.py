@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -319,7 +319,7 @@ class Etcd:
 
     async def watch(
         self, prefix: str, start_revision: int
-    ) -> AsyncIterator[tuple[int, list[WatchEvent]]]:
+    ) -> AsyncGenerator[tuple[int, list[WatchEvent]], None]:
         """Changes under ``prefix`` from ``start_revision`` on: (revision, events) batches.
 
         Ends with ``EtcdUnavailable`` when the stream breaks (the member died or the link

@@ -144,6 +144,7 @@ class DesiredRelease:
     image: str | None = None
     strategy: str | None = None
     command: str | None = None
+    env: dict[str, str] = field(default_factory=dict)  # plain env only: secrets stay local
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -151,6 +152,11 @@ class DesiredRelease:
     @classmethod
     def from_json(cls, raw: bytes | str, what: str = "desired release") -> DesiredRelease:
         body = _object(raw, what)
+        env = body.get("env", {})
+        if not isinstance(env, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+        ):
+            raise ValueError(f"{what}: env: expected an object of string values")
         return cls(
             app=check_name("app name", _text(body, "app", what) or ""),
             version=_text(body, "version", what) or "",
@@ -159,6 +165,7 @@ class DesiredRelease:
             image=_text(body, "image", what, optional=True),
             strategy=_text(body, "strategy", what, optional=True),
             command=_text(body, "command", what, optional=True),
+            env=dict(env),
         )
 
     def deploy_body(self) -> dict[str, Any]:
@@ -168,6 +175,8 @@ class DesiredRelease:
             value = getattr(self, key)
             if value is not None:
                 body[key] = value
+        if self.env:
+            body["env"] = dict(self.env)
         return body
 
 
