@@ -82,10 +82,11 @@ class LocalDaemon:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise DaemonUnreachable(f"the local daemon does not answer: {exc}") from None
 
-    async def deploy(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """``POST /deploy``: the deployment's events, the last one ``"event": "result"``."""
+    async def deploy(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """``POST /deploy`` (or ``/rollback``): the deployment's events, the last one
+        ``"event": "result"``."""
         try:
-            async with self._client().post("http://baton/deploy", json=body) as resp:
+            async with self._client().post(f"http://baton{path}", json=body) as resp:
                 if resp.status >= 400:
                     raise await self._error(resp)
                 async for line in resp.content:
@@ -190,8 +191,10 @@ class Agent:
         await self._report(progress)
         step = ""
         try:
-            async for event in self.daemon.deploy(desired.deploy_body()):
+            async for event in self.daemon.deploy(*desired.request()):
                 name = str(event.get("event", ""))
+                shown = event.get("step") if name == "step" else name
+                shown = shown if isinstance(shown, str) else name
                 if isinstance(event.get("deployment"), int):
                     progress = replace(progress, local_deployment=event["deployment"])
                 if name == "result":
@@ -205,9 +208,9 @@ class Agent:
                     await self._report(final)
                     await self._publish_versions()
                     return
-                if name and name != step:
-                    step = name
-                    await self._report(replace(progress, step=name), best_effort=True)
+                if shown and shown != step:
+                    step = shown
+                    await self._report(replace(progress, step=shown), best_effort=True)
         except BatonError as exc:
             await self._report(replace(progress, state="failed", message=str(exc)))
             return

@@ -145,6 +145,7 @@ class DesiredRelease:
     strategy: str | None = None
     command: str | None = None
     env: dict[str, str] = field(default_factory=dict)  # plain env only: secrets stay local
+    rollback: bool = False  # back to a release the host ran before (releases are immutable)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -166,7 +167,14 @@ class DesiredRelease:
             strategy=_text(body, "strategy", what, optional=True),
             command=_text(body, "command", what, optional=True),
             env=dict(env),
+            rollback=body.get("rollback") is True,
         )
+
+    def request(self) -> tuple[str, dict[str, Any]]:
+        """The local daemon's API call that converges to this release: path and body."""
+        if self.rollback:
+            return "/rollback", {"app": self.app, "version": self.version}
+        return "/deploy", self.deploy_body()
 
     def deploy_body(self) -> dict[str, Any]:
         """The local daemon's ``POST /deploy`` body that converges to this release."""
