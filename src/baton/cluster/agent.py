@@ -205,8 +205,8 @@ class Agent:
                         step="result",
                         message=str(event.get("message", "")),
                     )
+                    await self._publish_versions()  # fresh before the controller sees done
                     await self._report(final)
-                    await self._publish_versions()
                     return
                 if shown and shown != step:
                     step = shown
