@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +19,8 @@ import pytest
 import yaml
 
 from baton.cluster import keys
+from baton.cluster.controller import outcome, submit
+from baton.cluster.election import leader
 from baton.cluster.etcd import Etcd
 from baton.cluster.registry import hosts
 from baton.cluster.rollout import roll_out
@@ -86,13 +89,19 @@ async def fleet(
             assert up.rc == 0, up
         yield etcd, started
     finally:
-        for h in started:
+        for h in started:  # shown when the test fails
+            log = h.state_dir / "logs" / "server.log"
+            if log.exists():
+                print(f"--- {h.net.name} server.log (tail)\n" + log.read_text()[-3000:])
             await h.teardown()
         etcd.stop()
 
 
 def release(version: str, deployment: str) -> keys.DesiredRelease:
-    return keys.DesiredRelease("shop", version, deployment, "", env={"APP_VERSION": version})
+    """The release for every host; each host's baton.yml comes from ``configs()``."""
+    return keys.DesiredRelease(
+        "shop", version, deployment, "(per host)", env={"APP_VERSION": version}
+    )
 
 
 def configs(fleet_hosts: list[FleetHost]) -> dict[str, str]:
@@ -174,3 +183,43 @@ async def test_a_host_cut_off_from_etcd_keeps_serving_and_converges_when_back(
             await asyncio.sleep(0.2)
         assert progress.state == "done", progress
         assert "v2" in (await web3.get("/"))[1]
+
+
+async def served_by_each(fleet_hosts: list[FleetHost]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for h in fleet_hosts:
+        status, body = await h.get("/")
+        assert status == 200, (h.net.name, status, body)
+        out[h.net.name] = next(v for v in ("v1", "v2") if v in body)
+    return out
+
+
+async def test_a_fleet_deploy_survives_its_controller_being_killed(
+    fleet: tuple[EtcdCluster, list[FleetHost]],
+) -> None:
+    cluster, fleet_hosts = fleet
+    by_name = {h.net.name: h for h in fleet_hosts}
+    async with Etcd(cluster.endpoints) as etcd:
+        first = keys.DeployRequest(release("v1", "f1"), tuple(NAMES), configs=configs(fleet_hosts))
+        await submit(etcd, first)
+        assert (await outcome(etcd, "shop", "f1", 180))["state"] == "succeeded"
+        boss = await leader(etcd)
+        assert boss in NAMES
+        second = keys.DeployRequest(release("v2", "f2"), tuple(NAMES), configs=configs(fleet_hosts))
+        await submit(etcd, second)
+        deadline = asyncio.get_running_loop().time() + 120
+        while True:  # the first host is done with f2: the rollout is under way
+            kv = await etcd.get(keys.progress_key(NAMES[0], "shop"))
+            progress = None if kv is None else keys.Progress.from_json(kv.value)
+            if progress is not None and progress.deployment == "f2" and progress.state == "done":
+                break
+            assert asyncio.get_running_loop().time() < deadline, "f2 did not start"
+            await asyncio.sleep(0.1)
+        pid = by_name[boss].server_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)  # the controller's host daemon dies mid-rollout
+        record = await outcome(etcd, "shop", "f2", 180)
+        assert await leader(etcd) not in (None, boss)
+        served = await served_by_each(fleet_hosts)  # the killed host's proxy still serves
+        expected = "v2" if record["state"] == "succeeded" else "v1"
+        assert served == dict.fromkeys(NAMES, expected), (record, served)

@@ -87,3 +87,28 @@ def test_endpoints_are_parsed_and_bad_ones_named() -> None:
         parse_endpoints("ftp://x:1")
     with pytest.raises(UsageError, match="at least one"):
         parse_endpoints(" , ")
+
+
+def test_a_deploy_request_round_trips_and_refuses_bad_hosts() -> None:
+    release = keys.DesiredRelease("shop", "v2", "d-7", "/srv/shop/baton.yml")
+    request = keys.DeployRequest(release, ("web1", "web2"), 2, True, {"web2": "/other.yml"})
+    assert keys.DeployRequest.from_json(request.to_json()) == request
+    with pytest.raises(ValueError, match="hosts: expected a list"):
+        keys.DeployRequest.from_json(request.to_json().replace('["web1", "web2"]', "[]"))
+    with pytest.raises(ValueError, match="host name"):
+        keys.DeployRequest.from_json(request.to_json().replace('"web1"', '"../x"'))
+
+
+def test_a_rollback_is_asked_of_the_daemon_as_one() -> None:
+    back = keys.DesiredRelease("shop", "v1", "d-7-undo", "/srv/baton.yml", rollback=True)
+    assert back.request() == ("/rollback", {"app": "shop", "version": "v1"})
+    assert keys.DesiredRelease.from_json(back.to_json()).rollback
+
+
+def test_hosts_are_cut_into_batches_in_order() -> None:
+    from baton.cluster.rollout import plan_batches
+
+    assert plan_batches(["a", "b", "c", "d", "e"], 2) == [["a", "b"], ["c", "d"], ["e"]]
+    assert plan_batches(["a", "b"], 5) == [["a", "b"]]
+    with pytest.raises(ValueError):
+        plan_batches(["a"], 0)

@@ -226,3 +226,48 @@ class Progress:
     @property
     def finished(self) -> bool:
         return self.state != "deploying"
+
+
+REQUESTS = ROOT + "requests/"
+
+
+def request_key(app: str) -> str:
+    return REQUESTS + check_name("app name", app)
+
+
+@dataclass(frozen=True)
+class DeployRequest:
+    """A fleet deployment asked of the controller (``/baton/requests/APP``)."""
+
+    release: DesiredRelease
+    hosts: tuple[str, ...]
+    hosts_at_once: int = 1
+    skip_unreachable: bool = False
+    configs: dict[str, str] = field(default_factory=dict)  # host → its baton.yml, if not the same
+
+    def to_json(self) -> str:
+        body = asdict(self)
+        body["release"] = json.loads(self.release.to_json())
+        body["hosts"] = list(self.hosts)
+        return json.dumps(body, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str, what: str = "deploy request") -> DeployRequest:
+        body = _object(raw, what)
+        release = DesiredRelease.from_json(json.dumps(body.get("release")), f"{what}: release")
+        hosts = body.get("hosts")
+        if not isinstance(hosts, list) or not hosts:
+            raise ValueError(f"{what}: hosts: expected a list of host names")
+        at_once = body.get("hosts_at_once", 1)
+        if isinstance(at_once, bool) or not isinstance(at_once, int) or at_once < 1:
+            raise ValueError(f"{what}: hosts_at_once: expected a whole number, at least 1")
+        configs = body.get("configs", {})
+        if not isinstance(configs, dict):
+            raise ValueError(f"{what}: configs: expected an object")
+        return cls(
+            release=release,
+            hosts=tuple(check_name("host name", h) for h in hosts),
+            hosts_at_once=at_once,
+            skip_unreachable=body.get("skip_unreachable") is True,
+            configs={str(k): str(v) for k, v in configs.items()},
+        )

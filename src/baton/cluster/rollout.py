@@ -12,16 +12,18 @@ previous release everywhere. A host already unreachable when its turn comes fail
 deployment the same way, or is skipped and reported with ``skip_unreachable``.
 
 The deployment record carries what a new leader needs to finish or unwind a deployment whose
-controller died (see docs/fleet.md); taking over is not wired yet.
+controller died: calling ``roll_out`` again with the same deployment id resumes it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from baton.cluster import keys
 from baton.cluster.election import DeployLock
@@ -89,10 +91,24 @@ async def _wait(
     return outcome
 
 
+async def _finished(etcd: Etcd, hosts: Sequence[str], app: str, deployment: str) -> set[str]:
+    """The hosts that already deployed ``deployment`` successfully."""
+    done: set[str] = set()
+    for host in hosts:
+        kv = await etcd.get(keys.progress_key(host, app))
+        if kv is not None:
+            with contextlib.suppress(ValueError):
+                progress = keys.Progress.from_json(kv.value)
+                if progress.deployment == deployment and progress.state == "done":
+                    done.add(host)
+    return done
+
+
 async def _switch(etcd: Etcd, releases: dict[str, keys.DesiredRelease], app: str) -> None:
     """Write every host's desired release in one transaction: one revision for all."""
     ops = [put_op(keys.desired_key(h, app), r.to_json()) for h, r in releases.items()]
-    await etcd.txn([], ops)
+    if ops:
+        await etcd.txn([], ops)
 
 
 async def roll_out(
@@ -106,24 +122,45 @@ async def roll_out(
     holder: str = "baton",
     host_timeout: float = HOST_TIMEOUT,
 ) -> RolloutResult:
-    """Deploy ``release`` to ``hosts`` in batches; on a failure, put them all back."""
+    """Deploy ``release`` to ``hosts`` in batches; on a failure, put them all back.
+
+    Called again with the same deployment id (a new leader taking over), it resumes: hosts
+    that already finished it are not deployed again, and the previous releases recorded by
+    the first run are the ones an unwind restores. A deployment that already ended returns
+    its recorded outcome.
+    """
     app, deployment = release.app, release.deployment
     lock = await DeployLock.acquire(etcd, app, f"{holder} ({deployment})")
     result = RolloutResult(False, deployment, "")
     previous: dict[str, keys.DesiredRelease | None] = {}
-    record: dict[str, object] = {
+    record: dict[str, Any] = {
         "deployment": deployment,
         "app": app,
         "version": release.version,
         "hosts": list(hosts),
         "hosts_at_once": hosts_at_once,
         "state": "running",
+        "previous": {},
     }
     try:
+        earlier = await etcd.get(DEPLOYMENTS + app)
+        if earlier is not None:
+            known = json.loads(earlier.value)
+            if known.get("deployment") == deployment:
+                if known.get("state") != "running":
+                    return RolloutResult(
+                        known.get("state") == "succeeded", deployment, known.get("message", "")
+                    )
+                record = known
+                previous = {
+                    host: None if raw is None else keys.DesiredRelease.from_json(raw)
+                    for host, raw in known.get("previous", {}).items()
+                }
         await etcd.put(DEPLOYMENTS + app, json.dumps(record))
         for batch in plan_batches(hosts, hosts_at_once):
             reachable = await _reachable(etcd)
-            gone = [h for h in batch if h not in reachable]
+            finished = await _finished(etcd, batch, app, deployment)  # a resumed run
+            gone = [h for h in batch if h not in reachable and h not in finished]
             if gone and not skip_unreachable:
                 result.message = f"{', '.join(gone)} unreachable when its turn came"
                 break
@@ -133,10 +170,16 @@ async def roll_out(
                 continue
             wanted: dict[str, keys.DesiredRelease] = {}
             for host in batch:
-                previous[host] = await _desired(etcd, host, app)
+                if host not in previous:  # a resumed run already knows (and moved) it
+                    previous[host] = await _desired(etcd, host, app)
                 config = (configs or {}).get(host, release.config)
                 wanted[host] = replace(release, config=config)
-            await _switch(etcd, wanted, app)
+            # Recorded before the switch: whoever unwinds must know what to go back to.
+            record["previous"] = {
+                h: None if r is None else r.to_json() for h, r in previous.items()
+            }
+            await etcd.put(DEPLOYMENTS + app, json.dumps(record))
+            await _switch(etcd, {h: r for h, r in wanted.items() if h not in finished}, app)
             outcome = await _wait(etcd, batch, app, deployment, host_timeout)
             failures = [
                 f"{h}: {o if isinstance(o, str) else o.message}"
