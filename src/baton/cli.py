@@ -477,6 +477,20 @@ def _cluster_flags(flags: dict[str, Any]) -> Any:
         _fail(exc)
 
 
+def _fleet_deploy(raw: Any, path: Path, cluster: str | None, *args: Any) -> int | None:
+    """A fleet app's deploy (see ``baton.cluster.cli.fleet_deploy``), else None."""
+    from baton.cluster.cli import fleet_deploy
+
+    version, env, command, strategy, image, skip = args
+    try:
+        return fleet_deploy(
+            raw, str(path), cluster, version=version, env=env, command=command,
+            strategy=strategy, image=image, skip_unreachable=skip,
+        )  # fmt: skip
+    except BatonError as exc:
+        _fail(exc)
+
+
 def _observe_flags(observe: dict[str, Any]) -> tuple[Any, str, list[str]]:
     from baton.observe.cli import endpoints_from
 
@@ -685,6 +699,15 @@ def down(ctx: click.Context, sub_state_dir: Path | None) -> None:
 @click.option(
     "--image", "image", default=None, help="Docker apps: deploy this image instead of run.image."
 )
+@click.option(
+    "--cluster",
+    default=None,
+    metavar="ENDPOINTS",
+    help="A fleet app (hosts: in baton.yml): etcd client URLs (default: $BATON_CLUSTER).",
+)
+@click.option(
+    "--skip-unreachable", is_flag=True, help="A fleet app: skip hosts unreachable on their turn."
+)
 @click.pass_context
 def deploy(
     ctx: click.Context,
@@ -695,6 +718,8 @@ def deploy(
     command: str | None,
     strategy: str | None,
     image: str | None,
+    cluster: str | None = None,
+    skip_unreachable: bool = False,
 ) -> None:
     """Deploy a new release of the app in baton.yml, with zero downtime."""
     from baton.config import apply_overrides, load_config
@@ -708,6 +733,9 @@ def deploy(
         secret_values = gather(loaded.config.secrets, loaded.base_dir, dict(os.environ))
     except BatonError as exc:
         _fail(exc)
+    fleet = _fleet_deploy(loaded.raw, path, cluster, version, overrides, command, strategy, image, skip_unreachable)  # fmt: skip
+    if fleet is not None:
+        raise SystemExit(fleet)
     client = Client(state_dir_of(ctx, sub_state_dir))
     body = {
         "config": str(path),

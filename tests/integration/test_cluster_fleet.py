@@ -190,7 +190,7 @@ async def served_by_each(fleet_hosts: list[FleetHost]) -> dict[str, str]:
     for h in fleet_hosts:
         status, body = await h.get("/")
         assert status == 200, (h.net.name, status, body)
-        out[h.net.name] = next(v for v in ("v1", "v2") if v in body)
+        out[h.net.name] = next(v for v in ("v1", "v2", "v3") if v in body)
     return out
 
 
@@ -223,3 +223,80 @@ async def test_a_fleet_deploy_survives_its_controller_being_killed(
         served = await served_by_each(fleet_hosts)  # the killed host's proxy still serves
         expected = "v2" if record["state"] == "succeeded" else "v1"
         assert served == dict.fromkeys(NAMES, expected), (record, served)
+
+
+def shared_config(root: Path, hosts_at_once: int = 1) -> Path:
+    """One baton.yml for the whole fleet (the hosts share this machine's files): each host's
+    proxy listens on its own namespace's addresses."""
+    base = Host(root)
+    root.mkdir(exist_ok=True)
+    path = base.config(
+        {
+            "hosts": NAMES,
+            "proxy": {"listen": f"0.0.0.0:{PORT}"},
+            "deploy": {"hosts_at_once": hosts_at_once},
+        }
+    )
+    return path
+
+
+async def test_baton_deploy_rolls_a_fleet_app_out_while_an_etcd_member_dies(
+    fleet: tuple[EtcdCluster, list[FleetHost]], tmp_path: Path
+) -> None:
+    cluster, fleet_hosts = fleet
+    config = shared_config(tmp_path / "shared")
+    cli = fleet_hosts[0]
+    first = await cli.baton(
+        "deploy", "-c", str(config), "--version", "v1", "--env", "APP_VERSION=v1",
+        "--cluster", cluster.endpoints_text,
+    )  # fmt: skip
+    assert first.rc == 0, first
+    assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v1")
+    args = ["--version", "v2", "--env", "APP_VERSION=v2", "--cluster", cluster.endpoints_text]
+    deploying = asyncio.create_task(cli.baton("deploy", "-c", str(config), *args))
+    async with Etcd(cluster.endpoints) as etcd:
+        deadline = asyncio.get_running_loop().time() + 60
+        while True:  # the rollout is under way: then one etcd member dies
+            kv = await etcd.get(keys.progress_key(NAMES[0], "shop"))
+            if kv is not None and "v2" in keys.Progress.from_json(kv.value).deployment:
+                break
+            assert asyncio.get_running_loop().time() < deadline, "the rollout did not start"
+            await asyncio.sleep(0.05)
+    cluster.kill(0)
+    second = await deploying
+    assert second.rc == 0, second
+    for name in NAMES:
+        assert f"{name}: done" in second.out, second
+    assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v2")
+
+
+async def test_a_host_down_on_its_turn_fails_the_deploy_or_is_skipped_as_asked(
+    fleet: tuple[EtcdCluster, list[FleetHost]], tmp_path: Path
+) -> None:
+    cluster, fleet_hosts = fleet
+    config = shared_config(tmp_path / "shared")
+    cli = fleet_hosts[0]
+
+    async def deploy(version: str, *flags: str) -> Result:
+        return await cli.baton(
+            "deploy", "-c", str(config), "--version", version, "--env",
+            f"APP_VERSION={version}", "--cluster", cluster.endpoints_text, *flags,
+        )  # fmt: skip
+
+    assert (await deploy("v1")).rc == 0
+    web3 = fleet_hosts[2]
+    pid = web3.server_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)  # web3's daemon dies; its proxy keeps serving v1
+    async with Etcd(cluster.endpoints) as etcd:
+        deadline = asyncio.get_running_loop().time() + 30
+        while {v.record.name: v.reachable for v in await hosts(etcd)}["web3"]:
+            assert asyncio.get_running_loop().time() < deadline, "web3 still reachable"
+            await asyncio.sleep(0.1)
+    failed = await deploy("v2")
+    assert failed.rc == 1 and "web3 unreachable" in failed.out, failed
+    assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v1")  # switched back
+    skipped = await deploy("v3", "--skip-unreachable")
+    assert skipped.rc == 0 and "skipped (unreachable): web3" in skipped.out, skipped
+    served = await served_by_each(fleet_hosts)
+    assert served == {"web1": "v3", "web2": "v3", "web3": "v1"}

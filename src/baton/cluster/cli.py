@@ -1,4 +1,5 @@
-"""The fleet's command-line surface: ``baton up --cluster ...`` flags and ``baton hosts``.
+"""The fleet's command-line surface: ``baton up --cluster ...`` flags, ``baton hosts``, and
+``baton deploy`` of an app whose baton.yml names ``hosts`` (``fleet_deploy``).
 
 ``add_options`` puts ``--cluster``, ``--host-name``, ``--advertise`` and ``--roles`` on
 ``up`` and ``server``; ``options_from`` checks them (a bad value is a usage error naming the
@@ -13,8 +14,10 @@ import asyncio
 import json
 import os
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -167,3 +170,117 @@ def hosts_command(cluster: str | None, as_json: bool) -> None:
 def _fail(exc: BatonError) -> SystemExit:
     Console(stderr=True, highlight=False).print(f"[red]error:[/red] {escape(str(exc))}")
     return SystemExit(exc.exit_code)
+
+
+FLEET_TIMEOUT_PER_HOST = 600.0
+
+
+def fleet_deploy(
+    raw: object,
+    path: str,
+    cluster: str | None,
+    *,
+    version: str | None,
+    env: dict[str, str],
+    command: str | None,
+    strategy: str | None,
+    image: str | None,
+    skip_unreachable: bool,
+) -> int | None:
+    """``baton deploy`` of an app whose baton.yml names ``hosts``: ask the fleet's controller
+    and follow each host's progress. None when the app is not a fleet app (deploy locally).
+    Secret values are not sent: each host uses its own (``baton secrets set`` there)."""
+    from baton.cluster.settings import fleet_settings
+
+    settings = fleet_settings(raw, path)
+    text = cluster or os.environ.get("BATON_CLUSTER")
+    if settings.hosts is None:
+        if cluster:
+            raise UsageError(f"--cluster: {path} names no hosts (e.g. hosts: [web1, web2])")
+        return None
+    if not text:
+        raise UsageError(
+            f"{path}: hosts: a fleet deploy needs --cluster ENDPOINTS or $BATON_CLUSTER"
+        )
+    if not version:
+        raise UsageError("--version: a fleet deploy needs one label, the same on every host")
+    assert isinstance(raw, dict)
+    app = str(raw.get("app"))
+    release = keys.DesiredRelease(
+        app,
+        version,
+        f"{app}-{version}-{int(time.time() * 1000)}",
+        str(Path(path).expanduser().absolute()),
+        image=image,
+        strategy=strategy,
+        command=command,
+        env=env,
+    )
+    return asyncio.run(
+        _follow_fleet(text, release, settings.hosts, settings.hosts_at_once, skip_unreachable)
+    )
+
+
+async def _follow_fleet(
+    text: str,
+    release: keys.DesiredRelease,
+    selector: Any,
+    hosts_at_once: int,
+    skip_unreachable: bool,
+) -> int:
+    from baton.cluster.controller import submit
+    from baton.cluster.election import leader
+    from baton.cluster.etcd import Etcd
+    from baton.cluster.registry import hosts
+    from baton.cluster.rollout import DEPLOYMENTS
+
+    async with Etcd(text) as etcd:
+        views = await hosts(etcd)
+        names = selector.pick([(v.record.name, v.record.roles) for v in views])
+        known = {v.record.name for v in views}
+        strangers = [n for n in names if n not in known]
+        if strangers or not names:
+            raise UsageError(
+                f"hosts: {', '.join(strangers) or 'no host matches'}: never joined the fleet"
+                " (`baton up --cluster ... --host-name NAME` on it)"
+            )
+        if await leader(etcd) is None:
+            console.print("no controller leads yet: waiting for a host with the controller role")
+        request = keys.DeployRequest(release, tuple(names), hosts_at_once, skip_unreachable)
+        await submit(etcd, request)
+        console.print(
+            f"fleet deployment {release.deployment}: {release.app} {release.version} to"
+            f" {', '.join(names)}, {hosts_at_once} at a time"
+        )
+        shown: dict[str, tuple[str, str]] = {}
+        deadline = time.monotonic() + FLEET_TIMEOUT_PER_HOST * len(names)
+        while time.monotonic() < deadline:
+            for name in names:
+                kv = await etcd.get(keys.progress_key(name, release.app))
+                if kv is None:
+                    continue
+                progress = keys.Progress.from_json(kv.value)
+                if not progress.deployment.startswith(release.deployment):
+                    continue
+                now = (progress.state, progress.step)
+                if shown.get(name) != now:
+                    shown[name] = now
+                    undo = " (switching back)" if progress.deployment.endswith("-undo") else ""
+                    detail = f": {progress.message}" if progress.message else ""
+                    console.print(
+                        f"  {escape(name)}{undo}: {progress.state} {escape(progress.step)}"
+                        f"{escape(detail)}"
+                    )
+            kv = await etcd.get(DEPLOYMENTS + release.app)
+            record = json.loads(kv.value) if kv is not None else {}
+            if record.get("deployment") == release.deployment and record.get("state") in (
+                "succeeded",
+                "failed",
+            ):
+                ok = record["state"] == "succeeded"
+                mark = "[green]done[/green]" if ok else "[red]failed[/red]"
+                console.print(f"{mark}: {escape(str(record.get('message', '')))}")
+                return 0 if ok else 1
+            await asyncio.sleep(0.2)
+        console.print("[red]error:[/red] the fleet deployment did not end in time")
+        return 3

@@ -193,11 +193,15 @@ async def roll_out(
         else:
             result.ok = True
             result.message = f"{app} {release.version} is live on {len(result.done)} host(s)"
+            if result.skipped:
+                result.message += f"; skipped (unreachable): {', '.join(result.skipped)}"
         if not result.ok:
             result.reverted = await _unwind(etcd, app, deployment, previous, host_timeout)
             result.done = []
         record["state"] = "succeeded" if result.ok else "failed"
         record["message"] = result.message
+        record["skipped"] = result.skipped
+        record["reverted"] = result.reverted
         await etcd.put(DEPLOYMENTS + app, json.dumps(record))
         return result
     finally:
