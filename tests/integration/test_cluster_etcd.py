@@ -93,3 +93,16 @@ async def test_unreachable_endpoints_give_a_clear_error() -> None:
         with pytest.raises(EtcdUnavailable) as caught:
             await etcd.get("/x")
     assert endpoints[0] in str(caught.value) and endpoints[1] in str(caught.value)
+
+
+async def test_large_answers_and_events_are_read_whole(etcd_cluster: EtcdCluster) -> None:
+    big = b"x" * 300_000  # beyond aiohttp's line limit, once base64-encoded in JSON
+    async with Etcd(etcd_cluster.endpoints) as etcd:
+        _, revision = await etcd.get_prefix("/big/")
+        for i in range(3):
+            await etcd.put(f"/big/{i}", big)
+        kvs, _ = await etcd.get_prefix("/big/")
+        assert [kv.value for kv in kvs] == [big] * 3
+        async for _, events in etcd.watch("/big/", revision + 1):
+            assert events[0].kv.value == big
+            break

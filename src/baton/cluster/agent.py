@@ -92,7 +92,7 @@ class LocalDaemon:
                 async for line in resp.content:
                     if line.strip():
                         yield json.loads(line)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise DaemonUnreachable(f"lost the local daemon during a deploy: {exc}") from None
 
 
@@ -139,6 +139,9 @@ class Agent:
                 await self._watch(revision + 1)
             except (EtcdUnavailable, EtcdError) as exc:
                 log.warning("agent %s: etcd: %s; the host keeps serving as it is", self.host, exc)
+                await asyncio.sleep(RETRY_INTERVAL)
+            except Exception:  # a bug in one round must not end the converging
+                log.exception("agent %s: converging failed; trying again", self.host)
                 await asyncio.sleep(RETRY_INTERVAL)
 
     async def _watch(self, start: int) -> None:

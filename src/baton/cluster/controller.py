@@ -79,6 +79,9 @@ class Controller:
             except BatonError as exc:  # etcd away, a lock never freed: the next round retries
                 log.warning("controller %s: %s", self.name, exc)
                 await asyncio.sleep(RETRY_INTERVAL)
+            except Exception:  # a bug in one round must not end the leading
+                log.exception("controller %s: a round failed; trying again", self.name)
+                await asyncio.sleep(RETRY_INTERVAL)
 
     async def _wait_for_request(self, start: int) -> None:
         changes = self.etcd.watch(keys.REQUESTS, start)

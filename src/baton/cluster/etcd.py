@@ -36,6 +36,7 @@ CONNECT_TIMEOUT = 1.0  # a dead member refuses at once; a partitioned one is giv
 # gRPC codes that mean "this member cannot answer now, another may": DeadlineExceeded,
 # Unavailable (e.g. "etcdserver: no leader", "request timed out").
 _RETRY_ELSEWHERE = {4, 14}
+_STREAMED = {"/v3/lease/keepalive"}  # answered as a stream of lines
 
 
 def _b64(text: str | bytes) -> str:
@@ -222,9 +223,12 @@ class Etcd:
             endpoint = self.endpoints[index]
             try:
                 async with self._client().post(endpoint + path, json=body, timeout=limit) as resp:
-                    # The gateway streams some answers (keep-alive): the first line is the one.
-                    line = await resp.content.readline()
-                    answer = json.loads(line or b"{}")
+                    if path in _STREAMED:
+                        # The gateway streams these answers: the first line is the one.
+                        raw = await _first_line(resp)
+                    else:
+                        raw = await resp.read()  # a range may be large: no line limit
+                    answer = json.loads(raw or b"{}")
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 failures.append(f"{endpoint}: {_describe(exc)}")
                 continue
@@ -356,19 +360,45 @@ class Etcd:
         raise self._unavailable(failures)
 
 
+async def _lines(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The body's newline-separated lines, however long (aiohttp's readline has a limit)."""
+    pending = b""
+    while True:
+        chunk = await resp.content.readany()
+        if not chunk:
+            if pending.strip():
+                yield pending
+            return
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            yield line
+
+
+async def _first_line(resp: aiohttp.ClientResponse) -> bytes:
+    async for line in _lines(resp):
+        if line.strip():
+            return line
+    return b""
+
+
 async def _watch_stream(
     resp: aiohttp.ClientResponse, endpoint: str
 ) -> AsyncIterator[tuple[int, list[WatchEvent]]]:
+    lines = _lines(resp)
     while True:
         try:
-            line = await resp.content.readline()
+            line = await anext(lines)
+        except StopAsyncIteration:
+            raise EtcdUnavailable(f"the watch on {endpoint} ended (the member went away)") from None
         except (aiohttp.ClientError, asyncio.IncompleteReadError) as exc:
             raise EtcdUnavailable(f"the watch on {endpoint} broke: {_describe(exc)}") from None
-        if not line:
-            raise EtcdUnavailable(f"the watch on {endpoint} ended (the member went away)")
         if not line.strip():
             continue
-        message = json.loads(line)
+        try:
+            message = json.loads(line)
+        except ValueError:
+            raise EtcdUnavailable(f"the watch on {endpoint} sent a line that is not JSON") from None
         if "error" in message:
             error = message["error"]
             raise EtcdUnavailable(f"the watch on {endpoint} failed: {error.get('message', error)}")
