@@ -122,3 +122,35 @@ async def test_a_host_without_etcd_keeps_serving_and_converges_when_etcd_is_back
         assert await serves(fleet_host, "v2")
         (view,) = await hosts(etcd)
         assert view.reachable  # registered again under a new lease
+
+
+async def test_baton_hosts_lists_the_fleet_and_bad_fleet_flags_are_refused(
+    etcd_cluster: EtcdCluster, fleet_host: Host
+) -> None:
+    import json
+
+    listed = await fleet_host.baton("hosts", "--cluster", etcd_cluster.endpoints_text, "--json")
+    assert listed.rc == 0, listed
+    (row,) = json.loads(listed.out)
+    assert row["name"] == "web1" and row["reachable"] is True
+    assert row["roles"] == ["app", "controller"]
+    table = await fleet_host.baton("hosts", "--cluster", etcd_cluster.endpoints_text)
+    assert "web1" in table.out and "reachable" in table.out
+
+    alone = await fleet_host.deploy("--version", "v9", "--cluster", etcd_cluster.endpoints_text)
+    assert alone.rc == 2 and "names no hosts" in alone.err, alone
+    fleet_cfg = fleet_host.config({"hosts": ["web1", "web7"]}, name="fleet.yml")
+    stranger = await fleet_host.baton(
+        "deploy", "-c", str(fleet_cfg), "--version", "v9", "--cluster", etcd_cluster.endpoints_text
+    )
+    assert stranger.rc == 2 and "web7: never joined the fleet" in stranger.err, stranger
+    unnamed = await fleet_host.baton(
+        "deploy", "-c", str(fleet_cfg), "--cluster", etcd_cluster.endpoints_text
+    )
+    assert unnamed.rc == 2 and "--version" in unnamed.err, unnamed
+    bad = await fleet_host.baton("up", "--cluster", "ftp://x", "--host-name", "web2")
+    assert bad.rc == 2 and "--cluster" in bad.err, bad
+    bad_roles = await fleet_host.baton(
+        "server", "--cluster", etcd_cluster.endpoints_text, "--roles", "app,db"
+    )
+    assert bad_roles.rc == 2 and "'db'" in bad_roles.err, bad_roles
