@@ -434,7 +434,7 @@ class _Commands(click.Group):
     """The CLI's commands; ``proxy`` is imported only when used (it loads the data plane)."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted([*super().list_commands(ctx), "proxy", "flags"])
+        return sorted([*super().list_commands(ctx), "proxy", "flags", "hosts"])
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name == "proxy":
@@ -445,6 +445,10 @@ class _Commands(click.Group):
             from baton.flags.cli import flags_group
 
             return flags_group
+        if name == "hosts":
+            from baton.cluster.cli import hosts_command
+
+            return hosts_command
         return super().get_command(ctx, name)
 
 
@@ -453,6 +457,36 @@ def observe_options(f: F) -> F:
     from baton.observe.cli import add_options
 
     return add_options(f)
+
+
+def cluster_options(f: F) -> F:
+    """``--cluster``, ``--host-name``, ``--advertise``, ``--roles`` of ``up`` and ``server``."""
+    from baton.cluster.cli import add_options
+
+    return add_options(f)
+
+
+def _cluster_flags(flags: dict[str, Any]) -> Any:
+    from baton.cluster.cli import options_from
+
+    try:
+        return options_from(flags)
+    except BatonError as exc:
+        _fail(exc)
+
+
+def _fleet_deploy(raw: Any, path: Path, cluster: str | None, *args: Any) -> int | None:
+    """A fleet app's deploy (see ``baton.cluster.cli.fleet_deploy``), else None."""
+    from baton.cluster.cli import fleet_deploy
+
+    version, env, command, strategy, image, skip = args
+    try:
+        return fleet_deploy(
+            raw, str(path), cluster, version=version, env=env, command=command,
+            strategy=strategy, image=image, skip_unreachable=skip,
+        )  # fmt: skip
+    except BatonError as exc:
+        _fail(exc)
 
 
 def _observe_flags(observe: dict[str, Any]) -> tuple[Any, str, list[str]]:
@@ -490,6 +524,7 @@ flags_listen_option = click.option(
 @click.option("--detach", is_flag=True, help="Run in the background; return once the API answers.")
 @flags_listen_option
 @observe_options
+@cluster_options
 @click.pass_context
 def up(
     ctx: click.Context,
@@ -502,6 +537,9 @@ def up(
     """Start the host daemon: the control plane and the proxy it supervises."""
     state_dir = state_dir_of(ctx, sub_state_dir)
     endpoints, log_format, server_flags = _observe_flags(observe)
+    cluster = _cluster_flags(observe)
+    if cluster is not None:
+        server_flags = [*server_flags, *cluster.server_flags()]
     if flags_listen is not None:
         from baton.flags.http import check_ofrep_listen
 
@@ -518,7 +556,9 @@ def up(
     if not detach:
         from baton.server.app import run_server
 
-        raise SystemExit(run_server(state_dir, endpoints, log_format, flags_listen=flags_listen))
+        raise SystemExit(
+            run_server(state_dir, endpoints, log_format, flags_listen=flags_listen, cluster=cluster)
+        )
     private_dir(state_dir)
     private_dir(state_dir / "logs")
     log_path = state_dir / "logs" / "server.log"
@@ -597,6 +637,7 @@ def upgrade(
 @state_dir_option
 @flags_listen_option
 @observe_options
+@cluster_options
 @click.pass_context
 def server(
     ctx: click.Context, /, sub_state_dir: Path | None, flags_listen: str | None, **observe: Any
@@ -605,8 +646,11 @@ def server(
     from baton.server.app import run_server
 
     endpoints, log_format, _ = _observe_flags(observe)
+    cluster = _cluster_flags(observe)
     state_dir = state_dir_of(ctx, sub_state_dir)
-    raise SystemExit(run_server(state_dir, endpoints, log_format, flags_listen=flags_listen))
+    raise SystemExit(
+        run_server(state_dir, endpoints, log_format, flags_listen=flags_listen, cluster=cluster)
+    )
 
 
 @main.command()
@@ -655,6 +699,15 @@ def down(ctx: click.Context, sub_state_dir: Path | None) -> None:
 @click.option(
     "--image", "image", default=None, help="Docker apps: deploy this image instead of run.image."
 )
+@click.option(
+    "--cluster",
+    default=None,
+    metavar="ENDPOINTS",
+    help="A fleet app (hosts: in baton.yml): etcd client URLs (default: $BATON_CLUSTER).",
+)
+@click.option(
+    "--skip-unreachable", is_flag=True, help="A fleet app: skip hosts unreachable on their turn."
+)
 @click.pass_context
 def deploy(
     ctx: click.Context,
@@ -665,6 +718,8 @@ def deploy(
     command: str | None,
     strategy: str | None,
     image: str | None,
+    cluster: str | None = None,
+    skip_unreachable: bool = False,
 ) -> None:
     """Deploy a new release of the app in baton.yml, with zero downtime."""
     from baton.config import apply_overrides, load_config
@@ -678,6 +733,9 @@ def deploy(
         secret_values = gather(loaded.config.secrets, loaded.base_dir, dict(os.environ))
     except BatonError as exc:
         _fail(exc)
+    fleet = _fleet_deploy(loaded.raw, path, cluster, version, overrides, command, strategy, image, skip_unreachable)  # fmt: skip
+    if fleet is not None:
+        raise SystemExit(fleet)
     client = Client(state_dir_of(ctx, sub_state_dir))
     body = {
         "config": str(path),

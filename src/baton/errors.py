@@ -106,3 +106,15 @@ class CertificateError(RouteTableError):
     """
 
     exit_code = 2
+
+
+class EtcdUnavailable(BatonError):
+    """No etcd endpoint answered (all down, unreachable or timed out). Names the endpoints."""
+
+    exit_code = 3
+
+
+class EtcdError(BatonError):
+    """etcd answered with an error (a lease not found, a bad request); carries its message."""
+
+    exit_code = 1

@@ -872,3 +872,51 @@ def test_bad_proxy_workers_is_named_with_what_was_expected(tmp_path: Path, bad: 
     assert caught.value.key == "proxy.workers"
     assert "integer from 1 to 256 or auto" in str(caught.value)
     assert str(path) in str(caught.value)
+
+
+# ---------------------------------------------------------------- fleet keys (issue 13)
+
+
+def test_fleet_keys_load_and_read_back(tmp_path: Path) -> None:
+    from baton.cluster.settings import fleet_settings
+
+    text = MINIMAL + "hosts: [web1, web2]\ndeploy:\n  hosts_at_once: 2\n  max_surge: 2\n"
+    loaded = load_config(write(tmp_path, text))
+    assert loaded.config.deploy.max_surge == 2  # the single-host keys beside them still apply
+    settings = fleet_settings(loaded.raw)
+    assert settings.hosts is not None and settings.hosts.names == ("web1", "web2")
+    assert (settings.hosts_at_once, settings.max_unavailable_hosts) == (2, 2)
+    by_role = fleet_settings(yaml.safe_load("hosts: {role: edge}"))
+    assert by_role.hosts is not None
+    assert by_role.hosts.pick([("b", ["edge"]), ("a", ["edge", "app"]), ("c", ["app"])]) == [
+        "a",
+        "b",
+    ]
+    assert fleet_settings(yaml.safe_load(MINIMAL)).hosts is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "expected"),
+    [
+        ("hosts: []\n", "hosts", "at least one host"),
+        ("hosts: [web1, web1]\n", "hosts", "named twice"),
+        ("hosts: [web1, 'a/b']\n", "hosts[1]", "host name"),
+        ("hosts: web1\n", "hosts", "list of host names"),
+        ("hosts: {role: db}\n", "hosts.role", "app, edge, controller"),
+        ("deploy:\n  hosts_at_once: 0\n", "deploy.hosts_at_once", "at least 1"),
+        ("deploy:\n  hosts_at_once: two\n", "deploy.hosts_at_once", "whole number"),
+        (
+            "deploy:\n  hosts_at_once: 3\n  max_unavailable_hosts: 2\n",
+            "deploy.max_unavailable_hosts",
+            "at least deploy.hosts_at_once",
+        ),
+    ],
+)
+def test_bad_fleet_keys_name_the_file_and_key(
+    tmp_path: Path, extra: str, key: str, expected: str
+) -> None:
+    path = write(tmp_path, MINIMAL + extra)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.key == key and str(path) in str(caught.value)
+    assert expected in str(caught.value)

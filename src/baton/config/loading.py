@@ -23,6 +23,7 @@ from pydantic import (
     ValidationError,
 )
 
+from baton.cluster.settings import strip_fleet_keys
 from baton.config.models import AppConfig, _KeyedError
 from baton.config.units import _shown
 from baton.errors import ConfigError
@@ -153,6 +154,7 @@ def parse_config(raw: object, *, file: str | None = None) -> AppConfig:
         raise ConfigError(
             f"expected a mapping of keys at the top level, got {_shown(raw)}", file=file
         )
+    raw = strip_fleet_keys(raw, file)  # hosts, deploy.hosts_at_once/max_unavailable_hosts
     try:
         return AppConfig.model_validate(raw)
     except ValidationError as exc:

@@ -50,6 +50,8 @@ from typing import IO, Any
 from aiohttp import web
 
 from baton import __version__
+from baton.cluster.cli import ClusterOptions
+from baton.cluster.start import start_agent
 from baton.deploy.engine import Engine, Router
 from baton.deploy.lifecycle import converge
 from baton.deploy.proxyclient import ProxyClient, ProxyUnavailable
@@ -380,7 +382,11 @@ def _lock(state_dir: Path) -> IO[str]:
 
 
 async def serve(
-    state_dir: Path, endpoints: Endpoints | None = None, *, flags_listen: str | None = None
+    state_dir: Path,
+    endpoints: Endpoints | None = None,
+    *,
+    flags_listen: str | None = None,
+    cluster: ClusterOptions | None = None,
 ) -> int:
     """Run the control plane until SIGTERM/SIGINT or ``POST /shutdown``. Returns the exit code.
 
@@ -488,6 +494,8 @@ async def serve(
             loop.create_task(certs.run(stop)),
             loop.create_task(observe_signals.watch(engine, stop)),
         ]
+        if cluster is not None:  # after the API answers: the agent deploys through it
+            background.append(loop.create_task(start_agent(cluster, state_dir, stop)))
         if flags_listen is not None:
             ofrep_runner = await start_ofrep(Ofrep(flags, flags_token), flags_listen)
             log.info("feature flags (OFREP) on http://%s", flags_listen)
@@ -575,10 +583,11 @@ def run_server(
     log_format: str = "text",
     *,
     flags_listen: str | None = None,
+    cluster: ClusterOptions | None = None,
 ) -> int:
     observe_logs.configure(log_format)
     try:
-        return asyncio.run(serve(state_dir, endpoints, flags_listen=flags_listen))
+        return asyncio.run(serve(state_dir, endpoints, flags_listen=flags_listen, cluster=cluster))
     except AlreadyRunning as exc:
         print(f"baton server: {exc}", file=sys.stderr)
         return 0

@@ -1,0 +1,143 @@
+"""The fleet's controller: elected among the hosts that may run it, it carries out the
+deploy requests written to ``/baton/requests/APP`` with ``roll_out``.
+
+Every candidate runs ``Controller.run``; one leads at a time (``baton.cluster.election``).
+The leader lists the requests, and for each one whose deployment record
+(``/baton/deployments/APP``) has not ended runs the rollout, then watches for new requests
+(re-reading them every ``RESYNC_INTERVAL``, so a quiet partition is bounded). When it loses
+its lease it cancels what it was doing at once and campaigns again; the deployment stays
+recorded as running, and the next leader resumes it: hosts that finished it are not
+deployed again, an unwind restores the recorded previous releases. A dead leader's deploy
+lock lapses with its lease, so the new leader waits for it (up to ``LOCK_WAIT``).
+
+``submit`` and ``outcome`` are the client's side: write a request, wait for its record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+from baton.cluster import keys
+from baton.cluster.election import LOCK_TTL, Election
+from baton.cluster.etcd import Etcd, KeyValue
+from baton.cluster.rollout import DEPLOYMENTS, roll_out
+from baton.errors import BatonError, DeploymentLocked, EtcdError, EtcdUnavailable
+
+log = logging.getLogger("baton.cluster")
+
+RESYNC_INTERVAL = 3.0
+LOCK_WAIT = 3 * LOCK_TTL
+RETRY_INTERVAL = 1.0
+
+
+class Controller:
+    def __init__(self, etcd: Etcd, name: str, *, ttl: int | None = None) -> None:
+        self.etcd = etcd
+        self.name = name
+        self.election = Election(etcd, name) if ttl is None else Election(etcd, name, ttl=ttl)
+        self.leading = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        task = asyncio.get_running_loop().create_task(self._loop())
+        try:
+            await stop.wait()
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            with contextlib.suppress(EtcdUnavailable, EtcdError):
+                await self.election.resign()
+
+    async def _loop(self) -> None:
+        while True:
+            await self.election.campaign()
+            self.leading.set()
+            lead = asyncio.get_running_loop().create_task(self._lead())
+            lost = asyncio.get_running_loop().create_task(self.election.lost.wait())
+            try:
+                await asyncio.wait({lead, lost}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self.leading.clear()
+                for task in (lead, lost):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+            log.warning("%s no longer leads the fleet's controller", self.name)
+
+    async def _lead(self) -> None:
+        while True:
+            try:
+                requests, revision = await self.etcd.get_prefix(keys.REQUESTS)
+                for kv in requests:
+                    await self._handle(kv)
+                await self._wait_for_request(revision + 1)
+            except BatonError as exc:  # etcd away, a lock never freed: the next round retries
+                log.warning("controller %s: %s", self.name, exc)
+                await asyncio.sleep(RETRY_INTERVAL)
+            except Exception:  # a bug in one round must not end the leading
+                log.exception("controller %s: a round failed; trying again", self.name)
+                await asyncio.sleep(RETRY_INTERVAL)
+
+    async def _wait_for_request(self, start: int) -> None:
+        changes = self.etcd.watch(keys.REQUESTS, start)
+        try:
+            with contextlib.suppress(TimeoutError, StopAsyncIteration):
+                await asyncio.wait_for(anext(changes), RESYNC_INTERVAL)
+        finally:
+            await changes.aclose()
+
+    async def _handle(self, kv: KeyValue) -> None:
+        try:
+            request = keys.DeployRequest.from_json(kv.value, f"etcd key {kv.key}")
+        except ValueError as exc:
+            log.error("controller %s: ignoring a bad request: %s", self.name, exc)
+            return
+        app, deployment = request.release.app, request.release.deployment
+        record = await self.etcd.get(DEPLOYMENTS + app)
+        if record is not None:
+            known = json.loads(record.value)
+            if known.get("deployment") == deployment and known.get("state") != "running":
+                return
+        log.info("controller %s: rolling out %s (%s)", self.name, app, deployment)
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                result = await roll_out(
+                    self.etcd,
+                    request.release,
+                    request.hosts,
+                    hosts_at_once=request.hosts_at_once,
+                    skip_unreachable=request.skip_unreachable,
+                    configs=request.configs,
+                    holder=self.name,
+                )
+                break
+            except DeploymentLocked:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(RETRY_INTERVAL)  # a dead leader's lock lapses
+        log.info("controller %s: %s %s: %s", self.name, app, deployment, result.message)
+
+
+async def submit(etcd: Etcd, request: keys.DeployRequest) -> None:
+    await etcd.put(keys.request_key(request.release.app), request.to_json())
+
+
+async def outcome(etcd: Etcd, app: str, deployment: str, timeout: float) -> dict[str, Any]:
+    """The deployment's record once it ended (succeeded or failed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(EtcdUnavailable):
+            kv = await etcd.get(DEPLOYMENTS + app)
+            if kv is not None:
+                record: dict[str, Any] = json.loads(kv.value)
+                if record.get("deployment") == deployment and record.get("state") != "running":
+                    return record
+        if time.monotonic() > deadline:
+            raise EtcdUnavailable(f"{app} {deployment}: no outcome within {timeout:g}s")
+        await asyncio.sleep(0.1)

@@ -1,0 +1,273 @@
+"""The fleet's key layout in etcd, and the records stored under it (pure: no I/O).
+
+Everything lives under ``/baton/`` (see docs/fleet.md for the whole picture):
+
+| key                                   | value            | lifetime                      |
+|---------------------------------------|------------------|-------------------------------|
+| /baton/hosts/NAME                     | HostRecord       | kept (the host is known)      |
+| /baton/alive/NAME                     | HostRecord       | under the host's lease        |
+| /baton/controller                     | holder name      | under the leader's lease      |
+| /baton/locks/APP                      | holder name      | under the deploy's lease      |
+| /baton/desired/HOST/APP               | DesiredRelease   | written by the controller     |
+| /baton/progress/HOST/APP              | Progress         | written by HOST's agent       |
+
+A host is *reachable* while its ``alive`` key exists: the key goes with the lease when the
+host stops renewing it (killed, partitioned). Records are JSON; ``from_json`` refuses a
+record that is not what it claims to be with ``ValueError`` naming the key, so a corrupt
+or foreign value is reported, never half-applied.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+ROOT = "/baton/"
+HOSTS = ROOT + "hosts/"
+ALIVE = ROOT + "alive/"
+CONTROLLER = ROOT + "controller"
+LOCKS = ROOT + "locks/"
+DESIRED = ROOT + "desired/"
+PROGRESS = ROOT + "progress/"
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def check_name(what: str, name: str) -> str:
+    """A host or app name usable in a key: letters, digits, ``_.-``, at most 63 characters."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(
+            f"{what} {name!r}: expected letters, digits, '_', '.' or '-' (at most 63,"
+            " starting with a letter or digit)"
+        )
+    return name
+
+
+def host_key(name: str) -> str:
+    return HOSTS + check_name("host name", name)
+
+
+def alive_key(name: str) -> str:
+    return ALIVE + check_name("host name", name)
+
+
+def lock_key(app: str) -> str:
+    return LOCKS + check_name("app name", app)
+
+
+def desired_prefix(host: str) -> str:
+    return f"{DESIRED}{check_name('host name', host)}/"
+
+
+def desired_key(host: str, app: str) -> str:
+    return desired_prefix(host) + check_name("app name", app)
+
+
+def progress_key(host: str, app: str) -> str:
+    return f"{PROGRESS}{check_name('host name', host)}/{check_name('app name', app)}"
+
+
+def name_after(prefix: str, key: str) -> str:
+    """The last part of ``key`` under ``prefix`` (``/baton/hosts/web1`` → ``web1``)."""
+    return key[len(prefix) :] if key.startswith(prefix) else key.rsplit("/", 1)[-1]
+
+
+def _object(raw: bytes | str, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError(f"{what}: not JSON") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{what}: expected a JSON object")
+    return value
+
+
+def _text(body: dict[str, Any], key: str, what: str, *, optional: bool = False) -> str | None:
+    value = body.get(key)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{what}: {key}: expected a non-empty string")
+    return value
+
+
+@dataclass(frozen=True)
+class HostRecord:
+    """What a host says about itself when it registers."""
+
+    name: str
+    advertise: str  # the address other hosts (edges) reach its proxy on, host:port
+    roles: tuple[str, ...] = ("app",)
+    baton: str = ""  # Baton's version on the host
+    apps: dict[str, str | None] = field(default_factory=dict)  # app → the version it serves
+
+    def to_json(self) -> str:
+        body = asdict(self)
+        body["roles"] = list(self.roles)
+        return json.dumps(body, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str, what: str = "host record") -> HostRecord:
+        body = _object(raw, what)
+        name = check_name("host name", _text(body, "name", what) or "")
+        roles = body.get("roles", ["app"])
+        if not isinstance(roles, list) or not all(isinstance(r, str) and r for r in roles):
+            raise ValueError(f"{what}: roles: expected a list of names")
+        apps = body.get("apps", {})
+        if not isinstance(apps, dict):
+            raise ValueError(f"{what}: apps: expected an object")
+        return cls(
+            name=name,
+            advertise=_text(body, "advertise", what) or "",
+            roles=tuple(roles),
+            baton=str(body.get("baton", "")),
+            apps={str(k): (None if v is None else str(v)) for k, v in apps.items()},
+        )
+
+
+@dataclass(frozen=True)
+class DesiredRelease:
+    """The release one app should run on one host, as the controller decided it.
+
+    ``deployment`` names the fleet deployment that asked for it: an agent acts once per
+    deployment (a restart of the agent does not deploy it again). The artifact is the
+    release's immutable content: ``image`` (a digest, for Docker) or, for the process
+    runtime, the ``config`` whose directory the host snapshots (see docs/fleet.md).
+    """
+
+    app: str
+    version: str
+    deployment: str
+    config: str  # the app's baton.yml on that host
+    image: str | None = None
+    strategy: str | None = None
+    command: str | None = None
+    env: dict[str, str] = field(default_factory=dict)  # plain env only: secrets stay local
+    rollback: bool = False  # back to a release the host ran before (releases are immutable)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str, what: str = "desired release") -> DesiredRelease:
+        body = _object(raw, what)
+        env = body.get("env", {})
+        if not isinstance(env, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+        ):
+            raise ValueError(f"{what}: env: expected an object of string values")
+        return cls(
+            app=check_name("app name", _text(body, "app", what) or ""),
+            version=_text(body, "version", what) or "",
+            deployment=_text(body, "deployment", what) or "",
+            config=_text(body, "config", what) or "",
+            image=_text(body, "image", what, optional=True),
+            strategy=_text(body, "strategy", what, optional=True),
+            command=_text(body, "command", what, optional=True),
+            env=dict(env),
+            rollback=body.get("rollback") is True,
+        )
+
+    def request(self) -> tuple[str, dict[str, Any]]:
+        """The local daemon's API call that converges to this release: path and body."""
+        if self.rollback:
+            return "/rollback", {"app": self.app, "version": self.version}
+        return "/deploy", self.deploy_body()
+
+    def deploy_body(self) -> dict[str, Any]:
+        """The local daemon's ``POST /deploy`` body that converges to this release."""
+        body: dict[str, Any] = {"config": self.config, "version": self.version}
+        for key in ("image", "strategy", "command"):
+            value = getattr(self, key)
+            if value is not None:
+                body[key] = value
+        if self.env:
+            body["env"] = dict(self.env)
+        return body
+
+
+ProgressState = Literal["deploying", "done", "failed"]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """An agent's report on one app: where its deploy of ``deployment`` is, or how it ended."""
+
+    app: str
+    version: str
+    deployment: str
+    state: ProgressState
+    step: str = ""
+    message: str = ""
+    local_deployment: int | None = None  # the id in the host's own history
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str, what: str = "progress") -> Progress:
+        body = _object(raw, what)
+        state = body.get("state")
+        if state not in ("deploying", "done", "failed"):
+            raise ValueError(f"{what}: state: expected deploying, done or failed")
+        local = body.get("local_deployment")
+        return cls(
+            app=_text(body, "app", what) or "",
+            version=_text(body, "version", what) or "",
+            deployment=_text(body, "deployment", what) or "",
+            state=state,
+            step=str(body.get("step", "")),
+            message=str(body.get("message", "")),
+            local_deployment=local if isinstance(local, int) else None,
+        )
+
+    @property
+    def finished(self) -> bool:
+        return self.state != "deploying"
+
+
+REQUESTS = ROOT + "requests/"
+
+
+def request_key(app: str) -> str:
+    return REQUESTS + check_name("app name", app)
+
+
+@dataclass(frozen=True)
+class DeployRequest:
+    """A fleet deployment asked of the controller (``/baton/requests/APP``)."""
+
+    release: DesiredRelease
+    hosts: tuple[str, ...]
+    hosts_at_once: int = 1
+    skip_unreachable: bool = False
+    configs: dict[str, str] = field(default_factory=dict)  # host → its baton.yml, if not the same
+
+    def to_json(self) -> str:
+        body = asdict(self)
+        body["release"] = json.loads(self.release.to_json())
+        body["hosts"] = list(self.hosts)
+        return json.dumps(body, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str, what: str = "deploy request") -> DeployRequest:
+        body = _object(raw, what)
+        release = DesiredRelease.from_json(json.dumps(body.get("release")), f"{what}: release")
+        hosts = body.get("hosts")
+        if not isinstance(hosts, list) or not hosts:
+            raise ValueError(f"{what}: hosts: expected a list of host names")
+        at_once = body.get("hosts_at_once", 1)
+        if isinstance(at_once, bool) or not isinstance(at_once, int) or at_once < 1:
+            raise ValueError(f"{what}: hosts_at_once: expected a whole number, at least 1")
+        configs = body.get("configs", {})
+        if not isinstance(configs, dict):
+            raise ValueError(f"{what}: configs: expected an object")
+        return cls(
+            release=release,
+            hosts=tuple(check_name("host name", h) for h in hosts),
+            hosts_at_once=at_once,
+            skip_unreachable=body.get("skip_unreachable") is True,
+            configs={str(k): str(v) for k, v in configs.items()},
+        )

@@ -1,0 +1,229 @@
+"""A release rolled out across hosts, batch by batch, with no fleet left on mixed versions.
+
+``plan_batches`` (pure) cuts the hosts into batches of ``hosts_at_once``. ``roll_out`` is
+the controller's side of one fleet deployment: under the app's etcd deploy lock it records
+the deployment under ``/baton/deployments/APP``, then for each batch writes the new desired
+release of every host of the batch in one transaction (one revision) and waits for each
+host's agent to report ``done``. A host that reports ``failed``, stops being reachable
+(its lease lapsed) or does not finish in time fails the batch; then every host already moved
+— the earlier batches and this batch's — gets its previous desired release back (a new
+deployment id, so agents act on it), and the result is a failure: the fleet ends on the
+previous release everywhere. A host already unreachable when its turn comes fails the
+deployment the same way, or is skipped and reported with ``skip_unreachable``.
+
+The deployment record carries what a new leader needs to finish or unwind a deployment whose
+controller died: calling ``roll_out`` again with the same deployment id resumes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from baton.cluster import keys
+from baton.cluster.election import DeployLock
+from baton.cluster.etcd import Etcd, put_op
+from baton.errors import EtcdError, EtcdUnavailable
+
+DEPLOYMENTS = keys.ROOT + "deployments/"
+HOST_TIMEOUT = 300.0  # one host's deploy, at most
+POLL_INTERVAL = 0.1
+
+
+def plan_batches(hosts: Sequence[str], hosts_at_once: int) -> list[list[str]]:
+    """Hosts in rollout order, ``hosts_at_once`` at a time (the last batch may be smaller)."""
+    if hosts_at_once < 1:
+        raise ValueError("hosts_at_once: expected at least 1")
+    return [list(hosts[i : i + hosts_at_once]) for i in range(0, len(hosts), hosts_at_once)]
+
+
+@dataclass
+class RolloutResult:
+    ok: bool
+    deployment: str
+    message: str
+    done: list[str] = field(default_factory=list)  # hosts on the new release
+    reverted: list[str] = field(default_factory=list)  # hosts switched back
+    skipped: list[str] = field(default_factory=list)  # unreachable, skipped
+
+
+async def _reachable(etcd: Etcd) -> set[str]:
+    alive, _ = await etcd.get_prefix(keys.ALIVE)
+    return {keys.name_after(keys.ALIVE, kv.key) for kv in alive}
+
+
+async def _desired(etcd: Etcd, host: str, app: str) -> keys.DesiredRelease | None:
+    kv = await etcd.get(keys.desired_key(host, app))
+    return None if kv is None else keys.DesiredRelease.from_json(kv.value, f"etcd key {kv.key}")
+
+
+async def _wait(
+    etcd: Etcd, hosts: Sequence[str], app: str, deployment: str, timeout: float
+) -> dict[str, keys.Progress | str]:
+    """Each host's final progress on ``deployment``, or why it has none (a string)."""
+    outcome: dict[str, keys.Progress | str] = {}
+    deadline = time.monotonic() + timeout
+    while len(outcome) < len(hosts):
+        try:
+            reachable = await _reachable(etcd)
+            for host in hosts:
+                if host in outcome:
+                    continue
+                kv = await etcd.get(keys.progress_key(host, app))
+                progress = None if kv is None else keys.Progress.from_json(kv.value)
+                if progress is not None and progress.deployment == deployment and progress.finished:
+                    outcome[host] = progress
+                    continue
+                if host not in reachable:
+                    outcome[host] = f"{host} became unreachable (its lease lapsed)"
+        except (EtcdUnavailable, EtcdError):
+            pass  # another member answers next round; the deadline bounds it
+        if time.monotonic() > deadline:
+            for host in hosts:
+                outcome.setdefault(host, f"{host} did not finish within {timeout:g}s")
+        if len(outcome) < len(hosts):
+            await asyncio.sleep(POLL_INTERVAL)
+    return outcome
+
+
+async def _finished(etcd: Etcd, hosts: Sequence[str], app: str, deployment: str) -> set[str]:
+    """The hosts that already deployed ``deployment`` successfully."""
+    done: set[str] = set()
+    for host in hosts:
+        kv = await etcd.get(keys.progress_key(host, app))
+        if kv is not None:
+            with contextlib.suppress(ValueError):
+                progress = keys.Progress.from_json(kv.value)
+                if progress.deployment == deployment and progress.state == "done":
+                    done.add(host)
+    return done
+
+
+async def _switch(etcd: Etcd, releases: dict[str, keys.DesiredRelease], app: str) -> None:
+    """Write every host's desired release in one transaction: one revision for all."""
+    ops = [put_op(keys.desired_key(h, app), r.to_json()) for h, r in releases.items()]
+    if ops:
+        await etcd.txn([], ops)
+
+
+async def roll_out(
+    etcd: Etcd,
+    release: keys.DesiredRelease,
+    hosts: Sequence[str],
+    *,
+    hosts_at_once: int = 1,
+    skip_unreachable: bool = False,
+    configs: dict[str, str] | None = None,
+    holder: str = "baton",
+    host_timeout: float = HOST_TIMEOUT,
+) -> RolloutResult:
+    """Deploy ``release`` to ``hosts`` in batches; on a failure, put them all back.
+
+    Called again with the same deployment id (a new leader taking over), it resumes: hosts
+    that already finished it are not deployed again, and the previous releases recorded by
+    the first run are the ones an unwind restores. A deployment that already ended returns
+    its recorded outcome.
+    """
+    app, deployment = release.app, release.deployment
+    lock = await DeployLock.acquire(etcd, app, f"{holder} ({deployment})")
+    result = RolloutResult(False, deployment, "")
+    previous: dict[str, keys.DesiredRelease | None] = {}
+    record: dict[str, Any] = {
+        "deployment": deployment,
+        "app": app,
+        "version": release.version,
+        "hosts": list(hosts),
+        "hosts_at_once": hosts_at_once,
+        "state": "running",
+        "previous": {},
+    }
+    try:
+        earlier = await etcd.get(DEPLOYMENTS + app)
+        if earlier is not None:
+            known = json.loads(earlier.value)
+            if known.get("deployment") == deployment:
+                if known.get("state") != "running":
+                    return RolloutResult(
+                        known.get("state") == "succeeded", deployment, known.get("message", "")
+                    )
+                record = known
+                previous = {
+                    host: None if raw is None else keys.DesiredRelease.from_json(raw)
+                    for host, raw in known.get("previous", {}).items()
+                }
+        await etcd.put(DEPLOYMENTS + app, json.dumps(record))
+        for batch in plan_batches(hosts, hosts_at_once):
+            reachable = await _reachable(etcd)
+            finished = await _finished(etcd, batch, app, deployment)  # a resumed run
+            gone = [h for h in batch if h not in reachable and h not in finished]
+            if gone and not skip_unreachable:
+                result.message = f"{', '.join(gone)} unreachable when its turn came"
+                break
+            result.skipped += gone
+            batch = [h for h in batch if h not in gone]
+            if not batch:
+                continue
+            wanted: dict[str, keys.DesiredRelease] = {}
+            for host in batch:
+                if host not in previous:  # a resumed run already knows (and moved) it
+                    previous[host] = await _desired(etcd, host, app)
+                config = (configs or {}).get(host, release.config)
+                wanted[host] = replace(release, config=config)
+            # Recorded before the switch: whoever unwinds must know what to go back to.
+            record["previous"] = {
+                h: None if r is None else r.to_json() for h, r in previous.items()
+            }
+            await etcd.put(DEPLOYMENTS + app, json.dumps(record))
+            await _switch(etcd, {h: r for h, r in wanted.items() if h not in finished}, app)
+            outcome = await _wait(etcd, batch, app, deployment, host_timeout)
+            failures = [
+                f"{h}: {o if isinstance(o, str) else o.message}"
+                for h, o in outcome.items()
+                if isinstance(o, str) or o.state != "done"
+            ]
+            if failures:
+                result.message = "; ".join(failures)
+                break
+            result.done += batch
+        else:
+            result.ok = True
+            result.message = f"{app} {release.version} is live on {len(result.done)} host(s)"
+            if result.skipped:
+                result.message += f"; skipped (unreachable): {', '.join(result.skipped)}"
+        if not result.ok:
+            result.reverted = await _unwind(etcd, app, deployment, previous, host_timeout)
+            result.done = []
+        record["state"] = "succeeded" if result.ok else "failed"
+        record["message"] = result.message
+        record["skipped"] = result.skipped
+        record["reverted"] = result.reverted
+        await etcd.put(DEPLOYMENTS + app, json.dumps(record))
+        return result
+    finally:
+        await lock.release()
+
+
+async def _unwind(
+    etcd: Etcd,
+    app: str,
+    deployment: str,
+    previous: dict[str, keys.DesiredRelease | None],
+    timeout: float,
+) -> list[str]:
+    """Give every moved host its previous release back; the hosts that got it."""
+    undo = f"{deployment}-undo"
+    back = {
+        host: replace(before, deployment=undo, rollback=True)
+        for host, before in previous.items()
+        if before is not None
+    }
+    if not back:
+        return []
+    await _switch(etcd, back, app)
+    outcome = await _wait(etcd, list(back), app, undo, timeout)
+    return [h for h in back if not isinstance(o := outcome[h], str) and o.state == "done"]

@@ -1,0 +1,28 @@
+"""Starting a host's fleet agent inside the daemon (``baton up --cluster``).
+
+``start_agent`` is all the daemon calls: it builds the etcd client, the host record and the
+agent, and runs it until ``stop``. The agent talks to the daemon through its API socket,
+like any client. A host with the ``controller`` role also runs a controller candidate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from baton import __version__
+from baton.cluster.agent import Agent, LocalDaemon
+from baton.cluster.cli import ClusterOptions
+from baton.cluster.controller import Controller
+from baton.cluster.etcd import Etcd
+from baton.cluster.keys import HostRecord
+
+
+async def start_agent(options: ClusterOptions, state_dir: Path, stop: asyncio.Event) -> None:
+    record = HostRecord(options.host_name, options.advertise, options.roles, __version__)
+    async with Etcd(list(options.endpoints)) as etcd:
+        agent = Agent(etcd, record, LocalDaemon(state_dir / "baton.sock"))
+        jobs = [agent.run(stop)]
+        if "controller" in options.roles:  # a candidate: one of them is elected
+            jobs.append(Controller(etcd, options.host_name).run(stop))
+        await asyncio.gather(*jobs)

@@ -1,0 +1,302 @@
+"""Three Baton hosts, each a network namespace with its own daemon, proxy, apps and state
+dir, coordinated through a real 3-member etcd: releases rolled out across the fleet.
+
+etcd runs in the test's namespace on the lab's gateway address (10.213.N.1); the hosts reach
+it over their veth links, and the test reaches each host's proxy on its own address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from baton.cluster import keys
+from baton.cluster.controller import outcome, submit
+from baton.cluster.election import leader
+from baton.cluster.etcd import Etcd
+from baton.cluster.registry import hosts
+from baton.cluster.rollout import roll_out
+from tests.support.etcd import EtcdCluster
+from tests.support.host import CLI_TIMEOUT, Host, Result
+from tests.support.netns import NetHost, NetLab, require_netns
+
+PORT = 8080
+NAMES = ["web1", "web2", "web3"]
+
+
+class FleetHost(Host):
+    """A `Host` whose CLI, daemon and proxy run inside a namespace, serving on its address."""
+
+    def __init__(self, root: Path, lab: NetLab, net: NetHost) -> None:
+        super().__init__(root)
+        self.lab, self.net = lab, net
+        self.port = PORT
+        self.url = f"http://{net.address}:{PORT}/"
+
+    def config(self, extra: dict[str, Any] | None = None, name: str = "baton.yml") -> Path:
+        path = super().config(
+            {"proxy": {"listen": f"{self.net.address}:{PORT}"}, **(extra or {})}, name
+        )
+        return path  # fmt: skip
+
+    async def baton(self, *args: str, timeout: float = CLI_TIMEOUT) -> Result:
+        proc = await asyncio.create_subprocess_exec(
+            "ip", "netns", "exec", self.net.namespace,
+            sys.executable, "-m", "baton.cli", "--state-dir", str(self.state_dir), *args,
+            cwd=self.root,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"},
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        assert proc.returncode is not None
+        return Result(proc.returncode, out.decode(), err.decode())
+
+    async def get(self, path: str = "/") -> tuple[int, str]:
+        reader, writer = await asyncio.open_connection(self.net.address, PORT)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        raw = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        head, _, body = raw.partition(b"\r\n\r\n")
+        return int(head.split()[1]), body.decode()
+
+
+@pytest.fixture
+async def fleet(
+    netlab: NetLab, tmp_path: Path
+) -> AsyncIterator[tuple[EtcdCluster, list[FleetHost]]]:
+    require_netns()
+    etcd = EtcdCluster(tmp_path / "etcd", host=netlab.gateway).start()
+    started: list[FleetHost] = []
+    try:
+        for name in NAMES:
+            h = FleetHost(tmp_path / name, netlab, netlab.add_host(name))
+            h.root.mkdir()
+            h.config()
+            started.append(h)
+            up = await h.baton(
+                "up", "--detach", "--cluster", etcd.endpoints_text, "--host-name", name,
+                "--advertise", f"{h.net.address}:{PORT}", timeout=60,
+            )  # fmt: skip
+            assert up.rc == 0, up
+        yield etcd, started
+    finally:
+        for h in started:  # shown when the test fails
+            log = h.state_dir / "logs" / "server.log"
+            if log.exists():
+                print(f"--- {h.net.name} server.log (tail)\n" + log.read_text()[-3000:])
+            await h.teardown()
+        etcd.stop()
+
+
+def release(version: str, deployment: str) -> keys.DesiredRelease:
+    """The release for every host; each host's baton.yml comes from ``configs()``."""
+    return keys.DesiredRelease(
+        "shop", version, deployment, "(per host)", env={"APP_VERSION": version}
+    )
+
+
+def configs(fleet_hosts: list[FleetHost]) -> dict[str, str]:
+    return {h.net.name: str(h.root / "baton.yml") for h in fleet_hosts}
+
+
+async def versions(fleet_hosts: list[FleetHost]) -> list[str]:
+    return [(await h.get("/"))[1].strip().split()[0] for h in fleet_hosts]
+
+
+async def test_a_release_reaches_every_host_through_etcd(
+    fleet: tuple[EtcdCluster, list[FleetHost]],
+) -> None:
+    cluster, fleet_hosts = fleet
+    async with Etcd(cluster.endpoints) as etcd:
+        views = await hosts(etcd)
+        assert [(v.record.name, v.reachable) for v in views] == [(n, True) for n in NAMES]
+        first = await roll_out(etcd, release("v1", "f1"), NAMES, configs=configs(fleet_hosts))
+        assert first.ok, first
+        second = await roll_out(
+            etcd, release("v2", "f2"), NAMES, hosts_at_once=2, configs=configs(fleet_hosts)
+        )
+        assert second.ok and second.done == NAMES, second
+        for h in fleet_hosts:
+            status, body = await h.get("/")
+            assert status == 200 and "v2" in body, (h.net.name, body)
+        views = await hosts(etcd)
+        assert {v.record.name: v.record.apps["shop"] for v in views} == dict.fromkeys(NAMES, "v2")
+
+
+async def test_a_release_failing_on_the_second_host_leaves_the_fleet_on_the_previous_one(
+    fleet: tuple[EtcdCluster, list[FleetHost]],
+) -> None:
+    cluster, fleet_hosts = fleet
+    async with Etcd(cluster.endpoints) as etcd:
+        assert (await roll_out(etcd, release("v1", "f1"), NAMES, configs=configs(fleet_hosts))).ok
+        web2 = fleet_hosts[1]
+        cfg = yaml.safe_load((web2.root / "baton.yml").read_text())
+        cfg["run"]["env"]["FAIL_ON_START"] = "1"  # v2 cannot start on web2 only
+        (web2.root / "baton.yml").write_text(yaml.safe_dump(cfg))
+        result = await roll_out(etcd, release("v2", "f2"), NAMES, configs=configs(fleet_hosts))
+        assert not result.ok and "web2" in result.message, result
+        assert result.reverted == ["web1", "web2"]  # web1 switched back; web3 never touched
+        for h in fleet_hosts:
+            status, body = await h.get("/")
+            assert status == 200 and "v1" in body, (h.net.name, body)
+
+
+async def test_a_host_cut_off_from_etcd_keeps_serving_and_converges_when_back(
+    fleet: tuple[EtcdCluster, list[FleetHost]], netlab: NetLab
+) -> None:
+    cluster, fleet_hosts = fleet
+    web3 = fleet_hosts[2]
+    async with Etcd(cluster.endpoints) as etcd:
+        assert (await roll_out(etcd, release("v1", "f1"), NAMES, configs=configs(fleet_hosts))).ok
+        netlab.cut("web3")
+        # Users on web3's own network still get answers: the cut is between web3 and the rest.
+        check = [sys.executable, "-c", f"import urllib.request as u; print(u.urlopen('http://{web3.net.address}:{PORT}/', timeout=5).read().decode())"]  # fmt: skip
+        assert "v1" in netlab.exec("web3", check).stdout
+        others = [h for h in NAMES if h != "web3"]
+        moved = await roll_out(etcd, release("v2", "f2"), others, configs=configs(fleet_hosts))
+        assert moved.ok
+        # web3 was never asked yet; now its desired release changes while it is cut off.
+        await etcd.put(
+            keys.desired_key("web3", "shop"),
+            keys.DesiredRelease(
+                "shop", "v2", "f3", str(web3.root / "baton.yml"), env={"APP_VERSION": "v2"}
+            ).to_json(),
+        )
+        assert "v1" in netlab.exec("web3", check).stdout  # changes nothing while cut off
+        netlab.restore("web3")
+        deadline = asyncio.get_running_loop().time() + 60
+        while True:  # its agent deploys f3 and reports it once it reaches etcd again
+            kv = await etcd.get(keys.progress_key("web3", "shop"))
+            progress = keys.Progress.from_json(kv.value) if kv is not None else None
+            if progress is not None and progress.deployment == "f3" and progress.finished:
+                break
+            assert asyncio.get_running_loop().time() < deadline, f"web3 stuck at {progress}"
+            await asyncio.sleep(0.2)
+        assert progress.state == "done", progress
+        assert "v2" in (await web3.get("/"))[1]
+
+
+async def served_by_each(fleet_hosts: list[FleetHost]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for h in fleet_hosts:
+        status, body = await h.get("/")
+        assert status == 200, (h.net.name, status, body)
+        out[h.net.name] = next(v for v in ("v1", "v2", "v3") if v in body)
+    return out
+
+
+async def test_a_fleet_deploy_survives_its_controller_being_killed(
+    fleet: tuple[EtcdCluster, list[FleetHost]],
+) -> None:
+    cluster, fleet_hosts = fleet
+    by_name = {h.net.name: h for h in fleet_hosts}
+    async with Etcd(cluster.endpoints) as etcd:
+        first = keys.DeployRequest(release("v1", "f1"), tuple(NAMES), configs=configs(fleet_hosts))
+        await submit(etcd, first)
+        assert (await outcome(etcd, "shop", "f1", 180))["state"] == "succeeded"
+        boss = await leader(etcd)
+        assert boss in NAMES
+        second = keys.DeployRequest(release("v2", "f2"), tuple(NAMES), configs=configs(fleet_hosts))
+        await submit(etcd, second)
+        deadline = asyncio.get_running_loop().time() + 120
+        while True:  # the first host is done with f2: the rollout is under way
+            kv = await etcd.get(keys.progress_key(NAMES[0], "shop"))
+            progress = None if kv is None else keys.Progress.from_json(kv.value)
+            if progress is not None and progress.deployment == "f2" and progress.state == "done":
+                break
+            assert asyncio.get_running_loop().time() < deadline, "f2 did not start"
+            await asyncio.sleep(0.1)
+        pid = by_name[boss].server_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)  # the controller's host daemon dies mid-rollout
+        record = await outcome(etcd, "shop", "f2", 180)
+        assert await leader(etcd) not in (None, boss)
+        served = await served_by_each(fleet_hosts)  # the killed host's proxy still serves
+        expected = "v2" if record["state"] == "succeeded" else "v1"
+        assert served == dict.fromkeys(NAMES, expected), (record, served)
+
+
+def shared_config(root: Path, hosts_at_once: int = 1) -> Path:
+    """One baton.yml for the whole fleet (the hosts share this machine's files): each host's
+    proxy listens on its own namespace's addresses."""
+    base = Host(root)
+    root.mkdir(exist_ok=True)
+    path = base.config(
+        {
+            "hosts": NAMES,
+            "proxy": {"listen": f"0.0.0.0:{PORT}"},
+            "deploy": {"hosts_at_once": hosts_at_once},
+        }
+    )
+    return path
+
+
+async def test_baton_deploy_rolls_a_fleet_app_out_while_an_etcd_member_dies(
+    fleet: tuple[EtcdCluster, list[FleetHost]], tmp_path: Path
+) -> None:
+    cluster, fleet_hosts = fleet
+    config = shared_config(tmp_path / "shared")
+    cli = fleet_hosts[0]
+    first = await cli.baton(
+        "deploy", "-c", str(config), "--version", "v1", "--env", "APP_VERSION=v1",
+        "--cluster", cluster.endpoints_text,
+    )  # fmt: skip
+    assert first.rc == 0, first
+    assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v1")
+    args = ["--version", "v2", "--env", "APP_VERSION=v2", "--cluster", cluster.endpoints_text]
+    deploying = asyncio.create_task(cli.baton("deploy", "-c", str(config), *args))
+    async with Etcd(cluster.endpoints) as etcd:
+        deadline = asyncio.get_running_loop().time() + 60
+        while True:  # the rollout is under way: then one etcd member dies
+            kv = await etcd.get(keys.progress_key(NAMES[0], "shop"))
+            if kv is not None and "v2" in keys.Progress.from_json(kv.value).deployment:
+                break
+            assert asyncio.get_running_loop().time() < deadline, "the rollout did not start"
+            await asyncio.sleep(0.05)
+    cluster.kill(0)
+    second = await deploying
+    assert second.rc == 0, second
+    for name in NAMES:
+        assert f"{name}: done" in second.out, second
+    assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v2")
+
+
+async def test_a_host_down_on_its_turn_fails_the_deploy_or_is_skipped_as_asked(
+    fleet: tuple[EtcdCluster, list[FleetHost]], tmp_path: Path
+) -> None:
+    cluster, fleet_hosts = fleet
+    config = shared_config(tmp_path / "shared")
+    cli = fleet_hosts[0]
+
+    async def deploy(version: str, *flags: str) -> Result:
+        return await cli.baton(
+            "deploy", "-c", str(config), "--version", version, "--env",
+            f"APP_VERSION={version}", "--cluster", cluster.endpoints_text, *flags,
+        )  # fmt: skip
+
+    assert (await deploy("v1")).rc == 0
+    web3 = fleet_hosts[2]
+    pid = web3.server_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)  # web3's daemon dies; its proxy keeps serving v1
+    async with Etcd(cluster.endpoints) as etcd:
+        deadline = asyncio.get_running_loop().time() + 30
+        while {v.record.name: v.reachable for v in await hosts(etcd)}["web3"]:
+            assert asyncio.get_running_loop().time() < deadline, "web3 still reachable"
+            await asyncio.sleep(0.1)
+    failed = await deploy("v2")
+    assert failed.rc == 1 and "web3 unreachable" in failed.out, failed
+    assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v1")  # switched back
+    skipped = await deploy("v3", "--skip-unreachable")
+    assert skipped.rc == 0 and "skipped (unreachable): web3" in skipped.out, skipped
+    served = await served_by_each(fleet_hosts)
+    assert served == {"web1": "v3", "web2": "v3", "web3": "v1"}
