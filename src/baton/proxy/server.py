@@ -39,7 +39,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from hmac import compare_digest
 from typing import NamedTuple, cast
 
 import httptools
@@ -47,6 +46,7 @@ import httptools
 from baton.errors import ProxyProtocolError
 from baton.proxy import tls as tls_module
 from baton.proxy.accesslog import AccessLog, AccessLogSpec
+from baton.proxy.choice import Chooser, LiveApp, LiveRelease, LiveTable, may_pin
 from baton.proxy.failures import FailureLog
 from baton.proxy.forwarded import is_trusted
 from baton.proxy.fuse import Fuses
@@ -69,17 +69,10 @@ from baton.proxy.metrics import MetricsRegistry, ReleaseMetrics
 from baton.proxy.proxy_protocol import parse_header
 from baton.proxy.queue import Waiting, WaitQueues, retry_after
 from baton.proxy.routing import (
-    STICKY_CLIENT_IP,
-    STICKY_COOKIE,
-    App,
     AppSpec,
-    Release,
     RouteTable,
-    cookie_release,
     normalise_host,
     parse_address,
-    set_cookie,
-    sticky_point,
 )
 from baton.proxy.tls import (
     ACME_CHALLENGE_PREFIX,
@@ -133,11 +126,6 @@ class ProxySettings:
     max_connections: int = 10000  # per listener; beyond it: 503 and close
     tunnel_idle_timeout: float = 3600.0
     access_log: AccessLogSpec | None = None  # off by default
-
-
-LiveTable = RouteTable[Target, ReleaseMetrics]
-LiveRelease = Release[Target, ReleaseMetrics]
-LiveApp = App[Target, ReleaseMetrics]
 
 
 class Exchange:
@@ -1242,7 +1230,7 @@ class Proxy:
         self.tunnel_ends: dict[UpstreamConnection, _TunnelEnds] = {}
         self.fuses = Fuses()
         self.stopping = False
-        self._rr = 0
+        self.chooser = Chooser()
         self._request_prefix = os.urandom(4).hex().encode()
         self._request_seq = 0
         self._sweeper: asyncio.Task[None] | None = None
@@ -1288,85 +1276,21 @@ class Proxy:
         return b"%s-%x" % (self._request_prefix, self._request_seq)
 
     def may_pin(self, app: LiveApp, ex: Exchange, client: ClientConnection) -> bool:
-        """X-Baton-Release is honoured with the app's secret, or from its ``pin_from`` nets.
-
-        Never for "any loopback peer": behind a local TLS terminator that is everyone.
-        """
-        if app.spec.pin_from and is_trusted(app.spec.pin_from, client.client_ip):
-            return True
-        secret = app.spec.release_secret
-        given = ex.info.pin_secret
-        return secret is not None and given is not None and compare_digest(given, secret.encode())
+        return may_pin(app, ex.info, client.client_ip)
 
     def choose(
         self, app: LiveApp, ex: Exchange, client: ClientConnection
     ) -> tuple[LiveRelease | None, Target | None]:
-        """The release (by pin, stickiness or weight) and target for one request."""
-        info = ex.info
-        if info.pin is not None and self.may_pin(app, ex, client):
-            pinned = app.by_name.get(info.pin.decode("latin-1"))
-            target = self.pick_target(pinned) if pinned is not None else None
-            return (pinned, target) if target is not None else (None, None)
-        if app.sticky and len(app.weighted) > 1:
-            release = self._sticky_release(app, ex, client)
-        else:
-            release = app.pick_release()
-        if release is not None:
-            target = self.pick_target(release)
-            if target is not None:
-                return release, target
-        # The chosen release has nothing healthy: any other weighted release will do.
-        for other in app.weighted:
-            if other is not release:
-                target = self.pick_target(other)
-                if target is not None:
-                    return other, target
-        return None, None
-
-    def _sticky_release(
-        self, app: LiveApp, ex: Exchange, client: ClientConnection
-    ) -> LiveRelease | None:
-        if app.sticky == STICKY_COOKIE:
-            name = cookie_release(ex.info.cookie)
-            kept = app.by_name.get(name) if name is not None else None
-            if kept is not None and kept.weight > 0:
-                return kept
-            release = app.pick_release()
-            if release is not None:
-                ex.set_cookie = set_cookie(release.name)
-            return release
-        if app.sticky == STICKY_CLIENT_IP:
-            key = client.client_ip
-        else:
-            prefix = app.sticky_header + b":"
-            key = next(
-                (ln[len(prefix) :].strip() for ln in ex.info.kept if ln.lower().startswith(prefix)),
-                b"",
-            )
-            if not key:
-                return app.pick_release()  # no key: nothing to stick to
-        point = sticky_point(key)
-        return app.pick_release(lambda: point)
+        """The release and target for one request (``choice.py``)."""
+        release, target, cookie = self.chooser.choose(app, ex.info, client.client_ip)
+        if cookie is not None:
+            ex.set_cookie = cookie
+        return release, target
 
     def pick_target(
         self, release: LiveRelease, exclude: list[Target] | None = None
     ) -> Target | None:
-        """Least in-flight among available targets; round-robin breaks ties."""
-        targets = release.targets
-        n = len(targets)
-        if n == 1:
-            t = targets[0]
-            return t if t.available and (not exclude or t not in exclude) else None
-        self._rr += 1
-        start = self._rr % n if n else 0
-        best: Target | None = None
-        best_load = 1 << 30
-        for i in range(n):
-            t = targets[(start + i) % n]
-            if t.in_flight < best_load and t.available and (not exclude or t not in exclude):
-                best = t
-                best_load = t.in_flight
-        return best
+        return self.chooser.pick_target(release, exclude)
 
     # -- table changes -----------------------------------------------------------------
 
@@ -1437,18 +1361,7 @@ class Proxy:
         )
 
     def stable_choice(self, app: LiveApp, canary: str) -> tuple[LiveRelease, Target] | None:
-        """Where a request the canary failed goes instead: the weightiest other release
-        that is no canary, with an available target."""
-        others = sorted(
-            (r for r in app.releases if r.name != canary and r.metrics.fuse is None),
-            key=lambda r: r.weight,
-            reverse=True,
-        )
-        for release in others:
-            target = self.pick_target(release)
-            if target is not None:
-                return release, target
-        return None
+        return self.chooser.stable_choice(app, canary)
 
     async def listen(
         self, address: str, sock: socket.socket | None = None, *, serve: bool = True
