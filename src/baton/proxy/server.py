@@ -37,7 +37,7 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple, cast
 
@@ -47,6 +47,7 @@ from baton.errors import ProxyProtocolError
 from baton.proxy import tls as tls_module
 from baton.proxy.accesslog import AccessLog, AccessLogSpec
 from baton.proxy.choice import Chooser, LiveApp, LiveRelease, LiveTable, may_pin
+from baton.proxy.exchange import NO_BODY, Exchange
 from baton.proxy.failures import FailureLog
 from baton.proxy.forwarded import is_trusted
 from baton.proxy.fuse import Fuses
@@ -54,15 +55,17 @@ from baton.proxy.http import (
     CONTINUE_100,
     FRAME_CHUNKED,
     LAST_CHUNK,
-    RequestInfo,
     RequestRejected,
+    ResponseInfo,
     absolute_form,
     chunk,
+    client_head,
     flag_cohorts,
     local_response,
     replayable,
     scan_request,
     short_response,
+    upgrade_refused,
     upstream_head,
 )
 from baton.proxy.metrics import MetricsRegistry, ReleaseMetrics
@@ -82,13 +85,12 @@ from baton.proxy.tls import (
     https_location,
     protocol_for_alpn,
 )
-from baton.proxy.upstream import Target, UpstreamConnection
+from baton.proxy.upstream import BadResponse, Target, UpstreamConnection
 from baton.proxy.websocket import FrameCursor, close_frame
 
 log = logging.getLogger("baton.proxy")
 
 REPLAY_LIMIT = 64 * 1024
-_NO_BODY: list[bytes] = []  # shared empty list: most requests never allocate their own
 MAX_ATTEMPTS = 4
 SAME_TARGET_BACKOFF = 0.05
 STOPPING_IDLE_GRACE = 1.0
@@ -128,88 +130,6 @@ class ProxySettings:
     access_log: AccessLogSpec | None = None  # off by default
 
 
-class Exchange:
-    """One request and its response, from headers-complete to the response's last byte."""
-
-    __slots__ = (
-        "attempts",
-        "body",
-        "body_size",
-        "cohorts",
-        "complete",
-        "extra_head",
-        "head",
-        "http11",
-        "info",
-        "keep_alive",
-        "method",
-        "metrics",
-        "queued_until",
-        "release",
-        "request_id",
-        "same_retry",
-        "set_cookie",
-        "stable_retry",
-        "status",
-        "t0",
-        "t_sent",
-        "target",
-        "tried",
-        "ttfb",
-        "unsent",
-        "unsent_size",
-        "upgrade",
-        "upstream",
-        "url",
-        "written",
-    )
-
-    def __init__(
-        self, method: bytes, url: bytes, info: RequestInfo, http11: bool, keep_alive: bool
-    ):
-        self.method = method
-        self.url = url
-        self.info = info
-        self.http11 = http11
-        self.keep_alive = keep_alive
-        self.upgrade = info.upgrade is not None
-        self.complete = False
-        self.head = b""
-        self.extra_head = b""  # header lines Baton adds to the response (HSTS)
-        self.request_id = b""
-        # Body pieces (already framed for the upstream) kept for a replay; None once the
-        # body outgrew REPLAY_LIMIT.
-        self.body: list[bytes] | None = [] if info.chunked or info.content_length else None
-        self.body_size = 0
-        self.unsent: list[bytes] = _NO_BODY
-        self.unsent_size = 0
-        self.written = False
-        self.release: LiveRelease | None = None
-        self.metrics: ReleaseMetrics | None = None
-        self.target: Target | None = None
-        self.upstream: UpstreamConnection | None = None
-        self.tried: list[Target] = []
-        self.attempts = 0
-        self.same_retry = False
-        self.stable_retry = False  # a canary 5xx may be retried on the stable release
-        self.set_cookie: bytes | None = None
-        self.queued_until = 0.0  # the deadline of its wait for a healthy target, if it waited
-        # Feature-flag cohorts the app said it served (``Baton-Flags``); most answers: none.
-        self.cohorts: Sequence[ReleaseMetrics] = ()
-        self.status = 0
-        self.t0 = time.monotonic()
-        self.t_sent = self.t0
-        self.ttfb = 0.0
-
-    @property
-    def replayable(self) -> bool:
-        return not self.written or self.body is not None or self.body_size == 0
-
-    def response_started(self, status: int) -> None:
-        self.status = status
-        self.ttfb = time.monotonic() - self.t_sent
-
-
 class _WebSocketTunnel:
     """Frame boundaries of both directions, and how far a polite close has got."""
 
@@ -221,14 +141,6 @@ class _WebSocketTunnel:
         self.ending = False
         self.app_closed = False  # a close frame was sent to the app
         self.client_closed = False  # a close frame was sent to the client
-
-
-class _TunnelEnds(NamedTuple):
-    target: Target | None
-    metrics: ReleaseMetrics | None
-    client: ClientConnection
-    started: float
-    max_age: float | None
 
 
 class ClientConnection(asyncio.Protocol):
@@ -361,17 +273,7 @@ class ClientConnection(asyncio.Protocol):
         ex.upstream = None
         if up is not None:
             up.close()
-        self._leave_target(ex)
-
-    def _leave_target(self, ex: Exchange) -> None:
-        target = ex.target
-        if target is not None:
-            ex.target = None
-            target.in_flight -= 1
-        m = ex.metrics
-        if m is not None:
-            ex.metrics = None
-            m.in_flight -= 1
+        ex.end()
 
     def close(self) -> None:
         if not self.closed and self.transport is not None:
@@ -661,7 +563,7 @@ class ClientConnection(asyncio.Protocol):
             ex.written = True
             up.transport.write(data)
         else:
-            if ex.unsent is _NO_BODY:
+            if ex.unsent is NO_BODY:
                 ex.unsent = []
             ex.unsent.append(data)
             ex.unsent_size += len(data)
@@ -699,9 +601,7 @@ class ClientConnection(asyncio.Protocol):
                 return
             self._local(ex, 503, why)
             return
-        ex.release = release
-        m = ex.metrics = release.metrics
-        m.in_flight += 1
+        m = ex.begin(release)
         if m.fuse is not None and app.spec.retry_on_stable:
             ex.stable_retry = ex.method.decode("latin-1") in app.spec.retry_on_stable
         if info.expect_continue and not ex.complete:
@@ -724,10 +624,7 @@ class ClientConnection(asyncio.Protocol):
         """Send the exchange to ``target`` on an idle pooled connection or a new one."""
         if ex is not self.active or self.closed:
             return
-        ex.target = target
-        ex.attempts += 1
-        ex.tried.append(target)
-        target.in_flight += 1
+        ex.enter(target)
         up = target.pop_idle()
         if up is None:
             self.proxy.loop.create_task(self._connect(ex, target, spec))
@@ -763,13 +660,13 @@ class ClientConnection(asyncio.Protocol):
             self.retry_or_fail(ex, spec, "upstream closed the connection at once", sent=False)
             return
         ex.upstream = up
-        up.begin(self, ex)
+        up.begin(self, ex.method == b"HEAD")
         assert up.transport is not None
         if ex.written:
             data = [ex.head, *(ex.body or ())]  # replay: the whole held body again
         elif ex.unsent:
             data = [ex.head, *ex.unsent]
-            ex.unsent = _NO_BODY
+            ex.unsent = NO_BODY
             ex.unsent_size = 0
         else:
             data = [ex.head]
@@ -786,11 +683,8 @@ class ClientConnection(asyncio.Protocol):
 
         ``sent``: the last attempt wrote bytes to its upstream, which may have acted on them.
         """
-        target = ex.target
         ex.upstream = None
-        if target is not None:
-            ex.target = None
-            target.in_flight -= 1
+        target = ex.leave_target()
         release = ex.release
         safe = replayable(ex.method, sent=sent, body_held=ex.replayable)
         if release is not None and safe and ex.attempts < MAX_ATTEMPTS:
@@ -831,7 +725,7 @@ class ClientConnection(asyncio.Protocol):
         if self.proxy.access_log is not None:
             elapsed = time.monotonic() - ex.t0
             self._log_access(ex, status, elapsed, elapsed)
-        self._leave_target(ex)
+        ex.end()
         self._local(ex, status, message)
 
     def _log_access(self, ex: Exchange, status: int, ttfb: float, total: float) -> None:
@@ -925,7 +819,7 @@ class ClientConnection(asyncio.Protocol):
             if status == 502:
                 m.upstream_errors += 1
             m.record(status, now - ex.t_sent, now - ex.t0)  # may trip the fuse, this turn
-        self._leave_target(ex)
+        ex.end()
         app = self.proxy.table.apps.get(m.app) if m is not None else None
         canary = ex.release
         choice = self.proxy.stable_choice(app, canary.name) if app and canary else None
@@ -933,9 +827,7 @@ class ClientConnection(asyncio.Protocol):
             self._local(ex, 502, "the canary failed and no stable target is left")
             return
         release, target = choice
-        ex.release = release
-        m = ex.metrics = release.metrics
-        m.in_flight += 1
+        ex.begin(release)
         self.attach(ex, target, app.spec)
 
     # -- waiting for a healthy target (``queue.py``) --------------------------------------
@@ -967,11 +859,7 @@ class ClientConnection(asyncio.Protocol):
             spec.queue_timeout <= 0 or self.proxy.queues.waiting(app.name) >= spec.queue_limit
         ):
             return False
-        self._leave_target(ex)
-        ex.release = None
-        ex.tried = []
-        ex.attempts = 0
-        ex.same_retry = False
+        ex.start_over()
         return self.wait_for_target(ex, app)
 
     def dispatch_queued(self, ex: Exchange) -> None:
@@ -999,7 +887,37 @@ class ClientConnection(asyncio.Protocol):
             why = f"no healthy target for app {app.name!r}"
         self._local(ex, 503, why, retry_after(spec.queue_timeout))
 
-    # -- upstream events ---------------------------------------------------------------
+    # -- upstream events (``upstream.UpstreamEvents``) -------------------------------------
+
+    def response_head(
+        self, up: UpstreamConnection, status: int, head: bytes
+    ) -> ResponseInfo | None:
+        """The head to forward for the upstream's answer to the active exchange (None: the
+        canary's 5xx is retried on stable, so none of it is forwarded)."""
+        ex = self.active
+        if ex is None or ex.upstream is not up:
+            raise BadResponse("an answer for an exchange that is over")
+        if status >= 500 and ex.stable_retry and self.may_retry_on_stable(ex):
+            return None
+        if status == 101:
+            why = upgrade_refused(ex.info.upgrade if ex.upgrade else None, head)
+            if why is not None:
+                raise BadResponse(why)
+        info = client_head(
+            status,
+            head,
+            head_request=ex.method == b"HEAD",
+            client_http11=ex.http11,
+            client_keep_alive=ex.keep_alive and not ex.upgrade and not self.proxy.stopping,
+            upgrade=ex.upgrade,
+            set_cookie=ex.set_cookie,
+            extra=ex.extra_head,
+        )
+        ex.keep_alive = info.keep_alive
+        if info.flags is not None and ex.metrics is not None:
+            ex.cohorts = self.proxy.flag_cohort_metrics(ex.metrics.app, info.flags)
+        ex.response_started(status)
+        return info
 
     def response_done(self, up: UpstreamConnection, reusable: bool) -> None:
         ex = self.active
@@ -1016,7 +934,7 @@ class ClientConnection(asyncio.Protocol):
         if self.proxy.access_log is not None:
             self._log_access(ex, ex.status, ex.ttfb, now - ex.t0)
         target = ex.target
-        self._leave_target(ex)
+        ex.end()
         up.detach()
         if self.write_paused and up.transport is not None:
             up.transport.resume_reading()  # paused for this client; not for the next one
@@ -1081,7 +999,7 @@ class ClientConnection(asyncio.Protocol):
             if ex.metrics is not None:
                 ex.metrics.upstream_errors += 1
             ex.upstream = None
-            self._leave_target(ex)
+            ex.end()
             self.active = None
             self.close()
             return
@@ -1117,12 +1035,11 @@ class ClientConnection(asyncio.Protocol):
         if m is not None:
             m.record(101, ex.ttfb, time.monotonic() - ex.t0)
         target = ex.target
-        self._leave_target(ex)
+        ex.end()
         ex.upstream = None
         self.active = None
         self.tunnel = up
         up.upgraded = True
-        up.ex = None
         self.deadline_kind = NO_DEADLINE
         self.last_io = self.proxy.loop.time()
         upgrade = ex.info.upgrade
@@ -1199,6 +1116,14 @@ class ClientConnection(asyncio.Protocol):
         if self.tunnel is up:
             self._drop_tunnel(close_upstream=False)
         self.close()
+
+
+class _TunnelEnds(NamedTuple):
+    target: Target | None
+    metrics: ReleaseMetrics | None
+    client: ClientConnection
+    started: float
+    max_age: float | None
 
 
 def _parser_message(exc: Exception) -> str:
