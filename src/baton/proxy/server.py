@@ -49,6 +49,13 @@ from baton.proxy.accesslog import AccessLog, AccessLogSpec
 from baton.proxy.choice import Chooser, LiveApp, LiveRelease, LiveTable, may_pin
 from baton.proxy.exchange import NO_BODY, Exchange
 from baton.proxy.failures import FailureLog
+from baton.proxy.flow import (
+    PAUSE_BUFFER,
+    PAUSE_DEFERRED,
+    PAUSE_PIPELINE,
+    PAUSE_UPSTREAM,
+    FlowControl,
+)
 from baton.proxy.forwarded import is_trusted
 from baton.proxy.fuse import Fuses
 from baton.proxy.http import (
@@ -102,12 +109,6 @@ NO_DEADLINE = 0
 HEADER_DEADLINE = 1  # request headers incomplete: 408
 IDLE_DEADLINE = 2  # keep-alive connection idle: close quietly
 UPSTREAM_DEADLINE = 3  # waiting for the response head: 504
-
-# Why a client connection is not being read.
-PAUSE_PIPELINE = 1
-PAUSE_UPSTREAM = 2
-PAUSE_BUFFER = 4
-PAUSE_DEFERRED = 8
 
 # Client bytes are parsed at most this many at a time outside a body (a body: BODY_STEP), so
 # that parsing stops soon after a pipelined request and the rest is held as raw bytes.
@@ -204,7 +205,7 @@ class ClientConnection(asyncio.Protocol):
         self.ws: _WebSocketTunnel | None = None  # set when the tunnel carries WebSocket
         self.upgrading = False
         self.early: list[bytes] = []
-        self.paused = 0
+        self.paused = FlowControl()
         self.write_paused = False
         self.closed = False
         self.deadline = 0.0
@@ -303,15 +304,12 @@ class ClientConnection(asyncio.Protocol):
     # -- flow control ------------------------------------------------------------------
 
     def _pause(self, reason: int) -> None:
-        if not self.paused and self.transport is not None:
+        if self.paused.pause(reason) and self.transport is not None:
             self.transport.pause_reading()
-        self.paused |= reason
 
     def _resume(self, reason: int) -> None:
-        if self.paused & reason:
-            self.paused &= ~reason
-            if not self.paused and self.transport is not None and not self.closed:
-                self.transport.resume_reading()
+        if self.paused.resume(reason) and self.transport is not None and not self.closed:
+            self.transport.resume_reading()
 
     def pause_reading_for_upstream(self) -> None:
         self._pause(PAUSE_UPSTREAM)
@@ -673,7 +671,7 @@ class ClientConnection(asyncio.Protocol):
         ex.written = True
         ex.t_sent = time.monotonic()
         up.transport.write(data[0] if len(data) == 1 else b"".join(data))
-        if self.paused & PAUSE_BUFFER:
+        if self.paused.paused_for(PAUSE_BUFFER):
             self._resume(PAUSE_BUFFER)
         if self.write_paused:
             up.transport.pause_reading()
@@ -763,11 +761,7 @@ class ClientConnection(asyncio.Protocol):
         self.write(
             short_response(status, body, headers=headers, close=not keep, request_id=ex.request_id)
         )
-        self.active = None
-        if not keep:
-            self.close()
-            return
-        self._next()
+        self._finish(ex, keep)
 
     def _local(
         self, ex: Exchange, status: int, message: str, retry_after: int | None = None
@@ -779,11 +773,17 @@ class ClientConnection(asyncio.Protocol):
                 status, message, close=not keep, request_id=ex.request_id, retry_after=retry_after
             )
         )
+        self._finish(ex, keep)
+
+    def _finish(self, ex: Exchange, keep: bool) -> None:
+        """The one way an exchange ends: its counts end, and the connection goes on to the
+        next request (``keep``) or closes."""
+        ex.end()
         self.active = None
-        if not keep:
+        if keep:
+            self._next()
+        else:
             self.close()
-            return
-        self._next()
 
     # -- retry on stable: a canary's 5xx never reaches the client --------------------------
 
@@ -934,7 +934,6 @@ class ClientConnection(asyncio.Protocol):
         if self.proxy.access_log is not None:
             self._log_access(ex, ex.status, ex.ttfb, now - ex.t0)
         target = ex.target
-        ex.end()
         up.detach()
         if self.write_paused and up.transport is not None:
             up.transport.resume_reading()  # paused for this client; not for the next one
@@ -942,11 +941,7 @@ class ClientConnection(asyncio.Protocol):
             target.put_idle(up, self.proxy.settings.upstream_max_idle)
         else:
             up.close()
-        self.active = None
-        if not ex.keep_alive or not ex.complete:
-            self.close()
-            return
-        self._next()
+        self._finish(ex, ex.keep_alive and ex.complete)
 
     def _next(self) -> None:
         """The active exchange is done: start the next request, or wait for one."""
@@ -999,9 +994,7 @@ class ClientConnection(asyncio.Protocol):
             if ex.metrics is not None:
                 ex.metrics.upstream_errors += 1
             ex.upstream = None
-            ex.end()
-            self.active = None
-            self.close()
+            self._finish(ex, False)
             return
         spec = self.proxy.table.apps.get(ex.metrics.app) if ex.metrics else None
         if spec is None or up.got_bytes:
@@ -1019,8 +1012,7 @@ class ClientConnection(asyncio.Protocol):
         if ex.status:
             self.proxy.failures.record(ex, ex.status, why)
             self._abandon(ex)
-            self.active = None
-            self.close()
+            self._finish(ex, False)
             return
         self._fail(ex, 502, why)
 
