@@ -168,6 +168,7 @@ class ClientConnection(asyncio.Protocol):
         "last_io",
         "listen",
         "loopback",
+        "max_headers",
         "parser",
         "paused",
         "pending",
@@ -195,6 +196,7 @@ class ClientConnection(asyncio.Protocol):
         self.loopback = False
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        self.max_headers = proxy.settings.max_headers
         self.head_size = 0
         self.feed_len = 0
         self.reading = False  # a request head is being parsed (not yet complete)
@@ -476,26 +478,28 @@ class ClientConnection(asyncio.Protocol):
         self.current_parse = None
         self.trailer_size = 0
         self.trailer_count = 0
-        self.head_started = self.proxy.loop.time()
+        now = self.head_started = self.proxy.loop.time()
         if self.active is None:
             # A new head must arrive within the header time-out (while an answer is still
             # owed, the answer's deadline runs; this one starts when it is done).
-            self._set_deadline(HEADER_DEADLINE, self.proxy.settings.header_timeout)
+            self.deadline_kind = HEADER_DEADLINE
+            self.deadline = now + self.proxy.settings.header_timeout
 
     def on_url(self, url: bytes) -> None:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        max_headers = self.proxy.settings.max_headers
         if self.current_parse is not None:
+            max_headers = self.proxy.settings.max_headers
             # A trailer field: not forwarded, so not kept; only counted.
             self.trailer_count += 1
             if self.trailer_count > max_headers:
                 raise RequestRejected(431, "too many trailer fields")
             return
-        if len(self.headers) >= max_headers:
-            raise RequestRejected(431, f"more than {max_headers} header fields")
-        self.headers.append((name, value))
+        headers = self.headers
+        if len(headers) >= self.max_headers:
+            raise RequestRejected(431, f"more than {self.max_headers} header fields")
+        headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         limit = self.proxy.settings.max_header_size
@@ -542,6 +546,8 @@ class ClientConnection(asyncio.Protocol):
         self.current_parse = None
         if ex.info.chunked:
             self.send_body(ex, LAST_CHUNK)
+        if ex.complete:
+            return  # no body: sent whole with its head (``_send`` took the time)
         ex.complete = True
         if ex is self.active and ex.status == 0 and ex.upstream is not None:
             ex.t_sent = time.monotonic()
@@ -610,7 +616,7 @@ class ClientConnection(asyncio.Protocol):
             info,
             client_ip=self.client_ip,
             request_id=ex.request_id,
-            target=target.address.encode(),
+            target=target.address_bytes,
             trusted=bool(app.spec.trusted_proxies)
             and is_trusted(app.spec.trusted_proxies, self.client_ip),
             proto=b"https" if self.tls else b"http",
@@ -938,7 +944,7 @@ class ClientConnection(asyncio.Protocol):
         if self.write_paused and up.transport is not None:
             up.transport.resume_reading()  # paused for this client; not for the next one
         if reusable and ex.complete and not up.until_close and target is not None:
-            target.put_idle(up, self.proxy.settings.upstream_max_idle)
+            target.put_idle(up, self.proxy.settings.upstream_max_idle, now)
         else:
             up.close()
         self._finish(ex, ex.keep_alive and ex.complete)

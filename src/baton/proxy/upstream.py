@@ -67,6 +67,7 @@ class Target:
 
     __slots__ = (
         "address",
+        "address_bytes",
         "connect_failures",
         "draining",
         "fail_streak",
@@ -82,6 +83,7 @@ class Target:
 
     def __init__(self, address: str) -> None:
         self.address = address
+        self.address_bytes = address.encode()
         host, _, port = address.rpartition(":")
         self.host = host.strip("[]")
         self.port = int(port)
@@ -111,11 +113,12 @@ class Target:
                 return conn
         return None
 
-    def put_idle(self, conn: UpstreamConnection, max_idle: int) -> None:
+    def put_idle(self, conn: UpstreamConnection, max_idle: int, now: float = 0.0) -> None:
+        """Pool ``conn`` (idle since ``now``, a ``time.monotonic()`` the caller just read)."""
         if not self.routed or len(self.idle) >= max_idle or conn.closed:
             conn.close()
             return
-        conn.idle_since = time.monotonic()
+        conn.idle_since = now or time.monotonic()
         self.idle.append(conn)
 
     def close_idle(self, older_than: float | None = None) -> None:
