@@ -194,7 +194,9 @@ def scan_request(headers: list[tuple[bytes, bytes]], http11: bool) -> RequestInf
         lower = name.lower()
         kind = special.get(lower)
         if kind is None:
-            if b"_" in lower and _underscore_collides(lower):
+            # (``find``, not ``in``: ``bytes in bytes`` first tries the operand as an int,
+            # raising and clearing a TypeError, per header)
+            if lower.find(b"_") >= 0 and _underscore_collides(lower):
                 continue  # an app reading "_" as "-" would see a second framing header
             kept.append(name + b": " + value + b"\r\n")
         elif kind == _HOST:
@@ -212,7 +214,7 @@ def scan_request(headers: list[tuple[bytes, bytes]], http11: bool) -> RequestInf
                 raise RequestRejected(400, "invalid Content-Length header")
             cl = int(stripped)  # re-added by the framing decision
         elif kind == _CONNECTION:
-            if b"," in value:
+            if value.find(b",") >= 0:
                 connection.extend(t.strip().lower() for t in value.split(b","))
             else:
                 connection.append(value.strip().lower())

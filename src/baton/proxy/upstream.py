@@ -309,7 +309,10 @@ class UpstreamConnection(asyncio.Protocol):
         if self.discard:
             client.retry_on_stable(self, self.discard)
             return
-        self._flush(client)
+        out = self.out
+        if out:  # (``_flush``, inline: this is every response)
+            client.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
         if self.done:
             self.done = False
             if self.head_only:
