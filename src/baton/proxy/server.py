@@ -168,6 +168,7 @@ class ClientConnection(asyncio.Protocol):
         "last_io",
         "listen",
         "loopback",
+        "max_header_size",
         "max_headers",
         "parser",
         "paused",
@@ -197,6 +198,7 @@ class ClientConnection(asyncio.Protocol):
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.max_headers = proxy.settings.max_headers
+        self.max_header_size = proxy.settings.max_header_size
         self.head_size = 0
         self.feed_len = 0
         self.reading = False  # a request head is being parsed (not yet complete)
@@ -427,7 +429,7 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._reject_after_answers(400, _parser_message(exc))
             return
-        limit = self.proxy.settings.max_header_size
+        limit = self.max_header_size
         if self.reading:
             # Only the bytes from where this head began count (not a body before it).
             self.head_size += len(data) - self.begin_offset if self.began else len(data)
@@ -505,7 +507,7 @@ class ClientConnection(asyncio.Protocol):
         headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        limit = self.proxy.settings.max_header_size
+        limit = self.max_header_size
         # Bytes seen for this head so far bound its size; count exactly only when they might
         # exceed the limit (a whole head arriving in one large read).
         if self.head_size + self.feed_len > limit:
