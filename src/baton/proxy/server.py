@@ -6,7 +6,10 @@ connection. A ``ClientConnection`` parses requests with httptools; when a reques
 are complete it becomes an ``Exchange``, is matched against the table current at that
 moment, assigned a release (by weight) and a target (least in-flight, then round-robin),
 and forwarded on a pooled or new ``UpstreamConnection``. The exchange stays on its target
-until the response is complete, whatever the table does meanwhile.
+until the response is complete, whatever the table does meanwhile. The choice itself is
+pure (``choice.py``); the exchange holds its in-flight counts (``exchange.py``) and ends
+through ``_finish``; why the client is not being read is kept by ``flow.py``; the upstream
+side reports back through ``upstream.UpstreamEvents``.
 
 Rules the code keeps:
 - A request never answered (connect refused/reset, or the upstream closed before one
@@ -675,17 +678,17 @@ class ClientConnection(asyncio.Protocol):
         up.begin(self, ex.method == b"HEAD")
         assert up.transport is not None
         if ex.written:
-            data = [ex.head, *(ex.body or ())]  # replay: the whole held body again
+            data = b"".join([ex.head, *(ex.body or ())])  # replay: the whole held body again
         elif ex.unsent:
-            data = [ex.head, *ex.unsent]
+            data = b"".join([ex.head, *ex.unsent])
             ex.unsent = NO_BODY
             ex.unsent_size = 0
         else:
-            data = [ex.head]
+            data = ex.head
         ex.written = True
         ex.t_sent = time.monotonic()
-        up.transport.write(data[0] if len(data) == 1 else b"".join(data))
-        if self.paused.paused_for(PAUSE_BUFFER):
+        up.transport.write(data)
+        if self.paused.reasons & PAUSE_BUFFER:
             self._resume(PAUSE_BUFFER)
         if self.write_paused:
             up.transport.pause_reading()
