@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from baton.proxy.server import Exchange
+    from baton.proxy.exchange import Exchange
 
 
 class RateLimit:

@@ -211,7 +211,7 @@ class H2Stream(ClientConnection):
     def data(self, data: bytes, flow_controlled: int) -> None:
         if data and self.current_parse is not None:  # (an empty frame would be a last chunk)
             self.on_body(data)
-        if self.paused and not self.closed:
+        if self.paused.reasons and not self.closed:
             self.unacked += flow_controlled
         else:
             self.session.acknowledge(self.stream_id, flow_controlled)
@@ -221,15 +221,13 @@ class H2Stream(ClientConnection):
             self.on_message_complete()
 
     def _pause(self, reason: int) -> None:
-        self.paused |= reason
+        self.paused.pause(reason)
 
     def _resume(self, reason: int) -> None:
-        if self.paused & reason:
-            self.paused &= ~reason
-            if not self.paused and self.unacked:
-                unacked, self.unacked = self.unacked, 0
-                self.session.acknowledge(self.stream_id, unacked)
-                self.session.send()
+        if self.paused.resume(reason) and self.unacked:
+            unacked, self.unacked = self.unacked, 0
+            self.session.acknowledge(self.stream_id, unacked)
+            self.session.send()
 
     # -- response ----------------------------------------------------------------------
 

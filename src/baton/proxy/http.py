@@ -194,7 +194,9 @@ def scan_request(headers: list[tuple[bytes, bytes]], http11: bool) -> RequestInf
         lower = name.lower()
         kind = special.get(lower)
         if kind is None:
-            if b"_" in lower and _underscore_collides(lower):
+            # (``find``, not ``in``: ``bytes in bytes`` first tries the operand as an int,
+            # raising and clearing a TypeError, per header)
+            if lower.find(b"_") >= 0 and _underscore_collides(lower):
                 continue  # an app reading "_" as "-" would see a second framing header
             kept.append(name + b": " + value + b"\r\n")
         elif kind == _HOST:
@@ -212,7 +214,10 @@ def scan_request(headers: list[tuple[bytes, bytes]], http11: bool) -> RequestInf
                 raise RequestRejected(400, "invalid Content-Length header")
             cl = int(stripped)  # re-added by the framing decision
         elif kind == _CONNECTION:
-            connection.extend(t.strip().lower() for t in value.split(b","))
+            if value.find(b",") >= 0:
+                connection.extend(t.strip().lower() for t in value.split(b","))
+            else:
+                connection.append(value.strip().lower())
         elif kind == _TRANSFER_ENCODING:
             te = value if te is None else te + b", " + value
         elif kind == _UPGRADE:
@@ -376,24 +381,33 @@ def upstream_head(
     X-Forwarded-For/Proto/Host from a ``trusted`` peer (a proxy in ``trusted_proxies``) are
     kept, For extended with the peer; from anyone else they are replaced.
     """
-    parts = [method, b" ", url, b" HTTP/1.1\r\n"]
-    parts.extend(info.kept)
+    # Every piece goes into one list, copied once by the final join.
+    parts = [method, b" ", url, b" HTTP/1.1\r\n", *info.kept]
     host = info.host
     if host is None:
         host = target
-        parts.append(b"Host: " + target + b"\r\n")
+        parts += (b"Host: ", target, b"\r\n")
     if trusted:
         xff = client_ip if info.xff is None else info.xff + b", " + client_ip
         proto = info.forwarded_proto or proto
         host = info.forwarded_host or host
     else:
         xff = client_ip
-    parts.append(b"X-Forwarded-For: " + xff + b"\r\nX-Forwarded-Proto: " + proto + b"\r\n")
-    parts.append(b"X-Forwarded-Host: " + host + b"\r\n")
+    parts += (
+        b"X-Forwarded-For: ",
+        xff,
+        b"\r\nX-Forwarded-Proto: ",
+        proto,
+        b"\r\nX-Forwarded-Host: ",
+        host,
+        b"\r\n",
+    )
     if info.request_id is None:
-        parts.append(b"X-Request-Id: " + request_id + b"\r\n")
-    via = VIA if info.via is None else info.via + b", " + VIA
-    parts.append(b"Via: " + via + b"\r\n")
+        parts += (b"X-Request-Id: ", request_id, b"\r\n")
+    if info.via is None:
+        parts.append(b"Via: " + VIA + b"\r\n")
+    else:
+        parts += (b"Via: ", info.via, b", " + VIA + b"\r\n")
     if info.upgrade is not None:
         parts.append(b"Connection: upgrade\r\nUpgrade: " + info.upgrade + b"\r\n")
     if info.chunked:

@@ -20,6 +20,7 @@ import random
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote, unquote
 
@@ -520,6 +521,7 @@ def _networks(value: object, where: str) -> tuple[str, ...]:
         raise RouteTableError(f"{where}{sep}{exc.problem}") from None
 
 
+@lru_cache(maxsize=1024)  # (a site sees few distinct Host values: normalised once each)
 def normalise_host(raw: bytes | None) -> str:
     """Host header -> lower-case name without port (IPv6 literals keep their brackets)."""
     if not raw:

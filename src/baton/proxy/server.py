@@ -6,7 +6,10 @@ connection. A ``ClientConnection`` parses requests with httptools; when a reques
 are complete it becomes an ``Exchange``, is matched against the table current at that
 moment, assigned a release (by weight) and a target (least in-flight, then round-robin),
 and forwarded on a pooled or new ``UpstreamConnection``. The exchange stays on its target
-until the response is complete, whatever the table does meanwhile.
+until the response is complete, whatever the table does meanwhile. The choice itself is
+pure (``choice.py``); the exchange holds its in-flight counts (``exchange.py``) and ends
+through ``_finish``; why the client is not being read is kept by ``flow.py``; the upstream
+side reports back through ``upstream.UpstreamEvents``.
 
 Rules the code keeps:
 - A request never answered (connect refused/reset, or the upstream closed before one
@@ -37,9 +40,8 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from hmac import compare_digest
 from typing import NamedTuple, cast
 
 import httptools
@@ -47,39 +49,43 @@ import httptools
 from baton.errors import ProxyProtocolError
 from baton.proxy import tls as tls_module
 from baton.proxy.accesslog import AccessLog, AccessLogSpec
+from baton.proxy.choice import Chooser, LiveApp, LiveRelease, LiveTable, may_pin
+from baton.proxy.exchange import NO_BODY, Exchange
 from baton.proxy.failures import FailureLog
+from baton.proxy.flow import (
+    PAUSE_BUFFER,
+    PAUSE_DEFERRED,
+    PAUSE_PIPELINE,
+    PAUSE_UPSTREAM,
+    FlowControl,
+)
 from baton.proxy.forwarded import is_trusted
 from baton.proxy.fuse import Fuses
 from baton.proxy.http import (
     CONTINUE_100,
     FRAME_CHUNKED,
     LAST_CHUNK,
-    RequestInfo,
     RequestRejected,
+    ResponseInfo,
     absolute_form,
     chunk,
+    client_head,
     flag_cohorts,
     local_response,
     replayable,
     scan_request,
     short_response,
+    upgrade_refused,
     upstream_head,
 )
 from baton.proxy.metrics import MetricsRegistry, ReleaseMetrics
 from baton.proxy.proxy_protocol import parse_header
 from baton.proxy.queue import Waiting, WaitQueues, retry_after
 from baton.proxy.routing import (
-    STICKY_CLIENT_IP,
-    STICKY_COOKIE,
-    App,
     AppSpec,
-    Release,
     RouteTable,
-    cookie_release,
     normalise_host,
     parse_address,
-    set_cookie,
-    sticky_point,
 )
 from baton.proxy.tls import (
     ACME_CHALLENGE_PREFIX,
@@ -89,13 +95,12 @@ from baton.proxy.tls import (
     https_location,
     protocol_for_alpn,
 )
-from baton.proxy.upstream import Target, UpstreamConnection
+from baton.proxy.upstream import BadResponse, Target, UpstreamConnection
 from baton.proxy.websocket import FrameCursor, close_frame
 
 log = logging.getLogger("baton.proxy")
 
 REPLAY_LIMIT = 64 * 1024
-_NO_BODY: list[bytes] = []  # shared empty list: most requests never allocate their own
 MAX_ATTEMPTS = 4
 SAME_TARGET_BACKOFF = 0.05
 STOPPING_IDLE_GRACE = 1.0
@@ -107,12 +112,6 @@ NO_DEADLINE = 0
 HEADER_DEADLINE = 1  # request headers incomplete: 408
 IDLE_DEADLINE = 2  # keep-alive connection idle: close quietly
 UPSTREAM_DEADLINE = 3  # waiting for the response head: 504
-
-# Why a client connection is not being read.
-PAUSE_PIPELINE = 1
-PAUSE_UPSTREAM = 2
-PAUSE_BUFFER = 4
-PAUSE_DEFERRED = 8
 
 # Client bytes are parsed at most this many at a time outside a body (a body: BODY_STEP), so
 # that parsing stops soon after a pipelined request and the rest is held as raw bytes.
@@ -135,93 +134,6 @@ class ProxySettings:
     access_log: AccessLogSpec | None = None  # off by default
 
 
-LiveTable = RouteTable[Target, ReleaseMetrics]
-LiveRelease = Release[Target, ReleaseMetrics]
-LiveApp = App[Target, ReleaseMetrics]
-
-
-class Exchange:
-    """One request and its response, from headers-complete to the response's last byte."""
-
-    __slots__ = (
-        "attempts",
-        "body",
-        "body_size",
-        "cohorts",
-        "complete",
-        "extra_head",
-        "head",
-        "http11",
-        "info",
-        "keep_alive",
-        "method",
-        "metrics",
-        "queued_until",
-        "release",
-        "request_id",
-        "same_retry",
-        "set_cookie",
-        "stable_retry",
-        "status",
-        "t0",
-        "t_sent",
-        "target",
-        "tried",
-        "ttfb",
-        "unsent",
-        "unsent_size",
-        "upgrade",
-        "upstream",
-        "url",
-        "written",
-    )
-
-    def __init__(
-        self, method: bytes, url: bytes, info: RequestInfo, http11: bool, keep_alive: bool
-    ):
-        self.method = method
-        self.url = url
-        self.info = info
-        self.http11 = http11
-        self.keep_alive = keep_alive
-        self.upgrade = info.upgrade is not None
-        self.complete = False
-        self.head = b""
-        self.extra_head = b""  # header lines Baton adds to the response (HSTS)
-        self.request_id = b""
-        # Body pieces (already framed for the upstream) kept for a replay; None once the
-        # body outgrew REPLAY_LIMIT.
-        self.body: list[bytes] | None = [] if info.chunked or info.content_length else None
-        self.body_size = 0
-        self.unsent: list[bytes] = _NO_BODY
-        self.unsent_size = 0
-        self.written = False
-        self.release: LiveRelease | None = None
-        self.metrics: ReleaseMetrics | None = None
-        self.target: Target | None = None
-        self.upstream: UpstreamConnection | None = None
-        self.tried: list[Target] = []
-        self.attempts = 0
-        self.same_retry = False
-        self.stable_retry = False  # a canary 5xx may be retried on the stable release
-        self.set_cookie: bytes | None = None
-        self.queued_until = 0.0  # the deadline of its wait for a healthy target, if it waited
-        # Feature-flag cohorts the app said it served (``Baton-Flags``); most answers: none.
-        self.cohorts: Sequence[ReleaseMetrics] = ()
-        self.status = 0
-        self.t0 = time.monotonic()
-        self.t_sent = self.t0
-        self.ttfb = 0.0
-
-    @property
-    def replayable(self) -> bool:
-        return not self.written or self.body is not None or self.body_size == 0
-
-    def response_started(self, status: int) -> None:
-        self.status = status
-        self.ttfb = time.monotonic() - self.t_sent
-
-
 class _WebSocketTunnel:
     """Frame boundaries of both directions, and how far a polite close has got."""
 
@@ -233,14 +145,6 @@ class _WebSocketTunnel:
         self.ending = False
         self.app_closed = False  # a close frame was sent to the app
         self.client_closed = False  # a close frame was sent to the client
-
-
-class _TunnelEnds(NamedTuple):
-    target: Target | None
-    metrics: ReleaseMetrics | None
-    client: ClientConnection
-    started: float
-    max_age: float | None
 
 
 class ClientConnection(asyncio.Protocol):
@@ -267,6 +171,8 @@ class ClientConnection(asyncio.Protocol):
         "last_io",
         "listen",
         "loopback",
+        "max_header_size",
+        "max_headers",
         "parser",
         "paused",
         "pending",
@@ -294,6 +200,8 @@ class ClientConnection(asyncio.Protocol):
         self.loopback = False
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        self.max_headers = proxy.settings.max_headers
+        self.max_header_size = proxy.settings.max_header_size
         self.head_size = 0
         self.feed_len = 0
         self.reading = False  # a request head is being parsed (not yet complete)
@@ -304,7 +212,7 @@ class ClientConnection(asyncio.Protocol):
         self.ws: _WebSocketTunnel | None = None  # set when the tunnel carries WebSocket
         self.upgrading = False
         self.early: list[bytes] = []
-        self.paused = 0
+        self.paused = FlowControl()
         self.write_paused = False
         self.closed = False
         self.deadline = 0.0
@@ -373,17 +281,7 @@ class ClientConnection(asyncio.Protocol):
         ex.upstream = None
         if up is not None:
             up.close()
-        self._leave_target(ex)
-
-    def _leave_target(self, ex: Exchange) -> None:
-        target = ex.target
-        if target is not None:
-            ex.target = None
-            target.in_flight -= 1
-        m = ex.metrics
-        if m is not None:
-            ex.metrics = None
-            m.in_flight -= 1
+        ex.end()
 
     def close(self) -> None:
         if not self.closed and self.transport is not None:
@@ -413,15 +311,12 @@ class ClientConnection(asyncio.Protocol):
     # -- flow control ------------------------------------------------------------------
 
     def _pause(self, reason: int) -> None:
-        if not self.paused and self.transport is not None:
+        if self.paused.pause(reason) and self.transport is not None:
             self.transport.pause_reading()
-        self.paused |= reason
 
     def _resume(self, reason: int) -> None:
-        if self.paused & reason:
-            self.paused &= ~reason
-            if not self.paused and self.transport is not None and not self.closed:
-                self.transport.resume_reading()
+        if self.paused.resume(reason) and self.transport is not None and not self.closed:
+            self.transport.resume_reading()
 
     def pause_reading_for_upstream(self) -> None:
         self._pause(PAUSE_UPSTREAM)
@@ -461,6 +356,9 @@ class ClientConnection(asyncio.Protocol):
             # Bytes after an Upgrade request, before the upstream said 101: hold them.
             self.early.append(data)
             self._pause(PAUSE_BUFFER)
+            return
+        if not self.held and len(data) <= FEED_STEP:
+            self._parse(data)  # (the common case of ``_feed``, one call shorter)
             return
         self._feed(data)
 
@@ -534,7 +432,7 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._reject_after_answers(400, _parser_message(exc))
             return
-        limit = self.proxy.settings.max_header_size
+        limit = self.max_header_size
         if self.reading:
             # Only the bytes from where this head began count (not a body before it).
             self.head_size += len(data) - self.begin_offset if self.began else len(data)
@@ -588,29 +486,31 @@ class ClientConnection(asyncio.Protocol):
         self.current_parse = None
         self.trailer_size = 0
         self.trailer_count = 0
-        self.head_started = self.proxy.loop.time()
+        now = self.head_started = self.proxy.loop.time()
         if self.active is None:
             # A new head must arrive within the header time-out (while an answer is still
             # owed, the answer's deadline runs; this one starts when it is done).
-            self._set_deadline(HEADER_DEADLINE, self.proxy.settings.header_timeout)
+            self.deadline_kind = HEADER_DEADLINE
+            self.deadline = now + self.proxy.settings.header_timeout
 
     def on_url(self, url: bytes) -> None:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        max_headers = self.proxy.settings.max_headers
         if self.current_parse is not None:
+            max_headers = self.proxy.settings.max_headers
             # A trailer field: not forwarded, so not kept; only counted.
             self.trailer_count += 1
             if self.trailer_count > max_headers:
                 raise RequestRejected(431, "too many trailer fields")
             return
-        if len(self.headers) >= max_headers:
-            raise RequestRejected(431, f"more than {max_headers} header fields")
-        self.headers.append((name, value))
+        headers = self.headers
+        if len(headers) >= self.max_headers:
+            raise RequestRejected(431, f"more than {self.max_headers} header fields")
+        headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        limit = self.proxy.settings.max_header_size
+        limit = self.max_header_size
         # Bytes seen for this head so far bound its size; count exactly only when they might
         # exceed the limit (a whole head arriving in one large read).
         if self.head_size + self.feed_len > limit:
@@ -654,6 +554,8 @@ class ClientConnection(asyncio.Protocol):
         self.current_parse = None
         if ex.info.chunked:
             self.send_body(ex, LAST_CHUNK)
+        if ex.complete:
+            return  # no body: sent whole with its head (``_send`` took the time)
         ex.complete = True
         if ex is self.active and ex.status == 0 and ex.upstream is not None:
             ex.t_sent = time.monotonic()
@@ -673,7 +575,7 @@ class ClientConnection(asyncio.Protocol):
             ex.written = True
             up.transport.write(data)
         else:
-            if ex.unsent is _NO_BODY:
+            if ex.unsent is NO_BODY:
                 ex.unsent = []
             ex.unsent.append(data)
             ex.unsent_size += len(data)
@@ -699,7 +601,9 @@ class ClientConnection(asyncio.Protocol):
             elif tls.redirect:
                 self._redirect(ex, https_location(app.spec.listen, info.host, ex.url))
                 return
-        release, target = proxy.choose(app, ex, self)
+        release, target, cookie = proxy.chooser.choose(app, info, self.client_ip)
+        if cookie is not None:
+            ex.set_cookie = cookie
         if release is None or target is None:
             if ex.info.pin is not None and proxy.may_pin(app, ex, self):
                 pin = ex.info.pin.decode("latin-1")
@@ -711,9 +615,7 @@ class ClientConnection(asyncio.Protocol):
                 return
             self._local(ex, 503, why)
             return
-        ex.release = release
-        m = ex.metrics = release.metrics
-        m.in_flight += 1
+        m = ex.begin(release)
         if m.fuse is not None and app.spec.retry_on_stable:
             ex.stable_retry = ex.method.decode("latin-1") in app.spec.retry_on_stable
         if info.expect_continue and not ex.complete:
@@ -724,22 +626,20 @@ class ClientConnection(asyncio.Protocol):
             info,
             client_ip=self.client_ip,
             request_id=ex.request_id,
-            target=target.address.encode(),
+            target=target.address_bytes,
             trusted=bool(app.spec.trusted_proxies)
             and is_trusted(app.spec.trusted_proxies, self.client_ip),
             proto=b"https" if self.tls else b"http",
         )
-        self._set_deadline(UPSTREAM_DEADLINE, app.spec.response_timeout)
+        self.deadline_kind = UPSTREAM_DEADLINE
+        self.deadline = proxy.loop.time() + app.spec.response_timeout
         self.attach(ex, target, app.spec)
 
     def attach(self, ex: Exchange, target: Target, spec: AppSpec) -> None:
         """Send the exchange to ``target`` on an idle pooled connection or a new one."""
         if ex is not self.active or self.closed:
             return
-        ex.target = target
-        ex.attempts += 1
-        ex.tried.append(target)
-        target.in_flight += 1
+        ex.enter(target)
         up = target.pop_idle()
         if up is None:
             self.proxy.loop.create_task(self._connect(ex, target, spec))
@@ -775,20 +675,20 @@ class ClientConnection(asyncio.Protocol):
             self.retry_or_fail(ex, spec, "upstream closed the connection at once", sent=False)
             return
         ex.upstream = up
-        up.begin(self, ex)
+        up.begin(self, ex.method == b"HEAD")
         assert up.transport is not None
         if ex.written:
-            data = [ex.head, *(ex.body or ())]  # replay: the whole held body again
+            data = b"".join([ex.head, *(ex.body or ())])  # replay: the whole held body again
         elif ex.unsent:
-            data = [ex.head, *ex.unsent]
-            ex.unsent = _NO_BODY
+            data = b"".join([ex.head, *ex.unsent])
+            ex.unsent = NO_BODY
             ex.unsent_size = 0
         else:
-            data = [ex.head]
+            data = ex.head
         ex.written = True
         ex.t_sent = time.monotonic()
-        up.transport.write(data[0] if len(data) == 1 else b"".join(data))
-        if self.paused & PAUSE_BUFFER:
+        up.transport.write(data)
+        if self.paused.reasons & PAUSE_BUFFER:
             self._resume(PAUSE_BUFFER)
         if self.write_paused:
             up.transport.pause_reading()
@@ -798,11 +698,8 @@ class ClientConnection(asyncio.Protocol):
 
         ``sent``: the last attempt wrote bytes to its upstream, which may have acted on them.
         """
-        target = ex.target
         ex.upstream = None
-        if target is not None:
-            ex.target = None
-            target.in_flight -= 1
+        target = ex.leave_target()
         release = ex.release
         safe = replayable(ex.method, sent=sent, body_held=ex.replayable)
         if release is not None and safe and ex.attempts < MAX_ATTEMPTS:
@@ -843,7 +740,7 @@ class ClientConnection(asyncio.Protocol):
         if self.proxy.access_log is not None:
             elapsed = time.monotonic() - ex.t0
             self._log_access(ex, status, elapsed, elapsed)
-        self._leave_target(ex)
+        ex.end()
         self._local(ex, status, message)
 
     def _log_access(self, ex: Exchange, status: int, ttfb: float, total: float) -> None:
@@ -881,11 +778,7 @@ class ClientConnection(asyncio.Protocol):
         self.write(
             short_response(status, body, headers=headers, close=not keep, request_id=ex.request_id)
         )
-        self.active = None
-        if not keep:
-            self.close()
-            return
-        self._next()
+        self._finish(ex, keep)
 
     def _local(
         self, ex: Exchange, status: int, message: str, retry_after: int | None = None
@@ -897,11 +790,17 @@ class ClientConnection(asyncio.Protocol):
                 status, message, close=not keep, request_id=ex.request_id, retry_after=retry_after
             )
         )
+        self._finish(ex, keep)
+
+    def _finish(self, ex: Exchange, keep: bool) -> None:
+        """The one way an exchange ends: its counts end, and the connection goes on to the
+        next request (``keep``) or closes."""
+        ex.end()
         self.active = None
-        if not keep:
+        if keep:
+            self._next()
+        else:
             self.close()
-            return
-        self._next()
 
     # -- retry on stable: a canary's 5xx never reaches the client --------------------------
 
@@ -937,7 +836,7 @@ class ClientConnection(asyncio.Protocol):
             if status == 502:
                 m.upstream_errors += 1
             m.record(status, now - ex.t_sent, now - ex.t0)  # may trip the fuse, this turn
-        self._leave_target(ex)
+        ex.end()
         app = self.proxy.table.apps.get(m.app) if m is not None else None
         canary = ex.release
         choice = self.proxy.stable_choice(app, canary.name) if app and canary else None
@@ -945,9 +844,7 @@ class ClientConnection(asyncio.Protocol):
             self._local(ex, 502, "the canary failed and no stable target is left")
             return
         release, target = choice
-        ex.release = release
-        m = ex.metrics = release.metrics
-        m.in_flight += 1
+        ex.begin(release)
         self.attach(ex, target, app.spec)
 
     # -- waiting for a healthy target (``queue.py``) --------------------------------------
@@ -979,11 +876,7 @@ class ClientConnection(asyncio.Protocol):
             spec.queue_timeout <= 0 or self.proxy.queues.waiting(app.name) >= spec.queue_limit
         ):
             return False
-        self._leave_target(ex)
-        ex.release = None
-        ex.tried = []
-        ex.attempts = 0
-        ex.same_retry = False
+        ex.start_over()
         return self.wait_for_target(ex, app)
 
     def dispatch_queued(self, ex: Exchange) -> None:
@@ -1011,7 +904,37 @@ class ClientConnection(asyncio.Protocol):
             why = f"no healthy target for app {app.name!r}"
         self._local(ex, 503, why, retry_after(spec.queue_timeout))
 
-    # -- upstream events ---------------------------------------------------------------
+    # -- upstream events (``upstream.UpstreamEvents``) -------------------------------------
+
+    def response_head(
+        self, up: UpstreamConnection, status: int, head: bytes
+    ) -> ResponseInfo | None:
+        """The head to forward for the upstream's answer to the active exchange (None: the
+        canary's 5xx is retried on stable, so none of it is forwarded)."""
+        ex = self.active
+        if ex is None or ex.upstream is not up:
+            raise BadResponse("an answer for an exchange that is over")
+        if status >= 500 and ex.stable_retry and self.may_retry_on_stable(ex):
+            return None
+        if status == 101:
+            why = upgrade_refused(ex.info.upgrade if ex.upgrade else None, head)
+            if why is not None:
+                raise BadResponse(why)
+        info = client_head(
+            status,
+            head,
+            head_request=ex.method == b"HEAD",
+            client_http11=ex.http11,
+            client_keep_alive=ex.keep_alive and not ex.upgrade and not self.proxy.stopping,
+            upgrade=ex.upgrade,
+            set_cookie=ex.set_cookie,
+            extra=ex.extra_head,
+        )
+        ex.keep_alive = info.keep_alive
+        if info.flags is not None and ex.metrics is not None:
+            ex.cohorts = self.proxy.flag_cohort_metrics(ex.metrics.app, info.flags)
+        ex.response_started(status)
+        return info
 
     def response_done(self, up: UpstreamConnection, reusable: bool) -> None:
         ex = self.active
@@ -1028,19 +951,14 @@ class ClientConnection(asyncio.Protocol):
         if self.proxy.access_log is not None:
             self._log_access(ex, ex.status, ex.ttfb, now - ex.t0)
         target = ex.target
-        self._leave_target(ex)
         up.detach()
         if self.write_paused and up.transport is not None:
             up.transport.resume_reading()  # paused for this client; not for the next one
         if reusable and ex.complete and not up.until_close and target is not None:
-            target.put_idle(up, self.proxy.settings.upstream_max_idle)
+            target.put_idle(up, self.proxy.settings.upstream_max_idle, now)
         else:
             up.close()
-        self.active = None
-        if not ex.keep_alive or not ex.complete:
-            self.close()
-            return
-        self._next()
+        self._finish(ex, ex.keep_alive and ex.complete)
 
     def _next(self) -> None:
         """The active exchange is done: start the next request, or wait for one."""
@@ -1048,7 +966,8 @@ class ClientConnection(asyncio.Protocol):
             self.start(self.pending.popleft())  # (may answer at once and come back here)
             self._release_held()
             return
-        self._release_held()
+        if self.held or self.paused.reasons & PAUSE_PIPELINE:
+            self._release_held()
         if self.active is not None or self.pending or self.closed:
             return
         if self.deferred is not None:
@@ -1093,9 +1012,7 @@ class ClientConnection(asyncio.Protocol):
             if ex.metrics is not None:
                 ex.metrics.upstream_errors += 1
             ex.upstream = None
-            self._leave_target(ex)
-            self.active = None
-            self.close()
+            self._finish(ex, False)
             return
         spec = self.proxy.table.apps.get(ex.metrics.app) if ex.metrics else None
         if spec is None or up.got_bytes:
@@ -1113,8 +1030,7 @@ class ClientConnection(asyncio.Protocol):
         if ex.status:
             self.proxy.failures.record(ex, ex.status, why)
             self._abandon(ex)
-            self.active = None
-            self.close()
+            self._finish(ex, False)
             return
         self._fail(ex, 502, why)
 
@@ -1129,12 +1045,11 @@ class ClientConnection(asyncio.Protocol):
         if m is not None:
             m.record(101, ex.ttfb, time.monotonic() - ex.t0)
         target = ex.target
-        self._leave_target(ex)
+        ex.end()
         ex.upstream = None
         self.active = None
         self.tunnel = up
         up.upgraded = True
-        up.ex = None
         self.deadline_kind = NO_DEADLINE
         self.last_io = self.proxy.loop.time()
         upgrade = ex.info.upgrade
@@ -1213,6 +1128,14 @@ class ClientConnection(asyncio.Protocol):
         self.close()
 
 
+class _TunnelEnds(NamedTuple):
+    target: Target | None
+    metrics: ReleaseMetrics | None
+    client: ClientConnection
+    started: float
+    max_age: float | None
+
+
 def _parser_message(exc: Exception) -> str:
     text = str(exc) or type(exc).__name__
     return f"malformed request ({text})"
@@ -1242,7 +1165,7 @@ class Proxy:
         self.tunnel_ends: dict[UpstreamConnection, _TunnelEnds] = {}
         self.fuses = Fuses()
         self.stopping = False
-        self._rr = 0
+        self.chooser = Chooser()
         self._request_prefix = os.urandom(4).hex().encode()
         self._request_seq = 0
         self._sweeper: asyncio.Task[None] | None = None
@@ -1290,85 +1213,21 @@ class Proxy:
         return b"%s-%x" % (self._request_prefix, self._request_seq)
 
     def may_pin(self, app: LiveApp, ex: Exchange, client: ClientConnection) -> bool:
-        """X-Baton-Release is honoured with the app's secret, or from its ``pin_from`` nets.
-
-        Never for "any loopback peer": behind a local TLS terminator that is everyone.
-        """
-        if app.spec.pin_from and is_trusted(app.spec.pin_from, client.client_ip):
-            return True
-        secret = app.spec.release_secret
-        given = ex.info.pin_secret
-        return secret is not None and given is not None and compare_digest(given, secret.encode())
+        return may_pin(app, ex.info, client.client_ip)
 
     def choose(
         self, app: LiveApp, ex: Exchange, client: ClientConnection
     ) -> tuple[LiveRelease | None, Target | None]:
-        """The release (by pin, stickiness or weight) and target for one request."""
-        info = ex.info
-        if info.pin is not None and self.may_pin(app, ex, client):
-            pinned = app.by_name.get(info.pin.decode("latin-1"))
-            target = self.pick_target(pinned) if pinned is not None else None
-            return (pinned, target) if target is not None else (None, None)
-        if app.sticky and len(app.weighted) > 1:
-            release = self._sticky_release(app, ex, client)
-        else:
-            release = app.pick_release()
-        if release is not None:
-            target = self.pick_target(release)
-            if target is not None:
-                return release, target
-        # The chosen release has nothing healthy: any other weighted release will do.
-        for other in app.weighted:
-            if other is not release:
-                target = self.pick_target(other)
-                if target is not None:
-                    return other, target
-        return None, None
-
-    def _sticky_release(
-        self, app: LiveApp, ex: Exchange, client: ClientConnection
-    ) -> LiveRelease | None:
-        if app.sticky == STICKY_COOKIE:
-            name = cookie_release(ex.info.cookie)
-            kept = app.by_name.get(name) if name is not None else None
-            if kept is not None and kept.weight > 0:
-                return kept
-            release = app.pick_release()
-            if release is not None:
-                ex.set_cookie = set_cookie(release.name)
-            return release
-        if app.sticky == STICKY_CLIENT_IP:
-            key = client.client_ip
-        else:
-            prefix = app.sticky_header + b":"
-            key = next(
-                (ln[len(prefix) :].strip() for ln in ex.info.kept if ln.lower().startswith(prefix)),
-                b"",
-            )
-            if not key:
-                return app.pick_release()  # no key: nothing to stick to
-        point = sticky_point(key)
-        return app.pick_release(lambda: point)
+        """The release and target for one request (``choice.py``)."""
+        release, target, cookie = self.chooser.choose(app, ex.info, client.client_ip)
+        if cookie is not None:
+            ex.set_cookie = cookie
+        return release, target
 
     def pick_target(
         self, release: LiveRelease, exclude: list[Target] | None = None
     ) -> Target | None:
-        """Least in-flight among available targets; round-robin breaks ties."""
-        targets = release.targets
-        n = len(targets)
-        if n == 1:
-            t = targets[0]
-            return t if t.available and (not exclude or t not in exclude) else None
-        self._rr += 1
-        start = self._rr % n if n else 0
-        best: Target | None = None
-        best_load = 1 << 30
-        for i in range(n):
-            t = targets[(start + i) % n]
-            if t.in_flight < best_load and t.available and (not exclude or t not in exclude):
-                best = t
-                best_load = t.in_flight
-        return best
+        return self.chooser.pick_target(release, exclude)
 
     # -- table changes -----------------------------------------------------------------
 
@@ -1439,18 +1298,7 @@ class Proxy:
         )
 
     def stable_choice(self, app: LiveApp, canary: str) -> tuple[LiveRelease, Target] | None:
-        """Where a request the canary failed goes instead: the weightiest other release
-        that is no canary, with an available target."""
-        others = sorted(
-            (r for r in app.releases if r.name != canary and r.metrics.fuse is None),
-            key=lambda r: r.weight,
-            reverse=True,
-        )
-        for release in others:
-            target = self.pick_target(release)
-            if target is not None:
-                return release, target
-        return None
+        return self.chooser.stable_choice(app, canary)
 
     async def listen(
         self, address: str, sock: socket.socket | None = None, *, serve: bool = True

@@ -10,7 +10,9 @@ connections (the app closing one just as Baton reuses it is the classic lost req
 
 An ``UpstreamConnection`` parses one response at a time with httptools and writes it to the
 client connection that owns the exchange, batching what one ``data_received`` produced
-into a single write. It never decides about retries: it tells its client what happened.
+into a single write. It never decides about retries, nor about the response head: it tells its client
+(anything with the ``UpstreamEvents`` methods, so this module imports none of the
+connection code that uses it) what happened, and asks it for the head to forward.
 Bytes after the end of a response (more than its Content-Length, a body after 204/304)
 are never forwarded: the connection is closed instead of pooled. A 101 opens a tunnel only
 when the request asked to upgrade to the protocol the 101 names; otherwise it is a 502.
@@ -20,23 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 import httptools
 
-from baton.proxy.http import (
-    FRAME_CHUNKED,
-    FRAME_NONE,
-    LAST_CHUNK,
-    chunk,
-    client_head,
-    upgrade_refused,
-)
+from baton.proxy.http import FRAME_CHUNKED, FRAME_NONE, LAST_CHUNK, ResponseInfo, chunk
 
 MAX_RESPONSE_HEAD = 1024 * 1024
-
-if TYPE_CHECKING:
-    from baton.proxy.server import ClientConnection, Exchange
 
 
 class BadResponse(Exception):
@@ -47,11 +39,35 @@ class _Excess(Exception):
     """Bytes after a complete response: the start of a response nobody asked for."""
 
 
+class UpstreamEvents(Protocol):
+    """What an ``UpstreamConnection`` tells the client connection whose exchange it carries."""
+
+    def response_head(
+        self, up: UpstreamConnection, status: int, head: bytes
+    ) -> ResponseInfo | None:
+        """The head to forward for a final (or 101) response head as received (without its
+        blank line); None to discard the whole answer (it is retried on stable). Raises
+        ``BadResponse`` for an answer that must not be forwarded."""
+        ...
+
+    def write(self, data: bytes) -> None: ...
+    def response_done(self, up: UpstreamConnection, reusable: bool) -> None: ...
+    def upstream_lost(self, up: UpstreamConnection) -> None: ...
+    def upstream_broken(self, up: UpstreamConnection, why: str) -> None: ...
+    def retry_on_stable(self, up: UpstreamConnection, status: int) -> None: ...
+    def start_tunnel(self, up: UpstreamConnection, rest: bytes) -> None: ...
+    def tunnel_data_from_app(self, data: bytes) -> None: ...
+    def tunnel_closed(self, up: UpstreamConnection) -> None: ...
+    def pause_reading_for_upstream(self) -> None: ...
+    def resume_reading_for_upstream(self) -> None: ...
+
+
 class Target:
     """One upstream address with its live counters, health and idle pool."""
 
     __slots__ = (
         "address",
+        "address_bytes",
         "connect_failures",
         "draining",
         "fail_streak",
@@ -67,6 +83,7 @@ class Target:
 
     def __init__(self, address: str) -> None:
         self.address = address
+        self.address_bytes = address.encode()
         host, _, port = address.rpartition(":")
         self.host = host.strip("[]")
         self.port = int(port)
@@ -96,11 +113,12 @@ class Target:
                 return conn
         return None
 
-    def put_idle(self, conn: UpstreamConnection, max_idle: int) -> None:
+    def put_idle(self, conn: UpstreamConnection, max_idle: int, now: float = 0.0) -> None:
+        """Pool ``conn`` (idle since ``now``, a ``time.monotonic()`` the caller just read)."""
         if not self.routed or len(self.idle) >= max_idle or conn.closed:
             conn.close()
             return
-        conn.idle_since = time.monotonic()
+        conn.idle_since = now or time.monotonic()
         self.idle.append(conn)
 
     def close_idle(self, older_than: float | None = None) -> None:
@@ -161,12 +179,12 @@ class UpstreamConnection(asyncio.Protocol):
         "closed",
         "discard",
         "done",
-        "ex",
         "framing",
         "got_bytes",
         "head_done",
         "head_from",
         "head_only",
+        "head_request",
         "idle_since",
         "keep_alive",
         "out",
@@ -182,8 +200,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.target = target
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.client: ClientConnection | None = None
-        self.ex: Exchange | None = None
+        self.client: UpstreamEvents | None = None
+        self.head_request = False  # the exchange's request is a HEAD
         # Raw bytes of the response head(s) not yet complete; head_from skips 1xx heads.
         self.buf = b""
         self.head_from = 0
@@ -203,9 +221,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- lifecycle -------------------------------------------------------------------
 
-    def begin(self, client: ClientConnection, ex: Exchange) -> None:
+    def begin(self, client: UpstreamEvents, head_request: bool) -> None:
         self.client = client
-        self.ex = ex
+        self.head_request = head_request
         self.buf = b""
         self.head_from = 0
         self.head_done = False
@@ -218,12 +236,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     def detach(self) -> None:
         self.client = None
-        self.ex = None
 
     def close(self) -> None:
         self.closed = True
         self.client = None
-        self.ex = None
         if self.transport is not None:
             self.transport.close()
 
@@ -293,7 +309,10 @@ class UpstreamConnection(asyncio.Protocol):
         if self.discard:
             client.retry_on_stable(self, self.discard)
             return
-        self._flush(client)
+        out = self.out
+        if out:  # (``_flush``, inline: this is every response)
+            client.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
         if self.done:
             self.done = False
             if self.head_only:
@@ -301,7 +320,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self.parser = httptools.HttpResponseParser(self)
             client.response_done(self, reusable=self.keep_alive)
 
-    def _flush(self, client: ClientConnection) -> None:
+    def _flush(self, client: UpstreamEvents) -> None:
         out = self.out
         if out:
             client.write(out[0] if len(out) == 1 else b"".join(out))
@@ -328,34 +347,16 @@ class UpstreamConnection(asyncio.Protocol):
         self.buf = b""
         self.head_from = 0
         self.head_done = True
-        ex = self.ex
         client = self.client
-        assert ex is not None and client is not None
-        if status >= 500 and ex.stable_retry and client.may_retry_on_stable(ex):
+        assert client is not None
+        info = client.response_head(self, status, head)
+        if info is None:
             self.discard = status  # not one byte of it reaches the client
             return
-        if status == 101:
-            why = upgrade_refused(ex.info.upgrade if ex.upgrade else None, head)
-            if why is not None:
-                raise BadResponse(why)
-        info = client_head(
-            status,
-            head,
-            head_request=ex.method == b"HEAD",
-            client_http11=ex.http11,
-            client_keep_alive=ex.keep_alive and not ex.upgrade and not client.proxy.stopping,
-            upgrade=ex.upgrade,
-            set_cookie=ex.set_cookie,
-            extra=ex.extra_head,
-        )
         self.framing = info.framing
         self.until_close = info.until_close
-        ex.keep_alive = info.keep_alive
         self.out.append(info.head)
-        if info.flags is not None and ex.metrics is not None:
-            ex.cohorts = client.proxy.flag_cohort_metrics(ex.metrics.app, info.flags)
-        ex.response_started(status)
-        if ex.method == b"HEAD":
+        if self.head_request:
             self.head_only = True
             self.keep_alive = self.parser.should_keep_alive()
             self.done = True
