@@ -224,25 +224,24 @@ class SignalBook:
 
     def tick(self, engine: Engine, now: float) -> None:
         """Take the daemon's latest sample; store every window that is complete."""
-        latest = engine.traffic.latest
+        latest = engine.latest_traffic()
         if latest is not None:
             self.log.add(now - (time.monotonic() - latest.t), latest.metrics)
         keep = MIN_KEEP
-        for app in engine.store.apps():
-            keep = max(keep, float(_settings(app.config)["window"]) + 30.0)
+        for name in engine.app_names():
+            keep = max(keep, float(_settings(engine.app_config(name))["window"]) + 30.0)
         self.log.keep = min(keep, MAX_KEEP)
         for dep_id, watch in list(self.watches.items()):
             if not watch.succeeded or watch.switched_at is None:
                 continue
-            row = engine.store.app(watch.app)
-            settings = _settings(row.config if row else None)
+            settings = _settings(engine.app_config(watch.app))
             if now < watch.switched_at + float(settings["window"]):
                 continue
             self.watches.pop(dep_id, None)
             found = self.measure(watch, settings, now)
             if found is None:
                 continue
-            engine.store.add_event(dep_id, watch.app, "signals", found)
+            engine.add_event(dep_id, watch.app, "signals", found)
             (log.warning if found["regression"] else log.info)(
                 "deploy signals of #%s %s %s: %s",
                 dep_id,
@@ -257,7 +256,7 @@ SIGNALS = SignalBook()
 
 def stored(engine: Engine, deployment_id: int) -> dict[str, Any] | None:
     """The deployment's measured signals, if its window is complete."""
-    found = [e for e in engine.store.events(deployment_id) if e.kind == "signals"]
+    found = [e for e in engine.events(deployment_id) if e.kind == "signals"]
     return {"ts": found[-1].ts, **found[-1].data} if found else None
 
 

@@ -160,7 +160,7 @@ class Api:
             return app
         if config:
             return load_config(config).config.app
-        names = [a.name for a in self.engine.store.apps()]
+        names = self.engine.app_names()
         if len(names) == 1:
             return names[0]
         if not names:
@@ -209,10 +209,10 @@ class Api:
 
     async def migrate_status(self, request: web.Request) -> web.Response:
         only = request.query.get("app")
-        names = [only] if only else [a.name for a in self.engine.store.apps()]
+        names = [only] if only else self.engine.app_names()
         apps = []
         for name in names:
-            if self.engine.store.app(name) is None:
+            if not self.engine.has_app(name):
                 raise UsageError(f"no app named {name!r} was ever deployed on this host")
             apps.append(await self.engine.migration_status(name))
         return web.json_response({"apps": apps})
@@ -225,10 +225,10 @@ class Api:
         return await self._stream(request, run)
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        try:
-            run = self.engine.runs[int(request.match_info["id"])]
-        except (KeyError, ValueError):
-            raise UsageError(f"no deployment {request.match_info['id']} is running") from None
+        given = request.match_info["id"]
+        run = self.engine.run(int(given)) if given.isdigit() else None
+        if run is None:
+            raise UsageError(f"no deployment {given} is running")
         return await self._stream(request, run)
 
     async def promote(self, request: web.Request) -> web.StreamResponse:
@@ -338,7 +338,7 @@ class Api:
         if run is not None:
             return await self._stream(request, run)
         name = self._app_name(app, request.query.get("config"))
-        if self.engine.store.app(name) is None:
+        if not self.engine.has_app(name):
             raise UsageError(f"no app named {name!r} on this host")
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
@@ -385,7 +385,7 @@ class Api:
             or not 0 < timeout <= 600
         ):
             raise UsageError("timeout: expected a number of seconds between 0 and 600")
-        running = self.engine.store.running_deployments()
+        running = self.engine.running_deployments()
         if running:
             return _error(
                 f"a deployment of {running[0].app!r} is running; upgrade the proxy after it", 3
