@@ -19,6 +19,7 @@ from typing import Any
 
 from baton.config import AppConfig
 from baton.errors import DeploymentFailed
+from baton.events import UNSET, Event, Result
 from baton.observe import hub as observe_hub
 from baton.runtime.base import Instance
 from baton.state.store import InstanceRow, ReleaseRow
@@ -51,24 +52,25 @@ class DeploymentRun:
         self.app = app
         self.version = version
         self.kind = kind
-        self.events: list[dict[str, Any]] = []
+        self.events: list[Event] = []
         self.finished = False
         self.task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
-    def emit(self, event: dict[str, Any]) -> None:
-        event.setdefault("ts", time.time())
+    def emit(self, event: Event) -> None:
+        if event.ts is UNSET:
+            event.ts = time.time()
         self.events.append(event)
-        observe_hub.publish(self.id, self.app, self.version, event)
+        observe_hub.publish(self.id, self.app, self.version, event.to_dict())
         self._wake.set()
         self._wake = asyncio.Event()
 
-    def finish(self, result: dict[str, Any]) -> None:
-        self.emit({"event": "result", "deployment": self.id, **result})
+    def finish(self, result: Result) -> None:
+        self.emit(result)
         self.finished = True
         self._wake.set()
 
-    async def follow(self) -> AsyncIterator[dict[str, Any]]:
+    async def follow(self) -> AsyncIterator[Event]:
         """Every event so far, then each new one, until the result."""
         seen = 0
         while True:

@@ -48,6 +48,7 @@ from baton.deploy.routes import Router
 from baton.deploy.status import live_release
 from baton.deploy.traffic import Snapshot, Traffic, figures
 from baton.errors import BatonError, RouteTableError, UsageError
+from baton.events import Intro
 from baton.runtime.base import Instance, Runtime, Runtimes
 from baton.secrets import SecretStore, check_given, redact
 from baton.state.store import DeploymentRow, EventRow, ReleaseRow, Store
@@ -486,16 +487,15 @@ class Engine:
 
     def _intro(
         self, run: DeploymentRun, release: ReleaseRow, previous: ReleaseRow | None, how: str
-    ) -> dict[str, Any]:
-        return {
-            "event": "deployment",
-            "id": run.id,
-            "app": run.app,
-            "kind": run.kind,
-            "version": release.version,
-            "previous": previous.version if previous else None,
-            "strategy": how,
-        }
+    ) -> Intro:
+        return Intro(
+            id=run.id,
+            app=run.app,
+            kind=run.kind,
+            version=release.version,
+            previous=previous.version if previous else None,
+            strategy=how,
+        )
 
     def _rollback_target(
         self, app: str, live: ReleaseRow | None, version: str | None

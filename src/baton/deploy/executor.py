@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 
 from baton.deploy import releases as artifacts
 from baton.deploy.deployment import ACTIVE_RELEASE_STATES, Deployment, InstanceFailed
@@ -26,6 +25,7 @@ from baton.deploy.strategies.base import Strategy, commit_point
 from baton.deploy.strategies.choice import strategy_for
 from baton.deploy.undo import undo
 from baton.errors import BatonError, DaemonUnreachable, DeploymentFailed
+from baton.events import Pruned, Result, StepStarted, Warned
 from baton.observe import logs as observe_logs
 from baton.state.store import ReleaseRow
 
@@ -51,25 +51,27 @@ class Executor:
         except asyncio.CancelledError:
             if self.detaching:
                 run.finish(
-                    {
-                        "ok": False,
-                        "exit_code": 3,
-                        "status": "interrupted",
-                        "message": "the control plane stopped during the deployment; the"
+                    Result(
+                        deployment=run.id,
+                        ok=False,
+                        exit_code=3,
+                        status="interrupted",
+                        message="the control plane stopped during the deployment; the"
                         " next `baton up` finishes or undoes it",
-                    }
+                    )
                 )
                 raise
             store.finish_deployment(run.id, "aborted", "the control plane stopped")
             if d.kind == "deploy" and not d.switched:
                 artifacts.discard(store, store.release(d.release.id) or d.release)
             run.finish(
-                {
-                    "ok": False,
-                    "exit_code": 1,
-                    "status": "aborted",
-                    "message": "the control plane stopped during the deployment",
-                }
+                Result(
+                    deployment=run.id,
+                    ok=False,
+                    exit_code=1,
+                    status="aborted",
+                    message="the control plane stopped during the deployment",
+                )
             )
             raise
         except BaseException as exc:
@@ -92,18 +94,19 @@ class Executor:
             if d.kind == "deploy":
                 # A release that never went live for good is not kept (its label is free).
                 artifacts.discard(store, store.release(d.release.id) or d.release)
-            result: dict[str, Any] = {
-                "ok": False,
+            result = Result(
+                deployment=run.id,
+                ok=False,
                 # A runtime engine that does not answer (Docker) is the CLI's exit 3.
-                "exit_code": 3 if isinstance(exc, DaemonUnreachable) else 1,
-                "status": status,
-                "message": message,
-                "previous": d.previous.version if d.previous else None,
-                "seconds": round(time.monotonic() - started, 3),
-            }
+                exit_code=3 if isinstance(exc, DaemonUnreachable) else 1,
+                status=status,
+                message=message,
+                previous=d.previous.version if d.previous else None,
+                seconds=round(time.monotonic() - started, 3),
+            )
             if isinstance(failed, InstanceFailed):
-                result["instance"] = failed.index
-                result["logs"] = [ops.redact(line, d) for line in failed.logs]
+                result.instance = failed.index
+                result.logs = [ops.redact(line, d) for line in failed.logs]
             run.finish(result)
         else:
             self.keep_desired_state(d)
@@ -111,14 +114,15 @@ class Executor:
             store.add_event(run.id, run.app, "succeeded", {"version": d.release.version})
             done = "is live" if d.kind != "contract" else "ran its contract migration"
             run.finish(
-                {
-                    "ok": True,
-                    "exit_code": 0,
-                    "status": "succeeded",
-                    "message": f"{run.app} {d.release.version} {done}",
-                    "version": d.release.version,
-                    "seconds": round(time.monotonic() - started, 3),
-                }
+                Result(
+                    deployment=run.id,
+                    ok=True,
+                    exit_code=0,
+                    status="succeeded",
+                    message=f"{run.app} {d.release.version} {done}",
+                    version=d.release.version,
+                    seconds=round(time.monotonic() - started, 3),
+                )
             )
 
     async def run_steps(self, d: Deployment, *, stop_after: int | None = None) -> None:
@@ -148,7 +152,7 @@ class Executor:
             try:
                 await strategy.perform(self.ops, d, move)
             except BatonError as exc:
-                d.run.emit({"event": "warning", "message": f"{move.kind}: {exc}"})
+                d.run.emit(Warned(message=f"{move.kind}: {exc}"))
         if strategy.finalizes:
             await self.finalize(d)
 
@@ -158,7 +162,7 @@ class Executor:
         store.set_step(d.run.id, move.stored)
         if move.record:
             store.add_event(d.run.id, d.app, "step", {"step": move.stored, **move.extra})
-        d.run.emit({"event": "step", "step": move.kind, "batch": move.batch, **move.extra})
+        d.run.emit(StepStarted(step=move.kind, batch=move.batch, **move.extra))
 
     async def finalize(self, d: Deployment) -> None:
         """The new release took the traffic and passed verification: record it as live."""
@@ -191,7 +195,7 @@ class Executor:
             await ops.router.push_app(d.app)
         except BatonError as exc:
             # The store says what is live; the proxy watcher sends it once the proxy answers.
-            d.run.emit({"event": "warning", "message": f"route table: {exc}"})
+            d.run.emit(Warned(message=f"route table: {exc}"))
         leftovers = [
             (r, row)
             for r in store.releases(d.app, ("stopped",))
@@ -210,13 +214,11 @@ class Executor:
             if d.secrets is not None and d.secrets != ops.secrets.read(d.app):
                 ops.secrets.write(d.app, d.secrets)
         except OSError as exc:  # the release is live; say what could not be kept
-            d.run.emit(
-                {"event": "warning", "message": f"could not keep the secrets: {exc.strerror}"}
-            )
+            d.run.emit(Warned(message=f"could not keep the secrets: {exc.strerror}"))
         try:
             removed = artifacts.prune(store, d.app, d.cfg.deploy.keep_releases)
         except OSError as exc:
-            d.run.emit({"event": "warning", "message": f"could not prune old releases: {exc}"})
+            d.run.emit(Warned(message=f"could not prune old releases: {exc}"))
             return
         if removed:
-            d.run.emit({"event": "pruned", "versions": removed})
+            d.run.emit(Pruned(versions=removed))

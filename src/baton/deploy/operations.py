@@ -24,6 +24,7 @@ from baton.deploy.proxyclient import ProxyClient, ProxyUnavailable
 from baton.deploy.routes import Router
 from baton.deploy.traffic import Traffic
 from baton.errors import BatonError, DaemonUnreachable, DeploymentFailed
+from baton.events import Artifact, Drained, HookOutput, HookRan, InstanceChanged, Probe, Warned
 from baton.runtime.base import Instance, InstanceSpec, Runtime, Runtimes
 from baton.secrets import SecretStore, redact
 from baton.state.store import InstanceRow, ReleaseRow, Store
@@ -95,7 +96,7 @@ class Operations:
             return
 
         def line(text: str) -> None:
-            d.run.emit({"event": "hook_output", "hook": name, "line": self.redact(text, d)})
+            d.run.emit(HookOutput(hook=name, line=self.redact(text, d)))
 
         result = await run_hook(
             name,
@@ -105,7 +106,7 @@ class Operations:
             timeout=d.cfg.hooks.timeout,
             log=line,
         )
-        d.run.emit({"event": "hook", "hook": name, "ok": result.ok})
+        d.run.emit(HookRan(hook=name, ok=result.ok))
         if on_result is not None:
             on_result(result)
         try:
@@ -148,7 +149,7 @@ class Operations:
         d.release = await artifacts.make_artifact(
             self.store, self.state_dir, d.release, d.cfg, resolve
         )
-        d.run.emit({"event": "artifact", **artifacts.describe(d.release.artifact)})
+        d.run.emit(Artifact(extra=artifacts.describe(d.release.artifact)))
         if d.cfg.hooks.build:
             await self.hook(d, "build", d.cfg.hooks.build, {})
 
@@ -194,9 +195,7 @@ class Operations:
             str(instance.log_path) if instance.log_path else None,
         )
         d.started[index] = (row_id, instance)
-        d.run.emit(
-            {"event": "instance", "index": index, "address": instance.address, "state": "starting"}
-        )
+        d.run.emit(InstanceChanged(index=index, address=instance.address, state="starting"))
 
     async def start_instances(self, d: Deployment, indexes: tuple[int, ...]) -> None:
         """Start several instances at once (a container takes a Docker round trip or three).
@@ -229,7 +228,7 @@ class Operations:
                 return f"the {runtime.name} runtime does not report it healthy (yet)"
 
             def progress(message: str) -> None:
-                d.run.emit({"event": "probe", "index": index, "message": message})
+                d.run.emit(Probe(index=index, message=message))
 
             try:
                 await wait_ready(
@@ -249,13 +248,9 @@ class Operations:
                 self.store.set_instance_state(row_id, "failed")
                 logs = await self.logs(runtime, instance)
                 d.run.emit(
-                    {
-                        "event": "instance",
-                        "index": index,
-                        "address": instance.address,
-                        "state": "failed",
-                        "message": str(exc),
-                    }
+                    InstanceChanged(
+                        index=index, address=instance.address, state="failed", message=str(exc)
+                    )
                 )
                 raise InstanceFailed(
                     f"instance {index} of {d.release.version} ({instance.address}) is not"
@@ -264,9 +259,7 @@ class Operations:
                     logs,
                 ) from exc
             self.store.set_instance_state(row_id, "ready")
-            d.run.emit(
-                {"event": "instance", "index": index, "address": instance.address, "state": "ready"}
-            )
+            d.run.emit(InstanceChanged(index=index, address=instance.address, state="ready"))
 
         tasks = [asyncio.ensure_future(one(i)) for i in indexes]
         try:
@@ -310,9 +303,9 @@ class Operations:
         except BatonError as exc:
             drained = False
             if d is not None:
-                d.run.emit({"event": "warning", "message": f"drain: {exc}"})
+                d.run.emit(Warned(message=f"drain: {exc}"))
         if d is not None:
-            d.run.emit({"event": "drain", "targets": addresses, "drained": drained})
+            d.run.emit(Drained(targets=addresses, drained=drained))
 
     async def stop_rows(self, rows: Rows, timeout: float, state: str = "stopped") -> None:
         """Stop each instance (SIGTERM, ``timeout``, SIGKILL) and record it as ``state``."""

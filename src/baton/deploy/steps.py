@@ -21,6 +21,7 @@ from baton.deploy.deployment import Deployment
 from baton.deploy.operations import Operations
 from baton.deploy.plan import Step, judge, release_counts
 from baton.errors import BatonError, DeploymentFailed
+from baton.events import KeptWarm, SmokeTest, Stopped, Verifying, Warned
 from baton.observe.signals import SIGNALS
 
 
@@ -87,7 +88,7 @@ async def ready(ops: Operations, d: Deployment, move: Move) -> None:
 async def smoke_test(ops: Operations, d: Deployment, move: Move) -> None:
     _, instance = d.started[move.new[0]]
     url = f"http://{instance.address}"
-    d.run.emit({"event": "smoke_test", "target": url})
+    d.run.emit(SmokeTest(target=url))
     await ops.hook(d, "smoke_test", d.cfg.hooks.smoke_test, {"BATON_TARGET_URL": url})
 
 
@@ -107,7 +108,7 @@ async def verify(ops: Operations, d: Deployment, move: Move) -> None:
 
     before = await counts()
     if before is None:
-        d.run.emit({"event": "warning", "message": "no metrics from the proxy; not verified"})
+        d.run.emit(Warned(message="no metrics from the proxy; not verified"))
         return
     deadline = time.monotonic() + cfg.verify
     last_report = 0.0
@@ -122,14 +123,13 @@ async def verify(ops: Operations, d: Deployment, move: Move) -> None:
             raise DeploymentFailed(f"{version} failed verification: {why}; switched back")
         if verdict.failing:
             d.run.emit(
-                {
-                    "event": "verify",
-                    "requests": verdict.requests,
-                    "errors": verdict.errors,
-                    "rate": verdict.rate,
-                    "failing": True,
-                    "batch": batch,
-                }
+                Verifying(
+                    requests=verdict.requests,
+                    errors=verdict.errors,
+                    rate=verdict.rate,
+                    failing=True,
+                    batch=batch,
+                )
             )
             raise DeploymentFailed(
                 f"{version} failed verification{where}:"
@@ -138,24 +138,22 @@ async def verify(ops: Operations, d: Deployment, move: Move) -> None:
         if time.monotonic() - last_report >= 1.0:
             last_report = time.monotonic()
             d.run.emit(
-                {
-                    "event": "verify",
-                    "requests": verdict.requests,
-                    "errors": verdict.errors,
-                    "rate": verdict.rate,
-                    "failing": False,
-                    "left": round(max(0.0, left), 1),
-                }
+                Verifying(
+                    requests=verdict.requests,
+                    errors=verdict.errors,
+                    rate=verdict.rate,
+                    failing=False,
+                    left=round(max(0.0, left), 1),
+                )
             )
     d.run.emit(
-        {
-            "event": "verify",
-            "requests": verdict.requests,
-            "errors": verdict.errors,
-            "rate": verdict.rate,
-            "failing": False,
-            "passed": True,
-        }
+        Verifying(
+            requests=verdict.requests,
+            errors=verdict.errors,
+            rate=verdict.rate,
+            failing=False,
+            passed=True,
+        )
     )
 
 
@@ -170,7 +168,7 @@ async def stop(ops: Operations, d: Deployment, move: Move) -> None:
             ops.store.set_instance_state(row.id, "draining")
     await ops.router.push_app(d.app)
     await ops.stop_rows(rows, d.cfg.deploy.stop_timeout)
-    d.run.emit({"event": "stopped", "targets": [row.address for _, row in rows]})
+    d.run.emit(Stopped(targets=[row.address for _, row in rows]))
 
 
 async def keep_warm(ops: Operations, d: Deployment, move: Move) -> None:
@@ -178,7 +176,7 @@ async def keep_warm(ops: Operations, d: Deployment, move: Move) -> None:
     seconds = d.cfg.deploy.keep_previous
     until = time.time() + seconds
     ops.store.update_release(d.previous.id, state="warm", weight=0, warm_until=until)
-    d.run.emit({"event": "keep_warm", "version": d.previous.version, "seconds": seconds})
+    d.run.emit(KeptWarm(version=d.previous.version, seconds=seconds))
 
 
 async def post_deploy(ops: Operations, d: Deployment, move: Move) -> None:
@@ -186,7 +184,7 @@ async def post_deploy(ops: Operations, d: Deployment, move: Move) -> None:
         await ops.hook(d, "post_deploy", d.cfg.hooks.post_deploy, {})
     except DeploymentFailed as exc:
         # The new release is live and verified; a failed notification does not undo it.
-        d.run.emit({"event": "warning", "message": f"post_deploy failed: {exc}"})
+        d.run.emit(Warned(message=f"post_deploy failed: {exc}"))
 
 
 ACTIONS: dict[str, Action] = {

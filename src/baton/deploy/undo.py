@@ -13,6 +13,7 @@ from baton.config import parse_config
 from baton.deploy.deployment import Deployment, instance_of
 from baton.deploy.operations import Operations
 from baton.errors import DeploymentFailed
+from baton.events import StepStarted, Switched, Warned
 from baton.state.store import InstanceRow
 
 
@@ -63,7 +64,7 @@ async def undo(ops: Operations, d: Deployment) -> bool:
     if routed_new or previous is None:
         store.set_step(d.run.id, "rollback")
         await ops.router.push_app(d.app)
-        d.run.emit({"event": "switch", "weights": ops.router.weights(d.app), "back": True})
+        d.run.emit(Switched(weights=ops.router.weights(d.app), back=True))
         await ops.drain(d, routed_new, d.cfg.deploy.drain_timeout)
     await ops.stop_rows(new_rows, timeout, state="failed")
     if release.state != "live":
@@ -79,12 +80,11 @@ async def restart_previous(
     assert previous is not None
     cfg = parse_config(previous.config)
     d.run.emit(
-        {
-            "event": "step",
-            "step": "rollback",
-            "batch": None,
-            "detail": f"starting {missing} instance(s) of {previous.version} again",
-        }
+        StepStarted(
+            step="rollback",
+            batch=None,
+            detail=f"starting {missing} instance(s) of {previous.version} again",
+        )
     )
     ops.store.set_step(d.run.id, "rollback")
     back = Deployment(d.run, d.app, previous, cfg, None, "rollback", cfg.deploy.strategy)
@@ -95,7 +95,7 @@ async def restart_previous(
             await ops.start_instance(back, index)
         await ops.wait_ready(back, indexes)
     except DeploymentFailed as exc:
-        d.run.emit({"event": "warning", "message": f"could not restart {previous.version}: {exc}"})
+        d.run.emit(Warned(message=f"could not restart {previous.version}: {exc}"))
         rows = [(previous, r) for r in ops.store.instances(previous.id, ("starting", "ready"))]
         await ops.stop_rows(rows, cfg.deploy.stop_timeout, state="failed")
         return False

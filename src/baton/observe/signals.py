@@ -26,13 +26,32 @@ from bisect import bisect_right
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from baton.deploy.analysis import ReleaseWindow, release_snapshot, summary, window
 
 if TYPE_CHECKING:
     from baton.config import SignalsConfig
-    from baton.deploy.engine import Engine
+    from baton.deploy.traffic import Snapshot
+    from baton.state.store import EventRow
+
+
+class Engine(Protocol):
+    """What the signals read of the deploy engine (its public methods; no import of it,
+    so the engine can import this module's book)."""
+
+    def latest_traffic(self) -> Snapshot | None: ...
+
+    def app_names(self) -> list[str]: ...
+
+    def app_config(self, app: str) -> dict[str, Any] | None: ...
+
+    def add_event(
+        self, deployment_id: int | None, app: str, kind: str, data: dict[str, Any]
+    ) -> None: ...
+
+    def events(self, deployment_id: int) -> list[EventRow]: ...
+
 
 log = logging.getLogger("baton.signals")
 

@@ -51,6 +51,7 @@ from baton.deploy.canary import Request, annotate_status, canary_events
 from baton.deploy.canary import request as canary_request
 from baton.deploy.engine import DeploymentRun, Engine
 from baton.errors import BatonError, UsageError
+from baton.events import Intro
 from baton.observe import starter
 from baton.observe.signals import stored as stored_signals
 from baton.observe.views import annotate_live
@@ -252,9 +253,9 @@ class Api:
             seen = 0
             async for event in run.follow():
                 seen += 1
-                if seen <= skip and event.get("event") != "deployment":
+                if seen <= skip and not isinstance(event, Intro):
                     continue
-                await response.write(json.dumps(event).encode() + b"\n")
+                await response.write(json.dumps(event.to_dict()).encode() + b"\n")
             await response.write_eof()
         except (ConnectionError, RuntimeError):
             pass  # the client went away; the deployment goes on
@@ -343,7 +344,7 @@ class Api:
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
         for event in last_outcome(self.engine, name):
-            await response.write(json.dumps(event).encode() + b"\n")
+            await response.write(json.dumps(event.to_dict()).encode() + b"\n")
         await response.write_eof()
         return response
 

@@ -15,6 +15,7 @@ from baton.deploy.operations import Operations
 from baton.deploy.steps import ACTIONS, Move
 from baton.deploy.strategies.base import Planned, planned, routed_ids
 from baton.errors import BatonError
+from baton.events import Switched
 
 
 async def switch(ops: Operations, d: Deployment, move: Move) -> None:
@@ -32,7 +33,7 @@ async def switch(ops: Operations, d: Deployment, move: Move) -> None:
             store.update_release(d.previous.id, weight=0)
     d.switched = True
     await ops.router.push_app(d.app)
-    d.run.emit({"event": "switch", "weights": ops.router.weights(d.app), "batch": move.batch})
+    d.run.emit(Switched(weights=ops.router.weights(d.app), batch=move.batch))
 
 
 class BlueGreen(Planned):

@@ -40,6 +40,7 @@ from baton.deploy.strategies.base import Strategy
 from baton.deploy.strategies.blue_green import BlueGreen
 from baton.deploy.traffic import Snapshot, between
 from baton.errors import BatonError, DeploymentFailed
+from baton.events import CanaryNote, CanaryStep, Switched, from_dict
 from baton.state.store import InstanceRow, ReleaseRow
 
 BEFORE_TRAFFIC = ("pre_deploy", "expand", "start", "ready", "smoke_test")
@@ -52,11 +53,10 @@ def choose(ops: Operations, d: Deployment) -> Strategy:
     if d.kind != "deploy" or d.warm_switch or previous is None or not stable_rows:
         if d.kind == "deploy" and not d.warm_switch:
             d.run.emit(
-                {
-                    "event": "canary",
-                    "phase": "skipped",
-                    "message": "no live release to compare with: a plain blue-green switch",
-                }
+                CanaryNote(
+                    phase="skipped",
+                    message="no live release to compare with: a plain blue-green switch",
+                )
             )
         return BlueGreen()
     return Canary(ops, d, previous, stable_rows)
@@ -150,7 +150,7 @@ class Canary:
         elif move.kind == "promote":
             self._disarm_fuse()  # no longer a canary: the proxy drops its fuse
             await self._set_weight(100)
-            d.run.emit({"event": "switch", "weights": self._weights(), "batch": None})
+            d.run.emit(Switched(weights=self._weights(), batch=None))
         else:
             await ACTIONS[move.kind](ops, d, move)
 
@@ -164,7 +164,7 @@ class Canary:
     def _record(self, kind: str, data: dict[str, Any]) -> None:
         d = self.d
         self.ops.store.add_event(d.run.id, d.app, kind, data)
-        d.run.emit({"event": kind, **data})
+        d.run.emit(from_dict({"event": kind, **data}))  # CanaryVerdict, CanaryRequest
 
     def _weights(self) -> dict[str, int]:
         return self.ops.router.weights(self.d.app)
@@ -333,14 +333,9 @@ class Canary:
         control.hold_until = control.step_started + hold
         control.extensions, control.confirming = 0, False
         d.run.emit(
-            {
-                "event": "canary_step",
-                "step": n,
-                "steps": len(control.steps),
-                "weight": weight,
-                "hold": hold,
-                "weights": self._weights(),
-            }
+            CanaryStep(
+                step=n, steps=len(control.steps), weight=weight, hold=hold, weights=self._weights()
+            )
         )
         start: Snapshot | None = await self.traffic.sample(self.ops.proxy, fresh=True)
         deadline = time.monotonic() + hold

@@ -12,6 +12,7 @@ from baton.deploy.operations import Operations
 from baton.deploy.plan import split_weights
 from baton.deploy.steps import ACTIONS, Move
 from baton.deploy.strategies.base import Planned, planned, routed_ids
+from baton.events import Switched
 
 
 async def switch(ops: Operations, d: Deployment, move: Move) -> None:
@@ -30,7 +31,7 @@ async def switch(ops: Operations, d: Deployment, move: Move) -> None:
             store.update_release(previous.id, weight=old_weight)
     d.switched = True
     await ops.router.push_app(d.app)
-    d.run.emit({"event": "switch", "weights": ops.router.weights(d.app), "batch": move.batch})
+    d.run.emit(Switched(weights=ops.router.weights(d.app), batch=move.batch))
 
 
 class Rolling(Planned):
