@@ -476,8 +476,12 @@ class Engine:
 
     def start(self, run: DeploymentRun) -> None:
         """Run a prepared deployment in the background (it outlives the client that asked)."""
-        d = self._deploys.pop(run.id)
-        run.task = asyncio.get_running_loop().create_task(self._execute(d))
+        run.task = asyncio.get_running_loop().create_task(self._execute(self.claim(run)))
+
+    def claim(self, run: DeploymentRun) -> Deployment:
+        """The prepared deployment of ``run``, taken to be executed (``start`` does this; a
+        test drives the executor with it directly)."""
+        return self._deploys.pop(run.id)
 
     async def _execute(self, d: Deployment) -> None:
         try:

@@ -126,8 +126,9 @@ class Executor:
             )
 
     async def run_steps(self, d: Deployment, *, stop_after: int | None = None) -> None:
-        """Plan ``d`` with its strategy and run the steps; ``stop_after`` (tests: a crash
-        between steps) returns once that many steps ran, leaving the rest undone."""
+        """Plan ``d`` with its strategy and run the steps. ``stop_after`` (tests: a crash
+        between steps) returns once that many steps ran, before the rest and before the
+        release is recorded as live, as a control plane that died there would leave it."""
         strategy = strategy_for(self.ops, d)
         try:
             await self.sequence(d, strategy, strategy.plan(self.ops, d), stop_after=stop_after)
@@ -153,6 +154,8 @@ class Executor:
                 await strategy.perform(self.ops, d, move)
             except BatonError as exc:
                 d.run.emit(Warned(message=f"{move.kind}: {exc}"))
+        if stop_after is not None:
+            return  # stopped before the release is recorded as live
         if strategy.finalizes:
             await self.finalize(d)
 
