@@ -31,6 +31,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from baton import __version__
+from baton import events as ev
 from baton.errors import BatonError, ConfigError, DaemonUnreachable, ImageNotFound, UsageError
 from baton.state.files import open_private, private_dir
 
@@ -270,134 +271,148 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
 
 
 class Progress:
-    """Renders deployment events as they come; remembers the result."""
+    """Renders deployment events as they come (one method per event type); remembers the
+    result. ``out``/``err`` default to the CLI's consoles (tests pass their own)."""
 
-    def __init__(self) -> None:
-        self.result: dict[str, Any] | None = None
+    def __init__(self, out: Console | None = None, err: Console | None = None) -> None:
+        self.out = out or console
+        self.err = err or errors
+        self.result: ev.Result | None = None
         self.version = "?"
         self.previous: str | None = None
         self.app = "?"
         self.id: int | None = None
         self._last_verify = 0.0
 
-    def show(self, event: dict[str, Any]) -> None:
-        kind = event.get("event")
-        if kind == "deployment":
-            self.app, self.version = event["app"], event["version"]
-            self.id = event.get("id")
-            self.previous = event.get("previous")
-            what = {"rollback": "Rolling back", "contract": "Contract migration of"}.get(
-                str(event.get("kind")), "Deploying"
-            )
-            replacing = f", replacing {self.previous}" if self.previous else ""
-            console.print(
-                f"[bold]{what} {escape(self.app)} {escape(self.version)}[/bold]"
-                f" ({escape(str(event.get('strategy')))}{escape(replacing)}) — deployment"
-                f" #{event['id']}"
-            )
-        elif kind == "step":
-            batch = f" (batch {event['batch'] + 1})" if event.get("batch") is not None else ""
-            detail = f": {event['detail']}" if event.get("detail") else ""
-            console.print(f"  [cyan]▸ {event['step']}[/cyan]{batch}{escape(detail)}")
-        elif kind == "instance":
-            colour = {"ready": "green", "failed": "red"}.get(event["state"], "white")
-            message = f" — {event['message']}" if event.get("message") else ""
-            console.print(
-                f"    instance {event['index']} {event['address']}"
-                f" [{colour}]{event['state']}[/{colour}]{escape(message)}"
-            )
-        elif kind == "switch":
-            weights = ", ".join(f"{k} {v}%" for k, v in event.get("weights", {}).items())
-            label = "switched back" if event.get("back") else "traffic"
-            console.print(f"    {label}: {escape(weights) or 'no release routed'}")
-        elif kind == "verify":
-            final = event.get("passed") or event.get("failing")
-            if final or time.monotonic() - self._last_verify >= 2.0:
-                self._last_verify = time.monotonic()
-                mark = (
-                    "[red]failing[/red]"
-                    if event.get("failing")
-                    else ("[green]passed[/green]" if event.get("passed") else "watching")
-                )
-                console.print(
-                    f"    verify {mark}: {event['requests']} requests, {event['errors']} errors"
-                    f" ({event['rate']:.1%})"
-                )
-        elif kind == "drain":
-            how = "drained" if event.get("drained") else "drain timed out"
-            console.print(f"    {len(event['targets'])} target(s) {how}")
-        elif kind == "stopped":
-            console.print(f"    stopped {', '.join(event['targets'])}")
-        elif kind == "keep_warm":
-            console.print(f"    {event['version']} stays warm for {event['seconds']:g}s")
-        elif kind == "hook":
-            mark = "[green]ok[/green]" if event["ok"] else "[red]failed[/red]"
-            console.print(f"    {event['hook']} {mark}")
-        elif kind == "hook_output":
-            console.print(f"    [dim]{escape(event['hook'])}: {escape(event['line'])}[/dim]")
-        elif kind == "smoke_test":
-            console.print(f"    against {event['target']}")
-        elif kind in ("canary_step", "verdict", "canary", "canary_request"):
-            show_canary(event)
-        elif kind == "warning":
-            console.print(f"    [yellow]warning:[/yellow] {escape(event['message'])}")
-        elif kind == "artifact":
-            console.print(f"    release artifact: {escape(_artifact_text(event))}")
-        elif kind == "pruned":
-            console.print(
-                f"    removed old release snapshots: {escape(', '.join(event['versions']))}"
-            )
-        elif kind == "result":
-            self.result = event
-            self._result(event)
+    def show(self, data: dict[str, Any]) -> None:
+        """Render one event as it came from the API (a wire dict)."""
+        try:
+            event = ev.from_dict(data)
+        except ValueError:
+            return  # not an event: nothing to show
+        self.render(event)
 
-    def _result(self, event: dict[str, Any]) -> None:
-        seconds = f" ({event['seconds']:.1f}s)" if "seconds" in event else ""
-        if event.get("ok"):
-            console.print(f"[green]✓[/green] {escape(event['message'])}{seconds}")
+    def render(self, event: ev.Event) -> None:
+        print_ = self.out.print
+        match event:
+            case ev.Intro():
+                self.app, self.version = event.app, event.version
+                self.id = event.id
+                self.previous = event.previous
+                what = {"rollback": "Rolling back", "contract": "Contract migration of"}.get(
+                    event.kind, "Deploying"
+                )
+                replacing = f", replacing {self.previous}" if self.previous else ""
+                print_(
+                    f"[bold]{what} {escape(self.app)} {escape(self.version)}[/bold]"
+                    f" ({escape(str(event.strategy))}{escape(replacing)}) — deployment"
+                    f" #{event.id}"
+                )
+            case ev.StepStarted():
+                batch = f" (batch {event.batch + 1})" if event.batch is not None else ""
+                detail = f": {event.detail}" if event.detail else ""
+                print_(f"  [cyan]▸ {event.step}[/cyan]{batch}{escape(detail)}")
+            case ev.InstanceChanged():
+                colour = {"ready": "green", "failed": "red"}.get(event.state, "white")
+                message = f" — {event.message}" if event.message else ""
+                print_(
+                    f"    instance {event.index} {event.address}"
+                    f" [{colour}]{event.state}[/{colour}]{escape(message)}"
+                )
+            case ev.Probe():
+                print_(f"    [dim]instance {event.index}: {escape(event.message)}[/dim]")
+            case ev.Switched():
+                weights = ", ".join(f"{k} {v}%" for k, v in event.weights.items())
+                label = "switched back" if event.back else "traffic"
+                print_(f"    {label}: {escape(weights) or 'no release routed'}")
+            case ev.Verifying():
+                final = event.passed or event.failing
+                if final or time.monotonic() - self._last_verify >= 2.0:
+                    self._last_verify = time.monotonic()
+                    mark = (
+                        "[red]failing[/red]"
+                        if event.failing
+                        else ("[green]passed[/green]" if event.passed else "watching")
+                    )
+                    print_(
+                        f"    verify {mark}: {event.requests} requests, {event.errors} errors"
+                        f" ({event.rate:.1%})"
+                    )
+            case ev.Drained():
+                how = "drained" if event.drained else "drain timed out"
+                print_(f"    {len(event.targets)} target(s) {how}")
+            case ev.Stopped():
+                print_(f"    stopped {', '.join(event.targets)}")
+            case ev.KeptWarm():
+                print_(f"    {event.version} stays warm for {event.seconds:g}s")
+            case ev.HookRan():
+                mark = "[green]ok[/green]" if event.ok else "[red]failed[/red]"
+                print_(f"    {event.hook} {mark}")
+            case ev.HookOutput():
+                print_(f"    [dim]{escape(event.hook)}: {escape(event.line)}[/dim]")
+            case ev.SmokeTest():
+                print_(f"    against {event.target}")
+            case ev.CanaryStep() | ev.CanaryVerdict() | ev.CanaryNote() | ev.CanaryRequest():
+                self.render_canary(event)
+            case ev.Warned():
+                print_(f"    [yellow]warning:[/yellow] {escape(event.message)}")
+            case ev.Artifact():
+                print_(f"    release artifact: {escape(_artifact_text(event.extra))}")
+            case ev.Pruned():
+                print_(f"    removed old release snapshots: {escape(', '.join(event.versions))}")
+            case ev.Result():
+                self.result = event
+                self._result(event)
+            case _:
+                pass  # a kind this CLI does not know (a newer daemon's): nothing to show
+
+    def _result(self, event: ev.Result) -> None:
+        seconds = f" ({event.seconds:.1f}s)" if ev.given(event.seconds) else ""
+        if event.ok:
+            self.out.print(f"[green]✓[/green] {escape(event.message)}{seconds}")
             return
-        errors.print(f"[red]✗ deployment failed:[/red] {escape(event.get('message', ''))}")
-        if event.get("logs"):
-            errors.print(f"  last log lines of instance {event.get('instance')}:")
-            for line in event["logs"]:
-                errors.print(f"    {escape(line)}")
-        previous = event.get("previous")
-        if event.get("status") in ("aborted", "interrupted"):
+        self.err.print(f"[red]✗ deployment failed:[/red] {escape(event.message)}")
+        if event.logs:
+            self.err.print(f"  last log lines of instance {event.instance}:")
+            for line in event.logs:
+                self.err.print(f"    {escape(line)}")
+        previous = event.previous
+        if event.status in ("aborted", "interrupted"):
             return
         if previous:
-            errors.print(f"  users are still on {escape(previous)}")
+            self.err.print(f"  users are still on {escape(previous)}")
         else:
-            errors.print("  nothing was routed to the new release")
+            self.err.print("  nothing was routed to the new release")
 
-
-def show_canary(event: dict[str, Any]) -> None:
-    """One canary event of a deployment's progress: a step, a verdict, a request."""
-    kind = event.get("event")
-    if kind == "canary_step":
-        weights = ", ".join(f"{k} {v}%" for k, v in event.get("weights", {}).items())
-        console.print(
-            f"    step {event['step']}/{event['steps']}: {escape(weights)}, holding"
-            f" {event['hold']:g}s"
-        )
-    elif kind == "verdict":
-        colour = {"pass": "green", "fail": "red"}.get(event.get("verdict", ""), "yellow")
-        what = "guard" if event.get("guard") else f"verdict over {event.get('window', 0):g}s"
-        figures = event.get("figures") or {}
-        shown = ", ".join(
-            f"{side} {_figure(figures, side)}"
-            for side in ("canary", "baseline")
-            if figures.get(f"{side}_requests") is not None
-        )
-        console.print(
-            f"    {what}: [{colour}]{event.get('verdict')}[/{colour}] → {event.get('decision')}"
-            f"{' (' + escape(shown) + ')' if shown else ''}"
-        )
-        for reason in event.get("reasons", []):
-            console.print(f"      [dim]{escape(reason)}[/dim]")
-    elif kind == "canary_request":
-        console.print(f"    [bold]{event['request']} requested[/bold] (baton {event['request']})")
-    elif kind == "canary":
-        console.print(f"    canary {event.get('phase')}: {escape(event.get('message', ''))}")
+    def render_canary(self, event: ev.Event) -> None:
+        """One canary event of a deployment's progress: a step, a verdict, a request."""
+        print_ = self.out.print
+        match event:
+            case ev.CanaryStep():
+                weights = ", ".join(f"{k} {v}%" for k, v in event.weights.items())
+                print_(
+                    f"    step {event.step}/{event.steps}: {escape(weights)}, holding"
+                    f" {event.hold:g}s"
+                )
+            case ev.CanaryVerdict():
+                colour = {"pass": "green", "fail": "red"}.get(event.verdict, "yellow")
+                what = "guard" if event.guard else f"verdict over {event.window:g}s"
+                figures = event.figures or {}
+                shown = ", ".join(
+                    f"{side} {_figure(figures, side)}"
+                    for side in ("canary", "baseline")
+                    if figures.get(f"{side}_requests") is not None
+                )
+                print_(
+                    f"    {what}: [{colour}]{event.verdict}[/{colour}] → {event.decision}"
+                    f"{' (' + escape(shown) + ')' if shown else ''}"
+                )
+                for reason in event.reasons:
+                    print_(f"      [dim]{escape(reason)}[/dim]")
+            case ev.CanaryRequest():
+                print_(f"    [bold]{event.request} requested[/bold] (baton {event.request})")
+            case ev.CanaryNote():
+                print_(f"    canary {event.phase}: {escape(event.message)}")
 
 
 def _figure(figures: dict[str, Any], side: str) -> str:
@@ -424,7 +439,7 @@ async def _follow(
         raise DaemonUnreachable(
             "lost the connection to the daemon before the deployment ended; see `baton status`"
         )
-    return int(progress.result.get("exit_code", 1))
+    return progress.result.exit_code
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -928,8 +943,8 @@ async def _canary_request(client: Client, what: str, body: dict[str, Any]) -> in
             "lost the connection to the daemon before the deployment ended; see `baton status`"
         )
     if what == "promote":
-        return 0 if result.get("ok") else 1
-    return 0 if result.get("status") == "rolled_back" else 1
+        return 0 if result.ok else 1
+    return 0 if result.status == "rolled_back" else 1
 
 
 @main.command()

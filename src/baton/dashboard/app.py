@@ -172,7 +172,7 @@ class Dashboard:
             return web.json_response({"error": "the body is not JSON"}, status=400)
         if not isinstance(body, dict):
             return web.json_response({"error": "the body must be a JSON object"}, status=400)
-        if self.engine.store.app(app) is None:
+        if not self.engine.has_app(app):
             return web.json_response({"error": f"no app named {app!r}"}, status=404)
         try:
             answer = await self._act(request, app, action, body)

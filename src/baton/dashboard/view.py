@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from baton.deploy.analysis import release_snapshot, window
 from baton.deploy.canary import annotate_status
-from baton.deploy.traffic import figures
 
 if TYPE_CHECKING:
     from baton.deploy.engine import Engine
@@ -35,7 +34,7 @@ TIMELINE_KINDS = (
 
 def release_totals(engine: Engine, app: str, release: str) -> dict[str, Any] | None:
     """The release's requests since the proxy started, per the latest sample."""
-    latest = engine.traffic.latest
+    latest = engine.latest_traffic()
     if latest is None:
         return None
     snap = release_snapshot(latest.metrics, app, release)
@@ -50,13 +49,13 @@ async def build_state(engine: Engine) -> dict[str, Any]:
     annotate_status(engine, status)
     for name, app in status["apps"].items():
         for release in app["releases"]:
-            release["live"] = figures(engine.traffic, name, release["version"], LIVE_WINDOW)
+            release["live"] = engine.release_figures(name, release["version"], LIVE_WINDOW)
             release["totals"] = release_totals(engine, name, release["version"])
     deployments = []
     for dep in engine.history(None, DEPLOYMENTS):
         timeline = [
             {"ts": e.ts, "kind": e.kind, **e.data}
-            for e in engine.store.events(dep["id"])
+            for e in engine.events(dep["id"])
             if e.kind in TIMELINE_KINDS
         ]
         signals = next((t for t in reversed(timeline) if t["kind"] == "signals"), None)

@@ -33,6 +33,7 @@ from baton.config import HealthConfig, parse_config
 from baton.deploy.engine import ACTIVE_RELEASE_STATES, DeploymentRun, Engine
 from baton.deploy.probes import ProbeError, http_get, tcp_connect
 from baton.errors import DeploymentFailed, DeploymentLocked, UsageError
+from baton.events import Event, Intro, Result
 from baton.state.store import InstanceRow, ReleaseRow
 
 log = logging.getLogger("baton.lifecycle")
@@ -196,7 +197,7 @@ def running_run(engine: Engine, app: str | None) -> DeploymentRun | None:
     return runs[-1] if len(runs) == 1 or (runs and app is not None) else None
 
 
-def last_outcome(engine: Engine, app: str) -> list[dict[str, Any]]:
+def last_outcome(engine: Engine, app: str) -> list[Event]:
     """The last deployment of ``app`` as the events a follower would have seen at its end."""
     found = engine.history(app, 1)
     if not found:
@@ -209,27 +210,25 @@ def last_outcome(engine: Engine, app: str) -> list[dict[str, Any]]:
         message = f"deployment #{dep['id']} is recorded as running, but no control plane runs it"
     else:
         message = dep["error"] or dep["status"]
-    result: dict[str, Any] = {
-        "event": "result",
-        "deployment": dep["id"],
-        "ok": ok,
-        "exit_code": 0 if ok else 1,
-        "status": dep["status"],
-        "message": message,
-        "version": dep["version"],
-        "previous": dep["previous"],
-        "finished": True,
-    }
+    result = Result(
+        deployment=dep["id"],
+        ok=ok,
+        exit_code=0 if ok else 1,
+        status=dep["status"],
+        message=message,
+        version=dep["version"],
+        previous=dep["previous"],
+        finished=True,
+    )
     if dep["ended"] is not None:
-        result["seconds"] = round(dep["ended"] - dep["started"], 3)
-    intro = {
-        "event": "deployment",
-        "id": dep["id"],
-        "app": app,
-        "kind": dep["kind"],
-        "version": dep["version"],
-        "previous": dep["previous"],
-        "strategy": dep["strategy"],
-        "finished": True,
-    }
+        result.seconds = round(dep["ended"] - dep["started"], 3)
+    intro = Intro(
+        id=dep["id"],
+        app=app,
+        kind=dep["kind"],
+        version=dep["version"],
+        previous=dep["previous"],
+        strategy=dep["strategy"],
+        finished=True,
+    )
     return [intro, result]

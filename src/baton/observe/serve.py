@@ -49,7 +49,7 @@ async def start(endpoints: Endpoints, engine: Engine, supervisor: ProxySuperviso
             runners.append(_Stopper(otlp.start(endpoints.otlp)))
         if endpoints.metrics is not None:
             runner: web.AppRunner = web.AppRunner(
-                metrics_app(engine.proxy, endpoints.metrics_token), access_log=None
+                metrics_app(engine.proxy_client(), endpoints.metrics_token), access_log=None
             )
             await _bind(runner, "--metrics", *endpoints.metrics)
             runners.append(runner)

@@ -26,13 +26,32 @@ from bisect import bisect_right
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from baton.deploy.analysis import ReleaseWindow, release_snapshot, summary, window
 
 if TYPE_CHECKING:
     from baton.config import SignalsConfig
-    from baton.deploy.engine import Engine
+    from baton.deploy.traffic import Snapshot
+    from baton.state.store import EventRow
+
+
+class Engine(Protocol):
+    """What the signals read of the deploy engine (its public methods; no import of it,
+    so the engine can import this module's book)."""
+
+    def latest_traffic(self) -> Snapshot | None: ...
+
+    def app_names(self) -> list[str]: ...
+
+    def app_config(self, app: str) -> dict[str, Any] | None: ...
+
+    def add_event(
+        self, deployment_id: int | None, app: str, kind: str, data: dict[str, Any]
+    ) -> None: ...
+
+    def events(self, deployment_id: int) -> list[EventRow]: ...
+
 
 log = logging.getLogger("baton.signals")
 
@@ -224,25 +243,24 @@ class SignalBook:
 
     def tick(self, engine: Engine, now: float) -> None:
         """Take the daemon's latest sample; store every window that is complete."""
-        latest = engine.traffic.latest
+        latest = engine.latest_traffic()
         if latest is not None:
             self.log.add(now - (time.monotonic() - latest.t), latest.metrics)
         keep = MIN_KEEP
-        for app in engine.store.apps():
-            keep = max(keep, float(_settings(app.config)["window"]) + 30.0)
+        for name in engine.app_names():
+            keep = max(keep, float(_settings(engine.app_config(name))["window"]) + 30.0)
         self.log.keep = min(keep, MAX_KEEP)
         for dep_id, watch in list(self.watches.items()):
             if not watch.succeeded or watch.switched_at is None:
                 continue
-            row = engine.store.app(watch.app)
-            settings = _settings(row.config if row else None)
+            settings = _settings(engine.app_config(watch.app))
             if now < watch.switched_at + float(settings["window"]):
                 continue
             self.watches.pop(dep_id, None)
             found = self.measure(watch, settings, now)
             if found is None:
                 continue
-            engine.store.add_event(dep_id, watch.app, "signals", found)
+            engine.add_event(dep_id, watch.app, "signals", found)
             (log.warning if found["regression"] else log.info)(
                 "deploy signals of #%s %s %s: %s",
                 dep_id,
@@ -257,7 +275,7 @@ SIGNALS = SignalBook()
 
 def stored(engine: Engine, deployment_id: int) -> dict[str, Any] | None:
     """The deployment's measured signals, if its window is complete."""
-    found = [e for e in engine.store.events(deployment_id) if e.kind == "signals"]
+    found = [e for e in engine.events(deployment_id) if e.kind == "signals"]
     return {"ts": found[-1].ts, **found[-1].data} if found else None
 
 

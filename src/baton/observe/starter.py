@@ -36,11 +36,11 @@ def peer_user(request: web.Request) -> str:
 
 
 def record(engine: Engine, run: DeploymentRun, by: str, via: str) -> None:
-    engine.store.add_event(run.id, run.app, "started_by", {"by": by, "via": via})
+    engine.add_event(run.id, run.app, "started_by", {"by": by, "via": via})
 
 
 def started_by(engine: Engine, deployment_id: int) -> dict[str, Any] | None:
-    for event in engine.store.events(deployment_id):
+    for event in engine.events(deployment_id):
         if event.kind == "started_by":
             return dict(event.data)
     return None

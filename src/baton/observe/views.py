@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from baton.deploy.traffic import KEEP_SECONDS, figures
+from baton.deploy.traffic import KEEP_SECONDS
 from baton.errors import UsageError
 
 if TYPE_CHECKING:
@@ -157,4 +157,4 @@ def annotate_live(engine: Engine, status: dict[str, Any], window: str) -> None:
         raise UsageError(f"window: expected between 1 and {KEEP_SECONDS:g} seconds, got {window}")
     for name, app in status.get("apps", {}).items():
         for release in app.get("releases", []):
-            release["live"] = figures(engine.traffic, name, release["version"], seconds)
+            release["live"] = engine.release_figures(name, release["version"], seconds)

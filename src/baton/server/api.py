@@ -51,6 +51,7 @@ from baton.deploy.canary import Request, annotate_status, canary_events
 from baton.deploy.canary import request as canary_request
 from baton.deploy.engine import DeploymentRun, Engine
 from baton.errors import BatonError, UsageError
+from baton.events import Intro
 from baton.observe import starter
 from baton.observe.signals import stored as stored_signals
 from baton.observe.views import annotate_live
@@ -160,7 +161,7 @@ class Api:
             return app
         if config:
             return load_config(config).config.app
-        names = [a.name for a in self.engine.store.apps()]
+        names = self.engine.app_names()
         if len(names) == 1:
             return names[0]
         if not names:
@@ -209,10 +210,10 @@ class Api:
 
     async def migrate_status(self, request: web.Request) -> web.Response:
         only = request.query.get("app")
-        names = [only] if only else [a.name for a in self.engine.store.apps()]
+        names = [only] if only else self.engine.app_names()
         apps = []
         for name in names:
-            if self.engine.store.app(name) is None:
+            if not self.engine.has_app(name):
                 raise UsageError(f"no app named {name!r} was ever deployed on this host")
             apps.append(await self.engine.migration_status(name))
         return web.json_response({"apps": apps})
@@ -225,10 +226,10 @@ class Api:
         return await self._stream(request, run)
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        try:
-            run = self.engine.runs[int(request.match_info["id"])]
-        except (KeyError, ValueError):
-            raise UsageError(f"no deployment {request.match_info['id']} is running") from None
+        given = request.match_info["id"]
+        run = self.engine.run(int(given)) if given.isdigit() else None
+        if run is None:
+            raise UsageError(f"no deployment {given} is running")
         return await self._stream(request, run)
 
     async def promote(self, request: web.Request) -> web.StreamResponse:
@@ -252,9 +253,9 @@ class Api:
             seen = 0
             async for event in run.follow():
                 seen += 1
-                if seen <= skip and event.get("event") != "deployment":
+                if seen <= skip and not isinstance(event, Intro):
                     continue
-                await response.write(json.dumps(event).encode() + b"\n")
+                await response.write(json.dumps(event.to_dict()).encode() + b"\n")
             await response.write_eof()
         except (ConnectionError, RuntimeError):
             pass  # the client went away; the deployment goes on
@@ -338,12 +339,12 @@ class Api:
         if run is not None:
             return await self._stream(request, run)
         name = self._app_name(app, request.query.get("config"))
-        if self.engine.store.app(name) is None:
+        if not self.engine.has_app(name):
             raise UsageError(f"no app named {name!r} on this host")
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
         for event in last_outcome(self.engine, name):
-            await response.write(json.dumps(event).encode() + b"\n")
+            await response.write(json.dumps(event.to_dict()).encode() + b"\n")
         await response.write_eof()
         return response
 
@@ -385,7 +386,7 @@ class Api:
             or not 0 < timeout <= 600
         ):
             raise UsageError("timeout: expected a number of seconds between 0 and 600")
-        running = self.engine.store.running_deployments()
+        running = self.engine.running_deployments()
         if running:
             return _error(
                 f"a deployment of {running[0].app!r} is running; upgrade the proxy after it", 3

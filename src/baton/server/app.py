@@ -403,16 +403,16 @@ async def serve(
     runtimes = Runtimes(state_dir)
     proxy = ProxyClient(state_dir / "proxy.sock")
     engine = Engine(store, runtimes, proxy, state_dir)
-    certs = CertManager(state_dir, proxy, lambda: live_acme_apps(engine.router))
-    engine.router.acme_dir = str(certs.acme_dir)
+    certs = CertManager(state_dir, proxy, lambda: live_acme_apps(engine.routes()))
+    engine.routes().acme_dir = str(certs.acme_dir)
     METRICS.register_gauge(
         "baton_certificate_expiry_seconds",
         "Seconds until each HTTPS host's certificate expires.",
         lambda: expiry_samples(
-            live_acme_apps(engine.router), certs.acme_dir, datetime.datetime.now(datetime.UTC)
+            live_acme_apps(engine.routes()), certs.acme_dir, datetime.datetime.now(datetime.UTC)
         ),
     )
-    supervisor = ProxySupervisor(state_dir, proxy, engine.router)
+    supervisor = ProxySupervisor(state_dir, proxy, engine.routes())
     if endpoints is not None:
         supervisor.extra_args = list(endpoints.proxy_args)
     stop = asyncio.Event()
@@ -488,7 +488,7 @@ async def serve(
                     FLAG_JUDGE_INTERVAL,
                     stop,
                     "flag judge",
-                    lambda: judge_flags(flags, engine.traffic),
+                    lambda: judge_flags(flags, engine.recent_traffic()),
                 )
             ),
             loop.create_task(certs.run(stop)),
@@ -572,9 +572,10 @@ async def _expire_warm(engine: Engine) -> None:
 
 
 async def _sample_traffic(engine: Engine) -> None:
-    """Keep ``engine.traffic`` fed, so `baton status` can show each release's recent figures."""
-    if engine.store.apps():
-        await engine.traffic.sample(engine.proxy)
+    """Keep the engine's recent traffic fed, so `baton status` can show each release's
+    recent figures."""
+    if engine.app_names():
+        await engine.sample_traffic()
 
 
 def run_server(
