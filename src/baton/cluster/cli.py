@@ -23,7 +23,6 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from baton.cluster import keys
 from baton.errors import BatonError, UsageError
@@ -154,6 +153,8 @@ def hosts_command(cluster: str | None, as_json: bool) -> None:
     if not rows:
         console.print("no hosts registered yet (`baton up --cluster ...` on each host)")
         return
+    from rich.table import Table  # only this view needs it: not at start-up
+
     table = Table(box=None, pad_edge=False)
     for column in ("HOST", "STATE", "ADDRESS", "ROLES", "APPS"):
         table.add_column(column)
