@@ -2,9 +2,10 @@
 
 Nothing here does I/O. The engine asks this module *what* to do: the list of steps of a
 deployment (``plan_deploy``), the route table to send to the proxy for a set of release
-pools (``app_route``, ``route_table``, ``split_weights``), whether a release failed its
-verification (``judge``), and, after a crash, whether an unfinished deployment is finished
-or undone (``plan_recovery``). The engine then does it, persisting each step first.
+pools (``app_route``, ``route_table``, ``split_weights``), and, after a crash, whether an
+unfinished deployment is finished or undone (``plan_recovery``). The engine then does it,
+persisting each step first. Whether a release failed its verification is the judge's call
+(``deploy.analysis.verify``).
 
 Theory of operation:
 - Blue-green starts every new instance, waits for all of them, and moves the whole app in
@@ -21,8 +22,8 @@ Theory of operation:
   fails its verification switches every batch so far back (the old instances it replaced
   still run; those of earlier batches are started again), so a bad release never reaches
   the next batch.
-- Verification needs at least ``MIN_VERIFY_REQUESTS`` requests to the new release before it
-  judges: an error rate measured on a handful of requests says nothing.
+- Verification needs at least ``analysis.MIN_VERIFY_REQUESTS`` requests to the new release
+  before it judges: an error rate measured on a handful of requests says nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from baton.deploy import analysis
+from baton.deploy.analysis import MIN_VERIFY_REQUESTS
 
 StepKind = Literal[
     "pre_deploy",
@@ -46,9 +50,6 @@ StepKind = Literal[
 ]
 
 STRATEGIES = ("blue-green", "rolling")
-
-# Below this many requests to the new release during ``verify``, its error rate is not judged.
-MIN_VERIFY_REQUESTS = 20
 
 # Steps after which no user traffic has moved yet: a crash there is undone.
 _BEFORE_TRAFFIC: frozenset[str] = frozenset(
@@ -323,7 +324,9 @@ def live_version(pools: Sequence[Pool]) -> str | None:
     return taking[0].release if len(taking) == 1 else None
 
 
-# -- verification ------------------------------------------------------------------------------
+# -- compatibility: verification moved to ``deploy.analysis`` (issue 10) -------------------------
+# The engine still imports ``judge`` and ``release_counts`` from here; once it verifies with
+# ``analysis.Tally`` + ``analysis.verify`` this section goes. The rule is analysis's.
 
 
 @dataclass(frozen=True)
@@ -348,13 +351,8 @@ class Verdict:
 
 def release_counts(metrics: Mapping[str, Any], app: str, release: str) -> Counts:
     """Cumulative request and 5xx counts of one release from the proxy's ``/metrics.json``."""
-    try:
-        data = metrics["apps"][app]["releases"][release]
-    except (KeyError, TypeError):
-        return Counts()
-    classes = data.get("requests") or {}
-    requests = sum(int(v) for v in classes.values())
-    return Counts(requests=requests, errors=int(classes.get("5xx", 0)))
+    w = analysis.window(None, analysis.release_snapshot(metrics, app, release))
+    return Counts(requests=w.requests, errors=w.errors)
 
 
 def judge(
@@ -363,16 +361,13 @@ def judge(
     max_error_rate: float,
     min_requests: int = MIN_VERIFY_REQUESTS,
 ) -> Verdict:
-    """Whether the requests since ``before`` show an error rate above ``max_error_rate``."""
-    requests = max(0, now.requests - before.requests)
-    errors = max(0, now.errors - before.errors)
-    rate = errors / requests if requests else 0.0
-    return Verdict(
-        failing=requests >= min_requests and rate > max_error_rate,
-        requests=requests,
-        errors=errors,
-        rate=rate,
-    )
+    """``analysis.verify`` over the requests since ``before`` (all of ``now`` if the proxy
+    restarted in between)."""
+    if now.requests < before.requests or now.errors < before.errors:
+        before = Counts()
+    w = analysis.ReleaseWindow(now.requests - before.requests, now.errors - before.errors)
+    verdict = analysis.verify(w, max_error_rate, min_requests)
+    return Verdict(verdict.failing, w.requests, w.errors, w.error_rate)
 
 
 # -- recovery after a crash --------------------------------------------------------------------
