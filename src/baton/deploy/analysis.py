@@ -67,7 +67,7 @@ import math
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from baton.proxy.metrics import LATENCY_BOUNDS
 
@@ -172,27 +172,42 @@ def window(
     restarted in between: ``after`` alone then counts the traffic since that restart.
     Raises ``ValueError`` on a snapshot that is not shaped like the proxy's.
     """
-    requests, errors, bounds, counts = _read(after, histogram)
-    if before and not restarted(before, after, histogram=histogram):
-        r0, e0, _, c0 = _read(before, histogram)
-        requests, errors = requests - r0, errors - e0
-        counts = tuple(new - old for old, new in zip(c0, counts, strict=True))
-    return ReleaseWindow(requests, errors, counts, bounds, seconds)
+    now = _read(after, histogram)
+    start = _read(before, histogram) if before else None
+    return _delta(start, now, seconds)
 
 
-def restarted(
-    before: Mapping[str, Any] | None,
-    after: Mapping[str, Any] | None,
-    *,
-    histogram: HistogramName = "ttfb",
-) -> bool:
-    """Whether the proxy restarted between two snapshots of one release: a counter went
-    down, or the histogram's bounds changed. Counters only grow while a proxy runs."""
-    if not before:
-        return False
-    r1, e1, b1, c1 = _read(after, histogram)
-    r0, e0, b0, c0 = _read(before, histogram)
-    return b0 != b1 or r0 > r1 or e0 > e1 or any(old > new for old, new in zip(c0, c1, strict=True))
+class _Reading(NamedTuple):
+    """One release snapshot's counters, as read once."""
+
+    requests: int
+    errors: int
+    bounds: tuple[float, ...]
+    counts: tuple[int, ...]
+
+
+def _went_back(before: _Reading, after: _Reading) -> bool:
+    return (
+        before.bounds != after.bounds
+        or before.requests > after.requests
+        or before.errors > after.errors
+        or any(old > new for old, new in zip(before.counts, after.counts, strict=True))
+    )
+
+
+def _delta(before: _Reading | None, after: _Reading, seconds: float | None) -> ReleaseWindow:
+    """``after`` minus ``before``; ``after`` alone when there is no ``before`` or the proxy
+    restarted in between."""
+    if before is None or _went_back(before, after):
+        return ReleaseWindow(after.requests, after.errors, after.counts, after.bounds, seconds)
+    counts = tuple(new - old for old, new in zip(before.counts, after.counts, strict=True))
+    return ReleaseWindow(
+        after.requests - before.requests,
+        after.errors - before.errors,
+        counts,
+        after.bounds,
+        seconds,
+    )
 
 
 @dataclass(frozen=True)
@@ -204,27 +219,31 @@ class Tally:
     to the last snapshot before the restart is kept (``closed``) and a new segment starts
     at zero. ``window`` is the closed segments plus the current one. Only what the proxy
     served between the last snapshot before a restart and the restart itself is unseen;
-    a restart never produces a negative difference nor counts traffic twice.
+    a restart never produces a negative difference nor counts traffic twice. Each snapshot
+    is read once.
     """
 
-    first: Mapping[str, Any] | None  # where the current segment starts; None: at zero
-    last: Mapping[str, Any] | None
+    first: _Reading | None  # where the current segment starts; None: at zero
+    last: _Reading
     closed: tuple[ReleaseWindow, ...] = ()
     histogram: HistogramName = "ttfb"
 
     @classmethod
     def start(cls, snapshot: Mapping[str, Any] | None, histogram: HistogramName = "ttfb") -> Tally:
-        """A tally from ``snapshot`` on (None or empty: the release has served nothing)."""
-        _read(snapshot, histogram)  # refuse a snapshot of the wrong shape now, not later
-        return cls(snapshot, snapshot, (), histogram)
+        """A tally from ``snapshot`` on (None or empty: the release has served nothing).
+
+        Raises ``ValueError`` on a snapshot that is not shaped like the proxy's (so does
+        ``add``)."""
+        reading = _read(snapshot, histogram)
+        return cls(reading, reading, (), histogram)
 
     def add(self, snapshot: Mapping[str, Any] | None) -> Tally:
         """The tally with a newer snapshot of the same release."""
-        if restarted(self.last, snapshot, histogram=self.histogram):
-            segment = window(self.first, self.last, histogram=self.histogram)
-            return Tally(None, snapshot, (*self.closed, segment), self.histogram)
-        _read(snapshot, self.histogram)
-        return Tally(self.first, snapshot, self.closed, self.histogram)
+        reading = _read(snapshot, self.histogram)
+        if _went_back(self.last, reading):
+            segment = _delta(self.first, self.last, None)
+            return Tally(None, reading, (*self.closed, segment), self.histogram)
+        return Tally(self.first, reading, self.closed, self.histogram)
 
     @property
     def restarts(self) -> int:
@@ -233,8 +252,8 @@ class Tally:
 
     def window(self, seconds: float | None = None) -> ReleaseWindow:
         """Everything the release served since the first snapshot (restarts summed)."""
-        current = window(self.first, self.last, seconds=seconds, histogram=self.histogram)
-        return merge((*self.closed, current), seconds=seconds)
+        current = _delta(self.first, self.last, seconds)
+        return merge((*self.closed, current), seconds=seconds) if self.closed else current
 
 
 def merge(windows: Sequence[ReleaseWindow], *, seconds: float | None = None) -> ReleaseWindow:
@@ -255,11 +274,9 @@ def merge(windows: Sequence[ReleaseWindow], *, seconds: float | None = None) -> 
     return ReleaseWindow(requests, errors, tuple(counts), bounds, seconds)
 
 
-def _read(
-    snapshot: Mapping[str, Any] | None, histogram: HistogramName
-) -> tuple[int, int, tuple[float, ...], tuple[int, ...]]:
+def _read(snapshot: Mapping[str, Any] | None, histogram: HistogramName) -> _Reading:
     if not snapshot:
-        return 0, 0, LATENCY_BOUNDS, (0,) * (len(LATENCY_BOUNDS) + 1)
+        return _Reading(0, 0, LATENCY_BOUNDS, (0,) * (len(LATENCY_BOUNDS) + 1))
     try:
         classes = snapshot.get("requests") or {}
         requests = sum(int(n) for n in classes.values())
@@ -274,7 +291,7 @@ def _read(
             f"{histogram}.counts has {len(counts)} buckets, expected {len(bounds) + 1}"
             " (one per bound plus +Inf)"
         )
-    return requests, errors, bounds, counts
+    return _Reading(requests, errors, bounds, counts)
 
 
 # -- figures -----------------------------------------------------------------------------------
