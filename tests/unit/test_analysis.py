@@ -481,6 +481,16 @@ def test_a_proxy_restart_during_verification_does_not_fail_a_good_release() -> N
     assert verify(window(start, last), 0.05).failing
 
 
+def test_a_restart_is_seen_when_one_status_class_went_down_and_the_totals_did_not() -> None:
+    old, new = MetricsRegistry(), MetricsRegistry()
+    before = served(old, ok=100)
+    served(new, ok=20)
+    after = served(new, failed=90)  # 110 requests, 90 errors: more than before in total
+    w = window(before, after)
+    assert (w.requests, w.errors) == (110, 90)  # since the restart, never 10 with 90 errors
+    assert Tally.start(before).add(after).restarts == 1
+
+
 def test_window_of_a_release_the_proxy_has_not_seen_is_empty() -> None:
     reg = MetricsRegistry()
     assert release_snapshot(snapshot(reg), "shop", "v9") == {}

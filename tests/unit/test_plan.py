@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from baton.deploy.plan import (
+    Counts,
     Pool,
     Step,
     app_route,
@@ -20,6 +21,7 @@ from baton.deploy.plan import (
     split_weights,
     unique_label,
 )
+from baton.deploy.plan import judge as verify_counts
 
 
 def kinds(steps: list[Step]) -> list[str]:
@@ -258,3 +260,12 @@ def test_release_options_carry_the_pinning_secret_and_trusted_networks() -> None
         {"deploy": {"canary": {"release_secret": "s" * 16, "pin_from": ["10.0.0.0/8"]}}}
     )
     assert options == {"release_secret": "s" * 16, "pin_from": ["10.0.0.0/8"]}
+
+
+def test_the_engines_verification_shim_never_diffs_across_a_proxy_restart() -> None:
+    # Kept until the engine verifies with analysis.Tally + analysis.verify (issue 10).
+    assert verify_counts(Counts(100, 0), Counts(200, 30), 0.05).failing
+    restarted = verify_counts(Counts(1000, 0), Counts(1050, 60), 0.05)  # more errors than requests
+    assert (restarted.requests, restarted.errors, restarted.failing) == (1050, 60, True)
+    lower = verify_counts(Counts(1000, 5), Counts(40, 0), 0.05)
+    assert (lower.requests, lower.errors, lower.failing) == (40, 0, False)

@@ -184,13 +184,17 @@ class _Reading(NamedTuple):
     errors: int
     bounds: tuple[float, ...]
     counts: tuple[int, ...]
+    classes: Mapping[str, int]  # requests per status class ("2xx", "5xx"...)
 
 
 def _went_back(before: _Reading, after: _Reading) -> bool:
+    """A counter went down, or the bounds changed: the proxy restarted in between. Every
+    counter is compared (each status class too), so a difference is never negative."""
     return (
         before.bounds != after.bounds
         or before.requests > after.requests
         or before.errors > after.errors
+        or any(n > after.classes.get(k, 0) for k, n in before.classes.items())
         or any(old > new for old, new in zip(before.counts, after.counts, strict=True))
     )
 
@@ -276,11 +280,11 @@ def merge(windows: Sequence[ReleaseWindow], *, seconds: float | None = None) -> 
 
 def _read(snapshot: Mapping[str, Any] | None, histogram: HistogramName) -> _Reading:
     if not snapshot:
-        return _Reading(0, 0, LATENCY_BOUNDS, (0,) * (len(LATENCY_BOUNDS) + 1))
+        return _Reading(0, 0, LATENCY_BOUNDS, (0,) * (len(LATENCY_BOUNDS) + 1), {})
     try:
-        classes = snapshot.get("requests") or {}
-        requests = sum(int(n) for n in classes.values())
-        errors = int(classes.get("5xx", 0))
+        classes = {str(k): int(n) for k, n in (snapshot.get("requests") or {}).items()}
+        requests = sum(classes.values())
+        errors = classes.get("5xx", 0)
         hist = snapshot.get(histogram) or {}
         bounds = tuple(float(b) for b in hist.get("bounds", LATENCY_BOUNDS))
         counts = tuple(int(n) for n in hist.get("counts", ())) or (0,) * (len(bounds) + 1)
@@ -291,7 +295,7 @@ def _read(snapshot: Mapping[str, Any] | None, histogram: HistogramName) -> _Read
             f"{histogram}.counts has {len(counts)} buckets, expected {len(bounds) + 1}"
             " (one per bound plus +Inf)"
         )
-    return _Reading(requests, errors, bounds, counts)
+    return _Reading(requests, errors, bounds, counts, classes)
 
 
 # -- figures -----------------------------------------------------------------------------------

@@ -363,7 +363,8 @@ def judge(
 ) -> Verdict:
     """``analysis.verify`` over the requests since ``before`` (all of ``now`` if the proxy
     restarted in between)."""
-    if now.requests < before.requests or now.errors < before.errors:
+    requests, errors = now.requests - before.requests, now.errors - before.errors
+    if requests < 0 or errors < 0 or errors > requests:  # only a restarted proxy does that
         before = Counts()
     w = analysis.ReleaseWindow(now.requests - before.requests, now.errors - before.errors)
     verdict = analysis.verify(w, max_error_rate, min_requests)
