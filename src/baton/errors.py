@@ -118,3 +118,15 @@ class EtcdError(BatonError):
     """etcd answered with an error (a lease not found, a bad request); carries its message."""
 
     exit_code = 1
+
+
+class IllegalTransition(BatonError):
+    """A state change the transition table does not allow (``baton.state.states``): a bug in
+    Baton, refused by the store before anything was written. Names app, object, from, to."""
+
+    def __init__(self, *, app: str, what: str, old: str, new: str, allowed: str) -> None:
+        self.app, self.what, self.old, self.new = app, what, old, new
+        super().__init__(
+            f"{app}: {what} cannot go from {old!r} to {new!r} (from {old!r} it can go to:"
+            f" {allowed}); nothing was changed"
+        )

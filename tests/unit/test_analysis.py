@@ -1,4 +1,5 @@
-"""The canary judge: error rates, latency, too little traffic, the guard — on synthetic samples.
+"""The one judge: canary rules, verification, the failed rules named, traffic windows across
+proxy restarts, the guard — on synthetic samples and real proxy metrics snapshots.
 
 Reference p-values were computed with SciPy 1.17 (``scipy.stats.mannwhitneyu(canary, baseline,
 alternative="greater", method="asymptotic")`` on the bucket indexes, and ``norm.sf`` of the
@@ -18,8 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from baton.deploy.analysis import (
+    MIN_VERIFY_REQUESTS,
     AnalysisConfig,
     ReleaseWindow,
+    Tally,
     guard,
     judge,
     mann_whitney_u,
@@ -27,6 +30,7 @@ from baton.deploy.analysis import (
     release_snapshot,
     summary,
     two_proportion_z,
+    verify,
     window,
 )
 from baton.proxy.metrics import LATENCY_BOUNDS, MetricsRegistry
@@ -193,6 +197,22 @@ def test_no_traffic_at_all_with_no_minimum_passes_without_dividing_by_zero() -> 
     assert verdict.figures["canary_error_rate"] is None
 
 
+def test_a_verdict_names_the_rules_that_failed() -> None:
+    cfg = AnalysisConfig(min_requests=100)
+    assert judge(release(1), release(2, errors=150), cfg).failed == ("error_rate", "error_increase")
+    assert judge(release(1), release(2, median=0.030), cfg).failed == ("latency",)
+    loose = AnalysisConfig(min_requests=100, max_error_rate=1.0)
+    assert judge(release(1), release(2, errors=150), loose).failed == ("error_increase",)
+    # Over the ceiling with too little baseline traffic to compare: the ceiling alone.
+    assert judge(release(1, n=10), release(2, errors=150), cfg).failed == ("error_rate",)
+
+
+def test_a_verdict_that_did_not_fail_names_no_rule() -> None:
+    assert judge(release(1), release(2)).failed == ()
+    assert judge(release(1), release(2, n=50, errors=50)).verdict == "inconclusive"
+    assert judge(release(1), release(2, n=50, errors=50)).failed == ()
+
+
 def test_verdict_reasons_carry_the_figures() -> None:
     verdict = judge(release(1, errors=5), release(2, errors=105))
     text = " ".join(verdict.reasons)
@@ -203,6 +223,7 @@ def test_verdict_is_json_for_the_history() -> None:
     verdict = judge(release(1), release(2, median=0.030))
     data = json.loads(json.dumps(verdict.to_json(), allow_nan=False))
     assert data["verdict"] == "fail"
+    assert data["failed"] == ["latency"]
     assert set(data["figures"]) >= {
         "baseline_error_rate",
         "canary_error_rate",
@@ -355,6 +376,119 @@ def test_window_after_a_proxy_restart_counts_since_the_restart() -> None:
         release_snapshot(snapshot(new), "shop", "v2"),
     )
     assert (w.requests, w.errors, w.observations) == (3, 3, 3)
+
+
+# -- a tally of snapshots, across proxy restarts ---------------------------------------------------
+
+
+def served(reg: MetricsRegistry, ok: int = 0, failed: int = 0) -> dict[str, object]:
+    """The release ``shop/v2`` serves ``ok`` 200s and ``failed`` 503s; its snapshot after."""
+    m = reg.get("shop", "v2")
+    for _ in range(ok):
+        m.record(200, 0.01, 0.01)
+    for _ in range(failed):
+        m.record(503, 0.01, 0.01)
+    return dict(release_snapshot(snapshot(reg), "shop", "v2"))
+
+
+def test_a_tally_without_restart_is_the_window_between_first_and_last() -> None:
+    reg = MetricsRegistry()
+    tally = Tally.start(served(reg, ok=500))
+    for _ in range(3):
+        tally = tally.add(served(reg, ok=10, failed=1))
+    w = tally.window(seconds=2.0)
+    assert (w.requests, w.errors, w.observations, w.seconds) == (33, 3, 33, 2.0)
+    assert tally.restarts == 0
+
+
+def test_a_tally_sums_the_traffic_before_and_after_a_proxy_restart() -> None:
+    before, after = MetricsRegistry(), MetricsRegistry()
+    tally = Tally.start(served(before, ok=500))
+    tally = tally.add(served(before, ok=40, failed=20))
+    tally = tally.add(served(after, ok=5))  # the proxy restarted: its counters start at 0
+    tally = tally.add(served(after, ok=30, failed=5))
+    w = tally.window()
+    assert (w.requests, w.errors, w.observations) == (100, 25, 100)
+    assert tally.restarts == 1
+
+
+def test_a_tally_of_a_release_first_seen_after_the_start_counts_all_it_served() -> None:
+    reg = MetricsRegistry()
+    tally = Tally.start(release_snapshot(snapshot(reg), "shop", "v2"))
+    tally = tally.add(served(reg, ok=7, failed=1))
+    assert (tally.window().requests, tally.window().errors) == (8, 1)
+
+
+def test_a_tally_refuses_a_snapshot_of_the_wrong_shape() -> None:
+    tally = Tally.start(None)
+    with pytest.raises(ValueError, match=r"not a /metrics\.json release snapshot"):
+        tally.add({"requests": {"2xx": "many"}})
+
+
+# -- verification ----------------------------------------------------------------------------------
+
+
+def test_verification_fails_above_the_error_ceiling_naming_the_rule() -> None:
+    verdict = verify(ReleaseWindow(100, 30), 0.05)
+    assert verdict.verdict == "fail" and verdict.failing
+    assert verdict.failed == ("error_rate",)
+    assert (verdict.figures["requests"], verdict.figures["errors"]) == (100, 30)
+    assert verdict.figures["error_rate"] == 0.3
+    assert "30 of 100 requests failed (30.0%; the limit is 5.0%)" in verdict.reasons
+    exactly = verify(ReleaseWindow(100, 5), 0.05)  # exactly at the limit passes
+    assert exactly.verdict == "pass" and exactly.failed == ()
+
+
+def test_verification_does_not_judge_a_handful_of_requests() -> None:
+    few = MIN_VERIFY_REQUESTS - 1
+    short = verify(ReleaseWindow(few, few), 0.05)
+    assert short.verdict == "inconclusive" and not short.failing and short.failed == ()
+    assert verify(ReleaseWindow(MIN_VERIFY_REQUESTS, MIN_VERIFY_REQUESTS), 0.05).failing
+    assert verify(ReleaseWindow(0, 0), 0.05).figures["error_rate"] == 0.0
+
+
+def test_verification_is_the_canary_ceiling_rule() -> None:
+    # The same window, the same ceiling, the same minimum: the same call on the ceiling.
+    for w in (ReleaseWindow(100, 30), ReleaseWindow(100, 5), ReleaseWindow(10, 10)):
+        cfg = AnalysisConfig(min_requests=20, max_error_rate=0.05)
+        canary = judge(w, w, cfg)
+        assert ("error_rate" in canary.failed) == verify(w, 0.05, 20).failing
+
+
+def test_a_proxy_restart_during_verification_does_not_pass_a_failing_release() -> None:
+    # A rolling deploy's second batch: the release already served 500 good requests.
+    before, after = MetricsRegistry(), MetricsRegistry()
+    start = served(before, ok=500)
+    tally = Tally.start(start).add(served(before, ok=40, failed=20))
+    tally = tally.add(served(after))  # restarted, nothing served since
+    tally = tally.add(served(after, ok=30, failed=10))
+    assert verify(tally.window(), 0.05).failed == ("error_rate",)
+    # Diffing the last snapshot against the first would have seen only the 40 since the
+    # restart, or (counters lower than at the start) nothing at all.
+    assert window(start, served(after)).requests < 100
+
+
+def test_a_proxy_restart_during_verification_does_not_fail_a_good_release() -> None:
+    before, after = MetricsRegistry(), MetricsRegistry()
+    start = served(before, ok=1000)
+    tally = Tally.start(start).add(served(before, ok=200, failed=1))
+    tally = tally.add(served(after, ok=10))  # restarted
+    last = served(after, ok=1010, failed=24)  # past the start's counters again: 24 of 1044
+    tally = tally.add(last)
+    assert verify(tally.window(), 0.05).verdict == "pass"
+    assert (tally.window().requests, tally.window().errors) == (1245, 25)
+    # First against last, blind to the restart: 44 requests, 24 errors, a wrong fail.
+    assert verify(window(start, last), 0.05).failing
+
+
+def test_a_restart_is_seen_when_one_status_class_went_down_and_the_totals_did_not() -> None:
+    old, new = MetricsRegistry(), MetricsRegistry()
+    before = served(old, ok=100)
+    served(new, ok=20)
+    after = served(new, failed=90)  # 110 requests, 90 errors: more than before in total
+    w = window(before, after)
+    assert (w.requests, w.errors) == (110, 90)  # since the restart, never 10 with 90 errors
+    assert Tally.start(before).add(after).restarts == 1
 
 
 def test_window_of_a_release_the_proxy_has_not_seen_is_empty() -> None:
@@ -540,6 +674,8 @@ def test_judge_never_raises_and_its_figures_are_json(
     verdict = judge(baseline, canary, cfg)
     assert verdict.verdict in ("pass", "fail", "inconclusive")
     assert verdict.reasons
+    assert bool(verdict.failed) == (verdict.verdict == "fail")
+    assert len(set(verdict.failed)) == len(verdict.failed)
     json.dumps(verdict.to_json(), allow_nan=False)
     for key in ("error_p_value", "latency_p_value"):
         p = verdict.figures[key]

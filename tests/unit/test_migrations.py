@@ -18,6 +18,7 @@ from baton.deploy.migrations import (
 )
 from baton.deploy.plan import plan_deploy
 from baton.errors import ConfigError
+from baton.state.states import ReleaseState
 from baton.state.store import MigrationRow, ReleaseRow
 
 DAY = 86400.0
@@ -33,7 +34,7 @@ def release(rid: int, version: str, live_since: float | None = None) -> ReleaseR
         cwd="/",
         config={},
         config_hash="",
-        state="live",
+        state=ReleaseState.LIVE,
         weight=100,
         live_since=live_since,
         warm_until=None,

@@ -1,4 +1,4 @@
-"""The deploy planner: which steps, which weights, which verdict, finish or undo — no I/O."""
+"""The deploy planner: which steps, which weights, finish or undo — no I/O."""
 
 from __future__ import annotations
 
@@ -7,18 +7,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from baton.deploy.plan import (
-    MIN_VERIFY_REQUESTS,
-    Counts,
     Pool,
     Step,
     app_route,
-    judge,
     live_version,
     parse_step,
     plan_deploy,
     plan_recovery,
     primary_release,
-    release_counts,
     release_options,
     route_table,
     split_weights,
@@ -201,38 +197,6 @@ def test_live_version_is_null_while_traffic_is_split() -> None:
 def test_primary_release_is_the_heaviest_newest_pool() -> None:
     assert primary_release([Pool("v1", 50, ("a",)), Pool("v2", 50, ("b",))]) == "v2"
     assert primary_release([Pool("v1", 100, ("a",)), Pool("v2", 0, ("b",))]) == "v1"
-
-
-def metrics(two: int, five: int) -> dict[str, object]:
-    return {
-        "apps": {
-            "shop": {
-                "releases": {
-                    "v2": {"requests": {"1xx": 0, "2xx": two, "3xx": 0, "4xx": 1, "5xx": five}}
-                }
-            }
-        }
-    }
-
-
-def test_release_counts_reads_the_proxy_metrics() -> None:
-    assert release_counts(metrics(10, 2), "shop", "v2") == Counts(requests=13, errors=2)
-    assert release_counts(metrics(10, 2), "shop", "v9") == Counts()
-    assert release_counts({}, "shop", "v2") == Counts()
-
-
-def test_verification_fails_above_the_error_rate() -> None:
-    before = Counts(100, 0)
-    verdict = judge(before, Counts(200, 30), 0.05)
-    assert verdict.failing and verdict.requests == 100 and verdict.errors == 30
-    assert "30 of 100" in verdict.describe(0.05)
-    assert not judge(before, Counts(200, 5), 0.05).failing  # exactly at the limit passes
-
-
-def test_verification_does_not_judge_a_handful_of_requests() -> None:
-    few = MIN_VERIFY_REQUESTS - 1
-    assert not judge(Counts(), Counts(few, few), 0.05).failing
-    assert judge(Counts(), Counts(MIN_VERIFY_REQUESTS, MIN_VERIFY_REQUESTS), 0.05).failing
 
 
 @pytest.mark.parametrize(

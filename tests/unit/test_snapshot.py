@@ -11,6 +11,7 @@ import pytest
 from baton.config import parse_config
 from baton.deploy.releases import label_clash, pinned, to_prune
 from baton.runtime.snapshot import directory_name, excluded, take
+from baton.state.states import ReleaseState
 from baton.state.store import ReleaseRow
 
 
@@ -91,7 +92,7 @@ def _release(rid: int, version: str, state: str, artifact: dict[str, Any]) -> Re
         cwd="/",
         config={},
         config_hash="",
-        state=state,
+        state=ReleaseState(state),
         weight=0,
         live_since=None,
         warm_until=None,

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
-from baton.errors import DeploymentLocked
+from baton.errors import DeploymentLocked, IllegalTransition
+from baton.state.states import (
+    INSTANCE_BORN,
+    INSTANCE_TRANSITIONS,
+    RELEASE_BORN,
+    RELEASE_TRANSITIONS,
+    DeploymentStatus,
+    InstanceState,
+    ReleaseState,
+)
 from baton.state.store import MIGRATIONS, Store
 
 RELEASE = {
@@ -129,6 +139,25 @@ def test_bad_states_are_refused(store: Store) -> None:
         store.finish_deployment(deployment_id, "running")
 
 
+# -- the transition tables, enforced --------------------------------------------------------------
+
+
+S = TypeVar("S", ReleaseState, InstanceState)
+
+
+def path_to(table: Mapping[S, frozenset[S]], born: S, goal: S) -> list[S]:
+    """The states after ``born`` on a shortest allowed way to ``goal`` (breadth first)."""
+    ways: dict[S, list[S]] = {born: []}
+    todo: list[S] = [born]
+    while todo:
+        here: S = todo.pop(0)
+        for nxt in sorted(table[here]):
+            if nxt not in ways:
+                ways[nxt] = ways[here] + [nxt]
+                todo.append(nxt)
+    return ways[goal]
+
+
 def test_a_transaction_is_all_or_nothing(store: Store) -> None:
     _, release_id = begin(store)
     one = store.add_instance(release_id, 0, "127.0.0.1:4001", "101:5", None)
@@ -178,3 +207,97 @@ def test_removing_an_app_forgets_it_and_everything_it_had(store: Store) -> None:
     assert store.deployments("shop") == []
     assert store.events(deployment_id) == []
     assert store.app("blog") is not None and store.deployment(other) is not None
+
+
+def release_in(store: Store, state: ReleaseState) -> int:
+    """A release of ``shop`` brought to ``state`` through the store, by allowed changes."""
+    _, release_id = begin(store, version=f"v-{state}")
+    for step in path_to(RELEASE_TRANSITIONS, RELEASE_BORN, state):
+        store.update_release(release_id, state=step)
+    return release_id
+
+
+def instance_in(store: Store, release_id: int, state: InstanceState) -> int:
+    index = len(store.instances(release_id))
+    instance_id = store.add_instance(release_id, index, f"127.0.0.1:{4001 + index}", "1:1", None)
+    for step in path_to(INSTANCE_TRANSITIONS, INSTANCE_BORN, state):
+        store.set_instance_state(instance_id, step)
+    return instance_id
+
+
+@pytest.mark.parametrize(
+    ("old", "new"), [(old, new) for old, targets in RELEASE_TRANSITIONS.items() for new in targets]
+)
+def test_the_store_writes_every_allowed_release_change(
+    tmp_path: Path, old: ReleaseState, new: ReleaseState
+) -> None:
+    store = Store.open(tmp_path / "baton.db")
+    release_id = release_in(store, old)
+    store.update_release(release_id, state=new, weight=50)
+    release = store.release(release_id)
+    assert release is not None and (release.state, release.weight) == (new, 50)
+    assert isinstance(release.state, ReleaseState)
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [(old, new) for old, targets in INSTANCE_TRANSITIONS.items() for new in targets],
+)
+def test_the_store_writes_every_allowed_instance_change(
+    tmp_path: Path, old: InstanceState, new: InstanceState
+) -> None:
+    store = Store.open(tmp_path / "baton.db")
+    _, release_id = begin(store)
+    instance_id = instance_in(store, release_id, old)
+    store.set_instance_state(instance_id, new)
+    instance = store.instance(instance_id)
+    assert instance is not None and instance.state == new
+    assert isinstance(instance.state, InstanceState)
+    store.close()
+
+
+def test_the_store_refuses_an_illegal_release_change_and_changes_nothing(store: Store) -> None:
+    release_id = release_in(store, ReleaseState.FAILED)
+    before = store.release(release_id)
+    with pytest.raises(IllegalTransition) as info:
+        store.update_release(release_id, state="warm", weight=100, warm_until=99.0)
+    assert str(info.value).startswith(
+        "shop: release v-failed (#1) cannot go from 'failed' to 'warm'"
+    )
+    assert store.release(release_id) == before  # neither the state nor the weight moved
+
+
+def test_the_store_refuses_to_route_a_stopped_instance_and_changes_nothing(store: Store) -> None:
+    _, release_id = begin(store)
+    stopped = instance_in(store, release_id, InstanceState.STOPPED)
+    before = store.instance(stopped)
+    with pytest.raises(IllegalTransition, match=r"shop: instance v1#0 \(#1\) cannot go from"):
+        store.set_instance_state(stopped, "routed")
+    assert store.instance(stopped) == before
+
+
+def test_one_illegal_change_in_a_batch_writes_none_of_it(store: Store) -> None:
+    _, release_id = begin(store)
+    ready = instance_in(store, release_id, InstanceState.READY)
+    failed = instance_in(store, release_id, InstanceState.FAILED)
+    with pytest.raises(IllegalTransition, match="'failed' to 'routed'"):
+        store.set_instances_state([ready, failed], "routed")
+    assert [i.state for i in store.instances(release_id)] == ["ready", "failed"]
+
+
+def test_writing_the_state_an_object_has_is_allowed(store: Store) -> None:
+    release_id = release_in(store, ReleaseState.LIVE)
+    store.update_release(release_id, state="live", weight=100)
+    routed = instance_in(store, release_id, InstanceState.ROUTED)
+    store.set_instance_state(routed, "routed")
+    assert [i.state for i in store.instances(release_id)] == ["routed"]
+
+
+def test_a_deployment_ends_once(store: Store) -> None:
+    deployment_id, _ = begin(store)
+    store.finish_deployment(deployment_id, "succeeded")
+    with pytest.raises(IllegalTransition, match="deployment #1 cannot go from 'succeeded'"):
+        store.finish_deployment(deployment_id, "aborted", "baton down")
+    done = store.deployment(deployment_id)
+    assert done is not None and done.status == DeploymentStatus.SUCCEEDED and done.error is None

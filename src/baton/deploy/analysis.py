@@ -1,11 +1,15 @@
-"""Canary analysis: is the canary release worse than the stable one? Pure, no I/O.
+"""The one judge of a release's traffic: canary analysis and post-switch verification. Pure.
 
-Theory of operation. This module owns the judgement of a canary step and nothing else: the
-engine takes two ``/metrics.json`` snapshots of each release from the proxy (the counters are
-cumulative since the proxy started), turns each pair into a ``ReleaseWindow`` with ``window``,
-and asks ``judge(baseline, canary, cfg)`` for a ``Verdict``; the always-on abort check is
-``guard``, and ``summary`` gives ``baton status`` its figures. No clock, no sockets, no
-randomness: the same windows always give the same verdict.
+Theory of operation. This module owns every judgement of a release from its traffic: the
+engine takes ``/metrics.json`` snapshots of each release from the proxy (the counters are
+cumulative since the proxy started), turns them into a ``ReleaseWindow`` with ``window`` (two
+snapshots) or a ``Tally`` (every snapshot in order, so a proxy restart in between starts a
+new segment instead of a negative difference), and asks for a ``Verdict``: ``judge(baseline,
+canary, cfg)`` for a canary step, ``verify(window, max_error_rate)`` after a switch (the
+error-ceiling rule alone). A verdict names the rules that failed (``failed``), says why in
+words and carries every figure. The always-on abort check is ``guard``, and ``summary``
+gives ``baton status`` its figures. No clock, no sockets, no randomness: the same windows
+always give the same verdict.
 
 What a window holds, from the proxy's counters for one release:
 - ``requests``: every answered request (the sum of the status classes).
@@ -63,11 +67,14 @@ import math
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from baton.proxy.metrics import LATENCY_BOUNDS
 
 Outcome = Literal["pass", "fail", "inconclusive"]
+# The judge's rules, as a verdict names the ones that failed: the error ceiling, the error
+# increase over the baseline, the latency comparison.
+Rule = Literal["error_rate", "error_increase", "latency"]
 HistogramName = Literal["ttfb", "total"]
 Figure = float | int | None
 
@@ -165,30 +172,119 @@ def window(
     restarted in between: ``after`` alone then counts the traffic since that restart.
     Raises ``ValueError`` on a snapshot that is not shaped like the proxy's.
     """
-    requests, errors, bounds, counts = _read(after, histogram)
-    if before:
-        r0, e0, b0, c0 = _read(before, histogram)
-        restarted = (
-            b0 != bounds
-            or r0 > requests
-            or e0 > errors
-            or any(old > new for old, new in zip(c0, counts, strict=True))
-        )
-        if not restarted:
-            requests, errors = requests - r0, errors - e0
-            counts = tuple(new - old for old, new in zip(c0, counts, strict=True))
-    return ReleaseWindow(requests, errors, counts, bounds, seconds)
+    now = _read(after, histogram)
+    start = _read(before, histogram) if before else None
+    return _delta(start, now, seconds)
 
 
-def _read(
-    snapshot: Mapping[str, Any] | None, histogram: HistogramName
-) -> tuple[int, int, tuple[float, ...], tuple[int, ...]]:
+class _Reading(NamedTuple):
+    """One release snapshot's counters, as read once."""
+
+    requests: int
+    errors: int
+    bounds: tuple[float, ...]
+    counts: tuple[int, ...]
+    classes: Mapping[str, int]  # requests per status class ("2xx", "5xx"...)
+
+
+def _went_back(before: _Reading, after: _Reading) -> bool:
+    """A counter went down, or the bounds changed: the proxy restarted in between. Every
+    counter is compared (each status class too), so a difference is never negative."""
+    return (
+        before.bounds != after.bounds
+        or before.requests > after.requests
+        or before.errors > after.errors
+        or any(n > after.classes.get(k, 0) for k, n in before.classes.items())
+        or any(old > new for old, new in zip(before.counts, after.counts, strict=True))
+    )
+
+
+def _delta(before: _Reading | None, after: _Reading, seconds: float | None) -> ReleaseWindow:
+    """``after`` minus ``before``; ``after`` alone when there is no ``before`` or the proxy
+    restarted in between."""
+    if before is None or _went_back(before, after):
+        return ReleaseWindow(after.requests, after.errors, after.counts, after.bounds, seconds)
+    counts = tuple(new - old for old, new in zip(before.counts, after.counts, strict=True))
+    return ReleaseWindow(
+        after.requests - before.requests,
+        after.errors - before.errors,
+        counts,
+        after.bounds,
+        seconds,
+    )
+
+
+@dataclass(frozen=True)
+class Tally:
+    """One release's traffic from a first snapshot on, across proxy restarts.
+
+    Fed every later snapshot of the release in order (``add``), it compares each with the
+    one before: a counter that went backwards means the proxy restarted, so the traffic up
+    to the last snapshot before the restart is kept (``closed``) and a new segment starts
+    at zero. ``window`` is the closed segments plus the current one. Only what the proxy
+    served between the last snapshot before a restart and the restart itself is unseen;
+    a restart never produces a negative difference nor counts traffic twice. Each snapshot
+    is read once.
+    """
+
+    first: _Reading | None  # where the current segment starts; None: at zero
+    last: _Reading
+    closed: tuple[ReleaseWindow, ...] = ()
+    histogram: HistogramName = "ttfb"
+
+    @classmethod
+    def start(cls, snapshot: Mapping[str, Any] | None, histogram: HistogramName = "ttfb") -> Tally:
+        """A tally from ``snapshot`` on (None or empty: the release has served nothing).
+
+        Raises ``ValueError`` on a snapshot that is not shaped like the proxy's (so does
+        ``add``)."""
+        reading = _read(snapshot, histogram)
+        return cls(reading, reading, (), histogram)
+
+    def add(self, snapshot: Mapping[str, Any] | None) -> Tally:
+        """The tally with a newer snapshot of the same release."""
+        reading = _read(snapshot, self.histogram)
+        if _went_back(self.last, reading):
+            segment = _delta(self.first, self.last, None)
+            return Tally(None, reading, (*self.closed, segment), self.histogram)
+        return Tally(self.first, reading, self.closed, self.histogram)
+
+    @property
+    def restarts(self) -> int:
+        """How many proxy restarts the tally has seen."""
+        return len(self.closed)
+
+    def window(self, seconds: float | None = None) -> ReleaseWindow:
+        """Everything the release served since the first snapshot (restarts summed)."""
+        current = _delta(self.first, self.last, seconds)
+        return merge((*self.closed, current), seconds=seconds) if self.closed else current
+
+
+def merge(windows: Sequence[ReleaseWindow], *, seconds: float | None = None) -> ReleaseWindow:
+    """The traffic of several windows of one release, added up (the same bounds)."""
+    if not windows:
+        return ReleaseWindow(0, 0, seconds=seconds)
+    bounds = windows[0].bounds
+    counts = [0] * (len(bounds) + 1)
+    requests = errors = 0
+    for w in windows:
+        if w.bounds != bounds:
+            # The bounds changed with a restart: the old segments' latencies cannot be
+            # merged, their request and error counts can.
+            counts = [0] * (len(w.bounds) + 1)
+            bounds = w.bounds
+        requests, errors = requests + w.requests, errors + w.errors
+        counts = [a + b for a, b in zip(counts, w.counts, strict=True)]
+    return ReleaseWindow(requests, errors, tuple(counts), bounds, seconds)
+
+
+def _read(snapshot: Mapping[str, Any] | None, histogram: HistogramName) -> _Reading:
     if not snapshot:
-        return 0, 0, LATENCY_BOUNDS, (0,) * (len(LATENCY_BOUNDS) + 1)
+        return _Reading(0, 0, LATENCY_BOUNDS, (0,) * (len(LATENCY_BOUNDS) + 1), {})
     try:
-        classes = snapshot.get("requests") or {}
-        requests = sum(int(n) for n in classes.values())
-        errors = int(classes.get("5xx", 0))
+        classes = {str(k): int(n) for k, n in (snapshot.get("requests") or {}).items()}
+        requests = sum(classes.values())
+        errors = classes.get("5xx", 0)
         hist = snapshot.get(histogram) or {}
         bounds = tuple(float(b) for b in hist.get("bounds", LATENCY_BOUNDS))
         counts = tuple(int(n) for n in hist.get("counts", ())) or (0,) * (len(bounds) + 1)
@@ -199,7 +295,7 @@ def _read(
             f"{histogram}.counts has {len(counts)} buckets, expected {len(bounds) + 1}"
             " (one per bound plus +Inf)"
         )
-    return requests, errors, bounds, counts
+    return _Reading(requests, errors, bounds, counts, classes)
 
 
 # -- figures -----------------------------------------------------------------------------------
@@ -376,14 +472,37 @@ class AnalysisConfig:
 
 @dataclass(frozen=True)
 class Verdict:
-    """The judgement of one canary step, with its reasons and every figure behind it."""
+    """A judgement (of a canary step, or of a verification), with the rules that failed,
+    its reasons in words and every figure behind it.
+
+    ``failed`` names the broken rules in the order of the module docstring (empty unless
+    ``verdict`` is ``fail``), so a caller decides on rule names, never on the figures.
+    """
 
     verdict: Outcome
     reasons: list[str] = field(default_factory=list)
     figures: dict[str, Figure] = field(default_factory=dict)
+    failed: tuple[Rule, ...] = ()
+
+    @property
+    def failing(self) -> bool:
+        return self.verdict == "fail"
 
     def to_json(self) -> dict[str, Any]:
-        return {"verdict": self.verdict, "reasons": list(self.reasons), "figures": self.figures}
+        return {
+            "verdict": self.verdict,
+            "reasons": list(self.reasons),
+            "figures": self.figures,
+            "failed": list(self.failed),
+        }
+
+
+def ceiling_broken(w: ReleaseWindow, max_error_rate: float, min_requests: int) -> bool | None:
+    """The error-ceiling rule: True when the window's error rate is above ``max_error_rate``,
+    False when within it, None (not judged) under ``min_requests`` requests."""
+    if w.requests < min_requests:
+        return None
+    return w.error_rate > max_error_rate
 
 
 def judge(
@@ -426,9 +545,12 @@ def judge(
                 f" {cfg.min_requests} are needed before judging"
             )
 
-    if canary.requests >= cfg.min_requests:
+    rules: list[Rule] = []
+    broken = ceiling_broken(canary, cfg.max_error_rate, cfg.min_requests)
+    if broken is not None:
         rate = f"canary error rate {_pct(canary.error_rate)} ({canary.errors} of {canary.requests})"
-        if canary.error_rate > cfg.max_error_rate:
+        if broken:
+            rules.append("error_rate")
             failed.append(f"{rate} is above the {_pct(cfg.max_error_rate)} ceiling")
         else:
             held.append(f"{rate} is within the {_pct(cfg.max_error_rate)} ceiling")
@@ -440,6 +562,7 @@ def judge(
             f" one-sided p={errors.p_value:.3g}, alpha {alpha:.3g})"
         )
         if increase > cfg.max_error_rate_increase and errors.p_value < alpha:
+            rules.append("error_increase")
             failed.append(f"error rate increase is significant: {detail}")
         elif increase > cfg.max_error_rate_increase:
             held.append(f"error rate increase is not significant: {detail}")
@@ -456,6 +579,7 @@ def judge(
             )
             significant = latency.p_value < alpha
             if significant and ratio > cfg.max_latency_ratio:
+                rules.append("latency")
                 failed.append(f"canary is slower: {detail}")
             elif significant:
                 held.append(f"canary latency shift is significant but small: {detail}")
@@ -465,10 +589,47 @@ def judge(
                 held.append(f"canary latency is comparable: {detail}")
 
     if failed:
-        return Verdict("fail", failed, figures)
+        return Verdict("fail", failed, figures, tuple(rules))
     if short:
         return Verdict("inconclusive", short + held, figures)
     return Verdict("pass", held, figures)
+
+
+# -- verification ------------------------------------------------------------------------------
+
+# Below this many requests to the new release during ``verify``, its error rate is not judged.
+MIN_VERIFY_REQUESTS = 20
+
+
+def verify(
+    new_release: ReleaseWindow, max_error_rate: float, min_requests: int = MIN_VERIFY_REQUESTS
+) -> Verdict:
+    """The post-switch verification: the error-ceiling rule alone, over what the new
+    release served since the switch (a ``Tally``'s window, so a proxy restart is survived).
+
+    ``fail`` (rule ``error_rate``) when at least ``min_requests`` requests were served and
+    the 5xx rate is above ``max_error_rate``; ``inconclusive`` under ``min_requests``
+    (the deploy goes on: verification only stops a release that plainly fails); else
+    ``pass``. Figures: ``requests``, ``errors``, ``error_rate`` (0.0 without requests).
+    """
+    w = new_release
+    figures: dict[str, Figure] = {
+        "requests": w.requests,
+        "errors": w.errors,
+        "error_rate": w.error_rate,
+        "max_error_rate": max_error_rate,
+    }
+    broken = ceiling_broken(w, max_error_rate, min_requests)
+    said = (
+        f"{w.errors} of {w.requests} requests failed ({w.error_rate:.1%};"
+        f" the limit is {max_error_rate:.1%})"
+    )
+    if broken:
+        return Verdict("fail", [said], figures, ("error_rate",))
+    if broken is None:
+        short = f"{w.requests} requests served; {min_requests} are needed before judging"
+        return Verdict("inconclusive", [short], figures)
+    return Verdict("pass", [said], figures)
 
 
 def guard(canary_last_10s: ReleaseWindow, max_error_rate: float, min_requests: int = 20) -> bool:

@@ -14,6 +14,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from baton.errors import UsageError
+from baton.state.states import ReleaseState
 
 if TYPE_CHECKING:
     from baton.deploy.engine import Engine
@@ -33,7 +34,7 @@ def app_env(engine: Engine, app: str) -> dict[str, Any]:
     """The live (else newest) release's plain env and which names came from ``--env``."""
     _known(engine, app)
     releases = engine.store.releases(app)
-    live = [r for r in releases if r.state == "live"]
+    live = [r for r in releases if r.state == ReleaseState.LIVE]
     chosen = live[-1] if live else (releases[-1] if releases else None)
     return {
         "app": app,

@@ -77,46 +77,6 @@ def analysis_config(cfg: CanaryAnalysisConfig) -> AnalysisConfig:
     return AnalysisConfig.of(cfg)
 
 
-def failed_rules(verdict: Verdict, cfg: AnalysisConfig) -> list[str]:
-    """Which of the judge's rules a failed verdict broke: ``error_rate`` (the ceiling),
-    ``error_increase``, ``latency``. Read from its figures (the judge's rules, again)."""
-    if verdict.verdict != "fail":
-        return []
-    f = verdict.figures
-
-    def number(key: str) -> float | None:
-        value = f.get(key)
-        return None if value is None else float(value)
-
-    alpha = number("alpha") or 0.0
-    canary_n = int(number("canary_requests") or 0)
-    baseline_n = int(number("baseline_requests") or 0)
-    compared = canary_n >= cfg.min_requests and baseline_n >= cfg.min_requests
-    rules: list[str] = []
-    rate = number("canary_error_rate")
-    if canary_n >= cfg.min_requests and rate is not None and rate > cfg.max_error_rate:
-        rules.append("error_rate")
-    increase, error_p = number("error_rate_increase"), number("error_p_value")
-    if (
-        compared
-        and increase is not None
-        and error_p is not None
-        and increase > cfg.max_error_rate_increase
-        and error_p < alpha
-    ):
-        rules.append("error_increase")
-    ratio, latency_p = number("latency_ratio_p95"), number("latency_p_value")
-    if (
-        compared
-        and ratio is not None
-        and latency_p is not None
-        and latency_p < alpha
-        and ratio > cfg.max_latency_ratio
-    ):
-        rules.append("latency")
-    return rules
-
-
 @dataclass(frozen=True)
 class Decision:
     """What a step does after a verdict, and why (in words, for the history and the CLI)."""
@@ -140,10 +100,10 @@ def decide(
     """
     why = "; ".join(verdict.reasons)
     if verdict.verdict == "fail":
-        rules = failed_rules(verdict, cfg)
-        if rules == ["latency"] and not confirming:
+        rules = verdict.failed
+        if rules == ("latency",) and not confirming:
             return Decision("confirm", f"slower in this window, confirming over a fresh one: {why}")
-        if rules == ["latency"]:
+        if rules == ("latency",):
             return Decision("abort", f"slower in two windows in a row: {why}")
         return Decision("abort", why)
     if verdict.verdict == "inconclusive":

@@ -24,8 +24,6 @@ from baton.observe import hub as observe_hub
 from baton.runtime.base import Instance
 from baton.state.store import InstanceRow, ReleaseRow
 
-ACTIVE_RELEASE_STATES = ("pending", "live", "warm")
-
 
 def runtime_name(config: dict[str, Any]) -> str:
     """The runtime a stored config runs on (configs from before runtimes existed: process)."""

@@ -30,7 +30,6 @@ from baton.deploy import releases as artifacts
 from baton.deploy import status as read_model
 from baton.deploy.canary import CanaryControl
 from baton.deploy.deployment import (
-    ACTIVE_RELEASE_STATES,
     Deployment,
     DeploymentRun,
     instance_of,
@@ -51,6 +50,12 @@ from baton.errors import BatonError, RouteTableError, UsageError
 from baton.events import Intro
 from baton.runtime.base import Instance, Runtime, Runtimes
 from baton.secrets import SecretStore, check_given, redact
+from baton.state.states import (
+    ACTIVE_RELEASE_STATES,
+    DeploymentStatus,
+    InstanceState,
+    ReleaseState,
+)
 from baton.state.store import DeploymentRow, EventRow, ReleaseRow, Store
 
 
@@ -338,17 +343,19 @@ class Engine:
             )
         artifacts.refuse_if_gone(self.store, target)
         cfg = parse_config(target.config)
-        routed = self.store.instances(target.id, ("routed",))
+        routed = self.store.instances(target.id, (InstanceState.ROUTED,))
         runtime = self.runtime_for(target)
         alive = [await runtime.alive(instance_of(target, i)) for i in routed]
-        warm = target.state == "warm" and bool(routed) and all(alive) and live is not None
-        if target.state == "warm" and not warm:
+        warm = (
+            target.state == ReleaseState.WARM and bool(routed) and all(alive) and live is not None
+        )
+        if target.state == ReleaseState.WARM and not warm:
             # Some of its instances died: start it afresh rather than half warm.
             rows = [(target, row) for row in routed]
             with self.store.transaction():
-                self.store.update_release(target.id, state="stopped", weight=0)
+                self.store.update_release(target.id, state=ReleaseState.STOPPED, weight=0)
                 for _, row in rows:
-                    self.store.set_instance_state(row.id, "draining")
+                    self.store.set_instance_state(row.id, InstanceState.DRAINING)
             await self.router.push_app(app)
             await self.ops.stop_rows(rows, cfg.deploy.stop_timeout)
             target = self.store.release(target.id) or target
@@ -566,12 +573,14 @@ class Engine:
         # The live releases stay live: that is the desired state `baton up` brings back.
         with self.store.transaction():
             for app in self.store.apps():
-                for release in self.store.releases(app.name, ("pending", "warm")):
-                    self.store.update_release(release.id, state="stopped", weight=0)
-                for release in self.store.releases(app.name, ("live",)):
+                for release in self.store.releases(
+                    app.name, (ReleaseState.PENDING, ReleaseState.WARM)
+                ):
+                    self.store.update_release(release.id, state=ReleaseState.STOPPED, weight=0)
+                for release in self.store.releases(app.name, (ReleaseState.LIVE,)):
                     self.store.update_release(release.id, weight=100)  # alone when it is back
         for dep in self.store.running_deployments():
-            self.store.finish_deployment(dep.id, "aborted", "baton down")
+            self.store.finish_deployment(dep.id, DeploymentStatus.ABORTED, "baton down")
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -594,7 +603,6 @@ def describe_error(exc: BaseException) -> tuple[int, str]:
 
 
 __all__ = [
-    "ACTIVE_RELEASE_STATES",
     "DeploymentRun",
     "Engine",
     "RouteTableError",

@@ -18,7 +18,7 @@ import logging
 import time
 
 from baton.deploy import releases as artifacts
-from baton.deploy.deployment import ACTIVE_RELEASE_STATES, Deployment, InstanceFailed
+from baton.deploy.deployment import Deployment, InstanceFailed
 from baton.deploy.operations import Operations
 from baton.deploy.steps import Move
 from baton.deploy.strategies.base import Strategy, commit_point
@@ -27,6 +27,7 @@ from baton.deploy.undo import undo
 from baton.errors import BatonError, DaemonUnreachable, DeploymentFailed
 from baton.events import Pruned, Result, StepStarted, Warned
 from baton.observe import logs as observe_logs
+from baton.state.states import ACTIVE_RELEASE_STATES, DeploymentStatus, InstanceState, ReleaseState
 from baton.state.store import ReleaseRow
 
 log = logging.getLogger("baton.engine")
@@ -61,7 +62,7 @@ class Executor:
                     )
                 )
                 raise
-            store.finish_deployment(run.id, "aborted", "the control plane stopped")
+            store.finish_deployment(run.id, DeploymentStatus.ABORTED, "the control plane stopped")
             if d.kind == "deploy" and not d.switched:
                 artifacts.discard(store, store.release(d.release.id) or d.release)
             run.finish(
@@ -80,11 +81,11 @@ class Executor:
             message = ops.redact(message, d)
             if not isinstance(exc, BatonError):
                 log.exception("deployment %s crashed", run.id)
-            status = "rolled_back" if d.switched else "failed"
+            status = DeploymentStatus.ROLLED_BACK if d.switched else DeploymentStatus.FAILED
             try:
                 # A contract changed no release and no route: there is nothing to undo.
                 if d.kind != "contract" and not await undo(ops, d):
-                    status = "failed"
+                    status = DeploymentStatus.FAILED
             except Exception as undo_exc:
                 log.exception("undoing deployment %s failed", run.id)
                 message += f"; undoing it failed too: {undo_exc}"
@@ -110,7 +111,7 @@ class Executor:
             run.finish(result)
         else:
             self.keep_desired_state(d)
-            store.finish_deployment(run.id, "succeeded")
+            store.finish_deployment(run.id, DeploymentStatus.SUCCEEDED)
             store.add_event(run.id, run.app, "succeeded", {"version": d.release.version})
             done = "is live" if d.kind != "contract" else "ran its contract migration"
             run.finish(
@@ -177,7 +178,11 @@ class Executor:
         older_warm: list[ReleaseRow] = []
         with store.transaction():
             store.update_release(
-                d.release.id, state="live", weight=100, live_since=now, clear_warm_until=True
+                d.release.id,
+                state=ReleaseState.LIVE,
+                weight=100,
+                live_since=now,
+                clear_warm_until=True,
             )
             store.set_app_stopped(d.app, False)
             for release in store.releases(d.app, ACTIVE_RELEASE_STATES):
@@ -186,14 +191,16 @@ class Executor:
                 if (
                     d.previous is not None
                     and release.id == d.previous.id
-                    and release.state == "warm"
+                    and release.state == ReleaseState.WARM
                 ):
                     continue
-                if release.state == "warm":
+                if release.state == ReleaseState.WARM:
                     older_warm.append(release)
-                store.update_release(release.id, state="stopped", weight=0)
-                for row in store.instances(release.id, ("routed", "ready", "starting")):
-                    store.set_instance_state(row.id, "draining")
+                store.update_release(release.id, state=ReleaseState.STOPPED, weight=0)
+                for row in store.instances(
+                    release.id, (InstanceState.ROUTED, InstanceState.READY, InstanceState.STARTING)
+                ):
+                    store.set_instance_state(row.id, InstanceState.DRAINING)
         try:
             await ops.router.push_app(d.app)
         except BatonError as exc:
@@ -201,8 +208,8 @@ class Executor:
             d.run.emit(Warned(message=f"route table: {exc}"))
         leftovers = [
             (r, row)
-            for r in store.releases(d.app, ("stopped",))
-            for row in store.instances(r.id, ("draining",))
+            for r in store.releases(d.app, (ReleaseState.STOPPED,))
+            for row in store.instances(r.id, (InstanceState.DRAINING,))
         ]
         if leftovers:
             await ops.drain(None, leftovers, d.cfg.deploy.drain_timeout)

@@ -21,6 +21,7 @@ from baton.deploy.deployment import Deployment, DeploymentRun, instance_of
 from baton.deploy.operations import Operations
 from baton.errors import BatonError
 from baton.observe.metrics import METRICS
+from baton.state.states import InstanceState, ReleaseState
 from baton.state.store import ReleaseRow
 
 log = logging.getLogger("baton.engine")
@@ -45,14 +46,19 @@ class Healing:
         for app in store.apps():
             if store.running_deployment(app.name) is not None:
                 continue
-            for release in store.releases(app.name, ("warm",)):
+            for release in store.releases(app.name, (ReleaseState.WARM,)):
                 if release.warm_until is not None and release.warm_until > now:
                     continue
-                rows = [(release, r) for r in store.instances(release.id, ("routed", "ready"))]
+                rows = [
+                    (release, r)
+                    for r in store.instances(
+                        release.id, (InstanceState.ROUTED, InstanceState.READY)
+                    )
+                ]
                 with store.transaction():
-                    store.update_release(release.id, state="stopped", weight=0)
+                    store.update_release(release.id, state=ReleaseState.STOPPED, weight=0)
                     for _, row in rows:
-                        store.set_instance_state(row.id, "draining")
+                        store.set_instance_state(row.id, InstanceState.DRAINING)
                 await self.ops.router.push_app(app.name)
                 cfg = parse_config(release.config)
                 await self.ops.stop_rows(rows, cfg.deploy.stop_timeout)
@@ -77,7 +83,7 @@ class Healing:
             if lock.locked() or store.running_deployment(app.name) is not None:
                 continue
             async with lock:
-                for release in store.releases(app.name, ("live",)):
+                for release in store.releases(app.name, (ReleaseState.LIVE,)):
                     if store.running_deployment(app.name) is not None:
                         break
                     try:
@@ -104,7 +110,7 @@ class Healing:
             return []
         runtime = ops.runtime_for(release)
         cfg = parse_config(release.config)
-        routed = store.instances(release.id, ("routed",))
+        routed = store.instances(release.id, (InstanceState.ROUTED,))
         dead = [r for r in routed if not await runtime.alive(instance_of(release, r))]
         missing = max(0, cfg.instances - len(routed))
         if not dead and not missing:
@@ -126,7 +132,7 @@ class Healing:
                 for row_id, _ in d.started.values()
                 if (row := store.instance(row_id)) is not None
             ]
-            await ops.stop_rows(rows, cfg.deploy.stop_timeout, state="failed")
+            await ops.stop_rows(rows, cfg.deploy.stop_timeout, state=InstanceState.FAILED)
             backoff = min(REPLACE_BACKOFF_MAX, max(1.0, backoff * 2))
             self._replace_after[release.id] = (time.monotonic() + backoff, backoff)
             store.add_event(
@@ -139,9 +145,9 @@ class Healing:
         self._replace_after.pop(release.id, None)
         with store.transaction():
             for row_id, _ in d.started.values():
-                store.set_instance_state(row_id, "routed")
+                store.set_instance_state(row_id, InstanceState.ROUTED)
             for row in dead:
-                store.set_instance_state(row.id, "failed")
+                store.set_instance_state(row.id, InstanceState.FAILED)
         await ops.router.push_app(release.app)
         # Remove what is left of the dead ones (docker: the exited container, logs saved).
         for row in dead:

@@ -30,15 +30,20 @@ import shutil
 from typing import Any
 
 from baton.config import HealthConfig, parse_config
-from baton.deploy.engine import ACTIVE_RELEASE_STATES, DeploymentRun, Engine
+from baton.deploy.engine import DeploymentRun, Engine
 from baton.deploy.probes import ProbeError, http_get, tcp_connect
 from baton.errors import DeploymentFailed, DeploymentLocked, UsageError
 from baton.events import Event, Intro, Result
+from baton.state.states import (
+    ACTIVE_RELEASE_STATES,
+    RUNNING_INSTANCE_STATES,
+    InstanceState,
+    ReleaseState,
+)
 from baton.state.store import InstanceRow, ReleaseRow
 
 log = logging.getLogger("baton.lifecycle")
 
-RUNNING_INSTANCE_STATES = ("starting", "ready", "routed", "draining")
 ADOPT_PROBES = 3  # health checks an adopted instance gets before it counts as hung
 
 
@@ -62,18 +67,20 @@ async def _answers(address: str, health: HealthConfig) -> bool:
 
 async def _converge_release(engine: Engine, release: ReleaseRow) -> list[str]:
     cfg = parse_config(release.config)
-    routed = engine.store.instances(release.id, ("routed",))
+    routed = engine.store.instances(release.id, (InstanceState.ROUTED,))
     answers = await asyncio.gather(*(_answers(row.address, cfg.health) for row in routed))
     hung = [(release, row) for row, ok in zip(routed, answers, strict=True) if not ok]
     for _, row in hung:
-        engine.store.set_instance_state(row.id, "draining")  # replaced below, like a dead one
+        engine.store.set_instance_state(
+            row.id, InstanceState.DRAINING
+        )  # replaced below, like a dead one
     notes = await engine.repair(release, now=True)
     if not hung:
         return notes
-    if len(engine.store.instances(release.id, ("routed",))) < cfg.instances:
+    if len(engine.store.instances(release.id, (InstanceState.ROUTED,))) < cfg.instances:
         # No replacement: keeping a hung instance routed is no worse than nothing.
         for _, row in hung:
-            engine.store.set_instance_state(row.id, "routed")
+            engine.store.set_instance_state(row.id, InstanceState.ROUTED)
         return notes
     await engine.drain_and_stop(hung, cfg.deploy.drain_timeout, cfg.deploy.stop_timeout)
     what = ", ".join(row.address for _, row in hung)
@@ -90,7 +97,7 @@ async def converge(engine: Engine) -> list[str]:
     async def one(app: str) -> list[str]:
         notes: list[str] = []
         async with engine.app_lock(app):
-            for release in engine.store.releases(app, ("live",)):
+            for release in engine.store.releases(app, (ReleaseState.LIVE,)):
                 if engine.store.running_deployment(app) is not None:
                     break
                 notes.extend(await _converge_release(engine, release))
@@ -128,10 +135,10 @@ async def _take_down(engine: Engine, app: str) -> list[str]:
     with engine.store.transaction():
         for release in engine.store.releases(app, ACTIVE_RELEASE_STATES):
             for row in engine.store.instances(release.id, RUNNING_INSTANCE_STATES):
-                engine.store.set_instance_state(row.id, "draining")
+                engine.store.set_instance_state(row.id, InstanceState.DRAINING)
                 rows.append((release, row))
-            if release.state != "live":
-                engine.store.update_release(release.id, state="stopped", weight=0)
+            if release.state != ReleaseState.LIVE:
+                engine.store.update_release(release.id, state=ReleaseState.STOPPED, weight=0)
     await engine.router.push_app(app)
     if rows:
         deploy = parse_config(rows[-1][0].config).deploy
@@ -156,14 +163,14 @@ async def start_app(engine: Engine, app: str) -> dict[str, Any]:
     _known(engine, app)
     async with engine.app_lock(app):
         _unlocked(engine, app)
-        live = engine.store.releases(app, ("live",))
+        live = engine.store.releases(app, (ReleaseState.LIVE,))
         if not live:
             raise UsageError(f"{app} has no live release to start; deploy it with `baton deploy`")
         engine.store.set_app_stopped(app, False)
         release = live[-1]
         notes = await engine.repair(release, now=True)
     wanted = parse_config(release.config).instances
-    if len(engine.store.instances(release.id, ("routed",))) < wanted:
+    if len(engine.store.instances(release.id, (InstanceState.ROUTED,))) < wanted:
         # The instance watcher goes on trying; the user hears why it is not up yet.
         why = notes[-1] if notes else "its instances did not start"
         raise DeploymentFailed(f"{app} {release.version} is not serving yet: {why}")

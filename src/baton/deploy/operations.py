@@ -27,6 +27,7 @@ from baton.errors import BatonError, DaemonUnreachable, DeploymentFailed
 from baton.events import Artifact, Drained, HookOutput, HookRan, InstanceChanged, Probe, Warned
 from baton.runtime.base import Instance, InstanceSpec, Runtime, Runtimes
 from baton.secrets import SecretStore, redact
+from baton.state.states import InstanceState
 from baton.state.store import InstanceRow, ReleaseRow, Store
 
 log = logging.getLogger("baton.engine")
@@ -245,7 +246,7 @@ class Operations:
                     runtime_healthy=runtime_healthy,
                 )
             except DeploymentFailed as exc:
-                self.store.set_instance_state(row_id, "failed")
+                self.store.set_instance_state(row_id, InstanceState.FAILED)
                 logs = await self.logs(runtime, instance)
                 d.run.emit(
                     InstanceChanged(
@@ -258,7 +259,7 @@ class Operations:
                     index,
                     logs,
                 ) from exc
-            self.store.set_instance_state(row_id, "ready")
+            self.store.set_instance_state(row_id, InstanceState.READY)
             d.run.emit(InstanceChanged(index=index, address=instance.address, state="ready"))
 
         tasks = [asyncio.ensure_future(one(i)) for i in indexes]
@@ -307,7 +308,9 @@ class Operations:
         if d is not None:
             d.run.emit(Drained(targets=addresses, drained=drained))
 
-    async def stop_rows(self, rows: Rows, timeout: float, state: str = "stopped") -> None:
+    async def stop_rows(
+        self, rows: Rows, timeout: float, state: InstanceState = InstanceState.STOPPED
+    ) -> None:
         """Stop each instance (SIGTERM, ``timeout``, SIGKILL) and record it as ``state``."""
 
         async def one(release: ReleaseRow, row: InstanceRow) -> None:

@@ -2,9 +2,10 @@
 
 Nothing here does I/O. The engine asks this module *what* to do: the list of steps of a
 deployment (``plan_deploy``), the route table to send to the proxy for a set of release
-pools (``app_route``, ``route_table``, ``split_weights``), whether a release failed its
-verification (``judge``), and, after a crash, whether an unfinished deployment is finished
-or undone (``plan_recovery``). The engine then does it, persisting each step first.
+pools (``app_route``, ``route_table``, ``split_weights``), and, after a crash, whether an
+unfinished deployment is finished or undone (``plan_recovery``). The engine then does it,
+persisting each step first. Whether a release failed its verification is the judge's call
+(``deploy.analysis.verify``).
 
 Theory of operation:
 - Blue-green starts every new instance, waits for all of them, and moves the whole app in
@@ -21,8 +22,8 @@ Theory of operation:
   fails its verification switches every batch so far back (the old instances it replaced
   still run; those of earlier batches are started again), so a bad release never reaches
   the next batch.
-- Verification needs at least ``MIN_VERIFY_REQUESTS`` requests to the new release before it
-  judges: an error rate measured on a handful of requests says nothing.
+- Verification needs at least ``analysis.MIN_VERIFY_REQUESTS`` requests to the new release
+  before it judges: an error rate measured on a handful of requests says nothing.
 """
 
 from __future__ import annotations
@@ -46,9 +47,6 @@ StepKind = Literal[
 ]
 
 STRATEGIES = ("blue-green", "rolling")
-
-# Below this many requests to the new release during ``verify``, its error rate is not judged.
-MIN_VERIFY_REQUESTS = 20
 
 # Steps after which no user traffic has moved yet: a crash there is undone.
 _BEFORE_TRAFFIC: frozenset[str] = frozenset(
@@ -321,58 +319,6 @@ def live_version(pools: Sequence[Pool]) -> str | None:
     """The release that takes all the traffic, or None while traffic is split (or absent)."""
     taking = [p for p in pools if p.targets and p.weight > 0]
     return taking[0].release if len(taking) == 1 else None
-
-
-# -- verification ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Counts:
-    requests: int = 0
-    errors: int = 0
-
-
-@dataclass(frozen=True)
-class Verdict:
-    failing: bool
-    requests: int
-    errors: int
-    rate: float
-
-    def describe(self, max_error_rate: float) -> str:
-        return (
-            f"{self.errors} of {self.requests} requests failed ({self.rate:.1%};"
-            f" the limit is {max_error_rate:.1%})"
-        )
-
-
-def release_counts(metrics: Mapping[str, Any], app: str, release: str) -> Counts:
-    """Cumulative request and 5xx counts of one release from the proxy's ``/metrics.json``."""
-    try:
-        data = metrics["apps"][app]["releases"][release]
-    except (KeyError, TypeError):
-        return Counts()
-    classes = data.get("requests") or {}
-    requests = sum(int(v) for v in classes.values())
-    return Counts(requests=requests, errors=int(classes.get("5xx", 0)))
-
-
-def judge(
-    before: Counts,
-    now: Counts,
-    max_error_rate: float,
-    min_requests: int = MIN_VERIFY_REQUESTS,
-) -> Verdict:
-    """Whether the requests since ``before`` show an error rate above ``max_error_rate``."""
-    requests = max(0, now.requests - before.requests)
-    errors = max(0, now.errors - before.errors)
-    rate = errors / requests if requests else 0.0
-    return Verdict(
-        failing=requests >= min_requests and rate > max_error_rate,
-        requests=requests,
-        errors=errors,
-        rate=rate,
-    )
 
 
 # -- recovery after a crash --------------------------------------------------------------------

@@ -22,6 +22,7 @@ from baton.deploy.operations import Operations
 from baton.deploy.plan import plan_recovery
 from baton.errors import BatonError
 from baton.runtime.base import Instance, Runtime
+from baton.state.states import DeploymentStatus, InstanceState, ReleaseState
 from baton.state.store import InstanceRow, ReleaseRow
 
 log = logging.getLogger("baton.engine")
@@ -53,18 +54,20 @@ class Recovery:
                 notes.append(f"could not check {release.app} {release.version}#{row.index}: {exc}")
                 continue
             if not alive:
-                store.set_instance_state(row.id, "failed")
+                store.set_instance_state(row.id, InstanceState.FAILED)
         for dep in store.running_deployments():
             notes.append(await self.recover_deployment(dep.id))
         # Releases with nothing running any more: a pending one failed, a warm one is gone.
         # A live release stays live: it is the app's desired state, and convergence starts
         # its instances again (after a reboot, none of them runs).
         for app in store.apps():
-            for release in store.releases(app.name, ("pending", "warm")):
-                if not store.instances(release.id, ("routed",)):
+            for release in store.releases(app.name, (ReleaseState.PENDING, ReleaseState.WARM)):
+                if not store.instances(release.id, (InstanceState.ROUTED,)):
                     store.update_release(
                         release.id,
-                        state="failed" if release.state == "pending" else "stopped",
+                        state=ReleaseState.FAILED
+                        if release.state == ReleaseState.PENDING
+                        else ReleaseState.STOPPED,
                         weight=0,
                     )
         # The proxy routes what the store now says, before anything it routed is stopped.
@@ -83,7 +86,7 @@ class Recovery:
         if dep.kind == "contract":
             # Traffic never moved; whether the command finished is unknown: run it again.
             message = "the control plane stopped during the contract migration; run it again"
-            store.finish_deployment(dep.id, "failed", message)
+            store.finish_deployment(dep.id, DeploymentStatus.FAILED, message)
             return f"{dep.app}: deployment #{dep.id}: {message}"
         new = store.release(dep.release_id) if dep.release_id is not None else None
         previous = (
@@ -93,7 +96,15 @@ class Recovery:
         def alive_rows(release: ReleaseRow | None) -> list[InstanceRow]:
             if release is None:
                 return []
-            return store.instances(release.id, ("starting", "ready", "routed", "draining"))
+            return store.instances(
+                release.id,
+                (
+                    InstanceState.STARTING,
+                    InstanceState.READY,
+                    InstanceState.ROUTED,
+                    InstanceState.DRAINING,
+                ),
+            )
 
         decision, why = plan_recovery(
             dep.step,
@@ -107,21 +118,27 @@ class Recovery:
         with store.transaction():
             if keep is not None:
                 for row in alive_rows(keep):
-                    store.set_instance_state(row.id, "routed")
+                    store.set_instance_state(row.id, InstanceState.ROUTED)
                 # The kept release is the app's desired release even when none of its
                 # instances runs (a reboot mid-deploy): convergence starts them again.
-                store.update_release(keep.id, state="live", weight=100)
+                store.update_release(keep.id, state=ReleaseState.LIVE, weight=100)
                 if decision == "finish":
                     store.update_release(keep.id, live_since=time.time())
             if drop is not None:
                 for row in alive_rows(drop):
-                    store.set_instance_state(row.id, "draining")
+                    store.set_instance_state(row.id, InstanceState.DRAINING)
                 store.update_release(
-                    drop.id, state="failed" if decision == "undo" else "stopped", weight=0
+                    drop.id,
+                    state=ReleaseState.FAILED if decision == "undo" else ReleaseState.STOPPED,
+                    weight=0,
                 )
         done = "undone" if decision == "undo" else "finished"
         message = f"the control plane restarted at step {dep.step!r}; {done}: {why}"
-        store.finish_deployment(dep.id, "aborted" if decision == "undo" else "succeeded", message)
+        store.finish_deployment(
+            dep.id,
+            DeploymentStatus.ABORTED if decision == "undo" else DeploymentStatus.SUCCEEDED,
+            message,
+        )
         store.add_event(dep.id, dep.app, "recovered", {"decision": decision, "why": why})
         return f"{dep.app}: deployment #{dep.id} {message}"
 
@@ -148,7 +165,8 @@ class Recovery:
         keep = {
             row.ref
             for release, row in store.active_instances()
-            if release.state in ("live", "warm") and row.state == "routed"
+            if release.state in (ReleaseState.LIVE, ReleaseState.WARM)
+            and row.state == InstanceState.ROUTED
         }
 
         def entry(runtime: str, instance: Instance, source: str) -> dict[str, Any]:

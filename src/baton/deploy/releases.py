@@ -27,9 +27,10 @@ from typing import Any
 from baton.config import AppConfig
 from baton.errors import DeploymentFailed, UsageError
 from baton.runtime import snapshot
+from baton.state.states import ACTIVE_RELEASE_STATES, ReleaseState
 from baton.state.store import ReleaseRow, Store
 
-PROTECTED_STATES = ("pending", "live", "warm")
+PROTECTED_STATES = ACTIVE_RELEASE_STATES  # a release that may take traffic again is never pruned
 
 
 # -- pure --------------------------------------------------------------------------------------
@@ -47,7 +48,11 @@ def kept_labels(releases: Iterable[ReleaseRow]) -> list[str]:
     """Labels of the releases that can still run, oldest first (for error messages)."""
     seen: list[str] = []
     for release in releases:
-        if release.state != "failed" and runnable(release) and release.version not in seen:
+        if (
+            release.state != ReleaseState.FAILED
+            and runnable(release)
+            and release.version not in seen
+        ):
             seen.append(release.version)
     return seen
 
@@ -68,7 +73,7 @@ def label_clash(releases: Iterable[ReleaseRow], version: str) -> ReleaseRow | No
     for release in releases:
         if (
             release.version == version
-            and release.state != "failed"
+            and release.state != ReleaseState.FAILED
             and release.artifact
             and runnable(release)
         ):

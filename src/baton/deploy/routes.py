@@ -21,6 +21,7 @@ from baton.deploy.plan import (
     route_table,
 )
 from baton.deploy.proxyclient import ProxyClient, ProxyUnavailable
+from baton.state.states import InstanceState
 from baton.state.store import ReleaseRow, Store
 
 
@@ -37,7 +38,9 @@ class Router:
     def pools(self, app: str) -> list[tuple[ReleaseRow, Pool]]:
         pools = []
         for release in self.store.releases(app):
-            targets = tuple(i.address for i in self.store.instances(release.id, ("routed",)))
+            targets = tuple(
+                i.address for i in self.store.instances(release.id, (InstanceState.ROUTED,))
+            )
             if targets:
                 pools.append((release, Pool(release.version, release.weight, targets)))
         return pools

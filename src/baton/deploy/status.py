@@ -10,17 +10,18 @@ from __future__ import annotations
 from typing import Any
 
 from baton.deploy import releases as artifacts
-from baton.deploy.deployment import ACTIVE_RELEASE_STATES, instance_of, runtime_name
+from baton.deploy.deployment import instance_of, runtime_name
 from baton.deploy.operations import Operations
 from baton.deploy.plan import live_version
 from baton.errors import BatonError, UsageError
 from baton.runtime.base import Instance, Runtime
+from baton.state.states import ACTIVE_RELEASE_STATES, InstanceState, ReleaseState
 from baton.state.store import InstanceRow, ReleaseRow, Store
 
 
 def live_release(store: Store, app: str) -> ReleaseRow | None:
     """The app's live release (its desired state), if it has one."""
-    live = store.releases(app, ("live",))
+    live = store.releases(app, (ReleaseState.LIVE,))
     return live[-1] if live else None
 
 
@@ -43,7 +44,15 @@ async def status(
         releases = []
         for release in store.releases(app.name, ACTIVE_RELEASE_STATES):
             instances = []
-            for row in store.instances(release.id, ("starting", "ready", "routed", "draining")):
+            for row in store.instances(
+                release.id,
+                (
+                    InstanceState.STARTING,
+                    InstanceState.READY,
+                    InstanceState.ROUTED,
+                    InstanceState.DRAINING,
+                ),
+            ):
                 seen = targets.get(row.address)
                 try:
                     alive: bool | None = await ops.runtime_for(release).alive(
@@ -130,7 +139,7 @@ def log_sources(
         raise UsageError(f"no app named {app!r} was ever deployed on this host")
     releases = store.releases(app)
     if version is None:
-        chosen = [r for r in releases if r.state == "live"] or releases[-1:]
+        chosen = [r for r in releases if r.state == ReleaseState.LIVE] or releases[-1:]
     else:
         chosen = [r for r in releases if r.version == version]
         if not chosen:

@@ -17,12 +17,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from baton.deploy import analysis
 from baton.deploy.deployment import Deployment
 from baton.deploy.operations import Operations
-from baton.deploy.plan import Step, judge, release_counts
-from baton.errors import BatonError, DeploymentFailed
+from baton.deploy.plan import Step
+from baton.errors import DeploymentFailed
 from baton.events import KeptWarm, SmokeTest, Stopped, Verifying, Warned
 from baton.observe.signals import SIGNALS
+from baton.state.states import InstanceState, ReleaseState
 
 
 @dataclass(frozen=True)
@@ -100,60 +102,40 @@ async def verify(ops: Operations, d: Deployment, move: Move) -> None:
     batch = move.batch
     where = "" if batch is None else f" in batch {batch + 1}"
 
-    async def counts() -> Any:
-        try:
-            return release_counts(await ops.proxy.metrics(), d.app, version)
-        except BatonError:
-            return None
-
-    before = await counts()
-    if before is None:
+    start = await ops.traffic.sample(ops.proxy, fresh=True)
+    if start is None:
         d.run.emit(Warned(message="no metrics from the proxy; not verified"))
         return
     deadline = time.monotonic() + cfg.verify
     last_report = 0.0
-    verdict = judge(before, before, cfg.max_error_rate)
+    verdict = analysis.verify(ops.traffic.since(start, d.app, version), cfg.max_error_rate)
     while (left := deadline - time.monotonic()) > 0:
         await asyncio.sleep(min(0.25, left))
-        now = await counts()
-        if now is None:
+        if await ops.traffic.sample(ops.proxy, fresh=True) is None:
             continue
-        verdict = judge(before, now, cfg.max_error_rate)
+        # Over every snapshot since the switch: a proxy restart starts a new segment instead
+        # of a negative difference, so it neither fails nor passes a release wrongly.
+        verdict = analysis.verify(ops.traffic.since(start, d.app, version), cfg.max_error_rate)
         if cfg.signals.rollback and (why := SIGNALS.regression(d.run.id, cfg.signals)):
             raise DeploymentFailed(f"{version} failed verification: {why}; switched back")
         if verdict.failing:
-            d.run.emit(
-                Verifying(
-                    requests=verdict.requests,
-                    errors=verdict.errors,
-                    rate=verdict.rate,
-                    failing=True,
-                    batch=batch,
-                )
-            )
+            d.run.emit(_verifying(verdict, failing=True, batch=batch))
             raise DeploymentFailed(
-                f"{version} failed verification{where}:"
-                f" {verdict.describe(cfg.max_error_rate)}; switched back"
+                f"{version} failed verification{where}: {'; '.join(verdict.reasons)}; switched back"
             )
         if time.monotonic() - last_report >= 1.0:
             last_report = time.monotonic()
-            d.run.emit(
-                Verifying(
-                    requests=verdict.requests,
-                    errors=verdict.errors,
-                    rate=verdict.rate,
-                    failing=False,
-                    left=round(max(0.0, left), 1),
-                )
-            )
-    d.run.emit(
-        Verifying(
-            requests=verdict.requests,
-            errors=verdict.errors,
-            rate=verdict.rate,
-            failing=False,
-            passed=True,
-        )
+            d.run.emit(_verifying(verdict, failing=False, left=round(max(0.0, left), 1)))
+    d.run.emit(_verifying(verdict, failing=False, passed=True))
+
+
+def _verifying(verdict: analysis.Verdict, **more: Any) -> Verifying:
+    figures = verdict.figures
+    return Verifying(
+        requests=int(figures["requests"] or 0),
+        errors=int(figures["errors"] or 0),
+        rate=float(figures["error_rate"] or 0.0),
+        **more,
     )
 
 
@@ -165,7 +147,7 @@ async def stop(ops: Operations, d: Deployment, move: Move) -> None:
     rows = ops.rows(move.old)
     with ops.store.transaction():
         for _, row in rows:
-            ops.store.set_instance_state(row.id, "draining")
+            ops.store.set_instance_state(row.id, InstanceState.DRAINING)
     await ops.router.push_app(d.app)
     await ops.stop_rows(rows, d.cfg.deploy.stop_timeout)
     d.run.emit(Stopped(targets=[row.address for _, row in rows]))
@@ -175,7 +157,7 @@ async def keep_warm(ops: Operations, d: Deployment, move: Move) -> None:
     assert d.previous is not None
     seconds = d.cfg.deploy.keep_previous
     until = time.time() + seconds
-    ops.store.update_release(d.previous.id, state="warm", weight=0, warm_until=until)
+    ops.store.update_release(d.previous.id, state=ReleaseState.WARM, weight=0, warm_until=until)
     d.run.emit(KeptWarm(version=d.previous.version, seconds=seconds))
 
 

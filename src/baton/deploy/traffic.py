@@ -3,9 +3,11 @@
 The proxy's counters are cumulative, so a rate, an error rate or a percentile "over the last
 N seconds" needs the snapshot of N seconds ago. This module owns that memory: ``Traffic``
 keeps timestamped snapshots (``time.monotonic()``), at most one per ``min_interval``, for
-``keep`` seconds, and turns any two of them into ``analysis.ReleaseWindow``s. The canary's
-always-on guard (its canary's last 10 s) and ``baton status`` (each release's last 30 s) both
-read it; the daemon samples it every second, a running canary whenever it checks.
+``keep`` seconds, and turns them into ``analysis.ReleaseWindow``s: ``since`` walks every
+snapshot from a start on through an ``analysis.Tally``, so a proxy restart in between starts a
+new segment instead of a wrong difference. The canary's always-on guard (its canary's last
+10 s), ``baton status`` (each release's last 30 s) and a release's verification (since its
+switch) read it; the daemon samples it every second, a running deployment whenever it checks.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from baton.deploy.analysis import ReleaseWindow, release_snapshot, summary, window
+from baton.deploy.analysis import ReleaseWindow, Tally, release_snapshot, summary, window
 from baton.deploy.proxyclient import ProxyClient
 from baton.errors import BatonError
 
@@ -83,11 +85,23 @@ class Traffic:
         start = self.at(latest.t - seconds)
         if start is None or start is latest:
             return None
-        return between(start, latest, app, release)
+        return self.since(start, app, release)
+
+    def since(self, start: Snapshot, app: str, release: str) -> ReleaseWindow:
+        """What ``release`` served from ``start`` to the latest snapshot, summed across proxy
+        restarts (each kept snapshot after ``start`` is compared with the one before)."""
+        tally = Tally.start(release_snapshot(start.metrics, app, release))
+        end = start
+        for snap in self._snapshots:
+            if snap.t > start.t:
+                tally = tally.add(release_snapshot(snap.metrics, app, release))
+                end = snap
+        return tally.window(seconds=max(end.t - start.t, 1e-3))
 
 
 def between(start: Snapshot, end: Snapshot, app: str, release: str) -> ReleaseWindow:
-    """The release's traffic from ``start`` to ``end`` (a proxy restart is handled)."""
+    """The release's traffic from ``start`` to ``end``, two snapshots alone: a proxy restart
+    in between is seen only if a counter ended lower (``Traffic.since`` sees every one)."""
     return window(
         release_snapshot(start.metrics, app, release),
         release_snapshot(end.metrics, app, release),

@@ -14,6 +14,7 @@ from baton.deploy.deployment import Deployment, instance_of
 from baton.deploy.operations import Operations
 from baton.errors import DeploymentFailed
 from baton.events import StepStarted, Switched, Warned
+from baton.state.states import InstanceState, ReleaseState
 from baton.state.store import InstanceRow
 
 
@@ -29,7 +30,7 @@ async def undo(ops: Operations, d: Deployment) -> bool:
     new_rows = [
         (release, row)
         for row in store.instances(release.id)
-        if row.id in started_ids and row.state != "stopped"
+        if row.id in started_ids and row.state != InstanceState.STOPPED
     ]
     if d.warm_switch:
         # A failed switch back to a warm release: it stays warm, the live one stays live.
@@ -45,30 +46,30 @@ async def undo(ops: Operations, d: Deployment) -> bool:
         # still run (they are drained and stopped only after its verification), so they
         # go back into the table; what earlier batches stopped is started again.
         runtime = ops.runtime_for(previous)
-        for row in store.instances(previous.id, ("draining",)):
+        for row in store.instances(previous.id, (InstanceState.DRAINING,)):
             if await runtime.alive(instance_of(previous, row)):
-                store.set_instance_state(row.id, "routed")
-        prev_routed = store.instances(previous.id, ("routed",))
+                store.set_instance_state(row.id, InstanceState.ROUTED)
+        prev_routed = store.instances(previous.id, (InstanceState.ROUTED,))
         missing = parse_config(previous.config).instances - len(prev_routed)
-        if missing > 0 and any(r.state == "routed" for _, r in new_rows):
+        if missing > 0 and any(r.state == InstanceState.ROUTED for _, r in new_rows):
             restored = await restart_previous(ops, d, prev_routed, missing) or bool(prev_routed)
-    routed_new = [(r, row) for r, row in new_rows if row.state == "routed"]
+    routed_new = [(r, row) for r, row in new_rows if row.state == InstanceState.ROUTED]
     if not restored:
         return False
     with store.transaction():
         for _, row in new_rows:
-            store.set_instance_state(row.id, "draining")
+            store.set_instance_state(row.id, InstanceState.DRAINING)
         store.update_release(release.id, weight=0)
         if previous is not None:
-            store.update_release(previous.id, state="live", weight=100)
+            store.update_release(previous.id, state=ReleaseState.LIVE, weight=100)
     if routed_new or previous is None:
         store.set_step(d.run.id, "rollback")
         await ops.router.push_app(d.app)
         d.run.emit(Switched(weights=ops.router.weights(d.app), back=True))
         await ops.drain(d, routed_new, d.cfg.deploy.drain_timeout)
-    await ops.stop_rows(new_rows, timeout, state="failed")
-    if release.state != "live":
-        store.update_release(release.id, state="failed", weight=0)
+    await ops.stop_rows(new_rows, timeout, state=InstanceState.FAILED)
+    if release.state != ReleaseState.LIVE:
+        store.update_release(release.id, state=ReleaseState.FAILED, weight=0)
     return True
 
 
@@ -96,10 +97,13 @@ async def restart_previous(
         await ops.wait_ready(back, indexes)
     except DeploymentFailed as exc:
         d.run.emit(Warned(message=f"could not restart {previous.version}: {exc}"))
-        rows = [(previous, r) for r in ops.store.instances(previous.id, ("starting", "ready"))]
-        await ops.stop_rows(rows, cfg.deploy.stop_timeout, state="failed")
+        rows = [
+            (previous, r)
+            for r in ops.store.instances(previous.id, (InstanceState.STARTING, InstanceState.READY))
+        ]
+        await ops.stop_rows(rows, cfg.deploy.stop_timeout, state=InstanceState.FAILED)
         return False
     with ops.store.transaction():
         for row_id, _ in back.started.values():
-            ops.store.set_instance_state(row_id, "routed")
+            ops.store.set_instance_state(row_id, InstanceState.ROUTED)
     return True

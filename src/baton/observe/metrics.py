@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from baton.state.states import DeploymentStatus
+
 STEP_BOUNDS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 # A gauge callback answers (labels, value) pairs; labels are a mapping of name to value.
@@ -67,7 +69,8 @@ class ControlMetrics:
         elif kind == "result":
             self._close_step(deployment_id, ts)
             self._open.pop(deployment_id, None)
-            status = str(event.get("status") or ("succeeded" if event.get("ok") else "failed"))
+            ended = DeploymentStatus.SUCCEEDED if event.get("ok") else DeploymentStatus.FAILED
+            status = str(event.get("status") or ended)
             dkey = (app, str(event.get("kind") or "deploy"), status)
             self.deployments[dkey] = self.deployments.get(dkey, 0) + 1
 

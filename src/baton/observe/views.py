@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from baton.deploy.traffic import KEEP_SECONDS
 from baton.errors import UsageError
+from baton.state.states import DeploymentStatus
 
 if TYPE_CHECKING:
     from baton.deploy.engine import Engine
@@ -85,7 +86,7 @@ def history_lines(
         starter = dep.get("started_by") or {}
         by = f" by {starter['by']} via {starter.get('via', '?')}" if starter.get("by") else ""
         lines += _wrap(f"{dep['strategy']}, started {clock(dep['started'])}{took}{by}", width)
-        if dep.get("status") == "running" and dep.get("step"):
+        if dep.get("status") == DeploymentStatus.RUNNING and dep.get("step"):
             lines += _wrap(f"at step {dep['step']}", width)
         verdicts = [e for e in dep.get("canary") or [] if e.get("kind") == "verdict"]
         for v in verdicts:

@@ -11,6 +11,9 @@ Rules it keeps:
 - At most one deployment per app has status ``running`` (a partial unique index); that row
   *is* the per-app lock, so a second deployment fails with ``DeploymentLocked`` naming it.
 - A deployment step is written before the step runs (``set_step``).
+- A release's or instance's state and a deployment's status change only as the tables of
+  ``baton.state.states`` allow: an illegal change raises ``IllegalTransition`` and writes
+  nothing. Rows are read back with their states as those enums.
 - The schema lives here, with its migrations: ``MIGRATIONS[n]`` takes the database from
   ``user_version`` n to n + 1, applied in order inside one transaction each.
 
@@ -31,6 +34,20 @@ from typing import Any
 
 from baton.errors import DeploymentLocked
 from baton.state.files import private_file
+from baton.state.states import (
+    DEPLOYMENT_BORN,
+    INSTANCE_BORN,
+    RELEASE_BORN,
+    DeploymentStatus,
+    InstanceState,
+    ReleaseState,
+    check_deployment,
+    check_instance,
+    check_release,
+    deployment_status,
+    instance_state,
+    release_state,
+)
 
 MIGRATIONS: list[str] = [
     # 0 -> 1: the first schema.
@@ -132,9 +149,9 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
-RELEASE_STATES = ("pending", "live", "warm", "stopped", "failed")
-INSTANCE_STATES = ("starting", "ready", "routed", "draining", "stopped", "failed")
-DEPLOYMENT_STATUSES = ("running", "succeeded", "failed", "rolled_back", "aborted")
+RELEASE_STATES = tuple(ReleaseState)
+INSTANCE_STATES = tuple(InstanceState)
+DEPLOYMENT_STATUSES = tuple(DeploymentStatus)
 
 
 @dataclass(frozen=True)
@@ -157,7 +174,7 @@ class ReleaseRow:
     cwd: str
     config: dict[str, Any]
     config_hash: str
-    state: str
+    state: ReleaseState
     weight: int
     live_since: float | None
     warm_until: float | None
@@ -176,7 +193,7 @@ class InstanceRow:
     address: str
     ref: str
     log_path: str | None
-    state: str
+    state: InstanceState
     created: float
     updated: float
 
@@ -190,7 +207,7 @@ class DeploymentRow:
     previous_release_id: int | None
     strategy: str
     step: str
-    status: str
+    status: DeploymentStatus
     started: float
     ended: float | None
     error: str | None
@@ -249,7 +266,7 @@ def _release(row: sqlite3.Row) -> ReleaseRow:
         cwd=row["cwd"],
         config=json.loads(row["config"]),
         config_hash=row["config_hash"],
-        state=row["state"],
+        state=release_state(row["state"]),
         weight=row["weight"],
         live_since=row["live_since"],
         warm_until=row["warm_until"],
@@ -266,7 +283,7 @@ def _instance(row: sqlite3.Row) -> InstanceRow:
         address=row["address"],
         ref=row["ref"],
         log_path=row["log_path"],
-        state=row["state"],
+        state=instance_state(row["state"]),
         created=row["created"],
         updated=row["updated"],
     )
@@ -281,7 +298,7 @@ def _deployment(row: sqlite3.Row) -> DeploymentRow:
         previous_release_id=row["previous_release_id"],
         strategy=row["strategy"],
         step=row["step"],
-        status=row["status"],
+        status=deployment_status(row["status"]),
         started=row["started"],
         ended=row["ended"],
         error=row["error"],
@@ -423,7 +440,8 @@ class Store:
         now = time.time()
         with self._tx() as db:
             holder = db.execute(
-                "SELECT * FROM deployments WHERE app=? AND status='running'", (app,)
+                "SELECT * FROM deployments WHERE app=? AND status=?",
+                (app, DeploymentStatus.RUNNING),
             ).fetchone()
             if holder is not None:
                 raise DeploymentLocked(_lock_message(_deployment(holder), self))
@@ -432,7 +450,7 @@ class Store:
             if release is not None:
                 cur = db.execute(
                     "INSERT INTO releases(app, version, command, env, cwd, config, config_hash,"
-                    " state, weight, created) VALUES (?,?,?,?,?,?,?, 'pending', 0, ?)",
+                    " state, weight, created) VALUES (?,?,?,?,?,?,?,?, 0, ?)",
                     (
                         app,
                         release["version"],
@@ -441,6 +459,7 @@ class Store:
                         release["cwd"],
                         json.dumps(release["config"]),
                         release["config_hash"],
+                        RELEASE_BORN,
                         now,
                     ),
                 )
@@ -450,8 +469,17 @@ class Store:
                 raise ValueError("begin_deployment needs a release or a release_id")
             cur = db.execute(
                 "INSERT INTO deployments(app, kind, release_id, previous_release_id, strategy,"
-                " step, status, started, holder_pid) VALUES (?,?,?,?,?, 'lock', 'running', ?, ?)",
-                (app, kind, release_id, previous_release_id, strategy, now, holder_pid),
+                " step, status, started, holder_pid) VALUES (?,?,?,?,?, 'lock', ?, ?, ?)",
+                (
+                    app,
+                    kind,
+                    release_id,
+                    previous_release_id,
+                    strategy,
+                    DEPLOYMENT_BORN,
+                    now,
+                    holder_pid,
+                ),
             )
             assert cur.lastrowid is not None
             return cur.lastrowid, release_id
@@ -460,8 +488,18 @@ class Store:
         self._db.execute("UPDATE deployments SET step=? WHERE id=?", (step, deployment_id))
 
     def finish_deployment(self, deployment_id: int, status: str, error: str | None = None) -> None:
-        if status not in DEPLOYMENT_STATUSES or status == "running":
+        """End a running deployment with a final ``status`` (which releases the app's lock).
+
+        Raises ``ValueError`` for a status that is not final, ``IllegalTransition`` for a
+        deployment that already ended; nothing is written then.
+        """
+        if deployment_status(status) == DeploymentStatus.RUNNING:
             raise ValueError(f"not a final deployment status: {status!r}")
+        row = self._db.execute(
+            "SELECT app, status FROM deployments WHERE id=?", (deployment_id,)
+        ).fetchone()
+        if row is not None:
+            check_deployment(row["app"], f"deployment #{deployment_id}", row["status"], status)
         self._db.execute(
             "UPDATE deployments SET status=?, error=?, ended=? WHERE id=?",
             (status, error, time.time(), deployment_id),
@@ -472,12 +510,14 @@ class Store:
         return None if row is None else _deployment(row)
 
     def running_deployments(self) -> list[DeploymentRow]:
-        rows = self._db.execute("SELECT * FROM deployments WHERE status='running' ORDER BY id")
+        rows = self._db.execute(
+            "SELECT * FROM deployments WHERE status=? ORDER BY id", (DeploymentStatus.RUNNING,)
+        )
         return [_deployment(r) for r in rows]
 
     def running_deployment(self, app: str) -> DeploymentRow | None:
         row = self._db.execute(
-            "SELECT * FROM deployments WHERE app=? AND status='running'", (app,)
+            "SELECT * FROM deployments WHERE app=? AND status=?", (app, DeploymentStatus.RUNNING)
         ).fetchone()
         return None if row is None else _deployment(row)
 
@@ -513,14 +553,23 @@ class Store:
         warm_until: float | None = None,
         clear_warm_until: bool = False,
     ) -> None:
-        """Change a release's state, weight, or the time it went live / stops being warm."""
+        """Change a release's state, weight, or the time it went live / stops being warm.
+
+        A state change the table does not allow raises ``IllegalTransition``; a word that is
+        no release state, ``ValueError``. Nothing is written then.
+        """
         sets: list[str] = []
         args: list[Any] = []
         if state is not None:
-            if state not in RELEASE_STATES:
-                raise ValueError(f"not a release state: {state!r}")
+            to = release_state(state)
+            row = self._db.execute(
+                "SELECT app, version, state FROM releases WHERE id=?", (release_id,)
+            ).fetchone()
+            if row is not None:
+                what = f"release {row['version']} (#{release_id})"
+                to = check_release(row["app"], what, row["state"], to)
             sets.append("state=?")
-            args.append(state)
+            args.append(to)
         if weight is not None:
             sets.append("weight=?")
             args.append(weight)
@@ -560,7 +609,7 @@ class Store:
         address: str,
         ref: str,
         log_path: str | None,
-        state: str = "starting",
+        state: str = INSTANCE_BORN,
     ) -> int:
         now = time.time()
         cur = self._db.execute(
@@ -572,10 +621,20 @@ class Store:
         return cur.lastrowid
 
     def set_instance_state(self, instance_id: int, state: str) -> None:
-        if state not in INSTANCE_STATES:
-            raise ValueError(f"not an instance state: {state!r}")
+        """Change an instance's state. A change the table does not allow raises
+        ``IllegalTransition``; a word that is no instance state, ``ValueError``. Nothing is
+        written then."""
+        to = instance_state(state)
+        row = self._db.execute(
+            "SELECT r.app, r.version, i.idx, i.state FROM instances i"
+            " JOIN releases r ON r.id = i.release_id WHERE i.id=?",
+            (instance_id,),
+        ).fetchone()
+        if row is not None:
+            what = f"instance {row['version']}#{row['idx']} (#{instance_id})"
+            to = check_instance(row["app"], what, row["state"], to)
         self._db.execute(
-            "UPDATE instances SET state=?, updated=? WHERE id=?", (state, time.time(), instance_id)
+            "UPDATE instances SET state=?, updated=? WHERE id=?", (to, time.time(), instance_id)
         )
 
     def set_instances_state(self, instance_ids: list[int], state: str) -> None:
@@ -602,7 +661,8 @@ class Store:
     def active_instances(self) -> list[tuple[ReleaseRow, InstanceRow]]:
         """Every instance Baton believes is running (not stopped or failed), with its release."""
         rows = self._db.execute(
-            "SELECT * FROM instances WHERE state NOT IN ('stopped', 'failed') ORDER BY id"
+            "SELECT * FROM instances WHERE state NOT IN (?, ?) ORDER BY id",
+            (InstanceState.STOPPED, InstanceState.FAILED),
         ).fetchall()
         out: list[tuple[ReleaseRow, InstanceRow]] = []
         for row in rows:

@@ -19,6 +19,7 @@ from baton.deploy.deployment import Deployment
 from baton.deploy.operations import Operations
 from baton.deploy.plan import plan_deploy
 from baton.deploy.steps import ACTIONS, Action, Move
+from baton.state.states import InstanceState
 
 # Once one of these steps is done, the new release has the traffic for good: failures of
 # the steps after it (drain, stop) are warnings, not an undo.
@@ -70,7 +71,7 @@ def routed_ids(ops: Operations, d: Deployment) -> tuple[int, ...]:
     """Ids of the previous release's routed instances: what the deployment replaces."""
     if d.previous is None:
         return ()
-    return tuple(i.id for i in ops.store.instances(d.previous.id, ("routed",)))
+    return tuple(i.id for i in ops.store.instances(d.previous.id, (InstanceState.ROUTED,)))
 
 
 class Planned:

@@ -16,6 +16,7 @@ from baton.deploy.steps import ACTIONS, Move
 from baton.deploy.strategies.base import Planned, planned, routed_ids
 from baton.errors import BatonError
 from baton.events import Switched
+from baton.state.states import InstanceState
 
 
 async def switch(ops: Operations, d: Deployment, move: Move) -> None:
@@ -27,7 +28,7 @@ async def switch(ops: Operations, d: Deployment, move: Move) -> None:
             await ops.proxy.undrain(addresses)
     with store.transaction():
         for i in move.new:
-            store.set_instance_state(d.started[i][0], "routed")
+            store.set_instance_state(d.started[i][0], InstanceState.ROUTED)
         store.update_release(d.release.id, weight=100)
         if d.previous is not None:
             store.update_release(d.previous.id, weight=0)

@@ -38,9 +38,10 @@ from baton.deploy.proxyclient import ProxyUnavailable
 from baton.deploy.steps import ACTIONS, Move
 from baton.deploy.strategies.base import Strategy
 from baton.deploy.strategies.blue_green import BlueGreen
-from baton.deploy.traffic import Snapshot, between
+from baton.deploy.traffic import Snapshot
 from baton.errors import BatonError, DeploymentFailed
 from baton.events import CanaryNote, CanaryStep, Switched, from_dict
+from baton.state.states import InstanceState
 from baton.state.store import InstanceRow, ReleaseRow
 
 BEFORE_TRAFFIC = ("pre_deploy", "expand", "start", "ready", "smoke_test")
@@ -49,7 +50,7 @@ BEFORE_TRAFFIC = ("pre_deploy", "expand", "start", "ready", "smoke_test")
 def choose(ops: Operations, d: Deployment) -> Strategy:
     """The canary strategy for ``d``, or blue-green when there is nothing to compare with."""
     previous = d.previous
-    stable_rows = ops.store.instances(previous.id, ("routed",)) if previous else []
+    stable_rows = ops.store.instances(previous.id, (InstanceState.ROUTED,)) if previous else []
     if d.kind != "deploy" or d.warm_switch or previous is None or not stable_rows:
         if d.kind == "deploy" and not d.warm_switch:
             d.run.emit(
@@ -174,7 +175,7 @@ class Canary:
         d, store = self.d, self.ops.store
         with store.transaction():
             for row_id, _ in d.started.values():
-                store.set_instance_state(row_id, "routed")
+                store.set_instance_state(row_id, InstanceState.ROUTED)
             store.update_release(d.release.id, weight=weight)
             store.update_release(self.stable.id, weight=100 - weight)
         d.switched = True
@@ -363,8 +364,9 @@ class Canary:
                         n, weight, "no metrics from the proxy at the step's end, failing safe"
                     )
                 continue
-            baseline = between(start, snap, d.app, stable)
-            canary = between(start, snap, d.app, version)
+            # Over every snapshot of the step: a proxy restart starts a new segment.
+            baseline = self.traffic.since(start, d.app, stable)
+            canary = self.traffic.since(start, d.app, version)
             verdict = judge(canary if weight >= 100 else baseline, canary, self.analysis)
             decision = decide(
                 verdict,

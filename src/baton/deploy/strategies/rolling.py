@@ -13,6 +13,7 @@ from baton.deploy.plan import split_weights
 from baton.deploy.steps import ACTIONS, Move
 from baton.deploy.strategies.base import Planned, planned, routed_ids
 from baton.events import Switched
+from baton.state.states import InstanceState
 
 
 async def switch(ops: Operations, d: Deployment, move: Move) -> None:
@@ -20,11 +21,11 @@ async def switch(ops: Operations, d: Deployment, move: Move) -> None:
     store, release, previous = ops.store, d.release, d.previous
     with store.transaction():
         for i in move.new:
-            store.set_instance_state(d.started[i][0], "routed")
+            store.set_instance_state(d.started[i][0], InstanceState.ROUTED)
         for instance_id in move.old:
-            store.set_instance_state(instance_id, "draining")
-        new_count = len(store.instances(release.id, ("routed",)))
-        old_count = len(store.instances(previous.id, ("routed",))) if previous else 0
+            store.set_instance_state(instance_id, InstanceState.DRAINING)
+        new_count = len(store.instances(release.id, (InstanceState.ROUTED,)))
+        old_count = len(store.instances(previous.id, (InstanceState.ROUTED,))) if previous else 0
         old_weight, new_weight = split_weights([old_count, new_count])
         store.update_release(release.id, weight=new_weight)
         if previous is not None:
