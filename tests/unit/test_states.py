@@ -76,7 +76,7 @@ def test_a_stopped_instance_and_an_ended_deployment_are_final() -> None:
 
 @pytest.mark.parametrize(
     ("old", "new"),
-    [(old, new) for old, targets in RELEASE_TRANSITIONS.items() for new in targets]
+    [(old, new) for old, targets in RELEASE_TRANSITIONS.items() for new in sorted(targets)]
     + [(s, s) for s in ReleaseState],
 )
 def test_every_allowed_release_change_passes(old: ReleaseState, new: ReleaseState) -> None:
@@ -85,7 +85,7 @@ def test_every_allowed_release_change_passes(old: ReleaseState, new: ReleaseStat
 
 @pytest.mark.parametrize(
     ("old", "new"),
-    [(old, new) for old, targets in INSTANCE_TRANSITIONS.items() for new in targets]
+    [(old, new) for old, targets in INSTANCE_TRANSITIONS.items() for new in sorted(targets)]
     + [(s, s) for s in InstanceState],
 )
 def test_every_allowed_instance_change_passes(old: InstanceState, new: InstanceState) -> None:

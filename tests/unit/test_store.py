@@ -226,7 +226,8 @@ def instance_in(store: Store, release_id: int, state: InstanceState) -> int:
 
 
 @pytest.mark.parametrize(
-    ("old", "new"), [(old, new) for old, targets in RELEASE_TRANSITIONS.items() for new in targets]
+    ("old", "new"),
+    [(old, new) for old, targets in RELEASE_TRANSITIONS.items() for new in sorted(targets)],
 )
 def test_the_store_writes_every_allowed_release_change(
     tmp_path: Path, old: ReleaseState, new: ReleaseState
@@ -242,7 +243,7 @@ def test_the_store_writes_every_allowed_release_change(
 
 @pytest.mark.parametrize(
     ("old", "new"),
-    [(old, new) for old, targets in INSTANCE_TRANSITIONS.items() for new in targets],
+    [(old, new) for old, targets in INSTANCE_TRANSITIONS.items() for new in sorted(targets)],
 )
 def test_the_store_writes_every_allowed_instance_change(
     tmp_path: Path, old: InstanceState, new: InstanceState
