@@ -235,14 +235,6 @@ class _WebSocketTunnel:
         self.client_closed = False  # a close frame was sent to the client
 
 
-class _TunnelEnds(NamedTuple):
-    target: Target | None
-    metrics: ReleaseMetrics | None
-    client: ClientConnection
-    started: float
-    max_age: float | None
-
-
 class ClientConnection(asyncio.Protocol):
     """One client TCP connection: parses requests, runs exchanges, or tunnels bytes."""
 
@@ -1224,6 +1216,16 @@ def _why(exc: BaseException) -> str:
     return exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)
 
 
+# Below ClientConnection: mypyc resolves a NamedTuple's field types when the class is
+# created, so a name used before its definition fails at import in the compiled build.
+class _TunnelEnds(NamedTuple):
+    target: Target | None
+    metrics: ReleaseMetrics | None
+    client: ClientConnection
+    started: float
+    max_age: float | None
+
+
 class Proxy:
     """Owns the route table, targets, metrics, listeners and client connections."""
 
@@ -1639,8 +1641,10 @@ class Proxy:
 
         The caller closes them; the listening sockets themselves stay open here.
         """
+        # uvloop's Server.sockets is a list, not the stubs' tuple: compiled code checks types.
         return {
-            address: os.dup(server.sockets[0].fileno()) for address, server in self.servers.items()
+            address: os.dup(cast("Sequence[socket.socket]", server.sockets)[0].fileno())
+            for address, server in self.servers.items()
         }
 
     async def shutdown(self, deadline: float) -> None:
