@@ -41,6 +41,9 @@ HOT_MODULES = (
     "baton.proxy.metrics",
     "baton.proxy.upstream",
     "baton.proxy.server",
+    # H2Stream subclasses ClientConnection, and an interpreted class cannot subclass a
+    # compiled one: h2 is compiled with it.
+    "baton.proxy.h2",
 )
 
 
@@ -57,7 +60,7 @@ def compiler_problem() -> str | None:
     include = sysconfig.get_paths()["include"]
     if not Path(include, "Python.h").exists():
         return f"no Python.h in {include} (Debian: apt-get install python3-dev)"
-    cc = (sysconfig.get_config_var("CC") or "cc").split()
+    cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp, "probe.c")
         source.write_text("#include <Python.h>\nint main(void) { return 0; }\n")

@@ -36,6 +36,9 @@ HOT_MODULES = (
     "baton.proxy.metrics",
     "baton.proxy.upstream",
     "baton.proxy.server",
+    # H2Stream subclasses ClientConnection, and an interpreted class cannot subclass a
+    # compiled one: h2 is compiled with it.
+    "baton.proxy.h2",
 )
 
 PURE_ENV = "BATON_PURE"

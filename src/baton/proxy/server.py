@@ -40,7 +40,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from hmac import compare_digest
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 import httptools
 
@@ -1641,9 +1641,10 @@ class Proxy:
 
         The caller closes them; the listening sockets themselves stay open here.
         """
-        # uvloop's Server.sockets is a list, not the stubs' tuple: compiled code checks types.
+        # uvloop's Server.sockets is a list, not the stubs' tuple, and compiled code checks
+        # the declared type of what it reads: read it untyped.
         return {
-            address: os.dup(cast("Sequence[socket.socket]", server.sockets)[0].fileno())
+            address: os.dup(cast(Any, server).sockets[0].fileno())
             for address, server in self.servers.items()
         }
 
