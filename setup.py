@@ -169,7 +169,12 @@ if compile_it:
     except BaseException as exc:  # mypyc reports type errors with sys.exit
         if isinstance(exc, KeyboardInterrupt):
             raise
-        pure_reason = f"mypyc could not compile the hot path: {str(exc)[:300]}"
+        why = str(exc)[:300]
+        if isinstance(exc, SystemExit) and isinstance(exc.code, int):
+            # mypy printed the errors; usually Baton's dependencies are not where the build
+            # runs (pip's isolated build of `pip install .`): `make` builds without isolation.
+            why = f"mypy reported errors (exit {exc.code}); are Baton's dependencies installed?"
+        pure_reason = f"mypyc could not compile the hot path: {why}"
         say(f"{pure_reason}; building pure Python instead")
         ext_modules = []
 else:

@@ -384,8 +384,8 @@ def report(
         figures = summary[conns]
         print(
             f"Baton pure Python at {conns} connections: throughput {r['throughput_vs_nginx']:.2f}x "
-            f"nginx, p99 {r['p99_vs_nginx']:.2f}x nginx; Baton (--baton-cmd) does "
-            f"{figures['baton']['rps'] / figures['baton-pure']['rps']:.2f}x its req/s"
+            f"nginx, p99 {r['p99_vs_nginx']:.2f}x nginx; baton / baton-pure req/s "
+            f"{figures['baton']['rps'] / figures['baton-pure']['rps']:.2f}x"
             + (f", {r['errors']:.0f} errors" if r["errors"] else "")
         )
     for name, m in memory.items():
