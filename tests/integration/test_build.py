@@ -4,7 +4,7 @@ fallback imports and serves, and a compiled module never outlives an edit of its
 `make test` runs the suite against the wheel `make` built (`.venv-compiled`), so where a C
 compiler and Python.h are present the Baton under test must be compiled (in CI,
 `BATON_REQUIRE_COMPILED=1` makes that unconditional); an editable install is pure Python by
-design, and the first test is skipped there.
+design, and the compiled check is skipped there (unless BATON_REQUIRE_COMPILED=1).
 """
 
 from __future__ import annotations
