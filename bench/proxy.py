@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/proxy.py [--duration 10] [--connections 50,256] [--threads 2]
                                     [--rounds 1] [--skip-memory] [--json out.json]
-                                    [--baton-cmd "..."]
+                                    [--baton-cmd "..."] [--skip-pure]
 
 One run starts, each on a free 127.0.0.1 port with its own config in a temp dir:
 
@@ -12,6 +12,10 @@ One run starts, each on a free 127.0.0.1 port with its own config in a temp dir:
 - `baton`: `baton proxy` (override with `--baton-cmd`; `{listen}`/`{admin}` placeholders
   are filled in, else `--listen ... --admin ...` is appended), routed with `PUT /routes`.
   If it cannot start, Baton is skipped with the reason and the rest still runs.
+  The default is the wheel `make` installs (`.venv-compiled`: compiled with mypyc when a
+  C compiler was present), else the editable `.venv` (pure Python);
+- `baton-pure`: the same command with `BATON_PURE=1`, the pure-Python fallback of the same
+  install (`--skip-pure` leaves it out). The report says which build each one ran.
 
 `direct` is wrk straight to the backend: the ceiling on this machine.
 
@@ -41,7 +45,9 @@ import asyncio
 import contextlib
 import json
 import os
+import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -76,6 +82,12 @@ THROUGHPUT_TARGET = 1.0  # Baton req/s / nginx req/s, at least
 P99_TARGET = 1.5  # Baton p99 / nginx p99, at most
 MEMORY_TARGET_MB = 60.0
 IDLE_CONNECTIONS = 10_000
+PURE_ENV = "BATON_PURE"  # runs an installed Baton's pure-Python fallback (baton.build)
+# The wheel `make` installs (compiled when a C compiler was present), else the editable .venv.
+DEFAULT_BATON = next(
+    (p for p in (REPO / ".venv-compiled/bin/baton", REPO / ".venv/bin/baton") if p.exists()),
+    REPO / ".venv/bin/baton",
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -93,8 +105,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--idle-connections", type=int, default=IDLE_CONNECTIONS)
     parser.add_argument(
         "--baton-cmd",
-        default=f"{REPO / '.venv/bin/baton'} proxy",
-        help="command starting Baton's proxy (default: .venv/bin/baton proxy)",
+        default=f"{DEFAULT_BATON} proxy",
+        help=f"command starting Baton's proxy (default: {DEFAULT_BATON.relative_to(REPO)} proxy)",
+    )
+    parser.add_argument(
+        "--skip-pure", action="store_true", help="leave out Baton's pure-Python fallback"
     )
     parser.add_argument("--skip-baton", action="store_true", help="measure only the peers")
     parser.add_argument(
@@ -153,6 +168,17 @@ def start_targets(
                 port, proc = start_baton(stack, workdir, cmd, backend_port, "baton2w")
                 ports["baton2w"] = port
                 procs["baton2w"] = proc
+            if not args.skip_pure:
+                port, proc = start_baton(
+                    stack,
+                    workdir / "pure",
+                    args.baton_cmd,
+                    backend_port,
+                    "baton-pure",
+                    {PURE_ENV: "1"},
+                )
+                ports["baton-pure"] = port
+                procs["baton-pure"] = proc
         except (ProcessError, RuntimeError, OSError) as exc:
             baton_skipped = str(exc)
             log(
@@ -168,10 +194,16 @@ def start_targets(
 
 
 def start_baton(
-    stack: ExitStack, workdir: Path, cmd: str, backend_port: int, name: str = "baton"
+    stack: ExitStack,
+    workdir: Path,
+    cmd: str,
+    backend_port: int,
+    name: str = "baton",
+    env: dict[str, str] | None = None,
 ) -> tuple[int, ManagedProcess]:
     port = free_port()
     proc, admin = baton_process(cmd, workdir, port, name)
+    proc.env = {k: v for k, v in proc.env.items() if k != PURE_ENV} | (env or {})
     proc.ready_timeout = 20.0
     proc.start()
     try:
@@ -351,6 +383,18 @@ def measure_memory(
 # -- report ------------------------------------------------------------------------------
 
 
+def baton_build(cmd: str, env: dict[str, str]) -> str:
+    """What `baton --version` says the proxy started by ``cmd`` runs (compiled or pure)."""
+    program = shlex.split(cmd)[0]
+    if Path(program).name != "baton":
+        return "unknown (--baton-cmd is not a baton script)"
+    environ = {k: v for k, v in os.environ.items() if k != PURE_ENV} | env
+    done = subprocess.run(
+        [program, "--version"], capture_output=True, text=True, timeout=60, env=environ
+    )
+    return done.stdout.strip().partition(", version ")[2] or done.stderr.strip()[:200]
+
+
 def report(
     summary: dict[int, dict[str, dict[str, float]]],
     ratio: dict[int, dict[str, Any]],
@@ -358,6 +402,8 @@ def report(
     baton_skipped: str | None,
     args: argparse.Namespace,
     ratio2: dict[int, dict[str, Any]] | None = None,
+    pure_ratio: dict[int, dict[str, Any]] | None = None,
+    builds: dict[str, str] | None = None,
 ) -> None:
     def met(ok: bool) -> str:
         return "met" if ok else "NOT MET"
@@ -367,11 +413,13 @@ def report(
         f"wrk -t{args.threads} -d{args.duration:g}s --latency, {args.rounds} round(s), "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}"
     )
-    print(f"{'target':<9}{'conns':>6}{'req/s':>12}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    for name, build in (builds or {}).items():
+        print(f"{name}: {build}")
+    print(f"{'target':<11}{'conns':>6}{'req/s':>12}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
     for conns, figures in summary.items():
         for name, f in figures.items():
             print(
-                f"{name:<9}{conns:>6}{f['rps']:>12,.0f}{f['p50'] * 1e3:>9.2f}"
+                f"{name:<11}{conns:>6}{f['rps']:>12,.0f}{f['p50'] * 1e3:>9.2f}"
                 f"{f['p99'] * 1e3:>9.2f}{f['errors']:>8.0f}"
             )
     print()
@@ -388,6 +436,14 @@ def report(
         print(
             f"Baton 2 workers vs nginx 2 workers at {conns} connections: throughput "
             f"{r['throughput_vs_nginx']:.2f}x, p99 {r['p99_vs_nginx']:.2f}x"
+            + (f", {r['errors']:.0f} errors" if r["errors"] else "")
+        )
+    for conns, r in (pure_ratio or {}).items():
+        figures = summary[conns]
+        print(
+            f"Baton pure Python at {conns} connections: throughput {r['throughput_vs_nginx']:.2f}x "
+            f"nginx, p99 {r['p99_vs_nginx']:.2f}x nginx; baton / baton-pure req/s "
+            f"{figures['baton']['rps'] / figures['baton-pure']['rps']:.2f}x"
             + (f", {r['errors']:.0f} errors" if r["errors"] else "")
         )
     for name, m in memory.items():
@@ -434,7 +490,13 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"!!! {name} died during the benchmark:\n{proc.describe()}")
         ratio = ratios(summary)
         ratio2 = ratios(summary, "baton2w", "nginx2w")
-        report(summary, ratio, memory, baton_skipped, args, ratio2)
+        pure_ratio = ratios(summary, "baton-pure")
+        builds = {}
+        if "baton" in ports:
+            builds["baton"] = baton_build(args.baton_cmd, {})
+        if "baton-pure" in ports:
+            builds["baton-pure"] = baton_build(args.baton_cmd, {PURE_ENV: "1"})
+        report(summary, ratio, memory, baton_skipped, args, ratio2, pure_ratio, builds)
         if args.json:
             args.json.write_text(
                 json.dumps(
@@ -450,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
                         "summary": {str(c): v for c, v in summary.items()},
                         "baton_vs_nginx": {str(c): v for c, v in ratio.items()},
                         "baton2w_vs_nginx2w": {str(c): v for c, v in ratio2.items()},
+                        "baton_pure_vs_nginx": {str(c): v for c, v in pure_ratio.items()},
+                        "baton_builds": builds,
                         "baton_skipped": baton_skipped,
                         "memory": memory,
                         "targets": {

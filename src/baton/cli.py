@@ -32,6 +32,7 @@ from rich.markup import escape
 
 from baton import __version__
 from baton import events as ev
+from baton.build import version_option
 from baton.errors import BatonError, ConfigError, DaemonUnreachable, ImageNotFound, UsageError
 from baton.state.files import open_private, private_dir
 
@@ -520,7 +521,7 @@ def _observe_flags(observe: dict[str, Any]) -> tuple[Any, str, list[str]]:
     default=None,
     help="State dir (default: $BATON_STATE_DIR or ~/.local/state/baton).",
 )
-@click.version_option(__version__, prog_name="baton")
+@version_option(__version__)
 def main(state_dir: Path | None) -> None:
     """Zero-downtime deploys for self-hosted web apps."""
 

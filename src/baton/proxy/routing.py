@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote, unquote
@@ -384,24 +384,35 @@ T = TypeVar("T")
 M = TypeVar("M")
 
 
-@dataclass(eq=False)
+# Release and App are plain classes, not generic dataclasses: mypyc cannot compile a
+# dataclass that is also Generic (the class fails at import).
 class Release(Generic[T, M]):
-    name: str
-    weight: int
-    targets: tuple[T, ...]
-    metrics: M
+    def __init__(self, name: str, weight: int, targets: tuple[T, ...], metrics: M) -> None:
+        self.name = name
+        self.weight = weight
+        self.targets = targets
+        self.metrics = metrics
 
 
-@dataclass(eq=False)
 class App(Generic[T, M]):
-    spec: AppSpec
-    releases: tuple[Release[T, M], ...]
-    # Releases that receive ordinary traffic (weight > 0), and their cumulative weights.
-    weighted: tuple[Release[T, M], ...] = ()
-    cumulative: tuple[int, ...] = ()
-    by_name: dict[str, Release[T, M]] = field(default_factory=dict)
-    sticky: int = STICKY_NONE
-    sticky_header: bytes = b""
+    def __init__(
+        self,
+        spec: AppSpec,
+        releases: tuple[Release[T, M], ...],
+        weighted: tuple[Release[T, M], ...] = (),
+        cumulative: tuple[int, ...] = (),
+        by_name: dict[str, Release[T, M]] | None = None,
+        sticky: int = STICKY_NONE,
+        sticky_header: bytes = b"",
+    ) -> None:
+        self.spec = spec
+        self.releases = releases
+        # Releases that receive ordinary traffic (weight > 0), and their cumulative weights.
+        self.weighted = weighted
+        self.cumulative = cumulative
+        self.by_name: dict[str, Release[T, M]] = {} if by_name is None else by_name
+        self.sticky = sticky
+        self.sticky_header = sticky_header
 
     @property
     def name(self) -> str:

@@ -42,7 +42,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 import httptools
 
@@ -1128,14 +1128,6 @@ class ClientConnection(asyncio.Protocol):
         self.close()
 
 
-class _TunnelEnds(NamedTuple):
-    target: Target | None
-    metrics: ReleaseMetrics | None
-    client: ClientConnection
-    started: float
-    max_age: float | None
-
-
 def _parser_message(exc: Exception) -> str:
     text = str(exc) or type(exc).__name__
     return f"malformed request ({text})"
@@ -1145,6 +1137,16 @@ def _why(exc: BaseException) -> str:
     if isinstance(exc, asyncio.TimeoutError):
         return "connect timed out"
     return exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)
+
+
+# Below ClientConnection: mypyc resolves a NamedTuple's field types when the class is
+# created, so a name used before its definition fails at import in the compiled build.
+class _TunnelEnds(NamedTuple):
+    target: Target | None
+    metrics: ReleaseMetrics | None
+    client: ClientConnection
+    started: float
+    max_age: float | None
 
 
 class Proxy:
@@ -1493,8 +1495,11 @@ class Proxy:
 
         The caller closes them; the listening sockets themselves stay open here.
         """
+        # uvloop's Server.sockets is a list, not the stubs' tuple, and compiled code checks
+        # the declared type of what it reads: read it untyped.
         return {
-            address: os.dup(server.sockets[0].fileno()) for address, server in self.servers.items()
+            address: os.dup(cast(Any, server).sockets[0].fileno())
+            for address, server in self.servers.items()
         }
 
     async def shutdown(self, deadline: float) -> None:

@@ -1,0 +1,176 @@
+"""Whether this Baton runs its hot path compiled (mypyc) or as pure Python, and the guard.
+
+This module owns the import-time decision for the hot-path modules (`HOT_MODULES`): a
+wheel built with a C compiler carries each of them twice, as a mypyc-compiled extension and
+as its `.py` source; the extension wins at import unless `install_guard` (run by
+`baton/__init__.py`, before any hot module is imported) sends the import to the `.py`:
+- `BATON_PURE=1` in the environment: run the pure-Python fallback (inherited by every
+  process Baton starts, so a proxy and its daemon agree);
+- a compiled module whose source no longer matches the SHA-256 recorded when it was built
+  (`baton/_build_info.py`, written into the wheel by setup.py), or a compiled module with no
+  such record (e.g. a `.so` left beside the sources of an editable install): old compiled
+  code is never run silently. Baton then runs the `.py` files and says so once on stderr.
+It is all or nothing: either every hot module is compiled or none is.
+`describe()` says which one runs (shown by `baton --version`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any, TypeVar
+
+__all__ = ["HOT_MODULES", "compiled", "describe", "install_guard", "pure_reason"]
+
+# The modules setup.py compiles with mypyc (setup.py keeps its own copy; a test compares).
+HOT_MODULES = (
+    "baton.proxy.http",
+    "baton.proxy.routing",
+    "baton.proxy.metrics",
+    "baton.proxy.upstream",
+    "baton.proxy.server",
+    # H2Stream subclasses ClientConnection, and an interpreted class cannot subclass a
+    # compiled one: h2 is compiled with it.
+    "baton.proxy.h2",
+)
+
+PURE_ENV = "BATON_PURE"
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+_reason: str | None = None  # why the .py files run although compiled ones are installed
+
+
+def _source(name: str) -> Path:
+    return _PACKAGE_DIR.parent.joinpath(*name.split(".")).with_suffix(".py")
+
+
+def _extension(name: str) -> Path | None:
+    """The compiled module installed beside ``name``'s source, if any."""
+    source = _source(name)
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        candidate = source.with_suffix(suffix)
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _build_info() -> ModuleType | None:
+    try:
+        return importlib.import_module("baton._build_info")  # written into wheels by setup.py
+    except ImportError:
+        return None
+
+
+def _recorded_hashes() -> dict[str, str] | None:
+    hashes = getattr(_build_info(), "SOURCE_SHA256", None)
+    return dict(hashes) if isinstance(hashes, dict) else None
+
+
+def stale_modules() -> list[str]:
+    """Hot modules whose compiled extension does not match their source (or has no record)."""
+    extensions = {name: _extension(name) for name in HOT_MODULES}
+    if not any(extensions.values()):
+        return []
+    recorded = _recorded_hashes() or {}
+    stale = []
+    for name in HOT_MODULES:
+        source = _source(name)
+        if not source.exists():
+            continue  # compiled-only install: nothing to compare, nothing to fall back to
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()
+        if extensions[name] is None or recorded.get(name) != digest:
+            stale.append(name)
+    return stale
+
+
+class _PureFinder(importlib.abc.MetaPathFinder):
+    """Imports the hot modules from their `.py` sources, whatever is compiled beside them."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in HOT_MODULES or not path:
+            return None
+        leaf = fullname.rpartition(".")[2] + ".py"
+        for entry in path:
+            candidate = os.path.join(entry, leaf)
+            if os.path.isfile(candidate):
+                return importlib.util.spec_from_file_location(fullname, candidate)
+        return None
+
+
+def install_guard() -> None:
+    """Route the hot modules to their `.py` files when asked to or when compiled ones are stale."""
+    global _reason
+    if any(isinstance(finder, _PureFinder) for finder in sys.meta_path):
+        return
+    if os.environ.get(PURE_ENV, "") not in ("", "0"):
+        _reason = f"{PURE_ENV}={os.environ[PURE_ENV]}"
+    else:
+        stale = stale_modules()
+        if not stale:
+            return
+        _reason = "compiled modules older than their sources were ignored: " + ", ".join(stale)
+        print(
+            f"baton: {_reason}; running pure Python (rebuild with `make`)",
+            file=sys.stderr,
+            flush=True,
+        )
+    sys.meta_path.insert(0, _PureFinder())
+
+
+def compiled() -> bool:
+    """True when every hot-path module runs compiled by mypyc (imports them)."""
+    for name in HOT_MODULES:
+        module = importlib.import_module(name)
+        origin = getattr(module, "__file__", None) or ""
+        if not origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
+            return False
+    return True
+
+
+def pure_reason() -> str | None:
+    """Why the hot path runs as pure Python although it could run compiled (None otherwise)."""
+    return _reason
+
+
+def describe() -> str:
+    """``compiled (mypyc)`` or ``pure Python (why)``, for `baton --version` and reports."""
+    if compiled():
+        return "compiled (mypyc)"
+    if _reason:
+        return f"pure Python ({_reason})"
+    built = getattr(_build_info(), "PURE_REASON", None)
+    if isinstance(built, str):
+        return f"pure Python ({built})"  # the wheel was built without a compiler, or mypyc failed
+    return "pure Python (no compiled modules installed: an editable install, or no wheel)"
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def version_option(version: str) -> Callable[[F], F]:
+    """A click ``--version`` option printing the version and whether Baton runs compiled."""
+    import click
+
+    def show(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+        if not value or ctx.resilient_parsing:
+            return
+        click.echo(f"baton, version {version}, {describe()}")
+        ctx.exit()
+
+    return click.option(
+        "--version",
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=show,
+        help="Show the version and whether the proxy runs compiled, then exit.",
+    )
