@@ -44,6 +44,10 @@ HOT_MODULES = (
     # H2Stream subclasses ClientConnection, and an interpreted class cannot subclass a
     # compiled one: h2 is compiled with it.
     "baton.proxy.h2",
+    # The exchange, the release/target choice and flow control run on every request too.
+    "baton.proxy.exchange",
+    "baton.proxy.choice",
+    "baton.proxy.flow",
 )
 
 
