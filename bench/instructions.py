@@ -32,8 +32,12 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "src"))
+try:  # the installed Baton (compiled by `make`, or BATON_PURE=1 for its fallback)
+    import baton  # noqa: F401
+except ImportError:  # a bare checkout: the sources
+    sys.path.insert(0, str(REPO / "src"))
 
+from baton.build import describe  # noqa: E402
 from baton.proxy.routing import RouteTable, parse_table  # noqa: E402
 from baton.proxy.server import ClientConnection, Proxy  # noqa: E402
 from baton.proxy.upstream import UpstreamConnection  # noqa: E402
@@ -187,7 +191,9 @@ def main(argv: list[str] | None = None) -> None:
             low = _callgrind_total(n, Path(tmp))
             high = _callgrind_total(3 * n, Path(tmp))
         per = (high - low) / (2 * n)
-        print(f"instructions/request: {per:,.0f}  (callgrind, {n} vs {3 * n} requests)")
+        print(
+            f"instructions/request: {per:,.0f}  (callgrind, {n} vs {3 * n} requests; {describe()})"
+        )
         return
     _loop_policy()
     elapsed = asyncio.run(run(args.requests))
