@@ -15,7 +15,7 @@ def test_a_one_host_app_gives_its_secret_names() -> None:
 
 
 def test_anything_unusual_is_left_to_full_validation() -> None:
-    for raw in (
+    unusual: list[object] = [
         None,
         ["app"],
         {"secrets": []},  # no app
@@ -24,7 +24,8 @@ def test_anything_unusual_is_left_to_full_validation() -> None:
         {"app": "shop", "secrets": "DB_URL"},
         {"app": "shop", "secrets": ["not a name"]},
         {"app": "shop", "secrets": None},
-    ):
+    ]
+    for raw in unusual:
         assert facts_of(raw, HERE) is None, raw
 
 
