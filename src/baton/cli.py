@@ -11,7 +11,6 @@ JSON API on ``<state dir>/baton.sock``. The state dir is ``--state-dir``, else
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import http.client
 import json
@@ -22,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -47,6 +46,7 @@ console = Console(highlight=False, soft_wrap=True)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 class ApiError(BatonError):
@@ -121,6 +121,8 @@ class Client:
     async def call(
         self, method: str, path: str, body: Any = None, timeout: float | None = 30.0
     ) -> Any:
+        import asyncio  # not at start-up: `baton deploy` runs without it
+
         return await asyncio.to_thread(self._call, method, path, body, timeout)
 
     async def stream(self, method: str, path: str, body: Any = None) -> AsyncIterator[Any]:
@@ -129,6 +131,8 @@ class Client:
         Lines are read by a daemon thread: a read blocked on the socket must not keep the
         CLI alive after Ctrl-C (the default executor's threads are joined at exit).
         """
+        import asyncio
+
         conn, resp = await asyncio.to_thread(self._open, method, path, body, None)
         loop = asyncio.get_running_loop()
         lines: asyncio.Queue[bytes | Exception] = asyncio.Queue()
@@ -151,10 +155,7 @@ class Client:
             while True:
                 item = await lines.get()
                 if isinstance(item, Exception):
-                    raise DaemonUnreachable(
-                        f"lost the connection to the daemon ({item.__class__.__name__}); it may"
-                        " have stopped: see `baton status` once it runs again"
-                    )
+                    raise _lost(item)
                 if not item:
                     return
                 if item.strip():
@@ -165,12 +166,42 @@ class Client:
                     conn.sock.shutdown(socket.SHUT_RDWR)
             conn.close()
 
+    def events(self, method: str, path: str, body: Any = None) -> Iterator[Any]:
+        """``stream`` without asyncio, for ``_follow``: the request is sent (and an unreachable
+        daemon or an error answer raised) here; the objects are read as the caller iterates.
+        A read blocked on the socket is interrupted by Ctrl-C (it runs in the main thread).
+        """
+        conn, resp = self._open(method, path, body, None)
+        return self._lines(conn, resp)
+
+    @staticmethod
+    def _lines(conn: _UnixHTTPConnection, resp: http.client.HTTPResponse) -> Iterator[Any]:
+        try:
+            while True:
+                try:
+                    line = resp.readline()
+                except (OSError, http.client.HTTPException) as exc:
+                    raise _lost(exc) from None
+                if not line:
+                    return
+                if line.strip():
+                    yield json.loads(line)
+        finally:
+            conn.close()
+
     async def answers(self) -> dict[str, Any] | None:
         try:
             result: dict[str, Any] = await self.call("GET", "/health", timeout=2.0)
             return result
         except BatonError:
             return None
+
+
+def _lost(exc: BaseException) -> DaemonUnreachable:
+    return DaemonUnreachable(
+        f"lost the connection to the daemon ({exc.__class__.__name__}); it may"
+        " have stopped: see `baton status` once it runs again"
+    )
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -185,8 +216,15 @@ _following: list[Progress] = []  # the deployment this CLI renders, for Ctrl-C's
 
 
 def _run(coro: Any) -> Any:
+    import asyncio  # imported when a command needs it: `baton deploy` does not
+
+    return _guard(lambda: asyncio.run(coro))
+
+
+def _guard(work: Callable[[], T]) -> T:
+    """``work()``; a ``BatonError`` exits with its code, Ctrl-C says what goes on."""
     try:
-        return asyncio.run(coro)
+        return work()
     except BatonError as exc:
         _fail(exc)
     except KeyboardInterrupt:
@@ -429,12 +467,15 @@ def _figure(figures: dict[str, Any], side: str) -> str:
     return text
 
 
-async def _follow(
-    client: Client, path: str, body: dict[str, Any] | None, method: str = "POST"
-) -> int:
+def _follow(client: Client, path: str, body: dict[str, Any] | None, method: str = "POST") -> int:
+    return _render(client.events(method, path, body))
+
+
+def _render(events: Iterator[Any]) -> int:
+    """Render a deployment's events as they come; its exit code."""
     progress = Progress()
     _following.append(progress)
-    async for event in client.stream(method, path, body):
+    for event in events:
         progress.show(event)
     if progress.result is None:
         raise DaemonUnreachable(
@@ -738,20 +779,24 @@ def deploy(
     skip_unreachable: bool = False,
 ) -> None:
     """Deploy a new release of the app in baton.yml, with zero downtime."""
-    from baton.config import apply_overrides, load_config
+    from baton.deployread import read_deploy_facts
     from baton.secrets import gather
 
     overrides = _parse_env(env)
     path = _config_path(config)
-    try:
-        loaded = load_config(path)
-        apply_overrides(loaded.config, overrides, command, strategy, image)
-        secret_values = gather(loaded.config.secrets, loaded.base_dir, dict(os.environ))
-    except BatonError as exc:
-        _fail(exc)
-    fleet = _fleet_deploy(loaded.raw, path, cluster, version, overrides, command, strategy, image, skip_unreachable)  # fmt: skip
-    if fleet is not None:
-        raise SystemExit(fleet)
+    checks = (path, overrides, command, strategy, image)
+    facts = None if cluster else read_deploy_facts(path)
+    if facts is None:  # a fleet app, or a file that is not plainly fine: validate it here
+        raw, secret_values = _validate_deploy(*checks)
+        fleet = _fleet_deploy(raw, path, cluster, version, overrides, command, strategy, image, skip_unreachable)  # fmt: skip
+        if fleet is not None:
+            raise SystemExit(fleet)
+    else:  # the daemon validates it (exit 2, the same message naming file and key)
+        try:
+            secret_values = gather(facts.secrets, facts.base_dir, dict(os.environ))
+        except BatonError as exc:
+            _validate_deploy(*checks)  # a bad config is the first thing to say, as before
+            _fail(exc)
     client = Client(state_dir_of(ctx, sub_state_dir))
     body = {
         "config": str(path),
@@ -762,7 +807,34 @@ def deploy(
         "image": image,
         "secrets": secret_values,
     }
-    raise SystemExit(_run(_follow(client, "/deploy", body)))
+
+    def send() -> int:
+        try:
+            events = client.events("POST", "/deploy", body)
+        except DaemonUnreachable:
+            if facts is not None:
+                _validate_deploy(*checks)  # a bad config exits 2 even with no daemon, as before
+            raise
+        return _render(events)
+
+    raise SystemExit(_guard(send))
+
+
+def _validate_deploy(
+    path: Path, env: dict[str, str], command: str | None, strategy: str | None, image: str | None
+) -> tuple[Any, dict[str, str]]:
+    """``baton deploy``'s full check of baton.yml and its flags (what the daemon checks too):
+    the raw file and the secret values to send; a problem exits 2 naming file and key."""
+    from baton.config import apply_overrides, load_config
+    from baton.secrets import gather
+
+    try:
+        loaded = load_config(path)
+        apply_overrides(loaded.config, env, command, strategy, image)
+        values = gather(loaded.config.secrets, loaded.base_dir, dict(os.environ))
+    except BatonError as exc:
+        _fail(exc)
+    return loaded.raw, values
 
 
 def _size(count: int) -> str:
@@ -920,7 +992,7 @@ def rollback(
     """Deploy the previous release again (or VERSION): by a switch when it is still warm."""
     client = Client(state_dir_of(ctx, sub_state_dir))
     body: dict[str, Any] = {**_app_selector(config, app), "version": version, "force": force}
-    raise SystemExit(_run(_follow(client, "/rollback", body)))
+    raise SystemExit(_guard(lambda: _follow(client, "/rollback", body)))
 
 
 async def _canary_request(client: Client, what: str, body: dict[str, Any]) -> int:
@@ -1358,7 +1430,9 @@ def migrate_contract(
     rollback, with the time left. Afterwards a rollback to an older release is refused.
     """
     client = Client(state_dir_of(ctx, sub_state_dir))
-    raise SystemExit(_run(_follow(client, "/migrate/contract", _app_selector(config, app))))
+    raise SystemExit(
+        _guard(lambda: _follow(client, "/migrate/contract", _app_selector(config, app)))
+    )
 
 
 @main.command()
@@ -1372,7 +1446,7 @@ def watch(ctx: click.Context, sub_state_dir: Path | None, app: str | None) -> No
     """
     client = Client(state_dir_of(ctx, sub_state_dir))
     query = f"?app={app}" if app else ""
-    raise SystemExit(_run(_follow(client, f"/watch{query}", None, method="GET")))
+    raise SystemExit(_guard(lambda: _follow(client, f"/watch{query}", None, method="GET")))
 
 
 @main.group("app")

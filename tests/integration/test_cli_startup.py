@@ -3,15 +3,19 @@
 Every deploy pays for the CLI's start-up before anything else happens, so the commands that
 only talk to the daemon must not import what only the daemon runs. Checked in a real child
 process (a fresh interpreter), through the real command, against a state dir where no
-daemon answers (exit 3, the documented code).
+daemon answers (exit 3, the documented code), and against a real daemon (the `host` fixture),
+where `baton deploy` leaves validating baton.yml to it: no pydantic models.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.support.host import Host
 
 # What `baton deploy` must leave unimported (the daemon's and the proxy's stacks).
 HEAVY = (
@@ -23,6 +27,9 @@ HEAVY = (
     "baton.deploy.engine",
     "rich.table",  # the status views' tables
 )
+
+# What `baton deploy` must also leave unimported when a daemon answers: it validates baton.yml.
+VALIDATION = ("pydantic", "baton.config")
 
 PROBE = """
 import json, sys
@@ -36,6 +43,12 @@ print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
 
 
 def imported_by(*args: str) -> tuple[int, set[str]]:
+    code, modules, _ = probe(*args)
+    return code, modules
+
+
+def probe(*args: str) -> tuple[int, set[str], str]:
+    """``baton ARGS`` in a fresh interpreter: its exit code, the modules it imported, stderr."""
     done = subprocess.run(
         [sys.executable, "-c", PROBE, *args],
         capture_output=True,
@@ -44,11 +57,11 @@ def imported_by(*args: str) -> tuple[int, set[str]]:
         check=False,
     )
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    return int(result["code"]), set(result["modules"])
+    return int(result["code"]), set(result["modules"]), done.stderr
 
 
-def heavy(modules: set[str]) -> list[str]:
-    return sorted(m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY))
+def heavy(modules: set[str], names: tuple[str, ...] = HEAVY) -> list[str]:
+    return sorted(m for m in modules if any(m == h or m.startswith(h + ".") for h in names))
 
 
 def test_deploy_and_version_do_not_import_the_daemon_stack(tmp_path: Path) -> None:
@@ -64,3 +77,33 @@ def test_deploy_and_version_do_not_import_the_daemon_stack(tmp_path: Path) -> No
     code, modules = imported_by("--version")
     assert code == 0
     assert heavy(modules) == []
+
+
+async def test_deploy_leaves_validation_to_the_daemon_and_keeps_its_errors(host: Host) -> None:
+    state = str(host.state_dir)
+    good = host.root / "baton.yml"
+    code, modules, err = await asyncio.to_thread(
+        probe, "--state-dir", state, "deploy", "-c", str(good), "--version", "v1"
+    )
+    assert code == 0, err
+    assert heavy(modules, HEAVY + VALIDATION) == []
+    status, body = await host.get("/")
+    assert status == 200 and "v1" in body
+
+    # A bad key: the daemon's answer is shown as the CLI showed it (exit 2, file and key
+    # named), still without the models, and nothing changed.
+    bad = host.config({"deploy": {"drain_timeout": "soon"}}, name="bad.yml")
+    code, modules, err = await asyncio.to_thread(
+        probe, "--state-dir", state, "deploy", "-c", str(bad), "--version", "v2"
+    )
+    assert code == 2
+    assert f"{bad}: deploy.drain_timeout" in " ".join(err.split())
+    assert heavy(modules, HEAVY + VALIDATION) == []
+    assert [r["version"] for r in (await host.status())["apps"]["shop"]["releases"]] == ["v1"]
+
+    # With no daemon, the same bad file still exits 2 with the same message (not 3).
+    code, _, err_alone = await asyncio.to_thread(
+        probe, "--state-dir", str(host.root / "none"), "deploy", "-c", str(bad)
+    )
+    assert code == 2
+    assert " ".join(err_alone.split()) == " ".join(err.split())
