@@ -8,7 +8,8 @@ from collections.abc import Mapping
 import pytest
 
 from baton.errors import RouteTableError
-from baton.proxy.fuse import Fuse, Fuses, FuseSpec, binomial_tail, renormalise, should_trip
+from baton.proxy.fuse import Fuse, FuseSpec, binomial_tail, renormalise, should_trip
+from baton.proxy.fuses import Fuses
 from baton.proxy.routing import AppSpec, parse_app
 
 GUARD = FuseSpec(max_error_rate=0.01, min_requests=20, window=200, deployment="7")

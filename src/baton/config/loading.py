@@ -24,8 +24,8 @@ from pydantic import (
 )
 
 from baton.cluster.settings import strip_fleet_keys
-from baton.config.models import AppConfig, _KeyedError
-from baton.config.units import _shown
+from baton.config.models import AppConfig, KeyedError
+from baton.config.units import shown
 from baton.errors import ConfigError
 
 # --------------------------------------------------------------------------- errors
@@ -33,7 +33,7 @@ from baton.errors import ConfigError
 
 def _loc(error: Any) -> tuple[int | str, ...]:
     keyed = (error.get("ctx") or {}).get("error")
-    if isinstance(keyed, _KeyedError):
+    if isinstance(keyed, KeyedError):
         return tuple(error["loc"]) + keyed.loc
     return tuple(error["loc"])
 
@@ -83,14 +83,14 @@ def _describe(error: Any) -> str:
             hint = f"; did you mean {close[0]!r}?"
         return f"unknown key (expected one of: {', '.join(allowed)}){hint}"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
-        return f"expected a mapping, got {_shown(value)}"
+        return f"expected a mapping, got {shown(value)}"
     if kind == "list_type":
-        return f"expected a list, got {_shown(value)}"
+        return f"expected a list, got {shown(value)}"
     if kind in ("string_type", "str_type"):
-        return f"expected a string, got {_shown(value)}"
+        return f"expected a string, got {shown(value)}"
     if kind in ("int_type", "int_parsing"):
-        return f"expected an integer, got {_shown(value)}"
-    return f"invalid value {_shown(value)}"
+        return f"expected an integer, got {shown(value)}"
+    return f"invalid value {shown(value)}"
 
 
 def _config_error(
@@ -152,7 +152,7 @@ def parse_config(raw: object, *, file: str | None = None) -> AppConfig:
         )
     if not isinstance(raw, dict):
         raise ConfigError(
-            f"expected a mapping of keys at the top level, got {_shown(raw)}", file=file
+            f"expected a mapping of keys at the top level, got {shown(raw)}", file=file
         )
     raw = strip_fleet_keys(raw, file)  # hosts, deploy.hosts_at_once/max_unavailable_hosts
     try:

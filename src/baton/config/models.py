@@ -121,11 +121,11 @@ from pydantic import (
 
 from baton.addresses import parse_address, parse_host
 from baton.config.units import (
-    _shown,
     format_duration,
     format_percent,
     parse_duration,
     parse_percent,
+    shown,
 )
 from baton.errors import EntryError
 
@@ -151,7 +151,7 @@ def _duration_at_least(minimum: float) -> Callable[[object], float]:
         seconds = parse_duration(value)
         if seconds < minimum:
             raise ValueError(
-                f"expected a duration of at least {format_duration(minimum)}, got {_shown(value)}"
+                f"expected a duration of at least {format_duration(minimum)}, got {shown(value)}"
             )
         return seconds
 
@@ -161,9 +161,9 @@ def _duration_at_least(minimum: float) -> Callable[[object], float]:
 def _int_at_least(minimum: int, maximum: int | None = None) -> Callable[[object], int]:
     def check(value: object) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"expected an integer ≥ {minimum}, got {_shown(value)}")
+            raise ValueError(f"expected an integer ≥ {minimum}, got {shown(value)}")
         if maximum is not None and value > maximum:
-            raise ValueError(f"expected an integer ≤ {maximum}, got {_shown(value)}")
+            raise ValueError(f"expected an integer ≤ {maximum}, got {shown(value)}")
         return value
 
     return check
@@ -172,7 +172,7 @@ def _int_at_least(minimum: int, maximum: int | None = None) -> Callable[[object]
 def _string(what: str) -> Callable[[object], str]:
     def check(value: object) -> str:
         if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"expected {what}, got {_shown(value)}")
+            raise ValueError(f"expected {what}, got {shown(value)}")
         return value
 
     return check
@@ -181,7 +181,7 @@ def _string(what: str) -> Callable[[object], str]:
 def _one_of(*choices: str) -> Callable[[object], str]:
     def check(value: object) -> str:
         if value not in choices:
-            raise ValueError(f"expected one of: {', '.join(choices)}, got {_shown(value)}")
+            raise ValueError(f"expected one of: {', '.join(choices)}, got {shown(value)}")
         assert isinstance(value, str)
         return value
 
@@ -222,7 +222,7 @@ def _check_listen(value: object) -> str:
         parse_address(value)
     except ValueError as exc:
         raise ValueError(
-            f"expected an address like 127.0.0.1:8080 (host:port), got {_shown(value)} ({exc})"
+            f"expected an address like 127.0.0.1:8080 (host:port), got {shown(value)} ({exc})"
         ) from None
     assert isinstance(value, str)
     return value
@@ -238,7 +238,7 @@ def _check_host(value: object) -> str:
     except ValueError as exc:
         raise ValueError(
             "expected a host name like shop.example.com or *.example.com "
-            f"(no port, no scheme), got {_shown(value)} ({exc})"
+            f"(no port, no scheme), got {shown(value)} ({exc})"
         ) from None
 
 
@@ -249,7 +249,7 @@ def _check_path(what: str) -> Callable[[object], str]:
             or not value.startswith("/")
             or any(c.isspace() for c in value)
         ):
-            raise ValueError(f"expected {what} starting with /, got {_shown(value)}")
+            raise ValueError(f"expected {what} starting with /, got {shown(value)}")
         return value
 
     return check
@@ -268,26 +268,24 @@ def _check_env(value: object) -> object:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ValueError(f"expected a mapping of NAME: value, got {_shown(value)}")
+        raise ValueError(f"expected a mapping of NAME: value, got {shown(value)}")
     return value
 
 
 def _check_env_value(value: object) -> str:
     # YAML turns `yes`, `on`, `true` into booleans: make the user say which string they mean.
     if isinstance(value, bool) or value is None:
-        raise ValueError(
-            f'expected a string (quote it, e.g. "{_shown(value)}"), got {_shown(value)}'
-        )
+        raise ValueError(f'expected a string (quote it, e.g. "{shown(value)}"), got {shown(value)}')
     if isinstance(value, int | float):
         return str(value)
     if not isinstance(value, str):
-        raise ValueError(f"expected a string, got {_shown(value)}")
+        raise ValueError(f"expected a string, got {shown(value)}")
     return value
 
 
 def _check_exclude(value: object) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"expected a glob like '*.log' or 'tmp/', got {_shown(value)}")
+        raise ValueError(f"expected a glob like '*.log' or 'tmp/', got {shown(value)}")
     if value.startswith("/") or ".." in Path(value.rstrip("/")).parts:
         raise ValueError(
             f"expected a glob relative to run.cwd (no '/' start, no '..'), got {value!r}"
@@ -298,7 +296,7 @@ def _check_exclude(value: object) -> str:
 def _check_secret_name(value: object) -> str:
     if not isinstance(value, str) or not _ENV_NAME.match(value):
         raise ValueError(
-            f"expected an environment variable name like DB_PASSWORD, got {_shown(value)}"
+            f"expected an environment variable name like DB_PASSWORD, got {shown(value)}"
         )
     if value in _RESERVED_ENV:
         raise ValueError(f"{value} is set by Baton for every instance; choose another name")
@@ -317,7 +315,7 @@ def _check_file_path(value: object) -> str | None:
         return None
     if not isinstance(value, str) or not value.startswith("/"):
         raise ValueError(
-            f"expected an absolute file path like /etc/ssl/shop.pem, got {_shown(value)}"
+            f"expected an absolute file path like /etc/ssl/shop.pem, got {shown(value)}"
         )
     return value
 
@@ -334,13 +332,13 @@ def _check_directory(value: object) -> str:
     if isinstance(value, str) and value.startswith("https://") and len(value) > 8:
         return value
     raise ValueError(
-        f"expected production, staging or an https:// ACME directory URL, got {_shown(value)}"
+        f"expected production, staging or an https:// ACME directory URL, got {shown(value)}"
     )
 
 
 def _check_email(value: object) -> str:
     if not isinstance(value, str) or not re.match(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", value):
-        raise ValueError(f"expected an email address like ops@example.com, got {_shown(value)}")
+        raise ValueError(f"expected an email address like ops@example.com, got {shown(value)}")
     return value
 
 
@@ -348,7 +346,7 @@ def _check_ask_url(value: object) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value.startswith(("http://", "https://")):
-        raise ValueError(f"expected an http:// or https:// URL, got {_shown(value)}")
+        raise ValueError(f"expected an http:// or https:// URL, got {shown(value)}")
     return value
 
 
@@ -391,13 +389,13 @@ class TlsConfig(_Section):
     def _one_source(self) -> TlsConfig:
         if (self.certificate is None) != (self.key is None):
             missing = "key" if self.key is None else "certificate"
-            raise _KeyedError((missing,), "required with the other of certificate/key")
+            raise KeyedError((missing,), "required with the other of certificate/key")
         if self.certificate is None and self.acme is None:
-            raise _KeyedError((), "expected certificate and key, or acme (with an email)")
+            raise KeyedError((), "expected certificate and key, or acme (with an email)")
         if self.certificate is not None and self.acme is not None:
-            raise _KeyedError(("acme",), "expected either certificate/key or acme, not both")
+            raise KeyedError(("acme",), "expected either certificate/key or acme, not both")
         if self.on_demand_ask is not None and self.acme is None:
-            raise _KeyedError(("on_demand_ask",), "needs proxy.tls.acme")
+            raise KeyedError(("on_demand_ask",), "needs proxy.tls.acme")
         return self
 
 
@@ -470,7 +468,7 @@ class ProxyConfig(_Section):
     def _proxy_protocol_is_plain(self) -> ProxyConfig:
         # The PROXY header comes before the TLS handshake, and the TLS layer reads first.
         if self.proxy_protocol and self.tls is not None:
-            raise _KeyedError(
+            raise KeyedError(
                 ("proxy_protocol",),
                 "not supported on an HTTPS listener (proxy.tls): terminate TLS in front of"
                 " Baton, or let the load balancer pass TCP without a PROXY header",
@@ -485,13 +483,13 @@ def _check_workers(value: object) -> int | str:
         return "auto"
     if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_WORKERS:
         return value
-    raise ValueError(f"expected an integer from 1 to {MAX_WORKERS} or auto, got {_shown(value)}")
+    raise ValueError(f"expected an integer from 1 to {MAX_WORKERS} or auto, got {shown(value)}")
 
 
 def _check_queue_timeout(value: object) -> float:
     seconds = parse_duration(value)
     if seconds > 3600:
-        raise ValueError(f"expected a duration of at most 1h, got {_shown(value)}")
+        raise ValueError(f"expected a duration of at most 1h, got {shown(value)}")
     return seconds
 
 
@@ -509,7 +507,7 @@ def _check_cidrs(value: object) -> list[str]:
 
 def _check_bool(value: object) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {_shown(value)}")
+        raise ValueError(f"expected true or false, got {shown(value)}")
     return value
 
 
@@ -521,7 +519,7 @@ def _check_command(value: object) -> str | list[str] | None:
         return value
     if isinstance(value, list) and value and all(isinstance(i, str) and i for i in value):
         return value
-    raise ValueError(f"expected {hint}, got {_shown(value)}")
+    raise ValueError(f"expected {hint}, got {shown(value)}")
 
 
 _IMAGE = re.compile(r"^[a-z0-9][A-Za-z0-9._/:@-]*$")
@@ -535,7 +533,7 @@ def _check_image(value: object) -> str | None:
         return None
     hint = "an image reference like shop:1.4.2 or registry.example.com/shop:1.4.2"
     if not isinstance(value, str) or not _IMAGE.match(value) or value.endswith((":", "/", "@")):
-        raise ValueError(f"expected {hint}, got {_shown(value)}")
+        raise ValueError(f"expected {hint}, got {shown(value)}")
     return value
 
 
@@ -543,14 +541,14 @@ def _check_port(value: object) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise ValueError(f"expected a TCP port number (1-65535), got {_shown(value)}")
+        raise ValueError(f"expected a TCP port number (1-65535), got {shown(value)}")
     return value
 
 
 def _check_volume(value: object) -> str:
     hint = "a volume like ./data:/data or name:/data:ro (SOURCE:/TARGET[:ro|rw])"
     if not isinstance(value, str):
-        raise ValueError(f"expected {hint}, got {_shown(value)}")
+        raise ValueError(f"expected {hint}, got {shown(value)}")
     parts = value.split(":")
     if (
         len(parts) not in (2, 3)
@@ -558,7 +556,7 @@ def _check_volume(value: object) -> str:
         or not parts[1].startswith("/")
         or (len(parts) == 3 and parts[2] not in ("ro", "rw"))
     ):
-        raise ValueError(f"expected {hint}, got {_shown(value)}")
+        raise ValueError(f"expected {hint}, got {shown(value)}")
     return value
 
 
@@ -571,10 +569,10 @@ def _check_memory(value: object) -> str | None:
     )
     match = _MEMORY.match(text)
     if not match:
-        raise ValueError(f"expected {hint}, got {_shown(value)}")
+        raise ValueError(f"expected {hint}, got {shown(value)}")
     size = float(match.group(1)) * _MEMORY_UNITS[match.group(2).lower()]
     if size < _MIN_MEMORY:
-        raise ValueError(f"expected {hint}, got {_shown(value)}")
+        raise ValueError(f"expected {hint}, got {shown(value)}")
     return text.lower()
 
 
@@ -583,9 +581,9 @@ def _check_cpus(value: object) -> float | None:
         return None
     hint = "a number of CPUs more than 0, like 0.5 or 2"
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"expected {hint}, got {_shown(value)}")
+        raise ValueError(f"expected {hint}, got {shown(value)}")
     if math.isnan(value) or math.isinf(value) or value < 0.01:
-        raise ValueError(f"expected {hint}, got {_shown(value)}")
+        raise ValueError(f"expected {hint}, got {shown(value)}")
     return float(value)
 
 
@@ -594,12 +592,12 @@ def _check_network(value: object) -> str | None:
         return None
     hint = "the name of a user-defined Docker network"
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"expected {hint}, got {_shown(value)}")
+        raise ValueError(f"expected {hint}, got {shown(value)}")
     if value in ("host", "none", "bridge") or value.startswith("container:"):
         raise ValueError(
             f"expected {hint} (the app port is published on 127.0.0.1, which host, none and"
             f" container: networking cannot do; leave it out for the default bridge), got"
-            f" {_shown(value)}"
+            f" {shown(value)}"
         )
     return value
 
@@ -686,12 +684,12 @@ class HealthConfig(_Section):
 def _check_stickiness(value: object) -> str:
     hint = "cookie, client-ip, none or header:<name> (like header:X-User)"
     if not isinstance(value, str):
-        raise ValueError(f"expected {hint}, got {_shown(value)}")
+        raise ValueError(f"expected {hint}, got {shown(value)}")
     if value in ("cookie", "client-ip", "none"):
         return value
     name = value[len("header:") :] if value.startswith("header:") else ""
     if not name or not all(c.isalnum() or c in "-_" for c in name):
-        raise ValueError(f"expected {hint}, got {_shown(value)}")
+        raise ValueError(f"expected {hint}, got {shown(value)}")
     return value
 
 
@@ -700,17 +698,17 @@ def _check_secret(value: object) -> str | None:
         return None
     if not isinstance(value, str) or len(value) < 16 or any(c.isspace() for c in value):
         raise ValueError(
-            f"expected a secret of at least 16 characters, no spaces, got {_shown(value)}"
+            f"expected a secret of at least 16 characters, no spaces, got {shown(value)}"
         )
     return value
 
 
 def _check_ratio(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise ValueError(f"expected a ratio like 1.25, got {_shown(value)}")
+        raise ValueError(f"expected a ratio like 1.25, got {shown(value)}")
     if not 1.0 <= value <= 100.0:
         raise ValueError(
-            f"expected a ratio between 1 and 100 (canary p95 / baseline p95), got {_shown(value)}"
+            f"expected a ratio between 1 and 100 (canary p95 / baseline p95), got {shown(value)}"
         )
     return float(value)
 
@@ -719,7 +717,7 @@ def _check_confidence(value: object) -> float:
     fraction = parse_percent(value)
     if not 0.5 <= fraction < 1.0:
         raise ValueError(
-            f"expected a confidence between 50% and 100% (exclusive), like 0.95, got {_shown(value)}"
+            f"expected a confidence between 50% and 100% (exclusive), like 0.95, got {shown(value)}"
         )
     return fraction
 
@@ -736,11 +734,11 @@ def _check_retry_methods(value: object) -> list[str]:
         return []
     hint = f"true, false or a list of idempotent methods ({', '.join(_IDEMPOTENT)})"
     if not isinstance(value, list):
-        raise ValueError(f"expected {hint}, got {_shown(value)}")
+        raise ValueError(f"expected {hint}, got {shown(value)}")
     methods: list[str] = []
     for method in value:
         if not isinstance(method, str) or method.upper() not in _IDEMPOTENT:
-            raise ValueError(f"expected {hint}, got {_shown(method)} in the list")
+            raise ValueError(f"expected {hint}, got {shown(method)} in the list")
         if method.upper() not in methods:
             methods.append(method.upper())
     return methods
@@ -961,28 +959,28 @@ class AppConfig(_Section):
     @model_validator(mode="after")
     def _runtime_keys(self) -> AppConfig:
         # Which run.* keys are required or allowed depends on the runtime: reported under
-        # the key's own name (see _KeyedError), like a field error.
+        # the key's own name (see KeyedError), like a field error.
         run = self.run
         if self.runtime == "process":
             if run.command is None:
-                raise _KeyedError(("run", "command"), "required key is missing")
+                raise KeyedError(("run", "command"), "required key is missing")
             for key in DOCKER_ONLY_RUN_KEYS:
                 if getattr(run, key) != RunConfig.model_fields[key].get_default(
                     call_default_factory=True
                 ):
-                    raise _KeyedError(
+                    raise KeyedError(
                         ("run", key), "only for runtime: docker (this app's runtime is process)"
                     )
         else:
             for key in ("image", "port"):
                 if getattr(run, key) is None:
-                    raise _KeyedError(("run", key), "required key is missing (runtime: docker)")
+                    raise KeyedError(("run", key), "required key is missing (runtime: docker)")
             if run.exclude:
-                raise _KeyedError(
+                raise KeyedError(
                     ("run", "exclude"), "only for runtime: process (a docker release is its image)"
                 )
             if self.hooks.build is not None:
-                raise _KeyedError(
+                raise KeyedError(
                     ("hooks", "build"), "only for runtime: process (build the image instead)"
                 )
         _check_secrets(self)
@@ -1003,9 +1001,9 @@ def _check_secrets(cfg: AppConfig) -> None:
     seen: set[str] = set()
     for n, name in enumerate(cfg.secrets):
         if name in seen:
-            raise _KeyedError((f"secrets[{n}]",), f"{name} is listed twice")
+            raise KeyedError((f"secrets[{n}]",), f"{name} is listed twice")
         if name in cfg.run.env:
-            raise _KeyedError(
+            raise KeyedError(
                 (f"secrets[{n}]",), f"{name} is also in run.env; a variable is plain or secret"
             )
         seen.add(name)
@@ -1014,7 +1012,7 @@ def _check_secrets(cfg: AppConfig) -> None:
 # --------------------------------------------------------------------------- errors
 
 
-class _KeyedError(ValueError):
+class KeyedError(ValueError):
     """A model-level check's error that belongs to one key (pydantic would name the model)."""
 
     def __init__(self, loc: tuple[str, ...], message: str) -> None:

@@ -3,7 +3,7 @@
 This module owns the accepted forms of a duration (a number of seconds, or ``<number><unit>``
 parts such as ``500ms`` or ``1m30s``) and of a percentage (``"5%"`` or a bare fraction in
 [0, 1]; a bare number above 1 is refused because ``5`` is ambiguous), their canonical short
-forms, and how a bad value is quoted back to a user (``_shown``). Pure: no I/O.
+forms, and how a bad value is quoted back to a user (``shown``). Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "y
 _DURATION_HINT = "a duration like 30s or 500ms"
 
 
-def _shown(value: object) -> str:
+def shown(value: object) -> str:
     """How a bad value is quoted back to the user, in YAML's words rather than Python's."""
     if value is None:
         return "nothing (null)"
@@ -42,19 +42,19 @@ def parse_duration(value: object) -> float:
     """
     seconds: float
     if isinstance(value, bool):
-        raise ValueError(f"expected {_DURATION_HINT}, got {_shown(value)}")
+        raise ValueError(f"expected {_DURATION_HINT}, got {shown(value)}")
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str):
         text = value.strip().lower()
         if not text:
-            raise ValueError(f"expected {_DURATION_HINT}, got {_shown(value)}")
+            raise ValueError(f"expected {_DURATION_HINT}, got {shown(value)}")
         if text.startswith("-") and text != "-":
             try:
                 parse_duration(text[1:])
             except ValueError:
-                raise ValueError(f"expected {_DURATION_HINT}, got {_shown(value)}") from None
-            raise ValueError(f"expected a duration of 0 or more (like 30s), got {_shown(value)}")
+                raise ValueError(f"expected {_DURATION_HINT}, got {shown(value)}") from None
+            raise ValueError(f"expected a duration of 0 or more (like 30s), got {shown(value)}")
         try:
             seconds = float(text)
         except ValueError:
@@ -66,13 +66,13 @@ def parse_duration(value: object) -> float:
                 seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
                 pos = match.end()
             if pos != len(text) or pos == 0:
-                raise ValueError(f"expected {_DURATION_HINT}, got {_shown(value)}") from None
+                raise ValueError(f"expected {_DURATION_HINT}, got {shown(value)}") from None
     else:
-        raise ValueError(f"expected {_DURATION_HINT}, got {_shown(value)}")
+        raise ValueError(f"expected {_DURATION_HINT}, got {shown(value)}")
     if math.isnan(seconds) or math.isinf(seconds):
-        raise ValueError(f"expected {_DURATION_HINT}, got {_shown(value)}")
+        raise ValueError(f"expected {_DURATION_HINT}, got {shown(value)}")
     if seconds < 0:
-        raise ValueError(f"expected a duration of 0 or more (like 30s), got {_shown(value)}")
+        raise ValueError(f"expected a duration of 0 or more (like 30s), got {shown(value)}")
     return seconds
 
 
@@ -93,7 +93,7 @@ def parse_percent(value: object) -> float:
     """
     hint = "a percentage like 5% (or a fraction between 0 and 1)"
     if isinstance(value, bool):
-        raise ValueError(f"expected {hint}, got {_shown(value)}")
+        raise ValueError(f"expected {hint}, got {shown(value)}")
     fraction: float
     if isinstance(value, int | float):
         fraction = float(value)
@@ -101,18 +101,18 @@ def parse_percent(value: object) -> float:
         try:
             fraction = float(value.strip()[:-1].strip()) / 100.0
         except ValueError:
-            raise ValueError(f"expected {hint}, got {_shown(value)}") from None
+            raise ValueError(f"expected {hint}, got {shown(value)}") from None
     elif isinstance(value, str):
         try:
             fraction = float(value.strip())
         except ValueError:
-            raise ValueError(f"expected {hint}, got {_shown(value)}") from None
+            raise ValueError(f"expected {hint}, got {shown(value)}") from None
     else:
-        raise ValueError(f"expected {hint}, got {_shown(value)}")
+        raise ValueError(f"expected {hint}, got {shown(value)}")
     if math.isnan(fraction) or not 0.0 <= fraction <= 1.0:
         raise ValueError(
             "expected a percentage between 0% and 100% (like 5%, or a fraction such as 0.05), "
-            f"got {_shown(value)}"
+            f"got {shown(value)}"
         )
     return fraction
 

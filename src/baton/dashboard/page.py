@@ -15,6 +15,7 @@ from html import escape
 from typing import Any
 
 from baton import __version__
+from baton.observe.views import canary_progress
 
 SIGN_OUT = '<form method="post" action="/logout" class="signout"><button type="submit">Sign out</button></form>'
 NONE = "\u2013"  # an en dash: "no figure yet"
@@ -155,15 +156,9 @@ def app_live(name: str, app: dict[str, Any]) -> str:
     canary = app.get("canary")
     canary_line = ""
     if canary:
-        step = (
-            f"step {canary['step']}/{canary['steps']} at {canary['weight']}%"
-            if canary.get("step")
-            else "starting"
-        )
-        left = f", {canary['left']:g}s left" if canary.get("left") is not None else ""
         canary_line = (
             f'<p data-field="canary">Canary {_e(canary["version"])} against'
-            f" {_e(canary['stable'])}: {_e(step)}{_e(left)}</p>"
+            f" {_e(canary['stable'])}: {_e(canary_progress(canary))}</p>"
         )
     deployment = app.get("deployment")
     running = (

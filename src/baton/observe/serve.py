@@ -19,11 +19,17 @@ from baton.observe.metrics import METRICS
 
 if TYPE_CHECKING:
     from baton.deploy.engine import Engine
-    from baton.server.app import ProxySupervisor
 
 
 class Running(Protocol):
     async def cleanup(self) -> None: ...
+
+
+class Restarts(Protocol):
+    """What the metrics need of the daemon's proxy supervisor: how often it restarted one."""
+
+    @property
+    def restarts(self) -> int: ...
 
 
 class _Stopper:
@@ -34,7 +40,7 @@ class _Stopper:
         await asyncio.to_thread(self._stop)  # flushes what is still batched
 
 
-async def start(endpoints: Endpoints, engine: Engine, supervisor: ProxySupervisor) -> list[Running]:
+async def start(endpoints: Endpoints, engine: Engine, supervisor: Restarts) -> list[Running]:
     METRICS.register_gauge(
         "baton_proxy_restarts_total",
         "Times the control plane restarted a dead or hung proxy.",

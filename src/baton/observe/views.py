@@ -127,13 +127,8 @@ def top_lines(status: Mapping[str, Any], width: int = 80) -> list[str]:
         lines.append(f"{name}  live: {live}")
         canary = app.get("canary")
         if canary:
-            step = (
-                f"step {canary['step']}/{canary['steps']} at {canary['weight']}%"
-                if canary.get("step")
-                else "starting"
-            )
-            left = f", {canary['left']:g}s left" if canary.get("left") is not None else ""
-            lines += _wrap(f"canary {canary['version']} vs {canary['stable']}: {step}{left}", width)
+            progress = canary_progress(canary)
+            lines += _wrap(f"canary {canary['version']} vs {canary['stable']}: {progress}", width)
         lines.append(header[:width])
         for release in app.get("releases", []):
             t = release.get("live") or release.get("traffic") or {}
@@ -159,3 +154,14 @@ def annotate_live(engine: Engine, status: dict[str, Any], window: str) -> None:
     for name, app in status.get("apps", {}).items():
         for release in app.get("releases", []):
             release["live"] = engine.release_figures(name, release["version"], seconds)
+
+
+def canary_progress(canary: dict[str, Any]) -> str:
+    """Where a running canary is: "step 2/4 at 25%, 12s left" (or "starting")."""
+    step = (
+        f"step {canary['step']}/{canary['steps']} at {canary['weight']}%"
+        if canary.get("step")
+        else "starting"
+    )
+    left = f", {canary['left']:g}s left" if canary.get("left") is not None else ""
+    return step + left

@@ -60,7 +60,7 @@ from baton.proxy.flow import (
     FlowControl,
 )
 from baton.proxy.forwarded import is_trusted
-from baton.proxy.fuse import Fuses
+from baton.proxy.fuses import Fuses
 from baton.proxy.http import (
     CONTINUE_100,
     FRAME_CHUNKED,
