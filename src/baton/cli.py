@@ -11,19 +11,15 @@ JSON API on ``<state dir>/baton.sock``. The state dir is ``--state-dir``, else
 
 from __future__ import annotations
 
-import contextlib
-import http.client
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -38,262 +34,24 @@ from baton.state.files import open_private, private_dir
 if TYPE_CHECKING:
     from baton.config import AppConfig, ImageFacts
 
-DEFAULT_STATE_DIR = "~/.local/state/baton"
-UP_TIMEOUT = 300.0  # the daemon answers once every app converged (each within its ready_timeout)
-DOWN_TIMEOUT = 120.0
-
-console = Console(highlight=False, soft_wrap=True)
-errors = Console(stderr=True, highlight=False, soft_wrap=True)
-
-F = TypeVar("F", bound=Callable[..., Any])
-T = TypeVar("T")
-
-
-class ApiError(BatonError):
-    """An error the control plane answered with; carries its exit code."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-# -- the API client ------------------------------------------------------------------------------
-
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP/1.1 to the daemon's Unix socket (stdlib: the CLI starts fast, and every deploy
-    pays for its start-up)."""
-
-    def __init__(self, path: Path, timeout: float | None) -> None:
-        super().__init__("baton", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(str(self.unix_path))
-        self.sock = sock
-
-
-class Client:
-    def __init__(self, state_dir: Path) -> None:
-        self.state_dir = state_dir
-        self.socket = state_dir / "baton.sock"
-
-    def _unreachable(self, exc: BaseException) -> DaemonUnreachable:
-        return DaemonUnreachable(
-            f"the baton daemon does not answer on {self.socket} ({exc or type(exc).__name__});"
-            f" start it with `baton up --state-dir {self.state_dir}`"
-        )
-
-    def _open(
-        self, method: str, path: str, body: Any, timeout: float | None
-    ) -> tuple[_UnixHTTPConnection, http.client.HTTPResponse]:
-        conn = _UnixHTTPConnection(self.socket, timeout)
-        try:
-            payload = None if body is None else json.dumps(body).encode()
-            headers = {"Content-Type": "application/json"} if payload is not None else {}
-            conn.request(method, path, body=payload, headers=headers)
-            resp = conn.getresponse()
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            raise self._unreachable(exc) from None
-        if resp.status >= 400:
-            text = resp.read().decode(errors="replace")
-            conn.close()
-            try:
-                answer = json.loads(text)
-                error, code = str(answer.get("error", text)), int(answer.get("exit_code", 1))
-            except (ValueError, AttributeError):
-                error, code = f"the daemon answered {resp.status}: {text[:300]}", 1
-            raise ApiError(error, code)
-        return conn, resp
-
-    def _call(self, method: str, path: str, body: Any, timeout: float | None) -> Any:
-        conn, resp = self._open(method, path, body, timeout)
-        try:
-            return json.loads(resp.read())
-        except (OSError, http.client.HTTPException) as exc:
-            raise self._unreachable(exc) from None
-        finally:
-            conn.close()
-
-    async def call(
-        self, method: str, path: str, body: Any = None, timeout: float | None = 30.0
-    ) -> Any:
-        import asyncio  # not at start-up: `baton deploy` runs without it
-
-        return await asyncio.to_thread(self._call, method, path, body, timeout)
-
-    async def stream(self, method: str, path: str, body: Any = None) -> AsyncIterator[Any]:
-        """Newline-delimited JSON from the API, one object at a time.
-
-        Lines are read by a daemon thread: a read blocked on the socket must not keep the
-        CLI alive after Ctrl-C (the default executor's threads are joined at exit).
-        """
-        import asyncio
-
-        conn, resp = await asyncio.to_thread(self._open, method, path, body, None)
-        loop = asyncio.get_running_loop()
-        lines: asyncio.Queue[bytes | Exception] = asyncio.Queue()
-
-        def pump() -> None:
-            while True:
-                try:
-                    line: bytes | Exception = resp.readline()
-                except (OSError, http.client.HTTPException) as exc:
-                    line = exc
-                try:
-                    loop.call_soon_threadsafe(lines.put_nowait, line)
-                except RuntimeError:  # the loop is gone: the CLI is exiting
-                    return
-                if not isinstance(line, bytes) or not line:
-                    return
-
-        threading.Thread(target=pump, name="baton-stream", daemon=True).start()
-        try:
-            while True:
-                item = await lines.get()
-                if isinstance(item, Exception):
-                    raise _lost(item)
-                if not item:
-                    return
-                if item.strip():
-                    yield json.loads(item)
-        finally:
-            if conn.sock is not None:
-                with contextlib.suppress(OSError):
-                    conn.sock.shutdown(socket.SHUT_RDWR)
-            conn.close()
-
-    def events(self, method: str, path: str, body: Any = None) -> Iterator[Any]:
-        """``stream`` without asyncio, for ``_follow``: the request is sent (and an unreachable
-        daemon or an error answer raised) here; the objects are read as the caller iterates.
-        A read blocked on the socket is interrupted by Ctrl-C (it runs in the main thread).
-        """
-        conn, resp = self._open(method, path, body, None)
-        return self._lines(conn, resp)
-
-    @staticmethod
-    def _lines(conn: _UnixHTTPConnection, resp: http.client.HTTPResponse) -> Iterator[Any]:
-        try:
-            while True:
-                try:
-                    line = resp.readline()
-                except (OSError, http.client.HTTPException) as exc:
-                    raise _lost(exc) from None
-                if not line:
-                    return
-                if line.strip():
-                    yield json.loads(line)
-        finally:
-            conn.close()
-
-    async def answers(self) -> dict[str, Any] | None:
-        try:
-            result: dict[str, Any] = await self.call("GET", "/health", timeout=2.0)
-            return result
-        except BatonError:
-            return None
-
-
-def _lost(exc: BaseException) -> DaemonUnreachable:
-    return DaemonUnreachable(
-        f"lost the connection to the daemon ({exc.__class__.__name__}); it may"
-        " have stopped: see `baton status` once it runs again"
-    )
-
-
-# -- helpers -------------------------------------------------------------------------------------
-
-
-def _fail(exc: BatonError) -> NoReturn:
-    errors.print(f"[red]error:[/red] {escape(str(exc))}")
-    raise SystemExit(exc.exit_code)
-
-
-_following: list[Progress] = []  # the deployment this CLI renders, for Ctrl-C's message
-
-
-def _run(coro: Any) -> Any:
-    import asyncio  # imported when a command needs it: `baton deploy` does not
-
-    return _guard(lambda: asyncio.run(coro))
-
-
-def _guard(work: Callable[[], T]) -> T:
-    """``work()``; a ``BatonError`` exits with its code, Ctrl-C says what goes on."""
-    try:
-        return work()
-    except BatonError as exc:
-        _fail(exc)
-    except KeyboardInterrupt:
-        followed = next((p for p in _following if p.id is not None and p.result is None), None)
-        if followed is not None:
-            errors.print(
-                f"interrupted: deployment #{followed.id} of {escape(followed.app)}"
-                f" {escape(followed.version)} goes on in the daemon; `baton watch"
-                f" {escape(followed.app)}` re-attaches to it, `baton status` shows where it is"
-            )
-        else:
-            errors.print("interrupted (a deployment in progress goes on in the daemon)")
-        raise SystemExit(130) from None
-
-
-def state_dir_of(ctx: click.Context, explicit: Path | None = None) -> Path:
-    if explicit is not None:
-        return explicit.expanduser().absolute()
-    root = ctx.find_root()
-    chosen = root.params.get("state_dir") if root is not None else None
-    if chosen is not None:
-        return Path(chosen).expanduser().absolute()
-    return Path(os.environ.get("BATON_STATE_DIR") or DEFAULT_STATE_DIR).expanduser().absolute()
-
-
-def state_dir_option(f: F) -> F:
-    return click.option(
-        "--state-dir",
-        "sub_state_dir",
-        type=click.Path(file_okay=False, path_type=Path),
-        default=None,
-        help="State dir (default: $BATON_STATE_DIR or ~/.local/state/baton).",
-    )(f)
-
-
-app_option = click.option(
-    "--app", default=None, help="The app (default: the one in baton.yml, or the only one)."
+from baton.cli_support import (
+    DOWN_TIMEOUT,
+    UP_TIMEOUT,
+    Client,
+    F,
+    app_option,
+    app_selector,
+    config_option,
+    config_path,
+    console,
+    errors,
+    fail,
+    following,
+    guard,
+    run_async,
+    state_dir_of,
+    state_dir_option,
 )
-
-
-def config_option(f: F) -> F:
-    return click.option(
-        "-c",
-        "--config",
-        "config",
-        type=click.Path(dir_okay=True, path_type=Path),
-        default=None,
-        help="The app's baton.yml (default: ./baton.yml).",
-    )(f)
-
-
-def _config_path(config: Path | None) -> Path:
-    return (config or Path("baton.yml")).expanduser().absolute()
-
-
-def _app_selector(config: Path | None, app: str | None) -> dict[str, str]:
-    """Which app a command is about: --app, else -c (or ./baton.yml when present), else the
-    only app the daemon knows."""
-    if app:
-        return {"app": app}
-    path = _config_path(config)
-    if config is not None or path.exists():
-        from baton.config import load_config
-
-        try:
-            return {"app": load_config(path).config.app}
-        except ConfigError as exc:
-            _fail(exc)
-    return {}
 
 
 def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -301,7 +59,7 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            _fail(UsageError(f"--env: expected KEY=VALUE, got {pair!r}"))
+            fail(UsageError(f"--env: expected KEY=VALUE, got {pair!r}"))
         env[key] = value
     return env
 
@@ -474,7 +232,7 @@ def _follow(client: Client, path: str, body: dict[str, Any] | None, method: str 
 def _render(events: Iterator[Any]) -> int:
     """Render a deployment's events as they come; its exit code."""
     progress = Progress()
-    _following.append(progress)
+    following.append(progress)
     for event in events:
         progress.show(event)
     if progress.result is None:
@@ -529,7 +287,7 @@ def _cluster_flags(flags: dict[str, Any]) -> Any:
     try:
         return options_from(flags)
     except BatonError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 def _fleet_deploy(raw: Any, path: Path, cluster: str | None, *args: Any) -> int | None:
@@ -543,7 +301,7 @@ def _fleet_deploy(raw: Any, path: Path, cluster: str | None, *args: Any) -> int 
             strategy=strategy, image=image, skip_unreachable=skip,
         )  # fmt: skip
     except BatonError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 def _observe_flags(observe: dict[str, Any]) -> tuple[Any, str, list[str]]:
@@ -552,7 +310,7 @@ def _observe_flags(observe: dict[str, Any]) -> tuple[Any, str, list[str]]:
     try:
         return endpoints_from(observe)
     except BatonError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
@@ -603,10 +361,10 @@ def up(
         try:
             check_ofrep_listen(flags_listen, os.environ.get("BATON_FLAGS_TOKEN") or None)
         except BatonError as exc:
-            _fail(exc)
+            fail(exc)
         server_flags = [*server_flags, "--flags", flags_listen]
     client = Client(state_dir)
-    running = _run(client.answers())
+    running = run_async(client.answers())
     if running is not None:
         console.print(f"baton is already running (pid {running.get('pid')}) on {state_dir}")
         return
@@ -638,7 +396,7 @@ def up(
         )
     deadline = time.monotonic() + UP_TIMEOUT
     while time.monotonic() < deadline:
-        health = _run(client.answers())
+        health = run_async(client.answers())
         if health is not None:
             console.print(f"baton is up (pid {health.get('pid')}), state in {state_dir}")
             return
@@ -677,13 +435,13 @@ def upgrade(
     try:
         seconds = parse_duration(timeout)
     except ValueError as exc:
-        _fail(UsageError(f"--timeout: {exc}"))
+        fail(UsageError(f"--timeout: {exc}"))
     command = shlex.split(proxy_command) if proxy_command else None
     if proxy_command is not None and not command:
-        _fail(UsageError("--proxy-command: expected a command"))
+        fail(UsageError("--proxy-command: expected a command"))
     client = Client(state_dir_of(ctx, sub_state_dir))
     body = {"command": command, "timeout": seconds}
-    result = _run(client.call("POST", "/proxy/upgrade", body, timeout=seconds + 30))
+    result = run_async(client.call("POST", "/proxy/upgrade", body, timeout=seconds + 30))
     console.print(
         f"proxy upgraded without a gap: pid {result['old_pid']} → {result['pid']}"
         f" (Baton {result.get('version')}); the old one retires once its connections end"
@@ -719,11 +477,11 @@ def down(ctx: click.Context, sub_state_dir: Path | None) -> None:
 
     state_dir = state_dir_of(ctx, sub_state_dir)
     client = Client(state_dir)
-    health = _run(client.answers())
+    health = run_async(client.answers())
     if health is None:
         console.print(f"baton is not running on {state_dir}")
         return
-    _run(client.call("POST", "/shutdown"))
+    run_async(client.call("POST", "/shutdown"))
     pid = int(health.get("pid") or 0)
     deadline = time.monotonic() + DOWN_TIMEOUT
     while time.monotonic() < deadline and pid and pid_alive(pid):
@@ -783,7 +541,7 @@ def deploy(
     from baton.secrets import gather
 
     overrides = _parse_env(env)
-    path = _config_path(config)
+    path = config_path(config)
     checks = (path, overrides, command, strategy, image)
     facts = None if cluster else read_deploy_facts(path)
     if facts is None:  # a fleet app, or a file that is not plainly fine: validate it here
@@ -796,7 +554,7 @@ def deploy(
             secret_values = gather(facts.secrets, facts.base_dir, dict(os.environ))
         except BatonError as exc:
             _validate_deploy(*checks)  # a bad config is the first thing to say, as before
-            _fail(exc)
+            fail(exc)
     client = Client(state_dir_of(ctx, sub_state_dir))
     body = {
         "config": str(path),
@@ -817,7 +575,7 @@ def deploy(
             raise
         return _render(events)
 
-    raise SystemExit(_guard(send))
+    raise SystemExit(guard(send))
 
 
 def _validate_deploy(
@@ -833,7 +591,7 @@ def _validate_deploy(
         apply_overrides(loaded.config, env, command, strategy, image)
         values = gather(loaded.config.secrets, loaded.base_dir, dict(os.environ))
     except BatonError as exc:
-        _fail(exc)
+        fail(exc)
     return loaded.raw, values
 
 
@@ -865,7 +623,7 @@ def _artifact_text(artifact: dict[str, Any]) -> str:
 def _selector_query(config: Path | None, app: str | None) -> str:
     from urllib.parse import urlencode
 
-    selector = _app_selector(config, app)
+    selector = app_selector(config, app)
     return f"?{urlencode(selector)}" if selector else ""
 
 
@@ -888,7 +646,7 @@ def env_command(
     if ctx.invoked_subcommand is not None:
         return
     client = Client(ctx.obj["state_dir"])
-    data = _run(client.call("GET", f"/env{_selector_query(config, app)}"))
+    data = run_async(client.call("GET", f"/env{_selector_query(config, app)}"))
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -914,8 +672,8 @@ def _show_env(data: dict[str, Any]) -> None:
 def env_unset(ctx: click.Context, name: str) -> None:
     """Stop carrying NAME's --env value into later deploys (from the next deploy on)."""
     client = Client(ctx.obj["state_dir"])
-    body = {**_app_selector(ctx.obj["config"], ctx.obj["app"]), "unset": [name]}
-    _show_env(_run(client.call("POST", "/env", body)))
+    body = {**app_selector(ctx.obj["config"], ctx.obj["app"]), "unset": [name]}
+    _show_env(run_async(client.call("POST", "/env", body)))
 
 
 @main.group("secrets", invoke_without_command=True)
@@ -932,7 +690,7 @@ def secrets_command(
     if ctx.invoked_subcommand is not None:
         return
     client = Client(ctx.obj["state_dir"])
-    data = _run(client.call("GET", f"/secrets{_selector_query(config, app)}"))
+    data = run_async(client.call("GET", f"/secrets{_selector_query(config, app)}"))
     _show_secrets(data)
 
 
@@ -956,8 +714,8 @@ def secrets_set(ctx: click.Context, name: str) -> None:
     if value is None:
         value = click.prompt(f"value of {name}", hide_input=True)
     client = Client(ctx.obj["state_dir"])
-    body = {**_app_selector(ctx.obj["config"], ctx.obj["app"]), "set": {name: value}}
-    _show_secrets(_run(client.call("POST", "/secrets", body)))
+    body = {**app_selector(ctx.obj["config"], ctx.obj["app"]), "set": {name: value}}
+    _show_secrets(run_async(client.call("POST", "/secrets", body)))
 
 
 @secrets_command.command("unset")
@@ -966,8 +724,8 @@ def secrets_set(ctx: click.Context, name: str) -> None:
 def secrets_unset(ctx: click.Context, name: str) -> None:
     """Forget NAME's value (a deploy that still lists it then fails, naming it)."""
     client = Client(ctx.obj["state_dir"])
-    body = {**_app_selector(ctx.obj["config"], ctx.obj["app"]), "unset": [name]}
-    _show_secrets(_run(client.call("POST", "/secrets", body)))
+    body = {**app_selector(ctx.obj["config"], ctx.obj["app"]), "unset": [name]}
+    _show_secrets(run_async(client.call("POST", "/secrets", body)))
 
 
 @main.command()
@@ -991,8 +749,8 @@ def rollback(
 ) -> None:
     """Deploy the previous release again (or VERSION): by a switch when it is still warm."""
     client = Client(state_dir_of(ctx, sub_state_dir))
-    body: dict[str, Any] = {**_app_selector(config, app), "version": version, "force": force}
-    raise SystemExit(_guard(lambda: _follow(client, "/rollback", body)))
+    body: dict[str, Any] = {**app_selector(config, app), "version": version, "force": force}
+    raise SystemExit(guard(lambda: _follow(client, "/rollback", body)))
 
 
 async def _canary_request(client: Client, what: str, body: dict[str, Any]) -> int:
@@ -1030,7 +788,7 @@ def promote(
 ) -> None:
     """Promote the running canary now: skip its remaining steps."""
     client = Client(state_dir_of(ctx, sub_state_dir))
-    raise SystemExit(_run(_canary_request(client, "promote", _app_selector(config, app))))
+    raise SystemExit(run_async(_canary_request(client, "promote", app_selector(config, app))))
 
 
 @main.command()
@@ -1043,7 +801,7 @@ def abort(
 ) -> None:
     """Abort the running canary now: users go back to the stable release (deploy exits 1)."""
     client = Client(state_dir_of(ctx, sub_state_dir))
-    raise SystemExit(_run(_canary_request(client, "abort", _app_selector(config, app))))
+    raise SystemExit(run_async(_canary_request(client, "abort", app_selector(config, app))))
 
 
 @main.command()
@@ -1063,13 +821,13 @@ def status(
     client = Client(state_dir_of(ctx, sub_state_dir))
     if watch:
         if as_json:
-            _fail(UsageError("--watch and --json do not go together"))
+            fail(UsageError("--watch and --json do not go together"))
         from baton.observe.live import watch as watch_live
 
         period = _interval(interval)
-        watch_live(lambda: _run(client.call("GET", "/status")), _show_status, console, period)
+        watch_live(lambda: run_async(client.call("GET", "/status")), _show_status, console, period)
         return
-    data = _run(client.call("GET", "/status"))
+    data = run_async(client.call("GET", "/status"))
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -1082,9 +840,9 @@ def _interval(text: str) -> float:
     try:
         seconds = parse_duration(text)
     except ValueError as exc:
-        _fail(UsageError(f"--interval: {exc}"))
+        fail(UsageError(f"--interval: {exc}"))
     if not 0.1 <= seconds <= 3600:
-        _fail(UsageError(f"--interval: expected between 100ms and 1h, got {text!r}"))
+        fail(UsageError(f"--interval: expected between 100ms and 1h, got {text!r}"))
     return seconds
 
 
@@ -1105,7 +863,7 @@ def top(
     period, seconds = _interval(interval), _interval(window)
 
     def fetch() -> Any:
-        data = _run(client.call("GET", f"/status?window={seconds:g}"))
+        data = run_async(client.call("GET", f"/status?window={seconds:g}"))
         if app is not None:
             if app not in data["apps"]:
                 raise UsageError(f"--app: no app named {app!r} is deployed here")
@@ -1281,9 +1039,9 @@ def history(
 ) -> None:
     """Past deployments, newest first."""
     client = Client(state_dir_of(ctx, sub_state_dir))
-    selector = _app_selector(config, app) if (config or app) else {}
+    selector = app_selector(config, app) if (config or app) else {}
     query = f"?limit={limit}" + (f"&app={selector['app']}" if selector else "")
-    data = _run(client.call("GET", f"/history{query}"))
+    data = run_async(client.call("GET", f"/history{query}"))
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -1313,7 +1071,7 @@ def logs(
 ) -> None:
     """The instances' output (stdout and stderr)."""
     client = Client(state_dir_of(ctx, sub_state_dir))
-    params = {**_app_selector(config, app), "lines": str(lines), "follow": "1" if follow else "0"}
+    params = {**app_selector(config, app), "lines": str(lines), "follow": "1" if follow else "0"}
     if version:
         params["version"] = version
     query = "&".join(f"{k}={v}" for k, v in params.items())
@@ -1322,7 +1080,7 @@ def logs(
         async for item in client.stream("GET", f"/logs?{query}"):
             click.echo(f"[{item['instance']}] {item['line']}")
 
-    _run(show())
+    run_async(show())
 
 
 @main.command()
@@ -1331,13 +1089,13 @@ def check(config: Path | None) -> None:
     """Validate baton.yml and print a zero-downtime checklist."""
     from baton.config import checklist, load_config
 
-    path = _config_path(config)
+    path = config_path(config)
     try:
         loaded = load_config(path)
     except ConfigError as exc:
-        _fail(exc)
+        fail(exc)
     console.print(f"[green]✓[/green] {escape(str(path))} is valid (app {loaded.config.app})")
-    image = _run(_image_facts(loaded.config)) if loaded.config.runtime == "docker" else None
+    image = run_async(_image_facts(loaded.config)) if loaded.config.runtime == "docker" else None
     failed = False
     for item in checklist(loaded, image):
         mark = {"ok": "[green]✓[/green]", "warn": "[yellow]![/yellow]"}.get(
@@ -1391,7 +1149,7 @@ def migrate_status(
     """Each app's schema phase: expanded, pending (contract allowed), contracted or none."""
     client = Client(state_dir_of(ctx, sub_state_dir))
     query = f"?app={app}" if app else ""
-    answer = _run(client.call("GET", "/migrate/status" + query, timeout=60))
+    answer = run_async(client.call("GET", "/migrate/status" + query, timeout=60))
     if as_json:
         click.echo(json.dumps(answer, indent=2, sort_keys=True))
         return
@@ -1430,9 +1188,7 @@ def migrate_contract(
     rollback, with the time left. Afterwards a rollback to an older release is refused.
     """
     client = Client(state_dir_of(ctx, sub_state_dir))
-    raise SystemExit(
-        _guard(lambda: _follow(client, "/migrate/contract", _app_selector(config, app)))
-    )
+    raise SystemExit(guard(lambda: _follow(client, "/migrate/contract", app_selector(config, app))))
 
 
 @main.command()
@@ -1446,7 +1202,7 @@ def watch(ctx: click.Context, sub_state_dir: Path | None, app: str | None) -> No
     """
     client = Client(state_dir_of(ctx, sub_state_dir))
     query = f"?app={app}" if app else ""
-    raise SystemExit(_guard(lambda: _follow(client, f"/watch{query}", None, method="GET")))
+    raise SystemExit(guard(lambda: _follow(client, f"/watch{query}", None, method="GET")))
 
 
 @main.group("app")
@@ -1456,7 +1212,7 @@ def app_group() -> None:
 
 def _app_verb(ctx: click.Context, sub_state_dir: Path | None, name: str, verb: str) -> Any:
     client = Client(state_dir_of(ctx, sub_state_dir))
-    return _run(client.call("POST", f"/apps/{name}/{verb}", {}, timeout=DOWN_TIMEOUT))
+    return run_async(client.call("POST", f"/apps/{name}/{verb}", {}, timeout=DOWN_TIMEOUT))
 
 
 @app_group.command("stop")
@@ -1519,7 +1275,7 @@ def install_service(
     try:
         path = install(spec, target)
     except OSError as exc:
-        _fail(UsageError(f"--output-dir: cannot write {target}: {exc.strerror or exc}"))
+        fail(UsageError(f"--output-dir: cannot write {target}: {exc.strerror or exc}"))
     flag = " --user" if user_unit else ""
     console.print(f"wrote {path}")
     console.print(f"next: systemctl{flag} daemon-reload && systemctl{flag} enable --now baton")

@@ -1,5 +1,5 @@
-"""No import cycles in baton's modules: none at run time anywhere in ``src/baton``, and none
-touching the deploy engine even counting the imports made only for type checking."""
+"""No import cycles in baton's modules, counting the imports made inside functions and only
+for type checking too; and no module imports another module's private names."""
 
 from __future__ import annotations
 
@@ -88,6 +88,17 @@ def test_no_module_imports_itself_back_at_run_time() -> None:
     assert _cycles(runtime_only=True) == []
 
 
-def test_the_deploy_engine_is_in_no_import_cycle_even_for_type_checking() -> None:
-    touching = [c for c in _cycles(runtime_only=False) if any("baton.deploy" in m for m in c)]
-    assert touching == []
+def test_no_import_cycle_even_for_type_checking_or_inside_functions() -> None:
+    assert _cycles(runtime_only=False) == []
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    found = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("baton"):
+                private = [
+                    a.name for a in node.names if a.name.startswith("_") and a.name != "__version__"
+                ]
+                found += [f"{name} imports {node.module}.{p}" for p in private]
+    assert found == []

@@ -10,15 +10,15 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from baton.cli import (
+from baton.cli_support import (
     Client,
-    _app_selector,
-    _config_path,
-    _fail,
-    _run,
     app_option,
+    app_selector,
     config_option,
+    config_path,
     console,
+    fail,
+    run_async,
     state_dir_of,
     state_dir_option,
 )
@@ -27,13 +27,13 @@ from baton.flags.service import FLAGS_FILE
 
 
 def _app(client: Client, config: Path | None, app: str | None) -> str:
-    chosen = _app_selector(config, app).get("app")
+    chosen = app_selector(config, app).get("app")
     if chosen:
         return chosen
-    apps = [a["app"] for a in _run(client.call("GET", "/flags"))["apps"]]
+    apps = [a["app"] for a in run_async(client.call("GET", "/flags"))["apps"]]
     if len(apps) == 1:
         return str(apps[0])
-    _fail(
+    fail(
         UsageError(
             f"which app? give --app or -c baton.yml (apps with flags: {', '.join(apps) or 'none'})"
         )
@@ -78,9 +78,9 @@ def list_flags(
 ) -> None:
     """Every flag of every app (or of one): type, variants, what decides, kills."""
     client = Client(state_dir_of(ctx, sub_state_dir))
-    selector = _app_selector(config, app)
+    selector = app_selector(config, app)
     query = f"?app={selector['app']}" if selector.get("app") else ""
-    answer = _run(client.call("GET", "/flags" + query))
+    answer = run_async(client.call("GET", "/flags" + query))
     if as_json:
         click.echo(json.dumps(answer, indent=2, sort_keys=True))
         return
@@ -104,7 +104,7 @@ def _change(
     ctx: click.Context, sub_state_dir: Path | None, body: dict[str, Any], what: str
 ) -> None:
     client = Client(state_dir_of(ctx, sub_state_dir))
-    result = _run(client.call("POST", "/flags/change", body))
+    result = run_async(client.call("POST", "/flags/change", body))
     console.print(f"{escape(body['app'])} {escape(what)} (flag set version {result['version']})")
 
 
@@ -152,7 +152,7 @@ def rollout_flag(
     try:
         share = parse_percent(percent.strip(), "PERCENT", None)
     except FlagError as exc:
-        _fail(UsageError(str(exc)))
+        fail(UsageError(str(exc)))
     client = Client(state_dir_of(ctx, sub_state_dir))
     body = {
         "app": _app(client, config, app),
@@ -202,11 +202,11 @@ flags_group.add_command(_switch("revive", "End KEY's kill switch: its rules appl
 @click.pass_context
 def apply_flags(ctx: click.Context, sub_state_dir: Path | None, config: Path | None) -> None:
     """Validate the flags.yml beside baton.yml and serve it now (the daemon also watches it)."""
-    path = _config_path(config)
-    app = _app_selector(path, None)["app"]
+    path = config_path(config)
+    app = app_selector(path, None)["app"]
     client = Client(state_dir_of(ctx, sub_state_dir))
     flags_file = path.parent / FLAGS_FILE
-    result = _run(client.call("POST", "/flags/apply", {"app": app, "file": str(flags_file)}))
+    result = run_async(client.call("POST", "/flags/apply", {"app": app, "file": str(flags_file)}))
     console.print(f"{escape(app)}: {escape(str(flags_file))} served as version {result['version']}")
 
 
@@ -230,7 +230,7 @@ def flag_history(
 
     client = Client(state_dir_of(ctx, sub_state_dir))
     name = _app(client, config, app)
-    answer = _run(client.call("GET", f"/flags/history?app={name}&limit={limit}"))
+    answer = run_async(client.call("GET", f"/flags/history?app={name}&limit={limit}"))
     if as_json:
         click.echo(json.dumps(answer, indent=2, sort_keys=True))
         return
