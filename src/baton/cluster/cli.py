@@ -140,6 +140,7 @@ def hosts_command(cluster: str | None, as_json: bool) -> None:
                     "roles": list(v.record.roles),
                     "baton": v.record.baton,
                     "apps": v.record.apps,
+                    "instances": v.record.instances,
                 }
                 for v in await hosts(etcd)
             ]
@@ -158,7 +159,13 @@ def hosts_command(cluster: str | None, as_json: bool) -> None:
     for column in ("HOST", "STATE", "ADDRESS", "ROLES", "APPS"):
         table.add_column(column)
     for row in rows:
-        apps = ", ".join(f"{a} {v or '-'}" for a, v in sorted(row["apps"].items())) or "-"
+        apps = (
+            ", ".join(
+                f"{a} {v or '-'} ({row['instances'].get(a, 0)} instances)"
+                for a, v in sorted(row["apps"].items())
+            )
+            or "-"
+        )
         state = "[green]reachable[/green]" if row["reachable"] else "[red]unreachable[/red]"
         table.add_row(
             escape(row["name"]), state, escape(row["advertise"]), ",".join(row["roles"]),

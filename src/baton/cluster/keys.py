@@ -102,6 +102,7 @@ class HostRecord:
     roles: tuple[str, ...] = ("app",)
     baton: str = ""  # Baton's version on the host
     apps: dict[str, str | None] = field(default_factory=dict)  # app → the version it serves
+    instances: dict[str, int] = field(default_factory=dict)  # app → live release's instances
 
     def to_json(self) -> str:
         body = asdict(self)
@@ -124,7 +125,16 @@ class HostRecord:
             roles=tuple(roles),
             baton=str(body.get("baton", "")),
             apps={str(k): (None if v is None else str(v)) for k, v in apps.items()},
+            instances=_counts(body.get("instances", {}), f"{what}: instances"),
         )
+
+
+def _counts(value: object, what: str) -> dict[str, int]:
+    if not isinstance(value, dict) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value.values()
+    ):
+        raise ValueError(f"{what}: expected an object of whole numbers")
+    return {str(k): int(v) for k, v in value.items()}
 
 
 @dataclass(frozen=True)
@@ -202,6 +212,7 @@ class Progress:
     step: str = ""
     message: str = ""
     local_deployment: int | None = None  # the id in the host's own history
+    steps: tuple[str, ...] = ()  # every step the host went through so far, in order
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -213,6 +224,9 @@ class Progress:
         if state not in ("deploying", "done", "failed"):
             raise ValueError(f"{what}: state: expected deploying, done or failed")
         local = body.get("local_deployment")
+        steps = body.get("steps", [])
+        if not isinstance(steps, list) or not all(isinstance(x, str) for x in steps):
+            raise ValueError(f"{what}: steps: expected a list of step names")
         return cls(
             app=_text(body, "app", what) or "",
             version=_text(body, "version", what) or "",
@@ -221,6 +235,7 @@ class Progress:
             step=str(body.get("step", "")),
             message=str(body.get("message", "")),
             local_deployment=local if isinstance(local, int) else None,
+            steps=tuple(steps),
         )
 
     @property
