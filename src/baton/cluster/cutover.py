@@ -1,0 +1,97 @@
+"""Blue-green across the fleet behind edge proxies: one cutover from one etcd revision.
+
+``blue_green`` is the controller's side of it. The app's hosts are split in two: *green*
+(the first half, rounded up) and *blue* (the rest). Then:
+
+1. the edges stop routing to green (one edge-route revision; the blue hosts carry every
+   request, the old release), and the function waits until every edge applied it;
+2. green gets the new release (``roll_out``, all green hosts at once: none is in rotation);
+   if it fails, green is unwound by ``roll_out`` and the edges route to every host again,
+   so the fleet stays on the old release;
+3. **the cutover**: one edge-route revision sends every edge's traffic to green, on the new
+   release; every request an edge takes after applying it is answered by the new release;
+4. blue gets the new release, out of rotation; then the edges route to every host again.
+
+The data plane never waits on this: each step is a change of the edges' tables that their
+proxies apply atomically, and in-flight requests finish where they started.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from baton.cluster import keys
+from baton.cluster.edge import EdgeRoute, publish, wait_applied
+from baton.cluster.etcd import Etcd
+from baton.cluster.rollout import HOST_TIMEOUT, roll_out
+
+APPLY_TIMEOUT = 30.0  # for every edge to apply an edge-route revision
+
+
+@dataclass
+class CutoverResult:
+    ok: bool
+    message: str
+    cutover_revision: int | None = None  # the edge-route revision that switched the fleet
+    green: list[str] = field(default_factory=list)
+    blue: list[str] = field(default_factory=list)
+
+
+def split(hosts: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Green (deployed first, then given every request) and blue (kept serving meanwhile)."""
+    half = (len(hosts) + 1) // 2
+    return list(hosts[:half]), list(hosts[half:])
+
+
+async def blue_green(
+    etcd: Etcd,
+    release: keys.DesiredRelease,
+    hosts: Sequence[str],
+    *,
+    listen: str,
+    previous: str,
+    configs: dict[str, str] | None = None,
+    health_path: str = "/up",
+    host_timeout: float = HOST_TIMEOUT,
+    apply_timeout: float = APPLY_TIMEOUT,
+) -> CutoverResult:
+    """Move ``hosts`` (serving ``previous`` through the edges on ``listen``) to ``release``."""
+    if len(hosts) < 2:
+        raise ValueError("blue-green through the edges needs at least 2 app hosts")
+    green, blue = split(hosts)
+    result = CutoverResult(False, "", green=green, blue=blue)
+
+    def route(names: Sequence[str], version: str) -> EdgeRoute:
+        return EdgeRoute(release.app, listen, tuple(names), version, health_path)
+
+    await wait_applied(etcd, await publish(etcd, route(blue, previous)), apply_timeout)
+    first = await roll_out(
+        etcd,
+        replace(release, deployment=f"{release.deployment}-green"),
+        green,
+        hosts_at_once=len(green),
+        configs=configs,
+        host_timeout=host_timeout,
+    )
+    if not first.ok:
+        await wait_applied(etcd, await publish(etcd, route(hosts, previous)), apply_timeout)
+        result.message = f"green hosts: {first.message}; the fleet stays on {previous}"
+        return result
+    result.cutover_revision = await publish(etcd, route(green, release.version))
+    await wait_applied(etcd, result.cutover_revision, apply_timeout)
+    second = await roll_out(
+        etcd,
+        replace(release, deployment=f"{release.deployment}-blue"),
+        blue,
+        hosts_at_once=len(blue),
+        configs=configs,
+        host_timeout=host_timeout,
+    )
+    if not second.ok:  # the edges keep serving the new release from green
+        result.message = f"blue hosts: {second.message}; {release.version} is served by green"
+        return result
+    await wait_applied(etcd, await publish(etcd, route(hosts, release.version)), apply_timeout)
+    result.ok = True
+    result.message = f"{release.app} {release.version} is live on {len(hosts)} host(s)"
+    return result

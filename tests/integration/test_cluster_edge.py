@@ -1,0 +1,102 @@
+"""Edge proxies in namespaces: three app hosts and one edge (each its own daemon and proxy,
+etcd on the lab's gateway). Clients reach the app only through the edge, on its private
+address; a blue-green deploy across the fleet is one cutover of the edge's table, from one
+etcd revision, under continuous load."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from baton.cluster.cutover import blue_green
+from baton.cluster.edge import EdgeRoute, publish, wait_applied
+from baton.cluster.etcd import Etcd
+from baton.cluster.rollout import roll_out
+from tests.integration.test_cluster_fleet import (
+    NAMES,
+    PORT,
+    FleetHost,
+    configs,
+    fleet,
+    release,
+    served_by_each,
+)
+from tests.support.etcd import EtcdCluster
+from tests.support.host import assert_no_failures
+from tests.support.load import Load
+from tests.support.netns import NetLab
+
+__all__ = ["fleet"]  # the fixture, shared with test_cluster_fleet
+
+
+@pytest.fixture
+async def edge(
+    fleet: tuple[EtcdCluster, list[FleetHost]], netlab: NetLab, tmp_path: Path
+) -> AsyncIterator[FleetHost]:
+    cluster, _ = fleet
+    h = FleetHost(tmp_path / "edge1", netlab, netlab.add_host("edge1"))
+    h.root.mkdir()
+    h.config()
+    try:
+        up = await h.baton(
+            "up", "--detach", "--cluster", cluster.endpoints_text, "--host-name", "edge1",
+            "--advertise", f"{h.net.address}:{PORT}", "--roles", "edge", timeout=60,
+        )  # fmt: skip
+        assert up.rc == 0, up
+        yield h
+    finally:
+        log = h.state_dir / "logs" / "server.log"
+        if log.exists():
+            print("--- edge1 server.log (tail)\n" + log.read_text()[-3000:])
+        await h.teardown()
+
+
+async def test_blue_green_across_the_fleet_is_one_cutover_at_the_edge_under_load(
+    fleet: tuple[EtcdCluster, list[FleetHost]], edge: FleetHost
+) -> None:
+    cluster, fleet_hosts = fleet
+    listen = f"{edge.net.address}:{PORT}"
+    async with Etcd(cluster.endpoints) as etcd:
+        assert (await roll_out(etcd, release("v1", "f1"), NAMES, configs=configs(fleet_hosts))).ok
+        await wait_applied(
+            etcd, await publish(etcd, EdgeRoute("shop", listen, tuple(NAMES), "v1")), 30
+        )
+        load = await Load().start(
+            edge.url, concurrency=4, max_requests=400_000, max_seconds=240, delay=0.005
+        )
+        deadline = asyncio.get_running_loop().time() + 30
+        while len(load.timeline) < 50:  # the edge answers before anything moves
+            assert asyncio.get_running_loop().time() < deadline, "no answers through the edge"
+            await asyncio.sleep(0.05)
+        result = await blue_green(
+            etcd, release("v2", "f2"), NAMES, listen=listen, previous="v1",
+            configs=configs(fleet_hosts),
+        )  # fmt: skip
+        after = load.marker("done")
+        deadline = asyncio.get_running_loop().time() + 30
+        while sum(s.sent >= after for s in load.timeline) < 50:
+            assert asyncio.get_running_loop().time() < deadline, "no load after the deploy"
+            await asyncio.sleep(0.05)
+        # A route naming a host that never joined is refused by the edge: it keeps routing.
+        await publish(etcd, EdgeRoute("shop", listen, ("web1", "ghost"), "v2"))
+        bad = load.marker("bad route")
+        deadline = asyncio.get_running_loop().time() + 30
+        while sum(s.sent >= bad for s in load.timeline) < 50:
+            assert asyncio.get_running_loop().time() < deadline, "no load after the bad route"
+            await asyncio.sleep(0.05)
+        outcome = await load.stop()
+    assert result.ok, result
+    assert result.green == ["web1", "web2"] and result.blue == ["web3"]
+    assert_no_failures(outcome)
+    versions = [
+        s.body.strip().split()[0] for s in sorted(outcome.timeline, key=lambda s: s.t) if s.body
+    ]
+    assert set(versions) == {"v1", "v2"}, outcome.summary()
+    # One cutover: once a client got v2, every request sent afterwards got v2 too.
+    first_v2 = min(s.t for s in outcome.timeline if s.body and s.body.startswith("v2"))
+    late = {s.body.split()[0] for s in outcome.timeline if s.sent >= first_v2 and s.body}
+    assert late == {"v2"}, outcome.summary()
+    assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v2")

@@ -1,0 +1,60 @@
+"""Edge routes and the tables edges build from them: pure, no etcd, no proxy."""
+
+from __future__ import annotations
+
+import pytest
+
+from baton.cluster import keys
+from baton.cluster.cutover import split
+from baton.cluster.edge import EdgeRoute, edge_route_table
+from baton.proxy.routing import parse_app
+
+RECORDS = {
+    "web1": keys.HostRecord("web1", "10.213.5.11:8080", ("app",)),
+    "web2": keys.HostRecord("web2", "10.213.5.12:8080", ("app", "controller")),
+    "edge1": keys.HostRecord("edge1", "10.213.5.14:8080", ("edge",)),
+}
+
+
+def test_an_edge_routes_to_the_addresses_the_app_hosts_advertise() -> None:
+    route = EdgeRoute("shop", "0.0.0.0:80", ("web1", "web2"), "v2", "/up")
+    entry = edge_route_table(route, RECORDS)
+    assert entry["releases"] == [
+        {"name": "v2", "weight": 100, "targets": ["10.213.5.11:8080", "10.213.5.12:8080"]}
+    ]
+    assert entry["health"]["kind"] == "http" and entry["health"]["path"] == "/up"
+    spec = parse_app("shop", entry)  # the proxy takes it as it is
+    assert spec.releases[0].targets == ("10.213.5.11:8080", "10.213.5.12:8080")
+
+
+@pytest.mark.parametrize(
+    ("hosts", "message"),
+    [
+        (("web1", "ghost"), "'ghost' never joined the fleet"),
+        (("edge1",), "'edge1' has no app role"),
+    ],
+)
+def test_upstreams_come_only_from_the_fleets_app_host_records(
+    hosts: tuple[str, ...], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        edge_route_table(EdgeRoute("shop", "0.0.0.0:80", hosts), RECORDS)
+
+
+def test_an_edge_route_round_trips_and_bad_ones_are_named() -> None:
+    route = EdgeRoute("shop", "10.213.5.14:8080", ("web1", "web2"), "v3", "/healthz")
+    assert EdgeRoute.from_json(route.to_json()) == route
+    for raw, message in [
+        ("nope", "not JSON"),
+        ('{"app": "shop", "listen": "x", "hosts": ["web1"]}', "listen"),
+        ('{"app": "shop", "listen": "1.2.3.4:80", "hosts": []}', "hosts"),
+        ('{"app": "shop", "listen": "1.2.3.4:80", "hosts": ["../x"]}', "host name"),
+        ('{"app": "shop", "listen": "1.2.3.4:80", "hosts": ["a"], "health_path": "up"}', "health"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            EdgeRoute.from_json(raw)
+
+
+def test_green_is_the_first_half_rounded_up_and_blue_the_rest() -> None:
+    assert split(["a", "b", "c"]) == (["a", "b"], ["c"])
+    assert split(["a", "b"]) == (["a"], ["b"])
