@@ -25,7 +25,7 @@ from tests.integration.test_cluster_fleet import (
     served_by_each,
 )
 from tests.support.etcd import EtcdCluster
-from tests.support.host import assert_no_failures
+from tests.support.host import Host, Result, assert_no_failures
 from tests.support.load import Load
 from tests.support.netns import NetLab
 
@@ -96,6 +96,50 @@ async def test_blue_green_across_the_fleet_is_one_cutover_at_the_edge_under_load
     ]
     assert set(versions) == {"v1", "v2"}, outcome.summary()
     # One cutover: once a client got v2, every request sent afterwards got v2 too.
+    first_v2 = min(s.t for s in outcome.timeline if s.body and s.body.startswith("v2"))
+    late = {s.body.split()[0] for s in outcome.timeline if s.sent >= first_v2 and s.body}
+    assert late == {"v2"}, outcome.summary()
+    assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v2")
+
+
+async def test_baton_deploy_of_an_app_behind_edges_is_one_cutover_under_load(
+    fleet: tuple[EtcdCluster, list[FleetHost]], edge: FleetHost, tmp_path: Path
+) -> None:
+    cluster, fleet_hosts = fleet
+    (tmp_path / "shared").mkdir()
+    config = Host(tmp_path / "shared").config(
+        {
+            "hosts": NAMES,
+            "proxy": {"listen": f"0.0.0.0:{PORT}"},
+            "edge": {"listen": f"{edge.net.address}:{PORT}"},
+        }
+    )
+    cli = fleet_hosts[0]
+
+    async def deploy(version: str) -> Result:
+        return await cli.baton(
+            "deploy", "-c", str(config), "--version", version, "--env",
+            f"APP_VERSION={version}", "--cluster", cluster.endpoints_text,
+        )  # fmt: skip
+
+    first = await deploy("v1")  # no edge route yet: a plain rollout, then the edges' route
+    assert first.rc == 0, first
+    assert "blue-green through the edges" in first.out, first
+    assert (await edge.get("/"))[1].startswith("v1")
+    load = await Load().start(
+        edge.url, concurrency=4, max_requests=400_000, max_seconds=240, delay=0.005
+    )
+    second = await deploy("v2")
+    after = load.marker("deployed")
+    deadline = asyncio.get_running_loop().time() + 30
+    while sum(s.sent >= after for s in load.timeline) < 50:
+        assert asyncio.get_running_loop().time() < deadline, "no load after the deploy"
+        await asyncio.sleep(0.05)
+    outcome = await load.stop()
+    assert second.rc == 0, second
+    for name in NAMES:
+        assert f"{name}: done" in second.out, second
+    assert_no_failures(outcome)
     first_v2 = min(s.t for s in outcome.timeline if s.body and s.body.startswith("v2"))
     late = {s.body.split()[0] for s in outcome.timeline if s.sent >= first_v2 and s.body}
     assert late == {"v2"}, outcome.summary()

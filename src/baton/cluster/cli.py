@@ -223,8 +223,9 @@ def fleet_deploy(
         command=command,
         env=env,
     )
+    edge = (settings.edge_listen, settings.edge_health_path)
     return asyncio.run(
-        _follow_fleet(text, release, settings.hosts, settings.hosts_at_once, skip_unreachable)
+        _follow_fleet(text, release, settings.hosts, settings.hosts_at_once, skip_unreachable, edge)
     )
 
 
@@ -234,6 +235,7 @@ async def _follow_fleet(
     selector: Any,
     hosts_at_once: int,
     skip_unreachable: bool,
+    edge: tuple[str | None, str] = (None, "/up"),
 ) -> int:
     from baton.cluster.controller import submit
     from baton.cluster.election import leader
@@ -253,11 +255,16 @@ async def _follow_fleet(
             )
         if await leader(etcd) is None:
             console.print("no controller leads yet: waiting for a host with the controller role")
-        request = keys.DeployRequest(release, tuple(names), hosts_at_once, skip_unreachable)
+        request = keys.DeployRequest(
+            release, tuple(names), hosts_at_once, skip_unreachable, edge=edge[0],
+            edge_health=edge[1],
+        )  # fmt: skip
         await submit(etcd, request)
         console.print(
             f"fleet deployment {release.deployment}: {release.app} {release.version} to"
             f" {', '.join(names)}, {hosts_at_once} at a time"
+            if edge[0] is None
+            else f" {', '.join(names)}, blue-green through the edges on {edge[0]}"
         )
         shown: dict[str, tuple[str, str]] = {}
         deadline = time.monotonic() + FLEET_TIMEOUT_PER_HOST * len(names)

@@ -18,13 +18,14 @@ proxies apply atomically, and in-flight requests finish where they started.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from baton.cluster import keys
-from baton.cluster.edge import EdgeRoute, publish, wait_applied
+from baton.cluster.edge import EdgeRoute, publish, published, wait_applied
 from baton.cluster.etcd import Etcd
-from baton.cluster.rollout import HOST_TIMEOUT, roll_out
+from baton.cluster.rollout import DEPLOYMENTS, HOST_TIMEOUT, RolloutResult, roll_out
 
 APPLY_TIMEOUT = 30.0  # for every edge to apply an edge-route revision
 
@@ -53,6 +54,7 @@ async def blue_green(
     previous: str,
     configs: dict[str, str] | None = None,
     health_path: str = "/up",
+    holder: str = "baton",
     host_timeout: float = HOST_TIMEOUT,
     apply_timeout: float = APPLY_TIMEOUT,
 ) -> CutoverResult:
@@ -72,6 +74,7 @@ async def blue_green(
         green,
         hosts_at_once=len(green),
         configs=configs,
+        holder=holder,
         host_timeout=host_timeout,
     )
     if not first.ok:
@@ -86,6 +89,7 @@ async def blue_green(
         blue,
         hosts_at_once=len(blue),
         configs=configs,
+        holder=holder,
         host_timeout=host_timeout,
     )
     if not second.ok:  # the edges keep serving the new release from green
@@ -95,3 +99,44 @@ async def blue_green(
     result.ok = True
     result.message = f"{release.app} {release.version} is live on {len(hosts)} host(s)"
     return result
+
+
+async def edge_blue_green(etcd: Etcd, request: keys.DeployRequest, holder: str) -> RolloutResult:
+    """The controller's side of a ``baton deploy`` through the edges (``edge:`` in baton.yml):
+    ``blue_green`` from the release the edges route to now; with no edge route yet (the first
+    deploy) a plain rollout, then the edges' first route. The outcome is recorded under the
+    request's deployment id in ``/baton/deployments/APP``, as ``roll_out`` records its own."""
+    release, hosts = request.release, list(request.hosts)
+    assert request.edge is not None
+    route = await published(etcd, release.app)
+    cutover: int | None = None
+    if route is None or len(hosts) < 2:
+        plain = await roll_out(
+            etcd, release, hosts, hosts_at_once=request.hosts_at_once,
+            skip_unreachable=request.skip_unreachable, configs=request.configs, holder=holder,
+        )  # fmt: skip
+        ok, message = plain.ok, plain.message
+        if ok:
+            edge = EdgeRoute(
+                release.app, request.edge, tuple(hosts), release.version, request.edge_health
+            )
+            cutover = await publish(etcd, edge)
+            await wait_applied(etcd, cutover, APPLY_TIMEOUT)
+    else:
+        result = await blue_green(
+            etcd, release, hosts, listen=request.edge, previous=route.version,
+            configs=request.configs, health_path=request.edge_health, holder=holder,
+        )  # fmt: skip
+        ok, message, cutover = result.ok, result.message, result.cutover_revision
+    record = {
+        "deployment": release.deployment,
+        "version": release.version,
+        "hosts": hosts,
+        "hosts_at_once": request.hosts_at_once,
+        "strategy": "edge-blue-green",
+        "state": "succeeded" if ok else "failed",
+        "message": message,
+        "cutover_revision": cutover,
+    }
+    await etcd.put(DEPLOYMENTS + release.app, json.dumps(record))
+    return RolloutResult(ok, release.deployment, message, done=hosts if ok else [])

@@ -259,6 +259,8 @@ class DeployRequest:
     hosts_at_once: int = 1
     skip_unreachable: bool = False
     configs: dict[str, str] = field(default_factory=dict)  # host → its baton.yml, if not the same
+    edge: str | None = None  # blue-green through the edges listening there (baton.cluster.cutover)
+    edge_health: str = "/up"  # the path the edges health-check the app hosts on
 
     def to_json(self) -> str:
         body = asdict(self)
@@ -285,4 +287,6 @@ class DeployRequest:
             hosts_at_once=at_once,
             skip_unreachable=body.get("skip_unreachable") is True,
             configs={str(k): str(v) for k, v in configs.items()},
+            edge=_text(body, "edge", what, optional=True),
+            edge_health=_text(body, "edge_health", what, optional=True) or "/up",
         )
