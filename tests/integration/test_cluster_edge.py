@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from baton.cluster.cutover import blue_green
 from baton.cluster.edge import EdgeRoute, publish, wait_applied
@@ -144,3 +145,38 @@ async def test_baton_deploy_of_an_app_behind_edges_is_one_cutover_under_load(
     late = {s.body.split()[0] for s in outcome.timeline if s.sent >= first_v2 and s.body}
     assert late == {"v2"}, outcome.summary()
     assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v2")
+
+
+async def test_a_release_failing_on_green_leaves_the_whole_fleet_on_the_old_one_under_load(
+    fleet: tuple[EtcdCluster, list[FleetHost]], edge: FleetHost
+) -> None:
+    cluster, fleet_hosts = fleet
+    listen = f"{edge.net.address}:{PORT}"
+    async with Etcd(cluster.endpoints) as etcd:
+        assert (await roll_out(etcd, release("v1", "f1"), NAMES, configs=configs(fleet_hosts))).ok
+        route = EdgeRoute("shop", listen, tuple(NAMES), "v1")
+        await wait_applied(etcd, await publish(etcd, route), 30)
+        web2 = fleet_hosts[1]
+        cfg = yaml.safe_load((web2.root / "baton.yml").read_text())
+        cfg["run"]["env"]["FAIL_ON_START"] = "1"  # v2 cannot start on web2, a green host
+        (web2.root / "baton.yml").write_text(yaml.safe_dump(cfg))
+        load = await Load().start(
+            edge.url, concurrency=4, max_requests=400_000, max_seconds=240, delay=0.005
+        )
+        result = await blue_green(
+            etcd, release("v2", "f2"), NAMES, listen=listen, previous="v1",
+            configs=configs(fleet_hosts),
+        )  # fmt: skip
+        after = load.marker("failed")
+        deadline = asyncio.get_running_loop().time() + 30
+        while sum(s.sent >= after for s in load.timeline) < 50:
+            assert asyncio.get_running_loop().time() < deadline, "no load after the deploy"
+            await asyncio.sleep(0.05)
+        outcome = await load.stop()
+        assert not result.ok and "web2" in result.message, result
+        assert result.cutover_revision is None
+        back = await etcd.get("/baton/edges/shop")
+        assert back is not None and EdgeRoute.from_json(back.value).hosts == tuple(NAMES)
+    assert_no_failures(outcome)
+    assert {s.body.split()[0] for s in outcome.timeline if s.body} == {"v1"}, outcome.summary()
+    assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v1")

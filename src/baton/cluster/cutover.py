@@ -12,6 +12,11 @@
    release; every request an edge takes after applying it is answered by the new release;
 4. blue gets the new release, out of rotation; then the edges route to every host again.
 
+``edge_blue_green`` runs it for the controller and keeps the release the fleet served before
+in ``/baton/cutovers/APP``: a new leader resuming the deployment after the cutover (the edge
+route already names the new release) goes on with blue only. An edge that does not apply
+a route within ``APPLY_TIMEOUT`` fails the deployment with its name.
+
 The data plane never waits on this: each step is a change of the edges' tables that their
 proxies apply atomically, and in-flight requests finish where they started.
 """
@@ -19,7 +24,7 @@ proxies apply atomically, and in-flight requests finish where they started.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from baton.cluster import keys
@@ -28,6 +33,7 @@ from baton.cluster.etcd import Etcd
 from baton.cluster.rollout import DEPLOYMENTS, HOST_TIMEOUT, RolloutResult, roll_out
 
 APPLY_TIMEOUT = 30.0  # for every edge to apply an edge-route revision
+CUTOVERS = keys.ROOT + "cutovers/"  # APP → the deployment in progress and the release before
 
 
 @dataclass
@@ -57,8 +63,10 @@ async def blue_green(
     holder: str = "baton",
     host_timeout: float = HOST_TIMEOUT,
     apply_timeout: float = APPLY_TIMEOUT,
+    switched: bool = False,
 ) -> CutoverResult:
-    """Move ``hosts`` (serving ``previous`` through the edges on ``listen``) to ``release``."""
+    """Move ``hosts`` (serving ``previous`` through the edges on ``listen``) to ``release``.
+    ``switched``: the cutover already happened (a new leader resuming): only blue is left."""
     if len(hosts) < 2:
         raise ValueError("blue-green through the edges needs at least 2 app hosts")
     green, blue = split(hosts)
@@ -67,22 +75,13 @@ async def blue_green(
     def route(names: Sequence[str], version: str) -> EdgeRoute:
         return EdgeRoute(release.app, listen, tuple(names), version, health_path)
 
-    await wait_applied(etcd, await publish(etcd, route(blue, previous)), apply_timeout)
-    first = await roll_out(
-        etcd,
-        replace(release, deployment=f"{release.deployment}-green"),
-        green,
-        hosts_at_once=len(green),
-        configs=configs,
-        holder=holder,
-        host_timeout=host_timeout,
-    )
-    if not first.ok:
-        await wait_applied(etcd, await publish(etcd, route(hosts, previous)), apply_timeout)
-        result.message = f"green hosts: {first.message}; the fleet stays on {previous}"
-        return result
-    result.cutover_revision = await publish(etcd, route(green, release.version))
-    await wait_applied(etcd, result.cutover_revision, apply_timeout)
+    if not switched:
+        failed = await _green(
+            etcd, release, hosts, green, result, route, previous, configs=configs,
+            holder=holder, host_timeout=host_timeout, apply_timeout=apply_timeout,
+        )  # fmt: skip
+        if failed:
+            return result
     second = await roll_out(
         etcd,
         replace(release, deployment=f"{release.deployment}-blue"),
@@ -99,6 +98,41 @@ async def blue_green(
     result.ok = True
     result.message = f"{release.app} {release.version} is live on {len(hosts)} host(s)"
     return result
+
+
+async def _green(
+    etcd: Etcd,
+    release: keys.DesiredRelease,
+    hosts: Sequence[str],
+    green: list[str],
+    result: CutoverResult,
+    route: Callable[[Sequence[str], str], EdgeRoute],
+    previous: str,
+    *,
+    configs: dict[str, str] | None,
+    holder: str,
+    host_timeout: float,
+    apply_timeout: float,
+) -> bool:
+    """Steps 1-3: green out of rotation, deployed, then the cutover. True when it failed."""
+    blue = [h for h in hosts if h not in green]
+    await wait_applied(etcd, await publish(etcd, route(blue, previous)), apply_timeout)
+    first = await roll_out(
+        etcd,
+        replace(release, deployment=f"{release.deployment}-green"),
+        green,
+        hosts_at_once=len(green),
+        configs=configs,
+        holder=holder,
+        host_timeout=host_timeout,
+    )
+    if not first.ok:
+        await wait_applied(etcd, await publish(etcd, route(hosts, previous)), apply_timeout)
+        result.message = f"green hosts: {first.message}; the fleet stays on {previous}"
+        return True
+    result.cutover_revision = await publish(etcd, route(green, release.version))
+    await wait_applied(etcd, result.cutover_revision, apply_timeout)
+    return False
 
 
 async def edge_blue_green(etcd: Etcd, request: keys.DeployRequest, holder: str) -> RolloutResult:
@@ -123,11 +157,25 @@ async def edge_blue_green(etcd: Etcd, request: keys.DeployRequest, holder: str) 
             cutover = await publish(etcd, edge)
             await wait_applied(etcd, cutover, APPLY_TIMEOUT)
     else:
-        result = await blue_green(
-            etcd, release, hosts, listen=request.edge, previous=route.version,
-            configs=request.configs, health_path=request.edge_health, holder=holder,
-        )  # fmt: skip
-        ok, message, cutover = result.ok, result.message, result.cutover_revision
+        # What the fleet served before, kept apart: after the cutover the edge route names
+        # the new release, and a leader resuming this deployment must not take that for it.
+        kv = await etcd.get(CUTOVERS + release.app)
+        mine = json.loads(kv.value) if kv is not None else {}
+        if mine.get("deployment") == release.deployment:
+            previous = str(mine["previous"])
+        else:
+            previous = route.version
+            body = {"deployment": release.deployment, "previous": previous}
+            await etcd.put(CUTOVERS + release.app, json.dumps(body))
+        try:
+            result = await blue_green(
+                etcd, release, hosts, listen=request.edge, previous=previous,
+                configs=request.configs, health_path=request.edge_health, holder=holder,
+                switched=route.version == release.version != previous,
+            )  # fmt: skip
+            ok, message, cutover = result.ok, result.message, result.cutover_revision
+        except TimeoutError as exc:  # an edge did not apply a route in time
+            ok, message = False, f"{exc}; the edges that did serve its route"
     record = {
         "deployment": release.deployment,
         "version": release.version,
