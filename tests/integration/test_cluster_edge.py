@@ -180,3 +180,35 @@ async def test_a_release_failing_on_green_leaves_the_whole_fleet_on_the_old_one_
     assert_no_failures(outcome)
     assert {s.body.split()[0] for s in outcome.timeline if s.body} == {"v1"}, outcome.summary()
     assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v1")
+
+
+async def test_a_rolling_deploy_behind_the_edge_and_a_failing_one_fail_no_request(
+    fleet: tuple[EtcdCluster, list[FleetHost]], edge: FleetHost
+) -> None:
+    cluster, fleet_hosts = fleet
+    listen = f"{edge.net.address}:{PORT}"
+    async with Etcd(cluster.endpoints) as etcd:
+        assert (await roll_out(etcd, release("v1", "f1"), NAMES, configs=configs(fleet_hosts))).ok
+        route = EdgeRoute("shop", listen, tuple(NAMES), "fleet")
+        await wait_applied(etcd, await publish(etcd, route), 30)
+        load = await Load().start(
+            edge.url, concurrency=4, max_requests=400_000, max_seconds=240, delay=0.005
+        )
+        rolled = await roll_out(etcd, release("v2", "f2"), NAMES, configs=configs(fleet_hosts))
+        assert rolled.ok, rolled  # one host at a time, each switching behind the edge
+        web2 = fleet_hosts[1]
+        cfg = yaml.safe_load((web2.root / "baton.yml").read_text())
+        cfg["run"]["env"]["FAIL_ON_START"] = "1"  # v3 cannot start on the 2nd host
+        (web2.root / "baton.yml").write_text(yaml.safe_dump(cfg))
+        failed = await roll_out(etcd, release("v3", "f3"), NAMES, configs=configs(fleet_hosts))
+        after = load.marker("unwound")
+        deadline = asyncio.get_running_loop().time() + 30
+        while sum(s.sent >= after for s in load.timeline) < 50:
+            assert asyncio.get_running_loop().time() < deadline, "no load after the deploys"
+            await asyncio.sleep(0.05)
+        outcome = await load.stop()
+    assert not failed.ok and failed.reverted == ["web1", "web2"], failed
+    assert_no_failures(outcome)
+    assert {s.body.split()[0] for s in outcome.timeline if s.body} >= {"v1", "v2"}
+    assert {s.body.split()[0] for s in outcome.timeline if s.body and s.sent >= after} == {"v2"}
+    assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v2")
