@@ -6,6 +6,8 @@ etcd revision, under continuous load."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -212,3 +214,29 @@ async def test_a_rolling_deploy_behind_the_edge_and_a_failing_one_fail_no_reques
     assert {s.body.split()[0] for s in outcome.timeline if s.body} >= {"v1", "v2"}
     assert {s.body.split()[0] for s in outcome.timeline if s.body and s.sent >= after} == {"v2"}
     assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v2")
+
+
+async def test_an_app_host_that_dies_leaves_the_edges_rotation_without_failed_requests(
+    fleet: tuple[EtcdCluster, list[FleetHost]], edge: FleetHost
+) -> None:
+    cluster, fleet_hosts = fleet
+    listen = f"{edge.net.address}:{PORT}"
+    async with Etcd(cluster.endpoints) as etcd:
+        assert (await roll_out(etcd, release("v1", "f1"), NAMES, configs=configs(fleet_hosts))).ok
+        route = EdgeRoute("shop", listen, tuple(NAMES), "v1")
+        await wait_applied(etcd, await publish(etcd, route), 30)
+    load = await Load().start(
+        edge.url, concurrency=4, max_requests=400_000, max_seconds=240, delay=0.005
+    )
+    web3 = fleet_hosts[2]
+    for pid in (web3.server_pid, web3.proxy_pid):  # the daemon first: it would restart it
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+    after = load.marker("web3 died")
+    deadline = asyncio.get_running_loop().time() + 30
+    while sum(s.sent >= after for s in load.timeline) < 300:
+        assert asyncio.get_running_loop().time() < deadline, "the edge stopped answering"
+        await asyncio.sleep(0.05)
+    outcome = await load.stop()
+    assert_no_failures(outcome)
+    assert {s.body for s in outcome.timeline if s.sent >= after} == {"v1\n"}
