@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from baton.cluster.cutover import blue_green
+from baton.cluster.cutover import CutoverResult, blue_green, canary
 from baton.cluster.edge import EdgeRoute, publish, wait_applied
 from baton.cluster.etcd import Etcd
 from baton.cluster.rollout import roll_out
@@ -29,7 +29,7 @@ from tests.integration.test_cluster_fleet import (
 )
 from tests.support.etcd import EtcdCluster
 from tests.support.host import Host, Result, assert_no_failures
-from tests.support.load import Load
+from tests.support.load import Load, LoadResult
 from tests.support.netns import NetLab
 
 __all__ = ["fleet"]  # the fixture, shared with test_cluster_fleet
@@ -240,3 +240,64 @@ async def test_an_app_host_that_dies_leaves_the_edges_rotation_without_failed_re
     outcome = await load.stop()
     assert_no_failures(outcome)
     assert {s.body for s in outcome.timeline if s.sent >= after} == {"v1\n"}
+
+
+async def canary_under_load(
+    cluster: EtcdCluster, fleet_hosts: list[FleetHost], edge: FleetHost, green_env: dict[str, str]
+) -> tuple[CutoverResult, LoadResult, float, float]:
+    """v1 everywhere, then a canary of v2 at 30% through the edge under load; the result,
+    what the clients saw, when the canary step began and when it all ended."""
+    listen = f"{edge.net.address}:{PORT}"
+    async with Etcd(cluster.endpoints) as etcd:
+        assert (await roll_out(etcd, release("v1", "f1"), NAMES, configs=configs(fleet_hosts))).ok
+        route = EdgeRoute("shop", listen, tuple(NAMES), "v1")
+        await wait_applied(etcd, await publish(etcd, route), 30)
+        for h in fleet_hosts[:2]:  # the green hosts
+            cfg = yaml.safe_load((h.root / "baton.yml").read_text())
+            cfg["run"]["env"].update(green_env)
+            (h.root / "baton.yml").write_text(yaml.safe_dump(cfg))
+        load = await Load().start(
+            edge.url, concurrency=4, max_requests=400_000, max_seconds=240, delay=0.005
+        )
+        began = load.marker("canary")
+        result = await canary(
+            etcd, release("v2", "f2"), NAMES, listen=listen, previous="v1", weights=(30,),
+            step_seconds=4.0, max_error_rate=0.05, configs=configs(fleet_hosts),
+        )  # fmt: skip
+        after = load.marker("ended")
+        deadline = asyncio.get_running_loop().time() + 30
+        while sum(s.sent >= after for s in load.timeline) < 50:
+            assert asyncio.get_running_loop().time() < deadline, "no load after the canary"
+            await asyncio.sleep(0.05)
+        return result, await load.stop(), began, after
+
+
+async def test_a_canary_across_the_fleet_splits_every_edges_traffic_then_cuts_over(
+    fleet: tuple[EtcdCluster, list[FleetHost]], edge: FleetHost
+) -> None:
+    cluster, fleet_hosts = fleet
+    result, outcome, began, after = await canary_under_load(cluster, fleet_hosts, edge, {})
+    assert result.ok and result.cutover_revision is not None, result
+    assert_no_failures(outcome)
+    assert set(outcome.statuses) == {200}, outcome.summary()
+    during = [s.body.split()[0] for s in outcome.timeline if s.body and began <= s.sent < after]
+    share = during.count("v2") / len(during)
+    assert 0.05 < share < 0.95, outcome.summary()  # both releases answered at the edge
+    assert {s.body.split()[0] for s in outcome.timeline if s.body and s.sent >= after} == {"v2"}
+    assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v2")
+
+
+async def test_a_canary_failing_on_the_fleets_summed_figures_leaves_every_host_on_the_old_one(
+    fleet: tuple[EtcdCluster, list[FleetHost]], edge: FleetHost
+) -> None:
+    cluster, fleet_hosts = fleet
+    result, outcome, _, after = await canary_under_load(
+        cluster, fleet_hosts, edge, {"ERROR_RATE": "0.5"}
+    )
+    assert not result.ok and "canary at 30%: error rate" in result.message, result
+    assert result.cutover_revision is None
+    assert_no_failures(outcome)  # answers, some of them the canary's 500s: no broken ones
+    assert 500 in outcome.statuses, outcome.summary()
+    late = {s.body.split()[0] for s in outcome.timeline if s.body and s.sent >= after}
+    assert late == {"v1"}, outcome.summary()
+    assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v1")

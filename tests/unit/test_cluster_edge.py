@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from baton.cluster import keys
-from baton.cluster.cutover import split
-from baton.cluster.edge import EdgeRoute, edge_route_table
+from baton.cluster.cutover import judge, split
+from baton.cluster.edge import EdgeRoute, edge_figures, edge_route_table
 from baton.proxy.routing import parse_app
 
 RECORDS = {
@@ -58,3 +58,47 @@ def test_an_edge_route_round_trips_and_bad_ones_are_named() -> None:
 def test_green_is_the_first_half_rounded_up_and_blue_the_rest() -> None:
     assert split(["a", "b", "c"]) == (["a", "b"], ["c"])
     assert split(["a", "b"]) == (["a"], ["b"])
+
+
+def test_a_canary_route_splits_every_edges_traffic_between_two_host_sets() -> None:
+    route = EdgeRoute("shop", "0.0.0.0:80", ("web2",), "v1", "/up", ("web1",), "v2", 30)
+    assert EdgeRoute.from_json(route.to_json()) == route
+    entry = edge_route_table(route, RECORDS)
+    assert [(r["name"], r["weight"], r["targets"]) for r in entry["releases"]] == [
+        ("v1", 70, ["10.213.5.12:8080"]),
+        ("v2", 30, ["10.213.5.11:8080"]),
+    ]
+    parse_app("shop", entry)
+    base = '{"app": "shop", "listen": "1.2.3.4:80", "hosts": ["web2"], "version": "v1", '
+    for canary, message in [
+        ('"canary": {"hosts": ["web2"], "version": "v2", "weight": 5}', "both releases"),
+        ('"canary": {"hosts": ["web1"], "version": "v1", "weight": 5}', "other than 'v1'"),
+        ('"canary": {"hosts": ["web1"], "version": "v2", "weight": 101}', "percentage"),
+        ('"canary": {"hosts": [], "version": "v2", "weight": 5}', "canary.hosts"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            EdgeRoute.from_json(base + canary + "}")
+
+
+def test_the_fleet_canary_is_judged_on_the_requests_since_the_step_began() -> None:
+    before = {"requests": 100, "errors": 50}  # earlier errors do not count
+    assert judge(before, {"requests": 110, "errors": 55}, 0.05, 20) is None  # too few yet
+    assert judge(before, {"requests": 200, "errors": 52}, 0.05, 20) is None  # 2%
+    verdict = judge(before, {"requests": 200, "errors": 60}, 0.05, 20)
+    assert verdict == "error rate 10% over 100 requests (at most 5%)"
+    assert judge(before, {"requests": 10, "errors": 0}, 0.05, 20) is None  # a restarted proxy
+
+
+def test_edge_figures_count_answers_and_errors_per_release_of_routed_apps() -> None:
+    metrics = {
+        "shop": {
+            "releases": {
+                "v2": {"requests": {"2xx": 90, "5xx": 6}, "upstream_errors": 4},
+                "v1": {"requests": {"2xx": 10}, "upstream_errors": 0},
+            }
+        },
+        "other": {"releases": {"x": {"requests": {"2xx": 1}}}},
+    }
+    assert edge_figures(metrics, {"shop": {}}) == {
+        "shop": {"v2": {"requests": 96, "errors": 10}, "v1": {"requests": 10, "errors": 0}}
+    }

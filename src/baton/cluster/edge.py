@@ -41,6 +41,8 @@ log = logging.getLogger("baton.cluster")
 
 EDGES = keys.ROOT + "edges/"
 APPLIED = keys.ROOT + "edge-applied/"  # EDGE → the etcd revision its proxy routes from
+FIGURES = keys.ROOT + "edge-figures/"  # EDGE → per app and release: requests, errors
+FIGURES_INTERVAL = 0.5
 RESYNC_INTERVAL = 3.0
 RETRY_INTERVAL = 1.0
 HEALTH = {"kind": "http", "interval": 0.5, "timeout": 2.0, "rise": 1, "fall": 2}
@@ -59,15 +61,26 @@ class EdgeRoute:
     hosts: tuple[str, ...]  # the app hosts it routes to, by name
     version: str = "fleet"  # the release the fleet serves (names the edge's release)
     health_path: str = "/up"
+    # A canary across the fleet: these hosts serve ``canary_version``, which gets
+    # ``canary_weight`` percent of every edge's requests (the hosts above get the rest).
+    canary_hosts: tuple[str, ...] = ()
+    canary_version: str | None = None
+    canary_weight: int = 0
 
     def to_json(self) -> str:
-        body = {
+        body: dict[str, Any] = {
             "app": self.app,
             "listen": self.listen,
             "hosts": list(self.hosts),
             "version": self.version,
             "health_path": self.health_path,
         }
+        if self.canary_hosts:
+            body["canary"] = {
+                "hosts": list(self.canary_hosts),
+                "version": self.canary_version,
+                "weight": self.canary_weight,
+            }
         return json.dumps(body, sort_keys=True)
 
     @classmethod
@@ -98,14 +111,52 @@ class EdgeRoute:
         path = body.get("health_path", "/up")
         if not isinstance(path, str) or not path.startswith("/"):
             raise ValueError(f"{what}: health_path: expected a path starting with /")
-        return cls(app, str(listen), tuple(names), version, path)
+        canary = body.get("canary")
+        if canary is None:
+            return cls(app, str(listen), tuple(names), version, path)
+        if not isinstance(canary, dict):
+            raise ValueError(f"{what}: canary: expected an object")
+        c_hosts = canary.get("hosts")
+        if (
+            not isinstance(c_hosts, list)
+            or not c_hosts
+            or not all(isinstance(n, str) for n in c_hosts)
+        ):
+            raise ValueError(f"{what}: canary.hosts: expected a non-empty list of host names")
+        for name in c_hosts:
+            keys.check_name("host name", name)
+        if set(c_hosts) & set(names):
+            raise ValueError(f"{what}: canary.hosts: a host cannot serve both releases")
+        c_version = canary.get("version")
+        if not isinstance(c_version, str) or not c_version or c_version == version:
+            raise ValueError(f"{what}: canary.version: expected a release other than {version!r}")
+        weight = canary.get("weight")
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
+            raise ValueError(f"{what}: canary.weight: expected a whole percentage, 0 to 100")
+        return cls(app, str(listen), tuple(names), version, path, tuple(c_hosts), c_version, weight)
 
 
 def edge_route_table(route: EdgeRoute, records: Mapping[str, keys.HostRecord]) -> dict[str, Any]:
     """The proxy's table entry for ``route``; ``ValueError`` naming a host the fleet does not
     know (or that serves no apps): upstreams come from the host records, nowhere else."""
+    releases = [{"name": route.version, "weight": 100 - route.canary_weight,
+                 "targets": _targets(route, route.hosts, records)}]  # fmt: skip
+    if route.canary_hosts:
+        canary = _targets(route, route.canary_hosts, records)
+        releases.append({"name": route.canary_version, "weight": route.canary_weight,
+                         "targets": canary})  # fmt: skip
+    return {
+        "listen": route.listen,
+        "releases": releases,
+        "health": {**HEALTH, "path": route.health_path},
+    }
+
+
+def _targets(
+    route: EdgeRoute, names: tuple[str, ...], records: Mapping[str, keys.HostRecord]
+) -> list[str]:
     targets: list[str] = []
-    for name in route.hosts:
+    for name in names:
         record = records.get(name)
         if record is None:
             raise ValueError(f"edge route {route.app}: host {name!r} never joined the fleet")
@@ -120,11 +171,34 @@ def edge_route_table(route: EdgeRoute, records: Mapping[str, keys.HostRecord]) -
         target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if target not in targets:
             targets.append(target)
-    return {
-        "listen": route.listen,
-        "releases": [{"name": route.version, "weight": 100, "targets": targets}],
-        "health": {**HEALTH, "path": route.health_path},
-    }
+    return targets
+
+
+def edge_figures(
+    apps: Mapping[str, Any], routed: Mapping[str, Any]
+) -> dict[str, dict[str, dict[str, int]]]:
+    """Per routed app and release: requests answered and errors (5xx or no upstream)."""
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for app in routed:
+        for release, m in (apps.get(app) or {}).get("releases", {}).items():
+            requests = m.get("requests", {})
+            total = sum(int(v) for v in requests.values())
+            errors = int(requests.get("5xx", 0)) + int(m.get("upstream_errors", 0))
+            out.setdefault(app, {})[release] = {"requests": total, "errors": errors}
+    return out
+
+
+async def fleet_figures(etcd: Etcd, app: str) -> dict[str, dict[str, int]]:
+    """``app``'s figures summed over every edge: release → requests, errors."""
+    kvs, _ = await etcd.get_prefix(FIGURES)
+    total: dict[str, dict[str, int]] = {}
+    for kv in kvs:
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            for release, m in json.loads(kv.value).get(app, {}).items():
+                into = total.setdefault(release, {"requests": 0, "errors": 0})
+                into["requests"] += int(m["requests"])
+                into["errors"] += int(m["errors"])
+    return total
 
 
 async def publish(etcd: Etcd, route: EdgeRoute) -> int:
@@ -170,13 +244,29 @@ class EdgeAgent:
         self.synced = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
-        task = asyncio.get_running_loop().create_task(self._loop())
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(self._loop()), loop.create_task(self._figures())]
         try:
             await stop.wait()
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _figures(self) -> None:
+        """Publish the edge's per-release counters of the apps it routes (for the fleet's
+        canary judge, which sums every edge's)."""
+        while True:
+            await asyncio.sleep(FIGURES_INTERVAL)
+            if not self.applied:
+                continue
+            try:
+                figures = edge_figures((await self.proxy.metrics()).get("apps", {}), self.applied)
+                await self.etcd.put(FIGURES + self.host, json.dumps(figures, sort_keys=True))
+            except (EtcdUnavailable, EtcdError, BatonError) as exc:
+                log.debug("edge %s: figures not published: %s", self.host, exc)
 
     async def _loop(self) -> None:
         while True:
