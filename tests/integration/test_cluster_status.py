@@ -5,6 +5,7 @@ and each host's steps in the last fleet deployment."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from baton.cluster.etcd import Etcd
 from baton.cluster.rollout import roll_out
@@ -16,6 +17,7 @@ from tests.integration.test_cluster_fleet import (
     release,
 )
 from tests.support.etcd import EtcdCluster
+from tests.support.procs import free_port
 
 __all__ = ["fleet"]  # the fixture, shared with test_cluster_fleet
 
@@ -69,3 +71,13 @@ async def test_status_of_a_host_running_alone_shows_no_fleet(
     assert up.rc == 0, up
     status = await web1.baton("status", "--json")
     assert status.rc == 0 and "fleet" not in json.loads(status.out), status
+
+
+def test_status_says_so_when_the_fleets_etcd_does_not_answer(tmp_path: Path) -> None:
+    from baton.cluster.fleetview import read_for_cli, write_local_cluster
+
+    write_local_cluster(tmp_path, [f"http://127.0.0.1:{free_port()}"], "web1")
+    view = read_for_cli(tmp_path, "status")
+    assert view is not None and view["host"] == "web1"
+    assert "the fleet's etcd does not answer" in view["error"]
+    assert read_for_cli(tmp_path / "alone", "status") is None
