@@ -37,13 +37,51 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from baton.cluster import keys  # noqa: E402
+from baton.cluster.agent import LocalDaemon  # noqa: E402
 from baton.cluster.controller import outcome, submit  # noqa: E402
 from baton.cluster.etcd import Etcd  # noqa: E402
-from bench.fleet import TIMEOUT, fleet_of, sequential_api  # noqa: E402
 from tests.support.etcd import EtcdCluster  # noqa: E402
 from tests.support.host import Host  # noqa: E402
 from tests.support.load import Load  # noqa: E402
 from tests.support.procs import free_port  # noqa: E402
+
+TIMEOUT = 600.0
+
+
+async def fleet_of(n: int, root: Path, endpoints: str) -> list[Host]:
+    """N app hosts on loopback, as bench/fleet.py makes them (mypy sees each bench alone)."""
+    hosts: list[Host] = []
+    for i in range(n):
+        h = Host(root / f"h{i + 1}")
+        h.root.mkdir(parents=True)
+        h.config({"instances": 1})
+        hosts.append(h)
+        up = await h.baton(
+            "up", "--detach", "--cluster", endpoints, "--host-name", f"h{i + 1}",
+            "--advertise", f"127.0.0.1:{h.port}", timeout=120,
+        )  # fmt: skip
+        if up.rc != 0:
+            raise RuntimeError(f"baton up failed on h{i + 1}: {up}")
+    return hosts
+
+
+async def sequential_api(hosts: list[Host], version: str) -> float:
+    """Each host deployed through its daemon's API, one after the other."""
+    started = time.monotonic()
+    for h in hosts:
+        daemon = LocalDaemon(h.state_dir / "baton.sock")
+        body = {
+            "config": str(h.root / "baton.yml"),
+            "version": version,
+            "env": {"APP_VERSION": version},
+        }
+        try:
+            events = [e async for e in daemon.deploy("/deploy", body)]
+        finally:
+            await daemon.close()
+        if not events or not events[-1].get("ok"):
+            raise RuntimeError(f"deploy {version} failed: {events[-1:]}")
+    return time.monotonic() - started
 
 
 async def edge_host(root: Path, endpoints: str) -> Host:

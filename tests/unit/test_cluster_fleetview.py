@@ -52,6 +52,7 @@ def test_the_daemon_says_where_its_fleet_is_and_nothing_when_alone(tmp_path: Pat
     assert local_cluster(tmp_path) is None
     write_local_cluster(tmp_path, ["http://10.213.0.1:2379"], "web1")
     assert local_cluster(tmp_path) == (["http://10.213.0.1:2379"], "web1")
+    assert (tmp_path / "cluster.json").stat().st_mode & 0o777 == 0o600
     (tmp_path / "cluster.json").write_text("{broken")
     assert local_cluster(tmp_path) is None
 

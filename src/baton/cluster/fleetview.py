@@ -1,7 +1,7 @@
 """What ``baton status`` and ``baton history`` show of the fleet a host belongs to.
 
 A daemon started with ``--cluster`` records where its fleet is (``cluster.json`` in the
-state dir: the etcd endpoints and this host's name, no secrets) while its agent runs;
+state dir, mode 0600: the etcd endpoints and this host's name) while its agent runs;
 ``local_cluster`` reads it back for the CLI. ``fleet_status`` reads every host from etcd:
 reachable or not, roles, address, and per app the release it serves, its live instances and
 its last progress report. ``fleet_history`` reads each app's last fleet deployment with every
@@ -24,8 +24,11 @@ DEPLOYMENTS = keys.ROOT + "deployments/"
 
 
 def write_local_cluster(state_dir: Path, endpoints: list[str], host: str) -> Path:
+    """Born 0600, like the rest of the state dir: an endpoint URL may carry credentials."""
+    from baton.state.files import write_private
+
     path = state_dir / CLUSTER_FILE
-    path.write_text(json.dumps({"endpoints": endpoints, "host": host}))
+    write_private(path, json.dumps({"endpoints": endpoints, "host": host}).encode())
     return path
 
 
