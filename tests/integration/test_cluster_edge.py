@@ -261,8 +261,8 @@ async def canary_under_load(
         )
         began = load.marker("canary")
         result = await canary(
-            etcd, release("v2", "f2"), NAMES, listen=listen, previous="v1", weights=(30,),
-            step_seconds=4.0, max_error_rate=0.05, configs=configs(fleet_hosts),
+            etcd, release("v2", "f2"), NAMES, listen=listen, previous="v1",
+            steps=[(30, 4.0)], max_error_rate=0.05, configs=configs(fleet_hosts),
         )  # fmt: skip
         after = load.marker("ended")
         deadline = asyncio.get_running_loop().time() + 30
@@ -301,3 +301,51 @@ async def test_a_canary_failing_on_the_fleets_summed_figures_leaves_every_host_o
     late = {s.body.split()[0] for s in outcome.timeline if s.body and s.sent >= after}
     assert late == {"v1"}, outcome.summary()
     assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v1")
+
+
+async def test_baton_deploy_with_the_canary_strategy_runs_it_at_the_edges_under_load(
+    fleet: tuple[EtcdCluster, list[FleetHost]], edge: FleetHost, tmp_path: Path
+) -> None:
+    cluster, fleet_hosts = fleet
+    (tmp_path / "shared").mkdir()
+    config = Host(tmp_path / "shared").config(
+        {
+            "hosts": NAMES,
+            "proxy": {"listen": f"0.0.0.0:{PORT}"},
+            "edge": {"listen": f"{edge.net.address}:{PORT}"},
+            "deploy": {
+                "strategy": "canary",
+                "canary": {
+                    "steps": [{"weight": 30, "hold": "4s"}],
+                    "analysis": {"min_requests": 20, "max_error_rate": "5%"},
+                },
+            },
+        }
+    )
+    cli = fleet_hosts[0]
+
+    async def deploy(version: str) -> Result:
+        return await cli.baton(
+            "deploy", "-c", str(config), "--version", version, "--env",
+            f"APP_VERSION={version}", "--cluster", cluster.endpoints_text,
+        )  # fmt: skip
+
+    first = await deploy("v1")
+    assert first.rc == 0, first
+    load = await Load().start(
+        edge.url, concurrency=4, max_requests=400_000, max_seconds=240, delay=0.005
+    )
+    began = load.marker("deploy")
+    second = await deploy("v2")
+    after = load.marker("deployed")
+    deadline = asyncio.get_running_loop().time() + 30
+    while sum(s.sent >= after for s in load.timeline) < 50:
+        assert asyncio.get_running_loop().time() < deadline, "no load after the deploy"
+        await asyncio.sleep(0.05)
+    outcome = await load.stop()
+    assert second.rc == 0 and "a canary through the edges" in second.out, second
+    assert_no_failures(outcome)
+    during = [s.body.split()[0] for s in outcome.timeline if s.body and began <= s.sent < after]
+    assert 0.05 < during.count("v2") / len(during) < 0.95, outcome.summary()
+    assert {s.body.split()[0] for s in outcome.timeline if s.body and s.sent >= after} == {"v2"}
+    assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v2")

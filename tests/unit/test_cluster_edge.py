@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from baton.cluster import keys
@@ -102,3 +104,19 @@ def test_edge_figures_count_answers_and_errors_per_release_of_routed_apps() -> N
     assert edge_figures(metrics, {"shop": {}}) == {
         "shop": {"v2": {"requests": 96, "errors": 10}, "v1": {"requests": 10, "errors": 0}}
     }
+
+
+def test_a_deploy_request_carries_the_edges_canary_and_refuses_bad_steps() -> None:
+    release = keys.DesiredRelease("shop", "v2", "d", "/srv/baton.yml")
+    request = keys.DeployRequest(
+        release, ("web1", "web2"), edge="0.0.0.0:80", canary=((10, 30.0), (50, 60.0))
+    )
+    assert keys.DeployRequest.from_json(request.to_json()) == request
+    body = json.loads(request.to_json())
+    for steps, message in [([[0, 30]], "weight 1-100"), ([[10]], "weight 1-100"), ("x", "list")]:
+        with pytest.raises(ValueError, match=message):
+            keys.DeployRequest.from_json(json.dumps({**body, "canary": steps}))
+    with pytest.raises(ValueError, match="canary_max_error_rate"):
+        keys.DeployRequest.from_json(json.dumps({**body, "canary_max_error_rate": 2}))
+    with pytest.raises(ValueError, match="canary_min_requests"):
+        keys.DeployRequest.from_json(json.dumps({**body, "canary_min_requests": 0}))

@@ -143,8 +143,7 @@ async def canary(
     *,
     listen: str,
     previous: str,
-    weights: Sequence[int] = (10, 50),
-    step_seconds: float = 30.0,
+    steps: Sequence[tuple[int, float]] = ((10, 30.0), (50, 30.0)),
     max_error_rate: float = 0.05,
     min_requests: int = 20,
     configs: dict[str, str] | None = None,
@@ -154,8 +153,8 @@ async def canary(
     apply_timeout: float = APPLY_TIMEOUT,
 ) -> CutoverResult:
     """A canary across the fleet at the edges: green gets the release out of rotation, then
-    each weight of ``weights`` is one edge-route revision (the same split on every edge)
-    held ``step_seconds``, judged on the new release's requests summed over every edge
+    each ``(weight, hold)`` of ``steps`` is one edge-route revision (the same split on every
+    edge) held ``hold`` seconds, judged on the new release's requests summed over every edge
     (``fleet_figures``). Over ``max_error_rate`` (with at least ``min_requests``): the edges
     go back to blue, green is rolled back, and every host serves ``previous`` again.
     Otherwise the cutover and blue follow as in ``blue_green``."""
@@ -177,7 +176,7 @@ async def canary(
         result.message = f"green hosts: {first.message}; the fleet stays on {previous}"
         return result
     loop = asyncio.get_running_loop()
-    for weight in weights:
+    for weight, hold in steps:
         split_route = replace(
             route(blue, previous),
             canary_hosts=tuple(green),
@@ -186,10 +185,10 @@ async def canary(
         )
         await wait_applied(etcd, await publish(etcd, split_route), apply_timeout)
         before = (await fleet_figures(etcd, release.app)).get(release.version, {})
-        deadline = loop.time() + step_seconds
+        deadline = loop.time() + hold
         verdict: str | None = None
         while verdict is None and loop.time() < deadline:
-            await asyncio.sleep(min(0.5, step_seconds))
+            await asyncio.sleep(min(0.5, hold))
             now = (await fleet_figures(etcd, release.app)).get(release.version, {})
             verdict = judge(before, now, max_error_rate, min_requests)
         if verdict is not None:  # the canary failed: back to previous everywhere
@@ -250,6 +249,17 @@ async def edge_blue_green(etcd: Etcd, request: keys.DeployRequest, holder: str) 
             )
             cutover = await publish(etcd, edge)
             await wait_applied(etcd, cutover, APPLY_TIMEOUT)
+    elif request.canary:
+        try:
+            result = await canary(
+                etcd, release, hosts, listen=request.edge, previous=route.version,
+                steps=request.canary, max_error_rate=request.canary_max_error_rate,
+                min_requests=request.canary_min_requests, configs=request.configs,
+                health_path=request.edge_health, holder=holder,
+            )  # fmt: skip
+            ok, message, cutover = result.ok, result.message, result.cutover_revision
+        except TimeoutError as exc:
+            ok, message = False, f"{exc}; the edges that did serve its route"
     else:
         # What the fleet served before, kept apart: after the cutover the edge route names
         # the new release, and a leader resuming this deployment must not take that for it.

@@ -261,6 +261,10 @@ class DeployRequest:
     configs: dict[str, str] = field(default_factory=dict)  # host → its baton.yml, if not the same
     edge: str | None = None  # blue-green through the edges listening there (baton.cluster.cutover)
     edge_health: str = "/up"  # the path the edges health-check the app hosts on
+    # A canary at the edges: (weight %, hold s) per step, and its judge's limits.
+    canary: tuple[tuple[int, float], ...] = ()
+    canary_max_error_rate: float = 0.01
+    canary_min_requests: int = 200
 
     def to_json(self) -> str:
         body = asdict(self)
@@ -289,4 +293,38 @@ class DeployRequest:
             configs={str(k): str(v) for k, v in configs.items()},
             edge=_text(body, "edge", what, optional=True),
             edge_health=_text(body, "edge_health", what, optional=True) or "/up",
+            canary=_canary_steps(body.get("canary", []), f"{what}: canary"),
+            canary_max_error_rate=_rate(body.get("canary_max_error_rate", 0.01), what),
+            canary_min_requests=_min_requests(body.get("canary_min_requests", 200), what),
         )
+
+
+def _canary_steps(value: object, what: str) -> tuple[tuple[int, float], ...]:
+    if not isinstance(value, list):
+        raise ValueError(f"{what}: expected a list of [weight, hold] steps")
+    steps: list[tuple[int, float]] = []
+    for step in value:
+        if (
+            not isinstance(step, list)
+            or len(step) != 2
+            or isinstance(step[0], bool)
+            or not isinstance(step[0], int)
+            or not 1 <= step[0] <= 100
+            or not isinstance(step[1], int | float)
+            or not 0 < step[1] <= 86400
+        ):
+            raise ValueError(f"{what}: expected [weight 1-100, hold seconds], got {step!r}")
+        steps.append((step[0], float(step[1])))
+    return tuple(steps)
+
+
+def _rate(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ValueError(f"{what}: canary_max_error_rate: expected a fraction, 0 to 1")
+    return float(value)
+
+
+def _min_requests(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what}: canary_min_requests: expected a whole number, at least 1")
+    return value
