@@ -828,10 +828,33 @@ def status(
         watch_live(lambda: run_async(client.call("GET", "/status")), _show_status, console, period)
         return
     data = run_async(client.call("GET", "/status"))
+    fleet = _fleet_view(client.state_dir, "status")
+    if fleet is not None:
+        data["fleet"] = fleet
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
     _show_status(data)
+    _show_fleet(fleet, "status")
+
+
+def _fleet_view(state_dir: Path, what: str) -> dict[str, Any] | None:
+    """The fleet's hosts (status) or deployments (history) when the daemon runs in one."""
+    from baton.cluster.fleetview import read_for_cli
+
+    return read_for_cli(state_dir, what)
+
+
+def _show_fleet(fleet: dict[str, Any] | None, what: str) -> None:
+    from baton.cluster import fleetview
+
+    if fleet is None:
+        return
+    if "error" in fleet:
+        console.print(f"[yellow]fleet:[/yellow] {escape(fleet['error'])}")
+        return
+    render = fleetview.status_lines if what == "status" else fleetview.history_lines
+    click.echo("\n".join(render(fleet[what])))
 
 
 def _interval(text: str) -> float:
@@ -1042,12 +1065,18 @@ def history(
     selector = app_selector(config, app) if (config or app) else {}
     query = f"?limit={limit}" + (f"&app={selector['app']}" if selector else "")
     data = run_async(client.call("GET", f"/history{query}"))
+    fleet = _fleet_view(client.state_dir, "history")
+    if fleet is not None and "history" in fleet and selector:
+        fleet["history"] = [d for d in fleet["history"] if d["app"] == selector["app"]]
+    if fleet is not None:
+        data["fleet"] = fleet
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
     from baton.observe.views import history_lines
 
     click.echo("\n".join(history_lines(data["deployments"], console.width)))
+    _show_fleet(fleet, "history")
 
 
 @main.command()

@@ -116,13 +116,38 @@ class _Response:
     keep_alive: bool
 
 
+# Private test subnets a network-namespace lab of this process made (tests.support.netns
+# registers its /24 while the lab exists): the only non-loopback addresses load may target.
+LAB_SUBNET = ipaddress.IPv4Network("10.213.0.0/16")
+_lab_networks: set[ipaddress.IPv4Network] = set()
+
+
+def allow_lab_network(network: str) -> None:
+    """Let load reach ``network`` (a /24 inside 10.213.0.0/16 that a netns lab created)."""
+    net = ipaddress.IPv4Network(network)
+    if not net.subnet_of(LAB_SUBNET):
+        raise ValueError(f"{net} is not inside the netns labs' {LAB_SUBNET}")
+    _lab_networks.add(net)
+
+
+def forbid_lab_network(network: str) -> None:
+    _lab_networks.discard(ipaddress.IPv4Network(network))
+
+
 def _check_loopback(host: str) -> None:
+    """Targets stay on 127/8, or on a live netns lab's own subnet (addresses a test made)."""
     try:
         addr = ipaddress.ip_address(socket.gethostbyname(host))
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot resolve load target {host!r}: {e}") from e
-    if not addr.is_loopback:
-        raise ValueError(f"load target {host} ({addr}) is not loopback; tests stay on 127/8")
+    if addr.is_loopback:
+        return
+    if any(addr in net for net in _lab_networks):
+        return
+    raise ValueError(
+        f"load target {host} ({addr}) is not loopback nor in a live netns lab's subnet; "
+        "tests stay on 127/8"
+    )
 
 
 def parse_target(target: str | tuple[str, int], path: str | None) -> tuple[str, int, str]:

@@ -12,7 +12,8 @@ The bridge lives in a namespace of its own because the root namespace's firewall
 sets ``FORWARD DROP`` and bridge netfilter) would drop bridged traffic; the hub's tables are
 empty. The test reaches every host at its address from the root namespace, and hosts reach
 services in the root namespace (etcd) at ``lab.gateway``. Nothing else is routed: traffic
-goes only to addresses the lab created.
+goes only to addresses the lab created. While the lab exists its /24 is the one subnet
+besides loopback that `tests.support.load` accepts as a target.
 
 `add_host(name)` makes a namespace (loopback up, one address), `run(name, cmd)` starts a
 `ManagedProcess` inside it (``ip netns exec``), `cut(name)` / `restore(name)` take its link
@@ -37,6 +38,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.load import allow_lab_network, forbid_lab_network
 from tests.support.procs import ManagedProcess
 
 SUBNET = "10.213"  # 10.213.N.0/24, N picked per lab
@@ -122,6 +124,7 @@ class NetLab:
         self.tag = str(os.getpid())
         self.subnet = _free_subnet()
         self.gateway = f"{SUBNET}.{self.subnet}.1"
+        self.network = f"{SUBNET}.{self.subnet}.0/24"
         self.hub = f"baton{self.tag}-hub"
         self.root_link = f"bv{self.tag}r"
         self.hosts: dict[str, NetHost] = {}
@@ -148,6 +151,7 @@ class NetLab:
             _ip("-n", self.hub, "link", "set", "r", "master", "br0", "up")
             _ip("addr", "add", f"{self.gateway}/24", "dev", self.root_link)
             _ip("link", "set", self.root_link, "up")
+            allow_lab_network(self.network)
         except BaseException:
             self.delete()
             raise
@@ -213,6 +217,7 @@ class NetLab:
             _ip("netns", "del", host.namespace, check=False)
         _ip("link", "del", self.root_link, check=False)
         _ip("netns", "del", self.hub, check=False)
+        forbid_lab_network(self.network)
         self.hosts.clear()
 
 

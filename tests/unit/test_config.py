@@ -895,6 +895,20 @@ def test_fleet_keys_load_and_read_back(tmp_path: Path) -> None:
     assert fleet_settings(yaml.safe_load(MINIMAL)).hosts is None
 
 
+def test_an_edge_listen_makes_fleet_deploys_go_through_the_edges(tmp_path: Path) -> None:
+    from baton.cluster.settings import fleet_settings
+
+    text = MINIMAL + "hosts: [web1, web2]\nedge:\n  listen: 0.0.0.0:80\n"
+    loaded = load_config(write(tmp_path, text))
+    settings = fleet_settings(loaded.raw)
+    assert (settings.edge_listen, settings.edge_health_path) == ("0.0.0.0:80", "/up")
+    raw = yaml.safe_load(text + "health:\n  path: /healthz\n")
+    assert fleet_settings(raw).edge_health_path == "/healthz"  # the app's own check
+    raw["edge"]["health_path"] = "/ready"
+    assert fleet_settings(raw).edge_health_path == "/ready"
+    assert fleet_settings(yaml.safe_load(MINIMAL)).edge_listen is None
+
+
 @pytest.mark.parametrize(
     ("extra", "key", "expected"),
     [
@@ -909,6 +923,15 @@ def test_fleet_keys_load_and_read_back(tmp_path: Path) -> None:
             "deploy:\n  hosts_at_once: 3\n  max_unavailable_hosts: 2\n",
             "deploy.max_unavailable_hosts",
             "at least deploy.hosts_at_once",
+        ),
+        ("edge:\n  listen: 0.0.0.0:80\n", "edge", "needs hosts"),
+        ("hosts: [web1]\nedge: 0.0.0.0:80\n", "edge", "{listen: HOST:PORT}"),
+        ("hosts: [web1]\nedge:\n  listen: nowhere\n", "edge.listen", "HOST:PORT"),
+        ("hosts: [web1]\nedge:\n  listen: 1.2.3.4:80\n  tls: 1\n", "edge", "unknown key(s) tls"),
+        (
+            "hosts: [web1]\nedge:\n  listen: 1.2.3.4:80\n  health_path: up\n",
+            "edge.health_path",
+            "starting with /",
         ),
     ],
 )

@@ -135,6 +135,7 @@ class Agent:
                 kvs, revision = await self.etcd.get_prefix(keys.desired_prefix(self.host))
                 for kv in kvs:
                     await self._converge(kv)
+                await self._publish_versions()  # `baton status` shows the fleet as it is
                 self.converged.set()
                 await self._watch(revision + 1)
             except (EtcdUnavailable, EtcdError) as exc:
@@ -206,6 +207,7 @@ class Agent:
                         progress,
                         state="done" if ok else "failed",
                         step="result",
+                        steps=(*progress.steps, "result"),
                         message=str(event.get("message", "")),
                     )
                     await self._publish_versions()  # fresh before the controller sees done
@@ -213,7 +215,8 @@ class Agent:
                     return
                 if shown and shown != step:
                     step = shown
-                    await self._report(replace(progress, step=shown), best_effort=True)
+                    progress = replace(progress, step=shown, steps=(*progress.steps, shown))
+                    await self._report(progress, best_effort=True)
         except BatonError as exc:
             await self._report(replace(progress, state="failed", message=str(exc)))
             return
@@ -242,7 +245,15 @@ class Agent:
         try:
             status = await self.daemon.status()
             apps = {name: app.get("live") for name, app in status.get("apps", {}).items()}
-            record = replace(self.registration.record, apps=apps)
+            instances = {
+                name: sum(
+                    len(r.get("instances", []))
+                    for r in app.get("releases", [])
+                    if r.get("version") == app.get("live")
+                )
+                for name, app in status.get("apps", {}).items()
+            }
+            record = replace(self.registration.record, apps=apps, instances=instances)
             await self.registration.update(record)
         except (BatonError, AttributeError) as exc:
             log.warning("agent %s: could not publish its versions: %s", self.host, exc)

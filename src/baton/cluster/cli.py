@@ -16,7 +16,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -139,6 +139,7 @@ def hosts_command(cluster: str | None, as_json: bool) -> None:
                     "roles": list(v.record.roles),
                     "baton": v.record.baton,
                     "apps": v.record.apps,
+                    "instances": v.record.instances,
                 }
                 for v in await hosts(etcd)
             ]
@@ -159,7 +160,13 @@ def hosts_command(cluster: str | None, as_json: bool) -> None:
     for column in ("HOST", "STATE", "ADDRESS", "ROLES", "APPS"):
         table.add_column(column)
     for row in rows:
-        apps = ", ".join(f"{a} {v or '-'}" for a, v in sorted(row["apps"].items())) or "-"
+        apps = (
+            ", ".join(
+                f"{a} {v or '-'} ({row['instances'].get(a, 0)} instances)"
+                for a, v in sorted(row["apps"].items())
+            )
+            or "-"
+        )
         state = "[green]reachable[/green]" if row["reachable"] else "[red]unreachable[/red]"
         table.add_row(
             escape(row["name"]), state, escape(row["advertise"]), ",".join(row["roles"]),
@@ -217,9 +224,34 @@ def fleet_deploy(
         command=command,
         env=env,
     )
+    edge = (settings.edge_listen, settings.edge_health_path)
+    canary: dict[str, Any] = {}
+    if settings.edge_listen is not None:
+        canary = _edge_canary(raw, path, strategy)
+        if canary:  # the canary is the edges'; each host switches blue-green, out of rotation
+            release = replace(release, strategy="blue-green")
     return asyncio.run(
-        _follow_fleet(text, release, settings.hosts, settings.hosts_at_once, skip_unreachable)
+        _follow_fleet(
+            text, release, settings.hosts, settings.hosts_at_once, skip_unreachable, edge, canary
+        )
     )
+
+
+def _edge_canary(raw: object, path: str, strategy: str | None) -> dict[str, Any]:
+    """A fleet canary at the edges when the deploy's strategy is canary: its steps and judge
+    limits from ``deploy.canary`` (as ``DeployRequest`` fields), else nothing."""
+    deploy = raw.get("deploy") if isinstance(raw, dict) else None
+    chosen = strategy or (deploy.get("strategy") if isinstance(deploy, dict) else None)
+    if chosen != "canary":
+        return {}
+    from baton.config import load_config
+
+    settings = load_config(path).config.deploy.canary
+    return {
+        "canary": tuple((s.weight, s.hold) for s in settings.steps),
+        "canary_max_error_rate": settings.analysis.max_error_rate,
+        "canary_min_requests": settings.analysis.min_requests,
+    }
 
 
 async def _follow_fleet(
@@ -228,6 +260,8 @@ async def _follow_fleet(
     selector: Any,
     hosts_at_once: int,
     skip_unreachable: bool,
+    edge: tuple[str | None, str] = (None, "/up"),
+    canary: dict[str, Any] | None = None,
 ) -> int:
     from baton.cluster.controller import submit
     from baton.cluster.election import leader
@@ -247,11 +281,17 @@ async def _follow_fleet(
             )
         if await leader(etcd) is None:
             console.print("no controller leads yet: waiting for a host with the controller role")
-        request = keys.DeployRequest(release, tuple(names), hosts_at_once, skip_unreachable)
+        request = keys.DeployRequest(
+            release, tuple(names), hosts_at_once, skip_unreachable, edge=edge[0],
+            edge_health=edge[1], **(canary or {}),
+        )  # fmt: skip
         await submit(etcd, request)
         console.print(
             f"fleet deployment {release.deployment}: {release.app} {release.version} to"
             f" {', '.join(names)}, {hosts_at_once} at a time"
+            if edge[0] is None
+            else f" {', '.join(names)}, {'a canary' if canary else 'blue-green'} through the"
+            f" edges on {edge[0]}"
         )
         shown: dict[str, tuple[str, str]] = {}
         deadline = time.monotonic() + FLEET_TIMEOUT_PER_HOST * len(names)

@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from baton.cluster import keys
+from baton.cluster.cutover import edge_blue_green
 from baton.cluster.election import LOCK_TTL, Election
 from baton.cluster.etcd import Etcd, KeyValue
 from baton.cluster.rollout import DEPLOYMENTS, roll_out
@@ -107,6 +108,9 @@ class Controller:
         deadline = time.monotonic() + LOCK_WAIT
         while True:
             try:
+                if request.edge is not None:  # one cutover at the edges
+                    result = await edge_blue_green(self.etcd, request, self.name)
+                    break
                 result = await roll_out(
                     self.etcd,
                     request.release,

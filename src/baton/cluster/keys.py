@@ -102,6 +102,7 @@ class HostRecord:
     roles: tuple[str, ...] = ("app",)
     baton: str = ""  # Baton's version on the host
     apps: dict[str, str | None] = field(default_factory=dict)  # app → the version it serves
+    instances: dict[str, int] = field(default_factory=dict)  # app → live release's instances
 
     def to_json(self) -> str:
         body = asdict(self)
@@ -124,7 +125,16 @@ class HostRecord:
             roles=tuple(roles),
             baton=str(body.get("baton", "")),
             apps={str(k): (None if v is None else str(v)) for k, v in apps.items()},
+            instances=_counts(body.get("instances", {}), f"{what}: instances"),
         )
+
+
+def _counts(value: object, what: str) -> dict[str, int]:
+    if not isinstance(value, dict) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value.values()
+    ):
+        raise ValueError(f"{what}: expected an object of whole numbers")
+    return {str(k): int(v) for k, v in value.items()}
 
 
 @dataclass(frozen=True)
@@ -202,6 +212,7 @@ class Progress:
     step: str = ""
     message: str = ""
     local_deployment: int | None = None  # the id in the host's own history
+    steps: tuple[str, ...] = ()  # every step the host went through so far, in order
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -213,6 +224,9 @@ class Progress:
         if state not in ("deploying", "done", "failed"):
             raise ValueError(f"{what}: state: expected deploying, done or failed")
         local = body.get("local_deployment")
+        steps = body.get("steps", [])
+        if not isinstance(steps, list) or not all(isinstance(x, str) for x in steps):
+            raise ValueError(f"{what}: steps: expected a list of step names")
         return cls(
             app=_text(body, "app", what) or "",
             version=_text(body, "version", what) or "",
@@ -221,6 +235,7 @@ class Progress:
             step=str(body.get("step", "")),
             message=str(body.get("message", "")),
             local_deployment=local if isinstance(local, int) else None,
+            steps=tuple(steps),
         )
 
     @property
@@ -244,6 +259,12 @@ class DeployRequest:
     hosts_at_once: int = 1
     skip_unreachable: bool = False
     configs: dict[str, str] = field(default_factory=dict)  # host → its baton.yml, if not the same
+    edge: str | None = None  # blue-green through the edges listening there (baton.cluster.cutover)
+    edge_health: str = "/up"  # the path the edges health-check the app hosts on
+    # A canary at the edges: (weight %, hold s) per step, and its judge's limits.
+    canary: tuple[tuple[int, float], ...] = ()
+    canary_max_error_rate: float = 0.01
+    canary_min_requests: int = 200
 
     def to_json(self) -> str:
         body = asdict(self)
@@ -270,4 +291,40 @@ class DeployRequest:
             hosts_at_once=at_once,
             skip_unreachable=body.get("skip_unreachable") is True,
             configs={str(k): str(v) for k, v in configs.items()},
+            edge=_text(body, "edge", what, optional=True),
+            edge_health=_text(body, "edge_health", what, optional=True) or "/up",
+            canary=_canary_steps(body.get("canary", []), f"{what}: canary"),
+            canary_max_error_rate=_rate(body.get("canary_max_error_rate", 0.01), what),
+            canary_min_requests=_min_requests(body.get("canary_min_requests", 200), what),
         )
+
+
+def _canary_steps(value: object, what: str) -> tuple[tuple[int, float], ...]:
+    if not isinstance(value, list):
+        raise ValueError(f"{what}: expected a list of [weight, hold] steps")
+    steps: list[tuple[int, float]] = []
+    for step in value:
+        if (
+            not isinstance(step, list)
+            or len(step) != 2
+            or isinstance(step[0], bool)
+            or not isinstance(step[0], int)
+            or not 1 <= step[0] <= 100
+            or not isinstance(step[1], int | float)
+            or not 0 < step[1] <= 86400
+        ):
+            raise ValueError(f"{what}: expected [weight 1-100, hold seconds], got {step!r}")
+        steps.append((step[0], float(step[1])))
+    return tuple(steps)
+
+
+def _rate(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ValueError(f"{what}: canary_max_error_rate: expected a fraction, 0 to 1")
+    return float(value)
+
+
+def _min_requests(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what}: canary_min_requests: expected a whole number, at least 1")
+    return value

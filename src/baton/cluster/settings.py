@@ -5,6 +5,9 @@
 | hosts                          | (none: one host) | ``[web1, web2]`` or ``{role: app}``       |
 | deploy.hosts_at_once           | 1                | hosts deployed in one batch               |
 | deploy.max_unavailable_hosts   | hosts_at_once    | hosts out of rotation at once, at most    |
+| edge.listen                    | (none: no edges) | where the edges take the app's traffic;   |
+|                                |                  | a deploy is blue-green at the edges       |
+| edge.health_path               | health.path, /up | the edges' health check of each app host  |
 
 ``baton.config`` calls ``strip_fleet_keys`` (one line) before validating its own models, so
 those keep forbidding unknown keys while the fleet's keys live here: each is checked (an
@@ -42,6 +45,38 @@ class FleetSettings:
     hosts: HostSelector | None = None
     hosts_at_once: int = 1
     max_unavailable_hosts: int = 1
+    edge_listen: str | None = None  # deploys are one cutover at the edges listening there
+    edge_health_path: str = "/up"
+
+
+def _edge(raw: dict[str, Any], file: str | None) -> tuple[str | None, str]:
+    from baton import addresses
+
+    value = raw.get("edge")
+    health = raw.get("health")
+    default = health.get("path") if isinstance(health, dict) else None
+    default = default if isinstance(default, str) and default.startswith("/") else "/up"
+    if value is None:
+        return None, default
+    if not isinstance(value, dict) or "listen" not in value:
+        raise ConfigError("expected {listen: HOST:PORT}", file=file, key="edge")
+    unknown = sorted(set(value) - {"listen", "health_path"})
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(unknown)}; expected listen, health_path",
+            file=file,
+            key="edge",
+        )
+    try:
+        addresses.parse_address(value["listen"])
+    except ValueError as exc:
+        raise ConfigError(f"expected HOST:PORT ({exc})", file=file, key="edge.listen") from None
+    path = value.get("health_path", default)
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ConfigError(
+            f"expected a path starting with /, got {path!r}", file=file, key="edge.health_path"
+        )
+    return str(value["listen"]), path
 
 
 def _positive(value: object, file: str | None, key: str) -> int:
@@ -101,7 +136,12 @@ def fleet_settings(raw: object, file: str | None = None) -> FleetSettings:
                 file=file,
                 key="deploy.max_unavailable_hosts",
             )
-    return FleetSettings(hosts, at_once, unavailable)
+    edge, edge_health = _edge(raw, file)
+    if edge is not None and hosts is None:
+        raise ConfigError(
+            "edge needs hosts: the app hosts the edges route to", file=file, key="edge"
+        )
+    return FleetSettings(hosts, at_once, unavailable, edge, edge_health)
 
 
 def strip_fleet_keys(raw: object, file: str | None = None) -> Any:
@@ -113,10 +153,11 @@ def strip_fleet_keys(raw: object, file: str | None = None) -> Any:
     fleet_deploy = isinstance(deploy, dict) and (
         "hosts_at_once" in deploy or "max_unavailable_hosts" in deploy
     )
-    if "hosts" not in raw and not fleet_deploy:
+    if "hosts" not in raw and "edge" not in raw and not fleet_deploy:
         return raw
     out = copy.copy(raw)
     out.pop("hosts", None)
+    out.pop("edge", None)
     if fleet_deploy:
         assert isinstance(deploy, dict)
         out["deploy"] = {

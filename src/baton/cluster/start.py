@@ -2,7 +2,9 @@
 
 ``start_agent`` is all the daemon calls: it builds the etcd client, the host record and the
 agent, and runs it until ``stop``. The agent talks to the daemon through its API socket,
-like any client. A host with the ``controller`` role also runs a controller candidate.
+like any client. A host with the ``controller`` role also runs a controller candidate, one with the ``edge``
+role an edge agent (``baton.cluster.edge``). While the agent runs,
+``cluster.json`` in the state dir says where the fleet is (for ``baton status``).
 """
 
 from __future__ import annotations
@@ -14,15 +16,29 @@ from baton import __version__
 from baton.cluster.agent import Agent, LocalDaemon
 from baton.cluster.cli import ClusterOptions
 from baton.cluster.controller import Controller
+from baton.cluster.edge import EdgeAgent
 from baton.cluster.etcd import Etcd
+from baton.cluster.fleetview import CLUSTER_FILE, write_local_cluster
 from baton.cluster.keys import HostRecord
+from baton.deploy.proxyclient import ProxyClient
 
 
 async def start_agent(options: ClusterOptions, state_dir: Path, stop: asyncio.Event) -> None:
     record = HostRecord(options.host_name, options.advertise, options.roles, __version__)
-    async with Etcd(list(options.endpoints)) as etcd:
-        agent = Agent(etcd, record, LocalDaemon(state_dir / "baton.sock"))
-        jobs = [agent.run(stop)]
-        if "controller" in options.roles:  # a candidate: one of them is elected
-            jobs.append(Controller(etcd, options.host_name).run(stop))
-        await asyncio.gather(*jobs)
+    write_local_cluster(state_dir, list(options.endpoints), options.host_name)
+    try:
+        async with Etcd(list(options.endpoints)) as etcd:
+            agent = Agent(etcd, record, LocalDaemon(state_dir / "baton.sock"))
+            jobs = [agent.run(stop)]
+            if "controller" in options.roles:  # a candidate: one of them is elected
+                jobs.append(Controller(etcd, options.host_name).run(stop))
+            if "edge" in options.roles:  # routes published edge routes through its proxy
+                proxy = ProxyClient(state_dir / "proxy.sock")
+                jobs.append(EdgeAgent(etcd, options.host_name, proxy).run(stop))
+            try:
+                await asyncio.gather(*jobs)
+            finally:
+                if "edge" in options.roles:
+                    await proxy.close()
+    finally:  # `baton status` shows the fleet only while the agent runs
+        (state_dir / CLUSTER_FILE).unlink(missing_ok=True)

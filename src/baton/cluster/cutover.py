@@ -1,0 +1,294 @@
+"""Blue-green across the fleet behind edge proxies: one cutover from one etcd revision.
+
+``blue_green`` is the controller's side of it. The app's hosts are split in two: *green*
+(the first half, rounded up) and *blue* (the rest). Then:
+
+1. the edges stop routing to green (one edge-route revision; the blue hosts carry every
+   request, the old release), and the function waits until every edge applied it;
+2. green gets the new release (``roll_out``, all green hosts at once: none is in rotation);
+   if it fails, green is unwound by ``roll_out`` and the edges route to every host again,
+   so the fleet stays on the old release;
+3. **the cutover**: one edge-route revision sends every edge's traffic to green, on the new
+   release; every request an edge takes after applying it is answered by the new release;
+4. blue gets the new release, out of rotation; then the edges route to every host again.
+
+``edge_blue_green`` runs it for the controller and keeps the release the fleet served before
+in ``/baton/cutovers/APP``: a new leader resuming the deployment after the cutover (the edge
+route already names the new release) goes on with blue only. An edge that does not apply
+a route within ``APPLY_TIMEOUT`` fails the deployment with its name.
+
+The data plane never waits on this: each step is a change of the edges' tables that their
+proxies apply atomically, and in-flight requests finish where they started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+from baton.cluster import keys
+from baton.cluster.edge import EdgeRoute, fleet_figures, publish, published, wait_applied
+from baton.cluster.etcd import Etcd
+from baton.cluster.rollout import DEPLOYMENTS, HOST_TIMEOUT, RolloutResult, roll_out
+
+APPLY_TIMEOUT = 30.0  # for every edge to apply an edge-route revision
+CUTOVERS = keys.ROOT + "cutovers/"  # APP → the deployment in progress and the release before
+
+
+@dataclass
+class CutoverResult:
+    ok: bool
+    message: str
+    cutover_revision: int | None = None  # the edge-route revision that switched the fleet
+    green: list[str] = field(default_factory=list)
+    blue: list[str] = field(default_factory=list)
+
+
+def split(hosts: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Green (deployed first, then given every request) and blue (kept serving meanwhile)."""
+    half = (len(hosts) + 1) // 2
+    return list(hosts[:half]), list(hosts[half:])
+
+
+async def blue_green(
+    etcd: Etcd,
+    release: keys.DesiredRelease,
+    hosts: Sequence[str],
+    *,
+    listen: str,
+    previous: str,
+    configs: dict[str, str] | None = None,
+    health_path: str = "/up",
+    holder: str = "baton",
+    host_timeout: float = HOST_TIMEOUT,
+    apply_timeout: float = APPLY_TIMEOUT,
+    switched: bool = False,
+) -> CutoverResult:
+    """Move ``hosts`` (serving ``previous`` through the edges on ``listen``) to ``release``.
+    ``switched``: the cutover already happened (a new leader resuming): only blue is left."""
+    if len(hosts) < 2:
+        raise ValueError("blue-green through the edges needs at least 2 app hosts")
+    green, blue = split(hosts)
+    result = CutoverResult(False, "", green=green, blue=blue)
+
+    def route(names: Sequence[str], version: str) -> EdgeRoute:
+        return EdgeRoute(release.app, listen, tuple(names), version, health_path)
+
+    if not switched:
+        failed = await _green(
+            etcd, release, hosts, green, result, route, previous, configs=configs,
+            holder=holder, host_timeout=host_timeout, apply_timeout=apply_timeout,
+        )  # fmt: skip
+        if failed:
+            return result
+    second = await roll_out(
+        etcd,
+        replace(release, deployment=f"{release.deployment}-blue"),
+        blue,
+        hosts_at_once=len(blue),
+        configs=configs,
+        holder=holder,
+        host_timeout=host_timeout,
+    )
+    if not second.ok:  # the edges keep serving the new release from green
+        result.message = f"blue hosts: {second.message}; {release.version} is served by green"
+        return result
+    await wait_applied(etcd, await publish(etcd, route(hosts, release.version)), apply_timeout)
+    result.ok = True
+    result.message = f"{release.app} {release.version} is live on {len(hosts)} host(s)"
+    return result
+
+
+async def _green(
+    etcd: Etcd,
+    release: keys.DesiredRelease,
+    hosts: Sequence[str],
+    green: list[str],
+    result: CutoverResult,
+    route: Callable[[Sequence[str], str], EdgeRoute],
+    previous: str,
+    *,
+    configs: dict[str, str] | None,
+    holder: str,
+    host_timeout: float,
+    apply_timeout: float,
+) -> bool:
+    """Steps 1-3: green out of rotation, deployed, then the cutover. True when it failed."""
+    blue = [h for h in hosts if h not in green]
+    await wait_applied(etcd, await publish(etcd, route(blue, previous)), apply_timeout)
+    first = await roll_out(
+        etcd,
+        replace(release, deployment=f"{release.deployment}-green"),
+        green,
+        hosts_at_once=len(green),
+        configs=configs,
+        holder=holder,
+        host_timeout=host_timeout,
+    )
+    if not first.ok:
+        await wait_applied(etcd, await publish(etcd, route(hosts, previous)), apply_timeout)
+        result.message = f"green hosts: {first.message}; the fleet stays on {previous}"
+        return True
+    result.cutover_revision = await publish(etcd, route(green, release.version))
+    await wait_applied(etcd, result.cutover_revision, apply_timeout)
+    return False
+
+
+async def canary(
+    etcd: Etcd,
+    release: keys.DesiredRelease,
+    hosts: Sequence[str],
+    *,
+    listen: str,
+    previous: str,
+    steps: Sequence[tuple[int, float]] = ((10, 30.0), (50, 30.0)),
+    max_error_rate: float = 0.05,
+    min_requests: int = 20,
+    configs: dict[str, str] | None = None,
+    health_path: str = "/up",
+    holder: str = "baton",
+    host_timeout: float = HOST_TIMEOUT,
+    apply_timeout: float = APPLY_TIMEOUT,
+) -> CutoverResult:
+    """A canary across the fleet at the edges: green gets the release out of rotation, then
+    each ``(weight, hold)`` of ``steps`` is one edge-route revision (the same split on every
+    edge) held ``hold`` seconds, judged on the new release's requests summed over every edge
+    (``fleet_figures``). Over ``max_error_rate`` (with at least ``min_requests``): the edges
+    go back to blue, green is rolled back, and every host serves ``previous`` again.
+    Otherwise the cutover and blue follow as in ``blue_green``."""
+    if len(hosts) < 2:
+        raise ValueError("a canary through the edges needs at least 2 app hosts")
+    green, blue = split(hosts)
+    result = CutoverResult(False, "", green=green, blue=blue)
+
+    def route(names: Sequence[str], version: str) -> EdgeRoute:
+        return EdgeRoute(release.app, listen, tuple(names), version, health_path)
+
+    await wait_applied(etcd, await publish(etcd, route(blue, previous)), apply_timeout)
+    first = await roll_out(
+        etcd, replace(release, deployment=f"{release.deployment}-green"), green,
+        hosts_at_once=len(green), configs=configs, holder=holder, host_timeout=host_timeout,
+    )  # fmt: skip
+    if not first.ok:
+        await wait_applied(etcd, await publish(etcd, route(hosts, previous)), apply_timeout)
+        result.message = f"green hosts: {first.message}; the fleet stays on {previous}"
+        return result
+    loop = asyncio.get_running_loop()
+    for weight, hold in steps:
+        split_route = replace(
+            route(blue, previous),
+            canary_hosts=tuple(green),
+            canary_version=release.version,
+            canary_weight=weight,
+        )
+        await wait_applied(etcd, await publish(etcd, split_route), apply_timeout)
+        before = (await fleet_figures(etcd, release.app)).get(release.version, {})
+        deadline = loop.time() + hold
+        verdict: str | None = None
+        while verdict is None and loop.time() < deadline:
+            await asyncio.sleep(min(0.5, hold))
+            now = (await fleet_figures(etcd, release.app)).get(release.version, {})
+            verdict = judge(before, now, max_error_rate, min_requests)
+        if verdict is not None:  # the canary failed: back to previous everywhere
+            await wait_applied(etcd, await publish(etcd, route(blue, previous)), apply_timeout)
+            undo = replace(
+                release, version=previous, deployment=f"{release.deployment}-undo", rollback=True
+            )
+            await roll_out(
+                etcd, undo, green, hosts_at_once=len(green), configs=configs, holder=holder,
+                host_timeout=host_timeout,
+            )  # fmt: skip
+            await wait_applied(etcd, await publish(etcd, route(hosts, previous)), apply_timeout)
+            result.message = f"canary at {weight}%: {verdict}; the fleet stays on {previous}"
+            return result
+    result.cutover_revision = await publish(etcd, route(green, release.version))
+    await wait_applied(etcd, result.cutover_revision, apply_timeout)
+    rest = await blue_green(
+        etcd, release, hosts, listen=listen, previous=previous, configs=configs,
+        health_path=health_path, holder=holder, host_timeout=host_timeout,
+        apply_timeout=apply_timeout, switched=True,
+    )  # fmt: skip
+    rest.cutover_revision = result.cutover_revision
+    return rest
+
+
+def judge(
+    before: dict[str, int], now: dict[str, int], max_error_rate: float, min_requests: int
+) -> str | None:
+    """Why the canary fails on the counts between ``before`` and ``now``, or None (pure)."""
+    requests = max(0, now.get("requests", 0) - before.get("requests", 0))
+    errors = max(0, now.get("errors", 0) - before.get("errors", 0))
+    if requests < min_requests or errors / requests <= max_error_rate:
+        return None
+    return (
+        f"error rate {errors / requests:.0%} over {requests} requests"
+        f" (at most {max_error_rate:.0%})"
+    )
+
+
+async def edge_blue_green(etcd: Etcd, request: keys.DeployRequest, holder: str) -> RolloutResult:
+    """The controller's side of a ``baton deploy`` through the edges (``edge:`` in baton.yml):
+    ``blue_green`` from the release the edges route to now; with no edge route yet (the first
+    deploy) a plain rollout, then the edges' first route. The outcome is recorded under the
+    request's deployment id in ``/baton/deployments/APP``, as ``roll_out`` records its own."""
+    release, hosts = request.release, list(request.hosts)
+    assert request.edge is not None
+    route = await published(etcd, release.app)
+    cutover: int | None = None
+    if route is None or len(hosts) < 2:
+        plain = await roll_out(
+            etcd, release, hosts, hosts_at_once=request.hosts_at_once,
+            skip_unreachable=request.skip_unreachable, configs=request.configs, holder=holder,
+        )  # fmt: skip
+        ok, message = plain.ok, plain.message
+        if ok:
+            edge = EdgeRoute(
+                release.app, request.edge, tuple(hosts), release.version, request.edge_health
+            )
+            cutover = await publish(etcd, edge)
+            await wait_applied(etcd, cutover, APPLY_TIMEOUT)
+    elif request.canary:
+        try:
+            result = await canary(
+                etcd, release, hosts, listen=request.edge, previous=route.version,
+                steps=request.canary, max_error_rate=request.canary_max_error_rate,
+                min_requests=request.canary_min_requests, configs=request.configs,
+                health_path=request.edge_health, holder=holder,
+            )  # fmt: skip
+            ok, message, cutover = result.ok, result.message, result.cutover_revision
+        except TimeoutError as exc:
+            ok, message = False, f"{exc}; the edges that did serve its route"
+    else:
+        # What the fleet served before, kept apart: after the cutover the edge route names
+        # the new release, and a leader resuming this deployment must not take that for it.
+        kv = await etcd.get(CUTOVERS + release.app)
+        mine = json.loads(kv.value) if kv is not None else {}
+        if mine.get("deployment") == release.deployment:
+            previous = str(mine["previous"])
+        else:
+            previous = route.version
+            body = {"deployment": release.deployment, "previous": previous}
+            await etcd.put(CUTOVERS + release.app, json.dumps(body))
+        try:
+            result = await blue_green(
+                etcd, release, hosts, listen=request.edge, previous=previous,
+                configs=request.configs, health_path=request.edge_health, holder=holder,
+                switched=route.version == release.version != previous,
+            )  # fmt: skip
+            ok, message, cutover = result.ok, result.message, result.cutover_revision
+        except TimeoutError as exc:  # an edge did not apply a route in time
+            ok, message = False, f"{exc}; the edges that did serve its route"
+    record = {
+        "deployment": release.deployment,
+        "version": release.version,
+        "hosts": hosts,
+        "hosts_at_once": request.hosts_at_once,
+        "strategy": "edge-blue-green",
+        "state": "succeeded" if ok else "failed",
+        "message": message,
+        "cutover_revision": cutover,
+    }
+    await etcd.put(DEPLOYMENTS + release.app, json.dumps(record))
+    return RolloutResult(ok, release.deployment, message, done=hosts if ok else [])

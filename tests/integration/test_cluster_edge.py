@@ -1,0 +1,351 @@
+"""Edge proxies in namespaces: three app hosts and one edge (each its own daemon and proxy,
+etcd on the lab's gateway). Clients reach the app only through the edge, on its private
+address; a blue-green deploy across the fleet is one cutover of the edge's table, from one
+etcd revision, under continuous load."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from baton.cluster.cutover import CutoverResult, blue_green, canary
+from baton.cluster.edge import EdgeRoute, publish, wait_applied
+from baton.cluster.etcd import Etcd
+from baton.cluster.rollout import roll_out
+from tests.integration.test_cluster_fleet import (
+    NAMES,
+    PORT,
+    FleetHost,
+    configs,
+    fleet,
+    release,
+    served_by_each,
+)
+from tests.support.etcd import EtcdCluster
+from tests.support.host import Host, Result, assert_no_failures
+from tests.support.load import Load, LoadResult
+from tests.support.netns import NetLab
+
+__all__ = ["fleet"]  # the fixture, shared with test_cluster_fleet
+
+
+@pytest.fixture
+async def edge(
+    fleet: tuple[EtcdCluster, list[FleetHost]], netlab: NetLab, tmp_path: Path
+) -> AsyncIterator[FleetHost]:
+    cluster, _ = fleet
+    h = FleetHost(tmp_path / "edge1", netlab, netlab.add_host("edge1"))
+    h.root.mkdir()
+    h.config()
+    try:
+        up = await h.baton(
+            "up", "--detach", "--cluster", cluster.endpoints_text, "--host-name", "edge1",
+            "--advertise", f"{h.net.address}:{PORT}", "--roles", "edge", timeout=60,
+        )  # fmt: skip
+        assert up.rc == 0, up
+        yield h
+    finally:
+        log = h.state_dir / "logs" / "server.log"
+        if log.exists():
+            print("--- edge1 server.log (tail)\n" + log.read_text()[-3000:])
+        await h.teardown()
+
+
+async def test_blue_green_across_the_fleet_is_one_cutover_at_the_edge_under_load(
+    fleet: tuple[EtcdCluster, list[FleetHost]], edge: FleetHost
+) -> None:
+    cluster, fleet_hosts = fleet
+    listen = f"{edge.net.address}:{PORT}"
+    async with Etcd(cluster.endpoints) as etcd:
+        assert (await roll_out(etcd, release("v1", "f1"), NAMES, configs=configs(fleet_hosts))).ok
+        await wait_applied(
+            etcd, await publish(etcd, EdgeRoute("shop", listen, tuple(NAMES), "v1")), 30
+        )
+        load = await Load().start(
+            edge.url, concurrency=4, max_requests=400_000, max_seconds=240, delay=0.005
+        )
+        deadline = asyncio.get_running_loop().time() + 30
+        while len(load.timeline) < 50:  # the edge answers before anything moves
+            assert asyncio.get_running_loop().time() < deadline, "no answers through the edge"
+            await asyncio.sleep(0.05)
+        result = await blue_green(
+            etcd, release("v2", "f2"), NAMES, listen=listen, previous="v1",
+            configs=configs(fleet_hosts),
+        )  # fmt: skip
+        after = load.marker("done")
+        deadline = asyncio.get_running_loop().time() + 30
+        while sum(s.sent >= after for s in load.timeline) < 50:
+            assert asyncio.get_running_loop().time() < deadline, "no load after the deploy"
+            await asyncio.sleep(0.05)
+        # A route naming a host that never joined is refused by the edge: it keeps routing.
+        await publish(etcd, EdgeRoute("shop", listen, ("web1", "ghost"), "v2"))
+        bad = load.marker("bad route")
+        deadline = asyncio.get_running_loop().time() + 30
+        while sum(s.sent >= bad for s in load.timeline) < 50:
+            assert asyncio.get_running_loop().time() < deadline, "no load after the bad route"
+            await asyncio.sleep(0.05)
+        outcome = await load.stop()
+    assert result.ok, result
+    assert result.green == ["web1", "web2"] and result.blue == ["web3"]
+    assert_no_failures(outcome)
+    versions = [
+        s.body.strip().split()[0] for s in sorted(outcome.timeline, key=lambda s: s.t) if s.body
+    ]
+    assert set(versions) == {"v1", "v2"}, outcome.summary()
+    # One cutover: once a client got v2, every request sent afterwards got v2 too.
+    first_v2 = min(s.t for s in outcome.timeline if s.body and s.body.startswith("v2"))
+    late = {s.body.split()[0] for s in outcome.timeline if s.sent >= first_v2 and s.body}
+    assert late == {"v2"}, outcome.summary()
+    assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v2")
+
+
+async def test_baton_deploy_of_an_app_behind_edges_is_one_cutover_under_load(
+    fleet: tuple[EtcdCluster, list[FleetHost]], edge: FleetHost, tmp_path: Path
+) -> None:
+    cluster, fleet_hosts = fleet
+    (tmp_path / "shared").mkdir()
+    config = Host(tmp_path / "shared").config(
+        {
+            "hosts": NAMES,
+            "proxy": {"listen": f"0.0.0.0:{PORT}"},
+            "edge": {"listen": f"{edge.net.address}:{PORT}"},
+        }
+    )
+    cli = fleet_hosts[0]
+
+    async def deploy(version: str) -> Result:
+        return await cli.baton(
+            "deploy", "-c", str(config), "--version", version, "--env",
+            f"APP_VERSION={version}", "--cluster", cluster.endpoints_text,
+        )  # fmt: skip
+
+    first = await deploy("v1")  # no edge route yet: a plain rollout, then the edges' route
+    assert first.rc == 0, first
+    assert "blue-green through the edges" in first.out, first
+    assert (await edge.get("/"))[1].startswith("v1")
+    load = await Load().start(
+        edge.url, concurrency=4, max_requests=400_000, max_seconds=240, delay=0.005
+    )
+    second = await deploy("v2")
+    after = load.marker("deployed")
+    deadline = asyncio.get_running_loop().time() + 30
+    while sum(s.sent >= after for s in load.timeline) < 50:
+        assert asyncio.get_running_loop().time() < deadline, "no load after the deploy"
+        await asyncio.sleep(0.05)
+    outcome = await load.stop()
+    assert second.rc == 0, second
+    for name in NAMES:
+        assert f"{name}: done" in second.out, second
+    assert_no_failures(outcome)
+    first_v2 = min(s.t for s in outcome.timeline if s.body and s.body.startswith("v2"))
+    late = {s.body.split()[0] for s in outcome.timeline if s.sent >= first_v2 and s.body}
+    assert late == {"v2"}, outcome.summary()
+    assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v2")
+
+
+async def test_a_release_failing_on_green_leaves_the_whole_fleet_on_the_old_one_under_load(
+    fleet: tuple[EtcdCluster, list[FleetHost]], edge: FleetHost
+) -> None:
+    cluster, fleet_hosts = fleet
+    listen = f"{edge.net.address}:{PORT}"
+    async with Etcd(cluster.endpoints) as etcd:
+        assert (await roll_out(etcd, release("v1", "f1"), NAMES, configs=configs(fleet_hosts))).ok
+        route = EdgeRoute("shop", listen, tuple(NAMES), "v1")
+        await wait_applied(etcd, await publish(etcd, route), 30)
+        web2 = fleet_hosts[1]
+        cfg = yaml.safe_load((web2.root / "baton.yml").read_text())
+        cfg["run"]["env"]["FAIL_ON_START"] = "1"  # v2 cannot start on web2, a green host
+        (web2.root / "baton.yml").write_text(yaml.safe_dump(cfg))
+        load = await Load().start(
+            edge.url, concurrency=4, max_requests=400_000, max_seconds=240, delay=0.005
+        )
+        result = await blue_green(
+            etcd, release("v2", "f2"), NAMES, listen=listen, previous="v1",
+            configs=configs(fleet_hosts),
+        )  # fmt: skip
+        after = load.marker("failed")
+        deadline = asyncio.get_running_loop().time() + 30
+        while sum(s.sent >= after for s in load.timeline) < 50:
+            assert asyncio.get_running_loop().time() < deadline, "no load after the deploy"
+            await asyncio.sleep(0.05)
+        outcome = await load.stop()
+        assert not result.ok and "web2" in result.message, result
+        assert result.cutover_revision is None
+        back = await etcd.get("/baton/edges/shop")
+        assert back is not None and EdgeRoute.from_json(back.value).hosts == tuple(NAMES)
+    assert_no_failures(outcome)
+    assert {s.body.split()[0] for s in outcome.timeline if s.body} == {"v1"}, outcome.summary()
+    assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v1")
+
+
+async def test_a_rolling_deploy_behind_the_edge_and_a_failing_one_fail_no_request(
+    fleet: tuple[EtcdCluster, list[FleetHost]], edge: FleetHost
+) -> None:
+    cluster, fleet_hosts = fleet
+    listen = f"{edge.net.address}:{PORT}"
+    async with Etcd(cluster.endpoints) as etcd:
+        assert (await roll_out(etcd, release("v1", "f1"), NAMES, configs=configs(fleet_hosts))).ok
+        route = EdgeRoute("shop", listen, tuple(NAMES), "fleet")
+        await wait_applied(etcd, await publish(etcd, route), 30)
+        load = await Load().start(
+            edge.url, concurrency=4, max_requests=400_000, max_seconds=240, delay=0.005
+        )
+        rolled = await roll_out(etcd, release("v2", "f2"), NAMES, configs=configs(fleet_hosts))
+        assert rolled.ok, rolled  # one host at a time, each switching behind the edge
+        web2 = fleet_hosts[1]
+        cfg = yaml.safe_load((web2.root / "baton.yml").read_text())
+        cfg["run"]["env"]["FAIL_ON_START"] = "1"  # v3 cannot start on the 2nd host
+        (web2.root / "baton.yml").write_text(yaml.safe_dump(cfg))
+        failed = await roll_out(etcd, release("v3", "f3"), NAMES, configs=configs(fleet_hosts))
+        after = load.marker("unwound")
+        deadline = asyncio.get_running_loop().time() + 30
+        while sum(s.sent >= after for s in load.timeline) < 50:
+            assert asyncio.get_running_loop().time() < deadline, "no load after the deploys"
+            await asyncio.sleep(0.05)
+        outcome = await load.stop()
+    assert not failed.ok and failed.reverted == ["web1", "web2"], failed
+    assert_no_failures(outcome)
+    assert {s.body.split()[0] for s in outcome.timeline if s.body} >= {"v1", "v2"}
+    assert {s.body.split()[0] for s in outcome.timeline if s.body and s.sent >= after} == {"v2"}
+    assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v2")
+
+
+async def test_an_app_host_that_dies_leaves_the_edges_rotation_without_failed_requests(
+    fleet: tuple[EtcdCluster, list[FleetHost]], edge: FleetHost
+) -> None:
+    cluster, fleet_hosts = fleet
+    listen = f"{edge.net.address}:{PORT}"
+    async with Etcd(cluster.endpoints) as etcd:
+        assert (await roll_out(etcd, release("v1", "f1"), NAMES, configs=configs(fleet_hosts))).ok
+        route = EdgeRoute("shop", listen, tuple(NAMES), "v1")
+        await wait_applied(etcd, await publish(etcd, route), 30)
+    load = await Load().start(
+        edge.url, concurrency=4, max_requests=400_000, max_seconds=240, delay=0.005
+    )
+    web3 = fleet_hosts[2]
+    for pid in (web3.server_pid, web3.proxy_pid):  # the daemon first: it would restart it
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+    after = load.marker("web3 died")
+    deadline = asyncio.get_running_loop().time() + 30
+    while sum(s.sent >= after for s in load.timeline) < 300:
+        assert asyncio.get_running_loop().time() < deadline, "the edge stopped answering"
+        await asyncio.sleep(0.05)
+    outcome = await load.stop()
+    assert_no_failures(outcome)
+    assert {s.body for s in outcome.timeline if s.sent >= after} == {"v1\n"}
+
+
+async def canary_under_load(
+    cluster: EtcdCluster, fleet_hosts: list[FleetHost], edge: FleetHost, green_env: dict[str, str]
+) -> tuple[CutoverResult, LoadResult, float, float]:
+    """v1 everywhere, then a canary of v2 at 30% through the edge under load; the result,
+    what the clients saw, when the canary step began and when it all ended."""
+    listen = f"{edge.net.address}:{PORT}"
+    async with Etcd(cluster.endpoints) as etcd:
+        assert (await roll_out(etcd, release("v1", "f1"), NAMES, configs=configs(fleet_hosts))).ok
+        route = EdgeRoute("shop", listen, tuple(NAMES), "v1")
+        await wait_applied(etcd, await publish(etcd, route), 30)
+        for h in fleet_hosts[:2]:  # the green hosts
+            cfg = yaml.safe_load((h.root / "baton.yml").read_text())
+            cfg["run"]["env"].update(green_env)
+            (h.root / "baton.yml").write_text(yaml.safe_dump(cfg))
+        load = await Load().start(
+            edge.url, concurrency=4, max_requests=400_000, max_seconds=240, delay=0.005
+        )
+        began = load.marker("canary")
+        result = await canary(
+            etcd, release("v2", "f2"), NAMES, listen=listen, previous="v1",
+            steps=[(30, 4.0)], max_error_rate=0.05, configs=configs(fleet_hosts),
+        )  # fmt: skip
+        after = load.marker("ended")
+        deadline = asyncio.get_running_loop().time() + 30
+        while sum(s.sent >= after for s in load.timeline) < 50:
+            assert asyncio.get_running_loop().time() < deadline, "no load after the canary"
+            await asyncio.sleep(0.05)
+        return result, await load.stop(), began, after
+
+
+async def test_a_canary_across_the_fleet_splits_every_edges_traffic_then_cuts_over(
+    fleet: tuple[EtcdCluster, list[FleetHost]], edge: FleetHost
+) -> None:
+    cluster, fleet_hosts = fleet
+    result, outcome, began, after = await canary_under_load(cluster, fleet_hosts, edge, {})
+    assert result.ok and result.cutover_revision is not None, result
+    assert_no_failures(outcome)
+    assert set(outcome.statuses) == {200}, outcome.summary()
+    during = [s.body.split()[0] for s in outcome.timeline if s.body and began <= s.sent < after]
+    share = during.count("v2") / len(during)
+    assert 0.05 < share < 0.95, outcome.summary()  # both releases answered at the edge
+    assert {s.body.split()[0] for s in outcome.timeline if s.body and s.sent >= after} == {"v2"}
+    assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v2")
+
+
+async def test_a_canary_failing_on_the_fleets_summed_figures_leaves_every_host_on_the_old_one(
+    fleet: tuple[EtcdCluster, list[FleetHost]], edge: FleetHost
+) -> None:
+    cluster, fleet_hosts = fleet
+    result, outcome, _, after = await canary_under_load(
+        cluster, fleet_hosts, edge, {"ERROR_RATE": "0.5"}
+    )
+    assert not result.ok and "canary at 30%: error rate" in result.message, result
+    assert result.cutover_revision is None
+    assert_no_failures(outcome)  # answers, some of them the canary's 500s: no broken ones
+    assert 500 in outcome.statuses, outcome.summary()
+    late = {s.body.split()[0] for s in outcome.timeline if s.body and s.sent >= after}
+    assert late == {"v1"}, outcome.summary()
+    assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v1")
+
+
+async def test_baton_deploy_with_the_canary_strategy_runs_it_at_the_edges_under_load(
+    fleet: tuple[EtcdCluster, list[FleetHost]], edge: FleetHost, tmp_path: Path
+) -> None:
+    cluster, fleet_hosts = fleet
+    (tmp_path / "shared").mkdir()
+    config = Host(tmp_path / "shared").config(
+        {
+            "hosts": NAMES,
+            "proxy": {"listen": f"0.0.0.0:{PORT}"},
+            "edge": {"listen": f"{edge.net.address}:{PORT}"},
+            "deploy": {
+                "strategy": "canary",
+                "canary": {
+                    "steps": [{"weight": 30, "hold": "4s"}],
+                    "analysis": {"min_requests": 20, "max_error_rate": "5%"},
+                },
+            },
+        }
+    )
+    cli = fleet_hosts[0]
+
+    async def deploy(version: str) -> Result:
+        return await cli.baton(
+            "deploy", "-c", str(config), "--version", version, "--env",
+            f"APP_VERSION={version}", "--cluster", cluster.endpoints_text,
+        )  # fmt: skip
+
+    first = await deploy("v1")
+    assert first.rc == 0, first
+    load = await Load().start(
+        edge.url, concurrency=4, max_requests=400_000, max_seconds=240, delay=0.005
+    )
+    began = load.marker("deploy")
+    second = await deploy("v2")
+    after = load.marker("deployed")
+    deadline = asyncio.get_running_loop().time() + 30
+    while sum(s.sent >= after for s in load.timeline) < 50:
+        assert asyncio.get_running_loop().time() < deadline, "no load after the deploy"
+        await asyncio.sleep(0.05)
+    outcome = await load.stop()
+    assert second.rc == 0 and "a canary through the edges" in second.out, second
+    assert_no_failures(outcome)
+    during = [s.body.split()[0] for s in outcome.timeline if s.body and began <= s.sent < after]
+    assert 0.05 < during.count("v2") / len(during) < 0.95, outcome.summary()
+    assert {s.body.split()[0] for s in outcome.timeline if s.body and s.sent >= after} == {"v2"}
+    assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v2")
