@@ -76,49 +76,57 @@ def _at(lines: list[tuple[float, str]], text: str) -> tuple[int, float]:
     raise AssertionError(f"no line with {text!r} in:\n" + "\n".join(x for _, x in lines))
 
 
-async def test_a_rolling_deploy_drains_old_batches_while_the_next_batch_starts(
-    host: Host,
-) -> None:
-    app_dir = host.root / "app"  # the release snapshot copies only the backend
-    app_dir.mkdir()
+def _configure(host: Host, *, drain: str, extra_args: str = "", ready_timeout: str = "20s") -> None:
+    """The backend (copied alone, so the release snapshot stays small) as a rolling app of
+    ``INSTANCES`` instances, one at a time; each instance is named ``VERSION-INDEX``."""
+    app_dir = host.root / "app"
+    app_dir.mkdir(exist_ok=True)
     shutil.copy(BACKEND, app_dir / "backend.py")
     host.config(
         {
             "run": {
                 "command": f"exec {sys.executable} backend.py --port $PORT"
-                " --name $APP_VERSION-$BATON_INSTANCE --grace 10",
+                f" --name $APP_VERSION-$BATON_INSTANCE --grace 10 {extra_args}",
                 "cwd": str(app_dir),
             },
             "instances": INSTANCES,
             "deploy": {
                 "strategy": "rolling",
                 "max_surge": 1,
-                "drain_timeout": "4s",
+                "drain_timeout": drain,
                 "stop_timeout": "10s",
+                "ready_timeout": ready_timeout,
             },
         }
     )
+
+
+async def _hold_every_instance(
+    session: aiohttp.ClientSession, host: Host
+) -> list[tuple[Socket, asyncio.Task[None]]]:
+    """WebSockets through the proxy until every v1 instance holds some (bounded)."""
+    held: list[tuple[Socket, asyncio.Task[None]]] = []
+    url = f"http://127.0.0.1:{host.port}/ws"
+    while len({s.name for s, _ in held}) < INSTANCES and len(held) < 30:
+        held.append(await _hold(session, url))
+    assert {s.name for s, _ in held} == {f"v1-{i}" for i in range(INSTANCES)}
+    return held
+
+
+async def test_a_rolling_deploy_drains_old_batches_while_the_next_batch_starts(
+    host: Host,
+) -> None:
+    _configure(host, drain="4s")
     first = await host.deploy("--version", "v1")
     assert first.rc == 0, first
 
-    ws_url = f"http://127.0.0.1:{host.port}/ws"
     async with aiohttp.ClientSession() as session:
-        held: list[tuple[Socket, asyncio.Task[None]]] = []
-        # Round-robin spreads them; keep opening (bounded) until every old instance has some.
-        while len({s.name for s, _ in held}) < INSTANCES and len(held) < 30:
-            held.append(await _hold(session, ws_url))
-        assert {s.name for s, _ in held} == {f"v1-{i}" for i in range(INSTANCES)}
-
+        held = await _hold_every_instance(session, host)
         load = await start_load(host)
         rc, lines = await _stream(
             host,
-            "deploy",
-            "-c",
-            str(host.root / "baton.yml"),
-            "--version",
-            "v2",
-            "--env",
-            "APP_VERSION=v2",
+            *("deploy", "-c", str(host.root / "baton.yml")),
+            *("--version", "v2", "--env", "APP_VERSION=v2"),
         )
         outcome = await load.stop()
         async with asyncio.timeout(30):
@@ -147,3 +155,41 @@ async def test_a_rolling_deploy_drains_old_batches_while_the_next_batch_starts(
     assert status["apps"]["shop"]["live"] == "v2"
     assert len(await host.running_instances()) == INSTANCES
     assert (await host.get())[1].startswith("v2-")
+
+
+async def test_a_failed_batch_routes_an_old_batch_still_draining_again(host: Host) -> None:
+    # v2's second instance never gets ready: batch 2 fails while batch 1 still drains.
+    _configure(
+        host,
+        drain="10s",
+        ready_timeout="3s",
+        extra_args='--up-status "$([ $APP_VERSION-$BATON_INSTANCE = v2-1 ] && echo 503'
+        ' || echo 200)"',
+    )
+    first = await host.deploy("--version", "v1")
+    assert first.rc == 0, first
+    before = await host.running_instances()
+
+    async with aiohttp.ClientSession() as session:
+        held = await _hold_every_instance(session, host)
+        load = await start_load(host)
+        rc, lines = await _stream(
+            host,
+            *("deploy", "-c", str(host.root / "baton.yml")),
+            *("--version", "v2", "--env", "APP_VERSION=v2"),
+        )
+        outcome = await load.stop()
+        text = "\n".join(line for _, line in lines)
+        assert rc == 1, text
+        _at(lines, "▸ drain (batch 1)")
+        # Undo cancelled batch 1's drain: its old instance was never stopped, it is routed
+        # again (the very same process), and nothing of v2 runs.
+        assert "▸ stop (batch 1)" not in text, text
+        assert_no_failures(outcome)
+        assert await host.running_instances() == before
+        status = await host.status()
+        assert status["apps"]["shop"]["live"] == "v1"
+        bodies = {(await host.get())[1] for _ in range(12)}
+        assert bodies == {f"v1-{i}" for i in range(INSTANCES)}, bodies
+        for _, task in held:
+            task.cancel()
