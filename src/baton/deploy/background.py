@@ -17,10 +17,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol, TypeVar
 
-if TYPE_CHECKING:  # steps imports deployment, which holds a Retiring
-    from baton.deploy.steps import Move
+
+class Step(Protocol):
+    """What a retirement needs of a step (a ``steps.Move``; not imported: steps imports
+    deployment, which holds a ``Retiring``)."""
+
+    @property
+    def kind(self) -> str: ...
+
+
+S = TypeVar("S", bound=Step)
 
 Phase = Literal["draining", "stopping", "done"]
 
@@ -41,7 +49,7 @@ class Retiring:
     batches: list[Retirement] = field(default_factory=list)
 
     def start(
-        self, batch: int | None, moves: Sequence[Move], run: Callable[[Move], Awaitable[None]]
+        self, batch: int | None, moves: Sequence[S], run: Callable[[S], Awaitable[None]]
     ) -> Retirement:
         """Run ``moves`` (a drain, then a stop) one after the other in a task of their own."""
         retirement = Retirement(batch)
