@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from baton.config import AppConfig
+from baton.deploy.background import Retiring
 from baton.errors import DeploymentFailed
 from baton.events import UNSET, Event, Result
 from baton.observe import hub as observe_hub
@@ -104,5 +105,7 @@ class Deployment:
     switched: bool = False  # some traffic went to the new release
     started: dict[int, tuple[int, Instance]] = field(default_factory=dict)
     finalized: bool = False
+    # Old rolling batches draining and stopping in the background (see deploy.background).
+    retiring: Retiring = field(default_factory=Retiring)
     app_env: dict[str, str] | None = None  # the app's --env to keep once this deploy succeeds
     secrets: dict[str, str] | None = None  # every secret value of the app, for this deploy

@@ -134,18 +134,31 @@ class Executor:
         try:
             await self.sequence(d, strategy, strategy.plan(self.ops, d), stop_after=stop_after)
         finally:
+            # Failed, cancelled or cut short: old batches still draining stay (undo routes
+            # them again), those stopping finish. After a success there is none left.
+            await d.retiring.abandon()
             await strategy.close(self.ops, d)
 
     async def sequence(
         self, d: Deployment, strategy: Strategy, moves: list[Move], *, stop_after: int | None
     ) -> None:
         commit = commit_point(moves)
+        group: list[Move] = []  # background steps of one batch, started together
         for n, move in enumerate(moves):
+            if group and (not move.background or move.batch != group[0].batch):
+                self.retire(d, strategy, group)
+                group = []
             if stop_after is not None and n >= stop_after:
+                if group:
+                    self.retire(d, strategy, group)
                 return
             if not await strategy.before(self.ops, d, move):
                 continue
+            if move.background:
+                group.append(move)
+                continue
             if move.kind == "post_deploy" and strategy.finalizes:
+                await self.settle(d)
                 await self.finalize(d)
             self.announce(d, move)
             if n <= commit:
@@ -155,15 +168,40 @@ class Executor:
                 await strategy.perform(self.ops, d, move)
             except BatonError as exc:
                 d.run.emit(Warned(message=f"{move.kind}: {exc}"))
+        if group:
+            self.retire(d, strategy, group)
         if stop_after is not None:
             return  # stopped before the release is recorded as live
+        await self.settle(d)
         if strategy.finalizes:
             await self.finalize(d)
 
-    def announce(self, d: Deployment, move: Move) -> None:
-        """Write the step to the store before it runs, and tell the followers."""
+    def retire(self, d: Deployment, strategy: Strategy, moves: list[Move]) -> None:
+        """Start ``moves`` (an old batch's drain and stop) as a background task: the batch is
+        out of the route table, so the next batch need not wait for its drain."""
+
+        async def run(move: Move) -> None:
+            # Not the deployment's recorded step: recovery decides by the foreground one.
+            self.announce(d, move, current=False)
+            try:
+                await strategy.perform(self.ops, d, move)
+            except BatonError as exc:
+                d.run.emit(Warned(message=f"{move.stored}: {exc}"))
+
+        d.retiring.start(moves[0].batch, moves, run)
+
+    async def settle(self, d: Deployment) -> None:
+        """Await the old batches retiring in the background; their errors are warnings (the
+        new release serves: a failed stop of an old instance does not fail the deploy)."""
+        for exc in await d.retiring.wait():
+            d.run.emit(Warned(message=f"retiring an old batch: {type(exc).__name__}: {exc}"))
+
+    def announce(self, d: Deployment, move: Move, *, current: bool = True) -> None:
+        """Write the step to the store before it runs (``current``: as the deployment's
+        step), and tell the followers."""
         store = self.ops.store
-        store.set_step(d.run.id, move.stored)
+        if current:
+            store.set_step(d.run.id, move.stored)
         if move.record:
             store.add_event(d.run.id, d.app, "step", {"step": move.stored, **move.extra})
         d.run.emit(StepStarted(step=move.kind, batch=move.batch, **move.extra))

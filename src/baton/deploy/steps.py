@@ -39,6 +39,8 @@ class Move:
     record: bool = True  # also written to the deployment's stored events
     extra: Mapping[str, Any] = field(default_factory=dict)  # shown with the step event
     number: int | None = None  # a canary step's number (1-based)
+    # Run in the background (a rolling batch's drain and stop): the next steps do not wait.
+    background: bool = False
 
     @property
     def stored(self) -> str:

@@ -4,7 +4,10 @@ The one promise of a deployment is kept here: whatever step failed, the previous
 (or, on a first deploy, nothing) is routed again and every instance the deployment started
 is drained and stopped. Rolling deploys take old instances out batch by batch, so undo puts
 back those that still run and starts again those an earlier batch stopped; a rollback to a
-warm release only moves the weights back.
+warm release only moves the weights back. Old batches retiring in the background are settled
+first (``Retiring.abandon``): a batch still draining is cancelled and its instances, still
+running, are routed again (the proxy routes a target again as soon as the table names it);
+a batch already being stopped finishes stopping and undo starts replacements for it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from baton.state.store import InstanceRow
 async def undo(ops: Operations, d: Deployment) -> bool:
     """Undo ``d``. Returns True when the previous release (or, on a first deploy, nothing)
     is routed."""
+    await d.retiring.abandon()
     store = ops.store
     release, previous = d.release, d.previous
     timeout = d.cfg.deploy.stop_timeout

@@ -2,10 +2,15 @@
 
 Each batch starts and readies its new instances, then one route-table change routes them
 and takes as many old instances out; the weights follow the instance counts. The old
-batch is then drained and stopped, and the next batch starts.
+batch is then drained and stopped in the background (``deploy.background``) while the next
+batch starts, so open WebSockets to an old batch (drained for up to ``drain_timeout``) no
+longer hold up the deploy; the executor awaits every old batch before the release is
+recorded as live.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from baton.deploy.deployment import Deployment
 from baton.deploy.operations import Operations
@@ -40,4 +45,8 @@ class Rolling(Planned):
     actions = {**ACTIONS, "switch": switch}
 
     def plan(self, ops: Operations, d: Deployment) -> list[Move]:
-        return [Move("prepare", record=False), *planned(d, "rolling", routed_ids(ops, d))]
+        moves = planned(d, "rolling", routed_ids(ops, d))
+        return [
+            Move("prepare", record=False),
+            *(replace(m, background=True) if m.kind in ("drain", "stop") else m for m in moves),
+        ]
