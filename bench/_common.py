@@ -377,9 +377,13 @@ def run_wrk(
     threads: int = 2,
     timeout: str = "5s",
     headers: Sequence[str] = (),
+    cpus: set[int] | None = None,
 ) -> WrkResult:
-    """Run wrk against a loopback `url`; bounded by `seconds` (and killed if it overstays)."""
+    """Run wrk against a loopback `url`; bounded by `seconds` (and killed if it overstays).
+    ``cpus``: the CPUs wrk may run on (``taskset``), else any."""
     cmd = wrk_command(url, connections, seconds, threads, timeout, headers)
+    if cpus is not None:
+        cmd = ["taskset", "-c", ",".join(str(c) for c in sorted(cpus)), *cmd]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}: {done.stderr.strip()}")
@@ -398,6 +402,15 @@ def _children(pid: int) -> list[int]:
                     int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()
                 ]
     return found
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Keep process ``pid`` and every process and thread under it on ``cpus``."""
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{p}/task"):
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(int(task), cpus)
 
 
 def process_tree(pid: int) -> Iterator[int]:

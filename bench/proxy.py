@@ -46,6 +46,7 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -69,6 +70,7 @@ from _common import (
     haproxy_process,
     nginx_backend_process,
     nginx_proxy_process,
+    pin,
     raise_nofile_limit,
     read_response,
     require_tools,
@@ -79,9 +81,11 @@ from _common import (
 
 WARMUP_SECONDS = 2
 THROUGHPUT_TARGET = 1.0  # Baton req/s / nginx req/s, at least
-P99_TARGET = 1.5  # Baton p99 / nginx p99, at most
+P99_TARGET = 1.2  # issue 14: p99 at most 1.2x nginx's
 MEMORY_TARGET_MB = 60.0
 IDLE_CONNECTIONS = 10_000
+WRK_CPUS = {0}  # --pin: wrk and the upstream
+PROXY_CPUS = {1}  # --pin: the proxy measured
 PURE_ENV = "BATON_PURE"  # runs an installed Baton's pure-Python fallback (baton.build)
 # The wheel `make` installs (compiled when a C compiler was present), else the editable .venv.
 DEFAULT_BATON = next(
@@ -115,8 +119,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--skip-workers", action="store_true", help="skip the 2-worker Baton and nginx"
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="wrk and the upstream on CPU 0, each one-worker proxy on CPU 1 (taskset), so wrk"
+        " does not compete with the proxy it measures; implies --skip-workers",
+    )
     parser.add_argument("--json", type=Path, help="write the results to this file")
     args = parser.parse_args(argv)
+    if args.pin:
+        if (os.cpu_count() or 1) < 2:
+            parser.error("--pin needs at least 2 CPUs")
+        if shutil.which("taskset") is None:
+            parser.error("--pin needs taskset (util-linux)")
+        args.skip_workers = True
     if args.duration < 1 or args.rounds < 1 or not args.connections:
         parser.error("--duration >= 1, --rounds >= 1 and at least one connection count")
     return args
@@ -238,8 +254,9 @@ def measure(
             order = names[rnd % len(names) :] + names[: rnd % len(names)]
             for name in order:
                 url = f"http://{LOOPBACK}:{ports[name]}/"
-                run_wrk(url, conns, WARMUP_SECONDS, args.threads)
-                result = run_wrk(url, conns, args.duration, args.threads)
+                cpus = WRK_CPUS if args.pin else None
+                run_wrk(url, conns, WARMUP_SECONDS, args.threads, cpus=cpus)
+                result = run_wrk(url, conns, args.duration, args.threads, cpus=cpus)
                 per_target[name].append(result)
                 runs.append({"target": name, "connections": conns, "round": rnd} | result.as_dict())
                 log(
@@ -479,6 +496,12 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         log(f"starting backend and proxies in {workdir}")
         ports, procs, baton_skipped = start_targets(stack, workdir, args, nofile)
+        if args.pin:
+            for name, proc in procs.items():
+                pin(proc.pid, WRK_CPUS if name == "backend" else PROXY_CPUS)
+            log(
+                f"pinned: wrk and the upstream on CPU {min(WRK_CPUS)}, proxies on {min(PROXY_CPUS)}"
+            )
         log("targets: " + ", ".join(f"{n} :{p}" for n, p in ports.items()))
         runs, summary = measure(ports, args)
         memory: dict[str, dict[str, Any]] = {}
@@ -507,6 +530,7 @@ def main(argv: list[str] | None = None) -> int:
                             "threads": args.threads,
                             "rounds": args.rounds,
                             "cpus": os.cpu_count(),
+                            "pinned": args.pin,
                         },
                         "runs": runs,
                         "summary": {str(c): v for c, v in summary.items()},
