@@ -18,13 +18,13 @@ One run, in a temp dir, on free 127.0.0.1 ports:
    API round trips, starting the instances, readiness polling beyond the app's own boot,
    the switch; to the exit also drain and stop of the old release).
 4. Where the overhead goes (medians), from the arrival time of each progress line:
-   ``cli`` = the CLI alone up to sending its request (the same `baton deploy` against a state
-   dir where no daemon answers, under the same load; its CPU time too), ``api`` = from the
-   request to the first progress event (the daemon records the deployment; timed on the API
-   deploys below), ``prepare`` = to the start step, ``start + ready - boot`` = starting the
+   ``cli`` = the CLI's share: when the deployment's first line reached `baton deploy`, less
+   when it reached a client of the API itself (the API deploys below; the CLI's CPU time per
+   deploy is reported too), ``api`` = from the request to the first progress event (the
+   daemon records the deployment; timed on the API deploys below), ``prepare`` = to the start step, ``start + ready - boot`` = starting the
    instances and probing them, minus the app's boot (the peer), ``switch`` = from the switch
-   step to the line saying traffic moved. The CLI is timed apart from the deploys, so the
-   parts need not add up to the total exactly.
+   step to the line saying traffic moved. The parts are medians, so they need not add up to
+   the total exactly.
    Then ``--api-deploys`` more deploys asked of the daemon's API directly (the CLI's request,
    without the CLI): the control plane's own overhead to the switch.
 5. wrk's failed requests (socket errors + non-2xx/3xx) over all the deploys.
@@ -67,6 +67,8 @@ from pathlib import Path
 from typing import Any
 
 from _common import REPO, free_port, parse_wrk, require_tools
+
+from tests.support.host import Host, Result
 
 APP_DIR = REPO / "examples" / "app"
 BACKEND = REPO / "tests" / "support" / "backend.py"
@@ -146,40 +148,28 @@ def container_boot_seconds(image: str, samples: int = 5) -> float:
     return statistics.median(asyncio.run(run()))
 
 
-def write_config(path: Path, port: int, strategy: str, image: str | None = None) -> None:
+def bench_config(host: Host, strategy: str, image: str | None = None) -> Path:
+    """The benchmark's baton.yml: two instances, fast readiness polling, no verify window."""
+    extra: dict[str, Any] = {
+        "app": "bench",
+        "run": {"env": {"APP_VERSION": "v0", "SHUTDOWN_GRACE": "5"}},
+        "health": {"interval": f"{int(HEALTH_INTERVAL * 1000)}ms"},
+        "deploy": {"strategy": strategy, "ready_timeout": "30s", "drain_timeout": "10s"},
+    }
     if image is not None:
-        run = f"runtime: docker\nproxy:\n  listen: 127.0.0.1:{port}\nrun:\n  image: {image}\n  port: 8080"
-    else:
-        run = (
-            f"proxy:\n  listen: 127.0.0.1:{port}\nrun:\n"
-            f"  command: exec {sys.executable} app.py --port $PORT\n  cwd: {APP_DIR}\n"
-            '  env: {APP_VERSION: v0, SHUTDOWN_GRACE: "5"}'
-        )
-    path.write_text(
-        f"""app: bench
-{run}
-instances: 2
-health: {{path: /up, interval: {int(HEALTH_INTERVAL * 1000)}ms, success_threshold: 2}}
-deploy:
-  strategy: {strategy}
-  ready_timeout: 30s
-  drain_timeout: 10s
-  stop_timeout: 5s
-  keep_previous: 0s
-  verify: 0s
-"""
-    )
+        extra["runtime"] = "docker"
+        extra["run"] = {"image": image, "port": 8080, "command": None, "cwd": None, "env": None}
+    return host.config(extra)
 
 
-def baton(state_dir: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*BATON, "--state-dir", str(state_dir), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env=CHILD_ENV,
-    )
+def bench_host(root: Path) -> Host:
+    """A Baton host run through the console script, with bytecode caching on."""
+    return Host(root, cli=BATON, env=CHILD_ENV)
+
+
+def must(result: Result, what: str) -> None:
+    if result.rc != 0:
+        raise SystemExit(f"{what} failed:\n{result}")
 
 
 class Timeline:
@@ -190,6 +180,7 @@ class Timeline:
         self.steps: dict[str, float] = {}  # first arrival of each step
         self.switched: float | None = None
         self.ended = 0.0
+        self.cpu = 0.0  # CPU seconds (user + system) of the `baton deploy` process
 
     def see(self, line: str, at: float) -> None:
         if self.header is None and line.lstrip().startswith(("Deploying", "Rolling back")):
@@ -213,17 +204,17 @@ class Timeline:
         }
 
 
-def deploy_command(state_dir: Path, config: Path, version: str, image: str | None) -> list[str]:
+def deploy_command(host: Host, config: Path, version: str, image: str | None) -> list[str]:
     what = ["--image", image] if image is not None else ["--env", f"APP_VERSION={version}"]
-    return [*BATON, "--state-dir", str(state_dir), "deploy", "-c", str(config),
-            "--version", version, *what]  # fmt: skip
+    return host.command("deploy", "-c", str(config), "--version", version, *what)
 
 
-def timed_deploy(state_dir: Path, config: Path, version: str, image: str | None = None) -> Timeline:
+def timed_deploy(host: Host, config: Path, version: str, image: str | None = None) -> Timeline:
     """The timeline of one `baton deploy` (it must succeed and say traffic moved)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     proc = subprocess.Popen(
-        deploy_command(state_dir, config, version, image),
+        deploy_command(host, config, version, image),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -237,6 +228,8 @@ def timed_deploy(state_dir: Path, config: Path, version: str, image: str | None 
         timeline.see(line, time.monotonic() - started)
     code = proc.wait(120)
     timeline.ended = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    timeline.cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     if code != 0 or timeline.switched is None:
         raise SystemExit(f"deploy {version} failed (exit {code}):\n{''.join(output)}")
     return timeline
@@ -289,32 +282,6 @@ def api_deploy(state_dir: Path, config: Path, version: str, image: str | None) -
     return timeline
 
 
-def cli_seconds(config: Path, image: str | None, samples: int = 3) -> tuple[float, float]:
-    """Median (wall, CPU) seconds of the CLI alone up to its request: `baton deploy` (same
-    config and flags) against a state dir where no daemon answers, which exits as soon as it
-    tried. CPU time (user + system) barely moves with the machine's load; wall time does."""
-    times = []
-    cpu = []
-    with tempfile.TemporaryDirectory(prefix="baton-bench-cli-") as nowhere:
-        for n in range(samples):
-            before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            started = time.monotonic()
-            done = subprocess.run(
-                deploy_command(Path(nowhere), config, f"cli{n}", image),
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-                env=CHILD_ENV,
-            )
-            times.append(time.monotonic() - started)
-            after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
-            if done.returncode != 3:
-                raise SystemExit(f"expected exit 3 (no daemon), got {done.returncode}")
-    return statistics.median(times), statistics.median(cpu)
-
-
 def summary(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
     return {
@@ -361,7 +328,7 @@ def run(args: argparse.Namespace, tags: list[str | None]) -> dict[str, Any]:
     docker = tags[0] is not None
     boot = container_boot_seconds(str(tags[0])) if docker else app_boot_seconds()
     cli_start = statistics.median(
-        [_timed(lambda: baton(Path("/nonexistent"), "--version")) for _ in range(3)]
+        [_timed(lambda: bench_host(Path("/nonexistent")).run("--version")) for _ in range(3)]
     )
     print(
         f"app boot ({'container' if docker else 'spawn'} to first healthy answer): {boot:.3f}s;"
@@ -369,33 +336,23 @@ def run(args: argparse.Namespace, tags: list[str | None]) -> dict[str, Any]:
     )
 
     with tempfile.TemporaryDirectory(prefix="baton-bench-deploy-") as tmp:
-        root = Path(tmp)
-        state_dir = root / "state"
-        config = root / "baton.yml"
-        port = free_port()
-        write_config(config, port, args.strategy, tags[0])
-        up = baton(state_dir, "up", "--detach", timeout=60)
-        if up.returncode != 0:
-            raise SystemExit(f"baton up failed:\n{up.stdout}{up.stderr}")
+        host = bench_host(Path(tmp))
+        config = bench_config(host, args.strategy, tags[0])
+        must(host.run("up", "--detach", timeout=60), "baton up")
         wrk: subprocess.Popen[str] | None = None
         try:
-            timed_deploy(state_dir, config, "v0", tags[0])
+            timed_deploy(host, config, "v0", tags[0])
             wrk = subprocess.Popen(
                 ["wrk", "-t2", f"-c{args.connections}", "-d3600s", "--timeout=5s", "--latency",
-                 f"http://127.0.0.1:{port}/"],
+                 host.url],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
             )  # fmt: skip
             time.sleep(1.0)
-            cli, cli_cpu = cli_seconds(config, tags[0], 5)  # under the same load as the deploys
-            print(
-                f"`baton deploy` up to its request (no daemon there): {cli:.3f}s"
-                f" ({cli_cpu:.3f}s of CPU)"
-            )
             timelines = []
             for n in range(1, args.deploys + 1):
-                timeline = timed_deploy(state_dir, config, f"v{n}", tags[n % 2])
+                timeline = timed_deploy(host, config, f"v{n}", tags[n % 2])
                 timelines.append(timeline)
                 print(
                     f"  deploy {n:2d}: switch +{timeline.switched:.3f}s,"
@@ -405,7 +362,7 @@ def run(args: argparse.Namespace, tags: list[str | None]) -> dict[str, Any]:
             # The same deploys without the CLI: the control plane's own overhead.
             by_api = []
             for n in range(args.deploys + 1, args.deploys + 1 + args.api_deploys):
-                timeline = api_deploy(state_dir, config, f"v{n}", tags[n % 2])
+                timeline = api_deploy(host.state_dir, config, f"v{n}", tags[n % 2])
                 by_api.append(timeline)
                 print(
                     f"  API deploy {n:2d}: switch +{timeline.switched:.3f}s,"
@@ -422,8 +379,14 @@ def run(args: argparse.Namespace, tags: list[str | None]) -> dict[str, Any]:
         finally:
             if wrk is not None and wrk.poll() is None:
                 wrk.kill()
-            baton(state_dir, "down", timeout=120)
+            host.run("down", timeout=120)
 
+    # The CLI's share: when the deployment's header line reached `baton deploy`, less when it
+    # reached a client of the API itself (no CLI start-up, no request building).
+    api_header = statistics.median((t.header or 0.0) for t in by_api) if by_api else 0.0
+    cli = statistics.median((t.header or 0.0) for t in timelines) - api_header
+    cli_cpu = statistics.median(t.cpu for t in timelines)
+    print(f"`baton deploy` up to its request: {cli:.3f}s; its CPU per deploy: {cli_cpu:.3f}s")
     switch = [(t.switched or 0.0) - boot for t in timelines]
     end = [t.ended - boot for t in timelines]
     parts = [t.parts(boot, cli) for t in timelines]
@@ -497,41 +460,35 @@ def open_websocket(port: int) -> socket.socket:
 def rolling_seconds(websockets: int) -> float:
     """Seconds of one rolling deploy (launch to exit) with ``websockets`` held open."""
     with tempfile.TemporaryDirectory(prefix="baton-bench-ws-") as tmp:
-        root = Path(tmp)
-        state_dir = root / "state"
-        config = root / "baton.yml"
-        port = free_port()
-        config.write_text(
-            f"""app: wsbench
-proxy:
-  listen: 127.0.0.1:{port}
-run:
-  command: exec {sys.executable} {BACKEND} --grace 1
-  env: {{APP_VERSION: v0}}
-instances: {WS_INSTANCES}
-health: {{path: /up, interval: {int(HEALTH_INTERVAL * 1000)}ms, success_threshold: 2}}
-deploy:
-  strategy: rolling
-  max_surge: 1
-  ready_timeout: 30s
-  drain_timeout: {WS_DRAIN:g}s
-  stop_timeout: 5s
-  keep_previous: 0s
-  verify: 0s
-"""
+        host = bench_host(Path(tmp))
+        config = host.config(
+            {
+                "app": "wsbench",
+                "run": {
+                    "command": f"exec {sys.executable} {BACKEND} --grace 1",
+                    "cwd": None,
+                    "env": {"APP_VERSION": "v0"},
+                },
+                "instances": WS_INSTANCES,
+                "health": {"interval": f"{int(HEALTH_INTERVAL * 1000)}ms"},
+                "deploy": {
+                    "strategy": "rolling",
+                    "max_surge": 1,
+                    "ready_timeout": "30s",
+                    "drain_timeout": f"{WS_DRAIN:g}s",
+                },
+            }
         )
-        up = baton(state_dir, "up", "--detach", timeout=60)
-        if up.returncode != 0:
-            raise SystemExit(f"baton up failed:\n{up.stdout}{up.stderr}")
+        must(host.run("up", "--detach", timeout=60), "baton up")
         sockets: list[socket.socket] = []
         try:
-            timed_deploy(state_dir, config, "v0")
-            sockets = [open_websocket(port) for _ in range(websockets)]
-            return timed_deploy(state_dir, config, "v1").ended
+            timed_deploy(host, config, "v0")
+            sockets = [open_websocket(host.port) for _ in range(websockets)]
+            return timed_deploy(host, config, "v1").ended
         finally:
             for sock in sockets:
                 sock.close()
-            baton(state_dir, "down", timeout=120)
+            host.run("down", timeout=120)
 
 
 def rolling_with_websockets(websockets: int) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,11 +62,17 @@ def _pid(path: Path) -> int | None:
 class Host:
     """One Baton host in a temp dir: the CLI, its state dir, and the app's public port."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(
+        self, root: Path, cli: Sequence[str] = BATON, env: Mapping[str, str] | None = None
+    ) -> None:
+        """``cli``: the argv that runs ``baton`` (the benchmarks use the console script);
+        ``env``: the environment of every ``baton`` run (default: this process's)."""
         self.root = root
         self.state_dir = root / "state"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
+        self.cli = list(cli)
+        self.env = dict(os.environ if env is None else env)
 
     def config(self, extra: dict[str, Any] | None = None, name: str = "baton.yml") -> Path:
         base: dict[str, Any] = {
@@ -98,7 +104,7 @@ class Host:
 
     def command(self, *args: str) -> list[str]:
         """The argv of ``baton --state-dir STATE ARGS...``."""
-        return [*BATON, "--state-dir", str(self.state_dir), *args]
+        return [*self.cli, "--state-dir", str(self.state_dir), *args]
 
     def run(self, *args: str, timeout: float = CLI_TIMEOUT) -> Result:
         """``baton ARGS...`` run to its end, synchronously (for the benchmarks)."""
@@ -109,7 +115,7 @@ class Host:
             text=True,
             timeout=timeout,
             check=False,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"},
+            env={**self.env, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"},
         )
         return Result(done.returncode, done.stdout, done.stderr)
 
@@ -119,7 +125,7 @@ class Host:
             cwd=self.root,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"},
+            env={**self.env, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"},
         )
         try:
             out, err = await asyncio.wait_for(proc.communicate(), timeout)
