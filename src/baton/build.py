@@ -131,11 +131,17 @@ def install_guard() -> None:
 
 
 def compiled() -> bool:
-    """True when every hot-path module runs compiled by mypyc (imports them)."""
+    """True when every hot-path module runs (or would run, once imported) compiled by mypyc.
+
+    Asks the import system where each module comes from without importing it: `baton
+    --version` must not load the proxy's stack (httptools, uvloop) just to say so."""
     for name in HOT_MODULES:
-        module = importlib.import_module(name)
-        origin = getattr(module, "__file__", None) or ""
-        if not origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
+        module = sys.modules.get(name)
+        origin = getattr(module, "__file__", None) if module is not None else None
+        if module is None:
+            spec = importlib.util.find_spec(name)
+            origin = spec.origin if spec is not None else None
+        if not (origin or "").endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
             return False
     return True
 
