@@ -228,7 +228,12 @@ async def test_baton_promote_skips_the_remaining_steps(host: Host) -> None:
     deploying = asyncio.create_task(host.deploy("--version", "v2", "--env", "APP_VERSION=v2"))
     running = await wait_for_step(host, 1)
     assert running["version"] == "v2" and running["weight"] == 10
+    # The figures show once the daemon's traffic sample (every second) holds v2's answers.
+    deadline = time.monotonic() + 15
     status = await host.baton("status")
+    while "p95" not in status.out and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        status = await host.baton("status")
     assert "canary v2 (stable v1): step 1/2 at 10%" in status.out, status
     assert "p95" in status.out and "req/s" in status.out, status
     promoted = await host.baton("promote")
