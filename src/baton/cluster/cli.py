@@ -24,6 +24,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
+from baton.cli_support import fail
 from baton.cluster import keys
 from baton.errors import BatonError, UsageError
 
@@ -127,7 +128,7 @@ def hosts_command(cluster: str | None, as_json: bool) -> None:
 
     text = cluster or os.environ.get("BATON_CLUSTER")
     if not text:
-        raise _fail(UsageError("baton hosts: give --cluster ENDPOINTS or set $BATON_CLUSTER"))
+        fail(UsageError("baton hosts: give --cluster ENDPOINTS or set $BATON_CLUSTER"))
 
     async def listing() -> list[dict[str, Any]]:
         async with Etcd(text) as etcd:
@@ -147,7 +148,7 @@ def hosts_command(cluster: str | None, as_json: bool) -> None:
     try:
         rows = asyncio.run(listing())
     except BatonError as exc:
-        raise _fail(exc) from None
+        fail(exc)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -173,11 +174,6 @@ def hosts_command(cluster: str | None, as_json: bool) -> None:
             escape(apps),
         )  # fmt: skip
     console.print(table)
-
-
-def _fail(exc: BatonError) -> SystemExit:
-    Console(stderr=True, highlight=False).print(f"[red]error:[/red] {escape(str(exc))}")
-    return SystemExit(exc.exit_code)
 
 
 FLEET_TIMEOUT_PER_HOST = 600.0
