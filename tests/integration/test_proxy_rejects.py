@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -480,6 +481,103 @@ def test_misbehaving_app_is_contained(proxied: tuple[ProxyProcess, Backend], cas
         else:
             assert len(app.requests) >= 2
         proxy.call("DELETE", f"/apps/{case.id}")
+
+
+HEAD_ONLY = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n"  # then the app dies
+
+
+def test_an_app_that_dies_between_its_head_and_its_body_is_retried_elsewhere(
+    proxied: tuple[ProxyProcess, Backend],
+) -> None:
+    """A SIGKILL between an app's two writes (head, then body): the client sees nothing of
+    it and gets the whole answer of another instance (what lost 2 requests in CI when a
+    container was killed under load)."""
+    proxy, _ = proxied
+    host = b"Host: dies.test\r\n"
+    with (
+        ScriptedUpstream(HEAD_ONLY, close=True) as dying,
+        ScriptedUpstream(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlive") as alive,
+    ):
+        proxy.route(("s1", 100, [dying.addr, alive.addr]), app="dies", hosts=["dies.test"])
+        answers = []
+        for _ in range(6):
+            got = send_raw(
+                "127.0.0.1",
+                proxy.port,
+                b"GET / HTTP/1.1\r\n" + host + b"Connection: close\r\n\r\n",
+                timeout=10,
+            )
+            answers.extend(responses(got))
+        proxy.call("DELETE", "/apps/dies")
+    assert dying.requests, "the dying instance was tried"
+    assert answers == [(200, b"live")] * 6
+
+
+def test_a_post_whose_app_died_after_its_head_gets_502_and_is_not_replayed(
+    proxied: tuple[ProxyProcess, Backend],
+) -> None:
+    proxy, _ = proxied
+    host = b"Host: dies-post.test\r\n"
+    with ScriptedUpstream(HEAD_ONLY, close=True) as dying:
+        proxy.route(("s1", 100, [dying.addr]), app="dies-post", hosts=["dies-post.test"])
+        got = send_raw(
+            "127.0.0.1",
+            proxy.port,
+            b"POST /pay HTTP/1.1\r\n"
+            + host
+            + b"Content-Length: 5\r\nConnection: close\r\n\r\nhello",
+            timeout=10,
+        )
+        proxy.call("DELETE", "/apps/dies-post")
+    assert [status for status, _ in responses(got)] == [502], got[:300]
+    assert len(dying.requests) == 1  # the app may have acted on it: never replayed
+
+
+def test_a_head_whose_body_comes_later_still_reaches_the_client_before_its_body(
+    proxied: tuple[ProxyProcess, Backend],
+) -> None:
+    """A head held back for its body is let go after a moment: a streaming answer's client
+    sees the head while the app has not yet sent a byte of the body (the app waits for it)."""
+    proxy, _ = proxied
+    client_has_head = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def app() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(20)
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            client_has_head.wait(20)
+            conn.sendall(b"5\r\nlater\r\n0\r\n\r\n")
+
+    thread = threading.Thread(target=app, daemon=True)
+    thread.start()
+    try:
+        proxy.route(("s1", 100, [f"127.0.0.1:{port}"]), app="stream", hosts=["stream.test"])
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as client:
+            client.sendall(b"GET / HTTP/1.1\r\nHost: stream.test\r\nConnection: close\r\n\r\n")
+            got = b""
+            while b"\r\n\r\n" not in got:
+                data = client.recv(65536)
+                assert data, got
+                got += data
+            head, _, body = got.partition(b"\r\n\r\n")
+            assert parse_status(head) == 200 and body == b""  # the body is not yet sent
+            client_has_head.set()
+            while not body.endswith(b"0\r\n\r\n"):
+                data = client.recv(65536)
+                assert data, body
+                body += data
+        assert dechunk(body) == b"later"
+        proxy.call("DELETE", "/apps/stream")
+    finally:
+        client_has_head.set()
+        listener.close()
+        thread.join(20)
 
 
 def test_transfer_encoding_gzip_until_close_is_forwarded_whole(

@@ -1000,12 +1000,23 @@ class ClientConnection(asyncio.Protocol):
         ex = self.active
         if ex is None or ex.upstream is not up:
             return
+        spec = self.proxy.table.apps.get(ex.metrics.app) if ex.metrics else None
         if up.got_bytes and ex.status:
             if up.until_close:
                 # The body ended with the connection: that is a complete response.
                 if up.framing == FRAME_CHUNKED:
                     self.write(LAST_CHUNK)
                 self.response_done(up, reusable=False)
+                return
+            if up.head_unsent and spec is not None:
+                # The instance died between its head and its body; the head was held
+                # back, so the client has nothing yet: as if it had never answered.
+                up.head_unsent = False
+                ex.status = 0
+                ex.cohorts = ()
+                self.retry_or_fail(
+                    ex, spec.spec, "upstream closed the connection after its head", sent=True
+                )
                 return
             # Truncated response: the client cannot be told anything sane; close it.
             self.proxy.failures.record(ex, ex.status, "upstream closed mid-response")
@@ -1014,7 +1025,6 @@ class ClientConnection(asyncio.Protocol):
             ex.upstream = None
             self._finish(ex, False)
             return
-        spec = self.proxy.table.apps.get(ex.metrics.app) if ex.metrics else None
         if spec is None or up.got_bytes:
             self._fail(ex, 502, "upstream closed the connection before answering")
             return
@@ -1027,7 +1037,7 @@ class ClientConnection(asyncio.Protocol):
         if ex is None or ex.upstream is not up:
             up.close()
             return
-        if ex.status:
+        if ex.status and not up.head_unsent:
             self.proxy.failures.record(ex, ex.status, why)
             self._abandon(ex)
             self._finish(ex, False)

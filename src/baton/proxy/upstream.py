@@ -13,6 +13,10 @@ client connection that owns the exchange, batching what one ``data_received`` pr
 into a single write. It never decides about retries, nor about the response head: it tells its client
 (anything with the ``UpstreamEvents`` methods, so this module imports none of the
 connection code that uses it) what happened, and asks it for the head to forward.
+A response head that arrives alone (its body still to come) is held back for up to
+``HEAD_HOLD`` seconds and written together with the first body bytes: until it is written,
+an instance that dies between its head and its body (a SIGKILL between two writes) has sent
+the client nothing, and the client connection can retry the request elsewhere.
 Bytes after the end of a response (more than its Content-Length, a body after 204/304)
 are never forwarded: the connection is closed instead of pooled. A 101 opens a tunnel only
 when the request asked to upgrade to the protocol the 101 names; otherwise it is a 502.
@@ -29,6 +33,9 @@ import httptools
 from baton.proxy.http import FRAME_CHUNKED, FRAME_NONE, LAST_CHUNK, ResponseInfo, chunk
 
 MAX_RESPONSE_HEAD = 1024 * 1024
+# How long a response head whose body has not begun is held back (see the module text);
+# a streaming answer that sends its head long before its first bytes waits this long.
+HEAD_HOLD = 0.1
 
 
 class BadResponse(Exception):
@@ -185,6 +192,8 @@ class UpstreamConnection(asyncio.Protocol):
         "head_from",
         "head_only",
         "head_request",
+        "head_unsent",
+        "hold",
         "idle_since",
         "keep_alive",
         "out",
@@ -206,6 +215,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.buf = b""
         self.head_from = 0
         self.head_done = False
+        # The head is in ``out`` and not yet written; ``hold`` writes it at HEAD_HOLD.
+        self.head_unsent = False
+        self.hold: asyncio.TimerHandle | None = None
         self.out: list[bytes] = []
         self.framing = FRAME_NONE
         self.got_bytes = False
@@ -227,6 +239,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.buf = b""
         self.head_from = 0
         self.head_done = False
+        self.head_unsent = False
         self.got_bytes = False
         self.done = False
         self.skip = False
@@ -236,10 +249,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     def detach(self) -> None:
         self.client = None
+        self._unhold()
 
     def close(self) -> None:
         self.closed = True
         self.client = None
+        self._unhold()
         if self.transport is not None:
             self.transport.close()
 
@@ -248,6 +263,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        hold = self.hold
+        if hold is not None:  # (``head_unsent`` stays: the client reads it)
+            self.hold = None
+            hold.cancel()
         client = self.client
         self.client = None
         if client is None:
@@ -311,8 +330,16 @@ class UpstreamConnection(asyncio.Protocol):
             return
         out = self.out
         if out:  # (``_flush``, inline: this is every response)
+            if self.head_unsent and not self.done and len(out) == 1:
+                # The head alone: hold it back until its body begins (or HEAD_HOLD).
+                if self.hold is None:
+                    loop = asyncio.get_running_loop()
+                    self.hold = loop.call_later(HEAD_HOLD, self._release_head)
+                return
             client.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
+            if self.head_unsent:
+                self._unhold()
         if self.done:
             self.done = False
             if self.head_only:
@@ -325,6 +352,22 @@ class UpstreamConnection(asyncio.Protocol):
         if out:
             client.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
+        self._unhold()
+
+    def _unhold(self) -> None:
+        """The held head was written (or will never be): no more holding."""
+        self.head_unsent = False
+        hold = self.hold
+        if hold is not None:
+            self.hold = None
+            hold.cancel()
+
+    def _release_head(self) -> None:
+        """HEAD_HOLD passed with no body bytes: the head goes out alone."""
+        self.hold = None
+        client = self.client
+        if client is not None and self.head_unsent:
+            self._flush(client)
 
     # -- httptools callbacks -----------------------------------------------------------
 
@@ -356,6 +399,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.framing = info.framing
         self.until_close = info.until_close
         self.out.append(info.head)
+        # Held back when a body must follow: a body that ends with the connection makes
+        # a close after the head a complete answer, not a lost one.
+        self.head_unsent = not info.until_close and status != 101
         if self.head_request:
             self.head_only = True
             self.keep_alive = self.parser.should_keep_alive()
