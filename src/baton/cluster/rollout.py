@@ -11,6 +11,9 @@ deployment id, so agents act on it), and the result is a failure: the fleet ends
 previous release everywhere. A host already unreachable when its turn comes fails the
 deployment the same way, or is skipped and reported with ``skip_unreachable``.
 
+Every write (the record, the desired releases) is fenced (``baton.cluster.fence``) on the
+controller's term and the deploy lock: a leader deposed without knowing it writes nothing.
+
 The deployment record carries what a new leader needs to finish or unwind a deployment whose
 controller died: calling ``roll_out`` again with the same deployment id resumes it.
 """
@@ -28,6 +31,7 @@ from typing import Any
 from baton.cluster import keys
 from baton.cluster.election import DeployLock
 from baton.cluster.etcd import Etcd, put_op
+from baton.cluster.fence import Fence
 from baton.errors import EtcdError, EtcdUnavailable
 
 DEPLOYMENTS = keys.ROOT + "deployments/"
@@ -104,11 +108,12 @@ async def _finished(etcd: Etcd, hosts: Sequence[str], app: str, deployment: str)
     return done
 
 
-async def _switch(etcd: Etcd, releases: dict[str, keys.DesiredRelease], app: str) -> None:
-    """Write every host's desired release in one transaction: one revision for all."""
+async def _switch(fence: Fence, releases: dict[str, keys.DesiredRelease], app: str) -> None:
+    """Write every host's desired release in one transaction: one revision for all (fenced:
+    a deposed leader's switch writes nothing and raises ``Fenced``)."""
     ops = [put_op(keys.desired_key(h, app), r.to_json()) for h, r in releases.items()]
     if ops:
-        await etcd.txn([], ops)
+        await fence.txn(ops)
 
 
 async def roll_out(
@@ -121,8 +126,13 @@ async def roll_out(
     configs: dict[str, str] | None = None,
     holder: str = "baton",
     host_timeout: float = HOST_TIMEOUT,
+    fence: Fence | None = None,
 ) -> RolloutResult:
     """Deploy ``release`` to ``hosts`` in batches; on a failure, put them all back.
+
+    Every write is fenced on ``fence`` (default: the running controller's term, see
+    ``baton.cluster.fence``) and on the deploy lock: once either is lost a write raises
+    ``Fenced``, which ends the rollout there, unwinding nothing (the new leader owns it).
 
     Called again with the same deployment id (a new leader taking over), it resumes: hosts
     that already finished it are not deployed again, and the previous releases recorded by
@@ -131,6 +141,9 @@ async def roll_out(
     """
     app, deployment = release.app, release.deployment
     lock = await DeployLock.acquire(etcd, app, f"{holder} ({deployment})")
+    guard = (fence or Fence.current(etcd)).with_lock(
+        lock.key, lock.revision, f"the deploy lock of {app}"
+    )
     result = RolloutResult(False, deployment, "")
     previous: dict[str, keys.DesiredRelease | None] = {}
     record: dict[str, Any] = {
@@ -156,7 +169,7 @@ async def roll_out(
                     host: None if raw is None else keys.DesiredRelease.from_json(raw)
                     for host, raw in known.get("previous", {}).items()
                 }
-        await etcd.put(DEPLOYMENTS + app, json.dumps(record))
+        await guard.put(DEPLOYMENTS + app, json.dumps(record))
         for batch in plan_batches(hosts, hosts_at_once):
             reachable = await _reachable(etcd)
             finished = await _finished(etcd, batch, app, deployment)  # a resumed run
@@ -178,8 +191,8 @@ async def roll_out(
             record["previous"] = {
                 h: None if r is None else r.to_json() for h, r in previous.items()
             }
-            await etcd.put(DEPLOYMENTS + app, json.dumps(record))
-            await _switch(etcd, {h: r for h, r in wanted.items() if h not in finished}, app)
+            await guard.put(DEPLOYMENTS + app, json.dumps(record))
+            await _switch(guard, {h: r for h, r in wanted.items() if h not in finished}, app)
             outcome = await _wait(etcd, batch, app, deployment, host_timeout)
             failures = [
                 f"{h}: {o if isinstance(o, str) else o.message}"
@@ -196,20 +209,20 @@ async def roll_out(
             if result.skipped:
                 result.message += f"; skipped (unreachable): {', '.join(result.skipped)}"
         if not result.ok:
-            result.reverted = await _unwind(etcd, app, deployment, previous, host_timeout)
+            result.reverted = await _unwind(guard, app, deployment, previous, host_timeout)
             result.done = []
         record["state"] = "succeeded" if result.ok else "failed"
         record["message"] = result.message
         record["skipped"] = result.skipped
         record["reverted"] = result.reverted
-        await etcd.put(DEPLOYMENTS + app, json.dumps(record))
+        await guard.put(DEPLOYMENTS + app, json.dumps(record))
         return result
     finally:
         await lock.release()
 
 
 async def _unwind(
-    etcd: Etcd,
+    fence: Fence,
     app: str,
     deployment: str,
     previous: dict[str, keys.DesiredRelease | None],
@@ -224,6 +237,6 @@ async def _unwind(
     }
     if not back:
         return []
-    await _switch(etcd, back, app)
-    outcome = await _wait(etcd, list(back), app, undo, timeout)
+    await _switch(fence, back, app)
+    outcome = await _wait(fence.etcd, list(back), app, undo, timeout)
     return [h for h in back if not isinstance(o := outcome[h], str) and o.state == "done"]
