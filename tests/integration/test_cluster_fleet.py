@@ -23,7 +23,7 @@ from baton.cluster.controller import outcome, submit
 from baton.cluster.election import leader
 from baton.cluster.etcd import Etcd
 from baton.cluster.registry import hosts
-from baton.cluster.rollout import roll_out
+from baton.cluster.rollout import DEPLOYMENTS, roll_out
 from tests.support.etcd import EtcdCluster
 from tests.support.host import CLI_TIMEOUT, Host, Result
 from tests.support.netns import NetHost, NetLab, require_netns
@@ -223,6 +223,58 @@ async def test_a_fleet_deploy_survives_its_controller_being_killed(
         served = await served_by_each(fleet_hosts)  # the killed host's proxy still serves
         expected = "v2" if record["state"] == "succeeded" else "v1"
         assert served == dict.fromkeys(NAMES, expected), (record, served)
+
+
+async def desired_revisions(etcd: Etcd) -> dict[str, int]:
+    """Every key the controller writes for the app, and the revision it was last written at."""
+    kvs, _ = await etcd.get_prefix(keys.DESIRED)
+    record = await etcd.get(DEPLOYMENTS + "shop")
+    assert record is not None
+    return {kv.key: kv.mod_revision for kv in [*kvs, record]}
+
+
+async def test_a_paused_controller_writes_nothing_once_another_leads(
+    fleet: tuple[EtcdCluster, list[FleetHost]],
+) -> None:
+    cluster, fleet_hosts = fleet
+    by_name = {h.net.name: h for h in fleet_hosts}
+    async with Etcd(cluster.endpoints) as etcd:
+        first = keys.DeployRequest(release("v1", "f1"), tuple(NAMES), configs=configs(fleet_hosts))
+        await submit(etcd, first)
+        assert (await outcome(etcd, "shop", "f1", 180))["state"] == "succeeded"
+        boss = await leader(etcd)
+        assert boss in NAMES
+        second = keys.DeployRequest(release("v2", "f2"), tuple(NAMES), configs=configs(fleet_hosts))
+        await submit(etcd, second)
+        deadline = asyncio.get_running_loop().time() + 120
+        while True:  # the first host is done with f2: the rollout is under way
+            kv = await etcd.get(keys.progress_key(NAMES[0], "shop"))
+            progress = None if kv is None else keys.Progress.from_json(kv.value)
+            if progress is not None and progress.deployment == "f2" and progress.state == "done":
+                break
+            assert asyncio.get_running_loop().time() < deadline, "f2 did not start"
+            await asyncio.sleep(0.1)
+        pid = by_name[boss].server_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)  # the controller's daemon freezes mid-rollout
+        try:
+            record = await outcome(etcd, "shop", "f2", 180)  # another leader ended it
+            assert await leader(etcd) not in (None, boss)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        written = await desired_revisions(etcd)
+        log = by_name[boss].state_dir / "logs" / "server.log"
+        deadline = asyncio.get_running_loop().time() + 60
+        while "no longer leads" not in log.read_text():  # it woke up and stepped down
+            assert asyncio.get_running_loop().time() < deadline, "the old leader never noticed"
+            await asyncio.sleep(0.1)
+        # Whatever it was about to write when it froze was refused: nothing changed.
+        assert await desired_revisions(etcd) == written
+        expected = "v2" if record["state"] == "succeeded" else "v1"
+        deadline = asyncio.get_running_loop().time() + 60
+        while (served := await served_by_each(fleet_hosts)) != dict.fromkeys(NAMES, expected):
+            assert asyncio.get_running_loop().time() < deadline, (record, served)
+            await asyncio.sleep(0.2)
 
 
 def shared_config(root: Path, hosts_at_once: int = 1) -> Path:
