@@ -21,7 +21,7 @@ import yaml
 from baton.cluster import keys
 from baton.cluster.controller import outcome, submit
 from baton.cluster.election import leader
-from baton.cluster.etcd import Etcd
+from baton.cluster.etcd import Etcd, WatchEvent
 from baton.cluster.registry import hosts
 from baton.cluster.rollout import DEPLOYMENTS, roll_out
 from tests.support.etcd import EtcdCluster
@@ -352,3 +352,77 @@ async def test_a_host_down_on_its_turn_fails_the_deploy_or_is_skipped_as_asked(
     assert skipped.rc == 0 and "skipped (unreachable): web3" in skipped.out, skipped
     served = await served_by_each(fleet_hosts)
     assert served == {"web1": "v3", "web2": "v3", "web3": "v1"}
+
+
+async def events_since(etcd: Etcd, start: int) -> list[WatchEvent]:
+    """Every change under /baton/ from revision ``start`` to now, in order (etcd's history)."""
+    _, now = await etcd.get_prefix(keys.CONTROLLER)
+    seen: list[WatchEvent] = []
+    changes = etcd.watch(keys.ROOT, start)
+    try:
+        async with asyncio.timeout(30):
+            async for _, events in changes:
+                seen += events
+                if any(e.kv.mod_revision >= now for e in events):
+                    return seen
+    finally:
+        await changes.aclose()
+    return seen
+
+
+def in_flight(events: list[WatchEvent], deployment: str) -> tuple[int, list[str]]:
+    """The most hosts switched to ``deployment`` and not yet finished at one revision, and
+    the hosts that were switched: read from the desired releases and progress in etcd."""
+    switched: dict[str, int] = {}
+    ended: dict[str, int] = {}
+    for event in events:
+        key, kv = event.kv.key, event.kv
+        if event.kind != "put":
+            continue
+        if key.startswith(keys.DESIRED) and key.endswith("/shop"):
+            host = key[len(keys.DESIRED) :].split("/")[0]
+            if keys.DesiredRelease.from_json(kv.value).deployment == deployment:
+                switched.setdefault(host, kv.mod_revision)
+        elif key.startswith(keys.PROGRESS) and key.endswith("/shop"):
+            host = key[len(keys.PROGRESS) :].split("/")[0]
+            progress = keys.Progress.from_json(kv.value)
+            if progress.deployment == deployment and progress.finished:
+                ended.setdefault(host, kv.mod_revision)
+    moments = sorted({*switched.values(), *ended.values()})
+    most = max(
+        (sum(1 for h, r in switched.items() if r <= at < ended.get(h, 1 << 62)) for at in moments),
+        default=0,
+    )
+    return most, sorted(switched, key=lambda h: switched[h])
+
+
+async def test_max_unavailable_hosts_keeps_two_in_flight_and_a_failure_unwinds_all(
+    fleet: tuple[EtcdCluster, list[FleetHost]],
+) -> None:
+    cluster, fleet_hosts = fleet
+    async with Etcd(cluster.endpoints) as etcd:
+        assert (await roll_out(etcd, release("v1", "f1"), NAMES, configs=configs(fleet_hosts))).ok
+        _, start = await etcd.get_prefix(keys.CONTROLLER)
+        two = await roll_out(
+            etcd, release("v2", "f2"), NAMES, configs=configs(fleet_hosts), max_unavailable=2
+        )
+        assert two.ok and sorted(two.done) == NAMES, two
+        most, moved = in_flight(await events_since(etcd, start + 1), "f2")
+        assert most == 2 and moved == NAMES, (most, moved)  # one at a time, two in flight
+        assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v2")
+
+        web2 = fleet_hosts[1]
+        cfg = yaml.safe_load((web2.root / "baton.yml").read_text())
+        cfg["run"]["env"]["FAIL_ON_START"] = "1"  # v3 cannot start on web2 only
+        (web2.root / "baton.yml").write_text(yaml.safe_dump(cfg))
+        _, start = await etcd.get_prefix(keys.CONTROLLER)
+        failed = await roll_out(
+            etcd, release("v3", "f3"), NAMES, configs=configs(fleet_hosts), max_unavailable=2
+        )
+        assert not failed.ok and "web2" in failed.message, failed
+        most, moved = in_flight(await events_since(etcd, start + 1), "f3")
+        assert most == 2 and moved[:2] == ["web1", "web2"], (most, moved)
+        assert sorted(failed.reverted) == sorted(moved), failed  # every moved host went back
+        assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v2")
+        with pytest.raises(ValueError, match="max_unavailable_hosts"):
+            await roll_out(etcd, release("v4", "f4"), NAMES, hosts_at_once=2, max_unavailable=1)

@@ -130,6 +130,7 @@ class Controller:
                     skip_unreachable=request.skip_unreachable,
                     configs=request.configs,
                     holder=self.name,
+                    max_unavailable=request.max_unavailable_hosts or None,
                 )
                 break
             except DeploymentLocked:
