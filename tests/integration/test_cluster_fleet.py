@@ -277,7 +277,7 @@ async def test_a_paused_controller_writes_nothing_once_another_leads(
             await asyncio.sleep(0.2)
 
 
-def shared_config(root: Path, hosts_at_once: int = 1) -> Path:
+def shared_config(root: Path, hosts_at_once: int = 1, extra: dict[str, Any] | None = None) -> Path:
     """One baton.yml for the whole fleet (the hosts share this machine's files): each host's
     proxy listens on its own namespace's addresses."""
     base = Host(root)
@@ -287,6 +287,7 @@ def shared_config(root: Path, hosts_at_once: int = 1) -> Path:
             "hosts": NAMES,
             "proxy": {"listen": f"0.0.0.0:{PORT}"},
             "deploy": {"hosts_at_once": hosts_at_once},
+            **(extra or {}),
         }
     )
     return path
@@ -426,3 +427,40 @@ async def test_max_unavailable_hosts_keeps_two_in_flight_and_a_failure_unwinds_a
         assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v2")
         with pytest.raises(ValueError, match="max_unavailable_hosts"):
             await roll_out(etcd, release("v4", "f4"), NAMES, hosts_at_once=2, max_unavailable=1)
+
+
+async def test_baton_deploy_takes_a_hosts_own_config_path_and_max_unavailable_hosts(
+    fleet: tuple[EtcdCluster, list[FleetHost]], tmp_path: Path
+) -> None:
+    cluster, fleet_hosts = fleet
+    fleet_keys = {"deploy": {"hosts_at_once": 1, "max_unavailable_hosts": 2}}
+    config = shared_config(tmp_path / "shared", extra={**fleet_keys, "run": {"env": {"APP_VERSION": "v2"}}})  # fmt: skip
+    own = shared_config(tmp_path / "own", extra={**fleet_keys, "run": {"env": {"APP_VERSION": "v2-own"}}})  # fmt: skip
+    cli = fleet_hosts[0]
+
+    async def deploy(*flags: str, path: Path = config) -> Result:
+        return await cli.baton(
+            "deploy", "-c", str(path), "--version", "v2", "--cluster", cluster.endpoints_text,
+            *flags,
+        )  # fmt: skip
+
+    stranger = await deploy("--host-config", f"web9={own}")
+    assert stranger.rc == 2 and "web9 is not one of the app's hosts" in stranger.err, stranger
+    relative = await deploy("--host-config", "web2=own/baton.yml")
+    assert relative.rc == 2 and "expected an absolute path" in relative.err, relative
+    alone = await cli.baton("deploy", "-c", str(cli.root / "baton.yml"), "--host-config", f"web2={own}")  # fmt: skip
+    assert alone.rc == 2 and "only for a fleet app" in alone.err, alone
+    async with Etcd(cluster.endpoints) as etcd:
+        assert await etcd.get(keys.request_key("shop")) is None  # nothing was asked
+        _, start = await etcd.get_prefix(keys.CONTROLLER)
+        done = await deploy("--host-config", f"web2={own}")
+        assert done.rc == 0 and "up to 2 switching at once" in done.out, done
+        most, moved = in_flight(await events_since(etcd, start + 1), moved_deployment(done.out))
+        assert most == 2 and moved == NAMES, (most, moved)
+    bodies = {h.net.name: (await h.get("/"))[1].split()[0] for h in fleet_hosts}
+    assert bodies == {"web1": "v2", "web2": "v2-own", "web3": "v2"}, bodies
+
+
+def moved_deployment(out: str) -> str:
+    """The fleet deployment id ``baton deploy`` printed."""
+    return out.split("fleet deployment ", 1)[1].split(":", 1)[0]
