@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from baton.cluster import keys
+from baton.cluster.controller import Controller, submit
 from baton.cluster.election import DeployLock, Election
 from baton.cluster.etcd import Compare, Etcd, put_op
 from baton.cluster.fence import Fence, leading
@@ -144,3 +145,36 @@ async def test_a_paused_leaders_rollout_is_fenced_while_the_new_leader_finishes_
         first.cancel()
         for registration in registrations:
             await registration.stop()
+
+
+async def test_a_controller_whose_write_is_refused_stops_leading(etcd: Etcd) -> None:
+    registration = Registration(etcd, HostRecord("h1", "127.0.0.1:1"))
+    await registration.start()
+    await registration.registered.wait()
+    stop = asyncio.Event()
+    controller = Controller(etcd, "old", ttl=TTL)
+    running = asyncio.create_task(controller.run(stop))
+    try:
+        await asyncio.wait_for(controller.leading.wait(), 30)
+        release = keys.DesiredRelease("shop", "v2", "d1", "/srv/shop/baton.yml")
+        await submit(etcd, keys.DeployRequest(release, ("h1",)))
+        await desired(etcd, "h1", "d1")  # it switched h1 and waits for it
+        await lapse(etcd, keys.CONTROLLER)  # paused: its leases lapse, a rival is elected
+        await lapse(etcd, keys.lock_key("shop"))
+        rival = Election(etcd, "rival", ttl=TTL)
+        await rival.campaign()
+        before = await etcd.get(DEPLOYMENTS + "shop")
+        await report(etcd, "h1", release)  # its next write (the outcome) is refused
+        deadline = time.monotonic() + 10  # well before its own renewal (TTL/3) would tell it
+        while controller.leading.is_set():
+            assert time.monotonic() < deadline, "the deposed controller still leads"
+            await asyncio.sleep(0.05)
+        after = await etcd.get(DEPLOYMENTS + "shop")
+        assert before is not None and after is not None
+        assert after.mod_revision == before.mod_revision  # the record is still "running"
+        assert after.json()["state"] == "running"
+        await rival.resign()
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 30)
+        await registration.stop()

@@ -51,9 +51,13 @@ class Controller:
         try:
             await stop.wait()
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # Cancelled again until it ends: Python 3.11's wait_for drops a cancellation that
+            # arrives as its awaitable finishes (the campaign then goes on leading).
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=1.0)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                task.result()
             with contextlib.suppress(EtcdUnavailable, EtcdError):
                 await self.election.resign()
 
