@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -371,30 +372,54 @@ async def events_since(etcd: Etcd, start: int) -> list[WatchEvent]:
     return seen
 
 
-def in_flight(events: list[WatchEvent], deployment: str) -> tuple[int, list[str]]:
-    """The most hosts switched to ``deployment`` and not yet finished at one revision, and
-    the hosts that were switched: read from the desired releases and progress in etcd."""
-    switched: dict[str, int] = {}
-    ended: dict[str, int] = {}
+@dataclass
+class Flight:
+    """When each host was switched to a deployment and when it finished it (revisions),
+    read from etcd's history of desired releases and progress."""
+
+    switched: dict[str, int]
+    ended: dict[str, int]
+
+    @property
+    def moved(self) -> list[str]:
+        return sorted(self.switched, key=lambda h: self.switched[h])
+
+    @property
+    def most(self) -> int:
+        """The most hosts switched and not yet finished at one revision."""
+        moments = {*self.switched.values(), *self.ended.values()}
+        return max(
+            (
+                sum(1 for h, r in self.switched.items() if r <= at < self.ended.get(h, 1 << 62))
+                for at in moments
+            ),
+            default=0,
+        )
+
+
+def in_flight(events: list[WatchEvent], deployment: str) -> Flight:
+    flight = Flight({}, {})
     for event in events:
         key, kv = event.kv.key, event.kv
-        if event.kind != "put":
+        if event.kind != "put" or not key.endswith("/shop"):
             continue
-        if key.startswith(keys.DESIRED) and key.endswith("/shop"):
+        if key.startswith(keys.DESIRED):
             host = key[len(keys.DESIRED) :].split("/")[0]
             if keys.DesiredRelease.from_json(kv.value).deployment == deployment:
-                switched.setdefault(host, kv.mod_revision)
-        elif key.startswith(keys.PROGRESS) and key.endswith("/shop"):
+                flight.switched.setdefault(host, kv.mod_revision)
+        elif key.startswith(keys.PROGRESS):
             host = key[len(keys.PROGRESS) :].split("/")[0]
             progress = keys.Progress.from_json(kv.value)
             if progress.deployment == deployment and progress.finished:
-                ended.setdefault(host, kv.mod_revision)
-    moments = sorted({*switched.values(), *ended.values()})
-    most = max(
-        (sum(1 for h, r in switched.items() if r <= at < ended.get(h, 1 << 62)) for at in moments),
-        default=0,
-    )
-    return most, sorted(switched, key=lambda h: switched[h])
+                flight.ended.setdefault(host, kv.mod_revision)
+    return flight
+
+
+def set_env(host: FleetHost, name: str, value: str) -> None:
+    """Change the app's env in ``host``'s own baton.yml (what its next release runs with)."""
+    cfg = yaml.safe_load((host.root / "baton.yml").read_text())
+    cfg["run"]["env"][name] = value
+    (host.root / "baton.yml").write_text(yaml.safe_dump(cfg))
 
 
 async def test_max_unavailable_hosts_keeps_two_in_flight_and_a_failure_unwinds_all(
@@ -403,27 +428,28 @@ async def test_max_unavailable_hosts_keeps_two_in_flight_and_a_failure_unwinds_a
     cluster, fleet_hosts = fleet
     async with Etcd(cluster.endpoints) as etcd:
         assert (await roll_out(etcd, release("v1", "f1"), NAMES, configs=configs(fleet_hosts))).ok
+        set_env(fleet_hosts[0], "BOOT_DELAY", "6")  # web1 is slow to start from now on
         _, start = await etcd.get_prefix(keys.CONTROLLER)
         two = await roll_out(
             etcd, release("v2", "f2"), NAMES, configs=configs(fleet_hosts), max_unavailable=2
         )
         assert two.ok and sorted(two.done) == NAMES, two
-        most, moved = in_flight(await events_since(etcd, start + 1), "f2")
-        assert most == 2 and moved == NAMES, (most, moved)  # one at a time, two in flight
+        flight = in_flight(await events_since(etcd, start + 1), "f2")
+        assert flight.most == 2 and flight.moved == NAMES, flight  # one at a time, two in flight
+        # The slow web1 held back no other: web3 was switched as soon as web2 was done.
+        assert flight.ended["web2"] < flight.switched["web3"] < flight.ended["web1"], flight
         assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v2")
 
-        web2 = fleet_hosts[1]
-        cfg = yaml.safe_load((web2.root / "baton.yml").read_text())
-        cfg["run"]["env"]["FAIL_ON_START"] = "1"  # v3 cannot start on web2 only
-        (web2.root / "baton.yml").write_text(yaml.safe_dump(cfg))
+        set_env(fleet_hosts[1], "FAIL_ON_START", "1")  # v3 cannot start on web2 only
         _, start = await etcd.get_prefix(keys.CONTROLLER)
         failed = await roll_out(
             etcd, release("v3", "f3"), NAMES, configs=configs(fleet_hosts), max_unavailable=2
         )
         assert not failed.ok and "web2" in failed.message, failed
-        most, moved = in_flight(await events_since(etcd, start + 1), "f3")
-        assert most == 2 and moved[:2] == ["web1", "web2"], (most, moved)
-        assert sorted(failed.reverted) == sorted(moved), failed  # every moved host went back
+        flight = in_flight(await events_since(etcd, start + 1), "f3")
+        # web1 and web2 in flight; web2's failure started nothing new, and both went back.
+        assert flight.most == 2 and flight.moved == ["web1", "web2"], flight
+        assert failed.reverted == ["web1", "web2"], failed
         assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v2")
         with pytest.raises(ValueError, match="max_unavailable_hosts"):
             await roll_out(etcd, release("v4", "f4"), NAMES, hosts_at_once=2, max_unavailable=1)
@@ -455,8 +481,8 @@ async def test_baton_deploy_takes_a_hosts_own_config_path_and_max_unavailable_ho
         _, start = await etcd.get_prefix(keys.CONTROLLER)
         done = await deploy("--host-config", f"web2={own}")
         assert done.rc == 0 and "up to 2 switching at once" in done.out, done
-        most, moved = in_flight(await events_since(etcd, start + 1), moved_deployment(done.out))
-        assert most == 2 and moved == NAMES, (most, moved)
+        flight = in_flight(await events_since(etcd, start + 1), moved_deployment(done.out))
+        assert flight.most == 2 and flight.moved == NAMES, flight
     bodies = {h.net.name: (await h.get("/"))[1].split()[0] for h in fleet_hosts}
     assert bodies == {"web1": "v2", "web2": "v2-own", "web3": "v2"}, bodies
 

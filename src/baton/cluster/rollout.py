@@ -11,6 +11,12 @@ deployment id, so agents act on it), and the result is a failure: the fleet ends
 previous release everywhere. A host already unreachable when its turn comes fails the
 deployment the same way, or is skipped and reported with ``skip_unreachable``.
 
+Batches start in order while the hosts in flight (switched, not finished) leave room under
+``max_unavailable`` (``deploy.max_unavailable_hosts``, default ``hosts_at_once``: one batch
+at a time), as Kubernetes' ``maxUnavailable``: a host that finishes makes room for the next
+batch at once, and a failure starts nothing new, waits for the hosts in flight, then
+unwinds every host moved.
+
 Every write (the record, the desired releases) is fenced (``baton.cluster.fence``) on the
 controller's term and the deploy lock: a leader deposed without knowing it writes nothing.
 
