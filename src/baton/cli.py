@@ -294,11 +294,11 @@ def _fleet_deploy(raw: Any, path: Path, cluster: str | None, *args: Any) -> int 
     """A fleet app's deploy (see ``baton.cluster.cli.fleet_deploy``), else None."""
     from baton.cluster.cli import fleet_deploy
 
-    version, env, command, strategy, image, skip = args
+    version, env, command, strategy, image, skip, host_configs = args
     try:
         return fleet_deploy(
             raw, str(path), cluster, version=version, env=env, command=command,
-            strategy=strategy, image=image, skip_unreachable=skip,
+            strategy=strategy, image=image, skip_unreachable=skip, host_configs=host_configs,
         )  # fmt: skip
     except BatonError as exc:
         fail(exc)
@@ -523,6 +523,12 @@ def down(ctx: click.Context, sub_state_dir: Path | None) -> None:
 @click.option(
     "--skip-unreachable", is_flag=True, help="A fleet app: skip hosts unreachable on their turn."
 )
+@click.option(
+    "--host-config",
+    multiple=True,
+    metavar="HOST=PATH",
+    help="A fleet app: HOST's baton.yml is at PATH (absolute) where it differs (repeatable).",
+)
 @click.pass_context
 def deploy(
     ctx: click.Context,
@@ -535,6 +541,7 @@ def deploy(
     image: str | None,
     cluster: str | None = None,
     skip_unreachable: bool = False,
+    host_config: tuple[str, ...] = (),
 ) -> None:
     """Deploy a new release of the app in baton.yml, with zero downtime."""
     from baton.deployread import read_deploy_facts
@@ -543,10 +550,10 @@ def deploy(
     overrides = _parse_env(env)
     path = config_path(config)
     checks = (path, overrides, command, strategy, image)
-    facts = None if cluster else read_deploy_facts(path)
+    facts = None if cluster or host_config else read_deploy_facts(path)
     if facts is None:  # a fleet app, or a file that is not plainly fine: validate it here
         raw, secret_values = _validate_deploy(*checks)
-        fleet = _fleet_deploy(raw, path, cluster, version, overrides, command, strategy, image, skip_unreachable)  # fmt: skip
+        fleet = _fleet_deploy(raw, path, cluster, version, overrides, command, strategy, image, skip_unreachable, host_config)  # fmt: skip
         if fleet is not None:
             raise SystemExit(fleet)
     else:  # the daemon validates it (exit 2, the same message naming file and key)

@@ -120,6 +120,14 @@ class EtcdError(BatonError):
     exit_code = 1
 
 
+class Fenced(BatonError):
+    """A fleet write refused because its writer no longer holds what it was fenced on: the
+    controller's term (``/baton/controller``'s create revision) or the app's deploy lock.
+    The writer was deposed (its lease lapsed while it was paused or cut off) and must stop."""
+
+    exit_code = 3
+
+
 class IllegalTransition(BatonError):
     """A state change the transition table does not allow (``baton.state.states``): a bug in
     Baton, refused by the store before anything was written. Names app, object, from, to."""

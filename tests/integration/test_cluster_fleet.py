@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,9 @@ import yaml
 from baton.cluster import keys
 from baton.cluster.controller import outcome, submit
 from baton.cluster.election import leader
-from baton.cluster.etcd import Etcd
+from baton.cluster.etcd import Etcd, WatchEvent
 from baton.cluster.registry import hosts
-from baton.cluster.rollout import roll_out
+from baton.cluster.rollout import DEPLOYMENTS, roll_out
 from tests.support.etcd import EtcdCluster
 from tests.support.host import CLI_TIMEOUT, Host, Result
 from tests.support.netns import NetHost, NetLab, require_netns
@@ -225,7 +226,59 @@ async def test_a_fleet_deploy_survives_its_controller_being_killed(
         assert served == dict.fromkeys(NAMES, expected), (record, served)
 
 
-def shared_config(root: Path, hosts_at_once: int = 1) -> Path:
+async def desired_revisions(etcd: Etcd) -> dict[str, int]:
+    """Every key the controller writes for the app, and the revision it was last written at."""
+    kvs, _ = await etcd.get_prefix(keys.DESIRED)
+    record = await etcd.get(DEPLOYMENTS + "shop")
+    assert record is not None
+    return {kv.key: kv.mod_revision for kv in [*kvs, record]}
+
+
+async def test_a_paused_controller_writes_nothing_once_another_leads(
+    fleet: tuple[EtcdCluster, list[FleetHost]],
+) -> None:
+    cluster, fleet_hosts = fleet
+    by_name = {h.net.name: h for h in fleet_hosts}
+    async with Etcd(cluster.endpoints) as etcd:
+        first = keys.DeployRequest(release("v1", "f1"), tuple(NAMES), configs=configs(fleet_hosts))
+        await submit(etcd, first)
+        assert (await outcome(etcd, "shop", "f1", 180))["state"] == "succeeded"
+        boss = await leader(etcd)
+        assert boss in NAMES
+        second = keys.DeployRequest(release("v2", "f2"), tuple(NAMES), configs=configs(fleet_hosts))
+        await submit(etcd, second)
+        deadline = asyncio.get_running_loop().time() + 120
+        while True:  # the first host is done with f2: the rollout is under way
+            kv = await etcd.get(keys.progress_key(NAMES[0], "shop"))
+            progress = None if kv is None else keys.Progress.from_json(kv.value)
+            if progress is not None and progress.deployment == "f2" and progress.state == "done":
+                break
+            assert asyncio.get_running_loop().time() < deadline, "f2 did not start"
+            await asyncio.sleep(0.1)
+        pid = by_name[boss].server_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)  # the controller's daemon freezes mid-rollout
+        try:
+            record = await outcome(etcd, "shop", "f2", 180)  # another leader ended it
+            assert await leader(etcd) not in (None, boss)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        written = await desired_revisions(etcd)
+        log = by_name[boss].state_dir / "logs" / "server.log"
+        deadline = asyncio.get_running_loop().time() + 60
+        while "no longer leads" not in log.read_text():  # it woke up and stepped down
+            assert asyncio.get_running_loop().time() < deadline, "the old leader never noticed"
+            await asyncio.sleep(0.1)
+        # Whatever it was about to write when it froze was refused: nothing changed.
+        assert await desired_revisions(etcd) == written
+        expected = "v2" if record["state"] == "succeeded" else "v1"
+        deadline = asyncio.get_running_loop().time() + 60
+        while (served := await served_by_each(fleet_hosts)) != dict.fromkeys(NAMES, expected):
+            assert asyncio.get_running_loop().time() < deadline, (record, served)
+            await asyncio.sleep(0.2)
+
+
+def shared_config(root: Path, hosts_at_once: int = 1, extra: dict[str, Any] | None = None) -> Path:
     """One baton.yml for the whole fleet (the hosts share this machine's files): each host's
     proxy listens on its own namespace's addresses."""
     base = Host(root)
@@ -235,6 +288,7 @@ def shared_config(root: Path, hosts_at_once: int = 1) -> Path:
             "hosts": NAMES,
             "proxy": {"listen": f"0.0.0.0:{PORT}"},
             "deploy": {"hosts_at_once": hosts_at_once},
+            **(extra or {}),
         }
     )
     return path
@@ -300,3 +354,139 @@ async def test_a_host_down_on_its_turn_fails_the_deploy_or_is_skipped_as_asked(
     assert skipped.rc == 0 and "skipped (unreachable): web3" in skipped.out, skipped
     served = await served_by_each(fleet_hosts)
     assert served == {"web1": "v3", "web2": "v3", "web3": "v1"}
+
+
+async def events_since(etcd: Etcd, start: int) -> list[WatchEvent]:
+    """Every change under /baton/ from revision ``start`` to now, in order (etcd's history)."""
+    _, now = await etcd.get_prefix(keys.CONTROLLER)
+    seen: list[WatchEvent] = []
+    changes = etcd.watch(keys.ROOT, start)
+    try:
+        async with asyncio.timeout(30):
+            async for _, events in changes:
+                seen += events
+                if any(e.kv.mod_revision >= now for e in events):
+                    return seen
+    finally:
+        await changes.aclose()
+    return seen
+
+
+@dataclass
+class Flight:
+    """When each host was switched to a deployment and when it finished it (revisions),
+    read from etcd's history of desired releases and progress."""
+
+    switched: dict[str, int]
+    ended: dict[str, int]
+
+    @property
+    def moved(self) -> list[str]:
+        return sorted(self.switched, key=lambda h: self.switched[h])
+
+    @property
+    def most(self) -> int:
+        """The most hosts switched and not yet finished at one revision."""
+        moments = {*self.switched.values(), *self.ended.values()}
+        return max(
+            (
+                sum(1 for h, r in self.switched.items() if r <= at < self.ended.get(h, 1 << 62))
+                for at in moments
+            ),
+            default=0,
+        )
+
+
+def in_flight(events: list[WatchEvent], deployment: str) -> Flight:
+    flight = Flight({}, {})
+    for event in events:
+        key, kv = event.kv.key, event.kv
+        if event.kind != "put" or not key.endswith("/shop"):
+            continue
+        if key.startswith(keys.DESIRED):
+            host = key[len(keys.DESIRED) :].split("/")[0]
+            if keys.DesiredRelease.from_json(kv.value).deployment == deployment:
+                flight.switched.setdefault(host, kv.mod_revision)
+        elif key.startswith(keys.PROGRESS):
+            host = key[len(keys.PROGRESS) :].split("/")[0]
+            progress = keys.Progress.from_json(kv.value)
+            if progress.deployment == deployment and progress.finished:
+                flight.ended.setdefault(host, kv.mod_revision)
+    return flight
+
+
+def set_env(host: FleetHost, name: str, value: str) -> None:
+    """Change the app's env in ``host``'s own baton.yml (what its next release runs with)."""
+    cfg = yaml.safe_load((host.root / "baton.yml").read_text())
+    cfg["run"]["env"][name] = value
+    (host.root / "baton.yml").write_text(yaml.safe_dump(cfg))
+
+
+async def test_max_unavailable_hosts_keeps_two_in_flight_and_a_failure_unwinds_all(
+    fleet: tuple[EtcdCluster, list[FleetHost]],
+) -> None:
+    cluster, fleet_hosts = fleet
+    async with Etcd(cluster.endpoints) as etcd:
+        assert (await roll_out(etcd, release("v1", "f1"), NAMES, configs=configs(fleet_hosts))).ok
+        set_env(fleet_hosts[0], "BOOT_DELAY", "6")  # web1 is slow to start from now on
+        _, start = await etcd.get_prefix(keys.CONTROLLER)
+        two = await roll_out(
+            etcd, release("v2", "f2"), NAMES, configs=configs(fleet_hosts), max_unavailable=2
+        )
+        assert two.ok and sorted(two.done) == NAMES, two
+        flight = in_flight(await events_since(etcd, start + 1), "f2")
+        assert flight.most == 2 and flight.moved == NAMES, flight  # one at a time, two in flight
+        # The slow web1 held back no other: web3 was switched as soon as web2 was done.
+        assert flight.ended["web2"] < flight.switched["web3"] < flight.ended["web1"], flight
+        assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v2")
+
+        set_env(fleet_hosts[1], "FAIL_ON_START", "1")  # v3 cannot start on web2 only
+        _, start = await etcd.get_prefix(keys.CONTROLLER)
+        failed = await roll_out(
+            etcd, release("v3", "f3"), NAMES, configs=configs(fleet_hosts), max_unavailable=2
+        )
+        assert not failed.ok and "web2" in failed.message, failed
+        flight = in_flight(await events_since(etcd, start + 1), "f3")
+        # web1 and web2 in flight; web2's failure started nothing new, and both went back.
+        assert flight.most == 2 and flight.moved == ["web1", "web2"], flight
+        assert failed.reverted == ["web1", "web2"], failed
+        assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v2")
+        with pytest.raises(ValueError, match="max_unavailable_hosts"):
+            await roll_out(etcd, release("v4", "f4"), NAMES, hosts_at_once=2, max_unavailable=1)
+
+
+async def test_baton_deploy_takes_a_hosts_own_config_path_and_max_unavailable_hosts(
+    fleet: tuple[EtcdCluster, list[FleetHost]], tmp_path: Path
+) -> None:
+    cluster, fleet_hosts = fleet
+    fleet_keys = {"deploy": {"hosts_at_once": 1, "max_unavailable_hosts": 2}}
+    config = shared_config(tmp_path / "shared", extra={**fleet_keys, "run": {"env": {"APP_VERSION": "v2"}}})  # fmt: skip
+    own = shared_config(tmp_path / "own", extra={**fleet_keys, "run": {"env": {"APP_VERSION": "v2-own"}}})  # fmt: skip
+    cli = fleet_hosts[0]
+
+    async def deploy(*flags: str, path: Path = config) -> Result:
+        return await cli.baton(
+            "deploy", "-c", str(path), "--version", "v2", "--cluster", cluster.endpoints_text,
+            *flags,
+        )  # fmt: skip
+
+    stranger = await deploy("--host-config", f"web9={own}")
+    assert stranger.rc == 2 and "web9 is not one of the app's hosts" in stranger.err, stranger
+    relative = await deploy("--host-config", "web2=own/baton.yml")
+    assert relative.rc == 2 and "expected an absolute path" in relative.err, relative
+    alone = await cli.baton("deploy", "-c", str(cli.root / "baton.yml"), "--host-config", f"web2={own}")  # fmt: skip
+    assert alone.rc == 2 and "only for a fleet app" in alone.err, alone
+    async with Etcd(cluster.endpoints) as etcd:
+        assert await etcd.get(keys.request_key("shop")) is None  # nothing was asked
+        _, start = await etcd.get_prefix(keys.CONTROLLER)
+        done = await deploy("--host-config", f"web2={own}")
+        assert done.rc == 0 and "up to 2 switching at once" in done.out, done
+        flight = in_flight(await events_since(etcd, start + 1), moved_deployment(done.out))
+        assert flight.most == 2 and flight.moved == NAMES, flight
+    bodies = {h.net.name: (await h.get("/"))[1].split()[0] for h in fleet_hosts}
+    assert bodies == {"web1": "v2", "web2": "v2-own", "web3": "v2"}, bodies
+
+
+def moved_deployment(out: str) -> str:
+    """The fleet deployment id ``baton deploy`` printed."""
+    return out.split("fleet deployment ", 1)[1].split(":", 1)[0]

@@ -112,3 +112,16 @@ def test_hosts_are_cut_into_batches_in_order() -> None:
     assert plan_batches(["a", "b"], 5) == [["a", "b"]]
     with pytest.raises(ValueError):
         plan_batches(["a"], 0)
+
+
+def test_a_deploy_request_carries_max_unavailable_hosts_not_below_a_batch() -> None:
+    release = keys.DesiredRelease("shop", "v2", "d-7", "/srv/shop/baton.yml")
+    request = keys.DeployRequest(release, ("web1", "web2", "web3"), 1, max_unavailable_hosts=2)
+    assert keys.DeployRequest.from_json(request.to_json()) == request
+    old = (
+        keys.DeployRequest(release, ("web1",)).to_json().replace(', "max_unavailable_hosts": 0', "")
+    )
+    assert keys.DeployRequest.from_json(old).max_unavailable_hosts == 0  # a request from before
+    below = keys.DeployRequest(release, ("web1", "web2"), 2, max_unavailable_hosts=1)
+    with pytest.raises(ValueError, match=r"max_unavailable_hosts: .*at least hosts_at_once \(2\)"):
+        keys.DeployRequest.from_json(below.to_json())

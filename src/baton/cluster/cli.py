@@ -190,6 +190,7 @@ def fleet_deploy(
     strategy: str | None,
     image: str | None,
     skip_unreachable: bool,
+    host_configs: tuple[str, ...] = (),
 ) -> int | None:
     """``baton deploy`` of an app whose baton.yml names ``hosts``: ask the fleet's controller
     and follow each host's progress. None when the app is not a fleet app (deploy locally).
@@ -198,9 +199,15 @@ def fleet_deploy(
 
     settings = fleet_settings(raw, path)
     text = cluster or os.environ.get("BATON_CLUSTER")
+    configs = parse_host_configs(host_configs)
     if settings.hosts is None:
         if cluster:
             raise UsageError(f"--cluster: {path} names no hosts (e.g. hosts: [web1, web2])")
+        if configs:
+            raise UsageError(
+                f"--host-config: only for a fleet app, and {path} names no hosts"
+                " (e.g. hosts: [web1, web2])"
+            )
         return None
     if not text:
         raise UsageError(
@@ -228,9 +235,45 @@ def fleet_deploy(
             release = replace(release, strategy="blue-green")
     return asyncio.run(
         _follow_fleet(
-            text, release, settings.hosts, settings.hosts_at_once, skip_unreachable, edge, canary
+            text, release, settings.hosts, settings.hosts_at_once, skip_unreachable, edge, canary,
+            max_unavailable=settings.max_unavailable_hosts, configs=configs,
         )
-    )
+    )  # fmt: skip
+
+
+def parse_host_configs(items: tuple[str, ...]) -> dict[str, str]:
+    """``--host-config HOST=PATH`` values: host → its baton.yml path (absolute: it is read on
+    that host). A bad one is a usage error naming it; whether the host is one of the app's is
+    checked once the hosts are known (``check_host_configs``)."""
+    configs: dict[str, str] = {}
+    for item in items:
+        host, sep, path = item.partition("=")
+        if not sep or not host or not path:
+            raise UsageError(
+                f"--host-config {item!r}: expected HOST=PATH, e.g. web2=/srv/app/baton.yml"
+            )
+        try:
+            keys.check_name("host name", host)
+        except ValueError as exc:
+            raise UsageError(f"--host-config {item!r}: {exc}") from None
+        if not os.path.isabs(path):
+            raise UsageError(
+                f"--host-config {item!r}: expected an absolute path (it is read on {host})"
+            )
+        if host in configs:
+            raise UsageError(f"--host-config: {host} is given twice")
+        configs[host] = os.path.normpath(path)
+    return configs
+
+
+def check_host_configs(configs: dict[str, str], hosts: list[str]) -> None:
+    """Every ``--host-config`` names one of the hosts the app is deployed to."""
+    strangers = sorted(set(configs) - set(hosts))
+    if strangers:
+        raise UsageError(
+            f"--host-config: {', '.join(strangers)} is not one of the app's hosts"
+            f" ({', '.join(hosts)})"
+        )
 
 
 def _edge_canary(raw: object, path: str, strategy: str | None) -> dict[str, Any]:
@@ -258,6 +301,9 @@ async def _follow_fleet(
     skip_unreachable: bool,
     edge: tuple[str | None, str] = (None, "/up"),
     canary: dict[str, Any] | None = None,
+    *,
+    max_unavailable: int = 0,
+    configs: dict[str, str] | None = None,
 ) -> int:
     from baton.cluster.controller import submit
     from baton.cluster.election import leader
@@ -275,19 +321,23 @@ async def _follow_fleet(
                 f"hosts: {', '.join(strangers) or 'no host matches'}: never joined the fleet"
                 " (`baton up --cluster ... --host-name NAME` on it)"
             )
+        check_host_configs(configs or {}, names)
         if await leader(etcd) is None:
             console.print("no controller leads yet: waiting for a host with the controller role")
         request = keys.DeployRequest(
             release, tuple(names), hosts_at_once, skip_unreachable, edge=edge[0],
-            edge_health=edge[1], **(canary or {}),
+            edge_health=edge[1], **(canary or {}), configs=configs or {},
+            max_unavailable_hosts=max_unavailable if max_unavailable > hosts_at_once else 0,
         )  # fmt: skip
         await submit(etcd, request)
+        how = f"{hosts_at_once} at a time"
+        if max_unavailable > hosts_at_once:
+            how += f", up to {max_unavailable} switching at once"
+        if edge[0] is not None:
+            how = f"{'a canary' if canary else 'blue-green'} through the edges on {edge[0]}"
         console.print(
             f"fleet deployment {release.deployment}: {release.app} {release.version} to"
-            f" {', '.join(names)}, {hosts_at_once} at a time"
-            if edge[0] is None
-            else f" {', '.join(names)}, {'a canary' if canary else 'blue-green'} through the"
-            f" edges on {edge[0]}"
+            f" {', '.join(names)}, {escape(how)}"
         )
         shown: dict[str, tuple[str, str]] = {}
         deadline = time.monotonic() + FLEET_TIMEOUT_PER_HOST * len(names)

@@ -8,7 +8,9 @@ The leader lists the requests, and for each one whose deployment record
 its lease it cancels what it was doing at once and campaigns again; the deployment stays
 recorded as running, and the next leader resumes it: hosts that finished it are not
 deployed again, an unwind restores the recorded previous releases. A dead leader's deploy
-lock lapses with its lease, so the new leader waits for it (up to ``LOCK_WAIT``).
+lock lapses with its lease, so the new leader waits for it (up to ``LOCK_WAIT``). What the
+leader writes is fenced on its term (``baton.cluster.fence.leading``): a leader deposed
+without knowing it yet (paused, cut off) has its writes refused (``Fenced``) and stops.
 
 ``submit`` and ``outcome`` are the client's side: write a request, wait for its record.
 """
@@ -26,8 +28,9 @@ from baton.cluster import keys
 from baton.cluster.cutover import edge_blue_green
 from baton.cluster.election import LOCK_TTL, Election
 from baton.cluster.etcd import Etcd, KeyValue
+from baton.cluster.fence import leading
 from baton.cluster.rollout import DEPLOYMENTS, roll_out
-from baton.errors import BatonError, DeploymentLocked, EtcdError, EtcdUnavailable
+from baton.errors import BatonError, DeploymentLocked, EtcdError, EtcdUnavailable, Fenced
 
 log = logging.getLogger("baton.cluster")
 
@@ -48,9 +51,13 @@ class Controller:
         try:
             await stop.wait()
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # Cancelled again until it ends: Python 3.11's wait_for drops a cancellation that
+            # arrives as its awaitable finishes (the campaign then goes on leading).
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=1.0)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                task.result()
             with contextlib.suppress(EtcdUnavailable, EtcdError):
                 await self.election.resign()
 
@@ -71,12 +78,20 @@ class Controller:
             log.warning("%s no longer leads the fleet's controller", self.name)
 
     async def _lead(self) -> None:
+        with leading(self.election.term):  # every write below is fenced on this term
+            await self._serve()
+
+    async def _serve(self) -> None:
         while True:
             try:
                 requests, revision = await self.etcd.get_prefix(keys.REQUESTS)
                 for kv in requests:
                     await self._handle(kv)
                 await self._wait_for_request(revision + 1)
+            except Fenced as exc:  # deposed while paused or cut off: the new leader acts
+                log.warning("controller %s: %s", self.name, exc)
+                self.election.deposed()
+                return
             except BatonError as exc:  # etcd away, a lock never freed: the next round retries
                 log.warning("controller %s: %s", self.name, exc)
                 await asyncio.sleep(RETRY_INTERVAL)
@@ -119,6 +134,7 @@ class Controller:
                     skip_unreachable=request.skip_unreachable,
                     configs=request.configs,
                     holder=self.name,
+                    max_unavailable=request.max_unavailable_hosts or None,
                 )
                 break
             except DeploymentLocked:

@@ -6,7 +6,8 @@ Election: every candidate runs ``Election.campaign``, which tries one transactio
 resigned or its lease lapsed: killed, partitioned) and tries again. The holder is leader
 while its lease is kept; ``lost`` tells it when it no longer is, and it must stop acting as
 leader then. The leader's identity is ``(name, create_revision)``: a new term has a new
-revision, so a stale leader's writes can be fenced with ``Compare.created_at``.
+revision, so a stale leader's writes are fenced on it (``baton.cluster.fence``), and so
+are a rollout's on its lock key's create revision (``DeployLock.revision``).
 
 A deploy lock (``DeployLock.acquire``) is the same transaction on ``/baton/locks/APP``
 without the waiting: a second deploy of a locked app fails at once with
@@ -93,6 +94,13 @@ class Election:
             if any(e.kind == "delete" and e.kv.key == self.key for e in events):
                 return
 
+    def deposed(self) -> None:
+        """A fenced write told this leader it no longer leads: stop acting as one now,
+        before its own lease keeper notices (the next campaign takes a new lease)."""
+        if self.lease is not None:
+            self.lease.lost.set()
+        self.term = 0
+
     async def resign(self) -> None:
         """Step down now (another candidate takes over at once)."""
         if self.lease is not None:
@@ -109,17 +117,21 @@ async def leader(etcd: Etcd, key: str = keys.CONTROLLER) -> str | None:
 class DeployLock:
     """One app's deploy lock, held under a kept lease until ``release()``."""
 
-    def __init__(self, etcd: Etcd, app: str, holder: str, lease: KeptLease) -> None:
+    def __init__(
+        self, etcd: Etcd, app: str, holder: str, lease: KeptLease, revision: int = 0
+    ) -> None:
         self.etcd = etcd
         self.app = app
         self.holder = holder
         self.lease = lease
+        self.key = keys.lock_key(app)
+        self.revision = revision  # the lock key's create revision: writes fence on it
 
     @classmethod
     async def acquire(cls, etcd: Etcd, app: str, holder: str, ttl: int = LOCK_TTL) -> DeployLock:
         lease = await KeptLease.grant(etcd, ttl)
         try:
-            won, current, _ = await _claim(etcd, keys.lock_key(app), holder, lease)
+            won, current, revision = await _claim(etcd, keys.lock_key(app), holder, lease)
         except BaseException:
             await lease.revoke()
             raise
@@ -129,7 +141,7 @@ class DeployLock:
                 f"{app} is being deployed by {current or 'another deployment'} (fleet lock"
                 f" {keys.lock_key(app)} in etcd); wait for it, or for its lease to lapse"
             )
-        return cls(etcd, app, holder, lease)
+        return cls(etcd, app, holder, lease, revision)
 
     @property
     def held(self) -> bool:

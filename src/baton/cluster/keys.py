@@ -265,6 +265,8 @@ class DeployRequest:
     canary: tuple[tuple[int, float], ...] = ()
     canary_max_error_rate: float = 0.01
     canary_min_requests: int = 200
+    # Hosts switching at once, at most (0: hosts_at_once, one batch at a time); rollout.py.
+    max_unavailable_hosts: int = 0
 
     def to_json(self) -> str:
         body = asdict(self)
@@ -296,7 +298,21 @@ class DeployRequest:
             canary=_canary_steps(body.get("canary", []), f"{what}: canary"),
             canary_max_error_rate=_rate(body.get("canary_max_error_rate", 0.01), what),
             canary_min_requests=_min_requests(body.get("canary_min_requests", 200), what),
+            max_unavailable_hosts=_max_unavailable(
+                body.get("max_unavailable_hosts", 0), at_once, what
+            ),
         )
+
+
+def _max_unavailable(value: object, at_once: int, what: str) -> int:
+    if value == 0:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < at_once:
+        raise ValueError(
+            f"{what}: max_unavailable_hosts: expected a whole number, at least hosts_at_once"
+            f" ({at_once})"
+        )
+    return value
 
 
 def _canary_steps(value: object, what: str) -> tuple[tuple[int, float], ...]:

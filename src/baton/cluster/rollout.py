@@ -11,6 +11,15 @@ deployment id, so agents act on it), and the result is a failure: the fleet ends
 previous release everywhere. A host already unreachable when its turn comes fails the
 deployment the same way, or is skipped and reported with ``skip_unreachable``.
 
+Batches start in order while the hosts in flight (switched, not finished) leave room under
+``max_unavailable`` (``deploy.max_unavailable_hosts``, default ``hosts_at_once``: one batch
+at a time), as Kubernetes' ``maxUnavailable``: a host that finishes makes room for the next
+batch at once, and a failure starts nothing new, waits for the hosts in flight, then
+unwinds every host moved.
+
+Every write (the record, the desired releases) is fenced (``baton.cluster.fence``) on the
+controller's term and the deploy lock: a leader deposed without knowing it writes nothing.
+
 The deployment record carries what a new leader needs to finish or unwind a deployment whose
 controller died: calling ``roll_out`` again with the same deployment id resumes it.
 """
@@ -28,6 +37,7 @@ from typing import Any
 from baton.cluster import keys
 from baton.cluster.election import DeployLock
 from baton.cluster.etcd import Etcd, put_op
+from baton.cluster.fence import Fence
 from baton.errors import EtcdError, EtcdUnavailable
 
 DEPLOYMENTS = keys.ROOT + "deployments/"
@@ -104,11 +114,12 @@ async def _finished(etcd: Etcd, hosts: Sequence[str], app: str, deployment: str)
     return done
 
 
-async def _switch(etcd: Etcd, releases: dict[str, keys.DesiredRelease], app: str) -> None:
-    """Write every host's desired release in one transaction: one revision for all."""
+async def _switch(fence: Fence, releases: dict[str, keys.DesiredRelease], app: str) -> None:
+    """Write every host's desired release in one transaction: one revision for all (fenced:
+    a deposed leader's switch writes nothing and raises ``Fenced``)."""
     ops = [put_op(keys.desired_key(h, app), r.to_json()) for h, r in releases.items()]
     if ops:
-        await etcd.txn([], ops)
+        await fence.txn(ops)
 
 
 async def roll_out(
@@ -121,8 +132,19 @@ async def roll_out(
     configs: dict[str, str] | None = None,
     holder: str = "baton",
     host_timeout: float = HOST_TIMEOUT,
+    fence: Fence | None = None,
+    max_unavailable: int | None = None,
 ) -> RolloutResult:
     """Deploy ``release`` to ``hosts`` in batches; on a failure, put them all back.
+
+    Batches of ``hosts_at_once`` start while the hosts in flight (switched, not finished)
+    leave room under ``max_unavailable`` (default ``hosts_at_once``: one batch at a time);
+    each batch is verified when all its hosts are done. A failure starts no new batch, waits
+    for the hosts in flight to finish, then unwinds every host moved.
+
+    Every write is fenced on ``fence`` (default: the running controller's term, see
+    ``baton.cluster.fence``) and on the deploy lock: once either is lost a write raises
+    ``Fenced``, which ends the rollout there, unwinding nothing (the new leader owns it).
 
     Called again with the same deployment id (a new leader taking over), it resumes: hosts
     that already finished it are not deployed again, and the previous releases recorded by
@@ -130,7 +152,15 @@ async def roll_out(
     its recorded outcome.
     """
     app, deployment = release.app, release.deployment
+    bound = hosts_at_once if max_unavailable is None else max_unavailable
+    if bound < hosts_at_once:
+        raise ValueError(
+            f"max_unavailable_hosts: expected at least hosts_at_once ({hosts_at_once}), got {bound}"
+        )
     lock = await DeployLock.acquire(etcd, app, f"{holder} ({deployment})")
+    guard = (fence or Fence.current(etcd)).with_lock(
+        lock.key, lock.revision, f"the deploy lock of {app}"
+    )
     result = RolloutResult(False, deployment, "")
     previous: dict[str, keys.DesiredRelease | None] = {}
     record: dict[str, Any] = {
@@ -139,6 +169,7 @@ async def roll_out(
         "version": release.version,
         "hosts": list(hosts),
         "hosts_at_once": hosts_at_once,
+        "max_unavailable_hosts": bound,
         "state": "running",
         "previous": {},
     }
@@ -156,60 +187,105 @@ async def roll_out(
                     host: None if raw is None else keys.DesiredRelease.from_json(raw)
                     for host, raw in known.get("previous", {}).items()
                 }
-        await etcd.put(DEPLOYMENTS + app, json.dumps(record))
-        for batch in plan_batches(hosts, hosts_at_once):
-            reachable = await _reachable(etcd)
-            finished = await _finished(etcd, batch, app, deployment)  # a resumed run
-            gone = [h for h in batch if h not in reachable and h not in finished]
-            if gone and not skip_unreachable:
-                result.message = f"{', '.join(gone)} unreachable when its turn came"
-                break
-            result.skipped += gone
-            batch = [h for h in batch if h not in gone]
-            if not batch:
-                continue
-            wanted: dict[str, keys.DesiredRelease] = {}
-            for host in batch:
-                if host not in previous:  # a resumed run already knows (and moved) it
-                    previous[host] = await _desired(etcd, host, app)
-                config = (configs or {}).get(host, release.config)
-                wanted[host] = replace(release, config=config)
-            # Recorded before the switch: whoever unwinds must know what to go back to.
-            record["previous"] = {
-                h: None if r is None else r.to_json() for h, r in previous.items()
-            }
-            await etcd.put(DEPLOYMENTS + app, json.dumps(record))
-            await _switch(etcd, {h: r for h, r in wanted.items() if h not in finished}, app)
-            outcome = await _wait(etcd, batch, app, deployment, host_timeout)
-            failures = [
-                f"{h}: {o if isinstance(o, str) else o.message}"
-                for h, o in outcome.items()
-                if isinstance(o, str) or o.state != "done"
-            ]
-            if failures:
-                result.message = "; ".join(failures)
-                break
-            result.done += batch
+        await guard.put(DEPLOYMENTS + app, json.dumps(record))
+        problems = await _roll(
+            etcd, guard, release, plan_batches(hosts, hosts_at_once), bound, previous, record,
+            result, skip_unreachable=skip_unreachable, configs=configs or {},
+            host_timeout=host_timeout,
+        )  # fmt: skip
+        if problems:
+            result.message = "; ".join(problems)
         else:
             result.ok = True
             result.message = f"{app} {release.version} is live on {len(result.done)} host(s)"
             if result.skipped:
                 result.message += f"; skipped (unreachable): {', '.join(result.skipped)}"
         if not result.ok:
-            result.reverted = await _unwind(etcd, app, deployment, previous, host_timeout)
+            result.reverted = await _unwind(guard, app, deployment, previous, host_timeout)
             result.done = []
         record["state"] = "succeeded" if result.ok else "failed"
         record["message"] = result.message
         record["skipped"] = result.skipped
         record["reverted"] = result.reverted
-        await etcd.put(DEPLOYMENTS + app, json.dumps(record))
+        await guard.put(DEPLOYMENTS + app, json.dumps(record))
         return result
     finally:
         await lock.release()
 
 
-async def _unwind(
+async def _roll(
     etcd: Etcd,
+    guard: Fence,
+    release: keys.DesiredRelease,
+    batches: list[list[str]],
+    bound: int,
+    previous: dict[str, keys.DesiredRelease | None],
+    record: dict[str, Any],
+    result: RolloutResult,
+    *,
+    skip_unreachable: bool,
+    configs: dict[str, str],
+    host_timeout: float,
+) -> list[str]:
+    """Switch the batches, several at once within ``bound`` hosts in flight; what failed."""
+    app, deployment = release.app, release.deployment
+    flying: dict[str, asyncio.Task[dict[str, keys.Progress | str]]] = {}
+    started: list[list[str]] = []  # batches switched and not yet verified
+    problems: list[str] = []
+    try:
+        while True:
+            while batches and not problems and len(flying) + len(batches[0]) <= bound:
+                batch = batches.pop(0)
+                reachable = await _reachable(etcd)
+                finished = await _finished(etcd, batch, app, deployment)  # a resumed run
+                gone = [h for h in batch if h not in reachable and h not in finished]
+                if gone and not skip_unreachable:
+                    problems.append(f"{', '.join(gone)} unreachable when its turn came")
+                    break
+                result.skipped += gone
+                batch = [h for h in batch if h not in gone]
+                wanted: dict[str, keys.DesiredRelease] = {}
+                for host in batch:
+                    if host not in previous:  # a resumed run already knows (and moved) it
+                        previous[host] = await _desired(etcd, host, app)
+                    if host not in finished:
+                        config = configs.get(host, release.config)
+                        wanted[host] = replace(release, config=config)
+                if wanted:
+                    # Recorded before the switch: whoever unwinds must know what to go back to.
+                    record["previous"] = {
+                        h: None if r is None else r.to_json() for h, r in previous.items()
+                    }
+                    await guard.put(DEPLOYMENTS + app, json.dumps(record))
+                    await _switch(guard, wanted, app)
+                loop = asyncio.get_running_loop()
+                for host in wanted:
+                    flying[host] = loop.create_task(
+                        _wait(etcd, [host], app, deployment, host_timeout)
+                    )
+                started.append(batch)
+            if not flying:
+                result.done += [h for b in started for h in b]
+                return problems
+            await asyncio.wait(flying.values(), return_when=asyncio.FIRST_COMPLETED)
+            for host, task in list(flying.items()):
+                if task.done():
+                    del flying[host]
+                    outcome = task.result()[host]
+                    if isinstance(outcome, str):
+                        problems.append(f"{host}: {outcome}")
+                    elif outcome.state != "done":
+                        problems.append(f"{host}: {outcome.message}")
+            for batch in [b for b in started if not any(h in flying for h in b)]:
+                started.remove(batch)  # every host of it done (or the deploy failed)
+                result.done += batch
+    finally:
+        for task in flying.values():
+            task.cancel()
+
+
+async def _unwind(
+    fence: Fence,
     app: str,
     deployment: str,
     previous: dict[str, keys.DesiredRelease | None],
@@ -224,6 +300,6 @@ async def _unwind(
     }
     if not back:
         return []
-    await _switch(etcd, back, app)
-    outcome = await _wait(etcd, list(back), app, undo, timeout)
+    await _switch(fence, back, app)
+    outcome = await _wait(fence.etcd, list(back), app, undo, timeout)
     return [h for h in back if not isinstance(o := outcome[h], str) and o.state == "done"]

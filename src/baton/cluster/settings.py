@@ -4,7 +4,8 @@
 |--------------------------------|------------------|-------------------------------------------|
 | hosts                          | (none: one host) | ``[web1, web2]`` or ``{role: app}``       |
 | deploy.hosts_at_once           | 1                | hosts deployed in one batch               |
-| deploy.max_unavailable_hosts   | hosts_at_once    | hosts out of rotation at once, at most    |
+| deploy.max_unavailable_hosts   | hosts_at_once    | hosts switching at once, at most: batches |
+|                                |                  | start while fewer are in flight           |
 | edge.listen                    | (none: no edges) | where the edges take the app's traffic;   |
 |                                |                  | a deploy is blue-green at the edges       |
 | edge.health_path               | health.path, /up | the edges' health check of each app host  |
