@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from baton.cluster.cutover import CutoverResult, blue_green, canary
+from baton.cluster.cutover import CutoverResult, blue_green
 from baton.cluster.edge import EdgeRoute, publish, wait_applied
 from baton.cluster.etcd import Etcd
+from baton.cluster.fleetcanary import canary
 from baton.cluster.rollout import roll_out
 from tests.integration.test_cluster_fleet import (
     NAMES,

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from baton.cluster import keys
-from baton.cluster.cutover import judge, split
+from baton.cluster.cutover import split
 from baton.cluster.edge import EdgeRoute, edge_figures, edge_route_table
+from baton.cluster.fleetcanary import judge
 from baton.proxy.routing import parse_app
 
 RECORDS = {
