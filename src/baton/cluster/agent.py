@@ -33,6 +33,7 @@ import aiohttp
 
 from baton.cluster import keys
 from baton.cluster.etcd import Etcd, KeyValue
+from baton.cluster.hostcanary import HostCanaries
 from baton.cluster.registry import HOST_TTL, Registration
 from baton.errors import BatonError, DaemonUnreachable, EtcdError, EtcdUnavailable
 
@@ -82,6 +83,18 @@ class LocalDaemon:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise DaemonUnreachable(f"the local daemon does not answer: {exc}") from None
 
+    async def call(self, path: str, body: dict[str, Any]) -> None:
+        """A request whose answer is not followed (``/canary/weight``, ``/promote``,
+        ``/abort``): ``BatonError`` when the daemon refuses it."""
+        try:
+            async with self._client().post(
+                f"http://baton{path}", json=body, timeout=aiohttp.ClientTimeout(total=30)
+            ) as resp:
+                if resp.status >= 400:
+                    raise await self._error(resp)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise DaemonUnreachable(f"the local daemon does not answer: {exc}") from None
+
     async def deploy(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """``POST /deploy`` (or ``/rollback``): the deployment's events, the last one
         ``"event": "result"``."""
@@ -114,6 +127,10 @@ class Agent:
         self.handled: dict[str, str] = {}  # app → the fleet deployment it finished
         self.unsent: dict[str, keys.Progress] = {}  # progress etcd did not take yet
         self.converged = asyncio.Event()  # set after each pass with nothing left to do
+        # Fleet canaries without edges (the proxy's socket is beside the daemon's).
+        self.canaries = HostCanaries(
+            etcd, self.host, daemon, self._report, daemon.socket_path.parent / "proxy.sock"
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until ``stop``: register, then converge on every change of the desired state."""
@@ -124,6 +141,7 @@ class Agent:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            await self.canaries.close()
             await self.registration.stop()
             await self.daemon.close()
 
@@ -177,6 +195,8 @@ class Agent:
                 if progress.deployment == desired.deployment and progress.finished:
                     self.handled[desired.app] = desired.deployment
                     return
+        if await self.canaries.converge(desired):  # a driven canary's weight, promote, abort
+            return
         await self._deploy(desired)
         self.handled[desired.app] = desired.deployment
 

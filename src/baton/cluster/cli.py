@@ -221,11 +221,10 @@ def fleet_deploy(
         env=env,
     )
     edge = (settings.edge_listen, settings.edge_health_path)
-    canary: dict[str, Any] = {}
-    if settings.edge_listen is not None:
-        canary = _edge_canary(raw, path, strategy)
-        if canary:  # the canary is the edges'; each host switches blue-green, out of rotation
-            release = replace(release, strategy="blue-green")
+    canary = _edge_canary(raw, path, strategy)  # at the edges, or on every host at once
+    if canary and settings.edge_listen is not None:
+        # the canary is the edges'; each host switches blue-green, out of rotation
+        release = replace(release, strategy="blue-green")
     return asyncio.run(
         _follow_fleet(
             text, release, settings.hosts, settings.hosts_at_once, skip_unreachable, edge, canary
@@ -234,8 +233,9 @@ def fleet_deploy(
 
 
 def _edge_canary(raw: object, path: str, strategy: str | None) -> dict[str, Any]:
-    """A fleet canary at the edges when the deploy's strategy is canary: its steps and judge
-    limits from ``deploy.canary`` (as ``DeployRequest`` fields), else nothing."""
+    """A fleet canary (at the edges, or without edges on every host) when the deploy's
+    strategy is canary: its steps and judge limits from ``deploy.canary`` (as
+    ``DeployRequest`` fields), else nothing."""
     deploy = raw.get("deploy") if isinstance(raw, dict) else None
     chosen = strategy or (deploy.get("strategy") if isinstance(deploy, dict) else None)
     if chosen != "canary":
@@ -247,6 +247,10 @@ def _edge_canary(raw: object, path: str, strategy: str | None) -> dict[str, Any]
         "canary": tuple((s.weight, s.hold) for s in settings.steps),
         "canary_max_error_rate": settings.analysis.max_error_rate,
         "canary_min_requests": settings.analysis.min_requests,
+        "canary_max_error_rate_increase": settings.analysis.max_error_rate_increase,
+        "canary_max_latency_ratio": settings.analysis.max_latency_ratio,
+        "canary_confidence": settings.analysis.confidence,
+        "canary_max_hold_extensions": settings.max_hold_extensions,
     }
 
 
@@ -284,7 +288,8 @@ async def _follow_fleet(
         await submit(etcd, request)
         console.print(
             f"fleet deployment {release.deployment}: {release.app} {release.version} to"
-            f" {', '.join(names)}, {hosts_at_once} at a time"
+            f" {', '.join(names)}, "
+            + ("a canary on every host at once" if canary else f"{hosts_at_once} at a time")
             if edge[0] is None
             else f" {', '.join(names)}, {'a canary' if canary else 'blue-green'} through the"
             f" edges on {edge[0]}"

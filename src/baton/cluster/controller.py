@@ -26,7 +26,7 @@ from baton.cluster import keys
 from baton.cluster.cutover import edge_blue_green
 from baton.cluster.election import LOCK_TTL, Election
 from baton.cluster.etcd import Etcd, KeyValue
-from baton.cluster.fleetcanary import edge_canary
+from baton.cluster.fleetcanary import edge_canary, host_canary
 from baton.cluster.rollout import DEPLOYMENTS, roll_out
 from baton.errors import BatonError, DeploymentLocked, EtcdError, EtcdUnavailable
 
@@ -111,6 +111,9 @@ class Controller:
             try:
                 if request.edge is not None and request.canary:  # a canary at the edges
                     result = await edge_canary(self.etcd, request, self.name)
+                    break
+                if request.canary:  # a canary without edges: on every host at once
+                    result = await host_canary(self.etcd, request, self.name)
                     break
                 if request.edge is not None:  # one cutover at the edges
                     result = await edge_blue_green(self.etcd, request, self.name)
