@@ -304,6 +304,22 @@ async def test_a_canary_failing_on_the_fleets_summed_figures_leaves_every_host_o
     assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v1")
 
 
+async def test_a_slow_canary_at_the_edges_is_rolled_back_by_the_latency_rule_without_errors(
+    fleet: tuple[EtcdCluster, list[FleetHost]], edge: FleetHost
+) -> None:
+    cluster, fleet_hosts = fleet
+    result, outcome, _, after = await canary_under_load(
+        cluster, fleet_hosts, edge, {"LATENCY_MS": "80"}
+    )
+    assert not result.ok and "canary at 30%: slower" in result.message, result
+    assert result.cutover_revision is None
+    assert_no_failures(outcome)
+    assert set(outcome.statuses) == {200}, outcome.summary()  # slow, but every answer fine
+    late = {s.body.split()[0] for s in outcome.timeline if s.body and s.sent >= after}
+    assert late == {"v1"}, outcome.summary()
+    assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v1")
+
+
 async def test_baton_deploy_with_the_canary_strategy_runs_it_at_the_edges_under_load(
     fleet: tuple[EtcdCluster, list[FleetHost]], edge: FleetHost, tmp_path: Path
 ) -> None:
