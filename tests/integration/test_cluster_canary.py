@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import yaml
 
@@ -18,6 +19,7 @@ from baton.cluster.fleetcanary import host_canary
 from baton.cluster.rollout import DEPLOYMENTS, RolloutResult, roll_out
 from tests.integration.test_cluster_fleet import (
     NAMES,
+    PORT,
     FleetHost,
     configs,
     fleet,
@@ -25,7 +27,7 @@ from tests.integration.test_cluster_fleet import (
     served_by_each,
 )
 from tests.support.etcd import EtcdCluster
-from tests.support.host import assert_no_failures
+from tests.support.host import Host, Result, assert_no_failures
 from tests.support.load import Load, LoadResult
 
 __all__ = ["fleet"]  # the fixture, shared with test_cluster_fleet
@@ -161,4 +163,57 @@ async def test_a_new_leader_resumes_a_canary_at_its_step_instead_of_restarting_i
             assert progress.steps.count("canary 50%") == 1, progress
     for outcome in outcomes:
         assert_no_failures(outcome)
+    assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v2")
+
+
+async def test_baton_deploy_with_the_canary_strategy_and_no_edges_runs_it_on_every_host(
+    fleet: tuple[EtcdCluster, list[FleetHost]], tmp_path: Path
+) -> None:
+    cluster, fleet_hosts = fleet
+    (tmp_path / "shared").mkdir()
+    config = Host(tmp_path / "shared").config(
+        {
+            "hosts": NAMES,
+            "proxy": {"listen": f"0.0.0.0:{PORT}"},
+            "deploy": {
+                "strategy": "canary",
+                "canary": {
+                    "steps": [{"weight": 30, "hold": "3s"}],
+                    "stickiness": "none",
+                    "analysis": {"min_requests": 20, "max_error_rate": "5%"},
+                },
+            },
+        }
+    )
+    cli = fleet_hosts[0]
+
+    async def deploy(version: str) -> Result:
+        return await cli.baton(
+            "deploy", "-c", str(config), "--version", version, "--env",
+            f"APP_VERSION={version}", "--cluster", cluster.endpoints_text,
+        )  # fmt: skip
+
+    first = await deploy("v1")  # a first deploy: nothing to compare with, a plain rollout
+    assert first.rc == 0, first
+    loads = [
+        await Load().start(h.url, concurrency=2, max_requests=200_000, max_seconds=240, delay=0.005)
+        for h in fleet_hosts
+    ]
+    began = loads[0].marker("deploy")
+    second = await deploy("v2")
+    after = loads[0].marker("deployed")
+    deadline = asyncio.get_running_loop().time() + 30
+    while any(sum(s.sent >= after for s in load.timeline) < 20 for load in loads):
+        assert asyncio.get_running_loop().time() < deadline, "no load after the deploy"
+        await asyncio.sleep(0.05)
+    outcomes = [await load.stop() for load in loads]
+    assert second.rc == 0 and "a canary on every host at once" in second.out, second
+    for name in NAMES:
+        assert f"{name}: deploying canary 30%" in second.out, second
+        assert f"{name}: done" in second.out, second
+    for h, outcome in zip(fleet_hosts, outcomes, strict=True):
+        assert_no_failures(outcome)
+        during = seen(outcome, began, after)
+        assert 0.05 < during.count("v2") / len(during) < 0.95, (h.net.name, outcome.summary())
+        assert set(seen(outcome, after)) == {"v2"}, h.net.name
     assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v2")

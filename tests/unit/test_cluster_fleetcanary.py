@@ -12,6 +12,8 @@ from baton.cluster import keys
 from baton.cluster.figures import FleetTally, release_figures
 from baton.cluster.fleetcanary import analysis_of, tripped, verdict
 from baton.deploy.analysis import AnalysisConfig, ReleaseWindow
+from baton.deploy.canary import check_weight
+from baton.errors import UsageError
 from baton.proxy.metrics import LATENCY_BOUNDS
 
 CFG = AnalysisConfig(min_requests=50, max_error_rate=0.05)
@@ -127,3 +129,10 @@ def test_a_deploy_request_carries_every_analysis_limit_and_refuses_bad_ones() ->
         keys.DesiredRelease.from_json(json.dumps(bad))
     progress = keys.Progress("shop", "v2", "d", "deploying", weight=30)
     assert keys.Progress.from_json(progress.to_json()) == progress
+
+
+def test_a_driven_canarys_weight_must_be_a_whole_percentage() -> None:
+    assert check_weight(0) == 0 and check_weight(100) == 100
+    for bad in (-1, 101, 2.5, "50", True, None):
+        with pytest.raises(UsageError, match="weight: expected a whole percentage"):
+            check_weight(bad, "weight")

@@ -7,6 +7,9 @@ compares the desired release with what the host serves and, when they differ, as
 daemon to deploy it, writing ``Progress`` to ``/baton/progress/HOST/APP`` as the deploy's
 steps go by and its result at the end.
 
+A desired release with a ``canary_weight`` (a fleet canary without edges) is handed to
+``baton.cluster.hostcanary``: a canary on the host driven by the controller's weights.
+
 Each desired release names its fleet ``deployment``; the agent acts once per deployment.
 After a restart it reads its last progress back from etcd, and a release the host already
 serves is reported done without deploying again, so converging is idempotent.
