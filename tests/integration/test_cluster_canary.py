@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+import os
+import signal
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+import pytest
 import yaml
 
 from baton.cluster import keys
+from baton.cluster.controller import outcome as fleet_outcome
+from baton.cluster.controller import submit
+from baton.cluster.election import leader
 from baton.cluster.etcd import Etcd
 from baton.cluster.fleetcanary import host_canary
 from baton.cluster.rollout import DEPLOYMENTS, RolloutResult, roll_out
@@ -29,6 +35,7 @@ from tests.integration.test_cluster_fleet import (
 from tests.support.etcd import EtcdCluster
 from tests.support.host import Host, Result, assert_no_failures
 from tests.support.load import Load, LoadResult
+from tests.support.netns import NetLab, require_netns
 
 __all__ = ["fleet"]  # the fixture, shared with test_cluster_fleet
 
@@ -217,3 +224,80 @@ async def test_baton_deploy_with_the_canary_strategy_and_no_edges_runs_it_on_eve
         assert 0.05 < during.count("v2") / len(during) < 0.95, (h.net.name, outcome.summary())
         assert set(seen(outcome, after)) == {"v2"}, h.net.name
     assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v2")
+
+
+@pytest.fixture
+async def split_fleet(
+    netlab: NetLab, tmp_path: Path
+) -> AsyncIterator[tuple[EtcdCluster, list[FleetHost], list[FleetHost]]]:
+    """Three hosts with the app role only and two with the controller role only: a leader
+    can die without taking an app host with it."""
+    require_netns()
+    etcd = EtcdCluster(tmp_path / "etcd", host=netlab.gateway).start()
+    started: list[FleetHost] = []
+    try:
+        for name, roles in [(n, "app") for n in NAMES] + [("ctl1", "controller"),
+                                                         ("ctl2", "controller")]:  # fmt: skip
+            h = FleetHost(tmp_path / name, netlab, netlab.add_host(name))
+            h.root.mkdir()
+            h.config()
+            started.append(h)
+            up = await h.baton(
+                "up", "--detach", "--cluster", etcd.endpoints_text, "--host-name", name,
+                "--advertise", f"{h.net.address}:{PORT}", "--roles", roles, timeout=60,
+            )  # fmt: skip
+            assert up.rc == 0, up
+        yield etcd, started[:3], started[3:]
+    finally:
+        for h in started:  # shown when the test fails
+            log = h.state_dir / "logs" / "server.log"
+            if log.exists():
+                print(f"--- {h.net.name} server.log (tail)\n" + log.read_text()[-3000:])
+            await h.teardown()
+        etcd.stop()
+
+
+async def test_a_canary_whose_controller_is_killed_goes_on_at_its_step_under_a_new_leader(
+    split_fleet: tuple[EtcdCluster, list[FleetHost], list[FleetHost]],
+) -> None:
+    cluster, app_hosts, controllers = split_fleet
+    async with Etcd(cluster.endpoints) as etcd:
+        await submit(etcd, keys.DeployRequest(release("v1", "f1"), tuple(NAMES),
+                                              configs=configs(app_hosts)))  # fmt: skip
+        assert (await fleet_outcome(etcd, "shop", "f1", 180))["state"] == "succeeded"
+        for h in app_hosts:
+            cfg = yaml.safe_load((h.root / "baton.yml").read_text())
+            cfg.setdefault("deploy", {})["canary"] = {"stickiness": "none"}
+            (h.root / "baton.yml").write_text(yaml.safe_dump(cfg))
+        loads = [
+            await Load().start(
+                h.url, concurrency=2, max_requests=200_000, max_seconds=240, delay=0.005
+            )
+            for h in app_hosts
+        ]
+        await submit(etcd, request(app_hosts, ((20, 2.0), (50, 6.0))))
+        deadline = asyncio.get_running_loop().time() + 120
+        while True:  # the canary is at its second step: then its controller dies
+            kv = await etcd.get(DEPLOYMENTS + "shop")
+            record = json.loads(kv.value) if kv is not None else {}
+            if record.get("deployment") == "f2" and record.get("canary", {}).get("step") == 1:
+                break
+            assert asyncio.get_running_loop().time() < deadline, "the canary never got to 50%"
+            await asyncio.sleep(0.1)
+        boss = await leader(etcd)
+        killed = next(h for h in controllers if h.net.name == boss)
+        assert killed.server_pid is not None
+        os.kill(killed.server_pid, signal.SIGKILL)
+        final = await fleet_outcome(etcd, "shop", "f2", 180)
+        assert await leader(etcd) not in (None, boss)
+        outcomes = [await load.stop() for load in loads]
+        assert final["state"] == "succeeded", final
+        for name in NAMES:
+            kv = await etcd.get(keys.progress_key(name, "shop"))
+            assert kv is not None
+            progress = keys.Progress.from_json(kv.value)
+            assert progress.steps.count("canary 20%") == 1, progress  # not started again
+            assert progress.steps.count("canary 50%") == 1, progress
+    for seen_by in outcomes:
+        assert_no_failures(seen_by)
+    assert await served_by_each(app_hosts) == dict.fromkeys(NAMES, "v2")
