@@ -6,6 +6,7 @@ etcd revision, under continuous load."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -14,10 +15,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from baton.cluster.cutover import CutoverResult, blue_green, canary
+from baton.cluster import keys
+from baton.cluster.cutover import CutoverResult, blue_green
 from baton.cluster.edge import EdgeRoute, publish, wait_applied
 from baton.cluster.etcd import Etcd
-from baton.cluster.rollout import roll_out
+from baton.cluster.fleetcanary import canary, edge_canary
+from baton.cluster.rollout import DEPLOYMENTS, roll_out
 from tests.integration.test_cluster_fleet import (
     NAMES,
     PORT,
@@ -303,6 +306,22 @@ async def test_a_canary_failing_on_the_fleets_summed_figures_leaves_every_host_o
     assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v1")
 
 
+async def test_a_slow_canary_at_the_edges_is_rolled_back_by_the_latency_rule_without_errors(
+    fleet: tuple[EtcdCluster, list[FleetHost]], edge: FleetHost
+) -> None:
+    cluster, fleet_hosts = fleet
+    result, outcome, _, after = await canary_under_load(
+        cluster, fleet_hosts, edge, {"LATENCY_MS": "80"}
+    )
+    assert not result.ok and "canary at 30%: slower" in result.message, result
+    assert result.cutover_revision is None
+    assert_no_failures(outcome)
+    assert set(outcome.statuses) == {200}, outcome.summary()  # slow, but every answer fine
+    late = {s.body.split()[0] for s in outcome.timeline if s.body and s.sent >= after}
+    assert late == {"v1"}, outcome.summary()
+    assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v1")
+
+
 async def test_baton_deploy_with_the_canary_strategy_runs_it_at_the_edges_under_load(
     fleet: tuple[EtcdCluster, list[FleetHost]], edge: FleetHost, tmp_path: Path
 ) -> None:
@@ -348,4 +367,51 @@ async def test_baton_deploy_with_the_canary_strategy_runs_it_at_the_edges_under_
     during = [s.body.split()[0] for s in outcome.timeline if s.body and began <= s.sent < after]
     assert 0.05 < during.count("v2") / len(during) < 0.95, outcome.summary()
     assert {s.body.split()[0] for s in outcome.timeline if s.body and s.sent >= after} == {"v2"}
+    assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v2")
+
+
+async def test_a_new_leader_resumes_a_canary_at_the_edges_at_its_step(
+    fleet: tuple[EtcdCluster, list[FleetHost]], edge: FleetHost
+) -> None:
+    cluster, fleet_hosts = fleet
+    listen = f"{edge.net.address}:{PORT}"
+    async with Etcd(cluster.endpoints) as etcd:
+        assert (await roll_out(etcd, release("v1", "f1"), NAMES, configs=configs(fleet_hosts))).ok
+        since = await publish(etcd, EdgeRoute("shop", listen, tuple(NAMES), "v1"))
+        await wait_applied(etcd, since, 30)
+        load = await Load().start(
+            edge.url, concurrency=4, max_requests=400_000, max_seconds=240, delay=0.005
+        )
+        request = keys.DeployRequest(
+            release("v2", "f2"), tuple(NAMES), configs=configs(fleet_hosts), edge=listen,
+            canary=((20, 2.0), (50, 8.0)), canary_max_error_rate=0.05, canary_min_requests=20,
+        )  # fmt: skip
+        first = asyncio.get_running_loop().create_task(edge_canary(etcd, request, "leader1"))
+        deadline = asyncio.get_running_loop().time() + 120
+        while True:  # the first leader reaches the second step, then dies
+            kv = await etcd.get(DEPLOYMENTS + "shop")
+            record = json.loads(kv.value) if kv is not None else {}
+            if record.get("deployment") == "f2" and record.get("canary", {}).get("step") == 1:
+                break
+            assert not first.done(), first.result()
+            assert asyncio.get_running_loop().time() < deadline, "the canary never got to 50%"
+            await asyncio.sleep(0.1)
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        result = await edge_canary(etcd, request, "leader2")
+        outcome = await load.stop()
+        weights: list[int] = []  # every edge route published since v1's, in order
+        changes = etcd.watch("/baton/edges/shop", since + 1)
+        try:
+            while True:
+                _, events = await asyncio.wait_for(anext(changes), 2.0)
+                weights += [EdgeRoute.from_json(e.kv.value).canary_weight for e in events]
+        except TimeoutError:
+            pass
+        finally:
+            await changes.aclose()
+    assert result.ok, result
+    # Green out of rotation, 20%, 50%, the cutover, every host: nothing published twice.
+    assert weights == [0, 20, 50, 0, 0], weights
+    assert_no_failures(outcome)
     assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v2")

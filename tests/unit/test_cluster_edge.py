@@ -7,8 +7,8 @@ import json
 import pytest
 
 from baton.cluster import keys
-from baton.cluster.cutover import judge, split
-from baton.cluster.edge import EdgeRoute, edge_figures, edge_route_table
+from baton.cluster.cutover import split
+from baton.cluster.edge import EdgeRoute, edge_route_table
 from baton.proxy.routing import parse_app
 
 RECORDS = {
@@ -80,30 +80,6 @@ def test_a_canary_route_splits_every_edges_traffic_between_two_host_sets() -> No
     ]:
         with pytest.raises(ValueError, match=message):
             EdgeRoute.from_json(base + canary + "}")
-
-
-def test_the_fleet_canary_is_judged_on_the_requests_since_the_step_began() -> None:
-    before = {"requests": 100, "errors": 50}  # earlier errors do not count
-    assert judge(before, {"requests": 110, "errors": 55}, 0.05, 20) is None  # too few yet
-    assert judge(before, {"requests": 200, "errors": 52}, 0.05, 20) is None  # 2%
-    verdict = judge(before, {"requests": 200, "errors": 60}, 0.05, 20)
-    assert verdict == "error rate 10% over 100 requests (at most 5%)"
-    assert judge(before, {"requests": 10, "errors": 0}, 0.05, 20) is None  # a restarted proxy
-
-
-def test_edge_figures_count_answers_and_errors_per_release_of_routed_apps() -> None:
-    metrics = {
-        "shop": {
-            "releases": {
-                "v2": {"requests": {"2xx": 90, "5xx": 6}, "upstream_errors": 4},
-                "v1": {"requests": {"2xx": 10}, "upstream_errors": 0},
-            }
-        },
-        "other": {"releases": {"x": {"requests": {"2xx": 1}}}},
-    }
-    assert edge_figures(metrics, {"shop": {}}) == {
-        "shop": {"v2": {"requests": 96, "errors": 10}, "v1": {"requests": 10, "errors": 0}}
-    }
 
 
 def test_a_deploy_request_carries_the_edges_canary_and_refuses_bad_steps() -> None:

@@ -7,6 +7,9 @@ compares the desired release with what the host serves and, when they differ, as
 daemon to deploy it, writing ``Progress`` to ``/baton/progress/HOST/APP`` as the deploy's
 steps go by and its result at the end.
 
+A desired release with a ``canary_weight`` (a fleet canary without edges) is handed to
+``baton.cluster.hostcanary``: a canary on the host driven by the controller's weights.
+
 Each desired release names its fleet ``deployment``; the agent acts once per deployment.
 After a restart it reads its last progress back from etcd, and a release the host already
 serves is reported done without deploying again, so converging is idempotent.
@@ -33,6 +36,7 @@ import aiohttp
 
 from baton.cluster import keys
 from baton.cluster.etcd import Etcd, KeyValue
+from baton.cluster.hostcanary import HostCanaries
 from baton.cluster.registry import HOST_TTL, Registration
 from baton.errors import BatonError, DaemonUnreachable, EtcdError, EtcdUnavailable
 
@@ -82,6 +86,18 @@ class LocalDaemon:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise DaemonUnreachable(f"the local daemon does not answer: {exc}") from None
 
+    async def call(self, path: str, body: dict[str, Any]) -> None:
+        """A request whose answer is not followed (``/canary/weight``, ``/promote``,
+        ``/abort``): ``BatonError`` when the daemon refuses it."""
+        try:
+            async with self._client().post(
+                f"http://baton{path}", json=body, timeout=aiohttp.ClientTimeout(total=30)
+            ) as resp:
+                if resp.status >= 400:
+                    raise await self._error(resp)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise DaemonUnreachable(f"the local daemon does not answer: {exc}") from None
+
     async def deploy(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """``POST /deploy`` (or ``/rollback``): the deployment's events, the last one
         ``"event": "result"``."""
@@ -114,6 +130,10 @@ class Agent:
         self.handled: dict[str, str] = {}  # app → the fleet deployment it finished
         self.unsent: dict[str, keys.Progress] = {}  # progress etcd did not take yet
         self.converged = asyncio.Event()  # set after each pass with nothing left to do
+        # Fleet canaries without edges (the proxy's socket is beside the daemon's).
+        self.canaries = HostCanaries(
+            etcd, self.host, daemon, self._report, daemon.socket_path.parent / "proxy.sock"
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until ``stop``: register, then converge on every change of the desired state."""
@@ -124,6 +144,7 @@ class Agent:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            await self.canaries.close()
             await self.registration.stop()
             await self.daemon.close()
 
@@ -177,6 +198,8 @@ class Agent:
                 if progress.deployment == desired.deployment and progress.finished:
                     self.handled[desired.app] = desired.deployment
                     return
+        if await self.canaries.converge(desired):  # a driven canary's weight, promote, abort
+            return
         await self._deploy(desired)
         self.handled[desired.app] = desired.deployment
 

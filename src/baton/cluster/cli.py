@@ -228,11 +228,10 @@ def fleet_deploy(
         env=env,
     )
     edge = (settings.edge_listen, settings.edge_health_path)
-    canary: dict[str, Any] = {}
-    if settings.edge_listen is not None:
-        canary = _edge_canary(raw, path, strategy)
-        if canary:  # the canary is the edges'; each host switches blue-green, out of rotation
-            release = replace(release, strategy="blue-green")
+    canary = _edge_canary(raw, path, strategy)  # at the edges, or on every host at once
+    if canary and settings.edge_listen is not None:
+        # the canary is the edges'; each host switches blue-green, out of rotation
+        release = replace(release, strategy="blue-green")
     return asyncio.run(
         _follow_fleet(
             text, release, settings.hosts, settings.hosts_at_once, skip_unreachable, edge, canary,
@@ -277,8 +276,9 @@ def check_host_configs(configs: dict[str, str], hosts: list[str]) -> None:
 
 
 def _edge_canary(raw: object, path: str, strategy: str | None) -> dict[str, Any]:
-    """A fleet canary at the edges when the deploy's strategy is canary: its steps and judge
-    limits from ``deploy.canary`` (as ``DeployRequest`` fields), else nothing."""
+    """A fleet canary (at the edges, or without edges on every host) when the deploy's
+    strategy is canary: its steps and judge limits from ``deploy.canary`` (as
+    ``DeployRequest`` fields), else nothing."""
     deploy = raw.get("deploy") if isinstance(raw, dict) else None
     chosen = strategy or (deploy.get("strategy") if isinstance(deploy, dict) else None)
     if chosen != "canary":
@@ -290,6 +290,10 @@ def _edge_canary(raw: object, path: str, strategy: str | None) -> dict[str, Any]
         "canary": tuple((s.weight, s.hold) for s in settings.steps),
         "canary_max_error_rate": settings.analysis.max_error_rate,
         "canary_min_requests": settings.analysis.min_requests,
+        "canary_max_error_rate_increase": settings.analysis.max_error_rate_increase,
+        "canary_max_latency_ratio": settings.analysis.max_latency_ratio,
+        "canary_confidence": settings.analysis.confidence,
+        "canary_max_hold_extensions": settings.max_hold_extensions,
     }
 
 
@@ -335,6 +339,8 @@ async def _follow_fleet(
             how += f", up to {max_unavailable} switching at once"
         if edge[0] is not None:
             how = f"{'a canary' if canary else 'blue-green'} through the edges on {edge[0]}"
+        elif canary:
+            how = "a canary on every host at once"
         console.print(
             f"fleet deployment {release.deployment}: {release.app} {release.version} to"
             f" {', '.join(names)}, {escape(how)}"

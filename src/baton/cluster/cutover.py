@@ -23,13 +23,12 @@ proxies apply atomically, and in-flight requests finish where they started.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from baton.cluster import keys
-from baton.cluster.edge import EdgeRoute, fleet_figures, publish, published, wait_applied
+from baton.cluster.edge import EdgeRoute, publish, published, wait_applied
 from baton.cluster.etcd import Etcd
 from baton.cluster.rollout import DEPLOYMENTS, HOST_TIMEOUT, RolloutResult, roll_out
 
@@ -136,98 +135,6 @@ async def _green(
     return False
 
 
-async def canary(
-    etcd: Etcd,
-    release: keys.DesiredRelease,
-    hosts: Sequence[str],
-    *,
-    listen: str,
-    previous: str,
-    steps: Sequence[tuple[int, float]] = ((10, 30.0), (50, 30.0)),
-    max_error_rate: float = 0.05,
-    min_requests: int = 20,
-    configs: dict[str, str] | None = None,
-    health_path: str = "/up",
-    holder: str = "baton",
-    host_timeout: float = HOST_TIMEOUT,
-    apply_timeout: float = APPLY_TIMEOUT,
-) -> CutoverResult:
-    """A canary across the fleet at the edges: green gets the release out of rotation, then
-    each ``(weight, hold)`` of ``steps`` is one edge-route revision (the same split on every
-    edge) held ``hold`` seconds, judged on the new release's requests summed over every edge
-    (``fleet_figures``). Over ``max_error_rate`` (with at least ``min_requests``): the edges
-    go back to blue, green is rolled back, and every host serves ``previous`` again.
-    Otherwise the cutover and blue follow as in ``blue_green``."""
-    if len(hosts) < 2:
-        raise ValueError("a canary through the edges needs at least 2 app hosts")
-    green, blue = split(hosts)
-    result = CutoverResult(False, "", green=green, blue=blue)
-
-    def route(names: Sequence[str], version: str) -> EdgeRoute:
-        return EdgeRoute(release.app, listen, tuple(names), version, health_path)
-
-    await wait_applied(etcd, await publish(etcd, route(blue, previous)), apply_timeout)
-    first = await roll_out(
-        etcd, replace(release, deployment=f"{release.deployment}-green"), green,
-        hosts_at_once=len(green), configs=configs, holder=holder, host_timeout=host_timeout,
-    )  # fmt: skip
-    if not first.ok:
-        await wait_applied(etcd, await publish(etcd, route(hosts, previous)), apply_timeout)
-        result.message = f"green hosts: {first.message}; the fleet stays on {previous}"
-        return result
-    loop = asyncio.get_running_loop()
-    for weight, hold in steps:
-        split_route = replace(
-            route(blue, previous),
-            canary_hosts=tuple(green),
-            canary_version=release.version,
-            canary_weight=weight,
-        )
-        await wait_applied(etcd, await publish(etcd, split_route), apply_timeout)
-        before = (await fleet_figures(etcd, release.app)).get(release.version, {})
-        deadline = loop.time() + hold
-        verdict: str | None = None
-        while verdict is None and loop.time() < deadline:
-            await asyncio.sleep(min(0.5, hold))
-            now = (await fleet_figures(etcd, release.app)).get(release.version, {})
-            verdict = judge(before, now, max_error_rate, min_requests)
-        if verdict is not None:  # the canary failed: back to previous everywhere
-            await wait_applied(etcd, await publish(etcd, route(blue, previous)), apply_timeout)
-            undo = replace(
-                release, version=previous, deployment=f"{release.deployment}-undo", rollback=True
-            )
-            await roll_out(
-                etcd, undo, green, hosts_at_once=len(green), configs=configs, holder=holder,
-                host_timeout=host_timeout,
-            )  # fmt: skip
-            await wait_applied(etcd, await publish(etcd, route(hosts, previous)), apply_timeout)
-            result.message = f"canary at {weight}%: {verdict}; the fleet stays on {previous}"
-            return result
-    result.cutover_revision = await publish(etcd, route(green, release.version))
-    await wait_applied(etcd, result.cutover_revision, apply_timeout)
-    rest = await blue_green(
-        etcd, release, hosts, listen=listen, previous=previous, configs=configs,
-        health_path=health_path, holder=holder, host_timeout=host_timeout,
-        apply_timeout=apply_timeout, switched=True,
-    )  # fmt: skip
-    rest.cutover_revision = result.cutover_revision
-    return rest
-
-
-def judge(
-    before: dict[str, int], now: dict[str, int], max_error_rate: float, min_requests: int
-) -> str | None:
-    """Why the canary fails on the counts between ``before`` and ``now``, or None (pure)."""
-    requests = max(0, now.get("requests", 0) - before.get("requests", 0))
-    errors = max(0, now.get("errors", 0) - before.get("errors", 0))
-    if requests < min_requests or errors / requests <= max_error_rate:
-        return None
-    return (
-        f"error rate {errors / requests:.0%} over {requests} requests"
-        f" (at most {max_error_rate:.0%})"
-    )
-
-
 async def edge_blue_green(etcd: Etcd, request: keys.DeployRequest, holder: str) -> RolloutResult:
     """The controller's side of a ``baton deploy`` through the edges (``edge:`` in baton.yml):
     ``blue_green`` from the release the edges route to now; with no edge route yet (the first
@@ -249,17 +156,6 @@ async def edge_blue_green(etcd: Etcd, request: keys.DeployRequest, holder: str) 
             )
             cutover = await publish(etcd, edge)
             await wait_applied(etcd, cutover, APPLY_TIMEOUT)
-    elif request.canary:
-        try:
-            result = await canary(
-                etcd, release, hosts, listen=request.edge, previous=route.version,
-                steps=request.canary, max_error_rate=request.canary_max_error_rate,
-                min_requests=request.canary_min_requests, configs=request.configs,
-                health_path=request.edge_health, holder=holder,
-            )  # fmt: skip
-            ok, message, cutover = result.ok, result.message, result.cutover_revision
-        except TimeoutError as exc:
-            ok, message = False, f"{exc}; the edges that did serve its route"
     else:
         # What the fleet served before, kept apart: after the cutover the edge route names
         # the new release, and a leader resuming this deployment must not take that for it.

@@ -34,6 +34,7 @@ from typing import Any
 from baton import addresses
 from baton.cluster import keys
 from baton.cluster.etcd import Etcd
+from baton.cluster.figures import EDGE_FIGURES, INTERVAL, publish_figures, release_figures
 from baton.cluster.registry import hosts
 from baton.errors import BatonError, EtcdError, EtcdUnavailable
 
@@ -41,8 +42,6 @@ log = logging.getLogger("baton.cluster")
 
 EDGES = keys.ROOT + "edges/"
 APPLIED = keys.ROOT + "edge-applied/"  # EDGE → the etcd revision its proxy routes from
-FIGURES = keys.ROOT + "edge-figures/"  # EDGE → per app and release: requests, errors
-FIGURES_INTERVAL = 0.5
 RESYNC_INTERVAL = 3.0
 RETRY_INTERVAL = 1.0
 HEALTH = {"kind": "http", "interval": 0.5, "timeout": 2.0, "rise": 1, "fall": 2}
@@ -174,33 +173,6 @@ def _targets(
     return targets
 
 
-def edge_figures(
-    apps: Mapping[str, Any], routed: Mapping[str, Any]
-) -> dict[str, dict[str, dict[str, int]]]:
-    """Per routed app and release: requests answered and errors (5xx or no upstream)."""
-    out: dict[str, dict[str, dict[str, int]]] = {}
-    for app in routed:
-        for release, m in (apps.get(app) or {}).get("releases", {}).items():
-            requests = m.get("requests", {})
-            total = sum(int(v) for v in requests.values())
-            errors = int(requests.get("5xx", 0)) + int(m.get("upstream_errors", 0))
-            out.setdefault(app, {})[release] = {"requests": total, "errors": errors}
-    return out
-
-
-async def fleet_figures(etcd: Etcd, app: str) -> dict[str, dict[str, int]]:
-    """``app``'s figures summed over every edge: release → requests, errors."""
-    kvs, _ = await etcd.get_prefix(FIGURES)
-    total: dict[str, dict[str, int]] = {}
-    for kv in kvs:
-        with contextlib.suppress(ValueError, TypeError, AttributeError):
-            for release, m in json.loads(kv.value).get(app, {}).items():
-                into = total.setdefault(release, {"requests": 0, "errors": 0})
-                into["requests"] += int(m["requests"])
-                into["errors"] += int(m["errors"])
-    return total
-
-
 async def publish(etcd: Etcd, route: EdgeRoute) -> int:
     """Write ``route`` (one put: every edge switches from this revision); the revision."""
     return await etcd.put(edge_key(route.app), route.to_json())
@@ -256,15 +228,16 @@ class EdgeAgent:
                     await task
 
     async def _figures(self) -> None:
-        """Publish the edge's per-release counters of the apps it routes (for the fleet's
-        canary judge, which sums every edge's)."""
+        """Publish the edge's per-release counters and latency histograms of the apps it
+        routes (``baton.cluster.figures``: the fleet canary's judge sums every edge's)."""
         while True:
-            await asyncio.sleep(FIGURES_INTERVAL)
+            await asyncio.sleep(INTERVAL)
             if not self.applied:
                 continue
             try:
-                figures = edge_figures((await self.proxy.metrics()).get("apps", {}), self.applied)
-                await self.etcd.put(FIGURES + self.host, json.dumps(figures, sort_keys=True))
+                apps = (await self.proxy.metrics()).get("apps", {})
+                figures = release_figures(apps, self.applied)
+                await publish_figures(self.etcd, EDGE_FIGURES + self.host, figures)
             except (EtcdUnavailable, EtcdError, BatonError) as exc:
                 log.debug("edge %s: figures not published: %s", self.host, exc)
 

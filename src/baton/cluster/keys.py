@@ -156,9 +156,16 @@ class DesiredRelease:
     command: str | None = None
     env: dict[str, str] = field(default_factory=dict)  # plain env only: secrets stay local
     rollback: bool = False  # back to a release the host ran before (releases are immutable)
+    # A fleet canary without edges: the host runs this release beside its live one with this
+    # share of its proxy's traffic, the weight set by the controller (None: a plain deploy,
+    # or, for a canary's deployment, promote it). See ``baton.cluster.hostcanary``.
+    canary_weight: int | None = None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        body = asdict(self)
+        if self.canary_weight is None:
+            del body["canary_weight"]
+        return json.dumps(body, sort_keys=True)
 
     @classmethod
     def from_json(cls, raw: bytes | str, what: str = "desired release") -> DesiredRelease:
@@ -178,6 +185,7 @@ class DesiredRelease:
             command=_text(body, "command", what, optional=True),
             env=dict(env),
             rollback=body.get("rollback") is True,
+            canary_weight=_weight(body.get("canary_weight"), f"{what}: canary_weight"),
         )
 
     def request(self) -> tuple[str, dict[str, Any]]:
@@ -198,6 +206,14 @@ class DesiredRelease:
         return body
 
 
+def _weight(value: object, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
+        raise ValueError(f"{what}: expected a whole percentage, 0 to 100")
+    return value
+
+
 ProgressState = Literal["deploying", "done", "failed"]
 
 
@@ -213,9 +229,13 @@ class Progress:
     message: str = ""
     local_deployment: int | None = None  # the id in the host's own history
     steps: tuple[str, ...] = ()  # every step the host went through so far, in order
+    weight: int | None = None  # a fleet canary without edges: the weight the host applied
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        body = asdict(self)
+        if self.weight is None:
+            del body["weight"]
+        return json.dumps(body, sort_keys=True)
 
     @classmethod
     def from_json(cls, raw: bytes | str, what: str = "progress") -> Progress:
@@ -236,6 +256,7 @@ class Progress:
             message=str(body.get("message", "")),
             local_deployment=local if isinstance(local, int) else None,
             steps=tuple(steps),
+            weight=_weight(body.get("weight"), f"{what}: weight"),
         )
 
     @property
@@ -267,6 +288,11 @@ class DeployRequest:
     canary_min_requests: int = 200
     # Hosts switching at once, at most (0: hosts_at_once, one batch at a time); rollout.py.
     max_unavailable_hosts: int = 0
+    # The rest of ``deploy.canary.analysis`` (the single-host judge's rules) and its extra holds.
+    canary_max_error_rate_increase: float = 0.005
+    canary_max_latency_ratio: float = 1.25
+    canary_confidence: float = 0.95
+    canary_max_hold_extensions: int = 3
 
     def to_json(self) -> str:
         body = asdict(self)
@@ -301,7 +327,16 @@ class DeployRequest:
             max_unavailable_hosts=_max_unavailable(
                 body.get("max_unavailable_hosts", 0), at_once, what
             ),
-        )
+            canary_max_error_rate_increase=_rate(
+                body.get("canary_max_error_rate_increase", 0.005), what,
+                "canary_max_error_rate_increase",
+            ),
+            canary_max_latency_ratio=_positive(
+                body.get("canary_max_latency_ratio", 1.25), what, "canary_max_latency_ratio"
+            ),
+            canary_confidence=_confidence(body.get("canary_confidence", 0.95), what),
+            canary_max_hold_extensions=_extensions(body.get("canary_max_hold_extensions", 3), what),
+        )  # fmt: skip
 
 
 def _max_unavailable(value: object, at_once: int, what: str) -> int:
@@ -334,10 +369,28 @@ def _canary_steps(value: object, what: str) -> tuple[tuple[int, float], ...]:
     return tuple(steps)
 
 
-def _rate(value: object, what: str) -> float:
+def _rate(value: object, what: str, key: str = "canary_max_error_rate") -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-        raise ValueError(f"{what}: canary_max_error_rate: expected a fraction, 0 to 1")
+        raise ValueError(f"{what}: {key}: expected a fraction, 0 to 1")
     return float(value)
+
+
+def _positive(value: object, what: str, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
+        raise ValueError(f"{what}: {key}: expected a positive number")
+    return float(value)
+
+
+def _confidence(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+        raise ValueError(f"{what}: canary_confidence: expected a fraction between 0 and 1")
+    return float(value)
+
+
+def _extensions(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
+        raise ValueError(f"{what}: canary_max_hold_extensions: expected a whole number, 0 to 100")
+    return value
 
 
 def _min_requests(value: object, what: str) -> int:

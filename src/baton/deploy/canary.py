@@ -41,6 +41,12 @@ Crash recovery: the store records ``canary#N`` as the deployment's step; a contr
 that restarts finds it unfinished and undoes it (``plan.plan_recovery``): users go back to
 the stable release, the canary's instances are stopped.
 
+A **driven** canary (``Deployment.canary_weight``, a fleet canary without edges, see
+``baton.cluster.hostcanary``) has no timer and no judge of its own: it starts at the weight
+the fleet's controller gave, moves when ``drive`` gives another and holds until promote or
+abort; the controller judges the whole fleet's traffic. The proxy's fuse is not armed for
+it, so every host keeps the weight the fleet agreed on.
+
 The canary strategy needs a live release to compare with: the first deploy of an app, a
 rollback, or a stable release with no running instance is a plain blue-green switch.
 """
@@ -142,6 +148,10 @@ class CanaryControl:
     request: Request | None = None
     fuse: dict[str, Any] | None = None  # the proxy's trip event, once the fuse tripped
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # Driven from outside (a fleet canary without edges): no timer, no judge of its own;
+    # the weight the fleet's controller asked for (``drive``).
+    driven: bool = False
+    target: int = 0
 
     def ask(self, what: Request) -> None:
         if self.request is None:
@@ -164,6 +174,7 @@ class CanaryControl:
             "last_verdict": self.last_verdict,
             "request": self.request,
             "fuse": self.fuse,
+            **({"driven": True} if self.driven else {}),
         }
 
 
@@ -191,6 +202,25 @@ def request(engine: CanaryHost, app: str, what: Request) -> DeploymentRun:
         raise UsageError(f"no canary deployment of {app} is running{doing}")
     control.ask(what)
     return run
+
+
+def check_weight(value: object, what: str = "canary_weight") -> int:
+    """A driven canary's weight from an API body; ``UsageError`` naming ``what`` if it is not
+    a whole percentage."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
+        raise UsageError(f"{what}: expected a whole percentage, 0 to 100, got {value!r}")
+    return value
+
+
+def drive(engine: CanaryHost, app: str, weight: int) -> CanaryControl:
+    """``POST /canary/weight``: move the app's driven canary (a fleet canary without edges)
+    to ``weight``; its control."""
+    control = engine.canary(app)
+    if control is None or not control.driven:
+        raise UsageError(f"no driven canary of {app} is running (a fleet canary sets one up)")
+    control.target = weight
+    control.wake.set()
+    return control
 
 
 def annotate_status(engine: CanaryHost, status: dict[str, Any]) -> None:

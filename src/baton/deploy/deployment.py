@@ -109,3 +109,6 @@ class Deployment:
     retiring: Retiring = field(default_factory=Retiring)
     app_env: dict[str, str] | None = None  # the app's --env to keep once this deploy succeeds
     secrets: dict[str, str] | None = None  # every secret value of the app, for this deploy
+    # A canary driven from outside (a fleet canary without edges): its first weight; then it
+    # holds until told a new weight, promote or abort (``baton.deploy.canary.drive``).
+    canary_weight: int | None = None

@@ -313,6 +313,11 @@ class Engine:
         )
         return run
 
+    def drive_canary(self, deployment_id: int, weight: int) -> None:
+        """Make a prepared deploy a canary driven from outside (a fleet controller): it starts
+        at ``weight`` and holds there until ``canary.drive`` gives a new one, or promote/abort."""
+        self._deploys[deployment_id].canary_weight = weight
+
     async def prepare_rollback(
         self, app: str, version: str | None = None, *, force: bool = False
     ) -> DeploymentRun:

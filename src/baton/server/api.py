@@ -11,11 +11,12 @@ Deployments stream their progress as newline-delimited JSON events; the last one
 | GET  /health         |                                                 | pid, proxy          |
 | GET  /status         |                                                 | apps, releases      |
 | POST /deploy         | config, version?, env?, command?, strategy?,    | event stream        |
-|                      | image?                                          |                     |
+|                      | image?, canary_weight? (a driven canary)        |                     |
 | POST /rollback       | app? or config?, version?                       | event stream        |
 | GET  /deployments/ID/events |                                          | event stream        |
 | POST /promote        | app? or config? (a running canary: promote now) | event stream        |
 | POST /abort          | app? or config? (a running canary: abort now)   | event stream        |
+| POST /canary/weight  | app? or config?, weight (a driven canary)       | app, weight         |
 | GET  /history        | ?app=&limit=                                    | deployments         |
 | GET  /logs           | ?app=&version=&lines=&follow=1                  | line stream         |
 | GET  /migrate/status | ?app=                                           | each app's schema   |
@@ -47,7 +48,7 @@ from typing import Any
 from aiohttp import web
 
 from baton.config import load_config
-from baton.deploy.canary import Request, annotate_status, canary_events
+from baton.deploy.canary import Request, annotate_status, canary_events, check_weight, drive
 from baton.deploy.canary import request as canary_request
 from baton.deploy.engine import DeploymentRun, Engine
 from baton.errors import BatonError, UsageError
@@ -127,6 +128,7 @@ class Api:
                 web.get("/deployments/{id}/events", self.events),
                 web.post("/promote", self.promote),
                 web.post("/abort", self.abort),
+                web.post("/canary/weight", self.canary_weight),
                 web.get("/history", self.history),
                 web.get("/logs", self.logs),
                 web.post("/shutdown", self.shutdown),
@@ -184,6 +186,9 @@ class Api:
     async def deploy(self, request: web.Request) -> web.StreamResponse:
         body = await json_body(request)
         strategy = _string(body, "strategy")
+        driven = body.get("canary_weight")  # a fleet canary without edges (cluster.hostcanary)
+        driven = None if driven is None else check_weight(driven)
+        strategy = "canary" if driven is not None else strategy
         run = await self.engine.prepare_deploy(
             _string(body, "config", required=True) or "",
             version=_string(body, "version"),
@@ -194,6 +199,8 @@ class Api:
             secrets=body.get("secrets"),
         )
         starter.record(self.engine, run, starter.peer_user(request), "cli")
+        if driven is not None:
+            self.engine.drive_canary(run.id, driven)
         self.engine.start(run)
         return await self._stream(request, run)
 
@@ -237,6 +244,12 @@ class Api:
 
     async def abort(self, request: web.Request) -> web.StreamResponse:
         return await self._canary_request(request, "abort")
+
+    async def canary_weight(self, request: web.Request) -> web.Response:
+        body = await json_body(request)
+        app = self._app_name(_string(body, "app"), _string(body, "config"))
+        control = drive(self.engine, app, check_weight(body.get("weight"), "weight"))
+        return web.json_response({"app": app, "weight": control.target})
 
     async def _canary_request(self, request: web.Request, what: Request) -> web.StreamResponse:
         body = await json_body(request)

@@ -8,6 +8,9 @@ then verify, drain, stop or keep warm, post_deploy. ``before`` is where a user's
 ``baton abort`` fails the deployment and ``baton promote`` skips the remaining steps;
 ``perform`` holds each canary step until its verdict says what comes next.
 
+A driven canary (a fleet canary without edges) has one open ``canary`` step whose weight the
+fleet's controller moves (``canary.drive``); it has no hold, judge, guard or fuse of its own.
+
 ``choose`` falls back to blue-green when there is nothing to compare with (a first deploy,
 a rollback, a stable release with no running instance).
 """
@@ -91,6 +94,9 @@ class Canary:
             stable=stable.version,
             steps=[(s.weight, s.hold) for s in self.cfg.steps],
         )
+        if d.canary_weight is not None:  # driven by the fleet's controller: one open step
+            self.control.steps = [(d.canary_weight, 0.0)]
+            self.control.driven, self.control.target = True, d.canary_weight
         ops.canaries[d.app] = self.control  # `baton promote`/`abort` reach it from now on
 
     # -- the strategy ---------------------------------------------------------------------
@@ -144,6 +150,9 @@ class Canary:
         if move.kind == "canary":
             assert move.number is not None
             weight, hold = self.control.steps[move.number - 1]
+            if self.control.driven:
+                await self._driven_step()
+                return
             if self.watcher is None:
                 self._arm_fuse()
                 self.watcher = asyncio.ensure_future(self._watch_fuse())
@@ -400,6 +409,27 @@ class Canary:
                 start = snap
             deadline = now + hold
             control.hold_until = time.time() + hold
+
+    async def _driven_step(self) -> None:
+        """A driven canary's one step: apply each weight the controller asks for, until
+        promote (return) or abort (``DeploymentFailed``)."""
+        control = self.control
+        while True:
+            control.wake.clear()
+            self._abort_requested()
+            if control.request == "promote":
+                return
+            if control.step == 0 or control.target != control.weight:
+                await self._set_weight(control.target)
+                control.step, control.weight = 1, control.target
+                control.step_started = time.time()
+                self.d.run.emit(
+                    CanaryStep(
+                        step=1, steps=1, weight=control.weight, hold=0.0, weights=self._weights()
+                    )
+                )
+                continue
+            await control.wake.wait()
 
     def _guard(self, n: int, weight: int) -> None:
         d = self.d
