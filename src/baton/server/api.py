@@ -42,7 +42,7 @@ import asyncio
 import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 
@@ -89,6 +89,13 @@ def _string(body: dict[str, Any], key: str, *, required: bool = False) -> str | 
     return value
 
 
+def _flag(body: dict[str, Any], key: str) -> bool:
+    value = body.get(key, False)
+    if not isinstance(value, bool):
+        raise UsageError(f"{key}: expected true or false")
+    return value
+
+
 def _env(body: dict[str, Any]) -> dict[str, str]:
     env = body.get("env") or {}
     if not isinstance(env, dict) or not all(
@@ -127,6 +134,7 @@ class Api:
                 web.get("/deployments/{id}/events", self.events),
                 web.post("/promote", self.promote),
                 web.post("/abort", self.abort),
+                web.post("/staged/{verb}", self.staged),
                 web.get("/history", self.history),
                 web.get("/logs", self.logs),
                 web.post("/shutdown", self.shutdown),
@@ -192,6 +200,7 @@ class Api:
             strategy=strategy,
             image=_string(body, "image"),
             secrets=body.get("secrets"),
+            stage=_flag(body, "stage"),
         )
         starter.record(self.engine, run, starter.peer_user(request), "cli")
         self.engine.start(run)
@@ -237,6 +246,20 @@ class Api:
 
     async def abort(self, request: web.Request) -> web.StreamResponse:
         return await self._canary_request(request, "abort")
+
+    async def staged(self, request: web.Request) -> web.StreamResponse:
+        """``POST /staged/switch`` or ``/staged/discard`` (``{"app", "version"?}``): decide a
+        release staged by ``POST /deploy`` with ``"stage": true``; its events to the end."""
+        given = request.match_info["verb"]
+        if given not in ("switch", "discard"):
+            raise UsageError(f"POST /staged/{given}: expected /staged/switch or /staged/discard")
+        verb: Literal["switch", "discard"] = "switch" if given == "switch" else "discard"
+        body = await json_body(request)
+        app = self._app_name(_string(body, "app"), _string(body, "config"))
+        run = self.engine.staged_request(app, verb, _string(body, "version"))
+        if run is None:  # a discard with nothing staged: nothing to do
+            return web.json_response({"event": "result", "ok": True, "message": "nothing staged"})
+        return await self._stream(request, run, skip=len(run.events))
 
     async def _canary_request(self, request: web.Request, what: Request) -> web.StreamResponse:
         body = await json_body(request)
