@@ -95,14 +95,17 @@ def test_edge_figures_count_answers_and_errors_per_release_of_routed_apps() -> N
     metrics = {
         "shop": {
             "releases": {
-                "v2": {"requests": {"2xx": 90, "5xx": 6}, "upstream_errors": 4},
-                "v1": {"requests": {"2xx": 10}, "upstream_errors": 0},
+                "v2": {"requests": {"2xx": 90, "5xx": 6}, "upstream_errors": 4, "in_flight": 3},
+                "v1": {"requests": {"2xx": 10}, "upstream_errors": 0, "tunnels": 1},
             }
         },
         "other": {"releases": {"x": {"requests": {"2xx": 1}}}},
     }
     assert edge_figures(metrics, {"shop": {}}) == {
-        "shop": {"v2": {"requests": 96, "errors": 10}, "v1": {"requests": 10, "errors": 0}}
+        "shop": {
+            "v2": {"requests": 96, "errors": 10, "in_flight": 3},
+            "v1": {"requests": 10, "errors": 0, "in_flight": 1},
+        }
     }
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from baton.cluster import keys
 from baton.cluster.edge import EdgeRoute, fleet_figures, publish, published, wait_applied
 from baton.cluster.etcd import Etcd
+from baton.cluster.instancecut import instances_ready, staged_blue_green
 from baton.cluster.rollout import DEPLOYMENTS, HOST_TIMEOUT, RolloutResult, roll_out
 
 APPLY_TIMEOUT = 30.0  # for every edge to apply an edge-route revision
@@ -236,6 +237,12 @@ async def edge_blue_green(etcd: Etcd, request: keys.DeployRequest, holder: str) 
     release, hosts = request.release, list(request.hosts)
     assert request.edge is not None
     route = await published(etcd, release.app)
+    if (
+        route is not None
+        and not request.canary
+        and (route.instances or await instances_ready(etcd, release.app, route.version, hosts))
+    ):  # the edges route to instances: every host stays in rotation (baton.cluster.instancecut)
+        return await staged_blue_green(etcd, request, holder)
     cutover: int | None = None
     if route is None or len(hosts) < 2:
         plain = await roll_out(
@@ -245,8 +252,9 @@ async def edge_blue_green(etcd: Etcd, request: keys.DeployRequest, holder: str) 
         ok, message = plain.ok, plain.message
         if ok:
             edge = EdgeRoute(
-                release.app, request.edge, tuple(hosts), release.version, request.edge_health
-            )
+                release.app, request.edge, tuple(hosts), release.version, request.edge_health,
+                instances=await instances_ready(etcd, release.app, release.version, hosts),
+            )  # fmt: skip
             cutover = await publish(etcd, edge)
             await wait_applied(etcd, cutover, APPLY_TIMEOUT)
     elif request.canary:
