@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -16,8 +18,10 @@ import pytest
 import yaml
 
 from baton.cluster import keys
+from baton.cluster.controller import outcome, submit
 from baton.cluster.cutover import edge_blue_green
 from baton.cluster.edge import EdgeRoute, published
+from baton.cluster.election import leader
 from baton.cluster.etcd import Etcd
 from baton.cluster.rollout import DEPLOYMENTS
 from tests.integration.test_cluster_edge import edge
@@ -37,27 +41,35 @@ from tests.support.netns import NetLab, require_netns
 __all__ = ["edge"]
 
 
+CONTROLLERS = ["ctl1", "ctl2"]
+
+
 @pytest.fixture
 async def fleet(
     netlab: NetLab, tmp_path: Path
 ) -> AsyncIterator[tuple[EtcdCluster, list[FleetHost]]]:
-    """Three app hosts whose instances listen on their private addresses."""
+    """Three app hosts whose instances listen on their private addresses, and two hosts that
+    only run controller candidates (``tmp_path / NAME``: killing one kills no app)."""
     require_netns()
     etcd = EtcdCluster(tmp_path / "etcd", host=netlab.gateway).start()
     started: list[FleetHost] = []
     try:
-        for name in NAMES:
+        for name in [*NAMES, *CONTROLLERS]:
             h = FleetHost(tmp_path / name, netlab, netlab.add_host(name))
             h.root.mkdir()
             h.config()
             started.append(h)
+            flags = (
+                ["--roles", "app", "--instance-ip", h.net.address]
+                if name in NAMES
+                else ["--roles", "controller"]
+            )
             up = await h.baton(
                 "up", "--detach", "--cluster", etcd.endpoints_text, "--host-name", name,
-                "--advertise", f"{h.net.address}:{PORT}", "--instance-ip", h.net.address,
-                timeout=60,
+                "--advertise", f"{h.net.address}:{PORT}", *flags, timeout=60,
             )  # fmt: skip
             assert up.rc == 0, up
-        yield etcd, started
+        yield etcd, started[: len(NAMES)]
     finally:
         for h in started:  # shown when the test fails
             log = h.state_dir / "logs" / "server.log"
@@ -180,3 +192,46 @@ async def test_a_release_failing_readiness_on_one_host_cuts_nothing_over(
     assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v1")
     for h in fleet_hosts:  # the staged v2 instances were stopped again
         assert await h.running_instances() == before[h.net.name], h.net.name
+
+
+async def test_a_new_leader_resumes_the_staged_blue_green_at_its_step(
+    fleet: tuple[EtcdCluster, list[FleetHost]], edge: FleetHost, tmp_path: Path
+) -> None:
+    """The leader dies while the edges drain a slow request to the old release: the next
+    leader goes on from the recorded step (same cutover revision), the slow request is
+    answered by the old release, and the fleet ends on the new one."""
+    cluster, fleet_hosts = fleet
+    listen = f"{edge.net.address}:{PORT}"
+    async with Etcd(cluster.endpoints) as etcd:
+        await submit(etcd, request("v1", "f1", fleet_hosts, listen))
+        assert (await outcome(etcd, "shop", "f1", 180))["state"] == "succeeded"
+        boss = await leader(etcd)
+        assert boss in CONTROLLERS
+        load = await Load().start(
+            edge.url, concurrency=4, max_requests=400_000, max_seconds=240, delay=0.005
+        )
+        slow = asyncio.ensure_future(edge.get("/slow?s=7"))  # in flight at the cutover
+        await submit(etcd, request("v2", "f2", fleet_hosts, listen))
+        deadline = asyncio.get_running_loop().time() + 120
+        while True:  # cut over, the edges still have the slow request to v1 in flight
+            kv = await etcd.get(DEPLOYMENTS + "shop")
+            record = json.loads(kv.value) if kv is not None else {}
+            if record.get("deployment") == "f2" and record.get("step") == "draining":
+                break
+            assert not slow.done(), "the slow request ended before the cutover"
+            assert asyncio.get_running_loop().time() < deadline, record
+            await asyncio.sleep(0.05)
+        cut = record["cutover_revision"]
+        pid = int((tmp_path / boss / "state" / "server.pid").read_text())
+        os.kill(pid, signal.SIGKILL)  # the controller dies mid-deploy
+        final = await outcome(etcd, "shop", "f2", 180)
+        assert await leader(etcd) not in (None, boss)
+        status, body = await asyncio.wait_for(slow, 60)
+        await _load_seen(load, load.marker("deployed"))
+        outcome_ = await load.stop()
+    assert final["state"] == "succeeded", final
+    assert final["cutover_revision"] == cut, final  # resumed, not cut over again
+    assert (status, body.split("@")[0]) == (200, "v1"), body
+    assert_no_failures(outcome_)
+    assert _versions_after_first_v2(outcome_) == {"v2"}, outcome_.summary()
+    assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v2")
