@@ -12,6 +12,10 @@
    release; every request an edge takes after applying it is answered by the new release;
 4. blue gets the new release, out of rotation; then the edges route to every host again.
 
+When the edges route straight to instances (the app hosts run with ``--instance-ip``),
+``edge_blue_green`` runs ``baton.cluster.instancecut.staged_blue_green`` instead: every
+host stages the release, one revision cuts every edge over, no host leaves the rotation.
+
 ``edge_blue_green`` runs it for the controller and keeps the release the fleet served before
 in ``/baton/cutovers/APP``: a new leader resuming the deployment after the cutover (the edge
 route already names the new release) goes on with blue only. An edge that does not apply

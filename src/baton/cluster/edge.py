@@ -14,6 +14,12 @@ non-loopback upstream addresses an edge ever routes to come from the cluster's o
 records: a route naming a host that never joined, or one without the ``app`` role, is
 refused with the reason and changes nothing.
 
+A route with ``instances`` targets, instead of the hosts' proxies, the release's instances
+on each host: the private addresses the host publishes in its record's ``endpoints``
+(``--instance-ip``); a loopback or non-IPv4 one is refused, a host with none is left out.
+Each edge publishes its per-release figures (answers, errors, in flight) with the revision
+they were measured at, for the canary judge and for draining the old release at a cutover.
+
 ``EdgeAgent`` runs in the daemon of an edge host (``baton up --cluster ... --roles edge``):
 it lists ``/baton/edges/``, applies each app's table to its own proxy through the proxy's
 admin socket, and watches the prefix from the next revision; every ``RESYNC_INTERVAL`` it
