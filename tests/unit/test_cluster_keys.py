@@ -50,7 +50,7 @@ def test_a_bad_desired_release_is_refused_with_what_is_wrong(raw: bytes, message
 
 def test_a_bad_progress_state_is_refused() -> None:
     bad = b'{"app": "shop", "version": "v2", "deployment": "d", "state": "maybe"}'
-    with pytest.raises(ValueError, match="state: expected deploying, done or failed"):
+    with pytest.raises(ValueError, match="state: expected deploying, staged, done or failed"):
         keys.Progress.from_json(bad)
 
 

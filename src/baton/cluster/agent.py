@@ -38,6 +38,7 @@ from baton.cluster import keys
 from baton.cluster.etcd import Etcd, KeyValue
 from baton.cluster.hostcanary import HostCanaries
 from baton.cluster.registry import HOST_TTL, Registration
+from baton.deploy.staging import STAGED
 from baton.errors import BatonError, DaemonUnreachable, EtcdError, EtcdUnavailable
 
 log = logging.getLogger("baton.cluster")
@@ -236,6 +237,14 @@ class Agent:
                     await self._publish_versions()  # fresh before the controller sees done
                     await self._report(final)
                     return
+                if shown == STAGED and desired.phase == "stage":
+                    # Ready beside the live release; the daemon holds it at its switch.
+                    # Published first: the edges route to these instances at the cutover.
+                    await self._publish_versions()
+                    staged = replace(progress, state="staged", step=STAGED,
+                                     steps=(*progress.steps, STAGED))  # fmt: skip
+                    await self._report(staged)
+                    return
                 if shown and shown != step:
                     step = shown
                     progress = replace(progress, step=shown, steps=(*progress.steps, shown))
@@ -276,7 +285,29 @@ class Agent:
                 )
                 for name, app in status.get("apps", {}).items()
             }
-            record = replace(self.registration.record, apps=apps, instances=instances)
+            record = replace(
+                self.registration.record,
+                apps=apps,
+                instances=instances,
+                endpoints=reachable_instances(status),
+            )
             await self.registration.update(record)
         except (BatonError, AttributeError) as exc:
             log.warning("agent %s: could not publish its versions: %s", self.host, exc)
+
+
+def reachable_instances(status: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
+    """From the daemon's ``/status``: app → release → the addresses of its ready instances
+    that other hosts can reach (not loopback: the host runs with ``--instance-ip``)."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for name, app in status.get("apps", {}).items():
+        for release in app.get("releases", []):
+            addrs = [
+                str(i.get("address"))
+                for i in release.get("instances", [])
+                if i.get("state") in ("ready", "routed")
+                and not str(i.get("address", "")).startswith(("127.", "[::1]", "localhost"))
+            ]
+            if addrs:
+                out.setdefault(name, {})[str(release.get("version"))] = sorted(addrs)
+    return out

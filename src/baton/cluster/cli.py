@@ -11,6 +11,7 @@ with, plus the same flags for a detached ``baton server``. ``--cluster`` may als
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
 import socket
@@ -39,17 +40,29 @@ class ClusterOptions:
     host_name: str
     advertise: str
     roles: tuple[str, ...]
+    instance_ip: str | None = None  # process instances listen there, for the edges
 
     def server_flags(self) -> list[str]:
-        return [
+        flags = [
             "--cluster", ",".join(self.endpoints),
             "--host-name", self.host_name,
             "--advertise", self.advertise,
             "--roles", ",".join(self.roles),
         ]  # fmt: skip
+        if self.instance_ip is not None:
+            flags += ["--instance-ip", self.instance_ip]
+        return flags
 
 
 def add_options(f: F) -> F:
+    f = click.option(
+        "--instance-ip",
+        default=None,
+        metavar="IP",
+        help="Run the app instances on this private IPv4 address of the host (not loopback),"
+        " so edge proxies route straight to them (default: loopback; edges then route to"
+        " this host's proxy).",
+    )(f)
     f = click.option(
         "--roles",
         default=None,
@@ -82,7 +95,7 @@ def options_from(flags: dict[str, Any]) -> ClusterOptions | None:
     """The fleet flags checked, or None when this host runs alone."""
     cluster = flags.get("cluster") or os.environ.get("BATON_CLUSTER") or None
     if cluster is None:
-        for flag in ("host_name", "advertise", "roles"):
+        for flag in ("host_name", "advertise", "roles", "instance_ip"):
             if flags.get(flag):
                 raise UsageError(f"--{flag.replace('_', '-')} needs --cluster (or $BATON_CLUSTER)")
         return None
@@ -107,7 +120,33 @@ def options_from(flags: dict[str, Any]) -> ClusterOptions | None:
         raise UsageError(
             f"--roles: unknown role(s) {', '.join(map(repr, bad))}; expected {', '.join(ROLES)}"
         )
-    return ClusterOptions(tuple(endpoints), name, advertise, roles)
+    ip = flags.get("instance_ip")
+    return ClusterOptions(
+        tuple(endpoints), name, advertise, roles, None if ip is None else instance_ip(str(ip))
+    )
+
+
+def instance_ip(value: str) -> str:
+    """``--instance-ip``: an IPv4 address of this host, not loopback, that a port can be
+    bound on (the instances' own sockets are opened there); ``UsageError`` otherwise."""
+    try:
+        ip = ipaddress.IPv4Address(value.strip())
+    except ValueError:
+        raise UsageError(f"--instance-ip {value!r}: expected an IPv4 address") from None
+    if ip.is_loopback or ip.is_unspecified:
+        raise UsageError(
+            f"--instance-ip {value!r}: expected this host's private address, not"
+            f" {'loopback' if ip.is_loopback else 'the wildcard'} (instances are on loopback"
+            " without the flag)"
+        )
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((str(ip), 0))
+        except OSError as exc:
+            raise UsageError(
+                f"--instance-ip {value!r}: not an address of this host ({exc.strerror})"
+            ) from None
+    return str(ip)
 
 
 console = Console(highlight=False, soft_wrap=True)

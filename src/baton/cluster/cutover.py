@@ -12,6 +12,10 @@
    release; every request an edge takes after applying it is answered by the new release;
 4. blue gets the new release, out of rotation; then the edges route to every host again.
 
+When the edges route straight to instances (the app hosts run with ``--instance-ip``),
+``edge_blue_green`` runs ``baton.cluster.instancecut.staged_blue_green`` instead: every
+host stages the release, one revision cuts every edge over, no host leaves the rotation.
+
 ``edge_blue_green`` runs it for the controller and keeps the release the fleet served before
 in ``/baton/cutovers/APP``: a new leader resuming the deployment after the cutover (the edge
 route already names the new release) goes on with blue only. An edge that does not apply
@@ -30,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from baton.cluster import keys
 from baton.cluster.edge import EdgeRoute, publish, published, wait_applied
 from baton.cluster.etcd import Etcd
+from baton.cluster.instancecut import instances_ready, staged_blue_green
 from baton.cluster.rollout import DEPLOYMENTS, HOST_TIMEOUT, RolloutResult, roll_out
 
 APPLY_TIMEOUT = 30.0  # for every edge to apply an edge-route revision
@@ -143,6 +148,12 @@ async def edge_blue_green(etcd: Etcd, request: keys.DeployRequest, holder: str) 
     release, hosts = request.release, list(request.hosts)
     assert request.edge is not None
     route = await published(etcd, release.app)
+    if (
+        route is not None
+        and not request.canary
+        and (route.instances or await instances_ready(etcd, release.app, route.version, hosts))
+    ):  # the edges route to instances: every host stays in rotation (baton.cluster.instancecut)
+        return await staged_blue_green(etcd, request, holder)
     cutover: int | None = None
     if route is None or len(hosts) < 2:
         plain = await roll_out(
@@ -152,8 +163,9 @@ async def edge_blue_green(etcd: Etcd, request: keys.DeployRequest, holder: str) 
         ok, message = plain.ok, plain.message
         if ok:
             edge = EdgeRoute(
-                release.app, request.edge, tuple(hosts), release.version, request.edge_health
-            )
+                release.app, request.edge, tuple(hosts), release.version, request.edge_health,
+                instances=await instances_ready(etcd, release.app, release.version, hosts),
+            )  # fmt: skip
             cutover = await publish(etcd, edge)
             await wait_applied(etcd, cutover, APPLY_TIMEOUT)
     else:

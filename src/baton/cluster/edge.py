@@ -14,6 +14,12 @@ non-loopback upstream addresses an edge ever routes to come from the cluster's o
 records: a route naming a host that never joined, or one without the ``app`` role, is
 refused with the reason and changes nothing.
 
+A route with ``instances`` targets, instead of the hosts' proxies, the release's instances
+on each host: the private addresses the host publishes in its record's ``endpoints``
+(``--instance-ip``); a loopback or non-IPv4 one is refused, a host with none is left out.
+Each edge publishes its per-release figures (answers, errors, in flight) with the revision
+they were measured at, for the canary judge and for draining the old release at a cutover.
+
 ``EdgeAgent`` runs in the daemon of an edge host (``baton up --cluster ... --roles edge``):
 it lists ``/baton/edges/``, applies each app's table to its own proxy through the proxy's
 admin socket, and watches the prefix from the next revision; every ``RESYNC_INTERVAL`` it
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 from collections.abc import Mapping
@@ -65,6 +72,9 @@ class EdgeRoute:
     canary_hosts: tuple[str, ...] = ()
     canary_version: str | None = None
     canary_weight: int = 0
+    # Route straight to the release's instances on each host (the addresses the host
+    # publishes in its record's ``endpoints``), not to the hosts' proxies.
+    instances: bool = False
 
     def to_json(self) -> str:
         body: dict[str, Any] = {
@@ -74,6 +84,8 @@ class EdgeRoute:
             "version": self.version,
             "health_path": self.health_path,
         }
+        if self.instances:
+            body["instances"] = True
         if self.canary_hosts:
             body["canary"] = {
                 "hosts": list(self.canary_hosts),
@@ -110,9 +122,12 @@ class EdgeRoute:
         path = body.get("health_path", "/up")
         if not isinstance(path, str) or not path.startswith("/"):
             raise ValueError(f"{what}: health_path: expected a path starting with /")
+        instances = body.get("instances", False)
+        if not isinstance(instances, bool):
+            raise ValueError(f"{what}: instances: expected true or false")
         canary = body.get("canary")
         if canary is None:
-            return cls(app, str(listen), tuple(names), version, path)
+            return cls(app, str(listen), tuple(names), version, path, instances=instances)
         if not isinstance(canary, dict):
             raise ValueError(f"{what}: canary: expected an object")
         c_hosts = canary.get("hosts")
@@ -132,16 +147,19 @@ class EdgeRoute:
         weight = canary.get("weight")
         if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
             raise ValueError(f"{what}: canary.weight: expected a whole percentage, 0 to 100")
-        return cls(app, str(listen), tuple(names), version, path, tuple(c_hosts), c_version, weight)
+        return cls(
+            app, str(listen), tuple(names), version, path, tuple(c_hosts), c_version, weight,
+            instances,
+        )  # fmt: skip
 
 
 def edge_route_table(route: EdgeRoute, records: Mapping[str, keys.HostRecord]) -> dict[str, Any]:
     """The proxy's table entry for ``route``; ``ValueError`` naming a host the fleet does not
     know (or that serves no apps): upstreams come from the host records, nowhere else."""
     releases = [{"name": route.version, "weight": 100 - route.canary_weight,
-                 "targets": _targets(route, route.hosts, records)}]  # fmt: skip
+                 "targets": _targets(route, route.hosts, records, route.version)}]  # fmt: skip
     if route.canary_hosts:
-        canary = _targets(route, route.canary_hosts, records)
+        canary = _targets(route, route.canary_hosts, records, route.canary_version or "")
         releases.append({"name": route.canary_version, "weight": route.canary_weight,
                          "targets": canary})  # fmt: skip
     return {
@@ -152,7 +170,7 @@ def edge_route_table(route: EdgeRoute, records: Mapping[str, keys.HostRecord]) -
 
 
 def _targets(
-    route: EdgeRoute, names: tuple[str, ...], records: Mapping[str, keys.HostRecord]
+    route: EdgeRoute, names: tuple[str, ...], records: Mapping[str, keys.HostRecord], version: str
 ) -> list[str]:
     targets: list[str] = []
     for name in names:
@@ -161,6 +179,9 @@ def _targets(
             raise ValueError(f"edge route {route.app}: host {name!r} never joined the fleet")
         if "app" not in record.roles:
             raise ValueError(f"edge route {route.app}: host {name!r} has no app role")
+        if route.instances:  # a host with none of them ready is not in rotation
+            targets += _instance_targets(route, name, record, version)
+            continue
         try:
             host, port = addresses.parse_address(record.advertise)
         except ValueError as exc:
@@ -170,7 +191,57 @@ def _targets(
         target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if target not in targets:
             targets.append(target)
+    if not targets:
+        raise ValueError(
+            f"edge route {route.app}: no host of {', '.join(names)} publishes a ready"
+            f" instance of {version!r} reachable from the private network (--instance-ip)"
+        )
     return targets
+
+
+def _instance_targets(
+    route: EdgeRoute, name: str, record: keys.HostRecord, version: str
+) -> list[str]:
+    """The host's published instances of ``version``: private IPv4 addresses only (a
+    loopback address of another host would be the edge's own loopback)."""
+    out: list[str] = []
+    for address in record.endpoints.get(route.app, {}).get(version, []):
+        try:
+            host, port = addresses.parse_address(address)
+            ip = ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(
+                f"edge route {route.app}: host {name!r} publishes instance {address!r}:"
+                " expected IPv4:PORT"
+            ) from None
+        if ip.is_loopback or ip.is_unspecified:
+            raise ValueError(
+                f"edge route {route.app}: host {name!r} publishes instance {address!r},"
+                " not reachable from the other hosts"
+            )
+        out.append(f"{ip}:{port}")
+    return out
+
+
+REVISION = "@revision"  # in an edge's figures: the edge-route revision they were taken at
+
+
+async def in_flight(etcd: Etcd, app: str, release: str, revision: int) -> tuple[int, list[str]]:
+    """Requests (and tunnels) every reachable edge has in flight to ``app``'s ``release``,
+    as measured after it applied ``revision``; and the edges with no such figures yet."""
+    edges = [v.record.name for v in await hosts(etcd) if v.reachable and "edge" in v.record.roles]
+    kvs, _ = await etcd.get_prefix(EDGE_FIGURES)
+    figures = {keys.name_after(EDGE_FIGURES, kv.key): kv.value for kv in kvs}
+    total, late = 0, []
+    for edge in edges:
+        try:
+            body = json.loads(figures[edge])
+            if int(body.get(REVISION, 0)) < revision:
+                raise ValueError("taken before the revision")
+            total += int(body.get(app, {}).get(release, {}).get("in_flight", 0))
+        except (KeyError, ValueError, TypeError, AttributeError):
+            late.append(edge)
+    return total, late
 
 
 async def publish(etcd: Etcd, route: EdgeRoute) -> int:
@@ -235,8 +306,10 @@ class EdgeAgent:
             if not self.applied:
                 continue
             try:
+                revision = self.revision  # the tables applied before the metrics are read
                 apps = (await self.proxy.metrics()).get("apps", {})
-                figures = release_figures(apps, self.applied)
+                figures: dict[str, Any] = release_figures(apps, self.applied)
+                figures[REVISION] = revision
                 await publish_figures(self.etcd, EDGE_FIGURES + self.host, figures)
             except (EtcdUnavailable, EtcdError, BatonError) as exc:
                 log.debug("edge %s: figures not published: %s", self.host, exc)

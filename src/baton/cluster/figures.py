@@ -44,6 +44,8 @@ def release_figures(apps: Mapping[str, Any], wanted: Iterable[str]) -> dict[str,
             out.setdefault(app, {})[release] = {
                 "requests": dict(m.get("requests") or {}),
                 "ttfb": {"bounds": ttfb.get("bounds", []), "counts": ttfb.get("counts", [])},
+                # what draining at the edges waits for (``edge.in_flight``)
+                "in_flight": int(m.get("in_flight", 0)) + int(m.get("tunnels", 0)),
             }
     return out
 

@@ -103,6 +103,9 @@ class HostRecord:
     baton: str = ""  # Baton's version on the host
     apps: dict[str, str | None] = field(default_factory=dict)  # app → the version it serves
     instances: dict[str, int] = field(default_factory=dict)  # app → live release's instances
+    # app → release → its ready instances' addresses reachable from the private network
+    # (``--instance-ip``): where edges route when they route straight to instances.
+    endpoints: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         body = asdict(self)
@@ -126,7 +129,24 @@ class HostRecord:
             baton=str(body.get("baton", "")),
             apps={str(k): (None if v is None else str(v)) for k, v in apps.items()},
             instances=_counts(body.get("instances", {}), f"{what}: instances"),
+            endpoints=_endpoints(body.get("endpoints", {}), f"{what}: endpoints"),
         )
+
+
+def _endpoints(value: object, what: str) -> dict[str, dict[str, list[str]]]:
+    if not isinstance(value, dict) or not all(
+        isinstance(releases, dict)
+        and all(
+            isinstance(addrs, list) and all(isinstance(a, str) for a in addrs)
+            for addrs in releases.values()
+        )
+        for releases in value.values()
+    ):
+        raise ValueError(f"{what}: expected app → release → list of addresses")
+    return {
+        str(app): {str(r): list(addrs) for r, addrs in releases.items()}
+        for app, releases in value.items()
+    }
 
 
 def _counts(value: object, what: str) -> dict[str, int]:
@@ -160,6 +180,9 @@ class DesiredRelease:
     # share of its proxy's traffic, the weight set by the controller (None: a plain deploy,
     # or, for a canary's deployment, promote it). See ``baton.cluster.hostcanary``.
     canary_weight: int | None = None
+    # A staged deploy (the edges' blue-green): "stage" starts the release without switching
+    # the host's proxy, then "switch" or "discard" decides it (``baton.deploy.staging``).
+    phase: str = ""
 
     def to_json(self) -> str:
         body = asdict(self)
@@ -186,12 +209,17 @@ class DesiredRelease:
             env=dict(env),
             rollback=body.get("rollback") is True,
             canary_weight=_weight(body.get("canary_weight"), f"{what}: canary_weight"),
+            phase=_phase(body.get("phase", ""), what),
         )
 
     def request(self) -> tuple[str, dict[str, Any]]:
         """The local daemon's API call that converges to this release: path and body."""
-        if self.rollback:
+        if self.rollback:  # an unwind to this release (whatever phase it was written in)
             return "/rollback", {"app": self.app, "version": self.version}
+        if self.phase in ("switch", "discard"):
+            return f"/staged/{self.phase}", {"app": self.app, "version": self.version}
+        if self.phase == "stage":
+            return "/deploy", {**self.deploy_body(), "stage": True}
         return "/deploy", self.deploy_body()
 
     def deploy_body(self) -> dict[str, Any]:
@@ -214,7 +242,17 @@ def _weight(value: object, what: str) -> int | None:
     return value
 
 
-ProgressState = Literal["deploying", "done", "failed"]
+PHASES = ("", "stage", "switch", "discard")
+
+
+def _phase(value: object, what: str) -> str:
+    if value not in PHASES:
+        raise ValueError(f"{what}: phase: expected stage, switch or discard")
+    return str(value)
+
+
+# "staged": a staged deploy's release runs ready beside the live one, waiting for its switch.
+ProgressState = Literal["deploying", "staged", "done", "failed"]
 
 
 @dataclass(frozen=True)
@@ -241,8 +279,8 @@ class Progress:
     def from_json(cls, raw: bytes | str, what: str = "progress") -> Progress:
         body = _object(raw, what)
         state = body.get("state")
-        if state not in ("deploying", "done", "failed"):
-            raise ValueError(f"{what}: state: expected deploying, done or failed")
+        if state not in ("deploying", "staged", "done", "failed"):
+            raise ValueError(f"{what}: state: expected deploying, staged, done or failed")
         local = body.get("local_deployment")
         steps = body.get("steps", [])
         if not isinstance(steps, list) or not all(isinstance(x, str) for x in steps):

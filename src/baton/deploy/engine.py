@@ -27,6 +27,7 @@ from typing import Any
 
 from baton.config import AppConfig, LoadedConfig, apply_overrides, load_config, parse_config
 from baton.deploy import releases as artifacts
+from baton.deploy import staging
 from baton.deploy import status as read_model
 from baton.deploy.canary import CanaryControl
 from baton.deploy.deployment import (
@@ -176,6 +177,12 @@ class Engine:
         """The app's running canary, if one runs."""
         return self.ops.canaries.get(app)
 
+    def staged_request(
+        self, app: str, what: staging.Decision, version: str | None
+    ) -> DeploymentRun | None:
+        """Switch to or discard the app's staged release (``deploy.staging.request``)."""
+        return staging.request(self.ops.staged, self.run, app, what, version)
+
     def canary_version(self, app: str) -> str | None:
         """The version of ``app``'s running canary, once it takes traffic (feature flags)."""
         control = self.ops.canaries.get(app)
@@ -226,8 +233,10 @@ class Engine:
         strategy: str | None = None,
         image: str | None = None,
         secrets: dict[str, str] | None = None,
+        stage: bool = False,
     ) -> DeploymentRun:
         """Validate, lock the app and record the deployment; ``start`` then runs it.
+        ``stage``: start the release and stop before its switch (``deploy.staging``).
 
         ``env`` updates the app's own env, which every later deploy carries; ``secrets``
         gives secret values (kept by the control plane once the deploy succeeds).
@@ -237,6 +246,8 @@ class Engine:
         app = loaded.config.app
         app_env = {**self.store.app_env(app), **(env or {})}
         cfg = apply_overrides(loaded.config, app_env, command, strategy, image)
+        if stage:
+            staging.check_stageable(cfg.deploy.strategy, app)
         given = check_given(secrets, cfg.secrets, app)
         values = {**self.secrets.read(app), **given}
         missing = [name for name in cfg.secrets if name not in values]
@@ -251,6 +262,8 @@ class Engine:
         d = self._deploys[run.id]
         d.app_env = app_env
         d.secrets = values
+        if stage:
+            staging.register(self.ops.staged, run)
         return run
 
     async def _prepare_deploy(

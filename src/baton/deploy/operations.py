@@ -22,6 +22,7 @@ from baton.deploy.deployment import Deployment, InstanceFailed, instance_of, run
 from baton.deploy.hooks import HookResult, raise_for_hook, run_hook
 from baton.deploy.proxyclient import ProxyClient, ProxyUnavailable
 from baton.deploy.routes import Router
+from baton.deploy.staging import StageGate
 from baton.deploy.traffic import Traffic
 from baton.errors import BatonError, DaemonUnreachable, DeploymentFailed
 from baton.events import Artifact, Drained, HookOutput, HookRan, InstanceChanged, Probe, Warned
@@ -65,6 +66,7 @@ class Operations:
         self.secrets = SecretStore(state_dir)
         self.traffic = Traffic()  # recent proxy metrics: canary guard, `baton status`
         self.canaries: dict[str, CanaryControl] = {}  # app -> its running canary
+        self.staged: dict[str, StageGate] = {}  # app -> its staged release (deploy/staging)
 
     def runtime_for(self, release: ReleaseRow) -> Runtime:
         return self.runtimes.get(runtime_name(release.config))

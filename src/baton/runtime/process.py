@@ -12,6 +12,11 @@ Identity. A pid alone can be reused after the process exits, so every record and
 boot): ``ref`` is ``"<pid>:<start ticks>"``. A process whose start time differs is somebody
 else's and is never signalled.
 
+Bind address. By default instances listen on loopback. A fleet host whose edges route
+straight to its instances (``baton up --cluster ... --instance-ip IP``) sets ``bind``: the
+port is then picked on that private address, the instance is told it in ``HOST`` (beside
+``PORT``) and its address is ``IP:PORT``, reachable from the other hosts.
+
 Reaping. Instances started by this object are our children; we reap them with
 ``Popen.poll`` whenever we look at them. Instances started by a previous control plane were
 re-parented when it died, so their zombies are not ours to reap: a zombie counts as dead.
@@ -45,6 +50,7 @@ _FOLLOW_POLL = 0.2
 
 _POLL = 0.02  # how often stop() looks for the group to be gone
 _KILL_WAIT = 5.0  # after SIGKILL, how long to wait for the kernel to finish the job
+LOOPBACK = "127.0.0.1"
 _RECENT_PORT_TTL = 60.0  # a port we handed out is not handed out again for this long
 
 
@@ -103,14 +109,14 @@ def _killpg(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
-def _free_port(avoid: set[int]) -> int:
+def _free_port(avoid: set[int], bind: str = LOOPBACK) -> int:
     for _ in range(50):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
+            s.bind((bind, 0))
             port: int = s.getsockname()[1]
         if port not in avoid:
             return port
-    raise RuntimeFailure("could not find a free port on 127.0.0.1")
+    raise RuntimeFailure(f"could not find a free port on {bind}")
 
 
 def parse_ref(ref: str) -> tuple[int, int]:
@@ -130,6 +136,7 @@ class ProcessRuntime:
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = Path(state_dir)
+        self.bind = LOOPBACK  # the IPv4 address instances listen on (see the module docstring)
         self.records_dir = self.state_dir / "instances"
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._recent_ports: dict[int, float] = {}
@@ -260,7 +267,7 @@ class ProcessRuntime:
         for record in self._read_records():
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 avoid.add(int(str(record["address"]).rsplit(":", 1)[1]))
-        port = _free_port(avoid)
+        port = _free_port(avoid, self.bind)
         self._recent_ports[port] = now
 
         env = dict(os.environ)
@@ -271,6 +278,8 @@ class ProcessRuntime:
             BATON_VERSION=spec.version,
             BATON_INSTANCE=str(spec.index),
         )
+        if self.bind != LOOPBACK:
+            env["HOST"] = self.bind
         if isinstance(spec.command, str):
             argv = ["/bin/sh", "-c", spec.command]  # the shell expands $PORT from env
         else:
@@ -287,7 +296,7 @@ class ProcessRuntime:
         with open_private(log_path) as log:
             log.write(
                 f"--- baton: starting {spec.app} {spec.version} #{spec.index} on "
-                f"127.0.0.1:{port} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode()
+                f"{self.bind}:{port} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode()
             )
             log.flush()
             try:
@@ -321,7 +330,7 @@ class ProcessRuntime:
             app=spec.app,
             version=spec.version,
             index=spec.index,
-            address=f"127.0.0.1:{port}",
+            address=f"{self.bind}:{port}",
             ref=f"{child.pid}:{ticks}",
             log_path=log_path,
         )

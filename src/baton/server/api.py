@@ -43,7 +43,7 @@ import asyncio
 import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 
@@ -90,6 +90,13 @@ def _string(body: dict[str, Any], key: str, *, required: bool = False) -> str | 
     return value
 
 
+def _flag(body: dict[str, Any], key: str) -> bool:
+    value = body.get(key, False)
+    if not isinstance(value, bool):
+        raise UsageError(f"{key}: expected true or false")
+    return value
+
+
 def _env(body: dict[str, Any]) -> dict[str, str]:
     env = body.get("env") or {}
     if not isinstance(env, dict) or not all(
@@ -129,6 +136,7 @@ class Api:
                 web.post("/promote", self.promote),
                 web.post("/abort", self.abort),
                 web.post("/canary/weight", self.canary_weight),
+                web.post("/staged/{verb}", self.staged),
                 web.get("/history", self.history),
                 web.get("/logs", self.logs),
                 web.post("/shutdown", self.shutdown),
@@ -197,6 +205,7 @@ class Api:
             strategy=strategy,
             image=_string(body, "image"),
             secrets=body.get("secrets"),
+            stage=_flag(body, "stage"),
         )
         starter.record(self.engine, run, starter.peer_user(request), "cli")
         if driven is not None:
@@ -250,6 +259,20 @@ class Api:
         app = self._app_name(_string(body, "app"), _string(body, "config"))
         control = drive(self.engine, app, check_weight(body.get("weight"), "weight"))
         return web.json_response({"app": app, "weight": control.target})
+
+    async def staged(self, request: web.Request) -> web.StreamResponse:
+        """``POST /staged/switch`` or ``/staged/discard`` (``{"app", "version"?}``): decide a
+        release staged by ``POST /deploy`` with ``"stage": true``; its events to the end."""
+        given = request.match_info["verb"]
+        if given not in ("switch", "discard"):
+            raise UsageError(f"POST /staged/{given}: expected /staged/switch or /staged/discard")
+        verb: Literal["switch", "discard"] = "switch" if given == "switch" else "discard"
+        body = await json_body(request)
+        app = self._app_name(_string(body, "app"), _string(body, "config"))
+        run = self.engine.staged_request(app, verb, _string(body, "version"))
+        if run is None:  # a discard with nothing staged: nothing to do
+            return web.json_response({"event": "result", "ok": True, "message": "nothing staged"})
+        return await self._stream(request, run, skip=len(run.events))
 
     async def _canary_request(self, request: web.Request, what: Request) -> web.StreamResponse:
         body = await json_body(request)

@@ -51,7 +51,7 @@ from aiohttp import web
 
 from baton import __version__
 from baton.cluster.cli import ClusterOptions
-from baton.cluster.start import start_agent
+from baton.cluster.start import configure_runtimes, start_agent
 from baton.deploy.engine import Engine, Router
 from baton.deploy.lifecycle import converge
 from baton.deploy.proxyclient import ProxyClient, ProxyUnavailable
@@ -401,6 +401,7 @@ async def serve(
     (state_dir / "server.pid").write_text(f"{os.getpid()}\n")
     store = Store.open(state_dir / "baton.db")
     runtimes = Runtimes(state_dir)
+    configure_runtimes(cluster, runtimes)  # --instance-ip: instances reachable by the edges
     proxy = ProxyClient(state_dir / "proxy.sock")
     engine = Engine(store, runtimes, proxy, state_dir)
     certs = CertManager(state_dir, proxy, lambda: live_acme_apps(engine.routes()))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 
+from baton.deploy import staging
 from baton.deploy.deployment import Deployment
 from baton.deploy.operations import Operations
 from baton.deploy.steps import ACTIONS, Move
@@ -51,3 +52,8 @@ class BlueGreen(Planned):
             return moves
         # Before anything changes: what the runtime needs (docker: the image) is there.
         return [Move("prepare", record=False), *planned(d, "blue-green", old)]
+
+    async def before(self, ops: Operations, d: Deployment, move: Move) -> bool:
+        if move.kind == "switch":  # a staged release waits here for its switch or discard
+            await staging.hold(ops.staged, d)
+        return True

@@ -1,0 +1,119 @@
+"""A staged release (``POST /deploy`` with ``"stage": true``) runs ready beside the live one
+while the host's proxy keeps serving the old release; ``POST /staged/switch`` then switches
+to it, ``POST /staged/discard`` stops it. Real daemon, proxy and app processes."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from baton.cluster.agent import LocalDaemon
+from baton.errors import BatonError
+from tests.support.host import Host, assert_no_failures, host, served_after, start_load
+
+__all__ = ["host"]
+
+
+async def _stage(daemon: LocalDaemon, config: Path, version: str) -> list[dict[str, Any]]:
+    """Deploy ``version`` staged; the events up to its ``staged`` step (the stream is left)."""
+    body = {"config": str(config), "version": version, "env": {"APP_VERSION": version}}
+    events: list[dict[str, Any]] = []
+    async for event in daemon.deploy("/deploy", {**body, "stage": True}):
+        events.append(event)
+        if event.get("event") in ("result",) or event.get("step") == "staged":
+            break
+    return events
+
+
+async def _decide(daemon: LocalDaemon, verb: str, app: str) -> dict[str, Any]:
+    last: dict[str, Any] = {}
+    async for event in daemon.deploy(f"/staged/{verb}", {"app": app}):
+        last = event
+    return last
+
+
+def _release(status: dict[str, Any], version: str) -> dict[str, Any] | None:
+    for release in status["apps"]["shop"]["releases"]:
+        if release["version"] == version:
+            return dict(release)
+    return None
+
+
+async def test_a_staged_release_runs_beside_the_live_one_until_its_switch(host: Host) -> None:
+    assert (await host.deploy("--version", "v1")).rc == 0
+    daemon = LocalDaemon(host.state_dir / "baton.sock")
+    load = await start_load(host)
+    try:
+        events = await _stage(daemon, host.root / "baton.yml", "v2")
+        assert events[-1].get("step") == "staged", events
+        staged_at = load.marker("staged")
+        status = await daemon.status()
+        assert status["apps"]["shop"]["live"] == "v1"
+        staged = _release(status, "v2")
+        assert staged is not None and len(staged["instances"]) == 2, status
+        assert {i["state"] for i in staged["instances"]} == {"ready"}, staged
+        await asyncio.sleep(0.5)  # the proxy keeps serving v1 while v2 waits
+        before_switch = load.marker("switch")
+        result = await _decide(daemon, "switch", "shop")
+        assert result.get("event") == "result" and result.get("ok"), result
+        switched = load.marker("switched")
+        await asyncio.sleep(0.5)
+        outcome = await load.stop()
+    finally:
+        await daemon.close()
+    assert_no_failures(outcome)
+    assert served_after(outcome, staged_at, before_switch) == {"v1\n"}
+    assert served_after(outcome, switched) == {"v2\n"}
+    status = await host.status()
+    assert status["apps"]["shop"]["live"] == "v2"
+
+
+async def test_a_discarded_staged_release_stops_and_changes_nothing(host: Host) -> None:
+    assert (await host.deploy("--version", "v1")).rc == 0
+    before = await host.running_instances()
+    daemon = LocalDaemon(host.state_dir / "baton.sock")
+    try:
+        events = await _stage(daemon, host.root / "baton.yml", "v2")
+        assert events[-1].get("step") == "staged", events
+        assert len(await host.running_instances()) == 4
+        result = await _decide(daemon, "discard", "shop")
+        assert result.get("event") == "result" and not result.get("ok"), result
+        assert "discarded" in str(result.get("message")), result
+        # Nothing is staged now: a second discard has nothing to do, a switch is refused.
+        assert (await _decide(daemon, "discard", "shop")).get("ok") is True
+        try:
+            await _decide(daemon, "switch", "shop")
+            raise AssertionError("a switch with nothing staged was accepted")
+        except BatonError as exc:
+            assert "no staged release of shop" in str(exc)
+    finally:
+        await daemon.close()
+    assert await host.running_instances() == before
+    assert await host.get("/") == (200, "v1\n")
+    status = await host.status()
+    assert status["apps"]["shop"]["live"] == "v1"
+    assert _release(status, "v2") is None
+
+
+async def test_stage_is_refused_for_a_rolling_deploy_and_for_a_bad_flag(host: Host) -> None:
+    assert (await host.deploy("--version", "v1")).rc == 0
+    daemon = LocalDaemon(host.state_dir / "baton.sock")
+    config = str(host.root / "baton.yml")
+    try:
+        for body, words in (
+            ({"config": config, "version": "v2", "stage": "yes"}, "stage: expected true or false"),
+            (
+                {"config": config, "version": "v2", "stage": True, "strategy": "rolling"},
+                "only a blue-green deploy can be staged",
+            ),
+        ):
+            try:
+                async for _ in daemon.deploy("/deploy", body):
+                    pass
+                raise AssertionError(f"{body} was accepted")
+            except BatonError as exc:
+                assert words in str(exc), exc
+    finally:
+        await daemon.close()
+    assert (await host.status())["apps"]["shop"]["live"] == "v1"
