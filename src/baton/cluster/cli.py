@@ -10,7 +10,6 @@ with, plus the same flags for a detached ``baton server``. ``--cluster`` may als
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import socket
@@ -18,15 +17,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
-from rich.markup import escape
 
-from baton.cli_support import fail
-from baton.cluster import keys
+from baton.cli_support import console, escape, fail
 from baton.errors import BatonError, UsageError
+
+# Every `baton` start imports this module (``up``'s options): asyncio, rich and the key
+# records are imported by the functions that use them, not here.
+if TYPE_CHECKING:
+    from baton.cluster import keys
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -86,6 +87,7 @@ def options_from(flags: dict[str, Any]) -> ClusterOptions | None:
             if flags.get(flag):
                 raise UsageError(f"--{flag.replace('_', '-')} needs --cluster (or $BATON_CLUSTER)")
         return None
+    from baton.cluster import keys
     from baton.cluster.etcd import parse_endpoints
 
     try:
@@ -110,9 +112,6 @@ def options_from(flags: dict[str, Any]) -> ClusterOptions | None:
     return ClusterOptions(tuple(endpoints), name, advertise, roles)
 
 
-console = Console(highlight=False, soft_wrap=True)
-
-
 @click.command("hosts")
 @click.option(
     "--cluster",
@@ -123,6 +122,8 @@ console = Console(highlight=False, soft_wrap=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def hosts_command(cluster: str | None, as_json: bool) -> None:
     """List the fleet's hosts: reachable or not, roles, address, what each app runs."""
+    import asyncio
+
     from baton.cluster.etcd import Etcd
     from baton.cluster.registry import hosts
 
@@ -194,6 +195,9 @@ def fleet_deploy(
     """``baton deploy`` of an app whose baton.yml names ``hosts``: ask the fleet's controller
     and follow each host's progress. None when the app is not a fleet app (deploy locally).
     Secret values are not sent: each host uses its own (``baton secrets set`` there)."""
+    import asyncio
+
+    from baton.cluster import keys
     from baton.cluster.settings import fleet_settings
 
     settings = fleet_settings(raw, path)
@@ -259,6 +263,9 @@ async def _follow_fleet(
     edge: tuple[str | None, str] = (None, "/up"),
     canary: dict[str, Any] | None = None,
 ) -> int:
+    import asyncio
+
+    from baton.cluster import keys
     from baton.cluster.controller import submit
     from baton.cluster.election import leader
     from baton.cluster.etcd import Etcd
