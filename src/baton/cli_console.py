@@ -63,6 +63,8 @@ def escape(markup: str) -> str:
 
 
 def warm() -> None:
-    """Build both consoles now (rich imported), so that the first line prints at once."""
+    """Build both consoles now, and what their first line needs (rich's markup and emoji
+    tables, ~10 ms), so that the first line prints at once."""
     for stand_in in (console, errors):
         cast(LazyConsole, stand_in).real()
+    console.render_str("[bold]ready[/bold] :sparkles:")

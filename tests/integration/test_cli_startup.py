@@ -34,8 +34,16 @@ HEAVY = (
 # (rendering the answer needs them; sending it does not), and `baton --version` never.
 AFTER_REQUEST = ("rich", "http.client", "baton.events", "asyncio")
 
-# What no `baton` start imports: the fleet's records, asyncio's and importlib's machinery.
-START_UP = (*AFTER_REQUEST, "baton.cluster.keys", "importlib.abc", "importlib.resources")
+# What no `baton` start imports: those, the fleet's records, importlib's machinery, tempfile
+# and subprocess.
+START_UP = (
+    *AFTER_REQUEST,
+    "baton.cluster.keys",
+    "importlib.abc",
+    "importlib.resources",
+    "tempfile",
+    "subprocess",
+)
 
 # What `baton deploy` must also leave unimported when a daemon answers: it validates baton.yml.
 VALIDATION = ("pydantic", "baton.config")
