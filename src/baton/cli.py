@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from baton.config import AppConfig, ImageFacts
 
 from baton.cli_support import (
+    DIR_TYPE,
     DOWN_TIMEOUT,
     UP_TIMEOUT,
     Client,
@@ -335,7 +336,7 @@ def _observe_flags(observe: dict[str, Any]) -> tuple[Any, str, list[str]]:
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--state-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=DIR_TYPE,
     default=None,
     help="State dir (default: $BATON_STATE_DIR or ~/.local/state/baton).",
 )
