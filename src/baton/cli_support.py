@@ -107,7 +107,11 @@ class Client:
             exchange.close()
             raise self._unreachable(exc) from None
         if meanwhile is not None:
-            meanwhile()
+            try:
+                meanwhile()
+            except BaseException:
+                exchange.close()
+                raise
         import http.client
 
         try:
