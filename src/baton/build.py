@@ -10,14 +10,15 @@ as its `.py` source; the extension wins at import unless `install_guard` (run by
   (`baton/_build_info.py`, written into the wheel by setup.py), or a compiled module with no
   such record (e.g. a `.so` left beside the sources of an editable install): old compiled
   code is never run silently. Baton then runs the `.py` files and says so once on stderr.
+  The sources are hashed when a hot module is first looked up (the proxy, the daemon,
+  `describe()`), not at every `baton` start: a command that only talks to the daemon
+  never imports the hot path, and hashing cost each of them hashlib's import.
 It is all or nothing: either every hot module is compiled or none is.
 `describe()` says which one runs (shown by `baton --version`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.abc
 import importlib.machinery
 import importlib.util
 import os
@@ -88,19 +89,45 @@ def stale_modules() -> list[str]:
         source = _source(name)
         if not source.exists():
             continue  # compiled-only install: nothing to compare, nothing to fall back to
+        import hashlib  # only when compiled modules are installed: not at every start
+
         digest = hashlib.sha256(source.read_bytes()).hexdigest()
         if extensions[name] is None or recorded.get(name) != digest:
             stale.append(name)
     return stale
 
 
-class _PureFinder(importlib.abc.MetaPathFinder):
-    """Imports the hot modules from their `.py` sources, whatever is compiled beside them."""
+class _PureFinder:
+    """Imports the hot modules from their `.py` sources, whatever is compiled beside them,
+    once ``pure`` is decided (``decide``: at the first hot module looked up).
+
+    A meta path finder (``find_spec`` is all the import system asks of one); not a subclass
+    of ``importlib.abc.MetaPathFinder``, whose import costs every `baton` start ~10 ms."""
+
+    def __init__(self, pure: bool | None) -> None:
+        self.pure = pure  # None: not decided yet
+
+    def decide(self) -> bool:
+        """Whether the hot modules run from their `.py` files: stale compiled ones do not run."""
+        global _reason
+        if self.pure is None:
+            stale = stale_modules()
+            self.pure = bool(stale)
+            if stale:
+                _reason = "compiled modules older than their sources were ignored: " + ", ".join(
+                    stale
+                )
+                print(
+                    f"baton: {_reason}; running pure Python (rebuild with `make`)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        return self.pure
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
-        if fullname not in HOT_MODULES or not path:
+        if fullname not in HOT_MODULES or not path or not self.decide():
             return None
         leaf = fullname.rpartition(".")[2] + ".py"
         for entry in path:
@@ -111,23 +138,19 @@ class _PureFinder(importlib.abc.MetaPathFinder):
 
 
 def install_guard() -> None:
-    """Route the hot modules to their `.py` files when asked to or when compiled ones are stale."""
+    """Route the hot modules to their `.py` files when asked to or when compiled ones are stale
+    (decided when the first one is imported)."""
     global _reason
-    if any(isinstance(finder, _PureFinder) for finder in sys.meta_path):
+    if _guard() is not None:
         return
-    if os.environ.get(PURE_ENV, "") not in ("", "0"):
+    asked = os.environ.get(PURE_ENV, "") not in ("", "0")
+    if asked:
         _reason = f"{PURE_ENV}={os.environ[PURE_ENV]}"
-    else:
-        stale = stale_modules()
-        if not stale:
-            return
-        _reason = "compiled modules older than their sources were ignored: " + ", ".join(stale)
-        print(
-            f"baton: {_reason}; running pure Python (rebuild with `make`)",
-            file=sys.stderr,
-            flush=True,
-        )
-    sys.meta_path.insert(0, _PureFinder())
+    sys.meta_path.insert(0, _PureFinder(True if asked else None))
+
+
+def _guard() -> _PureFinder | None:
+    return next((f for f in sys.meta_path if isinstance(f, _PureFinder)), None)
 
 
 def compiled() -> bool:
@@ -148,6 +171,9 @@ def compiled() -> bool:
 
 def pure_reason() -> str | None:
     """Why the hot path runs as pure Python although it could run compiled (None otherwise)."""
+    guard = _guard()
+    if guard is not None:
+        guard.decide()
     return _reason
 
 

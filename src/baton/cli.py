@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -22,19 +20,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.markup import escape
 
 from baton import __version__
-from baton import events as ev
 from baton.build import version_option
 from baton.errors import BatonError, ConfigError, DaemonUnreachable, ImageNotFound, UsageError
-from baton.state.files import open_private, private_dir
 
+# Not imported at start-up (rich, the event classes, subprocess): `baton deploy` sends its
+# request first, and every deploy waits for the CLI's start-up up to it.
 if TYPE_CHECKING:
+    from rich.console import Console
+
+    from baton import events as ev
     from baton.config import AppConfig, ImageFacts
 
 from baton.cli_support import (
+    DIR_TYPE,
     DOWN_TIMEOUT,
     UP_TIMEOUT,
     Client,
@@ -45,6 +45,7 @@ from baton.cli_support import (
     config_path,
     console,
     errors,
+    escape,
     fail,
     following,
     guard,
@@ -83,6 +84,8 @@ class Progress:
 
     def show(self, data: dict[str, Any]) -> None:
         """Render one event as it came from the API (a wire dict)."""
+        from baton import events as ev
+
         try:
             event = ev.from_dict(data)
         except ValueError:
@@ -90,6 +93,8 @@ class Progress:
         self.render(event)
 
     def render(self, event: ev.Event) -> None:
+        from baton import events as ev
+
         print_ = self.out.print
         match event:
             case ev.Intro():
@@ -164,6 +169,8 @@ class Progress:
                 pass  # a kind this CLI does not know (a newer daemon's): nothing to show
 
     def _result(self, event: ev.Result) -> None:
+        from baton import events as ev
+
         seconds = f" ({event.seconds:.1f}s)" if ev.given(event.seconds) else ""
         if event.ok:
             self.out.print(f"[green]✓[/green] {escape(event.message)}{seconds}")
@@ -183,6 +190,8 @@ class Progress:
 
     def render_canary(self, event: ev.Event) -> None:
         """One canary event of a deployment's progress: a step, a verdict, a request."""
+        from baton import events as ev
+
         print_ = self.out.print
         match event:
             case ev.CanaryStep():
@@ -226,7 +235,18 @@ def _figure(figures: dict[str, Any], side: str) -> str:
 
 
 def _follow(client: Client, path: str, body: dict[str, Any] | None, method: str = "POST") -> int:
-    return _render(client.events(method, path, body))
+    return _render(client.events(method, path, body, meanwhile=_ready_to_render))
+
+
+def _ready_to_render() -> None:
+    """What rendering a deployment needs (rich, the event classes), imported while the
+    daemon works on the request just sent rather than before it."""
+    import importlib
+
+    from baton.cli_console import warm
+
+    importlib.import_module("baton.events")
+    warm()
 
 
 def _render(events: Iterator[Any]) -> int:
@@ -316,7 +336,7 @@ def _observe_flags(observe: dict[str, Any]) -> tuple[Any, str, list[str]]:
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--state-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=DIR_TYPE,
     default=None,
     help="State dir (default: $BATON_STATE_DIR or ~/.local/state/baton).",
 )
@@ -374,6 +394,10 @@ def up(
         raise SystemExit(
             run_server(state_dir, endpoints, log_format, flags_listen=flags_listen, cluster=cluster)
         )
+    import subprocess
+
+    from baton.state.files import open_private, private_dir
+
     private_dir(state_dir)
     private_dir(state_dir / "logs")
     log_path = state_dir / "logs" / "server.log"
@@ -436,6 +460,8 @@ def upgrade(
         seconds = parse_duration(timeout)
     except ValueError as exc:
         fail(UsageError(f"--timeout: {exc}"))
+    import shlex
+
     command = shlex.split(proxy_command) if proxy_command else None
     if proxy_command is not None and not command:
         fail(UsageError("--proxy-command: expected a command"))
@@ -575,7 +601,7 @@ def deploy(
 
     def send() -> int:
         try:
-            events = client.events("POST", "/deploy", body)
+            events = client.events("POST", "/deploy", body, meanwhile=_ready_to_render)
         except DaemonUnreachable:
             if facts is not None:
                 _validate_deploy(*checks)  # a bad config exits 2 even with no daemon, as before

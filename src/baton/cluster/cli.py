@@ -10,7 +10,6 @@ with, plus the same flags for a detached ``baton server``. ``--cluster`` may als
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
 import os
@@ -19,15 +18,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
-from rich.markup import escape
 
-from baton.cli_support import fail
-from baton.cluster import keys
+from baton.cli_support import console, escape, fail
 from baton.errors import BatonError, UsageError
+
+# Every `baton` start imports this module (``up``'s options): asyncio, rich and the key
+# records are imported by the functions that use them, not here.
+if TYPE_CHECKING:
+    from baton.cluster import keys
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -99,6 +100,7 @@ def options_from(flags: dict[str, Any]) -> ClusterOptions | None:
             if flags.get(flag):
                 raise UsageError(f"--{flag.replace('_', '-')} needs --cluster (or $BATON_CLUSTER)")
         return None
+    from baton.cluster import keys
     from baton.cluster.etcd import parse_endpoints
 
     try:
@@ -149,9 +151,6 @@ def instance_ip(value: str) -> str:
     return str(ip)
 
 
-console = Console(highlight=False, soft_wrap=True)
-
-
 @click.command("hosts")
 @click.option(
     "--cluster",
@@ -162,6 +161,8 @@ console = Console(highlight=False, soft_wrap=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def hosts_command(cluster: str | None, as_json: bool) -> None:
     """List the fleet's hosts: reachable or not, roles, address, what each app runs."""
+    import asyncio
+
     from baton.cluster.etcd import Etcd
     from baton.cluster.registry import hosts
 
@@ -234,6 +235,9 @@ def fleet_deploy(
     """``baton deploy`` of an app whose baton.yml names ``hosts``: ask the fleet's controller
     and follow each host's progress. None when the app is not a fleet app (deploy locally).
     Secret values are not sent: each host uses its own (``baton secrets set`` there)."""
+    import asyncio
+
+    from baton.cluster import keys
     from baton.cluster.settings import fleet_settings
 
     settings = fleet_settings(raw, path)
@@ -283,6 +287,8 @@ def parse_host_configs(items: tuple[str, ...]) -> dict[str, str]:
     """``--host-config HOST=PATH`` values: host → its baton.yml path (absolute: it is read on
     that host). A bad one is a usage error naming it; whether the host is one of the app's is
     checked once the hosts are known (``check_host_configs``)."""
+    from baton.cluster import keys
+
     configs: dict[str, str] = {}
     for item in items:
         host, sep, path = item.partition("=")
@@ -348,6 +354,9 @@ async def _follow_fleet(
     max_unavailable: int = 0,
     configs: dict[str, str] | None = None,
 ) -> int:
+    import asyncio
+
+    from baton.cluster import keys
     from baton.cluster.controller import submit
     from baton.cluster.election import leader
     from baton.cluster.etcd import Etcd

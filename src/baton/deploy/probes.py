@@ -13,6 +13,9 @@ Checks are spaced ``interval`` apart once one succeeded (the streak must span th
 but while an instance is still coming up the next check comes sooner: ``backoff`` starts at
 10 ms and doubles after each failure up to ``interval``, so an app that is ready in 30 ms is
 seen ready then, not at the next 100 ms tick, and one that takes seconds is not hammered.
+A port that refuses connections (the process runtime: the app is not listening yet) is
+retried every 10 ms for the first second instead (``tcp_retry``): a refused connect to
+loopback costs microseconds, and the first check after the app listens starts its readiness.
 ``wait_ready`` gives up with ``DeploymentFailed`` when ``ready_timeout`` passes or, at once,
 when the instance's process exits; the message names the instance and the last failed check.
 
@@ -33,6 +36,7 @@ _MAX_BODY = 1 << 20  # a health answer bigger than this is cut, not an error
 _MAX_HEAD = 64 * 1024
 _TCP_POLL = 0.05  # the TCP phase polls at most this far apart: connects to loopback are cheap
 FIRST_RETRY = 0.01  # the first retry after a failed check; doubled up to the interval
+FAST_TCP_WINDOW = 1.0  # seconds during which a refused port is retried every FIRST_RETRY
 
 
 def backoff(failures: int, interval: float, first: float = FIRST_RETRY) -> float:
@@ -41,6 +45,16 @@ def backoff(failures: int, interval: float, first: float = FIRST_RETRY) -> float
     if failures <= 0 or interval <= first:
         return interval
     return min(interval, first * (1 << min(failures - 1, 30)))
+
+
+def tcp_retry(failures: int, waited: float, interval: float, fast: bool = True) -> float:
+    """Seconds before the next TCP check after ``failures`` in a row, ``waited`` seconds
+    after the first: every ``FIRST_RETRY`` during ``FAST_TCP_WINDOW`` when ``fast`` (a port
+    whose accepting proves the app listens), else ``backoff`` up to the TCP poll interval.
+    Never more than ``interval``."""
+    if fast and waited < FAST_TCP_WINDOW:
+        return min(FIRST_RETRY, interval)
+    return backoff(failures, min(interval, _TCP_POLL))
 
 
 class ProbeError(Exception):
@@ -202,6 +216,7 @@ async def wait_ready(
 
     # Phase 1: the port accepts TCP.
     failures = 0
+    began = time.monotonic()
     while True:
         await check_alive()
         if remaining() <= 0:
@@ -218,7 +233,7 @@ async def wait_ready(
                 last_failure = f"{exc} ({address})"
             progress(f"waiting for {address}: {exc}")
         failures += 1
-        await pause(backoff(failures, min(interval, _TCP_POLL)))
+        await pause(tcp_retry(failures, time.monotonic() - began, interval, not http_on_tcp))
     progress(f"{address} accepts TCP")
 
     # Phase 2: the health path answers 2xx success_threshold times in a row.

@@ -16,10 +16,13 @@ import click
 
 from baton.observe.logs import FORMATS
 from baton.observe.tokens import DASHBOARD_TOKEN_ENV, METRICS_TOKEN_ENV
-from baton.proxy.accesslog import FORMATS as ACCESS_LOG_FORMATS
 
 if TYPE_CHECKING:  # imported when used: every `baton` command builds these options
     from baton.observe.endpoints import Endpoints
+
+# ``baton.proxy.accesslog.FORMATS``, not imported from there: that module loads asyncio, and
+# every `baton` command builds these options (tests/unit/test_cli_start.py keeps them equal).
+ACCESS_LOG_FORMATS = ("json", "combined")
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -61,19 +60,25 @@ def private_umask() -> Iterator[None]:
         os.umask(old)
 
 
-def write_private(path: Path | str, data: bytes) -> None:
+def write_private(path: Path | str, data: bytes, *, durable: bool = True) -> None:
     """Replace ``path`` with ``data`` atomically (a temp file in the same dir, fsync'ed,
     renamed over it), mode 0600; a missing directory is created 0700. A reader sees the
-    old file or the new one, never a part; a crash leaves at most a stray ``.tmp-*``."""
+    old file or the new one, never a part; a crash leaves at most a stray ``.tmp-*``.
+    ``durable=False`` skips the fsync (still atomic for every reader while the machine
+    runs): for a file that only describes what a power loss ends anyway, such as a record of
+    a running process, whose fsync would cost a deploy milliseconds per instance."""
     directory = os.path.dirname(os.fspath(path)) or "."
     os.makedirs(directory, mode=DIR_MODE, exist_ok=True)
+    import tempfile  # not at import: `baton deploy` reads secrets through this module
+
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
     try:
         os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
