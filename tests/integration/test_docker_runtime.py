@@ -606,11 +606,12 @@ def _counting_client(calls: list[str]) -> Callable[[], Any]:
     return factory
 
 
-async def test_two_containers_start_and_become_ready_with_one_inspect_each(
-    images: ImageCache, app: str, tmp_path: Path, cleanup: None
+async def test_two_containers_start_become_ready_and_stop_with_one_inspect_each(
+    images: ImageCache, client: Any, app: str, tmp_path: Path, cleanup: None
 ) -> None:
     """Start = create, start, one inspect (its port, which also seeds the events stream's
-    view); readiness then answers alive/healthy from the events stream, not inspects."""
+    view); readiness then answers alive/healthy from the events stream, not inspects; and
+    stop needs no inspect to know the container is Baton's."""
     calls: list[str] = []
     rt = DockerRuntime(tmp_path / "state", client_factory=_counting_client(calls))
     try:
@@ -619,19 +620,27 @@ async def test_two_containers_start_and_become_ready_with_one_inspect_each(
         await rt.stop(warm, 5)
         calls.clear()
 
+        script = "echo hello from $BATON_INSTANCE; exec /busybox httpd -f -p $PORT -h /www"
+        command = ["/busybox", "sh", "-c", script]
         pair = await asyncio.gather(
             *(
-                rt.start(spec(app, images.get("v1"), tmp_path, version="v2", index=i))
+                rt.start(spec(app, images.get("v1"), tmp_path, "v2", i, command=command))
                 for i in (0, 1)
             )
         )
         for instance in pair:
             await ready(rt, instance)
             assert await served(instance) == b"v1"  # the image's page says the image tag
+        await asyncio.gather(*(rt.stop(instance, 5) for instance in pair))
+        assert all(gone(client, instance.ref) for instance in pair)
+        for i in (0, 1):  # the output is saved before the container goes
+            saved = (tmp_path / "logs" / f"{app}-v2-{i}.log").read_text()
+            assert saved.splitlines() == [f"hello from {i}"]
         inspects = [c for c in calls if c.startswith("GET ") and c.endswith("/json")]
         assert len(inspects) == 2, calls
         assert sum(c.endswith("/create") for c in calls) == 2, calls
         assert sum(c.endswith("/start") for c in calls) == 2, calls
+        assert sum(c.endswith("/stop") for c in calls) == 2, calls
     finally:
         rt.close()
 

@@ -51,8 +51,9 @@ which inspects it anyway for its port, or when first asked about), and from then
 known. Docker subscribes the stream before it sends the answer's headers, and an inspect is
 only merged when it started after those headers came, so no event after the inspect is
 missed; while the stream is not connected, or after it broke, every question is an inspect
-again (and the next one re-subscribes). Only containers labelled with this state dir are
-remembered: the stream never reports the others.
+again (and the next one re-subscribes). Only Baton's containers (``baton.managed=1``)
+labelled with this state dir are remembered: the stream never reports the others. So a
+remembered container is known to be Baton's, and ``stop`` needs no inspect to check it.
 
 Stopping is ``docker stop`` with the grace period (the image's STOPSIGNAL, SIGTERM unless it
 says otherwise, then SIGKILL), then the container's logs are saved to
@@ -188,6 +189,22 @@ def _published_port(attrs: dict[str, Any], port: int) -> int | None:
         if binding.get("HostIp") == "127.0.0.1" and binding.get("HostPort"):
             return int(binding["HostPort"])
     return None
+
+
+def demultiplex(raw: bytes) -> bytes:
+    """The output in Docker's multiplexed log format (frames of an 8-byte header: stream
+    0/1/2, three zero bytes, a big-endian length; then that many bytes) as one byte string,
+    frames in order. Anything else (a TTY container's raw output) is returned as it is."""
+    out = []
+    at = 0
+    while at < len(raw):
+        header = raw[at : at + 8]
+        if len(header) < 8 or header[0] > 2 or header[1:4] != b"\0\0\0":
+            return raw
+        size = int.from_bytes(header[4:8], "big")
+        out.append(raw[at + 8 : at + 8 + size])
+        at += 8 + size
+    return b"".join(out)
 
 
 def _explain(exc: BaseException) -> str:
@@ -357,8 +374,11 @@ class ContainerStates:
             for event in stream:
                 if not isinstance(event, dict):
                     continue
-                ref = str(event.get("id") or (event.get("Actor") or {}).get("ID") or "")
-                if not ref:
+                actor = event.get("Actor") or {}
+                ref = str(event.get("id") or actor.get("ID") or "")
+                # Only Baton's own (a container given this state dir's label by hand is not):
+                # a container known here is one ``stop`` may touch without checking.
+                if not ref or (actor.get("Attributes") or {}).get(LABEL_MANAGED) != "1":
                     continue
                 with self._lock:
                     apply_event(self._states.setdefault(ref, ContainerState()), event)
@@ -951,18 +971,25 @@ class DockerRuntime:
         grace = max(0, math.ceil(timeout))
 
         def stop(client: Any) -> bytes | None:
-            container = self._get(client, instance.ref)
-            if container is None:
+            ref = instance.ref
+            # A container the events stream knows carries this state dir's label, so it is
+            # ours: no inspect to check its labels first. Any other is checked (and one that
+            # is not Baton's is never touched).
+            known = self.states.get(ref)
+            if known is not None and not known.exists:
                 return None
+            if known is None and self._get(client, ref) is None:
+                return None
+            api = client.api
             try:
-                container.stop(timeout=grace)
+                api.stop(ref, timeout=grace)
             except errors.NotFound:
                 return None
             logs: bytes | None = None
-            with contextlib.suppress(errors.APIError):
-                logs = container.logs(stdout=True, stderr=True)
+            with contextlib.suppress(errors.APIError, OSError, ValueError):
+                logs = self._saved_logs(api, ref)
             try:
-                container.remove(force=True, v=True)
+                api.remove_container(ref, force=True, v=True)
             except errors.NotFound:
                 pass
             except errors.APIError as exc:
@@ -979,6 +1006,18 @@ class DockerRuntime:
                     saved.truncate(0)
                     saved.write(logs)
         self._remove_record(instance.ref)
+
+    def _saved_logs(self, api: Any, ref: str) -> bytes:
+        """The container's whole output, in one request (the SDK's ``logs`` inspects the
+        container first to learn whether it has a TTY: Baton never gives one)."""
+        url = f"{api.base_url}/v{api.api_version}/containers/{ref}/logs"
+        response = api.get(
+            url, params={"stdout": 1, "stderr": 1, "tail": "all"}, timeout=_API_TIMEOUT
+        )
+        if response.status_code == 404:
+            raise _sdk().errors.NotFound(f"no container {ref}")
+        response.raise_for_status()
+        return demultiplex(bytes(response.content))
 
     def _record_log_path(self, ref: str) -> Path | None:
         log_path = self._read_record(ref).get("log_path")
@@ -1007,7 +1046,10 @@ class DockerRuntime:
         labels = ((attrs or {}).get("Config") or {}).get("Labels") or {}
         # The stream only reports containers labelled with this state dir: any other one
         # (the same dir spelt another way) is inspected each time, never remembered stale.
-        if attrs is None or labels.get(LABEL_STATE_DIR) == str(self.state_dir):
+        ours = (
+            labels.get(LABEL_STATE_DIR) == str(self.state_dir) and labels.get(LABEL_MANAGED) == "1"
+        )
+        if attrs is None or ours:
             self.states.seed(ref, seen, generation)
         return seen
 
