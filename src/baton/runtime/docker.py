@@ -834,22 +834,25 @@ class DockerRuntime:
         # need anyway for the published port) may seed the events stream's view of it: the
         # first readiness probe then needs no inspect of its own.
         generation = self.states.generation()
-        container_id, attrs = await self._run(
-            lambda client: self._start_sync(client, spec, name, options, host_options)
-        )
-        self.states.seed(container_id, state_from_inspect(attrs), generation)
-        host_port = _published_port(attrs, spec.port)
-        log_dir = Path(spec.log_dir)
-        log_path = (log_dir / f"{name.removeprefix('baton-')}.log").absolute()
-        instance = Instance(
-            app=spec.app,
-            version=spec.version,
-            index=spec.index,
-            address=f"127.0.0.1:{host_port}",
-            ref=container_id,
-            log_path=log_path,
-        )
-        self._write_record(instance, name)
+        log_path = (Path(spec.log_dir) / f"{name.removeprefix('baton-')}.log").absolute()
+
+        def start(client: Any) -> tuple[Instance, dict[str, Any]]:
+            container_id, attrs = self._start_sync(client, spec, name, options, host_options)
+            instance = Instance(
+                app=spec.app,
+                version=spec.version,
+                index=spec.index,
+                address=f"127.0.0.1:{_published_port(attrs, spec.port)}",
+                ref=container_id,
+                log_path=log_path,
+            )
+            # In this worker thread too: the record is fsync'ed (milliseconds, more on a busy
+            # disk) and the event loop has readiness probes to run meanwhile.
+            self._write_record(instance, name)
+            return instance, attrs
+
+        instance, attrs = await self._run(start)
+        self.states.seed(instance.ref, state_from_inspect(attrs), generation)
         return instance
 
     def _start_sync(
