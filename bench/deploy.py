@@ -36,9 +36,13 @@ One run, in a temp dir, on free 127.0.0.1 ports:
 
 With ``--runtime docker`` the app is a container: a tiny ``FROM scratch`` busybox httpd
 image built here (``tests/support/images.py``, two tags alternating), deployed with
-``baton deploy --image``. Its boot time (the peer) is a container started through the
-Docker runtime directly (create, start, port published) until the first 2xx on ``/up``,
-polled at the same interval; median of 5.
+``baton deploy --image``. Its boot time (the peer) is a container asked of the Docker Engine
+API directly, as ``docker run -d -p 127.0.0.1::8080`` would (create, start, one inspect for
+the published port), until the first 2xx on ``/up``, polled at the same interval; median of
+5. Two more peers are printed: two such containers at once (the app runs two instances, and
+the engine starts two slower than one: the overhead less that is what remains Baton's), and
+one container through Baton's Docker runtime in this process (its cost over the direct
+start).
 
 Targets (issue 14): median overhead to the switch under 0.25 s for the process runtime and
 under 0.5 s for Docker; zero failed requests. The same machine runs wrk, the proxy, the
@@ -63,6 +67,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -112,8 +117,62 @@ def app_boot_seconds(samples: int = 5) -> float:
     return statistics.median(times)
 
 
+def direct_boot_seconds(image: str, count: int = 1, samples: int = 5) -> float:
+    """Median time from asking the Docker Engine API directly (no Baton) for ``count``
+    containers of ``image`` at once to the first 2xx on /up of the last of them.
+
+    Each container is what ``docker run -d -p 127.0.0.1::8080 IMAGE`` makes: create, start,
+    one inspect for the port Docker published; then /up is polled every ``HEALTH_INTERVAL``.
+    """
+    import docker
+
+    client = docker.from_env(timeout=60)
+    api = client.api
+
+    def one(started: float) -> tuple[str, float]:
+        container_id = ""
+        try:
+            host_config = api.create_host_config(port_bindings={8080: ("127.0.0.1", None)})
+            created = api.create_container(
+                image, ports=[("8080", "tcp")], host_config=host_config, labels={"baton.bench": "1"}
+            )
+            container_id = str(created["Id"])
+            api.start(container_id)
+            ports = api.inspect_container(container_id)["NetworkSettings"]["Ports"]
+            url = f"http://127.0.0.1:{ports['8080/tcp'][0]['HostPort']}/up"
+            deadline = started + 30
+            while time.monotonic() < deadline:
+                with (
+                    contextlib.suppress(OSError, http.client.HTTPException),
+                    urllib.request.urlopen(url, timeout=2) as r,
+                ):
+                    if 200 <= r.status < 300:
+                        break
+                time.sleep(HEALTH_INTERVAL)
+            return container_id, time.monotonic() - started
+        except BaseException:
+            if container_id:
+                with contextlib.suppress(Exception):
+                    api.remove_container(container_id, force=True, v=True)
+            raise
+
+    times = []
+    try:
+        with ThreadPoolExecutor(count) as pool:
+            for _ in range(samples):
+                started = time.monotonic()
+                results = list(pool.map(one, [started] * count))
+                times.append(max(took for _, took in results))
+                for container_id, _ in results:
+                    api.remove_container(container_id, force=True, v=True)
+    finally:
+        client.close()
+    return statistics.median(times)
+
+
 def container_boot_seconds(image: str, samples: int = 5) -> float:
-    """Median time from asking the Docker runtime for a container to its first 2xx on /up."""
+    """Median time from asking Baton's Docker runtime (in this process, no daemon) for a
+    container to its first 2xx on /up: the runtime's own cost over ``direct_boot_seconds``."""
     import asyncio
 
     from baton.deploy.probes import ProbeError, http_get
@@ -326,7 +385,16 @@ def main() -> int:
 
 def run(args: argparse.Namespace, tags: list[str | None]) -> dict[str, Any]:
     docker = tags[0] is not None
-    boot = container_boot_seconds(str(tags[0])) if docker else app_boot_seconds()
+    boot = direct_boot_seconds(str(tags[0])) if docker else app_boot_seconds()
+    peers: dict[str, float] = {}
+    if docker:  # the engine starts two containers slower than one: Baton's deploys start two
+        peers["app_boot_2_at_once_s"] = direct_boot_seconds(str(tags[0]), count=2)
+        peers["app_boot_through_the_runtime_s"] = container_boot_seconds(str(tags[0]))
+        print(
+            f"container boot, directly through the Engine API: {boot:.3f}s for one,"
+            f" {peers['app_boot_2_at_once_s']:.3f}s for two at once; through Baton's Docker"
+            f" runtime: {peers['app_boot_through_the_runtime_s']:.3f}s for one"
+        )
     cli_start = statistics.median(
         [_timed(lambda: bench_host(Path(tempfile.gettempdir())).run("--version")) for _ in range(3)]
     )
@@ -371,7 +439,7 @@ def run(args: argparse.Namespace, tags: list[str | None]) -> dict[str, Any]:
                 )
             # The peer again, under the same load: what starting the app costs on this busy
             # host without Baton (the deploy figures above pay that cost too).
-            boot_loaded = container_boot_seconds(str(tags[0]), 3) if docker else app_boot_seconds(3)
+            boot_loaded = direct_boot_seconds(str(tags[0]), 1, 3) if docker else app_boot_seconds(3)
             time.sleep(1.0)
             wrk.send_signal(signal.SIGINT)  # wrk prints its report on SIGINT
             out, _ = wrk.communicate(timeout=30)
@@ -399,6 +467,7 @@ def run(args: argparse.Namespace, tags: list[str | None]) -> dict[str, Any]:
         "deploys": args.deploys,
         "app_boot_s": boot,
         "app_boot_under_load_s": boot_loaded,
+        **peers,
         "cli_start_s": cli_start,
         "cli_to_request_s": cli,
         "cli_to_request_cpu_s": cli_cpu,
@@ -423,6 +492,13 @@ def run(args: argparse.Namespace, tags: list[str | None]) -> dict[str, Any]:
     ls = report["overhead_to_switch_minus_loaded_boot_s"]
     print(f"  app boot under the same load: {boot_loaded:.3f}s; overhead to the switch minus"
           f" that: median {ls['median']:.3f}s, p90 {ls['p90']:.3f}s")  # fmt: skip
+    if docker:
+        pair = peers["app_boot_2_at_once_s"]
+        both = summary([x + boot - pair for x in switch])
+        report["overhead_to_switch_minus_2_at_once_boot_s"] = both
+        print(f"  two containers' boot at once (the engine's own cost of a second one): {pair:.3f}s;"
+              f" overhead to the switch minus that: median {both['median']:.3f}s,"
+              f" p90 {both['p90']:.3f}s")  # fmt: skip
     a = report["api_overhead_to_switch_s"]
     print(f"  the same through the API, without the CLI: median {a['median']:.3f}s,"
           f" p90 {a['p90']:.3f}s  (the control plane's own overhead)")  # fmt: skip

@@ -584,3 +584,99 @@ async def test_readiness_waits_for_a_slow_container_and_fails_for_one_that_dies(
         await ready(runtime, dying, ready_timeout=60)
     await runtime.stop(slow, 5)
     await runtime.stop(dying, 5)
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+def _counting_client(calls: list[str]) -> Callable[[], Any]:
+    """A real client that notes every Engine API request it makes (method and path)."""
+
+    def factory() -> Any:
+        c = docker.from_env(timeout=60)
+
+        def note(response: Any, *args: Any, **kwargs: Any) -> None:
+            request = response.request
+            path = str(request.path_url).split("?", 1)[0]
+            calls.append(f"{request.method} {path.split('/', 2)[-1]}")
+
+        c.api.hooks["response"].append(note)
+        return c
+
+    return factory
+
+
+async def test_two_containers_start_become_ready_and_stop_with_one_inspect_each(
+    images: ImageCache, client: Any, app: str, tmp_path: Path, cleanup: None
+) -> None:
+    """Start = create, start, one inspect (its port, which also seeds the events stream's
+    view); readiness then answers alive/healthy from the events stream, not inspects; and
+    stop needs no inspect to know the container is Baton's."""
+    calls: list[str] = []
+    rt = DockerRuntime(tmp_path / "state", client_factory=_counting_client(calls))
+    try:
+        warm = await rt.start(spec(app, images.get("v1"), tmp_path, index=9))
+        assert await asyncio.to_thread(rt.states.wait_connected, 20)
+        await rt.stop(warm, 5)
+        calls.clear()
+
+        script = "echo hello from $BATON_INSTANCE; exec /busybox httpd -f -p $PORT -h /www"
+        command = ["/busybox", "sh", "-c", script]
+        pair = await asyncio.gather(
+            *(
+                rt.start(spec(app, images.get("v1"), tmp_path, "v2", i, command=command))
+                for i in (0, 1)
+            )
+        )
+        for instance in pair:
+            await ready(rt, instance)
+            assert await served(instance) == b"v1"  # the image's page says the image tag
+        await asyncio.gather(*(rt.stop(instance, 5) for instance in pair))
+        assert all(gone(client, instance.ref) for instance in pair)
+        for i in (0, 1):  # the output is saved before the container goes
+            saved = (tmp_path / "logs" / f"{app}-v2-{i}.log").read_text()
+            assert saved.splitlines() == [f"hello from {i}"]
+        inspects = [c for c in calls if c.startswith("GET ") and c.endswith("/json")]
+        assert len(inspects) == 2, calls
+        assert sum(c.endswith("/create") for c in calls) == 2, calls
+        assert sum(c.endswith("/start") for c in calls) == 2, calls
+        assert sum(c.endswith("/stop") for c in calls) == 2, calls
+    finally:
+        rt.close()
+
+
+async def test_a_container_killed_right_after_start_fails_readiness(
+    runtime: DockerRuntime, images: ImageCache, client: Any, app: str, tmp_path: Path
+) -> None:
+    """The state seeded by start's own inspect says running; the kill that follows still
+    reaches readiness (through the events stream), which fails instead of waiting."""
+    warm = await runtime.start(spec(app, images.get("v1"), tmp_path, index=9))
+    assert await asyncio.to_thread(runtime.states.wait_connected, 20)
+    await runtime.stop(warm, 5)
+    slow_script = "/busybox sleep 30; exec /busybox httpd -f -p $PORT -h /www"
+    instance = await runtime.start(
+        spec(app, images.get("v1"), tmp_path, command=["/busybox", "sh", "-c", slow_script])
+    )
+    await asyncio.to_thread(lambda: client.containers.get(instance.ref).kill())
+    with pytest.raises(DeploymentFailed, match="exited before it became ready"):
+        await ready(runtime, instance, ready_timeout=25)  # noticed, not waited out
+    await runtime.stop(instance, 5)
+
+
+async def test_a_deploys_prepare_inspects_its_image_once_and_a_later_one_again(
+    images: ImageCache, tmp_path: Path
+) -> None:
+    calls: list[str] = []
+    rt = DockerRuntime(tmp_path / "state", client_factory=_counting_client(calls))
+    image = images.get("v1")
+    try:
+        await rt.ensure_image(image)
+        image_id, _ = await rt.resolve_image(image)
+        assert image_id.startswith("sha256:")
+        assert sum(c.startswith("GET images/") for c in calls) == 1, calls
+        # The next deploy asks again (a tag may have moved since).
+        image_id_again, _ = await rt.resolve_image(image)
+        assert image_id_again == image_id
+        assert sum(c.startswith("GET images/") for c in calls) == 2, calls
+    finally:
+        rt.close()

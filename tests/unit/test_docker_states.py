@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from baton.runtime.docker import ContainerState, apply_event, merge_inspect, state_from_inspect
+from baton.runtime.docker import (
+    ContainerState,
+    apply_event,
+    demultiplex,
+    merge_inspect,
+    state_from_inspect,
+)
 
 
 def inspect(status: str = "running", health: str | None = None, check: bool = False) -> Any:
@@ -55,3 +61,18 @@ def test_events_seen_while_an_inspect_ran_win_over_it() -> None:
     assert not state.known  # whether it has a healthcheck only an inspect says
     merge_inspect(state, state_from_inspect(inspect("running", check=True)))
     assert (state.running, state.has_healthcheck, state.known) == (False, True, True)
+
+
+def frame(stream: int, data: bytes) -> bytes:
+    return bytes([stream, 0, 0, 0]) + len(data).to_bytes(4, "big") + data
+
+
+def test_saved_logs_join_stdout_and_stderr_frames_in_order() -> None:
+    raw = frame(1, b"starting\n") + frame(2, b"oops\n") + frame(1, b"") + frame(1, b"done\n")
+    assert demultiplex(raw) == b"starting\noops\ndone\n"
+    assert demultiplex(b"") == b""
+
+
+def test_output_that_is_not_framed_is_kept_as_it_is() -> None:
+    assert demultiplex(b"plain tty output\n") == b"plain tty output\n"
+    assert demultiplex(frame(1, b"ok\n")[:6]) == frame(1, b"ok\n")[:6]

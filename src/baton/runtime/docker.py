@@ -46,13 +46,14 @@ Watching. The deploy engine asks ``alive`` and ``healthy`` before every readines
 many times a second per instance; an Engine API inspect for each would cost a thread hop and
 a round trip to the engine every time (tens of ms on a busy host). So the runtime follows
 Docker's events stream for the containers of its state dir (``ContainerStates``, fed by a
-daemon thread) and answers from it: a container is inspected once, when first asked about,
-and from then on each ``start``/``die``/``destroy``/``health_status`` event updates what is
+daemon thread) and answers from it: a container is inspected once (by ``start`` itself,
+which inspects it anyway for its port, or when first asked about), and from then on each ``start``/``die``/``destroy``/``health_status`` event updates what is
 known. Docker subscribes the stream before it sends the answer's headers, and an inspect is
 only merged when it started after those headers came, so no event after the inspect is
 missed; while the stream is not connected, or after it broke, every question is an inspect
-again (and the next one re-subscribes). Only containers labelled with this state dir are
-remembered: the stream never reports the others.
+again (and the next one re-subscribes). Only Baton's containers (``baton.managed=1``)
+labelled with this state dir are remembered: the stream never reports the others. So a
+remembered container is known to be Baton's, and ``stop`` needs no inspect to check it.
 
 Stopping is ``docker stop`` with the grace period (the image's STOPSIGNAL, SIGTERM unless it
 says otherwise, then SIGKILL), then the container's logs are saved to
@@ -188,6 +189,22 @@ def _published_port(attrs: dict[str, Any], port: int) -> int | None:
         if binding.get("HostIp") == "127.0.0.1" and binding.get("HostPort"):
             return int(binding["HostPort"])
     return None
+
+
+def demultiplex(raw: bytes) -> bytes:
+    """The output in Docker's multiplexed log format (frames of an 8-byte header: stream
+    0/1/2, three zero bytes, a big-endian length; then that many bytes) as one byte string,
+    frames in order. Anything else (a TTY container's raw output) is returned as it is."""
+    out = []
+    at = 0
+    while at < len(raw):
+        header = raw[at : at + 8]
+        if len(header) < 8 or header[0] > 2 or header[1:4] != b"\0\0\0":
+            return raw
+        size = int.from_bytes(header[4:8], "big")
+        out.append(raw[at + 8 : at + 8 + size])
+        at += 8 + size
+    return b"".join(out)
 
 
 def _explain(exc: BaseException) -> str:
@@ -357,8 +374,11 @@ class ContainerStates:
             for event in stream:
                 if not isinstance(event, dict):
                     continue
-                ref = str(event.get("id") or (event.get("Actor") or {}).get("ID") or "")
-                if not ref:
+                actor = event.get("Actor") or {}
+                ref = str(event.get("id") or actor.get("ID") or "")
+                # Only Baton's own (a container given this state dir's label by hand is not):
+                # a container known here is one ``stop`` may touch without checking.
+                if not ref or (actor.get("Attributes") or {}).get(LABEL_MANAGED) != "1":
                     continue
                 with self._lock:
                     apply_event(self._states.setdefault(ref, ContainerState()), event)
@@ -395,6 +415,38 @@ class ContainerStates:
                 stream.close()
 
 
+_RECENT_IMAGE_SECONDS = 5.0
+
+
+class RecentImages:
+    """Image inspects just made, each answered once more within a few seconds.
+
+    A deploy's prepare asks whether its image is there (``ensure_image``) and, right after,
+    which ID it is (``resolve_image``): the second question is answered from the first
+    inspect instead of a second round trip to the engine. Kept ``ttl`` seconds and used
+    once, so a tag moved later is read again; a moved tag between the two questions of one
+    prepare changes nothing either way (the release records the ID it was given).
+    """
+
+    def __init__(self, ttl: float = _RECENT_IMAGE_SECONDS) -> None:
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        self._seen: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    def remember(self, image: str, attrs: dict[str, Any]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.ttl}
+            self._seen[image] = (now, attrs)
+
+    def recall(self, image: str) -> dict[str, Any] | None:
+        with self._lock:
+            seen = self._seen.pop(image, None)
+        if seen is None or time.monotonic() - seen[0] >= self.ttl:
+            return None
+        return seen[1]
+
+
 class DockerRuntime:
     """Runs instances as Docker containers. See the module docstring."""
 
@@ -418,6 +470,7 @@ class DockerRuntime:
         self._client: Any = None
         self._lock = threading.Lock()
         self.states = ContainerStates(self.state_dir)
+        self._images = RecentImages()
 
     # ----------------------------------------------------------------- the client
 
@@ -509,11 +562,12 @@ class DockerRuntime:
 
         def local(client: Any) -> str | None:
             try:
-                client.images.get(image)
+                attrs = client.api.inspect_image(image)
             except docker.errors.ImageNotFound:
                 return "not found"
             except docker.errors.APIError as exc:
                 return _explain(exc)
+            self._images.remember(image, attrs)
             return None
 
         missing = await self._run(local)
@@ -594,8 +648,10 @@ class DockerRuntime:
         docker = _sdk()
 
         def inspect(client: Any) -> tuple[str, str | None]:
+            attrs = self._images.recall(image)
             try:
-                attrs = client.images.get(image).attrs
+                if attrs is None:
+                    attrs = client.api.inspect_image(image)
             except docker.errors.ImageNotFound:
                 raise DeploymentFailed(f"image {image!r} not found locally") from None
             except docker.errors.APIError as exc:
@@ -758,52 +814,76 @@ class DockerRuntime:
             "command": _command(spec.command, spec.port),
             "environment": env,
             "labels": labels,
-            "ports": {f"{spec.port}/tcp": ("127.0.0.1", None)},
             "detach": True,
         }
+        host_options: dict[str, Any] = {"port_bindings": {spec.port: ("127.0.0.1", None)}}
         volumes = _volumes(spec)
         if volumes:
-            options["volumes"] = volumes
+            host_options["binds"] = volumes
+            options["volumes"] = [v.split(":")[1] for v in volumes]
         if spec.memory:
-            options["mem_limit"] = spec.memory
+            host_options["mem_limit"] = spec.memory
         if spec.cpus is not None:
-            options["nano_cpus"] = round(spec.cpus * 1e9)
+            host_options["nano_cpus"] = round(spec.cpus * 1e9)
         if network is not None:
-            options["network"] = network
+            host_options["network_mode"] = network
+            options["networking_config"] = {network: None}
 
         self._follow_events()
-        container_id, host_port = await self._run(
-            lambda client: self._start_sync(client, spec, name, options)
-        )
-        log_dir = Path(spec.log_dir)
-        log_path = (log_dir / f"{name.removeprefix('baton-')}.log").absolute()
-        instance = Instance(
-            app=spec.app,
-            version=spec.version,
-            index=spec.index,
-            address=f"127.0.0.1:{host_port}",
-            ref=container_id,
-            log_path=log_path,
-        )
-        self._write_record(instance, name)
+        # Taken before the container exists, so the inspect that ends the start (which we
+        # need anyway for the published port) may seed the events stream's view of it: the
+        # first readiness probe then needs no inspect of its own.
+        generation = self.states.generation()
+        log_path = (Path(spec.log_dir) / f"{name.removeprefix('baton-')}.log").absolute()
+
+        def start(client: Any) -> tuple[Instance, dict[str, Any]]:
+            container_id, attrs = self._start_sync(client, spec, name, options, host_options)
+            instance = Instance(
+                app=spec.app,
+                version=spec.version,
+                index=spec.index,
+                address=f"127.0.0.1:{_published_port(attrs, spec.port)}",
+                ref=container_id,
+                log_path=log_path,
+            )
+            # In this worker thread too: the record is fsync'ed (milliseconds, more on a busy
+            # disk) and the event loop has readiness probes to run meanwhile.
+            self._write_record(instance, name)
+            return instance, attrs
+
+        instance, attrs = await self._run(start)
+        self.states.seed(instance.ref, state_from_inspect(attrs), generation)
         return instance
 
     def _start_sync(
-        self, client: Any, spec: DockerInstanceSpec, name: str, options: dict[str, Any]
-    ) -> tuple[str, int]:
+        self,
+        client: Any,
+        spec: DockerInstanceSpec,
+        name: str,
+        options: dict[str, Any],
+        host_options: dict[str, Any],
+    ) -> tuple[str, dict[str, Any]]:
+        """Create, start and inspect the container: three Engine API calls (the SDK's
+        ``containers.create`` would add an inspect of its own after the create)."""
         docker = _sdk()
         errors = docker.errors
+        api = client.api
         who = f"{spec.app} {spec.version} #{spec.index}"
         try:
+            args = {
+                **options,
+                "host_config": api.create_host_config(**host_options),
+                "ports": [(str(spec.port), "tcp")],
+            }
             try:
-                container = client.containers.create(**options)
+                created = api.create_container(**args)
             except errors.APIError as exc:
                 # The name is taken (409): a leftover of this very instance is replaced; any
                 # other container keeps it. Checked only then, which saves a round trip.
                 if exc.status_code != 409:
                     raise
                 self._remove_leftover(client, spec, name)
-                container = client.containers.create(**options)
+                created = api.create_container(**args)
         except errors.ImageNotFound:
             raise ImageNotFound(
                 spec.image, f"{who}: image {spec.image!r} not found locally (ensure_image pulls it)"
@@ -816,15 +896,15 @@ class DockerRuntime:
             if isinstance(exc, OSError):
                 raise
             raise RuntimeFailure(f"{who}: cannot create container {name}: {exc}") from None
+        container_id = str(created["Id"])
         try:
-            container.start()
-            container.reload()
-            host_port = _published_port(container.attrs, spec.port)
-            if host_port is not None:
-                return str(container.id), host_port
-            state = container.attrs.get("State") or {}
+            api.start(container_id)
+            attrs: dict[str, Any] = dict(api.inspect_container(container_id))
+            if _published_port(attrs, spec.port) is not None:
+                return container_id, attrs
+            state = attrs.get("State") or {}
             tail = last_lines(
-                container.logs(stdout=True, stderr=True, tail=_LOG_TAIL_ON_FAILURE), None
+                api.logs(container_id, stdout=True, stderr=True, tail=_LOG_TAIL_ON_FAILURE), None
             )
             status = state.get("ExitCode")
             how = (
@@ -835,17 +915,17 @@ class DockerRuntime:
             details = ": " + " | ".join(tail) if tail else ""
             raise RuntimeFailure(f"{who}: container {name} {how}{details}")
         except errors.APIError as exc:
-            self._discard(container)
+            self._discard(client, container_id)
             raise RuntimeFailure(
                 f"{who}: container {name} did not start: {_explain(exc)}"
             ) from None
         except BaseException:
-            self._discard(container)
+            self._discard(client, container_id)
             raise
 
-    def _discard(self, container: Any) -> None:
+    def _discard(self, client: Any, container_id: str) -> None:
         with contextlib.suppress(Exception):
-            container.remove(force=True, v=True)
+            client.api.remove_container(container_id, force=True, v=True)
 
     def _remove_leftover(self, client: Any, spec: DockerInstanceSpec, name: str) -> None:
         errors = _sdk().errors
@@ -894,18 +974,25 @@ class DockerRuntime:
         grace = max(0, math.ceil(timeout))
 
         def stop(client: Any) -> bytes | None:
-            container = self._get(client, instance.ref)
-            if container is None:
+            ref = instance.ref
+            # A container the events stream knows carries this state dir's label, so it is
+            # ours: no inspect to check its labels first. Any other is checked (and one that
+            # is not Baton's is never touched).
+            known = self.states.get(ref)
+            if known is not None and not known.exists:
                 return None
+            if known is None and self._get(client, ref) is None:
+                return None
+            api = client.api
             try:
-                container.stop(timeout=grace)
+                api.stop(ref, timeout=grace)
             except errors.NotFound:
                 return None
             logs: bytes | None = None
-            with contextlib.suppress(errors.APIError):
-                logs = container.logs(stdout=True, stderr=True)
+            with contextlib.suppress(errors.APIError, OSError, ValueError):
+                logs = self._saved_logs(api, ref)
             try:
-                container.remove(force=True, v=True)
+                api.remove_container(ref, force=True, v=True)
             except errors.NotFound:
                 pass
             except errors.APIError as exc:
@@ -922,6 +1009,18 @@ class DockerRuntime:
                     saved.truncate(0)
                     saved.write(logs)
         self._remove_record(instance.ref)
+
+    def _saved_logs(self, api: Any, ref: str) -> bytes:
+        """The container's whole output, in one request (the SDK's ``logs`` inspects the
+        container first to learn whether it has a TTY: Baton never gives one)."""
+        url = f"{api.base_url}/v{api.api_version}/containers/{ref}/logs"
+        response = api.get(
+            url, params={"stdout": 1, "stderr": 1, "tail": "all"}, timeout=_API_TIMEOUT
+        )
+        if response.status_code == 404:
+            raise _sdk().errors.NotFound(f"no container {ref}")
+        response.raise_for_status()
+        return demultiplex(bytes(response.content))
 
     def _record_log_path(self, ref: str) -> Path | None:
         log_path = self._read_record(ref).get("log_path")
@@ -950,7 +1049,10 @@ class DockerRuntime:
         labels = ((attrs or {}).get("Config") or {}).get("Labels") or {}
         # The stream only reports containers labelled with this state dir: any other one
         # (the same dir spelt another way) is inspected each time, never remembered stale.
-        if attrs is None or labels.get(LABEL_STATE_DIR) == str(self.state_dir):
+        ours = (
+            labels.get(LABEL_STATE_DIR) == str(self.state_dir) and labels.get(LABEL_MANAGED) == "1"
+        )
+        if attrs is None or ours:
             self.states.seed(ref, seen, generation)
         return seen
 
