@@ -103,11 +103,8 @@ class Chooser:
         if app.sticky == STICKY_CLIENT_IP:
             key = client_ip
         else:
-            prefix = app.sticky_header + b":"
-            key = next(
-                (ln[len(prefix) :].strip() for ln in info.kept if ln.lower().startswith(prefix)),
-                b"",
-            )
+            wanted = app.sticky_header
+            key = next((v.strip() for n, v in info.kept if n.lower() == wanted), b"")
             if not key:
                 return app.pick_release(rand), None  # no key: nothing to stick to
         point = sticky_point(key)

@@ -26,8 +26,7 @@ a byte was written), otherwise only for idempotent methods whose body is still h
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from functools import lru_cache
+from typing import Final, final
 
 VIA = b"1.1 baton"
 
@@ -151,25 +150,83 @@ def short_response(
     return b"".join(head) + body
 
 
-@dataclass(slots=True)
+@final
 class RequestInfo:
-    """What the proxy needs to know about a request once its headers are complete."""
+    """What the proxy needs to know about a request once its headers are complete.
 
-    host: bytes | None
-    content_length: int | None
-    chunked: bool
-    upgrade: bytes | None  # the Upgrade header value when Connection asks for an upgrade
-    expect_continue: bool
-    request_id: bytes | None
-    xff: bytes | None
-    via: bytes | None
-    kept: list[bytes]  # "Name: value\r\n" lines forwarded as they are
-    cookie: bytes | None = None
-    pin: bytes | None = None  # X-Baton-Release: the release this request asks for
-    pin_secret: bytes | None = None  # X-Baton-Secret (never forwarded)
-    # Incoming X-Forwarded-Proto/Host: kept only from a trusted proxy (``forwarded.py``).
-    forwarded_proto: bytes | None = None
-    forwarded_host: bytes | None = None
+    (A plain class, not a dataclass: mypyc compiles its ``__init__``; a dataclass's
+    generated one would run as interpreted Python on every request.)
+    """
+
+    __slots__ = (
+        "chunked",
+        "content_length",
+        "cookie",
+        "expect_continue",
+        "forwarded_host",
+        "forwarded_proto",
+        "host",
+        "kept",
+        "pin",
+        "pin_secret",
+        "request_id",
+        "upgrade",
+        "via",
+        "xff",
+    )
+
+    def __init__(
+        self,
+        host: bytes | None,
+        content_length: int | None,
+        chunked: bool,
+        upgrade: bytes | None,
+        expect_continue: bool,
+        request_id: bytes | None,
+        xff: bytes | None,
+        via: bytes | None,
+        kept: list[tuple[bytes, bytes]],
+        cookie: bytes | None = None,
+        pin: bytes | None = None,
+        pin_secret: bytes | None = None,
+        forwarded_proto: bytes | None = None,
+        forwarded_host: bytes | None = None,
+    ) -> None:
+        self.host = host
+        self.content_length = content_length
+        self.chunked = chunked
+        self.upgrade = upgrade  # the Upgrade header value when Connection asks for an upgrade
+        self.expect_continue = expect_continue
+        self.request_id = request_id
+        self.xff = xff
+        self.via = via
+        self.kept = kept  # (name, value) fields forwarded as they are
+        self.cookie = cookie
+        self.pin = pin  # X-Baton-Release: the release this request asks for
+        self.pin_secret = pin_secret  # X-Baton-Secret (never forwarded)
+        # Incoming X-Forwarded-Proto/Host: kept only from a trusted proxy (``forwarded.py``).
+        self.forwarded_proto = forwarded_proto
+        self.forwarded_host = forwarded_host
+
+
+# What each header name (exactly as a client spelled it) means to ``scan_request``: learnt
+# once per spelling, so a request's fields are classified with one dict lookup each (no
+# lower-casing, no search for "_"). Bounded: past the bound, names are classified each time.
+_KEEP: Final = -1  # forwarded as it is
+_DROP: Final = -2  # an "_" spelling of a framing or forwarding header: dropped
+_NAME_KINDS: dict[bytes, int] = {}
+_NAME_KINDS_MAX: Final = 2048
+
+
+def _learn_kind(name: bytes) -> int:
+    lower = name.lower()
+    kind = _REQUEST_SPECIAL.get(lower)
+    if kind is None:
+        # (``find``, not ``in``: ``bytes in bytes`` first tries the operand as an int)
+        kind = _DROP if lower.find(b"_") >= 0 and _underscore_collides(lower) else _KEEP
+    if len(_NAME_KINDS) < _NAME_KINDS_MAX:
+        _NAME_KINDS[name] = kind
+    return kind
 
 
 def scan_request(headers: list[tuple[bytes, bytes]], http11: bool) -> RequestInfo:
@@ -183,29 +240,29 @@ def scan_request(headers: list[tuple[bytes, bytes]], http11: bool) -> RequestInf
     request_id: bytes | None = None
     xff: bytes | None = None
     via: bytes | None = None
-    kept: list[bytes] = []
+    kept: list[tuple[bytes, bytes]] = []
     cookie: bytes | None = None
     pin: bytes | None = None
     pin_secret: bytes | None = None
     xf_proto: bytes | None = None
     xf_host: bytes | None = None
-    special = _REQUEST_SPECIAL
-    for name, value in headers:
-        lower = name.lower()
-        kind = special.get(lower)
+    kinds = _NAME_KINDS
+    for pair in headers:
+        name, value = pair
+        kind = kinds.get(name)
         if kind is None:
-            # (``find``, not ``in``: ``bytes in bytes`` first tries the operand as an int,
-            # raising and clearing a TypeError, per header)
-            if lower.find(b"_") >= 0 and _underscore_collides(lower):
-                continue  # an app reading "_" as "-" would see a second framing header
-            kept.append(name + b": " + value + b"\r\n")
+            kind = _learn_kind(name)
+        if kind == _KEEP:
+            kept.append(pair)
+        elif kind == _DROP:
+            continue  # an app reading "_" as "-" would see a second framing header
         elif kind == _HOST:
             if host is not None:
                 raise RequestRejected(400, "duplicate Host header")
             if not valid_host(value):
                 raise RequestRejected(400, "invalid Host header")
             host = value
-            kept.append(name + b": " + value + b"\r\n")
+            kept.append(pair)
         elif kind == _CONTENT_LENGTH:
             if cl is not None:
                 raise RequestRejected(400, "duplicate Content-Length header")
@@ -232,10 +289,10 @@ def scan_request(headers: list[tuple[bytes, bytes]], http11: bool) -> RequestInf
             expect = True
         elif kind == _COOKIE:
             cookie = value if cookie is None else cookie + b"; " + value
-            kept.append(name + b": " + value + b"\r\n")
+            kept.append(pair)
         elif kind == _PIN:
             pin = value.strip()
-            kept.append(name + b": " + value + b"\r\n")
+            kept.append(pair)
         elif kind == _PIN_SECRET:
             pin_secret = value.strip()
         elif kind == _XF_PROTO:
@@ -244,7 +301,7 @@ def scan_request(headers: list[tuple[bytes, bytes]], http11: bool) -> RequestInf
             xf_host = value.strip() if xf_host is None else xf_host
         elif kind == _REQUEST_ID and value and len(value) <= 200:
             request_id = value  # (an empty or oversized one is regenerated, not forwarded)
-            kept.append(name + b": " + value + b"\r\n")
+            kept.append(pair)
         # _HOP and replaced forwarding headers: dropped
     chunked = False
     if te is not None:
@@ -263,7 +320,7 @@ def scan_request(headers: list[tuple[bytes, bytes]], http11: bool) -> RequestInf
     if connection and (len(connection) > 1 or connection[0] not in _CONNECTION_OPTIONS):
         named = set(connection) - _CONNECTION_OPTIONS - _NOT_NAMEABLE
         if named:
-            kept = [line for line in kept if line.split(b":", 1)[0].lower() not in named]
+            kept = [pair for pair in kept if pair[0].lower() not in named]
     return RequestInfo(
         host,
         cl,
@@ -309,9 +366,21 @@ _HOST_VALUE = re.compile(
 )
 
 
-@lru_cache(maxsize=1024)  # (a site sees few distinct Host values: checked once each)
+# Host values already checked (a site sees few distinct ones); bounded like _NAME_KINDS.
+_HOSTS_CHECKED: dict[bytes, bool] = {}
+
+
 def valid_host(value: bytes) -> bool:
     """Whether a Host value is ``uri-host [ ":" port ]`` (RFC 9112 3.2, RFC 3986 3.2.2)."""
+    ok = _HOSTS_CHECKED.get(value)
+    if ok is None:
+        ok = _check_host(value)
+        if len(_HOSTS_CHECKED) < 1024:
+            _HOSTS_CHECKED[value] = ok
+    return ok
+
+
+def _check_host(value: bytes) -> bool:
     value = value.strip(b" \t")
     if len(value) > 255:
         return False
@@ -345,7 +414,7 @@ def absolute_form(url: bytes, info: RequestInfo) -> bytes:
         path = b"/" + path
     if info.host is None:
         info.host = authority
-        info.kept.append(b"Host: " + authority + b"\r\n")
+        info.kept.append((b"Host", authority))
     elif info.host.strip().lower() != authority.lower():
         raise RequestRejected(400, "the request target's authority differs from Host")
     return path
@@ -382,7 +451,9 @@ def upstream_head(
     kept, For extended with the peer; from anyone else they are replaced.
     """
     # Every piece goes into one list, copied once by the final join.
-    parts = [method, b" ", url, b" HTTP/1.1\r\n", *info.kept]
+    parts = [method, b" ", url, b" HTTP/1.1\r\n"]
+    for name, value in info.kept:
+        parts += (name, b": ", value, b"\r\n")
     host = info.host
     if host is None:
         host = target
@@ -425,13 +496,25 @@ FRAME_CHUNKED = 2  # re-chunked for an HTTP/1.1 client
 FRAME_CLOSE = 3  # body until close (HTTP/1.0 client and no length)
 
 
-@dataclass(slots=True)
+@final
 class ResponseInfo:
-    head: bytes
-    framing: int
-    keep_alive: bool  # whether the client connection may stay open after this response
-    until_close: bool = False  # the upstream delimits the body by closing its connection
-    flags: bytes | None = None  # the app's Baton-Flags value (removed from ``head``)
+    """The head to send the client for an upstream's answer, and how its body is framed."""
+
+    __slots__ = ("flags", "framing", "head", "keep_alive", "until_close")
+
+    def __init__(
+        self,
+        head: bytes,
+        framing: int,
+        keep_alive: bool,
+        until_close: bool = False,
+        flags: bytes | None = None,
+    ) -> None:
+        self.head = head
+        self.framing = framing
+        self.keep_alive = keep_alive  # whether the client connection may stay open after it
+        self.until_close = until_close  # the upstream delimits the body by closing
+        self.flags = flags  # the app's Baton-Flags value (removed from ``head``)
 
 
 def _connection_named(value: bytes) -> set[bytes]:
@@ -450,6 +533,10 @@ _RESPONSE_SPECIAL = {
     b"transfer-encoding": _TRANSFER_ENCODING,
     b"baton-flags": _FLAGS,  # the app's flag variants for this answer: counted, not forwarded
 }
+# The same, by the lower-cased first byte of a name: (length, name, kind) for each.
+_RESPONSE_BY_FIRST: list[tuple[tuple[int, bytes, int], ...]] = [() for _ in range(256)]
+for _name, _kind in _RESPONSE_SPECIAL.items():
+    _RESPONSE_BY_FIRST[_name[0]] += ((len(_name), _name, _kind),)
 FLAG_COHORTS_MAX = 16  # flag=variant pairs counted from one answer, at most
 _COHORT_PART = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -494,14 +581,26 @@ def client_head(
     codings: list[bytes] = []
     flags: bytes | None = None
     lines = raw.split(b"\r\n")
-    kept = [lines[0]]
-    special = _RESPONSE_SPECIAL
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        kind = special.get(name.lower())
-        if kind is None:
+    # The head passes through line by line; only the lines of the special headers are
+    # taken out. A line is special only if its first byte, the byte after a special
+    # name's length (":") and then the lower-cased name agree: most lines are kept after
+    # two byte tests, with no lower-casing or lookup.
+    kept = [lines[0][8:]]  # the status line after its version (re-said as HTTP/1.1)
+    by_first = _RESPONSE_BY_FIRST
+    for i in range(1, len(lines)):
+        line = lines[i]
+        kind = -1
+        n = 0
+        if line:
+            for n, lname, special_kind in by_first[line[0] | 0x20]:
+                if len(line) > n and line[n] == 58 and line[:n].lower() == lname:  # 58: ":"
+                    kind = special_kind
+                    break
+        if kind < 0:
             kept.append(line)
-        elif kind == _CONTENT_LENGTH:
+            continue
+        value = line[n + 1 :]
+        if kind == _CONTENT_LENGTH:
             content_length = value.strip()
         elif kind == _CONNECTION:
             connection = value if connection is None else connection + b"," + value
@@ -513,6 +612,7 @@ def client_head(
             codings += (c.strip() for c in value.split(b",") if c.strip())
         elif kind == _FLAGS:
             flags = value.strip() if flags is None else flags + b"," + value.strip()
+        # other hop-by-hop headers: dropped
     if codings:
         # chunked last: the upstream delimits the body; other codings are the body's own
         # (gzip): they travel on, and without chunked last the body ends with the connection.
@@ -522,9 +622,9 @@ def client_head(
         named = _connection_named(connection)
         if named:
             kept = [kept[0]] + [ln for ln in kept[1:] if ln.split(b":", 1)[0].lower() not in named]
-    raw = b"\r\n".join(kept)
     # Always answer as HTTP/1.1 (the upstream may have said HTTP/1.0).
-    parts = [b"HTTP/1.1", raw[8:], b"\r\nVia: ", VIA if via is None else via + b", " + VIA]
+    head = b"\r\n".join(kept)
+    parts = [b"HTTP/1.1", head, b"\r\nVia: ", VIA if via is None else via + b", " + VIA]
     if set_cookie is not None:
         parts += (b"\r\nSet-Cookie: ", set_cookie)
     if extra:
