@@ -28,9 +28,9 @@ from __future__ import annotations
 import re
 from typing import Final, final
 
-VIA = b"1.1 baton"
+VIA: Final = b"1.1 baton"
 
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -43,28 +43,27 @@ HOP_BY_HOP = frozenset(
         b"proxy-authorization",
     }
 )
-(
-    _CONNECTION,
-    _CONTENT_LENGTH,
-    _VIA,
-    _UPGRADE,
-    _TRANSFER_ENCODING,
-    _HOP,
-    _HOST,
-    _XFF,
-    _EXPECT,
-    _REQUEST_ID,
-    _REPLACED,
-    _COOKIE,
-    _PIN,
-    _PIN_SECRET,
-    _XF_PROTO,
-    _XF_HOST,
-    _FLAGS,
-) = range(17)
-_CONNECTION_OPTIONS = frozenset({b"keep-alive", b"close", b"upgrade", b""})
+# What a special header is to the rules below.
+_CONNECTION: Final = 0
+_CONTENT_LENGTH: Final = 1
+_VIA: Final = 2
+_UPGRADE: Final = 3
+_TRANSFER_ENCODING: Final = 4
+_HOP: Final = 5
+_HOST: Final = 6
+_XFF: Final = 7
+_EXPECT: Final = 8
+_REQUEST_ID: Final = 9
+_REPLACED: Final = 10
+_COOKIE: Final = 11
+_PIN: Final = 12
+_PIN_SECRET: Final = 13
+_XF_PROTO: Final = 14
+_XF_HOST: Final = 15
+_FLAGS: Final = 16
+_CONNECTION_OPTIONS: Final = frozenset({b"keep-alive", b"close", b"upgrade", b""})
 # Request headers that are not copied as they are (one dict lookup per header).
-_REQUEST_SPECIAL = {
+_REQUEST_SPECIAL: Final = {
     **dict.fromkeys(HOP_BY_HOP, _HOP),
     b"connection": _CONNECTION,
     b"transfer-encoding": _TRANSFER_ENCODING,
@@ -214,7 +213,7 @@ class RequestInfo:
 # lower-casing, no search for "_"). Bounded: past the bound, names are classified each time.
 _KEEP: Final = -1  # forwarded as it is
 _DROP: Final = -2  # an "_" spelling of a framing or forwarding header: dropped
-_NAME_KINDS: dict[bytes, int] = {}
+_NAME_KINDS: Final[dict[bytes, int]] = {}
 _NAME_KINDS_MAX: Final = 2048
 
 
@@ -340,9 +339,9 @@ def scan_request(headers: list[tuple[bytes, bytes]], http11: bool) -> RequestInf
 
 
 # Headers a client's Connection header cannot remove: Baton needs them end to end.
-_NOT_NAMEABLE = frozenset({b"host", b"x-request-id"})
+_NOT_NAMEABLE: Final = frozenset({b"host", b"x-request-id"})
 # Names that, with "_" read as "-", are framing or forwarding headers.
-_COLLIDING = frozenset(
+_COLLIDING: Final = frozenset(
     {
         *_REQUEST_SPECIAL,
         b"x-real-ip",
@@ -359,15 +358,17 @@ def _underscore_collides(lower: bytes) -> bool:
 
 # RFC 3986: reg-name = *( unreserved / pct-encoded / sub-delims ); IP-literal = "[" ... "]";
 # then an optional ":" port of digits. Empty is allowed (RFC 9112 3.2: no authority).
-_REG_NAME = re.compile(rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*")
-_IP_LITERAL = re.compile(rb"\[(?:[0-9A-Fa-f:.]+|v[0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+)\]")
-_HOST_VALUE = re.compile(
+_REG_NAME: Final = re.compile(rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*")
+_IP_LITERAL: Final = re.compile(
+    rb"\[(?:[0-9A-Fa-f:.]+|v[0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+)\]"
+)
+_HOST_VALUE: Final = re.compile(
     rb"(?:" + _IP_LITERAL.pattern + rb"|" + _REG_NAME.pattern + rb")(?::[0-9]{0,5})?"
 )
 
 
 # Host values already checked (a site sees few distinct ones); bounded like _NAME_KINDS.
-_HOSTS_CHECKED: dict[bytes, bool] = {}
+_HOSTS_CHECKED: Final[dict[bytes, bool]] = {}
 
 
 def valid_host(value: bytes) -> bool:
@@ -420,7 +421,7 @@ def absolute_form(url: bytes, info: RequestInfo) -> bytes:
     return path
 
 
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
 
 def replayable(method: bytes, *, sent: bool, body_held: bool) -> bool:
@@ -490,10 +491,10 @@ def upstream_head(
 
 
 # Response framing towards the client.
-FRAME_NONE = 0  # no body (HEAD, 1xx, 204, 304)
-FRAME_LENGTH = 1  # Content-Length passed through
-FRAME_CHUNKED = 2  # re-chunked for an HTTP/1.1 client
-FRAME_CLOSE = 3  # body until close (HTTP/1.0 client and no length)
+FRAME_NONE: Final = 0  # no body (HEAD, 1xx, 204, 304)
+FRAME_LENGTH: Final = 1  # Content-Length passed through
+FRAME_CHUNKED: Final = 2  # re-chunked for an HTTP/1.1 client
+FRAME_CLOSE: Final = 3  # body until close (HTTP/1.0 client and no length)
 
 
 @final
@@ -524,7 +525,7 @@ def _connection_named(value: bytes) -> set[bytes]:
 
 
 # Response headers not copied as they are: hop-by-hop ones, and those Baton re-frames.
-_RESPONSE_SPECIAL = {
+_RESPONSE_SPECIAL: Final = {
     **dict.fromkeys(HOP_BY_HOP, _HOP),
     b"connection": _CONNECTION,
     b"content-length": _CONTENT_LENGTH,
@@ -533,12 +534,23 @@ _RESPONSE_SPECIAL = {
     b"transfer-encoding": _TRANSFER_ENCODING,
     b"baton-flags": _FLAGS,  # the app's flag variants for this answer: counted, not forwarded
 }
-# The same, by the lower-cased first byte of a name: (length, name, kind) for each.
-_RESPONSE_BY_FIRST: list[tuple[tuple[int, bytes, int], ...]] = [() for _ in range(256)]
-for _name, _kind in _RESPONSE_SPECIAL.items():
-    _RESPONSE_BY_FIRST[_name[0]] += ((len(_name), _name, _kind),)
-FLAG_COHORTS_MAX = 16  # flag=variant pairs counted from one answer, at most
-_COHORT_PART = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# The lengths of those names, by their first byte (lower case).
+_RESPONSE_BY_FIRST: Final[list[tuple[int, ...]]] = [() for _ in range(256)]
+for _name in _RESPONSE_SPECIAL:
+    _RESPONSE_BY_FIRST[_name[0]] += (len(_name),)
+# Response header names as spelt -> kind (-1: not special), learnt like _NAME_KINDS.
+_RESPONSE_NAMES: Final[dict[bytes, int]] = {}
+
+
+def _learn_response_kind(name: bytes) -> int:
+    kind = _RESPONSE_SPECIAL.get(name.lower(), -1)
+    if len(_RESPONSE_NAMES) < _NAME_KINDS_MAX:
+        _RESPONSE_NAMES[name] = kind
+    return kind
+
+
+FLAG_COHORTS_MAX: Final = 16  # flag=variant pairs counted from one answer, at most
+_COHORT_PART: Final = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 def flag_cohorts(value: bytes) -> list[tuple[str, str]]:
@@ -582,19 +594,23 @@ def client_head(
     flags: bytes | None = None
     lines = raw.split(b"\r\n")
     # The head passes through line by line; only the lines of the special headers are
-    # taken out. A line is special only if its first byte, the byte after a special
-    # name's length (":") and then the lower-cased name agree: most lines are kept after
-    # two byte tests, with no lower-casing or lookup.
+    # taken out. Only a line with ":" right after as many bytes as a special name starting
+    # with its first byte has is looked up (by its name as spelt, learnt once per spelling):
+    # most lines are kept after two byte tests.
     kept = [lines[0][8:]]  # the status line after its version (re-said as HTTP/1.1)
     by_first = _RESPONSE_BY_FIRST
+    names = _RESPONSE_NAMES
     for i in range(1, len(lines)):
         line = lines[i]
+        size = len(line)
         kind = -1
         n = 0
-        if line:
-            for n, lname, special_kind in by_first[line[0] | 0x20]:
-                if len(line) > n and line[n] == 58 and line[:n].lower() == lname:  # 58: ":"
-                    kind = special_kind
+        if size:
+            for n in by_first[line[0] | 0x20]:
+                if size > n and line[n] == 58:  # ":"
+                    name = line[:n]
+                    found = names.get(name)
+                    kind = found if found is not None else _learn_response_kind(name)
                     break
         if kind < 0:
             kept.append(line)
@@ -618,7 +634,12 @@ def client_head(
         # (gzip): they travel on, and without chunked last the body ends with the connection.
         te_chunked = codings[-1].lower() == b"chunked"
         codings = [c for c in codings if c.lower() != b"chunked"]
-    if connection is not None and connection.strip().lower() not in _CONNECTION_OPTIONS:
+    if (
+        connection is not None
+        and connection != b" keep-alive"
+        and connection != b" close"
+        and connection.strip().lower() not in _CONNECTION_OPTIONS
+    ):
         named = _connection_named(connection)
         if named:
             kept = [kept[0]] + [ln for ln in kept[1:] if ln.split(b":", 1)[0].lower() not in named]
@@ -683,5 +704,5 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
 
 
-LAST_CHUNK = b"0\r\n\r\n"
-CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+LAST_CHUNK: Final = b"0\r\n\r\n"
+CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
