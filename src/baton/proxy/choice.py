@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from hmac import compare_digest
+from typing import Final
 
 from baton.proxy.forwarded import is_trusted
 from baton.proxy.http import RequestInfo
@@ -37,7 +38,7 @@ LiveApp = App[Target, ReleaseMetrics]
 
 # (release, target, the Set-Cookie value that makes a cookie-sticky client stay, if any)
 Choice = tuple[LiveRelease | None, Target | None, bytes | None]
-NO_CHOICE: Choice = (None, None, None)
+NO_CHOICE: Final[Choice] = (None, None, None)
 
 
 def may_pin(app: LiveApp, info: RequestInfo, client_ip: bytes) -> bool:
@@ -103,11 +104,8 @@ class Chooser:
         if app.sticky == STICKY_CLIENT_IP:
             key = client_ip
         else:
-            prefix = app.sticky_header + b":"
-            key = next(
-                (ln[len(prefix) :].strip() for ln in info.kept if ln.lower().startswith(prefix)),
-                b"",
-            )
+            wanted = app.sticky_header
+            key = next((v.strip() for n, v in info.kept if n.lower() == wanted), b"")
             if not key:
                 return app.pick_release(rand), None  # no key: nothing to stick to
         point = sticky_point(key)

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Final
 
 from baton.proxy.choice import LiveRelease
 from baton.proxy.http import RequestInfo
 from baton.proxy.metrics import ReleaseMetrics
 from baton.proxy.upstream import Target, UpstreamConnection
 
-NO_BODY: list[bytes] = []  # shared empty list: most requests never allocate their own
+NO_BODY: Final[list[bytes]] = []  # shared empty list: most requests never allocate their own
 
 
 class Exchange:

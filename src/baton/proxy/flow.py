@@ -11,11 +11,13 @@ HTTP/2 stream's window acknowledgements) does the I/O. As uvicorn's ``flow_contr
 
 from __future__ import annotations
 
+from typing import Final
+
 # Why a client connection is not being read.
-PAUSE_PIPELINE = 1
-PAUSE_UPSTREAM = 2
-PAUSE_BUFFER = 4
-PAUSE_DEFERRED = 8
+PAUSE_PIPELINE: Final = 1
+PAUSE_UPSTREAM: Final = 2
+PAUSE_BUFFER: Final = 4
+PAUSE_DEFERRED: Final = 8
 
 
 class FlowControl:

@@ -26,12 +26,11 @@ a byte was written), otherwise only for idempotent methods whose body is still h
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from functools import lru_cache
+from typing import Final, final
 
-VIA = b"1.1 baton"
+VIA: Final = b"1.1 baton"
 
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -44,28 +43,27 @@ HOP_BY_HOP = frozenset(
         b"proxy-authorization",
     }
 )
-(
-    _CONNECTION,
-    _CONTENT_LENGTH,
-    _VIA,
-    _UPGRADE,
-    _TRANSFER_ENCODING,
-    _HOP,
-    _HOST,
-    _XFF,
-    _EXPECT,
-    _REQUEST_ID,
-    _REPLACED,
-    _COOKIE,
-    _PIN,
-    _PIN_SECRET,
-    _XF_PROTO,
-    _XF_HOST,
-    _FLAGS,
-) = range(17)
-_CONNECTION_OPTIONS = frozenset({b"keep-alive", b"close", b"upgrade", b""})
+# What a special header is to the rules below.
+_CONNECTION: Final = 0
+_CONTENT_LENGTH: Final = 1
+_VIA: Final = 2
+_UPGRADE: Final = 3
+_TRANSFER_ENCODING: Final = 4
+_HOP: Final = 5
+_HOST: Final = 6
+_XFF: Final = 7
+_EXPECT: Final = 8
+_REQUEST_ID: Final = 9
+_REPLACED: Final = 10
+_COOKIE: Final = 11
+_PIN: Final = 12
+_PIN_SECRET: Final = 13
+_XF_PROTO: Final = 14
+_XF_HOST: Final = 15
+_FLAGS: Final = 16
+_CONNECTION_OPTIONS: Final = frozenset({b"keep-alive", b"close", b"upgrade", b""})
 # Request headers that are not copied as they are (one dict lookup per header).
-_REQUEST_SPECIAL = {
+_REQUEST_SPECIAL: Final = {
     **dict.fromkeys(HOP_BY_HOP, _HOP),
     b"connection": _CONNECTION,
     b"transfer-encoding": _TRANSFER_ENCODING,
@@ -151,25 +149,83 @@ def short_response(
     return b"".join(head) + body
 
 
-@dataclass(slots=True)
+@final
 class RequestInfo:
-    """What the proxy needs to know about a request once its headers are complete."""
+    """What the proxy needs to know about a request once its headers are complete.
 
-    host: bytes | None
-    content_length: int | None
-    chunked: bool
-    upgrade: bytes | None  # the Upgrade header value when Connection asks for an upgrade
-    expect_continue: bool
-    request_id: bytes | None
-    xff: bytes | None
-    via: bytes | None
-    kept: list[bytes]  # "Name: value\r\n" lines forwarded as they are
-    cookie: bytes | None = None
-    pin: bytes | None = None  # X-Baton-Release: the release this request asks for
-    pin_secret: bytes | None = None  # X-Baton-Secret (never forwarded)
-    # Incoming X-Forwarded-Proto/Host: kept only from a trusted proxy (``forwarded.py``).
-    forwarded_proto: bytes | None = None
-    forwarded_host: bytes | None = None
+    (A plain class, not a dataclass: mypyc compiles its ``__init__``; a dataclass's
+    generated one would run as interpreted Python on every request.)
+    """
+
+    __slots__ = (
+        "chunked",
+        "content_length",
+        "cookie",
+        "expect_continue",
+        "forwarded_host",
+        "forwarded_proto",
+        "host",
+        "kept",
+        "pin",
+        "pin_secret",
+        "request_id",
+        "upgrade",
+        "via",
+        "xff",
+    )
+
+    def __init__(
+        self,
+        host: bytes | None,
+        content_length: int | None,
+        chunked: bool,
+        upgrade: bytes | None,
+        expect_continue: bool,
+        request_id: bytes | None,
+        xff: bytes | None,
+        via: bytes | None,
+        kept: list[tuple[bytes, bytes]],
+        cookie: bytes | None = None,
+        pin: bytes | None = None,
+        pin_secret: bytes | None = None,
+        forwarded_proto: bytes | None = None,
+        forwarded_host: bytes | None = None,
+    ) -> None:
+        self.host = host
+        self.content_length = content_length
+        self.chunked = chunked
+        self.upgrade = upgrade  # the Upgrade header value when Connection asks for an upgrade
+        self.expect_continue = expect_continue
+        self.request_id = request_id
+        self.xff = xff
+        self.via = via
+        self.kept = kept  # (name, value) fields forwarded as they are
+        self.cookie = cookie
+        self.pin = pin  # X-Baton-Release: the release this request asks for
+        self.pin_secret = pin_secret  # X-Baton-Secret (never forwarded)
+        # Incoming X-Forwarded-Proto/Host: kept only from a trusted proxy (``forwarded.py``).
+        self.forwarded_proto = forwarded_proto
+        self.forwarded_host = forwarded_host
+
+
+# What each header name (exactly as a client spelled it) means to ``scan_request``: learnt
+# once per spelling, so a request's fields are classified with one dict lookup each (no
+# lower-casing, no search for "_"). Bounded: past the bound, names are classified each time.
+_KEEP: Final = -1  # forwarded as it is
+_DROP: Final = -2  # an "_" spelling of a framing or forwarding header: dropped
+_NAME_KINDS: Final[dict[bytes, int]] = {}
+_NAME_KINDS_MAX: Final = 2048
+
+
+def _learn_kind(name: bytes) -> int:
+    lower = name.lower()
+    kind = _REQUEST_SPECIAL.get(lower)
+    if kind is None:
+        # (``find``, not ``in``: ``bytes in bytes`` first tries the operand as an int)
+        kind = _DROP if lower.find(b"_") >= 0 and _underscore_collides(lower) else _KEEP
+    if len(_NAME_KINDS) < _NAME_KINDS_MAX:
+        _NAME_KINDS[name] = kind
+    return kind
 
 
 def scan_request(headers: list[tuple[bytes, bytes]], http11: bool) -> RequestInfo:
@@ -183,29 +239,29 @@ def scan_request(headers: list[tuple[bytes, bytes]], http11: bool) -> RequestInf
     request_id: bytes | None = None
     xff: bytes | None = None
     via: bytes | None = None
-    kept: list[bytes] = []
+    kept: list[tuple[bytes, bytes]] = []
     cookie: bytes | None = None
     pin: bytes | None = None
     pin_secret: bytes | None = None
     xf_proto: bytes | None = None
     xf_host: bytes | None = None
-    special = _REQUEST_SPECIAL
-    for name, value in headers:
-        lower = name.lower()
-        kind = special.get(lower)
+    kinds = _NAME_KINDS
+    for pair in headers:
+        name, value = pair
+        kind = kinds.get(name)
         if kind is None:
-            # (``find``, not ``in``: ``bytes in bytes`` first tries the operand as an int,
-            # raising and clearing a TypeError, per header)
-            if lower.find(b"_") >= 0 and _underscore_collides(lower):
-                continue  # an app reading "_" as "-" would see a second framing header
-            kept.append(name + b": " + value + b"\r\n")
+            kind = _learn_kind(name)
+        if kind == _KEEP:
+            kept.append(pair)
+        elif kind == _DROP:
+            continue  # an app reading "_" as "-" would see a second framing header
         elif kind == _HOST:
             if host is not None:
                 raise RequestRejected(400, "duplicate Host header")
             if not valid_host(value):
                 raise RequestRejected(400, "invalid Host header")
             host = value
-            kept.append(name + b": " + value + b"\r\n")
+            kept.append(pair)
         elif kind == _CONTENT_LENGTH:
             if cl is not None:
                 raise RequestRejected(400, "duplicate Content-Length header")
@@ -232,10 +288,10 @@ def scan_request(headers: list[tuple[bytes, bytes]], http11: bool) -> RequestInf
             expect = True
         elif kind == _COOKIE:
             cookie = value if cookie is None else cookie + b"; " + value
-            kept.append(name + b": " + value + b"\r\n")
+            kept.append(pair)
         elif kind == _PIN:
             pin = value.strip()
-            kept.append(name + b": " + value + b"\r\n")
+            kept.append(pair)
         elif kind == _PIN_SECRET:
             pin_secret = value.strip()
         elif kind == _XF_PROTO:
@@ -244,7 +300,7 @@ def scan_request(headers: list[tuple[bytes, bytes]], http11: bool) -> RequestInf
             xf_host = value.strip() if xf_host is None else xf_host
         elif kind == _REQUEST_ID and value and len(value) <= 200:
             request_id = value  # (an empty or oversized one is regenerated, not forwarded)
-            kept.append(name + b": " + value + b"\r\n")
+            kept.append(pair)
         # _HOP and replaced forwarding headers: dropped
     chunked = False
     if te is not None:
@@ -263,7 +319,7 @@ def scan_request(headers: list[tuple[bytes, bytes]], http11: bool) -> RequestInf
     if connection and (len(connection) > 1 or connection[0] not in _CONNECTION_OPTIONS):
         named = set(connection) - _CONNECTION_OPTIONS - _NOT_NAMEABLE
         if named:
-            kept = [line for line in kept if line.split(b":", 1)[0].lower() not in named]
+            kept = [pair for pair in kept if pair[0].lower() not in named]
     return RequestInfo(
         host,
         cl,
@@ -283,9 +339,9 @@ def scan_request(headers: list[tuple[bytes, bytes]], http11: bool) -> RequestInf
 
 
 # Headers a client's Connection header cannot remove: Baton needs them end to end.
-_NOT_NAMEABLE = frozenset({b"host", b"x-request-id"})
+_NOT_NAMEABLE: Final = frozenset({b"host", b"x-request-id"})
 # Names that, with "_" read as "-", are framing or forwarding headers.
-_COLLIDING = frozenset(
+_COLLIDING: Final = frozenset(
     {
         *_REQUEST_SPECIAL,
         b"x-real-ip",
@@ -302,16 +358,30 @@ def _underscore_collides(lower: bytes) -> bool:
 
 # RFC 3986: reg-name = *( unreserved / pct-encoded / sub-delims ); IP-literal = "[" ... "]";
 # then an optional ":" port of digits. Empty is allowed (RFC 9112 3.2: no authority).
-_REG_NAME = re.compile(rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*")
-_IP_LITERAL = re.compile(rb"\[(?:[0-9A-Fa-f:.]+|v[0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+)\]")
-_HOST_VALUE = re.compile(
+_REG_NAME: Final = re.compile(rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*")
+_IP_LITERAL: Final = re.compile(
+    rb"\[(?:[0-9A-Fa-f:.]+|v[0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+)\]"
+)
+_HOST_VALUE: Final = re.compile(
     rb"(?:" + _IP_LITERAL.pattern + rb"|" + _REG_NAME.pattern + rb")(?::[0-9]{0,5})?"
 )
 
 
-@lru_cache(maxsize=1024)  # (a site sees few distinct Host values: checked once each)
+# Host values already checked (a site sees few distinct ones); bounded like _NAME_KINDS.
+_HOSTS_CHECKED: Final[dict[bytes, bool]] = {}
+
+
 def valid_host(value: bytes) -> bool:
     """Whether a Host value is ``uri-host [ ":" port ]`` (RFC 9112 3.2, RFC 3986 3.2.2)."""
+    ok = _HOSTS_CHECKED.get(value)
+    if ok is None:
+        ok = _check_host(value)
+        if len(_HOSTS_CHECKED) < 1024:
+            _HOSTS_CHECKED[value] = ok
+    return ok
+
+
+def _check_host(value: bytes) -> bool:
     value = value.strip(b" \t")
     if len(value) > 255:
         return False
@@ -345,13 +415,13 @@ def absolute_form(url: bytes, info: RequestInfo) -> bytes:
         path = b"/" + path
     if info.host is None:
         info.host = authority
-        info.kept.append(b"Host: " + authority + b"\r\n")
+        info.kept.append((b"Host", authority))
     elif info.host.strip().lower() != authority.lower():
         raise RequestRejected(400, "the request target's authority differs from Host")
     return path
 
 
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
 
 def replayable(method: bytes, *, sent: bool, body_held: bool) -> bool:
@@ -382,7 +452,9 @@ def upstream_head(
     kept, For extended with the peer; from anyone else they are replaced.
     """
     # Every piece goes into one list, copied once by the final join.
-    parts = [method, b" ", url, b" HTTP/1.1\r\n", *info.kept]
+    parts = [method, b" ", url, b" HTTP/1.1\r\n"]
+    for name, value in info.kept:
+        parts += (name, b": ", value, b"\r\n")
     host = info.host
     if host is None:
         host = target
@@ -419,19 +491,31 @@ def upstream_head(
 
 
 # Response framing towards the client.
-FRAME_NONE = 0  # no body (HEAD, 1xx, 204, 304)
-FRAME_LENGTH = 1  # Content-Length passed through
-FRAME_CHUNKED = 2  # re-chunked for an HTTP/1.1 client
-FRAME_CLOSE = 3  # body until close (HTTP/1.0 client and no length)
+FRAME_NONE: Final = 0  # no body (HEAD, 1xx, 204, 304)
+FRAME_LENGTH: Final = 1  # Content-Length passed through
+FRAME_CHUNKED: Final = 2  # re-chunked for an HTTP/1.1 client
+FRAME_CLOSE: Final = 3  # body until close (HTTP/1.0 client and no length)
 
 
-@dataclass(slots=True)
+@final
 class ResponseInfo:
-    head: bytes
-    framing: int
-    keep_alive: bool  # whether the client connection may stay open after this response
-    until_close: bool = False  # the upstream delimits the body by closing its connection
-    flags: bytes | None = None  # the app's Baton-Flags value (removed from ``head``)
+    """The head to send the client for an upstream's answer, and how its body is framed."""
+
+    __slots__ = ("flags", "framing", "head", "keep_alive", "until_close")
+
+    def __init__(
+        self,
+        head: bytes,
+        framing: int,
+        keep_alive: bool,
+        until_close: bool = False,
+        flags: bytes | None = None,
+    ) -> None:
+        self.head = head
+        self.framing = framing
+        self.keep_alive = keep_alive  # whether the client connection may stay open after it
+        self.until_close = until_close  # the upstream delimits the body by closing
+        self.flags = flags  # the app's Baton-Flags value (removed from ``head``)
 
 
 def _connection_named(value: bytes) -> set[bytes]:
@@ -441,7 +525,7 @@ def _connection_named(value: bytes) -> set[bytes]:
 
 
 # Response headers not copied as they are: hop-by-hop ones, and those Baton re-frames.
-_RESPONSE_SPECIAL = {
+_RESPONSE_SPECIAL: Final = {
     **dict.fromkeys(HOP_BY_HOP, _HOP),
     b"connection": _CONNECTION,
     b"content-length": _CONTENT_LENGTH,
@@ -450,8 +534,23 @@ _RESPONSE_SPECIAL = {
     b"transfer-encoding": _TRANSFER_ENCODING,
     b"baton-flags": _FLAGS,  # the app's flag variants for this answer: counted, not forwarded
 }
-FLAG_COHORTS_MAX = 16  # flag=variant pairs counted from one answer, at most
-_COHORT_PART = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# The lengths of those names, by their first byte (lower case).
+_RESPONSE_BY_FIRST: Final[list[tuple[int, ...]]] = [() for _ in range(256)]
+for _name in _RESPONSE_SPECIAL:
+    _RESPONSE_BY_FIRST[_name[0]] += (len(_name),)
+# Response header names as spelt -> kind (-1: not special), learnt like _NAME_KINDS.
+_RESPONSE_NAMES: Final[dict[bytes, int]] = {}
+
+
+def _learn_response_kind(name: bytes) -> int:
+    kind = _RESPONSE_SPECIAL.get(name.lower(), -1)
+    if len(_RESPONSE_NAMES) < _NAME_KINDS_MAX:
+        _RESPONSE_NAMES[name] = kind
+    return kind
+
+
+FLAG_COHORTS_MAX: Final = 16  # flag=variant pairs counted from one answer, at most
+_COHORT_PART: Final = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 def flag_cohorts(value: bytes) -> list[tuple[str, str]]:
@@ -494,14 +593,30 @@ def client_head(
     codings: list[bytes] = []
     flags: bytes | None = None
     lines = raw.split(b"\r\n")
-    kept = [lines[0]]
-    special = _RESPONSE_SPECIAL
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        kind = special.get(name.lower())
-        if kind is None:
+    # The head passes through line by line; only the lines of the special headers are
+    # taken out. Only a line with ":" right after as many bytes as a special name starting
+    # with its first byte has is looked up (by its name as spelt, learnt once per spelling):
+    # most lines are kept after two byte tests.
+    kept = [lines[0][8:]]  # the status line after its version (re-said as HTTP/1.1)
+    by_first = _RESPONSE_BY_FIRST
+    names = _RESPONSE_NAMES
+    for i in range(1, len(lines)):
+        line = lines[i]
+        size = len(line)
+        kind = -1
+        n = 0
+        if size:
+            for n in by_first[line[0] | 0x20]:
+                if size > n and line[n] == 58:  # ":"
+                    name = line[:n]
+                    found = names.get(name)
+                    kind = found if found is not None else _learn_response_kind(name)
+                    break
+        if kind < 0:
             kept.append(line)
-        elif kind == _CONTENT_LENGTH:
+            continue
+        value = line[n + 1 :]
+        if kind == _CONTENT_LENGTH:
             content_length = value.strip()
         elif kind == _CONNECTION:
             connection = value if connection is None else connection + b"," + value
@@ -513,18 +628,24 @@ def client_head(
             codings += (c.strip() for c in value.split(b",") if c.strip())
         elif kind == _FLAGS:
             flags = value.strip() if flags is None else flags + b"," + value.strip()
+        # other hop-by-hop headers: dropped
     if codings:
         # chunked last: the upstream delimits the body; other codings are the body's own
         # (gzip): they travel on, and without chunked last the body ends with the connection.
         te_chunked = codings[-1].lower() == b"chunked"
         codings = [c for c in codings if c.lower() != b"chunked"]
-    if connection is not None and connection.strip().lower() not in _CONNECTION_OPTIONS:
+    if (
+        connection is not None
+        and connection != b" keep-alive"
+        and connection != b" close"
+        and connection.strip().lower() not in _CONNECTION_OPTIONS
+    ):
         named = _connection_named(connection)
         if named:
             kept = [kept[0]] + [ln for ln in kept[1:] if ln.split(b":", 1)[0].lower() not in named]
-    raw = b"\r\n".join(kept)
     # Always answer as HTTP/1.1 (the upstream may have said HTTP/1.0).
-    parts = [b"HTTP/1.1", raw[8:], b"\r\nVia: ", VIA if via is None else via + b", " + VIA]
+    head = b"\r\n".join(kept)
+    parts = [b"HTTP/1.1", head, b"\r\nVia: ", VIA if via is None else via + b", " + VIA]
     if set_cookie is not None:
         parts += (b"\r\nSet-Cookie: ", set_cookie)
     if extra:
@@ -583,5 +704,5 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
 
 
-LAST_CHUNK = b"0\r\n\r\n"
-CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+LAST_CHUNK: Final = b"0\r\n\r\n"
+CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from baton.proxy.fuse import Fuse
 
 # Upper bounds in seconds; a final +Inf bucket is implicit. Fine at the low end, where a
 # fast app lives, so p95 comparisons (canary analysis) have resolution.
-LATENCY_BOUNDS: tuple[float, ...] = (
+LATENCY_BOUNDS: Final[tuple[float, ...]] = (
     0.0005,
     0.001,
     0.0025,

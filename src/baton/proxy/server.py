@@ -42,7 +42,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple, cast
+from typing import Any, Final, NamedTuple, cast
 
 import httptools
 
@@ -100,23 +100,23 @@ from baton.proxy.websocket import FrameCursor, close_frame
 
 log = logging.getLogger("baton.proxy")
 
-REPLAY_LIMIT = 64 * 1024
-MAX_ATTEMPTS = 4
-SAME_TARGET_BACKOFF = 0.05
-STOPPING_IDLE_GRACE = 1.0
-HANDSHAKES_TRACKED = 1024  # above this many, stale entries (failed handshakes) are dropped
-TUNNEL_CLOSE_GRACE = 2.0  # after close frames: longest wait before TCP is closed anyway
+REPLAY_LIMIT: Final = 64 * 1024
+MAX_ATTEMPTS: Final = 4
+SAME_TARGET_BACKOFF: Final = 0.05
+STOPPING_IDLE_GRACE: Final = 1.0
+HANDSHAKES_TRACKED: Final = 1024  # above this many, stale entries (failed handshakes) are dropped
+TUNNEL_CLOSE_GRACE: Final = 2.0  # after close frames: longest wait before TCP is closed anyway
 
 # What a connection's deadline means when it passes.
-NO_DEADLINE = 0
-HEADER_DEADLINE = 1  # request headers incomplete: 408
-IDLE_DEADLINE = 2  # keep-alive connection idle: close quietly
-UPSTREAM_DEADLINE = 3  # waiting for the response head: 504
+NO_DEADLINE: Final = 0
+HEADER_DEADLINE: Final = 1  # request headers incomplete: 408
+IDLE_DEADLINE: Final = 2  # keep-alive connection idle: close quietly
+UPSTREAM_DEADLINE: Final = 3  # waiting for the response head: 504
 
 # Client bytes are parsed at most this many at a time outside a body (a body: BODY_STEP), so
 # that parsing stops soon after a pipelined request and the rest is held as raw bytes.
-FEED_STEP = 4096
-BODY_STEP = 65536
+FEED_STEP: Final = 4096
+BODY_STEP: Final = 65536
 
 
 @dataclass

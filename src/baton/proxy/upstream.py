@@ -26,16 +26,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Protocol, cast
+from typing import Final, Protocol, cast
 
 import httptools
 
 from baton.proxy.http import FRAME_CHUNKED, FRAME_NONE, LAST_CHUNK, ResponseInfo, chunk
 
-MAX_RESPONSE_HEAD = 1024 * 1024
+MAX_RESPONSE_HEAD: Final = 1024 * 1024
 # How long a response head whose body has not begun is held back (see the module text);
 # a streaming answer that sends its head long before its first bytes waits this long.
-HEAD_HOLD = 0.1
+HEAD_HOLD: Final = 0.1
 
 
 class BadResponse(Exception):
