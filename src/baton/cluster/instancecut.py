@@ -188,6 +188,9 @@ class _Run:
                 deployment=deployment,
                 phase=phase,
                 config=self.request.configs.get(name, self.release.config),
+                # Whatever baton.yml configures: at the edges it is one blue-green, and
+                # only a blue-green starts the whole release beside the old one.
+                strategy="blue-green",
             )
             for name in self.names
         }
