@@ -28,7 +28,7 @@ from baton.cluster import keys
 from baton.cluster.cutover import edge_blue_green
 from baton.cluster.election import LOCK_TTL, Election
 from baton.cluster.etcd import Etcd, KeyValue
-from baton.cluster.fence import leading
+from baton.cluster.fence import Fence, leading
 from baton.cluster.rollout import DEPLOYMENTS, roll_out
 from baton.errors import BatonError, DeploymentLocked, EtcdError, EtcdUnavailable, Fenced
 
@@ -123,8 +123,9 @@ class Controller:
         deadline = time.monotonic() + LOCK_WAIT
         while True:
             try:
-                if request.edge is not None:  # one cutover at the edges
-                    result = await edge_blue_green(self.etcd, request, self.name)
+                if request.edge is not None:  # one cutover at the edges, every write fenced
+                    fenced = Fence.current(self.etcd).client()
+                    result = await edge_blue_green(fenced, request, self.name)
                     break
                 result = await roll_out(
                     self.etcd,
