@@ -16,6 +16,10 @@ them under ``/v3/``.
 Retrying a write on another member after a time-out may apply it twice; every write Baton
 makes is either idempotent (a put of a whole record) or guarded by a compare (a txn), so
 that is safe.
+
+``Etcd.guarded`` returns a view of a client (same connection) whose every write is one
+transaction that also compares keys the writer holds — fencing (``baton.cluster.fence``):
+a guard that no longer holds makes the write change nothing and raise ``Fenced``.
 """
 
 from __future__ import annotations
