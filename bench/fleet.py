@@ -15,7 +15,9 @@ bounded load (2 connections per host, requests checked for errors) on every host
    the peer the fleet's ratios are against);
 2. **fleet, 1 at a time**: one fleet deployment (a request to the elected controller,
    `hosts_at_once: 1`), timed from the request to the controller's recorded outcome;
-3. **fleet, all at once**: the same with `hosts_at_once: N` (one batch, one etcd revision).
+3. **fleet, all at once**: the same with `hosts_at_once: N` (one batch, one etcd revision);
+4. **fleet, 1 at a time, 2 in flight**: `hosts_at_once: 1, max_unavailable_hosts: 2` (a
+   batch starts whenever fewer than 2 hosts are switching).
 
 Printed: seconds for each, the fleet's time as a ratio of the sequential (API) one, and the
 failed requests over all of them. The machine runs etcd, every host, the apps and the load
@@ -64,7 +66,9 @@ async def fleet_of(n: int, root: Path, endpoints: str) -> list[Host]:
     return hosts
 
 
-async def fleet_deploy(etcd: Etcd, hosts: list[Host], version: str, at_once: int) -> float:
+async def fleet_deploy(
+    etcd: Etcd, hosts: list[Host], version: str, at_once: int, in_flight: int = 0
+) -> float:
     names = tuple(f"h{i + 1}" for i in range(len(hosts)))
     deployment = f"bench-{version}"
     release = keys.DesiredRelease(
@@ -72,7 +76,10 @@ async def fleet_deploy(etcd: Etcd, hosts: list[Host], version: str, at_once: int
     )
     configs = {name: str(h.root / "baton.yml") for name, h in zip(names, hosts, strict=True)}
     started = time.monotonic()
-    await submit(etcd, keys.DeployRequest(release, names, at_once, False, configs))
+    request = keys.DeployRequest(
+        release, names, at_once, False, configs, max_unavailable_hosts=in_flight
+    )
+    await submit(etcd, request)
     record = await outcome(etcd, "shop", deployment, TIMEOUT)
     took = time.monotonic() - started
     if record.get("state") != "succeeded":
@@ -124,6 +131,7 @@ async def one_size(n: int, root: Path, cluster: EtcdCluster) -> dict[str, Any]:
             seq = await sequential_api(hosts, "v2")
             one = await fleet_deploy(etcd, hosts, "v3", 1)
             every = await fleet_deploy(etcd, hosts, "v4", n)
+            two = await fleet_deploy(etcd, hosts, "v5", 1, min(2, n))
         results = [await load.stop() for load in loads]
         loads = []
         failed = sum(len(r.failures) for r in results)
@@ -134,8 +142,10 @@ async def one_size(n: int, root: Path, cluster: EtcdCluster) -> dict[str, Any]:
             "sequential_s": round(seq, 2),
             "fleet_one_at_a_time_s": round(one, 2),
             "fleet_all_at_once_s": round(every, 2),
+            "fleet_two_in_flight_s": round(two, 2),
             "one_at_a_time_vs_sequential": round(one / seq, 2),
             "all_at_once_vs_sequential": round(every / seq, 2),
+            "two_in_flight_vs_sequential": round(two / seq, 2),
             "requests": total,
             "failed_requests": failed,
         }
@@ -162,12 +172,16 @@ async def main() -> None:
         finally:
             cluster.stop()
     print()
-    print("hosts  seq. CLI  seq. API  fleet 1-at-a-time  fleet all-at-once  failed/requests")
+    print(
+        "hosts  seq. CLI  seq. API  fleet 1-at-a-time  fleet all-at-once  fleet 2-in-flight"
+        "  failed/requests"
+    )
     for r in rows:
         print(
             f"{r['hosts']:>5}  {r['sequential_cli_s']:>7.1f}s  {r['sequential_s']:>7.1f}s"
             f"  {r['fleet_one_at_a_time_s']:>8.1f}s ({r['one_at_a_time_vs_sequential']:.2f}x)"
             f"  {r['fleet_all_at_once_s']:>8.1f}s ({r['all_at_once_vs_sequential']:.2f}x)"
+            f"  {r['fleet_two_in_flight_s']:>8.1f}s ({r['two_in_flight_vs_sequential']:.2f}x)"
             f"  {r['failed_requests']}/{r['requests']}"
         )
     if args.json_out:

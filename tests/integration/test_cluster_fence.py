@@ -14,13 +14,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 
 from baton.cluster import keys
 from baton.cluster.controller import Controller, submit
+from baton.cluster.edge import EdgeRoute, publish, published
 from baton.cluster.election import DeployLock, Election
-from baton.cluster.etcd import Compare, Etcd, put_op
+from baton.cluster.etcd import Compare, Etcd, get_op, put_op
 from baton.cluster.fence import Fence, leading
 from baton.cluster.keys import HostRecord
 from baton.cluster.registry import Registration
@@ -69,6 +71,37 @@ async def test_a_deposed_leaders_writes_are_refused_and_change_nothing(etcd: Etc
     # The term comes from the controller's context when none is given.
     with leading(old.term), pytest.raises(Fenced):
         await Fence.current(etcd).put("/baton/test/x", "5")
+    await old.resign()
+    await new.resign()
+
+
+async def test_a_fenced_client_refuses_every_write_of_a_deposed_leader(etcd: Etcd) -> None:
+    """What the controller hands the edge cutover: its edge routes and records are fenced."""
+    old = Election(etcd, "old", ttl=TTL)
+    await old.campaign()
+    client = Fence.for_term(etcd, old.term).client()
+    route = EdgeRoute("shop", "127.0.0.1:8080", ("web1", "web2"), "v1")
+    await publish(client, route)
+    await client.put("/baton/test/z", "1")
+    assert await client.delete("/baton/test/z") == 1
+    kept = await client.txn([Compare.absent("/baton/test/z")], [put_op("/baton/test/z", "2")])
+    assert kept.succeeded
+    lost = await client.txn([Compare.absent("/baton/test/z")], [], [get_op("/baton/test/z")])
+    assert not lost.succeeded and lost.ranges()[0][0].value == b"2"  # the caller's own ranges
+    await lapse(etcd, keys.CONTROLLER)
+    new = Election(etcd, "new", ttl=TTL)
+    await new.campaign()
+    with pytest.raises(Fenced):
+        await publish(client, replace(route, version="v2"))
+    with pytest.raises(Fenced):
+        await client.delete("/baton/test/z")
+    with pytest.raises(Fenced):
+        await client.txn([], [put_op("/baton/test/z", "3")])
+    assert (await published(etcd, "shop")) == route  # the edges still route as before
+    kv = await etcd.get("/baton/test/z")
+    assert kv is not None and kv.value == b"2"
+    await client.close()  # a view: the client it came from keeps its connection
+    assert await etcd.get("/baton/test/z") is not None
     await old.resign()
     await new.resign()
 

@@ -28,7 +28,7 @@ from baton.cluster import keys
 from baton.cluster.cutover import edge_blue_green
 from baton.cluster.election import LOCK_TTL, Election
 from baton.cluster.etcd import Etcd, KeyValue
-from baton.cluster.fence import leading
+from baton.cluster.fence import Fence, leading
 from baton.cluster.fleetcanary import edge_canary, host_canary
 from baton.cluster.rollout import DEPLOYMENTS, roll_out
 from baton.errors import BatonError, DeploymentLocked, EtcdError, EtcdUnavailable, Fenced
@@ -124,14 +124,19 @@ class Controller:
         deadline = time.monotonic() + LOCK_WAIT
         while True:
             try:
+                # Every write of a canary or an edge cutover goes through a client fenced
+                # on this leader's term (``baton.cluster.fence``).
                 if request.edge is not None and request.canary:  # a canary at the edges
-                    result = await edge_canary(self.etcd, request, self.name)
+                    fenced = Fence.current(self.etcd).client()
+                    result = await edge_canary(fenced, request, self.name)
                     break
                 if request.canary:  # a canary without edges: on every host at once
-                    result = await host_canary(self.etcd, request, self.name)
+                    fenced = Fence.current(self.etcd).client()
+                    result = await host_canary(fenced, request, self.name)
                     break
                 if request.edge is not None:  # one cutover at the edges
-                    result = await edge_blue_green(self.etcd, request, self.name)
+                    fenced = Fence.current(self.etcd).client()
+                    result = await edge_blue_green(fenced, request, self.name)
                     break
                 result = await roll_out(
                     self.etcd,

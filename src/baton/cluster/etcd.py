@@ -16,12 +16,17 @@ them under ``/v3/``.
 Retrying a write on another member after a time-out may apply it twice; every write Baton
 makes is either idempotent (a put of a whole record) or guarded by a compare (a txn), so
 that is safe.
+
+``Etcd.guarded`` returns a view of a client (same connection) whose every write is one
+transaction that also compares keys the writer holds — fencing (``baton.cluster.fence``):
+a guard that no longer holds makes the write change nothing and raise ``Fenced``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -29,7 +34,7 @@ from typing import Any, Literal
 
 import aiohttp
 
-from baton.errors import EtcdError, EtcdUnavailable, UsageError
+from baton.errors import EtcdError, EtcdUnavailable, Fenced, UsageError
 
 DEFAULT_TIMEOUT = 5.0  # one call on one endpoint
 CONNECT_TIMEOUT = 1.0  # a dead member refuses at once; a partitioned one is given this long
@@ -143,6 +148,34 @@ class Compare:
         return {"key": _b64(self.key), "target": self.target, "result": self.result, field: value}
 
 
+@dataclass(frozen=True)
+class Guard:
+    """A key a writer holds, and the create revision it holds it at (``Etcd.guarded``)."""
+
+    key: str
+    revision: int
+    what: str  # for the error: "the controller's term 4", "the deploy lock of shop"
+
+    def compare(self) -> Compare:
+        return Compare.created_at(self.key, self.revision)
+
+
+def _check_guard(guard: Guard, kvs: list[KeyValue]) -> None:
+    """Raise ``Fenced`` unless ``kvs`` (the guard key's range) shows it still held."""
+    if kvs and kvs[0].create_revision == guard.revision:
+        return
+    now = (
+        f"now held since revision {kvs[0].create_revision} by"
+        f" {kvs[0].value.decode(errors='replace')}"
+        if kvs
+        else "no longer held"
+    )
+    raise Fenced(
+        f"write refused: {guard.what} (created at revision {guard.revision}) is {now};"
+        " this controller was deposed and stops"
+    )
+
+
 def put_op(key: str, value: str | bytes, lease: int = 0) -> dict[str, Any]:
     body: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
     if lease:
@@ -186,8 +219,23 @@ class Etcd:
         self.timeout = timeout
         self._current = 0  # the endpoint that answered last
         self._session: aiohttp.ClientSession | None = None
+        self._root: Etcd = self  # the client that owns the connection (a view shares it)
+        self._guards: tuple[Guard, ...] = ()
+
+    def guarded(self, guards: Sequence[Guard]) -> Etcd:
+        """A view of this client, on the same connection, whose every write (put, delete,
+        txn) is one transaction that also requires each guard's key to exist at its create
+        revision. When one does not, the write changes nothing and raises ``Fenced`` naming
+        the guard (see ``baton.cluster.fence``); reads, leases and watches are unchanged."""
+        view = copy.copy(self)
+        view._root = self._root
+        known = {g.key: g for g in self._guards}
+        view._guards = (*self._guards, *(g for g in guards if known.get(g.key) != g))
+        return view
 
     async def close(self) -> None:
+        if self._root is not self:  # a view: the client it came from owns the connection
+            return
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -199,11 +247,12 @@ class Etcd:
         await self.close()
 
     def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
+        root = self._root
+        if root._session is None or root._session.closed:
+            root._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT)
             )
-        return self._session
+        return root._session
 
     def _order(self) -> list[int]:
         n = len(self.endpoints)
@@ -263,6 +312,8 @@ class Etcd:
 
     async def put(self, key: str, value: str | bytes, *, lease: int = 0) -> int:
         """Store ``value`` at ``key`` (under ``lease`` when given); returns the new revision."""
+        if self._guards:
+            return (await self.txn([], [put_op(key, value, lease)])).revision
         body: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
         if lease:
             body["lease"] = str(lease)
@@ -274,6 +325,10 @@ class Etcd:
         body: dict[str, Any] = {"key": _b64(key)}
         if prefix:
             body["range_end"] = prefix_end(key)
+        if self._guards:
+            done = await self.txn([], [{"request_delete_range": body}])
+            first = done.responses[0] if done.responses else {}
+            return int(first.get("response_delete_range", {}).get("deleted", 0))
         answer = await self._post("/v3/kv/deleterange", body)
         return int(answer.get("deleted", 0))
 
@@ -283,18 +338,27 @@ class Etcd:
         success: Sequence[dict[str, Any]],
         failure: Sequence[dict[str, Any]] = (),
     ) -> TxnResult:
+        guards = self._guards
         answer = await self._post(
             "/v3/kv/txn",
             {
-                "compare": [c.to_json() for c in compare],
+                "compare": [c.to_json() for c in (*(g.compare() for g in guards), *compare)],
                 "success": list(success),
-                "failure": list(failure),
+                "failure": [*failure, *(get_op(g.key) for g in guards)],
             },
         )
+        succeeded = bool(answer.get("succeeded", False))
+        responses = list(answer.get("responses") or [])
+        if guards and not succeeded:  # the guards' gets came last: check them, then drop them
+            cut = max(0, len(responses) - len(guards))
+            held, responses = responses[cut:], responses[:cut]
+            for i, guard in enumerate(guards):
+                found = held[i].get("response_range", {}).get("kvs") if i < len(held) else None
+                _check_guard(guard, [KeyValue.from_json(kv) for kv in found or []])
         return TxnResult(
-            succeeded=bool(answer.get("succeeded", False)),
+            succeeded=succeeded,
             revision=int(answer.get("header", {}).get("revision", 0)),
-            responses=list(answer.get("responses") or []),
+            responses=responses,
         )
 
     # -- leases ------------------------------------------------------------------------------

@@ -10,8 +10,11 @@ raised, which cancels the rollout; the controller then stops leading.
 
 The controller sets its term for everything it runs (``leading``, a context variable), so
 any code on the controller's path writes through ``Fence.current(etcd)`` without passing the
-term along: ``roll_out`` does, and the edge cutover can. Outside a controller (a test, a
-library caller) the current fence has no term guard; ``with_lock`` still guards on the lock.
+term along: ``roll_out`` does. Code that takes an etcd client is handed ``fence.client()``, a
+view of the client whose every write is fenced: the controller runs the edge cutover with
+one, so the edge routes and records it publishes are fenced too. Outside a controller (a
+test, a library caller) the current fence has no term guard; ``with_lock`` still guards on
+the lock. The compare-and-refuse itself is ``Etcd.guarded`` (``baton.cluster.etcd``).
 """
 
 from __future__ import annotations
@@ -19,12 +22,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Any
 
 from baton.cluster import keys
-from baton.cluster.etcd import Compare, Etcd, TxnResult, get_op, put_op
-from baton.errors import Fenced
+from baton.cluster.etcd import Compare, Etcd, Guard, TxnResult
+
+__all__ = ["Fence", "Guard", "current_term", "leading"]
 
 _TERM: ContextVar[int] = ContextVar("baton_fleet_term", default=0)
 
@@ -42,18 +45,6 @@ def leading(term: int) -> Iterator[None]:
 def current_term() -> int:
     """The term the running code writes under (0: none, not on a controller's path)."""
     return _TERM.get()
-
-
-@dataclass(frozen=True)
-class Guard:
-    """A key the writer holds, and the create revision it holds it at."""
-
-    key: str
-    revision: int
-    what: str  # for the error: "the controller's term", "the deploy lock of shop"
-
-    def compare(self) -> Compare:
-        return Compare.created_at(self.key, self.revision)
 
 
 class Fence:
@@ -78,6 +69,12 @@ class Fence:
         """This fence, also guarded on a lock key created at ``revision``."""
         return Fence(self.etcd, [*self.guards, Guard(key, revision, what)])
 
+    def client(self) -> Etcd:
+        """The etcd client as seen through this fence: every put, delete and txn made with
+        it is fenced (``Etcd.guarded``). For code that takes a client, e.g. the edge
+        cutover: the controller hands it this, so its edge routes and records are fenced."""
+        return self.etcd.guarded(self.guards)
+
     async def txn(
         self, ops: Sequence[dict[str, Any]], compare: Sequence[Compare] = ()
     ) -> TxnResult:
@@ -86,29 +83,8 @@ class Fence:
         A guard that no longer holds raises ``Fenced`` (nothing was written); ``compare``
         alone failing returns the result with ``succeeded`` false, as ``Etcd.txn`` does.
         """
-        result = await self.etcd.txn(
-            [*(g.compare() for g in self.guards), *compare],
-            ops,
-            [get_op(g.key) for g in self.guards],
-        )
-        if result.succeeded:
-            return result
-        ranges = result.ranges()
-        for i, guard in enumerate(self.guards):
-            kvs = ranges[i] if i < len(ranges) else []
-            if not kvs or kvs[0].create_revision != guard.revision:
-                now = (
-                    f"now held since revision {kvs[0].create_revision} by"
-                    f" {kvs[0].value.decode(errors='replace')}"
-                    if kvs
-                    else "no longer held"
-                )
-                raise Fenced(
-                    f"write refused: {guard.what} (created at revision {guard.revision}) is"
-                    f" {now}; this controller was deposed and stops"
-                )
-        return result
+        return await self.client().txn(compare, ops)
 
     async def put(self, key: str, value: str | bytes) -> int:
         """Store ``value`` at ``key`` if the guards hold; the new revision, else ``Fenced``."""
-        return (await self.txn([put_op(key, value)])).revision
+        return await self.client().put(key, value)
