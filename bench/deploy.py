@@ -496,7 +496,7 @@ def run(args: argparse.Namespace, tags: list[str | None]) -> dict[str, Any]:
         pair = peers["app_boot_2_at_once_s"]
         both = summary([x + boot - pair for x in switch])
         report["overhead_to_switch_minus_2_at_once_boot_s"] = both
-        print(f"  two containers' boot at once (the engine's own cost of a second one): {pair:.3f}s;"
+        print(f"  two containers' boot at once (the engine's cost of a second one): {pair:.3f}s;"
               f" overhead to the switch minus that: median {both['median']:.3f}s,"
               f" p90 {both['p90']:.3f}s")  # fmt: skip
     a = report["api_overhead_to_switch_s"]

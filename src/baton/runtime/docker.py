@@ -47,10 +47,10 @@ many times a second per instance; an Engine API inspect for each would cost a th
 a round trip to the engine every time (tens of ms on a busy host). So the runtime follows
 Docker's events stream for the containers of its state dir (``ContainerStates``, fed by a
 daemon thread) and answers from it: a container is inspected once (by ``start`` itself,
-which inspects it anyway for its port, or when first asked about), and from then on each ``start``/``die``/``destroy``/``health_status`` event updates what is
-known. Docker subscribes the stream before it sends the answer's headers, and an inspect is
-only merged when it started after those headers came, so no event after the inspect is
-missed; while the stream is not connected, or after it broke, every question is an inspect
+which inspects it anyway for its port, or when first asked about), and from then on each
+``start``/``die``/``destroy``/``health_status`` event updates what is known. Docker
+subscribes the stream before it sends the answer's headers, and an inspect is only merged
+when it started after those headers came, so no event after the inspect is missed; while the stream is not connected, or after it broke, every question is an inspect
 again (and the next one re-subscribes). Only Baton's containers (``baton.managed=1``)
 labelled with this state dir are remembered: the stream never reports the others. So a
 remembered container is known to be Baton's, and ``stop`` needs no inspect to check it.
