@@ -10,7 +10,7 @@ import pytest
 
 from baton.cluster import keys
 from baton.cluster.figures import FleetTally, release_figures
-from baton.cluster.fleetcanary import analysis_of, tripped, verdict
+from baton.cluster.fleetcanary import analysis_of, judge_step, tripped, verdict
 from baton.deploy.analysis import AnalysisConfig, ReleaseWindow
 from baton.deploy.canary import check_weight
 from baton.errors import UsageError
@@ -136,3 +136,41 @@ def test_a_driven_canarys_weight_must_be_a_whole_percentage() -> None:
     for bad in (-1, 101, 2.5, "50", True, None):
         with pytest.raises(UsageError, match="weight: expected a whole percentage"):
             check_weight(bad, "weight")
+
+
+class Growing:
+    """Figures of two publishers whose proxies answer ``per_read`` more requests of each
+    release at every read (the canary ``slow`` or not): cumulative, as proxies count."""
+
+    def __init__(self, per_read: int, slow: bool) -> None:
+        self.per_read, self.slow, self.reads = per_read, slow, 0
+
+    async def read(self) -> dict[str, dict[str, dict[str, Any]]]:
+        self.reads += 1
+        n = self.per_read * self.reads
+        canary = [0.2] * n if self.slow else [0.005] * n
+        return {p: {"v1": snapshot([0.005] * n), "v2": snapshot(canary)} for p in ("a", "b")}
+
+
+async def test_a_step_slower_in_two_windows_in_a_row_is_aborted_by_the_latency_rule() -> None:
+    figures = Growing(100, slow=True)
+    passed, why = await judge_step(
+        figures.read, {"a": {}, "b": {}}, stable="v1", version="v2", weight=30, hold=0.1,
+        cfg=CFG, max_extensions=3,
+    )  # fmt: skip
+    assert not passed and why.startswith("slower in two windows in a row"), why
+
+
+async def test_a_good_step_passes_and_a_starved_one_fails_safe_after_its_extensions() -> None:
+    good = Growing(100, slow=False)
+    passed, why = await judge_step(
+        good.read, {}, stable="v1", version="v2", weight=30, hold=0.1, cfg=CFG,
+        max_extensions=3,
+    )  # fmt: skip
+    assert passed, why
+    starved = Growing(0, slow=False)
+    passed, why = await judge_step(
+        starved.read, {}, stable="v1", version="v2", weight=30, hold=0.1, cfg=CFG,
+        max_extensions=2,
+    )  # fmt: skip
+    assert not passed and "still inconclusive after 2 extra hold(s)" in why, why
