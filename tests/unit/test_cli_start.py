@@ -36,7 +36,7 @@ def test_a_request_without_a_body() -> None:
     assert b"Content-Length: 0\r\n" in request_bytes("POST", "/down", None)
 
 
-@pytest.mark.parametrize("path", ["/a b", "/x\r\nX-Evil: 1", "status", "/\x00"])
+@pytest.mark.parametrize("path", ["/a b", "/x\r\nX-Evil: 1", "status", "/\x00", "/logs?app=café"])
 def test_a_path_that_would_break_the_request_is_refused(path: str) -> None:
     with pytest.raises(UsageError, match="not a request path"):
         request_bytes("GET", path, None)
