@@ -8,12 +8,14 @@ import pytest
 
 from baton.cli_support import request_bytes
 from baton.errors import UsageError
-from baton.observe.cli import ACCESS_LOG_FORMATS
-from baton.proxy.accesslog import FORMATS
+from baton.observe import logs
+from baton.observe.cli import ACCESS_LOG_FORMATS, LOG_FORMATS
+from baton.proxy import accesslog
 
 
-def test_up_offers_the_access_log_formats_the_proxy_writes() -> None:
-    assert ACCESS_LOG_FORMATS == FORMATS
+def test_up_offers_the_log_formats_the_daemon_and_the_proxy_write() -> None:
+    assert ACCESS_LOG_FORMATS == accesslog.FORMATS
+    assert LOG_FORMATS == logs.FORMATS
 
 
 def test_a_request_with_a_body_says_its_length_and_type() -> None:
