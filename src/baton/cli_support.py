@@ -64,7 +64,7 @@ class Exchange:
 
 def request_bytes(method: str, path: str, payload: bytes | None) -> bytes:
     """An HTTP/1.1 request to the daemon, as ``http.client`` would write it."""
-    if not path.startswith("/") or any(c <= " " or c == "\x7f" for c in path):
+    if not path.startswith("/") or any(c <= " " or c >= "\x7f" for c in path):
         raise UsageError(f"not a request path for the daemon: {path!r}")
     head = f"{method} {path} HTTP/1.1\r\nHost: baton\r\nAccept-Encoding: identity\r\n"
     if payload is not None:

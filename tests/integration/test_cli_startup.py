@@ -34,8 +34,8 @@ HEAVY = (
 # (rendering the answer needs them; sending it does not), and `baton --version` never.
 AFTER_REQUEST = ("rich", "http.client", "baton.events", "asyncio")
 
-# What no `baton` start imports: those, the fleet's records, importlib's machinery, tempfile
-# and subprocess.
+# What no `baton` start imports: those, the fleet's records, importlib's machinery, tempfile,
+# subprocess and logging.
 START_UP = (
     *AFTER_REQUEST,
     "baton.cluster.keys",
@@ -43,6 +43,7 @@ START_UP = (
     "importlib.resources",
     "tempfile",
     "subprocess",
+    "logging",
 )
 
 # Nor, before its request, does `baton deploy` import hashlib: a compiled install hashes its

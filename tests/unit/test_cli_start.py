@@ -8,12 +8,14 @@ import pytest
 
 from baton.cli_support import request_bytes
 from baton.errors import UsageError
-from baton.observe.cli import ACCESS_LOG_FORMATS
-from baton.proxy.accesslog import FORMATS
+from baton.observe import logs
+from baton.observe.cli import ACCESS_LOG_FORMATS, LOG_FORMATS
+from baton.proxy import accesslog
 
 
-def test_up_offers_the_access_log_formats_the_proxy_writes() -> None:
-    assert ACCESS_LOG_FORMATS == FORMATS
+def test_up_offers_the_log_formats_the_daemon_and_the_proxy_write() -> None:
+    assert ACCESS_LOG_FORMATS == accesslog.FORMATS
+    assert LOG_FORMATS == logs.FORMATS
 
 
 def test_a_request_with_a_body_says_its_length_and_type() -> None:
@@ -36,7 +38,7 @@ def test_a_request_without_a_body() -> None:
     assert b"Content-Length: 0\r\n" in request_bytes("POST", "/down", None)
 
 
-@pytest.mark.parametrize("path", ["/a b", "/x\r\nX-Evil: 1", "status", "/\x00"])
+@pytest.mark.parametrize("path", ["/a b", "/x\r\nX-Evil: 1", "status", "/\x00", "/logs?app=café"])
 def test_a_path_that_would_break_the_request_is_refused(path: str) -> None:
     with pytest.raises(UsageError, match="not a request path"):
         request_bytes("GET", path, None)

@@ -14,15 +14,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from baton.observe.logs import FORMATS
 from baton.observe.tokens import DASHBOARD_TOKEN_ENV, METRICS_TOKEN_ENV
 
 if TYPE_CHECKING:  # imported when used: every `baton` command builds these options
     from baton.observe.endpoints import Endpoints
 
-# ``baton.proxy.accesslog.FORMATS``, not imported from there: that module loads asyncio, and
-# every `baton` command builds these options (tests/unit/test_cli_start.py keeps them equal).
+# ``baton.proxy.accesslog.FORMATS`` and ``baton.observe.logs.FORMATS``, not imported from
+# there: those modules load asyncio and logging, and every `baton` command builds these
+# options (tests/unit/test_cli_start.py keeps them equal).
 ACCESS_LOG_FORMATS = ("json", "combined")
+LOG_FORMATS = ("text", "json")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -78,7 +79,7 @@ _OPTIONS = (
     ),
     click.option(
         "--log-format",
-        type=click.Choice(FORMATS),
+        type=click.Choice(LOG_FORMATS),
         default="text",
         show_default=True,
         help="The daemon's log lines: text, or JSON with the deployment id and version.",
