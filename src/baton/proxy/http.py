@@ -247,14 +247,19 @@ def scan_request(headers: list[tuple[bytes, bytes]], http11: bool) -> RequestInf
     xf_host: bytes | None = None
     kinds = _NAME_KINDS
     maybe = _MAYBE_SPECIAL
+    usual = _USUAL_SPELLING
     for pair in headers:
         name, value = pair
         size = len(name)
         if size > 31 or not size or not maybe[size << 5 | name[0] & 31]:
             kind = _KEEP  # no special name (nor an "_" spelling of one) has its length and first letter
         else:
-            found = kinds.get(name)
-            kind = found if found is not None else _learn_kind(name)
+            spelt = usual[size << 5 | name[0] & 31]
+            if spelt is not None and name == spelt[0]:
+                kind = spelt[1]  # as browsers spell it: no lookup
+            else:
+                found = kinds.get(name)
+                kind = found if found is not None else _learn_kind(name)
         if kind == _KEEP:
             kept.append(pair)
         elif kind == _DROP:
@@ -361,6 +366,18 @@ _COLLIDING: Final = frozenset(
 _MAYBE_SPECIAL: Final[list[bool]] = [False] * 1024
 for _name in _COLLIDING:
     _MAYBE_SPECIAL[len(_name) << 5 | _name[0] & 31] = True
+
+
+def _usual(lower: bytes) -> bytes:
+    """``x-request-id`` -> ``X-Request-Id``: how clients and apps usually spell a name."""
+    return b"-".join(part.capitalize() for part in lower.split(b"-"))
+
+
+# The usual spelling of one special request name per (length, first letter), and its kind.
+_USUAL_SPELLING: Final[list[tuple[bytes, int] | None]] = [None] * 1024
+for _name, _kind in _REQUEST_SPECIAL.items():
+    if _USUAL_SPELLING[len(_name) << 5 | _name[0] & 31] is None:
+        _USUAL_SPELLING[len(_name) << 5 | _name[0] & 31] = (_usual(_name), _kind)
 
 
 def _underscore_collides(lower: bytes) -> bool:
@@ -551,10 +568,10 @@ _RESPONSE_SPECIAL: Final = {
     b"transfer-encoding": _TRANSFER_ENCODING,
     b"baton-flags": _FLAGS,  # the app's flag variants for this answer: counted, not forwarded
 }
-# The lengths of those names, by their first byte (lower case).
-_RESPONSE_BY_FIRST: Final[list[tuple[int, ...]]] = [() for _ in range(256)]
-for _name in _RESPONSE_SPECIAL:
-    _RESPONSE_BY_FIRST[_name[0]] += (len(_name),)
+# Those names by their first byte (lower case): (length, usual spelling + ":", kind).
+_RESPONSE_BY_FIRST: Final[list[tuple[tuple[int, bytes, int], ...]]] = [() for _ in range(256)]
+for _name, _kind in _RESPONSE_SPECIAL.items():
+    _RESPONSE_BY_FIRST[_name[0]] += ((len(_name), _usual(_name) + b":", _kind),)
 # Response header names as spelt -> kind (-1: not special), learnt like _NAME_KINDS.
 _RESPONSE_NAMES: Final[dict[bytes, int]] = {}
 
@@ -623,11 +640,14 @@ def client_head(
         kind = -1
         n = 0
         if size:
-            for n in by_first[line[0] | 0x20]:
+            for n, spelt, special in by_first[line[0] | 0x20]:
                 if size > n and line[n] == 58:  # ":"
-                    name = line[:n]
-                    found = names.get(name)
-                    kind = found if found is not None else _learn_response_kind(name)
+                    if line.startswith(spelt):
+                        kind = special  # spelt as usual ("Content-Length:"): no lookup
+                    else:
+                        name = line[:n]
+                        found = names.get(name)
+                        kind = found if found is not None else _learn_response_kind(name)
                     break
         if kind < 0:
             kept.append(line)
