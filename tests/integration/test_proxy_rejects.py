@@ -238,6 +238,13 @@ ANSWERED: list[tuple[str, bytes, list[int]]] = [
         [200],
     ),
     (
+        # The second head's version is its own, not the first request line's in the same
+        # read (as HTTP/1.1 it would be a 400: no Host).
+        "http11-then-http10-without-host",
+        b"GET / HTTP/1.1\r\n" + H + b"\r\nGET / HTTP/1.0\r\n\r\n",
+        [200, 200],
+    ),
+    (
         "body-then-garbage",
         b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 5\r\n\r\nhelloGARBAGE\r\n\r\n",
         [200, 400],

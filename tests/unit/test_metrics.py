@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from baton.proxy.metrics import LATENCY_BOUNDS, MetricsRegistry
+from bisect import bisect_left
+
+from baton.proxy.metrics import LATENCY_BOUNDS, MetricsRegistry, bucket
 
 
 def test_record_counts_status_classes_and_latency_buckets() -> None:
@@ -42,3 +44,9 @@ def test_prometheus_text_has_cumulative_buckets() -> None:
     assert 'baton_upstream_ttfb_seconds_bucket{app="shop",release="v\\"1",le="0.001"} 2' in text
     assert 'baton_upstream_ttfb_seconds_bucket{app="shop",release="v\\"1",le="+Inf"} 3' in text
     assert 'baton_request_duration_seconds_count{app="shop",release="v\\"1"} 3' in text
+
+
+def test_latency_bucket_is_the_first_bound_at_or_above() -> None:
+    samples = [0.0, -1.0, 1e9, *LATENCY_BOUNDS, *(b * 1.0001 for b in LATENCY_BOUNDS)]
+    for seconds in samples:
+        assert bucket(seconds) == bisect_left(LATENCY_BOUNDS, seconds), seconds

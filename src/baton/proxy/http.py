@@ -246,11 +246,20 @@ def scan_request(headers: list[tuple[bytes, bytes]], http11: bool) -> RequestInf
     xf_proto: bytes | None = None
     xf_host: bytes | None = None
     kinds = _NAME_KINDS
+    maybe = _MAYBE_SPECIAL
+    usual = _USUAL_SPELLING
     for pair in headers:
         name, value = pair
-        kind = kinds.get(name)
-        if kind is None:
-            kind = _learn_kind(name)
+        size = len(name)
+        if size > 31 or not size or not maybe[size << 5 | name[0] & 31]:
+            kind = _KEEP  # no special name (nor an "_" spelling of one) has its length and first letter
+        else:
+            spelt = usual[size << 5 | name[0] & 31]
+            if spelt is not None and name == spelt[0]:
+                kind = spelt[1]  # as browsers spell it: no lookup
+            else:
+                found = kinds.get(name)
+                kind = found if found is not None else _learn_kind(name)
         if kind == _KEEP:
             kept.append(pair)
         elif kind == _DROP:
@@ -350,6 +359,25 @@ _COLLIDING: Final = frozenset(
         b"x-forwarded-prefix",
     }
 )
+
+
+# Whether some special or colliding name has this (length, first letter & 31) (index
+# length << 5 | first & 31): a name that fails this test needs no lookup at all.
+_MAYBE_SPECIAL: Final[list[bool]] = [False] * 1024
+for _name in _COLLIDING:
+    _MAYBE_SPECIAL[len(_name) << 5 | _name[0] & 31] = True
+
+
+def _usual(lower: bytes) -> bytes:
+    """``x-request-id`` -> ``X-Request-Id``: how clients and apps usually spell a name."""
+    return b"-".join(part.capitalize() for part in lower.split(b"-"))
+
+
+# The usual spelling of one special request name per (length, first letter), and its kind.
+_USUAL_SPELLING: Final[list[tuple[bytes, int] | None]] = [None] * 1024
+for _name, _kind in _REQUEST_SPECIAL.items():
+    if _USUAL_SPELLING[len(_name) << 5 | _name[0] & 31] is None:
+        _USUAL_SPELLING[len(_name) << 5 | _name[0] & 31] = (_usual(_name), _kind)
 
 
 def _underscore_collides(lower: bytes) -> bool:
@@ -452,34 +480,40 @@ def upstream_head(
     kept, For extended with the peer; from anyone else they are replaced.
     """
     # Every piece goes into one list, copied once by the final join.
+    # (appends, not ``+= (...)``: no tuple per header, for mypyc and CPython alike)
     parts = [method, b" ", url, b" HTTP/1.1\r\n"]
     for name, value in info.kept:
-        parts += (name, b": ", value, b"\r\n")
+        parts.append(name)
+        parts.append(b": ")
+        parts.append(value)
+        parts.append(b"\r\n")
     host = info.host
     if host is None:
         host = target
-        parts += (b"Host: ", target, b"\r\n")
+        parts.append(b"Host: ")
+        parts.append(target)
+        parts.append(b"\r\n")
     if trusted:
         xff = client_ip if info.xff is None else info.xff + b", " + client_ip
         proto = info.forwarded_proto or proto
         host = info.forwarded_host or host
     else:
         xff = client_ip
-    parts += (
-        b"X-Forwarded-For: ",
-        xff,
-        b"\r\nX-Forwarded-Proto: ",
-        proto,
-        b"\r\nX-Forwarded-Host: ",
-        host,
-        b"\r\n",
-    )
+    parts.append(b"X-Forwarded-For: ")
+    parts.append(xff)
+    parts.append(b"\r\nX-Forwarded-Proto: ")
+    parts.append(proto)
+    parts.append(b"\r\nX-Forwarded-Host: ")
+    parts.append(host)
     if info.request_id is None:
-        parts += (b"X-Request-Id: ", request_id, b"\r\n")
+        parts.append(b"\r\nX-Request-Id: ")
+        parts.append(request_id)
     if info.via is None:
-        parts.append(b"Via: " + VIA + b"\r\n")
+        parts.append(b"\r\nVia: 1.1 baton\r\n")
     else:
-        parts += (b"Via: ", info.via, b", " + VIA + b"\r\n")
+        parts.append(b"\r\nVia: ")
+        parts.append(info.via)
+        parts.append(b", 1.1 baton\r\n")
     if info.upgrade is not None:
         parts.append(b"Connection: upgrade\r\nUpgrade: " + info.upgrade + b"\r\n")
     if info.chunked:
@@ -534,10 +568,10 @@ _RESPONSE_SPECIAL: Final = {
     b"transfer-encoding": _TRANSFER_ENCODING,
     b"baton-flags": _FLAGS,  # the app's flag variants for this answer: counted, not forwarded
 }
-# The lengths of those names, by their first byte (lower case).
-_RESPONSE_BY_FIRST: Final[list[tuple[int, ...]]] = [() for _ in range(256)]
-for _name in _RESPONSE_SPECIAL:
-    _RESPONSE_BY_FIRST[_name[0]] += (len(_name),)
+# Those names by their first byte (lower case): (length, usual spelling + ":", kind).
+_RESPONSE_BY_FIRST: Final[list[tuple[tuple[int, bytes, int], ...]]] = [() for _ in range(256)]
+for _name, _kind in _RESPONSE_SPECIAL.items():
+    _RESPONSE_BY_FIRST[_name[0]] += ((len(_name), _usual(_name) + b":", _kind),)
 # Response header names as spelt -> kind (-1: not special), learnt like _NAME_KINDS.
 _RESPONSE_NAMES: Final[dict[bytes, int]] = {}
 
@@ -606,11 +640,14 @@ def client_head(
         kind = -1
         n = 0
         if size:
-            for n in by_first[line[0] | 0x20]:
+            for n, spelt, special in by_first[line[0] | 0x20]:
                 if size > n and line[n] == 58:  # ":"
-                    name = line[:n]
-                    found = names.get(name)
-                    kind = found if found is not None else _learn_response_kind(name)
+                    if line.startswith(spelt):
+                        kind = special  # spelt as usual ("Content-Length:"): no lookup
+                    else:
+                        name = line[:n]
+                        found = names.get(name)
+                        kind = found if found is not None else _learn_response_kind(name)
                     break
         if kind < 0:
             kept.append(line)
@@ -647,24 +684,29 @@ def client_head(
     head = b"\r\n".join(kept)
     parts = [b"HTTP/1.1", head, b"\r\nVia: ", VIA if via is None else via + b", " + VIA]
     if set_cookie is not None:
-        parts += (b"\r\nSet-Cookie: ", set_cookie)
+        parts.append(b"\r\nSet-Cookie: ")
+        parts.append(set_cookie)
     if extra:
-        parts += (b"\r\n", extra[:-2])  # header lines ending in CRLF: drop the last one
+        parts.append(b"\r\n")
+        parts.append(extra[:-2])  # header lines ending in CRLF: drop the last one
     keep_alive = client_keep_alive
     until_close = False
     if upgrade and status == 101:
         parts.append(b"\r\nConnection: upgrade")
         if upgrade_value is not None:
-            parts += (b"\r\nUpgrade: ", upgrade_value)
+            parts.append(b"\r\nUpgrade: ")
+            parts.append(upgrade_value)
         parts.append(b"\r\n\r\n")
         return ResponseInfo(b"".join(parts), FRAME_NONE, False, False, flags)
     if head_request or status < 200 or status == 204 or status == 304:
         framing = FRAME_NONE
         if content_length is not None:
-            parts += (b"\r\nContent-Length: ", content_length)
+            parts.append(b"\r\nContent-Length: ")
+            parts.append(content_length)
     elif content_length is not None:
         framing = FRAME_LENGTH
-        parts += (b"\r\nContent-Length: ", content_length)
+        parts.append(b"\r\nContent-Length: ")
+        parts.append(content_length)
     else:
         until_close = not te_chunked
         if client_http11:

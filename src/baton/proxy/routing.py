@@ -20,8 +20,7 @@ import random
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 from urllib.parse import quote, unquote
 
 from baton import addresses
@@ -532,11 +531,23 @@ def _networks(value: object, where: str) -> tuple[str, ...]:
         raise RouteTableError(f"{where}{sep}{exc.problem}") from None
 
 
-@lru_cache(maxsize=1024)  # (a site sees few distinct Host values: normalised once each)
+# Host values already normalised (a site sees few distinct ones), at most 1024 of them.
+_NORMALISED: Final[dict[bytes, str]] = {}
+
+
 def normalise_host(raw: bytes | None) -> str:
     """Host header -> lower-case name without port (IPv6 literals keep their brackets)."""
     if not raw:
         return ""
+    found = _NORMALISED.get(raw)
+    if found is None:
+        found = _normalise(raw)
+        if len(_NORMALISED) < 1024:
+            _NORMALISED[raw] = found
+    return found
+
+
+def _normalise(raw: bytes) -> str:
     host = raw.decode("latin-1").strip().lower()
     if host.startswith("["):
         end = host.find("]")

@@ -169,6 +169,8 @@ class ClientConnection(asyncio.Protocol):
         "headers",
         "held",
         "last_io",
+        "line_at",
+        "line_piece",
         "listen",
         "loopback",
         "max_header_size",
@@ -228,6 +230,10 @@ class ClientConnection(asyncio.Protocol):
         self.trailer_size = 0
         self.trailer_count = 0
         self.last_io = 0.0
+        # The piece being parsed, while a head that begins in it would begin at its first
+        # byte; then the piece the current head's request line starts (``_version``).
+        self.line_piece: bytes | None = None
+        self.line_at: bytes | None = None
 
     # -- connection lifecycle ----------------------------------------------------------
 
@@ -415,6 +421,11 @@ class ClientConnection(asyncio.Protocol):
         self.feed_len = len(data)
         self.piece_body = 0
         self.began = False
+        self.line_piece = (
+            data
+            if not self.reading and self.current_parse is None and isinstance(data, bytes)
+            else None
+        )
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -486,6 +497,8 @@ class ClientConnection(asyncio.Protocol):
         self.current_parse = None
         self.trailer_size = 0
         self.trailer_count = 0
+        self.line_at = self.line_piece
+        self.line_piece = None  # (a second head in the same piece does not start it)
         now = self.head_started = self.proxy.loop.time()
         if self.active is None:
             # A new head must arrive within the header time-out (while an answer is still
@@ -518,11 +531,8 @@ class ClientConnection(asyncio.Protocol):
             if size > limit:
                 raise RequestRejected(431, "request header block too large")
         parser = self.parser
-        version = parser.get_http_version()
-        if version != "1.1" and version != "1.0":
-            raise RequestRejected(400, f"unsupported HTTP version {version!r}")
-        http11 = version == "1.1"
         method = parser.get_method()
+        http11 = self._version(method)
         if method == b"CONNECT":
             raise RequestRejected(405, "CONNECT is not supported")
         info = scan_request(self.headers, http11)
@@ -539,6 +549,22 @@ class ClientConnection(asyncio.Protocol):
         else:
             self.pending.append(ex)
             self._pause(PAUSE_PIPELINE)
+
+    def _version(self, method: bytes) -> bool:
+        """Whether the request is HTTP/1.1 (else 1.0; any other version is rejected).
+
+        When this head began at the first byte of a piece that starts with exactly
+        ``METHOD SP target SP HTTP/1.1 CRLF``, that is the request line httptools parsed:
+        no need to ask it (its answer is a formatted string, costly on every request).
+        """
+        line = self.line_at
+        self.line_at = None
+        if line is not None and line.startswith(method + b" " + self.url + b" HTTP/1.1\r\n"):
+            return True
+        version = self.parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            raise RequestRejected(400, f"unsupported HTTP version {version!r}")
+        return version == "1.1"
 
     def on_body(self, body: bytes) -> None:
         self.piece_body += len(body)
