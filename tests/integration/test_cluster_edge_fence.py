@@ -14,7 +14,6 @@ controller writes to etcd.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -31,16 +30,13 @@ from baton.cluster.keys import HostRecord
 from baton.cluster.registry import Registration
 from baton.cluster.rollout import DEPLOYMENTS
 from baton.errors import Fenced
+from tests.integration.test_cluster_fence import desired, etcd, lapse
 from tests.support.etcd import EtcdCluster
+
+__all__ = ["etcd"]  # the fixture, shared with test_cluster_fence
 
 TTL = 30  # long: the old leader must not notice the lapse by itself during the test
 HOSTS = ["h1", "h2"]
-
-
-@pytest.fixture
-async def etcd(etcd_cluster: EtcdCluster) -> AsyncIterator[Etcd]:
-    async with Etcd(etcd_cluster.endpoints) as client:
-        yield client
 
 
 @pytest.fixture
@@ -75,24 +71,6 @@ class Paused(Etcd):
         return await super()._post(path, body, timeout)
 
 
-async def lapse(etcd: Etcd, key: str) -> None:
-    """End the lease ``key`` lives under, as etcd does when its holder stops renewing."""
-    kv = await etcd.get(key)
-    assert kv is not None and kv.lease, key
-    await etcd.revoke(kv.lease)
-
-
-async def asked(etcd: Etcd, host: str, deployment: str, timeout: float = 30) -> None:
-    """Wait until ``host``'s desired release of shop is ``deployment``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        kv = await etcd.get(keys.desired_key(host, "shop"))
-        if kv is not None and keys.DesiredRelease.from_json(kv.value).deployment == deployment:
-            return
-        assert time.monotonic() < deadline, f"{host} never asked for {deployment}"
-        await asyncio.sleep(0.05)
-
-
 async def report(etcd: Etcd, deployment: str, state: keys.ProgressState) -> None:
     """Every host's agent: its part of ``deployment`` ended in ``state``."""
     for host in HOSTS:
@@ -123,7 +101,7 @@ async def deposed_mid_cutover(etcd: Etcd, paused: Paused) -> None:
             staged_blue_green(paused, request(), "old", host_timeout=5, drain_timeout=1)
         )
     try:
-        await asked(etcd, "h1", "d1-stage")  # the old leader asked every host to stage
+        await desired(etcd, "h1", "d1-stage")  # the old leader asked every host to stage
         paused.running.clear()  # SIGSTOP: its leader and lock leases lapse; a new leader
         # is elected and resumes the deployment at its recorded step.
         await lapse(etcd, keys.CONTROLLER)
@@ -135,13 +113,13 @@ async def deposed_mid_cutover(etcd: Etcd, paused: Paused) -> None:
                 staged_blue_green(etcd, request(), "new", host_timeout=30, drain_timeout=1)
             )
         await report(etcd, "d1-stage", "staged")  # every host staged v2
-        await asked(etcd, "h1", "d1-switch")  # the new leader cut over, then asks to switch
+        await desired(etcd, "h1", "d1-switch")  # the new leader cut over, then asks to switch
         await report(etcd, "d1-switch", "done")
         result = await asyncio.wait_for(second, 30)
         assert result.ok, result
         route = await etcd.get(edge_key("shop"))
         record = await etcd.get(DEPLOYMENTS + "shop")
-        desired = [await etcd.get(keys.desired_key(h, "shop")) for h in HOSTS]
+        asked = [await etcd.get(keys.desired_key(h, "shop")) for h in HOSTS]
         assert route is not None and record is not None
         assert EdgeRoute.from_json(route.value).version == "v2"
         assert record.json()["state"] == "succeeded"
@@ -155,7 +133,7 @@ async def deposed_mid_cutover(etcd: Etcd, paused: Paused) -> None:
         assert after is not None and after.mod_revision == route.mod_revision
         last = await etcd.get(DEPLOYMENTS + "shop")
         assert last is not None and last.mod_revision == record.mod_revision
-        for host, before in zip(HOSTS, desired, strict=True):
+        for host, before in zip(HOSTS, asked, strict=True):
             now = await etcd.get(keys.desired_key(host, "shop"))
             assert before is not None and now is not None
             assert now.mod_revision == before.mod_revision
