@@ -37,47 +37,16 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from baton.cluster import keys  # noqa: E402
-from baton.cluster.agent import LocalDaemon  # noqa: E402
-from baton.cluster.controller import outcome, submit  # noqa: E402
+from _fleetlab import TIMEOUT, controller_deploy, fleet_of, sequential_api  # noqa: E402
+
 from baton.cluster.etcd import Etcd  # noqa: E402
 from tests.support.etcd import EtcdCluster  # noqa: E402
 from tests.support.host import Host  # noqa: E402
 from tests.support.load import Load  # noqa: E402
 
-TIMEOUT = 600.0
-
-
-async def fleet_of(n: int, root: Path, endpoints: str) -> list[Host]:
-    hosts: list[Host] = []
-    for i in range(n):
-        h = Host(root / f"h{i + 1}")
-        h.root.mkdir(parents=True)
-        h.config({"instances": 1})
-        hosts.append(h)
-        up = await h.baton(
-            "up", "--detach", "--cluster", endpoints, "--host-name", f"h{i + 1}",
-            "--advertise", f"127.0.0.1:{h.port}", timeout=120,
-        )  # fmt: skip
-        if up.rc != 0:
-            raise RuntimeError(f"baton up failed on h{i + 1}: {up}")
-    return hosts
-
 
 async def fleet_deploy(etcd: Etcd, hosts: list[Host], version: str, at_once: int) -> float:
-    names = tuple(f"h{i + 1}" for i in range(len(hosts)))
-    deployment = f"bench-{version}"
-    release = keys.DesiredRelease(
-        "shop", version, deployment, "(per host)", env={"APP_VERSION": version}
-    )
-    configs = {name: str(h.root / "baton.yml") for name, h in zip(names, hosts, strict=True)}
-    started = time.monotonic()
-    await submit(etcd, keys.DeployRequest(release, names, at_once, False, configs))
-    record = await outcome(etcd, "shop", deployment, TIMEOUT)
-    took = time.monotonic() - started
-    if record.get("state") != "succeeded":
-        raise RuntimeError(f"fleet deploy {version} failed: {record}")
-    return took
+    return await controller_deploy(etcd, hosts, version, f"bench-{version}", hosts_at_once=at_once)
 
 
 async def sequential(hosts: list[Host], version: str) -> float:
@@ -86,25 +55,6 @@ async def sequential(hosts: list[Host], version: str) -> float:
         result = await h.deploy("--version", version, "--env", f"APP_VERSION={version}")
         if result.rc != 0:
             raise RuntimeError(f"baton deploy {version} failed: {result}")
-    return time.monotonic() - started
-
-
-async def sequential_api(hosts: list[Host], version: str) -> float:
-    """The same, through each daemon's API (no CLI start-up): the fair peer of the fleet."""
-    started = time.monotonic()
-    for h in hosts:
-        daemon = LocalDaemon(h.state_dir / "baton.sock")
-        body = {
-            "config": str(h.root / "baton.yml"),
-            "version": version,
-            "env": {"APP_VERSION": version},
-        }
-        try:
-            events = [e async for e in daemon.deploy("/deploy", body)]
-        finally:
-            await daemon.close()
-        if not events or not events[-1].get("ok"):
-            raise RuntimeError(f"deploy {version} failed: {events[-1:]}")
     return time.monotonic() - started
 
 
