@@ -8,8 +8,12 @@ Every host is a ``tests.support.host.Host`` (own temp state dir, daemon, proxy o
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
+import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,7 @@ from baton.cluster import keys  # noqa: E402
 from baton.cluster.agent import LocalDaemon  # noqa: E402
 from baton.cluster.controller import outcome, submit  # noqa: E402
 from baton.cluster.etcd import Etcd  # noqa: E402
+from tests.support.etcd import EtcdCluster  # noqa: E402
 from tests.support.host import Host  # noqa: E402
 
 TIMEOUT = 600.0
@@ -92,3 +97,35 @@ async def sequential_api(hosts: list[Host], version: str) -> float:
         if not events or not events[-1].get("ok"):
             raise RuntimeError(f"deploy {version} failed: {events[-1:]}")
     return time.monotonic() - started
+
+
+def arguments(doc: str) -> tuple[list[int], str | None]:
+    """The fleet sizes (``--hosts``) and the JSON output path (``--json``) asked for."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--hosts", default="3,6", help="fleet sizes, comma-separated")
+    parser.add_argument("--json", dest="json_out", default=None)
+    args = parser.parse_args()
+    return [int(s) for s in args.hosts.split(",")], args.json_out
+
+
+async def each_size(
+    sizes: list[int],
+    prefix: str,
+    one_size: Callable[[int, Path, EtcdCluster], Awaitable[dict[str, Any]]],
+    json_out: str | None,
+) -> list[dict[str, Any]]:
+    """``one_size`` for each fleet size, in a temp dir with one 3-member etcd cluster on
+    loopback; each row printed as it comes, all of them written to ``json_out`` if given."""
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        cluster = EtcdCluster(Path(tmp) / "etcd").start()
+        try:
+            for n in sizes:
+                rows.append(await one_size(n, Path(tmp) / f"fleet{n}", cluster))
+                print(json.dumps(rows[-1]), flush=True)
+        finally:
+            cluster.stop()
+    if json_out:
+        Path(json_out).write_text(json.dumps(rows, indent=2))
+    print()
+    return rows

@@ -24,11 +24,8 @@ generator: read the figures as ratios on one box, not as absolutes.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from _fleetlab import TIMEOUT, controller_deploy, fleet_of, sequential_api  # noqa: E402
+from _fleetlab import TIMEOUT, arguments, controller_deploy, each_size, fleet_of, sequential_api  # noqa: E402
 
 from baton.cluster.etcd import Etcd  # noqa: E402
 from tests.support.etcd import EtcdCluster  # noqa: E402
@@ -97,21 +94,8 @@ async def one_size(n: int, root: Path, cluster: EtcdCluster) -> dict[str, Any]:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--hosts", default="3,6", help="fleet sizes, comma-separated")
-    parser.add_argument("--json", dest="json_out", default=None)
-    args = parser.parse_args()
-    sizes = [int(s) for s in args.hosts.split(",")]
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="baton-bench-fleet-") as tmp:
-        cluster = EtcdCluster(Path(tmp) / "etcd").start()
-        try:
-            for n in sizes:
-                rows.append(await one_size(n, Path(tmp) / f"fleet{n}", cluster))
-                print(json.dumps(rows[-1]), flush=True)
-        finally:
-            cluster.stop()
-    print()
+    sizes, json_out = arguments(__doc__ or "")
+    rows = await each_size(sizes, "baton-bench-fleet-", one_size, json_out)
     print("hosts  seq. CLI  seq. API  fleet 1-at-a-time  fleet all-at-once  failed/requests")
     for r in rows:
         print(
@@ -120,8 +104,6 @@ async def main() -> None:
             f"  {r['fleet_all_at_once_s']:>8.1f}s ({r['all_at_once_vs_sequential']:.2f}x)"
             f"  {r['failed_requests']}/{r['requests']}"
         )
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":
