@@ -14,6 +14,7 @@ controller writes to etcd.
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -65,8 +66,16 @@ class Paused(Etcd):
         super().__init__(endpoints)
         self.running = asyncio.Event()
         self.running.set()
+        self.trap: str | None = None  # pause as it is about to write this key
+        self.trapped = asyncio.Event()
 
     async def _post(self, path: str, body: dict[str, Any], timeout: float | None = None) -> Any:
+        if self.trap is not None and path == "/v3/kv/txn":
+            key = base64.b64encode(self.trap.encode()).decode()
+            if any(op.get("request_put", {}).get("key") == key for op in body["success"]):
+                self.trap = None
+                self.running.clear()
+                self.trapped.set()
         await self.running.wait()
         return await super()._post(path, body, timeout)
 
@@ -83,17 +92,18 @@ def request() -> keys.DeployRequest:
     return keys.DeployRequest(release, tuple(HOSTS), edge="0.0.0.0:80")
 
 
+@pytest.mark.parametrize("paused_at", ["staging", "the cutover's route"])
 async def test_a_leader_deposed_mid_cutover_writes_nothing_after_the_new_one_finished(
-    etcd: Etcd, etcd_cluster: EtcdCluster, fleet: list[Registration]
+    etcd: Etcd, etcd_cluster: EtcdCluster, fleet: list[Registration], paused_at: str
 ) -> None:
     paused = Paused(etcd_cluster.endpoints)
     try:
-        await deposed_mid_cutover(etcd, paused)
+        await deposed_mid_cutover(etcd, paused, paused_at)
     finally:
         await paused.close()
 
 
-async def deposed_mid_cutover(etcd: Etcd, paused: Paused) -> None:
+async def deposed_mid_cutover(etcd: Etcd, paused: Paused, paused_at: str) -> None:
     old = Election(paused, "old", ttl=TTL)
     await old.campaign()
     with leading(old.term):  # its tasks run under its term, as the controller's do
@@ -101,9 +111,16 @@ async def deposed_mid_cutover(etcd: Etcd, paused: Paused) -> None:
             staged_blue_green(paused, request(), "old", host_timeout=5, drain_timeout=1)
         )
     try:
-        await desired(etcd, "h1", "d1-stage")  # the old leader asked every host to stage
-        paused.running.clear()  # SIGSTOP: its leader and lock leases lapse; a new leader
-        # is elected and resumes the deployment at its recorded step.
+        if paused_at == "staging":
+            await desired(etcd, "h1", "d1-stage")  # the old leader asked every host to stage
+            paused.running.clear()  # SIGSTOP
+        else:  # SIGSTOP as it writes the edge route that cuts every edge over
+            paused.trap = edge_key("shop")
+            await desired(etcd, "h1", "d1-stage")
+            await report(etcd, "d1-stage", "staged")
+            await asyncio.wait_for(paused.trapped.wait(), 30)
+        # Its leader and lock leases lapse; a new leader is elected and resumes the
+        # deployment at its recorded step.
         await lapse(etcd, keys.CONTROLLER)
         await lapse(etcd, keys.lock_key("shop"))
         new = Election(etcd, "new", ttl=TTL)
@@ -123,9 +140,11 @@ async def deposed_mid_cutover(etcd: Etcd, paused: Paused) -> None:
         assert route is not None and record is not None
         assert EdgeRoute.from_json(route.value).version == "v2"
         assert record.json()["state"] == "succeeded"
-        # SIGCONT: the old leader's staging did not finish within its host time-out (it sees
-        # only the switch's progress), so it would discard the staged release and write the
-        # hosts' old desired releases back, on top of a fleet on v2. Its writes are refused.
+        # SIGCONT. Paused in staging, the old leader's staging did not finish within its
+        # host time-out (it sees only the switch's progress), so it would discard the staged
+        # release and write the hosts' old desired releases back, on top of a fleet on v2.
+        # Paused at the cutover, it would publish its route again after the new leader's.
+        # Its writes are refused.
         paused.running.set()
         with pytest.raises(Fenced, match="term"):
             await asyncio.wait_for(first, 30)
