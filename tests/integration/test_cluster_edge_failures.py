@@ -22,14 +22,13 @@ import contextlib
 import json
 import os
 import signal
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from baton.cluster.agent import LocalDaemon
 from baton.cluster.cutover import edge_blue_green
 from baton.cluster.edge import published
-from baton.cluster.etcd import Compare, Etcd, TxnResult
+from baton.cluster.etcd import Etcd
 from baton.cluster.instancecut import staged_blue_green
 from baton.cluster.rollout import DEPLOYMENTS
 from tests.integration.test_cluster_edge import load_seen, load_through, started_edge
@@ -117,19 +116,13 @@ class BeforeTheSwitch(Etcd):
         self.reached = asyncio.Event()
         self.go = asyncio.Event()
 
-    async def txn(
-        self,
-        compare: Sequence[Compare],
-        success: Sequence[dict[str, Any]],
-        failure: Sequence[dict[str, Any]] = (),
-    ) -> TxnResult:
-        values = [
-            base64.b64decode(op["request_put"]["value"]) for op in success if "request_put" in op
-        ]
-        if any(b'"phase": "switch"' in v for v in values):
-            self.reached.set()
-            await self.go.wait()
-        return await super().txn(compare, success, failure)
+    async def _post(self, path: str, body: dict[str, Any], timeout: float | None = None) -> Any:
+        if path == "/v3/kv/txn":
+            puts = [op["request_put"] for op in body["success"] if "request_put" in op]
+            if any(b'"phase": "switch"' in base64.b64decode(put["value"]) for put in puts):
+                self.reached.set()
+                await self.go.wait()
+        return await super()._post(path, body, timeout)
 
 
 async def test_a_host_whose_own_switch_fails_after_the_cutover_is_reported_on_a_consistent_fleet(
