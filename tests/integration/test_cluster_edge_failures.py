@@ -12,6 +12,11 @@
   release (the host's staged instances are gone, so the edges leave it out), the hosts that
   switched serve the new release, the failed one keeps serving its live (old) release on
   its own proxy, to which no edge routes.
+- The controller's daemon frozen (SIGSTOP) while the edges drain after the cutover, until
+  another controller finished the deployment: woken (SIGCONT), it writes no edge route,
+  record or desired release, and the fleet is on the new release. (Woken, the daemon
+  usually sees its lease gone before its rollout writes again; the write that comes first
+  is refused by the fence: test_cluster_edge_fence.py forces that order.)
 """
 
 from __future__ import annotations
@@ -26,19 +31,27 @@ from pathlib import Path
 from typing import Any
 
 from baton.cluster.agent import LocalDaemon
+from baton.cluster.controller import outcome, submit
 from baton.cluster.cutover import edge_blue_green
-from baton.cluster.edge import published
+from baton.cluster.edge import EdgeRoute, edge_key, published
+from baton.cluster.election import leader
 from baton.cluster.etcd import Etcd
 from baton.cluster.instancecut import staged_blue_green
 from baton.cluster.rollout import DEPLOYMENTS
-from tests.integration.test_cluster_edge import load_seen, load_through, started_edge
-from tests.integration.test_cluster_edge_instances import fleet, request
-from tests.integration.test_cluster_fleet import NAMES, PORT, FleetHost, served_by_each
+from tests.integration.test_cluster_edge import edge, load_seen, load_through, started_edge
+from tests.integration.test_cluster_edge_instances import CONTROLLERS, fleet, request
+from tests.integration.test_cluster_fleet import (
+    NAMES,
+    PORT,
+    FleetHost,
+    desired_revisions,
+    served_by_each,
+)
 from tests.support.etcd import EtcdCluster
 from tests.support.host import assert_no_failures
 from tests.support.netns import NetLab
 
-__all__ = ["fleet"]
+__all__ = ["edge", "fleet"]
 
 LISTEN = f"0.0.0.0:{PORT}"  # every edge takes the app's traffic on its own address
 
@@ -168,3 +181,49 @@ async def test_a_host_whose_own_switch_fails_after_the_cutover_is_reported_on_a_
     assert record["state"] == "failed" and isinstance(record["cutover_revision"], int), record
     assert route is not None and route.version == "v2" and route.instances, route
     assert await served_by_each(fleet_hosts) == {"web1": "v2", "web2": "v2", "web3": "v1"}
+
+
+async def test_a_controller_frozen_mid_cutover_writes_nothing_once_another_finished_it(
+    fleet: tuple[EtcdCluster, list[FleetHost]], edge: FleetHost, tmp_path: Path
+) -> None:
+    cluster, fleet_hosts = fleet
+    listen = f"{edge.net.address}:{PORT}"
+    async with Etcd(cluster.endpoints) as etcd:
+        await submit(etcd, request("v1", "f1", fleet_hosts, listen))
+        assert (await outcome(etcd, "shop", "f1", 180))["state"] == "succeeded"
+        boss = await leader(etcd)
+        assert boss in CONTROLLERS
+        slow = asyncio.ensure_future(edge.get("/slow?s=8"))  # keeps the edges draining
+        await submit(etcd, request("v2", "f2", fleet_hosts, listen))
+        deadline = asyncio.get_running_loop().time() + 120
+        while True:  # cut over; the edges still have the slow request to v1 in flight
+            kv = await etcd.get(DEPLOYMENTS + "shop")
+            record = json.loads(kv.value) if kv is not None else {}
+            if record.get("deployment") == "f2" and record.get("step") == "draining":
+                break
+            assert asyncio.get_running_loop().time() < deadline, record
+            await asyncio.sleep(0.05)
+        pid = int((tmp_path / boss / "state" / "server.pid").read_text())
+        os.kill(pid, signal.SIGSTOP)  # the controller's daemon freezes mid-cutover
+        try:
+            final = await outcome(etcd, "shop", "f2", 180)  # another leader finished it
+            assert await leader(etcd) not in (None, boss)
+            written = await desired_revisions(etcd)
+            route = await etcd.get(edge_key("shop"))
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        log = tmp_path / boss / "state" / "logs" / "server.log"
+        deadline = asyncio.get_running_loop().time() + 60
+        while "no longer leads" not in log.read_text():  # it woke up and stepped down
+            assert asyncio.get_running_loop().time() < deadline, "the old leader never noticed"
+            await asyncio.sleep(0.1)
+        # Whatever it was about to write when it froze was refused: nothing changed.
+        assert await desired_revisions(etcd) == written
+        after = await etcd.get(edge_key("shop"))
+        assert route is not None and after is not None
+        assert after.mod_revision == route.mod_revision
+        status, body = await asyncio.wait_for(slow, 60)
+    assert final["state"] == "succeeded", final
+    assert (status, body.split("@")[0]) == (200, "v1"), body
+    assert EdgeRoute.from_json(after.value).version == "v2"
+    assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v2")
