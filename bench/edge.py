@@ -23,12 +23,8 @@ through the edge. One box runs etcd, every host, the apps and the load: read rat
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,87 +32,33 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from baton.cluster import keys  # noqa: E402
-from baton.cluster.agent import LocalDaemon  # noqa: E402
-from baton.cluster.controller import outcome, submit  # noqa: E402
+from _fleetlab import (  # noqa: E402
+    TIMEOUT,
+    arguments,
+    controller_deploy,
+    each_size,
+    fleet_of,
+    sequential_api,
+    start_host,
+)
+
 from baton.cluster.etcd import Etcd  # noqa: E402
 from tests.support.etcd import EtcdCluster  # noqa: E402
 from tests.support.host import Host  # noqa: E402
 from tests.support.load import Load  # noqa: E402
 from tests.support.procs import free_port  # noqa: E402
 
-TIMEOUT = 600.0
-
-
-async def fleet_of(n: int, root: Path, endpoints: str) -> list[Host]:
-    """N app hosts on loopback, as bench/fleet.py makes them (mypy sees each bench alone)."""
-    hosts: list[Host] = []
-    for i in range(n):
-        h = Host(root / f"h{i + 1}")
-        h.root.mkdir(parents=True)
-        h.config({"instances": 1})
-        hosts.append(h)
-        up = await h.baton(
-            "up", "--detach", "--cluster", endpoints, "--host-name", f"h{i + 1}",
-            "--advertise", f"127.0.0.1:{h.port}", timeout=120,
-        )  # fmt: skip
-        if up.rc != 0:
-            raise RuntimeError(f"baton up failed on h{i + 1}: {up}")
-    return hosts
-
-
-async def sequential_api(hosts: list[Host], version: str) -> float:
-    """Each host deployed through its daemon's API, one after the other."""
-    started = time.monotonic()
-    for h in hosts:
-        daemon = LocalDaemon(h.state_dir / "baton.sock")
-        body = {
-            "config": str(h.root / "baton.yml"),
-            "version": version,
-            "env": {"APP_VERSION": version},
-        }
-        try:
-            events = [e async for e in daemon.deploy("/deploy", body)]
-        finally:
-            await daemon.close()
-        if not events or not events[-1].get("ok"):
-            raise RuntimeError(f"deploy {version} failed: {events[-1:]}")
-    return time.monotonic() - started
-
-
-async def edge_host(root: Path, endpoints: str) -> Host:
-    h = Host(root / "edge")
-    h.root.mkdir(parents=True)
-    h.config({"instances": 1})
-    up = await h.baton(
-        "up", "--detach", "--cluster", endpoints, "--host-name", "edge",
-        "--advertise", f"127.0.0.1:{h.port}", "--roles", "edge", timeout=120,
-    )  # fmt: skip
-    if up.rc != 0:
-        raise RuntimeError(f"baton up failed on the edge: {up}")
-    return h
-
 
 async def edge_deploy(etcd: Etcd, hosts: list[Host], version: str, listen: str) -> float:
-    names = tuple(f"h{i + 1}" for i in range(len(hosts)))
     deployment = f"bench-edge-{version}"
-    release = keys.DesiredRelease(
-        "shop", version, deployment, "(per host)", env={"APP_VERSION": version}
+    return await controller_deploy(
+        etcd, hosts, version, deployment, hosts_at_once=len(hosts), edge=listen
     )
-    configs = {name: str(h.root / "baton.yml") for name, h in zip(names, hosts, strict=True)}
-    started = time.monotonic()
-    request = keys.DeployRequest(release, names, len(names), False, configs, edge=listen)
-    await submit(etcd, request)
-    record = await outcome(etcd, "shop", deployment, TIMEOUT)
-    took = time.monotonic() - started
-    if record.get("state") != "succeeded":
-        raise RuntimeError(f"edge deploy {version} failed: {record}")
-    return took
 
 
 async def one_size(n: int, root: Path, cluster: EtcdCluster) -> dict[str, Any]:
     hosts = await fleet_of(n, root, cluster.endpoints_text)
-    edge = await edge_host(root, cluster.endpoints_text)
+    edge = await start_host(root, "edge", cluster.endpoints_text, "--roles", "edge")
     listen = f"127.0.0.1:{free_port()}"
     load: Load | None = None
     try:
@@ -151,21 +93,8 @@ async def one_size(n: int, root: Path, cluster: EtcdCluster) -> dict[str, Any]:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--hosts", default="3,6", help="fleet sizes, comma-separated")
-    parser.add_argument("--json", dest="json_out", default=None)
-    args = parser.parse_args()
-    sizes = [int(s) for s in args.hosts.split(",")]
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="baton-bench-edge-") as tmp:
-        cluster = EtcdCluster(Path(tmp) / "etcd").start()
-        try:
-            for n in sizes:
-                rows.append(await one_size(n, Path(tmp) / f"fleet{n}", cluster))
-                print(json.dumps(rows[-1]), flush=True)
-        finally:
-            cluster.stop()
-    print()
+    sizes, json_out = arguments(__doc__ or "")
+    rows = await each_size(sizes, "baton-bench-edge-", one_size, json_out)
     print("hosts  sequential  edge blue-green     to cutover  failed/requests (through the edge)")
     for r in rows:
         print(
@@ -173,8 +102,6 @@ async def main() -> None:
             f" ({r['edge_vs_sequential']:.2f}x)  {r['to_cutover_s']}s"
             f"  {r['failed_requests']}/{r['requests']}"
         )
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

@@ -26,11 +26,8 @@ generator: read the figures as ratios on one box, not as absolutes.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -39,52 +36,21 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from baton.cluster import keys  # noqa: E402
-from baton.cluster.agent import LocalDaemon  # noqa: E402
-from baton.cluster.controller import outcome, submit  # noqa: E402
+from _fleetlab import TIMEOUT, arguments, controller_deploy, each_size, fleet_of, sequential_api  # noqa: E402
+
 from baton.cluster.etcd import Etcd  # noqa: E402
 from tests.support.etcd import EtcdCluster  # noqa: E402
 from tests.support.host import Host  # noqa: E402
 from tests.support.load import Load  # noqa: E402
 
-TIMEOUT = 600.0
-
-
-async def fleet_of(n: int, root: Path, endpoints: str) -> list[Host]:
-    hosts: list[Host] = []
-    for i in range(n):
-        h = Host(root / f"h{i + 1}")
-        h.root.mkdir(parents=True)
-        h.config({"instances": 1})
-        hosts.append(h)
-        up = await h.baton(
-            "up", "--detach", "--cluster", endpoints, "--host-name", f"h{i + 1}",
-            "--advertise", f"127.0.0.1:{h.port}", timeout=120,
-        )  # fmt: skip
-        if up.rc != 0:
-            raise RuntimeError(f"baton up failed on h{i + 1}: {up}")
-    return hosts
-
 
 async def fleet_deploy(
     etcd: Etcd, hosts: list[Host], version: str, at_once: int, in_flight: int = 0
 ) -> float:
-    names = tuple(f"h{i + 1}" for i in range(len(hosts)))
-    deployment = f"bench-{version}"
-    release = keys.DesiredRelease(
-        "shop", version, deployment, "(per host)", env={"APP_VERSION": version}
-    )
-    configs = {name: str(h.root / "baton.yml") for name, h in zip(names, hosts, strict=True)}
-    started = time.monotonic()
-    request = keys.DeployRequest(
-        release, names, at_once, False, configs, max_unavailable_hosts=in_flight
-    )
-    await submit(etcd, request)
-    record = await outcome(etcd, "shop", deployment, TIMEOUT)
-    took = time.monotonic() - started
-    if record.get("state") != "succeeded":
-        raise RuntimeError(f"fleet deploy {version} failed: {record}")
-    return took
+    return await controller_deploy(
+        etcd, hosts, version, f"bench-{version}", hosts_at_once=at_once,
+        max_unavailable_hosts=in_flight,
+    )  # fmt: skip
 
 
 async def sequential(hosts: list[Host], version: str) -> float:
@@ -93,25 +59,6 @@ async def sequential(hosts: list[Host], version: str) -> float:
         result = await h.deploy("--version", version, "--env", f"APP_VERSION={version}")
         if result.rc != 0:
             raise RuntimeError(f"baton deploy {version} failed: {result}")
-    return time.monotonic() - started
-
-
-async def sequential_api(hosts: list[Host], version: str) -> float:
-    """The same, through each daemon's API (no CLI start-up): the fair peer of the fleet."""
-    started = time.monotonic()
-    for h in hosts:
-        daemon = LocalDaemon(h.state_dir / "baton.sock")
-        body = {
-            "config": str(h.root / "baton.yml"),
-            "version": version,
-            "env": {"APP_VERSION": version},
-        }
-        try:
-            events = [e async for e in daemon.deploy("/deploy", body)]
-        finally:
-            await daemon.close()
-        if not events or not events[-1].get("ok"):
-            raise RuntimeError(f"deploy {version} failed: {events[-1:]}")
     return time.monotonic() - started
 
 
@@ -157,21 +104,8 @@ async def one_size(n: int, root: Path, cluster: EtcdCluster) -> dict[str, Any]:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--hosts", default="3,6", help="fleet sizes, comma-separated")
-    parser.add_argument("--json", dest="json_out", default=None)
-    args = parser.parse_args()
-    sizes = [int(s) for s in args.hosts.split(",")]
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="baton-bench-fleet-") as tmp:
-        cluster = EtcdCluster(Path(tmp) / "etcd").start()
-        try:
-            for n in sizes:
-                rows.append(await one_size(n, Path(tmp) / f"fleet{n}", cluster))
-                print(json.dumps(rows[-1]), flush=True)
-        finally:
-            cluster.stop()
-    print()
+    sizes, json_out = arguments(__doc__ or "")
+    rows = await each_size(sizes, "baton-bench-fleet-", one_size, json_out)
     print(
         "hosts  seq. CLI  seq. API  fleet 1-at-a-time  fleet all-at-once  fleet 2-in-flight"
         "  failed/requests"
@@ -184,8 +118,6 @@ async def main() -> None:
             f"  {r['fleet_two_in_flight_s']:>8.1f}s ({r['two_in_flight_vs_sequential']:.2f}x)"
             f"  {r['failed_requests']}/{r['requests']}"
         )
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

@@ -6,11 +6,13 @@ etcd revision, under continuous load."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -38,17 +40,18 @@ from tests.support.netns import NetLab
 __all__ = ["fleet"]  # the fixture, shared with test_cluster_fleet
 
 
-@pytest.fixture
-async def edge(
-    fleet: tuple[EtcdCluster, list[FleetHost]], netlab: NetLab, tmp_path: Path
+@contextlib.asynccontextmanager
+async def started_edge(
+    cluster: EtcdCluster, netlab: NetLab, root: Path, name: str
 ) -> AsyncIterator[FleetHost]:
-    cluster, _ = fleet
-    h = FleetHost(tmp_path / "edge1", netlab, netlab.add_host("edge1"))
+    """An edge host ``name`` (its own namespace, daemon and proxy) in the fleet, torn down
+    after (its log's tail printed: shown when the test fails)."""
+    h = FleetHost(root / name, netlab, netlab.add_host(name))
     h.root.mkdir()
     h.config()
     try:
         up = await h.baton(
-            "up", "--detach", "--cluster", cluster.endpoints_text, "--host-name", "edge1",
+            "up", "--detach", "--cluster", cluster.endpoints_text, "--host-name", name,
             "--advertise", f"{h.net.address}:{PORT}", "--roles", "edge", timeout=60,
         )  # fmt: skip
         assert up.rc == 0, up
@@ -56,8 +59,68 @@ async def edge(
     finally:
         log = h.state_dir / "logs" / "server.log"
         if log.exists():
-            print("--- edge1 server.log (tail)\n" + log.read_text()[-3000:])
+            print(f"--- {name} server.log (tail)\n" + log.read_text()[-3000:])
         await h.teardown()
+
+
+@pytest.fixture
+async def edge(
+    fleet: tuple[EtcdCluster, list[FleetHost]], netlab: NetLab, tmp_path: Path
+) -> AsyncIterator[FleetHost]:
+    async with started_edge(fleet[0], netlab, tmp_path, "edge1") as h:
+        yield h
+
+
+async def load_through(edge: FleetHost) -> Load:
+    """Continuous load through ``edge`` (bounded in count and time)."""
+    return await Load().start(
+        edge.url, concurrency=4, max_requests=400_000, max_seconds=240, delay=0.005
+    )
+
+
+async def load_seen(load: Load, after: float, count: int = 50, what: str = "the deploy") -> None:
+    """Wait until ``count`` requests were sent through the edge after ``after``."""
+    deadline = asyncio.get_running_loop().time() + 30
+    while sum(s.sent >= after for s in load.timeline) < count:
+        assert asyncio.get_running_loop().time() < deadline, f"no load after {what}"
+        await asyncio.sleep(0.05)
+
+
+def set_env(h: FleetHost, env: dict[str, str]) -> None:
+    """Add ``env`` to the app's environment in ``h``'s own baton.yml (its next release)."""
+    cfg = yaml.safe_load((h.root / "baton.yml").read_text())
+    cfg["run"]["env"].update(env)
+    (h.root / "baton.yml").write_text(yaml.safe_dump(cfg))
+
+
+async def v1_behind_the_edge(
+    etcd: Etcd, fleet_hosts: list[FleetHost], edge: FleetHost, version: str = "v1"
+) -> int:
+    """v1 on every host, then the edge route to all of them (``version`` names the edge's
+    release) applied by every edge; the route's revision."""
+    assert (await roll_out(etcd, release("v1", "f1"), NAMES, configs=configs(fleet_hosts))).ok
+    route = EdgeRoute("shop", f"{edge.net.address}:{PORT}", tuple(NAMES), version)
+    revision = await publish(etcd, route)
+    await wait_applied(etcd, revision, 30)
+    return revision
+
+
+def edge_app_deploy(
+    cluster: EtcdCluster, cli: FleetHost, edge: FleetHost, root: Path, extra: dict[str, Any]
+) -> Callable[[str], Awaitable[Result]]:
+    """``baton deploy`` (run on ``cli``) of a shared baton.yml naming the fleet's hosts and
+    ``edge``'s listen address, plus ``extra``: a function of the version."""
+    root.mkdir()
+    base = {"hosts": NAMES, "proxy": {"listen": f"0.0.0.0:{PORT}"}}
+    config = Host(root).config({**base, "edge": {"listen": f"{edge.net.address}:{PORT}"}, **extra})
+
+    async def deploy(version: str) -> Result:
+        return await cli.baton(
+            "deploy", "-c", str(config), "--version", version, "--env",
+            f"APP_VERSION={version}", "--cluster", cluster.endpoints_text,
+        )  # fmt: skip
+
+    return deploy
 
 
 async def test_blue_green_across_the_fleet_is_one_cutover_at_the_edge_under_load(
@@ -66,33 +129,17 @@ async def test_blue_green_across_the_fleet_is_one_cutover_at_the_edge_under_load
     cluster, fleet_hosts = fleet
     listen = f"{edge.net.address}:{PORT}"
     async with Etcd(cluster.endpoints) as etcd:
-        assert (await roll_out(etcd, release("v1", "f1"), NAMES, configs=configs(fleet_hosts))).ok
-        await wait_applied(
-            etcd, await publish(etcd, EdgeRoute("shop", listen, tuple(NAMES), "v1")), 30
-        )
-        load = await Load().start(
-            edge.url, concurrency=4, max_requests=400_000, max_seconds=240, delay=0.005
-        )
-        deadline = asyncio.get_running_loop().time() + 30
-        while len(load.timeline) < 50:  # the edge answers before anything moves
-            assert asyncio.get_running_loop().time() < deadline, "no answers through the edge"
-            await asyncio.sleep(0.05)
+        await v1_behind_the_edge(etcd, fleet_hosts, edge)
+        load = await load_through(edge)
+        await load_seen(load, 0.0, what="the start")  # the edge answers before anything moves
         result = await blue_green(
             etcd, release("v2", "f2"), NAMES, listen=listen, previous="v1",
             configs=configs(fleet_hosts),
         )  # fmt: skip
-        after = load.marker("done")
-        deadline = asyncio.get_running_loop().time() + 30
-        while sum(s.sent >= after for s in load.timeline) < 50:
-            assert asyncio.get_running_loop().time() < deadline, "no load after the deploy"
-            await asyncio.sleep(0.05)
+        await load_seen(load, load.marker("done"))
         # A route naming a host that never joined is refused by the edge: it keeps routing.
         await publish(etcd, EdgeRoute("shop", listen, ("web1", "ghost"), "v2"))
-        bad = load.marker("bad route")
-        deadline = asyncio.get_running_loop().time() + 30
-        while sum(s.sent >= bad for s in load.timeline) < 50:
-            assert asyncio.get_running_loop().time() < deadline, "no load after the bad route"
-            await asyncio.sleep(0.05)
+        await load_seen(load, load.marker("bad route"), what="the bad route")
         outcome = await load.stop()
     assert result.ok, result
     assert result.green == ["web1", "web2"] and result.blue == ["web3"]
@@ -112,35 +159,14 @@ async def test_baton_deploy_of_an_app_behind_edges_is_one_cutover_under_load(
     fleet: tuple[EtcdCluster, list[FleetHost]], edge: FleetHost, tmp_path: Path
 ) -> None:
     cluster, fleet_hosts = fleet
-    (tmp_path / "shared").mkdir()
-    config = Host(tmp_path / "shared").config(
-        {
-            "hosts": NAMES,
-            "proxy": {"listen": f"0.0.0.0:{PORT}"},
-            "edge": {"listen": f"{edge.net.address}:{PORT}"},
-        }
-    )
-    cli = fleet_hosts[0]
-
-    async def deploy(version: str) -> Result:
-        return await cli.baton(
-            "deploy", "-c", str(config), "--version", version, "--env",
-            f"APP_VERSION={version}", "--cluster", cluster.endpoints_text,
-        )  # fmt: skip
-
+    deploy = edge_app_deploy(cluster, fleet_hosts[0], edge, tmp_path / "shared", {})
     first = await deploy("v1")  # no edge route yet: a plain rollout, then the edges' route
     assert first.rc == 0, first
     assert "blue-green through the edges" in first.out, first
     assert (await edge.get("/"))[1].startswith("v1")
-    load = await Load().start(
-        edge.url, concurrency=4, max_requests=400_000, max_seconds=240, delay=0.005
-    )
+    load = await load_through(edge)
     second = await deploy("v2")
-    after = load.marker("deployed")
-    deadline = asyncio.get_running_loop().time() + 30
-    while sum(s.sent >= after for s in load.timeline) < 50:
-        assert asyncio.get_running_loop().time() < deadline, "no load after the deploy"
-        await asyncio.sleep(0.05)
+    await load_seen(load, load.marker("deployed"))
     outcome = await load.stop()
     assert second.rc == 0, second
     for name in NAMES:
@@ -158,25 +184,14 @@ async def test_a_release_failing_on_green_leaves_the_whole_fleet_on_the_old_one_
     cluster, fleet_hosts = fleet
     listen = f"{edge.net.address}:{PORT}"
     async with Etcd(cluster.endpoints) as etcd:
-        assert (await roll_out(etcd, release("v1", "f1"), NAMES, configs=configs(fleet_hosts))).ok
-        route = EdgeRoute("shop", listen, tuple(NAMES), "v1")
-        await wait_applied(etcd, await publish(etcd, route), 30)
-        web2 = fleet_hosts[1]
-        cfg = yaml.safe_load((web2.root / "baton.yml").read_text())
-        cfg["run"]["env"]["FAIL_ON_START"] = "1"  # v2 cannot start on web2, a green host
-        (web2.root / "baton.yml").write_text(yaml.safe_dump(cfg))
-        load = await Load().start(
-            edge.url, concurrency=4, max_requests=400_000, max_seconds=240, delay=0.005
-        )
+        await v1_behind_the_edge(etcd, fleet_hosts, edge)
+        set_env(fleet_hosts[1], {"FAIL_ON_START": "1"})  # v2 cannot start on web2, a green host
+        load = await load_through(edge)
         result = await blue_green(
             etcd, release("v2", "f2"), NAMES, listen=listen, previous="v1",
             configs=configs(fleet_hosts),
         )  # fmt: skip
-        after = load.marker("failed")
-        deadline = asyncio.get_running_loop().time() + 30
-        while sum(s.sent >= after for s in load.timeline) < 50:
-            assert asyncio.get_running_loop().time() < deadline, "no load after the deploy"
-            await asyncio.sleep(0.05)
+        await load_seen(load, load.marker("failed"))
         outcome = await load.stop()
         assert not result.ok and "web2" in result.message, result
         assert result.cutover_revision is None
@@ -191,26 +206,15 @@ async def test_a_rolling_deploy_behind_the_edge_and_a_failing_one_fail_no_reques
     fleet: tuple[EtcdCluster, list[FleetHost]], edge: FleetHost
 ) -> None:
     cluster, fleet_hosts = fleet
-    listen = f"{edge.net.address}:{PORT}"
     async with Etcd(cluster.endpoints) as etcd:
-        assert (await roll_out(etcd, release("v1", "f1"), NAMES, configs=configs(fleet_hosts))).ok
-        route = EdgeRoute("shop", listen, tuple(NAMES), "fleet")
-        await wait_applied(etcd, await publish(etcd, route), 30)
-        load = await Load().start(
-            edge.url, concurrency=4, max_requests=400_000, max_seconds=240, delay=0.005
-        )
+        await v1_behind_the_edge(etcd, fleet_hosts, edge, version="fleet")
+        load = await load_through(edge)
         rolled = await roll_out(etcd, release("v2", "f2"), NAMES, configs=configs(fleet_hosts))
         assert rolled.ok, rolled  # one host at a time, each switching behind the edge
-        web2 = fleet_hosts[1]
-        cfg = yaml.safe_load((web2.root / "baton.yml").read_text())
-        cfg["run"]["env"]["FAIL_ON_START"] = "1"  # v3 cannot start on the 2nd host
-        (web2.root / "baton.yml").write_text(yaml.safe_dump(cfg))
+        set_env(fleet_hosts[1], {"FAIL_ON_START": "1"})  # v3 cannot start on the 2nd host
         failed = await roll_out(etcd, release("v3", "f3"), NAMES, configs=configs(fleet_hosts))
         after = load.marker("unwound")
-        deadline = asyncio.get_running_loop().time() + 30
-        while sum(s.sent >= after for s in load.timeline) < 50:
-            assert asyncio.get_running_loop().time() < deadline, "no load after the deploys"
-            await asyncio.sleep(0.05)
+        await load_seen(load, after, what="the deploys")
         outcome = await load.stop()
     assert not failed.ok and failed.reverted == ["web1", "web2"], failed
     assert_no_failures(outcome)
@@ -223,14 +227,9 @@ async def test_an_app_host_that_dies_leaves_the_edges_rotation_without_failed_re
     fleet: tuple[EtcdCluster, list[FleetHost]], edge: FleetHost
 ) -> None:
     cluster, fleet_hosts = fleet
-    listen = f"{edge.net.address}:{PORT}"
     async with Etcd(cluster.endpoints) as etcd:
-        assert (await roll_out(etcd, release("v1", "f1"), NAMES, configs=configs(fleet_hosts))).ok
-        route = EdgeRoute("shop", listen, tuple(NAMES), "v1")
-        await wait_applied(etcd, await publish(etcd, route), 30)
-    load = await Load().start(
-        edge.url, concurrency=4, max_requests=400_000, max_seconds=240, delay=0.005
-    )
+        await v1_behind_the_edge(etcd, fleet_hosts, edge)
+    load = await load_through(edge)
     web3 = fleet_hosts[2]
     for pid in (web3.server_pid, web3.proxy_pid):  # the daemon first: it would restart it
         assert pid is not None
@@ -252,26 +251,17 @@ async def canary_under_load(
     what the clients saw, when the canary step began and when it all ended."""
     listen = f"{edge.net.address}:{PORT}"
     async with Etcd(cluster.endpoints) as etcd:
-        assert (await roll_out(etcd, release("v1", "f1"), NAMES, configs=configs(fleet_hosts))).ok
-        route = EdgeRoute("shop", listen, tuple(NAMES), "v1")
-        await wait_applied(etcd, await publish(etcd, route), 30)
+        await v1_behind_the_edge(etcd, fleet_hosts, edge)
         for h in fleet_hosts[:2]:  # the green hosts
-            cfg = yaml.safe_load((h.root / "baton.yml").read_text())
-            cfg["run"]["env"].update(green_env)
-            (h.root / "baton.yml").write_text(yaml.safe_dump(cfg))
-        load = await Load().start(
-            edge.url, concurrency=4, max_requests=400_000, max_seconds=240, delay=0.005
-        )
+            set_env(h, green_env)
+        load = await load_through(edge)
         began = load.marker("canary")
         result = await canary(
             etcd, release("v2", "f2"), NAMES, listen=listen, previous="v1",
             steps=[(30, 4.0)], max_error_rate=0.05, configs=configs(fleet_hosts),
         )  # fmt: skip
         after = load.marker("ended")
-        deadline = asyncio.get_running_loop().time() + 30
-        while sum(s.sent >= after for s in load.timeline) < 50:
-            assert asyncio.get_running_loop().time() < deadline, "no load after the canary"
-            await asyncio.sleep(0.05)
+        await load_seen(load, after, what="the canary")
         return result, await load.stop(), began, after
 
 
@@ -290,33 +280,28 @@ async def test_a_canary_across_the_fleet_splits_every_edges_traffic_then_cuts_ov
     assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v2")
 
 
-async def test_a_canary_failing_on_the_fleets_summed_figures_leaves_every_host_on_the_old_one(
-    fleet: tuple[EtcdCluster, list[FleetHost]], edge: FleetHost
+@pytest.mark.parametrize(
+    ("green_env", "why"),
+    [
+        # On the fleet's summed figures: answers, some of them the canary's 500s.
+        ({"ERROR_RATE": "0.5"}, "canary at 30%: error rate"),
+        # By the latency rule: slow, but every answer fine.
+        ({"LATENCY_MS": "80"}, "canary at 30%: slower"),
+    ],
+    ids=["errors", "latency"],
+)
+async def test_a_failing_canary_at_the_edges_leaves_every_host_on_the_old_one(
+    fleet: tuple[EtcdCluster, list[FleetHost]], edge: FleetHost, green_env: dict[str, str], why: str
 ) -> None:
     cluster, fleet_hosts = fleet
-    result, outcome, _, after = await canary_under_load(
-        cluster, fleet_hosts, edge, {"ERROR_RATE": "0.5"}
-    )
-    assert not result.ok and "canary at 30%: error rate" in result.message, result
+    result, outcome, _, after = await canary_under_load(cluster, fleet_hosts, edge, green_env)
+    assert not result.ok and why in result.message, result
     assert result.cutover_revision is None
-    assert_no_failures(outcome)  # answers, some of them the canary's 500s: no broken ones
-    assert 500 in outcome.statuses, outcome.summary()
-    late = {s.body.split()[0] for s in outcome.timeline if s.body and s.sent >= after}
-    assert late == {"v1"}, outcome.summary()
-    assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v1")
-
-
-async def test_a_slow_canary_at_the_edges_is_rolled_back_by_the_latency_rule_without_errors(
-    fleet: tuple[EtcdCluster, list[FleetHost]], edge: FleetHost
-) -> None:
-    cluster, fleet_hosts = fleet
-    result, outcome, _, after = await canary_under_load(
-        cluster, fleet_hosts, edge, {"LATENCY_MS": "80"}
-    )
-    assert not result.ok and "canary at 30%: slower" in result.message, result
-    assert result.cutover_revision is None
-    assert_no_failures(outcome)
-    assert set(outcome.statuses) == {200}, outcome.summary()  # slow, but every answer fine
+    assert_no_failures(outcome)  # no broken answers
+    if "ERROR_RATE" in green_env:
+        assert 500 in outcome.statuses, outcome.summary()
+    else:
+        assert set(outcome.statuses) == {200}, outcome.summary()
     late = {s.body.split()[0] for s in outcome.timeline if s.body and s.sent >= after}
     assert late == {"v1"}, outcome.summary()
     assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v1")
@@ -326,41 +311,23 @@ async def test_baton_deploy_with_the_canary_strategy_runs_it_at_the_edges_under_
     fleet: tuple[EtcdCluster, list[FleetHost]], edge: FleetHost, tmp_path: Path
 ) -> None:
     cluster, fleet_hosts = fleet
-    (tmp_path / "shared").mkdir()
-    config = Host(tmp_path / "shared").config(
-        {
-            "hosts": NAMES,
-            "proxy": {"listen": f"0.0.0.0:{PORT}"},
-            "edge": {"listen": f"{edge.net.address}:{PORT}"},
-            "deploy": {
-                "strategy": "canary",
-                "canary": {
-                    "steps": [{"weight": 30, "hold": "4s"}],
-                    "analysis": {"min_requests": 20, "max_error_rate": "5%"},
-                },
-            },
-        }
+    canary_deploy = {
+        "strategy": "canary",
+        "canary": {
+            "steps": [{"weight": 30, "hold": "4s"}],
+            "analysis": {"min_requests": 20, "max_error_rate": "5%"},
+        },
+    }
+    deploy = edge_app_deploy(
+        cluster, fleet_hosts[0], edge, tmp_path / "shared", {"deploy": canary_deploy}
     )
-    cli = fleet_hosts[0]
-
-    async def deploy(version: str) -> Result:
-        return await cli.baton(
-            "deploy", "-c", str(config), "--version", version, "--env",
-            f"APP_VERSION={version}", "--cluster", cluster.endpoints_text,
-        )  # fmt: skip
-
     first = await deploy("v1")
     assert first.rc == 0, first
-    load = await Load().start(
-        edge.url, concurrency=4, max_requests=400_000, max_seconds=240, delay=0.005
-    )
+    load = await load_through(edge)
     began = load.marker("deploy")
     second = await deploy("v2")
     after = load.marker("deployed")
-    deadline = asyncio.get_running_loop().time() + 30
-    while sum(s.sent >= after for s in load.timeline) < 50:
-        assert asyncio.get_running_loop().time() < deadline, "no load after the deploy"
-        await asyncio.sleep(0.05)
+    await load_seen(load, after)
     outcome = await load.stop()
     assert second.rc == 0 and "a canary through the edges" in second.out, second
     assert_no_failures(outcome)
@@ -376,12 +343,8 @@ async def test_a_new_leader_resumes_a_canary_at_the_edges_at_its_step(
     cluster, fleet_hosts = fleet
     listen = f"{edge.net.address}:{PORT}"
     async with Etcd(cluster.endpoints) as etcd:
-        assert (await roll_out(etcd, release("v1", "f1"), NAMES, configs=configs(fleet_hosts))).ok
-        since = await publish(etcd, EdgeRoute("shop", listen, tuple(NAMES), "v1"))
-        await wait_applied(etcd, since, 30)
-        load = await Load().start(
-            edge.url, concurrency=4, max_requests=400_000, max_seconds=240, delay=0.005
-        )
+        since = await v1_behind_the_edge(etcd, fleet_hosts, edge)
+        load = await load_through(edge)
         request = keys.DeployRequest(
             release("v2", "f2"), tuple(NAMES), configs=configs(fleet_hosts), edge=listen,
             canary=((20, 2.0), (50, 8.0)), canary_max_error_rate=0.05, canary_min_requests=20,

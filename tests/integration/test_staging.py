@@ -117,3 +117,29 @@ async def test_stage_is_refused_for_a_rolling_deploy_and_for_a_bad_flag(host: Ho
     finally:
         await daemon.close()
     assert (await host.status())["apps"]["shop"]["live"] == "v1"
+
+
+async def test_a_staged_release_left_undecided_is_discarded_after_stage_timeout(
+    host: Host,
+) -> None:
+    host.config({"deploy": {"stage_timeout": "1s"}})
+    assert (await host.deploy("--version", "v1")).rc == 0
+    before = await host.running_instances()
+    daemon = LocalDaemon(host.state_dir / "baton.sock")
+    body = {"config": str(host.root / "baton.yml"), "version": "v2", "stage": True}
+    events: list[dict[str, Any]] = []
+    try:
+        async with asyncio.timeout(60):  # generous: the bound under test is 1s
+            async for event in daemon.deploy("/deploy", {**body, "env": {"APP_VERSION": "v2"}}):
+                events.append(event)
+    finally:
+        await daemon.close()
+    assert any(e.get("step") == "staged" for e in events), events
+    result = events[-1]
+    assert result.get("event") == "result" and not result.get("ok"), result
+    assert "deploy.stage_timeout (1s)" in str(result.get("message")), result
+    assert await host.running_instances() == before
+    assert await host.get("/") == (200, "v1\n")
+    status = await host.status()
+    assert status["apps"]["shop"]["live"] == "v1"
+    assert _release(status, "v2") is None

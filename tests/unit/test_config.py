@@ -245,6 +245,8 @@ BAD_CONFIGS: list[tuple[str, str | None, list[str]]] = [
     (MINIMAL + "deploy: {drain_timeout: soon}\n", "deploy.drain_timeout", ["30s or 500ms", "'soon'"]),
     (MINIMAL + "deploy: {stop_timeout: -1s}\n", "deploy.stop_timeout", ["0 or more", "'-1s'"]),
     (MINIMAL + "deploy: {ready_timeout: 0}\n", "deploy.ready_timeout", ["at least"]),
+    (MINIMAL + "deploy: {stage_timeout: 0s}\n", "deploy.stage_timeout", ["at least"]),
+    (MINIMAL + "deploy: {stage_timeout: forever}\n", "deploy.stage_timeout", ["30s or 500ms", "'forever'"]),
     (MINIMAL + "deploy: {drain_timout: 1s}\n", "deploy.drain_timout", ["unknown key", "drain_timeout", "did you mean"]),
     (MINIMAL + "deploy: {strategy: recreate}\n", "deploy.strategy", ["blue-green, rolling, canary", "'recreate'"]),
     (MINIMAL + "deploy: {max_surge: 0}\n", "deploy.max_surge", ["≥ 1"]),
@@ -943,3 +945,11 @@ def test_bad_fleet_keys_name_the_file_and_key(
         load_config(path)
     assert caught.value.key == key and str(path) in str(caught.value)
     assert expected in str(caught.value)
+
+
+def test_stage_timeout_defaults_to_ten_minutes_and_is_read(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, MINIMAL)).config.deploy.stage_timeout == 600
+    rows = {key: default for key, default, _ in defaults_table()}
+    assert rows["deploy.stage_timeout"] == "10m"
+    text = MINIMAL + "deploy: {stage_timeout: 90s}\n"
+    assert load_config(write(tmp_path, text)).config.deploy.stage_timeout == 90

@@ -21,6 +21,10 @@ in ``/baton/cutovers/APP``: a new leader resuming the deployment after the cutov
 route already names the new release) goes on with blue only. An edge that does not apply
 a route within ``APPLY_TIMEOUT`` fails the deployment with its name.
 
+Every write here (edge routes, the cutover record, the deployment record; ``roll_out`` its
+own) is fenced on the controller's term (``Fence.current``): a leader deposed mid-cutover
+changes nothing after it, and its next write raises ``Fenced``.
+
 The data plane never waits on this: each step is a change of the edges' tables that their
 proxies apply atomically, and in-flight requests finish where they started.
 """
@@ -34,6 +38,7 @@ from dataclasses import dataclass, field, replace
 from baton.cluster import keys
 from baton.cluster.edge import EdgeRoute, publish, published, wait_applied
 from baton.cluster.etcd import Etcd
+from baton.cluster.fence import Fence
 from baton.cluster.instancecut import instances_ready, staged_blue_green
 from baton.cluster.rollout import DEPLOYMENTS, HOST_TIMEOUT, RolloutResult, roll_out
 
@@ -178,7 +183,7 @@ async def edge_blue_green(etcd: Etcd, request: keys.DeployRequest, holder: str) 
         else:
             previous = route.version
             body = {"deployment": release.deployment, "previous": previous}
-            await etcd.put(CUTOVERS + release.app, json.dumps(body))
+            await Fence.current(etcd).put(CUTOVERS + release.app, json.dumps(body))
         try:
             result = await blue_green(
                 etcd, release, hosts, listen=request.edge, previous=previous,
@@ -198,5 +203,5 @@ async def edge_blue_green(etcd: Etcd, request: keys.DeployRequest, holder: str) 
         "message": message,
         "cutover_revision": cutover,
     }
-    await etcd.put(DEPLOYMENTS + release.app, json.dumps(record))
+    await Fence.current(etcd).put(DEPLOYMENTS + release.app, json.dumps(record))
     return RolloutResult(ok, release.deployment, message, done=hosts if ok else [])

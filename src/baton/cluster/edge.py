@@ -41,6 +41,7 @@ from typing import Any
 from baton import addresses
 from baton.cluster import keys
 from baton.cluster.etcd import Etcd
+from baton.cluster.fence import Fence
 from baton.cluster.figures import EDGE_FIGURES, INTERVAL, publish_figures, release_figures
 from baton.cluster.registry import hosts
 from baton.errors import BatonError, EtcdError, EtcdUnavailable
@@ -244,9 +245,11 @@ async def in_flight(etcd: Etcd, app: str, release: str, revision: int) -> tuple[
     return total, late
 
 
-async def publish(etcd: Etcd, route: EdgeRoute) -> int:
-    """Write ``route`` (one put: every edge switches from this revision); the revision."""
-    return await etcd.put(edge_key(route.app), route.to_json())
+async def publish(etcd: Etcd, route: EdgeRoute, fence: Fence | None = None) -> int:
+    """Write ``route`` (one put: every edge switches from this revision); the revision.
+    Fenced on ``fence`` (default: the running controller's term, ``Fence.current``): a
+    deposed leader's route changes nothing and raises ``Fenced``."""
+    return await (fence or Fence.current(etcd)).put(edge_key(route.app), route.to_json())
 
 
 async def published(etcd: Etcd, app: str) -> EdgeRoute | None:

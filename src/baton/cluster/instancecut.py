@@ -20,6 +20,10 @@ discards the staged release on every host (``phase: discard``) and gives each ho
 desired release back: the edges never left the old release, nothing users see changed.
 An edge that does not apply the cutover in time: the edges go back to the old release (its
 instances still run) and the staged release is discarded.
+
+Every write (desired releases, the record and its steps, edge routes) is fenced on the
+controller's term and the deploy lock (``baton.cluster.fence``): a leader deposed mid-way
+changes nothing after it; its next write raises ``Fenced``.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from baton.cluster import keys
 from baton.cluster.edge import EdgeRoute, in_flight, publish, published, wait_applied
 from baton.cluster.election import DeployLock
 from baton.cluster.etcd import Etcd, put_op
+from baton.cluster.fence import Fence
 from baton.cluster.registry import hosts as fleet_hosts
 from baton.cluster.rollout import DEPLOYMENTS, HOST_TIMEOUT, RolloutResult
 from baton.errors import EtcdError, EtcdUnavailable
@@ -55,11 +60,11 @@ async def instances_ready(etcd: Etcd, app: str, version: str, names: Sequence[st
     )
 
 
-async def _write(etcd: Etcd, releases: dict[str, keys.DesiredRelease]) -> None:
-    """Every host's desired release in one transaction: one revision for all."""
+async def _write(fence: Fence, releases: dict[str, keys.DesiredRelease]) -> None:
+    """Every host's desired release in one transaction: one revision for all (fenced)."""
     ops = [put_op(keys.desired_key(h, r.app), r.to_json()) for h, r in releases.items()]
     if ops:
-        await etcd.txn([], ops)
+        await fence.txn(ops)
 
 
 async def _wait(
@@ -115,6 +120,7 @@ async def staged_blue_green(
     app, deployment = release.app, release.deployment
     assert request.edge is not None
     lock = await DeployLock.acquire(etcd, app, f"{holder} ({deployment})")
+    fence = Fence.current(etcd).with_lock(lock.key, lock.revision, f"the deploy lock of {app}")
     try:
         kv = await etcd.get(DEPLOYMENTS + app)
         record: dict[str, Any] = json.loads(kv.value) if kv is not None else {}
@@ -142,10 +148,10 @@ async def staged_blue_green(
                 "desired_before": before,
                 "cutover_revision": None,
             }
-        run = _Run(etcd, request, record, host_timeout, apply_timeout, drain_timeout)
+        run = _Run(fence, request, record, host_timeout, apply_timeout, drain_timeout)
         ok, message = await run.steps()
         record.update(state="succeeded" if ok else "failed", message=message)
-        await etcd.put(DEPLOYMENTS + app, json.dumps(record))
+        await fence.put(DEPLOYMENTS + app, json.dumps(record))
         return RolloutResult(ok, deployment, message, done=names if ok else [])
     finally:
         await lock.release()
@@ -156,14 +162,15 @@ class _Run:
 
     def __init__(
         self,
-        etcd: Etcd,
+        fence: Fence,
         request: keys.DeployRequest,
         record: dict[str, Any],
         host_timeout: float,
         apply_timeout: float,
         drain_timeout: float,
     ) -> None:
-        self.etcd = etcd
+        self.fence = fence
+        self.etcd = fence.etcd
         self.request = request
         self.record = record
         self.release = request.release
@@ -197,7 +204,7 @@ class _Run:
 
     async def step(self, name: str) -> None:
         self.record["step"] = name
-        await self.etcd.put(DEPLOYMENTS + self.release.app, json.dumps(self.record))
+        await self.fence.put(DEPLOYMENTS + self.release.app, json.dumps(self.record))
 
     async def steps(self) -> tuple[bool, str]:
         app, version = self.release.app, self.release.version
@@ -211,12 +218,12 @@ class _Run:
             await self.step("cutover")
             start = "cutover"
         if start == "cutover":
-            revision = await publish(self.etcd, self.route(version))
+            revision = await publish(self.etcd, self.route(version), self.fence)
             self.record["cutover_revision"] = revision
             try:
                 await wait_applied(self.etcd, revision, self.apply_timeout)
             except TimeoutError as exc:  # back to the old instances, still running
-                back = await publish(self.etcd, self.route(self.previous))
+                back = await publish(self.etcd, self.route(self.previous), self.fence)
                 with contextlib.suppress(TimeoutError):
                     await wait_applied(self.etcd, back, self.apply_timeout)
                 self.record["cutover_revision"] = None
@@ -227,7 +234,7 @@ class _Run:
             await self.drain(int(self.record["cutover_revision"]))
             await self.step("switching")
         switch = self.phase("switch")
-        await _write(self.etcd, switch)
+        await _write(self.fence, switch)
         deployment = f"{self.release.deployment}-switch"
         failures = await _wait(self.etcd, self.names, app, deployment, {"done"}, self.host_timeout)
         if failures:  # the edges serve the new release; say which host's proxy did not follow
@@ -243,7 +250,7 @@ class _Run:
         gone = [n for n in self.names if n not in reachable]
         if gone:
             return [f"{', '.join(gone)} unreachable when the deploy began"]
-        await _write(self.etcd, self.phase("stage"))
+        await _write(self.fence, self.phase("stage"))
         deployment = f"{self.release.deployment}-stage"
         return await _wait(
             self.etcd, self.names, self.release.app, deployment, {"staged", "done"},
@@ -266,7 +273,7 @@ class _Run:
         release back; the message of the failed deployment."""
         self.record["message"] = why
         await self.step("discarding")
-        await _write(self.etcd, self.phase("discard"))
+        await _write(self.fence, self.phase("discard"))
         deployment = f"{self.release.deployment}-discard"
         await _wait(
             self.etcd, self.names, self.release.app, deployment, {"done", "failed"},
@@ -278,5 +285,5 @@ class _Run:
             for name, raw in before.items()
             if isinstance(raw, str)
         }
-        await _write(self.etcd, restore)
+        await _write(self.fence, restore)
         return f"{why}; nothing was cut over: the fleet stays on {self.previous}"

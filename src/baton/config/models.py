@@ -60,6 +60,7 @@ deploy.keep_previous              10m             how long the previous release 
 deploy.keep_releases              5               release snapshots kept for rollback
 deploy.verify                     10s             watch window after the switch (0 = off)
 deploy.max_error_rate             5%              error rate during verify that rolls back
+deploy.stage_timeout              10m             a staged release's longest wait for its switch
 deploy.canary.steps               5%/60s, 25%/60s, 50%/2m
                                                   canary: new release's weight and hold, per step
 deploy.canary.stickiness          cookie          cookie, header:<name>, client-ip or none
@@ -873,6 +874,11 @@ class DeployConfig(_Section):
     )
     canary: CanaryConfig = Field(default=CanaryConfig(), description="canary releases")
     signals: SignalsConfig = Field(default=SignalsConfig(), description="deploy-correlated signals")
+    stage_timeout: PositiveDuration = Field(
+        default=600.0,
+        description="longest wait of a staged release (the fleet's edge blue-green) for its"
+        " switch, then it is discarded",
+    )
 
 
 class HooksConfig(_Section):

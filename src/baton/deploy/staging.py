@@ -11,7 +11,9 @@ stops what it started: users never saw the staged release.
 This module owns the gates (``StageGate``, one per app with a staged deployment, kept in
 ``Operations.staged``). A gate lives in memory only: a control plane that restarts while a
 release is staged finds the deployment recorded at its last step before the switch and
-undoes it (``recovery``), so a staged release never outlives its daemon.
+undoes it (``recovery``), so a staged release never outlives its daemon. Nor does it wait
+for ever: with no decision within ``deploy.stage_timeout`` it is discarded (the deployment
+fails saying so; the host stays on its live release).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from baton.config import format_duration
 from baton.deploy.deployment import Deployment, DeploymentRun
 from baton.errors import DeploymentFailed, UsageError
 from baton.events import StepStarted
@@ -69,8 +72,18 @@ async def hold(staged: dict[str, StageGate], d: Deployment) -> None:
         return
     if gate.decision is None:
         d.run.emit(StepStarted(step=STAGED, batch=None))
+    limit = d.cfg.deploy.stage_timeout
     try:
-        await gate.wake.wait()
+        try:
+            await asyncio.wait_for(gate.wake.wait(), limit)
+        except TimeoutError:
+            gate.decide("discard")  # unless a switch just came: the first decision holds
+            if gate.decision != "switch":
+                raise DeploymentFailed(
+                    f"{d.app} {d.release.version}: the staged release was discarded: no"
+                    f" switch came within deploy.stage_timeout ({format_duration(limit)});"
+                    " the live release still serves"
+                ) from None
     finally:
         staged.pop(d.app, None)
     if gate.decision != "switch":
