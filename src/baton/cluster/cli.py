@@ -275,12 +275,21 @@ def fleet_deploy(
     if canary and settings.edge_listen is not None:
         # the canary is the edges'; each host switches blue-green, out of rotation
         release = replace(release, strategy="blue-green")
+    # deploy.strategy rolling behind edges: the hosts in batches, the edges routing to all
+    rolling = settings.edge_listen is not None and deploy_strategy(raw, strategy) == "rolling"
     return asyncio.run(
         _follow_fleet(
             text, release, settings.hosts, settings.hosts_at_once, skip_unreachable, edge, canary,
-            max_unavailable=settings.max_unavailable_hosts, configs=configs,
+            max_unavailable=settings.max_unavailable_hosts, configs=configs, rolling=rolling,
         )
     )  # fmt: skip
+
+
+def deploy_strategy(raw: object, strategy: str | None) -> str | None:
+    """The deploy's strategy: ``--strategy``, else ``deploy.strategy`` of baton.yml."""
+    deploy = raw.get("deploy") if isinstance(raw, dict) else None
+    chosen = strategy or (deploy.get("strategy") if isinstance(deploy, dict) else None)
+    return chosen if isinstance(chosen, str) else None
 
 
 def parse_host_configs(items: tuple[str, ...]) -> dict[str, str]:
@@ -353,6 +362,7 @@ async def _follow_fleet(
     *,
     max_unavailable: int = 0,
     configs: dict[str, str] | None = None,
+    rolling: bool = False,
 ) -> int:
     import asyncio
 
@@ -380,15 +390,25 @@ async def _follow_fleet(
             release, tuple(names), hosts_at_once, skip_unreachable, edge=edge[0],
             edge_health=edge[1], **(canary or {}), configs=configs or {},
             max_unavailable_hosts=max_unavailable if max_unavailable > hosts_at_once else 0,
+            edge_rolling=rolling,
         )  # fmt: skip
-        await submit(etcd, request)
         how = f"{hosts_at_once} at a time"
         if max_unavailable > hosts_at_once:
             how += f", up to {max_unavailable} switching at once"
-        if edge[0] is not None:
+        if edge[0] is not None and rolling:
+            from baton.cluster.edgeroll import resolve
+
+            how = f"rolling through the edges on {edge[0]}, {how}"
+            if (await resolve(etcd, request))[1] == "staged":
+                how = (
+                    f"a staged cutover through the edges on {edge[0]} (they route straight to"
+                    " instances, so the hosts do not roll)"
+                )
+        elif edge[0] is not None:
             how = f"{'a canary' if canary else 'blue-green'} through the edges on {edge[0]}"
         elif canary:
             how = "a canary on every host at once"
+        await submit(etcd, request)
         console.print(
             f"fleet deployment {release.deployment}: {release.app} {release.version} to"
             f" {', '.join(names)}, {escape(how)}"

@@ -26,6 +26,7 @@ from typing import Any
 
 from baton.cluster import keys
 from baton.cluster.cutover import edge_blue_green
+from baton.cluster.edgeroll import edge_rolling
 from baton.cluster.election import LOCK_TTL, Election
 from baton.cluster.etcd import Etcd, KeyValue
 from baton.cluster.fence import Fence, leading
@@ -133,6 +134,10 @@ class Controller:
                 if request.canary:  # a canary without edges: on every host at once
                     fenced = Fence.current(self.etcd).client()
                     result = await host_canary(fenced, request, self.name)
+                    break
+                if request.edge is not None and request.edge_rolling:  # hosts in batches
+                    fenced = Fence.current(self.etcd).client()
+                    result = await edge_rolling(fenced, request, self.name)
                     break
                 if request.edge is not None:  # one cutover at the edges
                     fenced = Fence.current(self.etcd).client()

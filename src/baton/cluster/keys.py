@@ -331,6 +331,9 @@ class DeployRequest:
     canary_max_latency_ratio: float = 1.25
     canary_confidence: float = 0.95
     canary_max_hold_extensions: int = 3
+    # A rolling deploy through the edges: the hosts in batches, every edge routing to every
+    # host's proxy meanwhile (baton.cluster.edgeroll); needs ``edge``, not with ``canary``.
+    edge_rolling: bool = False
 
     def to_json(self) -> str:
         body = asdict(self)
@@ -351,6 +354,7 @@ class DeployRequest:
         configs = body.get("configs", {})
         if not isinstance(configs, dict):
             raise ValueError(f"{what}: configs: expected an object")
+        rolling = _edge_rolling(body, what)
         return cls(
             release=release,
             hosts=tuple(check_name("host name", h) for h in hosts),
@@ -374,7 +378,19 @@ class DeployRequest:
             ),
             canary_confidence=_confidence(body.get("canary_confidence", 0.95), what),
             canary_max_hold_extensions=_extensions(body.get("canary_max_hold_extensions", 3), what),
+            edge_rolling=rolling,
         )  # fmt: skip
+
+
+def _edge_rolling(body: dict[str, Any], what: str) -> bool:
+    value = body.get("edge_rolling", False)
+    if not isinstance(value, bool):
+        raise ValueError(f"{what}: edge_rolling: expected true or false")
+    if value and not body.get("edge"):
+        raise ValueError(f"{what}: edge_rolling: only for an app behind edges (edge)")
+    if value and body.get("canary"):
+        raise ValueError(f"{what}: edge_rolling: not with a canary")
+    return value
 
 
 def _max_unavailable(value: object, at_once: int, what: str) -> int:
