@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, replace
 
 from baton.cluster import keys
 from baton.cluster.edge import EdgeRoute, publish, published, wait_applied
+from baton.cluster.edgeroll import edge_rolling
 from baton.cluster.etcd import Etcd
 from baton.cluster.fence import Fence
 from baton.cluster.instancecut import instances_ready, staged_blue_green
@@ -148,7 +149,7 @@ async def _green(
 async def edge_blue_green(etcd: Etcd, request: keys.DeployRequest, holder: str) -> RolloutResult:
     """The controller's side of a ``baton deploy`` through the edges (``edge:`` in baton.yml):
     ``blue_green`` from the release the edges route to now; with no edge route yet (the first
-    deploy) a plain rollout, then the edges' first route. The outcome is recorded under the
+    deploy) ``edgeroll.edge_rolling``: a rollout, then the edges' first route. The outcome is recorded under the
     request's deployment id in ``/baton/deployments/APP``, as ``roll_out`` records its own."""
     release, hosts = request.release, list(request.hosts)
     assert request.edge is not None
@@ -159,40 +160,31 @@ async def edge_blue_green(etcd: Etcd, request: keys.DeployRequest, holder: str) 
         and (route.instances or await instances_ready(etcd, release.app, route.version, hosts))
     ):  # the edges route to instances: every host stays in rotation (baton.cluster.instancecut)
         return await staged_blue_green(etcd, request, holder)
-    cutover: int | None = None
     if route is None or len(hosts) < 2:
-        plain = await roll_out(
-            etcd, release, hosts, hosts_at_once=request.hosts_at_once,
-            skip_unreachable=request.skip_unreachable, configs=request.configs, holder=holder,
-        )  # fmt: skip
-        ok, message = plain.ok, plain.message
-        if ok:
-            edge = EdgeRoute(
-                release.app, request.edge, tuple(hosts), release.version, request.edge_health,
-                instances=await instances_ready(etcd, release.app, release.version, hosts),
-            )  # fmt: skip
-            cutover = await publish(etcd, edge)
-            await wait_applied(etcd, cutover, APPLY_TIMEOUT)
+        # No route yet (the first deploy) or one host: the hosts roll out under a sub-id of
+        # their own, then the edges get the route, and only then is the request's outcome
+        # recorded (a leader dying between the two resumes the rollout and still publishes).
+        return await edge_rolling(etcd, request, holder)
+    cutover: int | None = None
+    # What the fleet served before, kept apart: after the cutover the edge route names
+    # the new release, and a leader resuming this deployment must not take that for it.
+    kv = await etcd.get(CUTOVERS + release.app)
+    mine = json.loads(kv.value) if kv is not None else {}
+    if mine.get("deployment") == release.deployment:
+        previous = str(mine["previous"])
     else:
-        # What the fleet served before, kept apart: after the cutover the edge route names
-        # the new release, and a leader resuming this deployment must not take that for it.
-        kv = await etcd.get(CUTOVERS + release.app)
-        mine = json.loads(kv.value) if kv is not None else {}
-        if mine.get("deployment") == release.deployment:
-            previous = str(mine["previous"])
-        else:
-            previous = route.version
-            body = {"deployment": release.deployment, "previous": previous}
-            await Fence.current(etcd).put(CUTOVERS + release.app, json.dumps(body))
-        try:
-            result = await blue_green(
-                etcd, release, hosts, listen=request.edge, previous=previous,
-                configs=request.configs, health_path=request.edge_health, holder=holder,
-                switched=route.version == release.version != previous,
-            )  # fmt: skip
-            ok, message, cutover = result.ok, result.message, result.cutover_revision
-        except TimeoutError as exc:  # an edge did not apply a route in time
-            ok, message = False, f"{exc}; the edges that did serve its route"
+        previous = route.version
+        body = {"deployment": release.deployment, "previous": previous}
+        await Fence.current(etcd).put(CUTOVERS + release.app, json.dumps(body))
+    try:
+        result = await blue_green(
+            etcd, release, hosts, listen=request.edge, previous=previous,
+            configs=request.configs, health_path=request.edge_health, holder=holder,
+            switched=route.version == release.version != previous,
+        )  # fmt: skip
+        ok, message, cutover = result.ok, result.message, result.cutover_revision
+    except TimeoutError as exc:  # an edge did not apply a route in time
+        ok, message = False, f"{exc}; the edges that did serve its route"
     record = {
         "deployment": release.deployment,
         "version": release.version,
