@@ -17,7 +17,12 @@ import pytest
 from tests.support.procs import Backend
 
 # The `host` fixture (one Baton host in a temp dir) for every test module.
-pytest_plugins = ["tests.support.host", "tests.support.etcd", "tests.support.netns"]
+pytest_plugins = [
+    "tests.support.host",
+    "tests.support.etcd",
+    "tests.support.netns",
+    "tests.support.fleet",
+]
 
 
 @pytest.fixture

@@ -23,21 +23,18 @@ from baton.cluster.election import leader
 from baton.cluster.etcd import Etcd
 from baton.cluster.fleetcanary import host_canary
 from baton.cluster.rollout import DEPLOYMENTS, RolloutResult, roll_out
-from tests.integration.test_cluster_fleet import (
+from tests.support.etcd import EtcdCluster
+from tests.support.fleet import (
     NAMES,
     PORT,
     FleetHost,
     configs,
-    fleet,
     release,
     served_by_each,
 )
-from tests.support.etcd import EtcdCluster
 from tests.support.host import Host, Result, assert_no_failures
 from tests.support.load import Load, LoadResult
 from tests.support.netns import NetLab, require_netns
-
-__all__ = ["fleet"]  # the fixture, shared with test_cluster_fleet
 
 
 def request(fleet_hosts: list[FleetHost], steps: Sequence[tuple[int, float]]) -> keys.DeployRequest:

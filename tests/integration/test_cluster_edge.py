@@ -23,21 +23,18 @@ from baton.cluster.edge import EdgeRoute, publish, wait_applied
 from baton.cluster.etcd import Etcd
 from baton.cluster.fleetcanary import canary, edge_canary
 from baton.cluster.rollout import DEPLOYMENTS, roll_out
-from tests.integration.test_cluster_fleet import (
+from tests.support.etcd import EtcdCluster
+from tests.support.fleet import (
     NAMES,
     PORT,
     FleetHost,
     configs,
-    fleet,
     release,
     served_by_each,
 )
-from tests.support.etcd import EtcdCluster
 from tests.support.host import Host, Result, assert_no_failures
 from tests.support.load import Load, LoadResult
 from tests.support.netns import NetLab
-
-__all__ = ["fleet"]  # the fixture, shared with test_cluster_fleet
 
 
 @contextlib.asynccontextmanager

@@ -40,14 +40,14 @@ from baton.cluster.instancecut import staged_blue_green
 from baton.cluster.rollout import DEPLOYMENTS
 from tests.integration.test_cluster_edge import edge, load_seen, load_through, started_edge
 from tests.integration.test_cluster_edge_instances import CONTROLLERS, fleet, request
-from tests.integration.test_cluster_fleet import (
+from tests.support.etcd import EtcdCluster
+from tests.support.fleet import (
     NAMES,
     PORT,
     FleetHost,
     desired_revisions,
     served_by_each,
 )
-from tests.support.etcd import EtcdCluster
 from tests.support.host import assert_no_failures
 from tests.support.netns import NetLab
 

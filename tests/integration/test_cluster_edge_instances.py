@@ -25,7 +25,8 @@ from baton.cluster.election import leader
 from baton.cluster.etcd import Etcd
 from baton.cluster.rollout import DEPLOYMENTS
 from tests.integration.test_cluster_edge import edge
-from tests.integration.test_cluster_fleet import (
+from tests.support.etcd import EtcdCluster
+from tests.support.fleet import (
     NAMES,
     PORT,
     FleetHost,
@@ -33,7 +34,6 @@ from tests.integration.test_cluster_fleet import (
     release,
     served_by_each,
 )
-from tests.support.etcd import EtcdCluster
 from tests.support.host import assert_no_failures
 from tests.support.load import Load, LoadResult
 from tests.support.netns import NetLab, require_netns

@@ -15,20 +15,19 @@ from baton.cluster.edge import published
 from baton.cluster.etcd import Etcd
 from baton.cluster.rollout import DEPLOYMENTS
 from tests.integration.test_cluster_edge import edge, load_seen, load_through
-from tests.integration.test_cluster_fleet import (
+from tests.support.etcd import EtcdCluster
+from tests.support.fleet import (
     NAMES,
     PORT,
     FleetHost,
     events_since,
-    fleet,
     in_flight,
     moved_deployment,
     served_by_each,
 )
-from tests.support.etcd import EtcdCluster
 from tests.support.host import Host, Result, assert_no_failures
 
-__all__ = ["edge", "fleet"]  # the fixtures, shared with test_cluster_edge and _fleet
+__all__ = ["edge"]  # the fixture, shared with test_cluster_edge
 
 ROLLING: dict[str, Any] = {"deploy": {"strategy": "rolling", "hosts_at_once": 1}}
 

@@ -11,8 +11,6 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,95 +20,24 @@ import yaml
 from baton.cluster import keys
 from baton.cluster.controller import outcome, submit
 from baton.cluster.election import leader
-from baton.cluster.etcd import Etcd, WatchEvent
+from baton.cluster.etcd import Etcd
 from baton.cluster.registry import hosts
-from baton.cluster.rollout import DEPLOYMENTS, roll_out
+from baton.cluster.rollout import roll_out
 from tests.support.etcd import EtcdCluster
-from tests.support.host import CLI_TIMEOUT, Host, Result
-from tests.support.netns import NetHost, NetLab, require_netns
-
-PORT = 8080
-NAMES = ["web1", "web2", "web3"]
-
-
-class FleetHost(Host):
-    """A `Host` whose CLI, daemon and proxy run inside a namespace, serving on its address."""
-
-    def __init__(self, root: Path, lab: NetLab, net: NetHost) -> None:
-        super().__init__(root)
-        self.lab, self.net = lab, net
-        self.port = PORT
-        self.url = f"http://{net.address}:{PORT}/"
-
-    def config(self, extra: dict[str, Any] | None = None, name: str = "baton.yml") -> Path:
-        path = super().config(
-            {"proxy": {"listen": f"{self.net.address}:{PORT}"}, **(extra or {})}, name
-        )
-        return path  # fmt: skip
-
-    async def baton(self, *args: str, timeout: float = CLI_TIMEOUT) -> Result:
-        proc = await asyncio.create_subprocess_exec(
-            "ip", "netns", "exec", self.net.namespace,
-            sys.executable, "-m", "baton.cli", "--state-dir", str(self.state_dir), *args,
-            cwd=self.root,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"},
-        )  # fmt: skip
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-        assert proc.returncode is not None
-        return Result(proc.returncode, out.decode(), err.decode())
-
-    async def get(self, path: str = "/") -> tuple[int, str]:
-        reader, writer = await asyncio.open_connection(self.net.address, PORT)
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-        raw = await asyncio.wait_for(reader.read(), 10)
-        writer.close()
-        head, _, body = raw.partition(b"\r\n\r\n")
-        return int(head.split()[1]), body.decode()
-
-
-@pytest.fixture
-async def fleet(
-    netlab: NetLab, tmp_path: Path
-) -> AsyncIterator[tuple[EtcdCluster, list[FleetHost]]]:
-    require_netns()
-    etcd = EtcdCluster(tmp_path / "etcd", host=netlab.gateway).start()
-    started: list[FleetHost] = []
-    try:
-        for name in NAMES:
-            h = FleetHost(tmp_path / name, netlab, netlab.add_host(name))
-            h.root.mkdir()
-            h.config()
-            started.append(h)
-            up = await h.baton(
-                "up", "--detach", "--cluster", etcd.endpoints_text, "--host-name", name,
-                "--advertise", f"{h.net.address}:{PORT}", timeout=60,
-            )  # fmt: skip
-            assert up.rc == 0, up
-        yield etcd, started
-    finally:
-        for h in started:  # shown when the test fails
-            log = h.state_dir / "logs" / "server.log"
-            if log.exists():
-                print(f"--- {h.net.name} server.log (tail)\n" + log.read_text()[-3000:])
-            await h.teardown()
-        etcd.stop()
-
-
-def release(version: str, deployment: str) -> keys.DesiredRelease:
-    """The release for every host; each host's baton.yml comes from ``configs()``."""
-    return keys.DesiredRelease(
-        "shop", version, deployment, "(per host)", env={"APP_VERSION": version}
-    )
-
-
-def configs(fleet_hosts: list[FleetHost]) -> dict[str, str]:
-    return {h.net.name: str(h.root / "baton.yml") for h in fleet_hosts}
-
-
-async def versions(fleet_hosts: list[FleetHost]) -> list[str]:
-    return [(await h.get("/"))[1].strip().split()[0] for h in fleet_hosts]
+from tests.support.fleet import (
+    NAMES,
+    PORT,
+    FleetHost,
+    configs,
+    desired_revisions,
+    events_since,
+    in_flight,
+    moved_deployment,
+    release,
+    served_by_each,
+)
+from tests.support.host import Host, Result
+from tests.support.netns import NetLab
 
 
 async def test_a_release_reaches_every_host_through_etcd(
@@ -186,15 +113,6 @@ async def test_a_host_cut_off_from_etcd_keeps_serving_and_converges_when_back(
         assert "v2" in (await web3.get("/"))[1]
 
 
-async def served_by_each(fleet_hosts: list[FleetHost]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for h in fleet_hosts:
-        status, body = await h.get("/")
-        assert status == 200, (h.net.name, status, body)
-        out[h.net.name] = next(v for v in ("v1", "v2", "v3") if v in body)
-    return out
-
-
 async def test_a_fleet_deploy_survives_its_controller_being_killed(
     fleet: tuple[EtcdCluster, list[FleetHost]],
 ) -> None:
@@ -224,14 +142,6 @@ async def test_a_fleet_deploy_survives_its_controller_being_killed(
         served = await served_by_each(fleet_hosts)  # the killed host's proxy still serves
         expected = "v2" if record["state"] == "succeeded" else "v1"
         assert served == dict.fromkeys(NAMES, expected), (record, served)
-
-
-async def desired_revisions(etcd: Etcd) -> dict[str, int]:
-    """Every key the controller writes for the app, and the revision it was last written at."""
-    kvs, _ = await etcd.get_prefix(keys.DESIRED)
-    record = await etcd.get(DEPLOYMENTS + "shop")
-    assert record is not None
-    return {kv.key: kv.mod_revision for kv in [*kvs, record]}
 
 
 async def test_a_paused_controller_writes_nothing_once_another_leads(
@@ -356,65 +266,6 @@ async def test_a_host_down_on_its_turn_fails_the_deploy_or_is_skipped_as_asked(
     assert served == {"web1": "v3", "web2": "v3", "web3": "v1"}
 
 
-async def events_since(etcd: Etcd, start: int) -> list[WatchEvent]:
-    """Every change under /baton/ from revision ``start`` to now, in order (etcd's history)."""
-    _, now = await etcd.get_prefix(keys.CONTROLLER)
-    seen: list[WatchEvent] = []
-    changes = etcd.watch(keys.ROOT, start)
-    try:
-        async with asyncio.timeout(30):
-            async for _, events in changes:
-                seen += events
-                if any(e.kv.mod_revision >= now for e in events):
-                    return seen
-    finally:
-        await changes.aclose()
-    return seen
-
-
-@dataclass
-class Flight:
-    """When each host was switched to a deployment and when it finished it (revisions),
-    read from etcd's history of desired releases and progress."""
-
-    switched: dict[str, int]
-    ended: dict[str, int]
-
-    @property
-    def moved(self) -> list[str]:
-        return sorted(self.switched, key=lambda h: self.switched[h])
-
-    @property
-    def most(self) -> int:
-        """The most hosts switched and not yet finished at one revision."""
-        moments = {*self.switched.values(), *self.ended.values()}
-        return max(
-            (
-                sum(1 for h, r in self.switched.items() if r <= at < self.ended.get(h, 1 << 62))
-                for at in moments
-            ),
-            default=0,
-        )
-
-
-def in_flight(events: list[WatchEvent], deployment: str) -> Flight:
-    flight = Flight({}, {})
-    for event in events:
-        key, kv = event.kv.key, event.kv
-        if event.kind != "put" or not key.endswith("/shop"):
-            continue
-        if key.startswith(keys.DESIRED):
-            host = key[len(keys.DESIRED) :].split("/")[0]
-            if keys.DesiredRelease.from_json(kv.value).deployment == deployment:
-                flight.switched.setdefault(host, kv.mod_revision)
-        elif key.startswith(keys.PROGRESS):
-            host = key[len(keys.PROGRESS) :].split("/")[0]
-            progress = keys.Progress.from_json(kv.value)
-            if progress.deployment == deployment and progress.finished:
-                flight.ended.setdefault(host, kv.mod_revision)
-    return flight
-
-
 def set_env(host: FleetHost, name: str, value: str) -> None:
     """Change the app's env in ``host``'s own baton.yml (what its next release runs with)."""
     cfg = yaml.safe_load((host.root / "baton.yml").read_text())
@@ -485,8 +336,3 @@ async def test_baton_deploy_takes_a_hosts_own_config_path_and_max_unavailable_ho
         assert flight.most == 2 and flight.moved == NAMES, flight
     bodies = {h.net.name: (await h.get("/"))[1].split()[0] for h in fleet_hosts}
     assert bodies == {"web1": "v2", "web2": "v2-own", "web3": "v2"}, bodies
-
-
-def moved_deployment(out: str) -> str:
-    """The fleet deployment id ``baton deploy`` printed."""
-    return out.split("fleet deployment ", 1)[1].split(":", 1)[0]

@@ -7,19 +7,16 @@ import asyncio
 
 from baton.cluster.etcd import Etcd
 from baton.cluster.rollout import roll_out
-from tests.integration.test_cluster_fleet import (
+from tests.support.etcd import EtcdCluster
+from tests.support.fleet import (
     NAMES,
     FleetHost,
     configs,
-    fleet,
     release,
     served_by_each,
 )
-from tests.support.etcd import EtcdCluster
 from tests.support.host import assert_no_failures
 from tests.support.load import Load
-
-__all__ = ["fleet"]  # the fixture, shared with test_cluster_fleet
 
 
 async def test_a_rolling_deploy_across_three_hosts_under_load_fails_no_request(

@@ -9,17 +9,14 @@ from pathlib import Path
 
 from baton.cluster.etcd import Etcd
 from baton.cluster.rollout import roll_out
-from tests.integration.test_cluster_fleet import (
+from tests.support.etcd import EtcdCluster
+from tests.support.fleet import (
     NAMES,
     FleetHost,
     configs,
-    fleet,
     release,
 )
-from tests.support.etcd import EtcdCluster
 from tests.support.procs import free_port
-
-__all__ = ["fleet"]  # the fixture, shared with test_cluster_fleet
 
 
 async def test_status_and_history_on_one_host_show_every_host_of_the_fleet(
