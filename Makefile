@@ -57,7 +57,7 @@ types: $(STAMP)
 	$(BIN)/mypy
 
 # Two workers, one test file per worker at a time: every test has its own state dir and
-# ports, and the slow integration files run side by side (the suite takes ~12 min, not ~40).
+# ports, and the slow integration files run side by side (the suite takes ~14 min, not ~45).
 # The whole suite against the installed wheel (compiled), then the proxy tests against its
 # pure-Python fallback.
 test: lint types $(CSTAMP)
