@@ -200,8 +200,18 @@ async def test_a_sticky_client_stays_on_one_release_for_the_whole_canary(host: H
     deploying = asyncio.create_task(host.deploy("--version", "v2", "--env", "APP_VERSION=v2"))
     await wait_for_step(host, 1)
     stop = asyncio.Event()
-    clients: list[list[tuple[float, str]]] = [[] for _ in range(30)]
-    tasks = [asyncio.create_task(sticky_client(host, seen, stop)) for seen in clients]
+    clients: list[list[tuple[float, str]]] = []
+    tasks: list[asyncio.Task[None]] = []
+    # New clients arrive (10 every 0.1 s, at most 150) until both releases have some: at the
+    # first step's 10% a fixed 30 all land on v1 about once in 24 runs.
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        for _ in range(10):
+            clients.append([])
+            tasks.append(asyncio.create_task(sticky_client(host, clients[-1], stop)))
+        await asyncio.sleep(0.1)
+        if {seen[0][1] for seen in clients if seen} == {"v1\n", "v2\n"}:
+            break
     result = await deploying
     stop.set()
     await asyncio.gather(*tasks)
