@@ -104,9 +104,11 @@ async def test_a_slower_release_is_flagged_and_with_signals_rollback_switched_ba
     assert_no_failures(outcome)
 
 
-def run_in_terminal(argv: list[str], until: bytes, timeout: float = 30.0) -> tuple[bytes, int]:
-    """Run ``argv`` on a pseudo-terminal until its output holds ``until`` twice (two
-    drawings), then Ctrl-C it; (everything it wrote, its exit status)."""
+def run_in_terminal(
+    argv: list[str], until: bytes, timeout: float = 30.0, times: int = 2
+) -> tuple[bytes, int]:
+    """Run ``argv`` on a pseudo-terminal until its output holds ``until`` ``times`` times (by
+    default: two drawings), then Ctrl-C it; (everything it wrote, its exit status)."""
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
         argv,
@@ -120,7 +122,7 @@ def run_in_terminal(argv: list[str], until: bytes, timeout: float = 30.0) -> tup
     seen = b""
     deadline = time.monotonic() + timeout
     try:
-        while seen.count(until) < 2 and time.monotonic() < deadline:
+        while seen.count(until) < times and time.monotonic() < deadline:
             try:
                 seen += os.read(leader, 65536)
             except OSError:
@@ -154,11 +156,13 @@ async def test_status_watch_and_top_redraw_in_place_and_quit_on_ctrl_c(host: Hos
     assert out.count(b"live: v1") >= 2, out
     assert b"\x1b[2K" in out or b"\x1b[1A" in out, out  # cursor moved up: redrawn in place
     out, status = await asyncio.to_thread(
-        run_in_terminal, [*base, "top", "--interval", "200ms"], b"req/s"
-    )
+        run_in_terminal, [*base, "top", "--interval", "200ms"], b" ms", times=6
+    )  # two drawings with figures (p50, p95, p99): the first may come before any
     await load.stop()
     assert status == 0, out
     text = out.decode(errors="replace")
     assert "shop  live: v1" in text and "release" in text
-    row = next(line for line in text.splitlines() if line.strip().startswith("v1 "))
+    frames = text.split("updated ")[:-1]  # one drawing each, its own rows only
+    assert all(frame.count("release ") == 1 for frame in frames), text  # never a stale copy
+    row = next(line for line in frames[-1].splitlines() if line.strip().startswith("v1 "))
     assert "100%" in row and "ms" in row, row

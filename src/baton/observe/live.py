@@ -24,12 +24,20 @@ def watch(
     console: Console,
     interval: float = 1.0,
 ) -> None:
-    def render() -> Text:
-        with console.capture() as captured:
-            try:
-                show(fetch())
-            except BatonError as exc:
-                console.print(f"(cannot reach the daemon: {exc})")
+    def render(live: Live | None = None) -> Text:
+        # While ``live`` runs it hooks every print of ``console`` to add the frame on screen:
+        # the next frame is captured without that hook, or it would carry the last one along.
+        if live is not None:
+            console.pop_render_hook()
+        try:
+            with console.capture() as captured:
+                try:
+                    show(fetch())
+                except BatonError as exc:
+                    console.print(f"(cannot reach the daemon: {exc})")
+        finally:
+            if live is not None:
+                console.push_render_hook(live)
         stamp = time.strftime("%H:%M:%S")
         return Text.from_ansi(f"{captured.get().rstrip()}\n\nupdated {stamp} · Ctrl-C to quit")
 
@@ -37,6 +45,6 @@ def watch(
         with Live(render(), console=console, auto_refresh=False, transient=False) as live:
             while True:
                 time.sleep(interval)
-                live.update(render(), refresh=True)
+                live.update(render(live), refresh=True)
     except KeyboardInterrupt:
         pass
