@@ -31,10 +31,11 @@ from tests.support.fleet import (
     configs,
     release,
     served_by_each,
+    started_fleet,
 )
 from tests.support.host import Host, Result, assert_no_failures
 from tests.support.load import Load, LoadResult
-from tests.support.netns import NetLab, require_netns
+from tests.support.netns import NetHost, NetLab
 
 
 def request(fleet_hosts: list[FleetHost], steps: Sequence[tuple[int, float]]) -> keys.DeployRequest:
@@ -229,29 +230,15 @@ async def split_fleet(
 ) -> AsyncIterator[tuple[EtcdCluster, list[FleetHost], list[FleetHost]]]:
     """Three hosts with the app role only and two with the controller role only: a leader
     can die without taking an app host with it."""
-    require_netns()
-    etcd = EtcdCluster(tmp_path / "etcd", host=netlab.gateway).start()
-    started: list[FleetHost] = []
-    try:
-        for name, roles in [(n, "app") for n in NAMES] + [("ctl1", "controller"),
-                                                         ("ctl2", "controller")]:  # fmt: skip
-            h = FleetHost(tmp_path / name, netlab, netlab.add_host(name))
-            h.root.mkdir()
-            h.config()
-            started.append(h)
-            up = await h.baton(
-                "up", "--detach", "--cluster", etcd.endpoints_text, "--host-name", name,
-                "--advertise", f"{h.net.address}:{PORT}", "--roles", roles, timeout=60,
-            )  # fmt: skip
-            assert up.rc == 0, up
+
+    def roles(net: NetHost) -> list[str]:
+        return ["--roles", "app" if net.name in NAMES else "controller"]
+
+    async with started_fleet(netlab, tmp_path, [*NAMES, "ctl1", "ctl2"], roles) as (
+        etcd,
+        started,
+    ):
         yield etcd, started[:3], started[3:]
-    finally:
-        for h in started:  # shown when the test fails
-            log = h.state_dir / "logs" / "server.log"
-            if log.exists():
-                print(f"--- {h.net.name} server.log (tail)\n" + log.read_text()[-3000:])
-            await h.teardown()
-        etcd.stop()
 
 
 async def test_a_canary_whose_controller_is_killed_goes_on_at_its_step_under_a_new_leader(

@@ -33,10 +33,11 @@ from tests.support.fleet import (
     configs,
     release,
     served_by_each,
+    started_fleet,
 )
 from tests.support.host import assert_no_failures
 from tests.support.load import Load, LoadResult
-from tests.support.netns import NetLab, require_netns
+from tests.support.netns import NetHost, NetLab
 
 __all__ = ["edge"]
 
@@ -50,33 +51,17 @@ async def fleet(
 ) -> AsyncIterator[tuple[EtcdCluster, list[FleetHost]]]:
     """Three app hosts whose instances listen on their private addresses, and two hosts that
     only run controller candidates (``tmp_path / NAME``: killing one kills no app)."""
-    require_netns()
-    etcd = EtcdCluster(tmp_path / "etcd", host=netlab.gateway).start()
-    started: list[FleetHost] = []
-    try:
-        for name in [*NAMES, *CONTROLLERS]:
-            h = FleetHost(tmp_path / name, netlab, netlab.add_host(name))
-            h.root.mkdir()
-            h.config()
-            started.append(h)
-            flags = (
-                ["--roles", "app", "--instance-ip", h.net.address]
-                if name in NAMES
-                else ["--roles", "controller"]
-            )
-            up = await h.baton(
-                "up", "--detach", "--cluster", etcd.endpoints_text, "--host-name", name,
-                "--advertise", f"{h.net.address}:{PORT}", *flags, timeout=60,
-            )  # fmt: skip
-            assert up.rc == 0, up
+
+    def roles(net: NetHost) -> list[str]:
+        if net.name in NAMES:
+            return ["--roles", "app", "--instance-ip", net.address]
+        return ["--roles", "controller"]
+
+    async with started_fleet(netlab, tmp_path, [*NAMES, *CONTROLLERS], roles) as (
+        etcd,
+        started,
+    ):
         yield etcd, started[: len(NAMES)]
-    finally:
-        for h in started:  # shown when the test fails
-            log = h.state_dir / "logs" / "server.log"
-            if log.exists():
-                print(f"--- {h.net.name} server.log (tail)\n" + log.read_text()[-3000:])
-            await h.teardown()
-        etcd.stop()
 
 
 def request(

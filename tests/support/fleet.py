@@ -10,9 +10,10 @@ what each host serves and what the controller wrote to etcd.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,32 +68,46 @@ class FleetHost(Host):
         return int(head.split()[1]), body.decode()
 
 
-@pytest.fixture
-async def fleet(
-    netlab: NetLab, tmp_path: Path
+@contextlib.asynccontextmanager
+async def started_fleet(
+    netlab: NetLab,
+    root: Path,
+    names: list[str],
+    flags: Callable[[NetHost], list[str]] = lambda net: [],
 ) -> AsyncIterator[tuple[EtcdCluster, list[FleetHost]]]:
+    """A 3-member etcd on the lab's gateway and a host per name, each in its own namespace
+    under ``root / name``, started by ``baton up`` with ``flags(host)`` added; all torn down
+    after (each host's server log tail printed: shown when the test fails)."""
     require_netns()
-    etcd = EtcdCluster(tmp_path / "etcd", host=netlab.gateway).start()
+    etcd = EtcdCluster(root / "etcd", host=netlab.gateway).start()
     started: list[FleetHost] = []
     try:
-        for name in NAMES:
-            h = FleetHost(tmp_path / name, netlab, netlab.add_host(name))
+        for name in names:
+            h = FleetHost(root / name, netlab, netlab.add_host(name))
             h.root.mkdir()
             h.config()
             started.append(h)
             up = await h.baton(
                 "up", "--detach", "--cluster", etcd.endpoints_text, "--host-name", name,
-                "--advertise", f"{h.net.address}:{PORT}", timeout=60,
+                "--advertise", f"{h.net.address}:{PORT}", *flags(h.net), timeout=60,
             )  # fmt: skip
             assert up.rc == 0, up
         yield etcd, started
     finally:
-        for h in started:  # shown when the test fails
+        for h in started:
             log = h.state_dir / "logs" / "server.log"
             if log.exists():
                 print(f"--- {h.net.name} server.log (tail)\n" + log.read_text()[-3000:])
             await h.teardown()
         etcd.stop()
+
+
+@pytest.fixture
+async def fleet(
+    netlab: NetLab, tmp_path: Path
+) -> AsyncIterator[tuple[EtcdCluster, list[FleetHost]]]:
+    async with started_fleet(netlab, tmp_path, NAMES) as started:
+        yield started
 
 
 def release(version: str, deployment: str) -> keys.DesiredRelease:
