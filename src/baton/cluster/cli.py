@@ -371,7 +371,7 @@ async def _follow_fleet(
     from baton.cluster.election import leader
     from baton.cluster.etcd import Etcd
     from baton.cluster.registry import hosts
-    from baton.cluster.rollout import DEPLOYMENTS
+    from baton.cluster.rollout import deployment_record
 
     async with Etcd(text) as etcd:
         views = await hosts(etcd)
@@ -432,12 +432,8 @@ async def _follow_fleet(
                         f"  {escape(name)}{undo}: {progress.state} {escape(progress.step)}"
                         f"{escape(detail)}"
                     )
-            kv = await etcd.get(DEPLOYMENTS + release.app)
-            record = json.loads(kv.value) if kv is not None else {}
-            if record.get("deployment") == release.deployment and record.get("state") in (
-                "succeeded",
-                "failed",
-            ):
+            record = await deployment_record(etcd, release.app, release.deployment) or {}
+            if record.get("state") in ("succeeded", "failed"):
                 ok = record["state"] == "succeeded"
                 mark = "[green]done[/green]" if ok else "[red]failed[/red]"
                 console.print(f"{mark}: {escape(str(record.get('message', '')))}")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from typing import Any
@@ -31,7 +30,7 @@ from baton.cluster.election import LOCK_TTL, Election
 from baton.cluster.etcd import Etcd, KeyValue
 from baton.cluster.fence import Fence, leading
 from baton.cluster.fleetcanary import edge_canary, host_canary
-from baton.cluster.rollout import DEPLOYMENTS, roll_out
+from baton.cluster.rollout import deployment_record, roll_out
 from baton.errors import BatonError, DeploymentLocked, EtcdError, EtcdUnavailable, Fenced
 
 log = logging.getLogger("baton.cluster")
@@ -116,11 +115,9 @@ class Controller:
             log.error("controller %s: ignoring a bad request: %s", self.name, exc)
             return
         app, deployment = request.release.app, request.release.deployment
-        record = await self.etcd.get(DEPLOYMENTS + app)
-        if record is not None:
-            known = json.loads(record.value)
-            if known.get("deployment") == deployment and known.get("state") != "running":
-                return
+        known = await deployment_record(self.etcd, app, deployment)
+        if known is not None and known.get("state") != "running":
+            return
         log.info("controller %s: rolling out %s (%s)", self.name, app, deployment)
         deadline = time.monotonic() + LOCK_WAIT
         while True:
@@ -170,11 +167,9 @@ async def outcome(etcd: Etcd, app: str, deployment: str, timeout: float) -> dict
     deadline = time.monotonic() + timeout
     while True:
         with contextlib.suppress(EtcdUnavailable):
-            kv = await etcd.get(DEPLOYMENTS + app)
-            if kv is not None:
-                record: dict[str, Any] = json.loads(kv.value)
-                if record.get("deployment") == deployment and record.get("state") != "running":
-                    return record
+            record = await deployment_record(etcd, app, deployment)
+            if record is not None and record.get("state") != "running":
+                return record
         if time.monotonic() > deadline:
             raise EtcdUnavailable(f"{app} {deployment}: no outcome within {timeout:g}s")
         await asyncio.sleep(0.1)

@@ -36,7 +36,7 @@ from baton.cluster.edge import EdgeRoute, publish, published, wait_applied
 from baton.cluster.etcd import Etcd
 from baton.cluster.fence import Fence
 from baton.cluster.instancecut import instances_ready, staged_blue_green
-from baton.cluster.rollout import DEPLOYMENTS, RolloutResult, roll_out
+from baton.cluster.rollout import DEPLOYMENTS, RolloutResult, deployment_record, roll_out
 
 log = logging.getLogger("baton.cluster")
 
@@ -67,9 +67,7 @@ async def resolve(etcd: Etcd, request: keys.DeployRequest) -> tuple[EdgeRoute | 
         and not route.instances
         and await instances_ready(etcd, app, route.version, hosts)
     )
-    kv = await etcd.get(DEPLOYMENTS + app)
-    record = json.loads(kv.value) if kv is not None else {}
-    resuming = record.get("deployment") == request.release.deployment + SUFFIX
+    resuming = await deployment_record(etcd, app, request.release.deployment + SUFFIX) is not None
     return route, plan(route, to_instances, resuming=resuming)
 
 

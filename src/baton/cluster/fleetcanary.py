@@ -44,7 +44,13 @@ from baton.cluster.edge import EdgeRoute, publish, published, wait_applied
 from baton.cluster.election import DeployLock
 from baton.cluster.etcd import Etcd, put_op
 from baton.cluster.figures import EDGE_FIGURES, HOST_FIGURES, Figures, FleetTally, read_figures
-from baton.cluster.rollout import DEPLOYMENTS, HOST_TIMEOUT, RolloutResult, roll_out
+from baton.cluster.rollout import (
+    DEPLOYMENTS,
+    HOST_TIMEOUT,
+    RolloutResult,
+    deployment_record,
+    roll_out,
+)
 from baton.deploy.analysis import AnalysisConfig, Verdict, guard, judge
 from baton.deploy.canary import GUARD_MIN_REQUESTS, decide
 from baton.errors import EtcdError, EtcdUnavailable
@@ -241,18 +247,6 @@ async def canary(
     return rest
 
 
-async def _running(etcd: Etcd, app: str, deployment: str) -> dict[str, Any] | None:
-    """The deployment's record if one exists for it (ended or running)."""
-    kv = await etcd.get(DEPLOYMENTS + app)
-    if kv is None:
-        return None
-    with contextlib.suppress(ValueError):
-        known = json.loads(kv.value)
-        if isinstance(known, dict) and known.get("deployment") == deployment:
-            return known
-    return None
-
-
 async def edge_canary(etcd: Etcd, request: keys.DeployRequest, holder: str) -> RolloutResult:
     """The controller's side of ``baton deploy`` of a canary through the edges: ``canary``
     from the release the edges route to now (with no edge route yet, or a single host,
@@ -261,7 +255,7 @@ async def edge_canary(etcd: Etcd, request: keys.DeployRequest, holder: str) -> R
     """
     release, hosts = request.release, list(request.hosts)
     assert request.edge is not None
-    known = await _running(etcd, release.app, release.deployment) or {}
+    known = await deployment_record(etcd, release.app, release.deployment) or {}
     if known.get("state") in ("succeeded", "failed"):
         ok = known["state"] == "succeeded"
         return RolloutResult(ok, release.deployment, str(known.get("message", "")))
@@ -373,7 +367,7 @@ async def host_canary(
     hosts on different releases) is a plain ``roll_out``."""
     release, hosts, app = request.release, list(request.hosts), request.release.app
     deployment = release.deployment
-    known = await _running(etcd, app, deployment) or {}
+    known = await deployment_record(etcd, app, deployment) or {}
     if known.get("state") in ("succeeded", "failed"):
         ok = known["state"] == "succeeded"
         return RolloutResult(ok, deployment, str(known.get("message", "")))

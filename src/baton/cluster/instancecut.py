@@ -42,7 +42,7 @@ from baton.cluster.election import DeployLock
 from baton.cluster.etcd import Etcd, put_op
 from baton.cluster.fence import Fence
 from baton.cluster.registry import hosts as fleet_hosts
-from baton.cluster.rollout import DEPLOYMENTS, HOST_TIMEOUT, RolloutResult
+from baton.cluster.rollout import DEPLOYMENTS, HOST_TIMEOUT, RolloutResult, deployment_record
 from baton.errors import EtcdError, EtcdUnavailable
 
 APPLY_TIMEOUT = 30.0  # for every edge to apply an edge-route revision
@@ -122,12 +122,12 @@ async def staged_blue_green(
     lock = await DeployLock.acquire(etcd, app, f"{holder} ({deployment})")
     fence = Fence.current(etcd).with_lock(lock.key, lock.revision, f"the deploy lock of {app}")
     try:
-        kv = await etcd.get(DEPLOYMENTS + app)
-        record: dict[str, Any] = json.loads(kv.value) if kv is not None else {}
-        if record.get("deployment") == deployment:
-            if record.get("state") != "running":
-                ok = record.get("state") == "succeeded"
-                return RolloutResult(ok, deployment, str(record.get("message", "")))
+        known = await deployment_record(etcd, app, deployment)
+        if known is not None:
+            if known.get("state") != "running":
+                ok = known.get("state") == "succeeded"
+                return RolloutResult(ok, deployment, str(known.get("message", "")))
+            record = known
         else:
             route = await published(etcd, app)
             assert route is not None

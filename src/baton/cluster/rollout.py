@@ -45,6 +45,19 @@ HOST_TIMEOUT = 300.0  # one host's deploy, at most
 POLL_INTERVAL = 0.1
 
 
+async def deployment_record(etcd: Etcd, app: str, deployment: str) -> dict[str, Any] | None:
+    """``/baton/deployments/APP`` if it is ``deployment``'s record (ended or running); None
+    when there is none, it is another deployment's, or it is not a JSON object."""
+    kv = await etcd.get(DEPLOYMENTS + app)
+    if kv is None:
+        return None
+    with contextlib.suppress(ValueError):
+        known = json.loads(kv.value)
+        if isinstance(known, dict) and known.get("deployment") == deployment:
+            return known
+    return None
+
+
 def plan_batches(hosts: Sequence[str], hosts_at_once: int) -> list[list[str]]:
     """Hosts in rollout order, ``hosts_at_once`` at a time (the last batch may be smaller)."""
     if hosts_at_once < 1:
@@ -174,19 +187,17 @@ async def roll_out(
         "previous": {},
     }
     try:
-        earlier = await etcd.get(DEPLOYMENTS + app)
-        if earlier is not None:
-            known = json.loads(earlier.value)
-            if known.get("deployment") == deployment:
-                if known.get("state") != "running":
-                    return RolloutResult(
-                        known.get("state") == "succeeded", deployment, known.get("message", "")
-                    )
-                record = known
-                previous = {
-                    host: None if raw is None else keys.DesiredRelease.from_json(raw)
-                    for host, raw in known.get("previous", {}).items()
-                }
+        known = await deployment_record(etcd, app, deployment)
+        if known is not None:
+            if known.get("state") != "running":
+                return RolloutResult(
+                    known.get("state") == "succeeded", deployment, known.get("message", "")
+                )
+            record = known
+            previous = {
+                host: None if raw is None else keys.DesiredRelease.from_json(raw)
+                for host, raw in known.get("previous", {}).items()
+            }
         await guard.put(DEPLOYMENTS + app, json.dumps(record))
         problems = await _roll(
             etcd, guard, release, plan_batches(hosts, hosts_at_once), bound, previous, record,
