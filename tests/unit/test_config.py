@@ -311,6 +311,8 @@ BAD_CONFIGS: list[tuple[str, str | None, list[str]]] = [
     ("- app: a\n", None, ["mapping", "top level", "a list"]),
     ("app: a\nrun: [\n", None, ["invalid YAML", "line"]),
     ("app: a\napp: b\nrun: {command: x}\n", None, ["duplicate key 'app'", "line 2"]),
+    ("app: a\nrun:\n\tcommand: x\n", None, ["line 3", "'\\t'", "cannot start any token"]),
+    ("app: a\nrun: {command: x}\nrun: {command: y}\n", None, ["duplicate key 'run'", "line 3"]),
     (MINIMAL + "deploy: {canary: {pin_from: [10.0.0.300/8]}}\n", "deploy.canary.pin_from", ["CIDR like 10.0.0.0/8", "10.0.0.300/8"]),
     (MINIMAL + "deploy: {canary: {pin_from: 10.0.0.0/8}}\n", "deploy.canary.pin_from", ["a list of CIDRs"]),
 ]  # fmt: skip

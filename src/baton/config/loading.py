@@ -111,6 +111,16 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """safe_load, except that a key given twice is an error instead of "last one wins"."""
 
 
+# libyaml's parser when PyYAML was built with it (about 10x faster than the pure one), the
+# same safe constructor. A file it refuses is read again by the pure loader, whose messages
+# name the character or token that was wrong.
+_FastBase: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _FastUniqueKeyLoader(_FastBase):  # type: ignore[valid-type,misc]
+    """``_UniqueKeyLoader`` on libyaml."""
+
+
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
     loader.flatten_mapping(node)
     seen: set[Any] = set()
@@ -124,7 +134,8 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[
     return loader.construct_mapping(node)
 
 
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+for _loader in (_UniqueKeyLoader, _FastUniqueKeyLoader):
+    _loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 @dataclass(frozen=True)
@@ -176,7 +187,10 @@ def read_yaml(path: str | Path, what: str = "a baton.yml file") -> object:
     except OSError as exc:
         raise ConfigError(f"cannot read the file: {exc.strerror}", file=shown) from None
     try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+        try:
+            raw = yaml.load(text, Loader=_FastUniqueKeyLoader)  # a safe loader
+        except yaml.YAMLError:
+            raw = yaml.load(text, Loader=_UniqueKeyLoader)  # the same verdict, a clearer message
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
