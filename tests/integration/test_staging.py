@@ -5,6 +5,9 @@ to it, ``POST /staged/discard`` stops it. Real daemon, proxy and app processes."
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +146,40 @@ async def test_a_staged_release_left_undecided_is_discarded_after_stage_timeout(
     status = await host.status()
     assert status["apps"]["shop"]["live"] == "v1"
     assert _release(status, "v2") is None
+
+
+async def test_a_staged_release_does_not_outlive_its_daemon(host: Host) -> None:
+    """The daemon is SIGKILLed while v2 is staged: v1 serves throughout, and the restarted
+    daemon undoes the staged deployment (v2's instances stopped, nothing orphaned)."""
+    assert (await host.deploy("--version", "v1")).rc == 0
+    daemon = LocalDaemon(host.state_dir / "baton.sock")
+    load = await start_load(host)
+    try:
+        events = await _stage(daemon, host.root / "baton.yml", "v2")
+        assert events[-1].get("step") == "staged", events
+        assert len(await host.running_instances()) == 4
+    finally:
+        await daemon.close()
+    pid = host.server_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    assert (await host.baton("up", "--detach", timeout=60)).rc == 0
+    restarted = load.marker("restarted")
+    await asyncio.sleep(0.5)
+    outcome = await load.stop()
+    assert_no_failures(outcome)
+    assert served_after(outcome, 0.0) == {"v1\n"}  # the staged release never saw a user
+    assert served_after(outcome, restarted), outcome.summary()  # and v1 went on serving
+    status = await host.status()
+    app = status["apps"]["shop"]
+    assert app["live"] == "v1" and app["deployment"] is None, app
+    staged = _release(status, "v2")
+    assert staged is None or not staged["instances"], staged
+    routed = sorted(i["address"] for r in app["releases"] for i in r["instances"])
+    assert routed == await host.running_instances()  # nothing orphaned, nothing missing
+    assert len(routed) == 2
+    history = json.loads((await host.baton("history", "--json")).out)["deployments"]
+    assert history[0]["version"] == "v2" and history[0]["status"] != "succeeded", history[0]
+    # The staged release's label can be deployed again and goes live.
+    assert (await host.deploy("--version", "v2", "--env", "APP_VERSION=v2")).rc == 0
+    assert await host.get("/") == (200, "v2\n")
