@@ -248,12 +248,26 @@ async def test_an_image_failing_readiness_on_the_second_host_leaves_every_host_o
     async with Etcd(dfleet.etcd.endpoints) as etcd:
         load = await start_load(f"http://{dfleet.edge.net.address}:{port}/")
         await load_seen(load, load.marker("v1 served"))
+        _, start = await etcd.get_prefix(keys.CONTROLLER)
         result = await deploy(dfleet, config, "v3")
         await load_seen(load, load.marker("failed"))
         outcome = await load.stop()
+        history = await events_since(etcd, start + 1)
         route = await published(etcd, "gate")
+        kv = await etcd.get(DEPLOYMENTS + "gate")
+        assert kv is not None
+        record = json.loads(kv.value)
     assert result.rc == 1, result
     assert "web2" in result.out + result.err, result
+    assert record["state"] == "failed" and record["cutover_revision"] is None, record
+    # Staged on every host, then discarded on every host: the edges never left v1.
+    phases = {
+        (keys.name_after(keys.DESIRED, e.kv.key).split("/")[0], desired.phase)
+        for e in history
+        if e.kind == "put" and e.kv.key.startswith(keys.DESIRED) and e.kv.key.endswith("/gate")
+        for desired in [keys.DesiredRelease.from_json(e.kv.value)]
+    }
+    assert {(h, p) for h in NAMES for p in ("stage", "discard")} <= phases, phases
     assert route is not None and route.version == "v1", route
     assert_no_failures(outcome)
     assert set(outcome.bodies) == {"v1"}, outcome.summary()
