@@ -299,7 +299,9 @@ class Engines:
         return tag
 
     def stop(self) -> None:
-        for engine in self.by_host.values():
+        """Stop every engine (each one's log tail printed first: shown when a test fails)."""
+        for host, engine in self.by_host.items():
+            print(f"--- {host} dockerd log (tail)\n{engine.log_tail()}")
             engine.stop()
 
 
