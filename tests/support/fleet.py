@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -53,7 +52,7 @@ class FleetHost(Host):
             cwd=self.root,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"},
+            env={**self.env, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"},
         )  # fmt: skip
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
         assert proc.returncode is not None
@@ -74,10 +73,13 @@ async def started_fleet(
     root: Path,
     names: list[str],
     flags: Callable[[NetHost], list[str]] = lambda net: [],
+    prepare: Callable[[FleetHost], None] = lambda host: None,
 ) -> AsyncIterator[tuple[EtcdCluster, list[FleetHost]]]:
     """A 3-member etcd on the lab's gateway and a host per name, each in its own namespace
-    under ``root / name``, started by ``baton up`` with ``flags(host)`` added; all torn down
-    after (each host's server log tail printed: shown when the test fails)."""
+    under ``root / name``, started by ``baton up`` with ``flags(host)`` added, after
+    ``prepare(host)`` (which may start things in the namespace and add to ``host.env``, the
+    environment of its ``baton`` runs and so of its daemon); all torn down after (each
+    host's server log tail printed: shown when the test fails)."""
     require_netns()
     etcd = EtcdCluster(root / "etcd", host=netlab.gateway).start()
     started: list[FleetHost] = []
@@ -87,6 +89,7 @@ async def started_fleet(
             h.root.mkdir()
             h.config()
             started.append(h)
+            prepare(h)
             up = await h.baton(
                 "up", "--detach", "--cluster", etcd.endpoints_text, "--host-name", name,
                 "--advertise", f"{h.net.address}:{PORT}", *flags(h.net), timeout=60,

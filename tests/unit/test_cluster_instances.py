@@ -4,15 +4,20 @@ no etcd, no proxy)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from baton.cluster import keys
 from baton.cluster.agent import reachable_instances
-from baton.cluster.cli import instance_ip
+from baton.cluster.cli import ClusterOptions, instance_ip
 from baton.cluster.edge import EdgeRoute, edge_route_table
+from baton.cluster.start import configure_runtimes
 from baton.errors import UsageError
 from baton.proxy.routing import parse_app
+from baton.runtime.base import Runtimes
+from baton.runtime.docker import DockerRuntime
+from baton.runtime.process import ProcessRuntime
 
 
 def _records(**endpoints: dict[str, list[str]]) -> dict[str, keys.HostRecord]:
@@ -121,3 +126,19 @@ def test_a_desired_release_asks_its_phase_of_the_local_daemon() -> None:
 def test_instance_ip_must_be_a_private_address_of_this_host(value: str, message: str) -> None:
     with pytest.raises(UsageError, match=f"--instance-ip '{value}': .*{message}"):
         instance_ip(value)
+
+
+def test_instance_ip_moves_docker_instances_as_well_as_process_ones(tmp_path: Path) -> None:
+    """``--instance-ip`` publishes Docker instances' ports on the host's private address
+    (the edges route straight to them); without it both runtimes stay on loopback."""
+    alone = Runtimes(tmp_path)
+    configure_runtimes(None, alone)
+    fleet = Runtimes(tmp_path)
+    options = ClusterOptions(("http://127.0.0.1:2379",), "web1", "web1:80", ("app",), "10.9.8.7")
+    configure_runtimes(options, fleet)
+    docker, process = fleet.get("docker"), fleet.get("process")
+    assert isinstance(docker, DockerRuntime) and isinstance(process, ProcessRuntime)
+    assert (docker.bind, process.bind) == ("10.9.8.7", "10.9.8.7")
+    docker, process = alone.get("docker"), alone.get("process")
+    assert isinstance(docker, DockerRuntime) and isinstance(process, ProcessRuntime)
+    assert (docker.bind, process.bind) == ("127.0.0.1", "127.0.0.1")

@@ -41,7 +41,7 @@ class ClusterOptions:
     host_name: str
     advertise: str
     roles: tuple[str, ...]
-    instance_ip: str | None = None  # process instances listen there, for the edges
+    instance_ip: str | None = None  # instances listen (or are published) there, for the edges
 
     def server_flags(self) -> list[str]:
         flags = [
@@ -60,9 +60,9 @@ def add_options(f: F) -> F:
         "--instance-ip",
         default=None,
         metavar="IP",
-        help="Run the app instances on this private IPv4 address of the host (not loopback),"
-        " so edge proxies route straight to them (default: loopback; edges then route to"
-        " this host's proxy).",
+        help="Run the app instances on this private IPv4 address of the host (not loopback;"
+        " Docker instances publish their port there), so edge proxies route straight to them"
+        " (default: loopback; edges then route to this host's proxy).",
     )(f)
     f = click.option(
         "--roles",

@@ -22,16 +22,21 @@ from baton.cluster.fleetview import CLUSTER_FILE, write_local_cluster
 from baton.cluster.keys import HostRecord
 from baton.deploy.proxyclient import ProxyClient
 from baton.runtime.base import Runtimes
+from baton.runtime.docker import DockerRuntime
 from baton.runtime.process import ProcessRuntime
 
 
 def configure_runtimes(options: ClusterOptions | None, runtimes: Runtimes) -> None:
-    """``--instance-ip``: process instances listen on the host's private address."""
+    """``--instance-ip``: process instances listen on the host's private address, and
+    Docker instances publish their port there."""
     if options is None or options.instance_ip is None:
         return
     process = runtimes.get("process")
     assert isinstance(process, ProcessRuntime)
     process.bind = options.instance_ip
+    docker = runtimes.get("docker")  # made here, connected on first use
+    assert isinstance(docker, DockerRuntime)
+    docker.bind = options.instance_ip
 
 
 async def start_agent(options: ClusterOptions, state_dir: Path, stop: asyncio.Event) -> None:

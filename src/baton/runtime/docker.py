@@ -24,7 +24,10 @@ when that happened, so two versions never share a name); it carries the labels
 ``baton.managed=1``, ``baton.app``, ``baton.version``, ``baton.instance``, ``baton.port``
 and ``baton.state_dir`` (this runtime's state dir). Its port is published on 127.0.0.1 only,
 at a host port Docker picks; ``start`` reads it back and returns
-``Instance(address="127.0.0.1:<host port>", ref=<container id>)``. A container that exits
+``Instance(address="127.0.0.1:<host port>", ref=<container id>)``. A fleet host whose edges
+route straight to its instances (``baton up --cluster ... --instance-ip IP``) sets ``bind``:
+the port is then published on that private address instead, and the address is
+``IP:<host port>``, reachable from the other hosts. A container that exits
 before Docker has published its port has no address: ``start`` removes it and raises
 ``RuntimeFailure`` with its exit status and last log lines. A leftover container with the
 same name and the same identity (app, version, index, state dir) is removed first; one with
@@ -183,10 +186,10 @@ def _volumes(spec: DockerInstanceSpec) -> list[str]:
     return out
 
 
-def _published_port(attrs: dict[str, Any], port: int) -> int | None:
+def _published_port(attrs: dict[str, Any], port: int, host_ip: str = "127.0.0.1") -> int | None:
     ports = (attrs.get("NetworkSettings") or {}).get("Ports") or {}
     for binding in ports.get(f"{port}/tcp") or []:
-        if binding.get("HostIp") == "127.0.0.1" and binding.get("HostPort"):
+        if binding.get("HostIp") == host_ip and binding.get("HostPort"):
             return int(binding["HostPort"])
     return None
 
@@ -471,6 +474,7 @@ class DockerRuntime:
         self._lock = threading.Lock()
         self.states = ContainerStates(self.state_dir)
         self._images = RecentImages()
+        self.bind = "127.0.0.1"  # where ports are published (see "A started instance")
 
     # ----------------------------------------------------------------- the client
 
@@ -816,7 +820,7 @@ class DockerRuntime:
             "labels": labels,
             "detach": True,
         }
-        host_options: dict[str, Any] = {"port_bindings": {spec.port: ("127.0.0.1", None)}}
+        host_options: dict[str, Any] = {"port_bindings": {spec.port: (self.bind, None)}}
         volumes = _volumes(spec)
         if volumes:
             host_options["binds"] = volumes
@@ -842,7 +846,7 @@ class DockerRuntime:
                 app=spec.app,
                 version=spec.version,
                 index=spec.index,
-                address=f"127.0.0.1:{_published_port(attrs, spec.port)}",
+                address=f"{self.bind}:{_published_port(attrs, spec.port, self.bind)}",
                 ref=container_id,
                 log_path=log_path,
             )
@@ -900,7 +904,7 @@ class DockerRuntime:
         try:
             api.start(container_id)
             attrs: dict[str, Any] = dict(api.inspect_container(container_id))
-            if _published_port(attrs, spec.port) is not None:
+            if _published_port(attrs, spec.port, self.bind) is not None:
                 return container_id, attrs
             state = attrs.get("State") or {}
             tail = last_lines(
@@ -1139,9 +1143,9 @@ class DockerRuntime:
         except ValueError:
             return None
         record = self._read_record(container_id)
-        host_port = _published_port(attrs, port)
+        host_port = _published_port(attrs, port, self.bind)
         if host_port is not None:
-            address = f"127.0.0.1:{host_port}"
+            address = f"{self.bind}:{host_port}"
         else:
             address = str(record.get("address") or "127.0.0.1:0")
         log_path = record.get("log_path")
