@@ -25,6 +25,12 @@ One run, in a temp dir, on free 127.0.0.1 ports:
    instances and probing them, minus the app's boot (the peer), ``switch`` = from the switch
    step to the line saying traffic moved. The parts are medians, so they need not add up to
    the total exactly.
+   With Docker, the API deploys' start + readiness is split again by the engine's recorded
+   container events (``engine_parts``): to the engine's first create, the engine's
+   create-to-last-start, and from there to the switch step (Baton's inspect, records and
+   readiness rule). Not the CLI's deploys: `baton deploy` shows the first lines only once
+   it has imported what renders them, so its step times lag the daemon's (its ``cli``
+   share includes that lag, and its ``start + ready - boot`` is short by as much).
    Then ``--api-deploys`` more deploys asked of the daemon's API directly (the CLI's request,
    without the CLI): the control plane's own overhead to the switch.
 5. wrk's failed requests (socket errors + non-2xx/3xx) over all the deploys.
@@ -252,6 +258,9 @@ class Timeline:
         self.switched: float | None = None
         self.ended = 0.0
         self.cpu = 0.0  # CPU seconds (user + system) of the `baton deploy` process
+        self.wall_start = time.time()  # the launch, on the clock the engine's events use
+        self.engine_created: float | None = None  # Docker: the engine's first create event
+        self.engine_started: float | None = None  # and its last start event before the switch
 
     def see(self, line: str, at: float) -> None:
         if self.header is None and line.lstrip().startswith(("Deploying", "Rolling back")):
@@ -275,6 +284,54 @@ class Timeline:
         }
 
 
+def engine_events(client: Any, state_dir: Path, timeline: Timeline) -> None:
+    """Fill ``timeline``'s engine times from Docker's recorded container events of
+    ``state_dir``: the first create and the last start before the switch."""
+    until = timeline.wall_start + timeline.ended + 1.0
+    switched = timeline.switched if timeline.switched is not None else math.inf
+    creates, starts = [], []
+    for event in client.api.events(
+        since=timeline.wall_start,
+        until=until,
+        decode=True,
+        filters={"type": "container", "label": f"baton.state_dir={state_dir}"},
+    ):
+        at = event["timeNano"] / 1e9 - timeline.wall_start
+        if 0 <= at <= switched:
+            if event.get("Action") == "create":
+                creates.append(at)
+            elif event.get("Action") == "start":
+                starts.append(at)
+    timeline.engine_created = min(creates, default=None)
+    timeline.engine_started = max(starts, default=None)
+
+
+def engine_parts(timelines: list[Timeline]) -> dict[str, float]:
+    """Where a Docker deploy's start + readiness goes (medians), from the engine's events:
+    ``to_create`` = the start step to the engine's first create (Baton: a thread hop, the
+    request), ``engine`` = first create to last start (the engine's own, which the peer's
+    boot also pays), ``after_start`` = last start to the switch step (Baton:
+    the inspect, the records, readiness with its ``success_threshold`` rule)."""
+    rows = [
+        t
+        for t in timelines
+        if t.engine_created is not None and t.engine_started is not None and "start" in t.steps
+    ]
+    if not rows:
+        return {}
+
+    def median(values: list[float]) -> float:
+        return statistics.median(values)
+
+    return {
+        "to_create": median([(t.engine_created or 0.0) - t.steps["start"] for t in rows]),
+        "engine": median([(t.engine_started or 0.0) - (t.engine_created or 0.0) for t in rows]),
+        "after_start": median(
+            [t.steps.get("switch", t.switched or 0.0) - (t.engine_started or 0.0) for t in rows]
+        ),
+    }
+
+
 def deploy_command(host: Host, config: Path, version: str, image: str | None) -> list[str]:
     what = ["--image", image] if image is not None else ["--env", f"APP_VERSION={version}"]
     return host.command("deploy", "-c", str(config), "--version", version, *what)
@@ -283,6 +340,7 @@ def deploy_command(host: Host, config: Path, version: str, image: str | None) ->
 def timed_deploy(host: Host, config: Path, version: str, image: str | None = None) -> Timeline:
     """The timeline of one `baton deploy` (it must succeed and say traffic moved)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    timeline = Timeline()
     started = time.monotonic()
     proc = subprocess.Popen(
         deploy_command(host, config, version, image),
@@ -292,7 +350,6 @@ def timed_deploy(host: Host, config: Path, version: str, image: str | None = Non
         env={**CHILD_ENV, "PYTHONUNBUFFERED": "1"},
     )
     assert proc.stdout is not None
-    timeline = Timeline()
     output = []
     for line in proc.stdout:
         output.append(line)
@@ -326,9 +383,9 @@ def api_deploy(state_dir: Path, config: Path, version: str, image: str | None) -
         body["image"] = image
     else:
         body["env"] = {"APP_VERSION": version}
+    timeline = Timeline()
     started = time.monotonic()
     conn = _UnixHTTPConnection(state_dir / "baton.sock")
-    timeline = Timeline()
     try:
         conn.request("POST", "/deploy", json.dumps(body), {"Content-Type": "application/json"})
         resp = conn.getresponse()
@@ -430,6 +487,11 @@ def run(args: argparse.Namespace, tags: list[str | None]) -> dict[str, Any]:
         config = bench_config(host, args.strategy, tags[0])
         must(host.run("up", "--detach", timeout=60), "baton up")
         wrk: subprocess.Popen[str] | None = None
+        engine: Any = None
+        if docker:  # to read the engine's container events of each deploy
+            import docker as docker_sdk
+
+            engine = docker_sdk.from_env(timeout=30)
         try:
             timed_deploy(host, config, "v0", tags[0])
             wrk = subprocess.Popen(
@@ -443,6 +505,8 @@ def run(args: argparse.Namespace, tags: list[str | None]) -> dict[str, Any]:
             timelines = []
             for n in range(1, args.deploys + 1):
                 timeline = timed_deploy(host, config, f"v{n}", tags[n % 2])
+                if engine is not None:
+                    engine_events(engine, host.state_dir, timeline)
                 timelines.append(timeline)
                 print(
                     f"  deploy {n:2d}: switch +{timeline.switched:.3f}s,"
@@ -453,6 +517,8 @@ def run(args: argparse.Namespace, tags: list[str | None]) -> dict[str, Any]:
             by_api = []
             for n in range(args.deploys + 1, args.deploys + 1 + args.api_deploys):
                 timeline = api_deploy(host.state_dir, config, f"v{n}", tags[n % 2])
+                if engine is not None:
+                    engine_events(engine, host.state_dir, timeline)
                 by_api.append(timeline)
                 print(
                     f"  API deploy {n:2d}: switch +{timeline.switched:.3f}s,"
@@ -478,6 +544,8 @@ def run(args: argparse.Namespace, tags: list[str | None]) -> dict[str, Any]:
         finally:
             if wrk is not None and wrk.poll() is None:
                 wrk.kill()
+            if engine is not None:
+                engine.close()
             host.run("down", timeout=120)
 
     # The CLI's share: when the deployment's header line reached `baton deploy`, less when it
@@ -525,6 +593,15 @@ def run(args: argparse.Namespace, tags: list[str | None]) -> dict[str, Any]:
           f" {boot_loaded:.3f}s; overhead to the switch minus"
           f" that: median {ls['median']:.3f}s, p90 {ls['p90']:.3f}s")  # fmt: skip
     if docker:
+        # The API deploys only: `baton deploy` prints a step's line late while it imports
+        # what renders it, which the engine's own clock would count as Baton's.
+        split = engine_parts(by_api)
+        report["start_ready_split_median_s"] = split
+        if split:
+            print(f"  start + readiness of the API deploys (medians, from the engine's events):"
+                  f" start step to the engine's first create {split['to_create']:.3f}s,"
+                  f" first create to last start (the engine's) {split['engine']:.3f}s,"
+                  f" last start to the switch step {split['after_start']:.3f}s")  # fmt: skip
         one = peers["app_boot_one_container_s"]
         vs_one = summary([x + boot - one for x in switch])
         report["overhead_to_switch_minus_one_container_s"] = vs_one
