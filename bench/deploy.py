@@ -528,7 +528,7 @@ def run(args: argparse.Namespace, tags: list[str | None]) -> dict[str, Any]:
             # The peer again, under the same load: what starting the app costs on this busy
             # host without Baton (the deploy figures above pay that cost too).
             if docker:
-                boot_loaded = direct_boot_seconds(str(tags[0]), INSTANCES, 3)
+                boot_loaded = direct_boot_seconds(str(tags[0]), INSTANCES, 5)
                 peers["app_boot_one_container_under_load_s"] = direct_boot_seconds(
                     str(tags[0]), 1, 3
                 )
