@@ -687,17 +687,22 @@ class DockerRuntime:
         nothing. ``DeploymentFailed`` naming the image when it is not there."""
         docker = _sdk()
 
+        def facts(attrs: dict[str, Any]) -> tuple[str, str | None]:
+            digests = attrs.get("RepoDigests") or []
+            return str(attrs["Id"]), (str(digests[0]) if digests else None)
+
+        recent = self._images.recall(image)
+        if recent is not None:  # the prepare's own inspect: no thread hop to answer it
+            return facts(recent)
+
         def inspect(client: Any) -> tuple[str, str | None]:
-            attrs = self._images.recall(image)
             try:
-                if attrs is None:
-                    attrs = client.api.inspect_image(image)
+                attrs = client.api.inspect_image(image)
             except docker.errors.ImageNotFound:
                 raise DeploymentFailed(f"image {image!r} not found locally") from None
             except docker.errors.APIError as exc:
                 raise DeploymentFailed(f"image {image!r}: {_explain(exc)}") from None
-            digests = attrs.get("RepoDigests") or []
-            return str(attrs["Id"]), (str(digests[0]) if digests else None)
+            return facts(attrs)
 
         result: tuple[str, str | None] = await self._run(inspect)
         return result
