@@ -33,6 +33,8 @@ One run, in a temp dir, on free 127.0.0.1 ports:
    readiness rule). Not the CLI's deploys: `baton deploy` shows the first lines only once
    it has imported what renders them, so its step times lag the daemon's (its ``cli``
    share includes that lag, and its ``start + ready - boot`` is short by as much).
+   The same parts are also timed on the API deploys, after ``cli_switch_lag`` (how much
+   later the CLI's switch comes than an API client's): those add up to the overhead.
    Then ``--api-deploys`` more deploys asked of the daemon's API directly (the CLI's request,
    without the CLI): the control plane's own overhead to the switch.
 5. wrk's failed requests (socket errors + non-2xx/3xx) over all the deploys.
@@ -572,6 +574,13 @@ def run(args: argparse.Namespace, tags: list[str | None]) -> dict[str, Any]:
     breakdown = {name: statistics.median(p[name] for p in parts) for name in parts[0]}
     if by_api:  # measured directly there, rather than as a difference of two noisy figures
         breakdown["api"] = statistics.median((t.header or 0.0) for t in by_api)
+    # The same parts timed on the API deploys (their events arrive as the daemon sends them),
+    # with the CLI's cost to the switch in front: these add up to the overhead.
+    api_parts = [t.parts(boot, 0.0) for t in by_api]
+    breakdown_api = {"cli_switch_lag": cli_switch}
+    for name in ("api", "prepare", "start_ready_minus_boot", "switch"):
+        if api_parts:
+            breakdown_api[name] = statistics.median(p[name] for p in api_parts)
     report: dict[str, Any] = {
         "runtime": args.runtime,
         "strategy": args.strategy,
@@ -587,6 +596,7 @@ def run(args: argparse.Namespace, tags: list[str | None]) -> dict[str, Any]:
         "overhead_to_end_s": summary(end),
         "overhead_to_switch_minus_loaded_boot_s": summary([x + boot - boot_loaded for x in switch]),
         "overhead_breakdown_median_s": breakdown,
+        "overhead_breakdown_api_median_s": breakdown_api,
         "api_overhead_to_switch_s": summary(
             [(t.switched or 0.0) - boot for t in by_api] or [float("nan")]
         ),
@@ -626,6 +636,8 @@ def run(args: argparse.Namespace, tags: list[str | None]) -> dict[str, Any]:
           f" p90 {a['p90']:.3f}s  (the control plane's own overhead)")  # fmt: skip
     print("  where the overhead to the switch goes (medians): "
           + ", ".join(f"{name} {value:.3f}s" for name, value in breakdown.items()))  # fmt: skip
+    print("  the same timed on the API deploys, after the CLI's switch lag (medians): "
+          + ", ".join(f"{name} {value:.3f}s" for name, value in breakdown_api.items()))  # fmt: skip
     print(f"  wrk: {result.requests} requests, {result.rps:.0f} req/s, failed: {result.errors}"
           f" (socket errors {result.socket_errors or 0}, non-2xx/3xx {result.non_2xx_3xx})")  # fmt: skip
     return report

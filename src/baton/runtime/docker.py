@@ -245,8 +245,9 @@ def keep_alive(client: Any) -> bool:
 
     The SDK's unix-socket adapter keeps one connection pool per URL, so each new path (a
     container's create, start, inspect, stop, logs, remove: every new container id) opened
-    a new connection to the engine: 12 of a deploy's 13 requests did. All paths share one
-    pool here (a pool's URL only names it: every connection goes to the same socket).
+    a new connection to the engine (26 for two cycles of two containers started, probed
+    ready and stopped; at most 4 with this). All paths share one pool here (a pool's URL
+    only names it: every connection goes to the same socket).
     Returns whether the client was changed (a TCP or ssh client is left as it is: requests
     already keys those pools by host).
     """
