@@ -64,7 +64,9 @@ Docker runtime in this process (its cost over the direct start). The process run
 stays one process: two processes of the stdlib app start side by side in the same time.
 
 Targets (issue 14): median overhead to the switch under 0.25 s for the process runtime and
-under 0.5 s for Docker (against the N-container boot); zero failed requests. The same
+under 0.5 s for Docker (against the N-container boot measured before the load, as every
+peer here; the same boot under the load, which slows the engine's start, is printed too);
+zero failed requests. The same
 machine runs wrk, the proxy, the control plane and the app, so read the figures as what one
 small host does, not as absolutes, and a shared (busy) machine inflates all of them.
 """
