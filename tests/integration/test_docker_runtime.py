@@ -694,8 +694,9 @@ async def test_the_engine_socket_connections_are_kept_alive_across_containers(
             await asyncio.gather(*(rt.stop(instance, 5) for instance in pair))
             assert all(gone(client, instance.ref) for instance in pair)
         # The client's first request (its API version), the events stream, and one each for
-        # the two starts and stops run side by side.
-        assert len(accepted) <= 4, f"{len(accepted)} connections to the engine"
+        # the two starts and stops run side by side: 4, and some slack for an events stream
+        # that reconnects on a busy engine. Without keep_alive: 26.
+        assert len(accepted) <= 6, f"{len(accepted)} connections to the engine"
     finally:
         rt.close()
         server.close()
