@@ -645,6 +645,63 @@ async def test_two_containers_start_become_ready_and_stop_with_one_inspect_each(
         rt.close()
 
 
+async def _counting_socket(path: Path, engine: str) -> tuple[asyncio.Server, list[int]]:
+    """A unix socket at ``path`` passing every connection on to the engine's socket
+    ``engine``, byte for byte; the list counts the connections accepted."""
+    accepted: list[int] = []
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        up_reader, up_writer = await asyncio.open_unix_connection(engine)
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    server = await asyncio.start_unix_server(serve, path=str(path))
+    return server, accepted
+
+
+async def test_the_engine_socket_connections_are_kept_alive_across_containers(
+    images: ImageCache, client: Any, app: str, tmp_path: Path, cleanup: None
+) -> None:
+    """Two containers started, probed ready and stopped, then two more: the runtime reuses
+    its connections to the engine's unix socket (the SDK alone opened one per new URL: a
+    new container id, so about one per request: 26 for these two cycles)."""
+    engine = DockerRuntime(tmp_path / "probe").host
+    if not engine.startswith("unix://"):
+        pytest.skip(f"the engine is not on a unix socket here ({engine})")
+    server, accepted = await _counting_socket(tmp_path / "engine.sock", engine[len("unix://") :])
+
+    def factory() -> Any:
+        return docker.DockerClient(base_url=f"unix://{tmp_path / 'engine.sock'}", timeout=60)
+
+    rt = DockerRuntime(tmp_path / "state", client_factory=factory)
+    try:
+        for version in ("v1", "v2"):
+            pair = await asyncio.gather(
+                *(rt.start(spec(app, images.get("v1"), tmp_path, version, i)) for i in (0, 1))
+            )
+            for instance in pair:
+                await ready(rt, instance)
+            await asyncio.gather(*(rt.stop(instance, 5) for instance in pair))
+            assert all(gone(client, instance.ref) for instance in pair)
+        # The client's first request (its API version), the events stream, and one each for
+        # the two starts and stops run side by side: 4, and some slack for an events stream
+        # that reconnects on a busy engine. Without keep_alive: 26.
+        assert len(accepted) <= 6, f"{len(accepted)} connections to the engine"
+    finally:
+        rt.close()
+        server.close()
+
+
 async def test_a_container_killed_right_after_start_fails_readiness(
     runtime: DockerRuntime, images: ImageCache, client: Any, app: str, tmp_path: Path
 ) -> None:

@@ -3,7 +3,9 @@
 Theory of operation. ``DockerRuntime`` talks to the Docker Engine API through the ``docker``
 SDK, whose calls block, so every call runs in a worker thread (``asyncio.to_thread``). The
 client comes from ``docker.from_env()``, so ``DOCKER_HOST`` (and ``DOCKER_TLS_VERIFY``,
-``DOCKER_CERT_PATH``) are honoured; it is made on first use and reused. An engine that does
+``DOCKER_CERT_PATH``) are honoured; it is made on first use and reused, and on a unix socket
+its connections are kept alive across containers (``keep_alive``: the SDK opened a new one
+for each new URL, i.e. nearly every request). An engine that does
 not answer is ``DaemonUnreachable`` ("Docker engine not reachable at <host>: <reason>"),
 never a traceback; the engine refusing a request is ``RuntimeFailure`` with its explanation.
 
@@ -235,6 +237,36 @@ def _reason(exc: BaseException) -> str:
             if nested is not None:
                 queue.append(nested)
     return str(exc) or type(exc).__name__
+
+
+_UNIX_POOL_KEY = "http+docker://localhost"
+_UNIX_POOL_SIZE = 32  # connections kept open to the engine's socket (streams hold one each)
+
+
+def keep_alive(client: Any) -> bool:
+    """Make a client on a unix socket reuse its connections for every Engine API path.
+
+    The SDK's unix-socket adapter keeps one connection pool per URL, so each new path (a
+    container's create, start, inspect, stop, logs, remove: every new container id) opened
+    a new connection to the engine (26 for two cycles of two containers started, probed
+    ready and stopped; at most 4 with this). All paths share one pool here (a pool's URL
+    only names it: every connection goes to the same socket).
+    Returns whether the client was changed (a TCP or ssh client is left as it is: requests
+    already keys those pools by host).
+    """
+    adapters = getattr(getattr(client, "api", None), "adapters", None) or {}
+    adapter: Any = adapters.get("http+docker://")
+    get_connection = getattr(adapter, "get_connection", None)
+    if get_connection is None or not hasattr(adapter, "socket_path"):
+        return False
+    if getattr(adapter, "max_pool_size", 0) < _UNIX_POOL_SIZE:
+        adapter.max_pool_size = _UNIX_POOL_SIZE  # read when the shared pool is made
+
+    def one_pool(url: str, proxies: Any = None) -> Any:
+        return get_connection(_UNIX_POOL_KEY, proxies)
+
+    adapter.get_connection = one_pool
+    return True
 
 
 @dataclass
@@ -498,6 +530,7 @@ class DockerRuntime:
                         self._client = docker.from_env(timeout=int(_API_TIMEOUT))
                 except (OSError, docker.errors.DockerException) as exc:
                     raise self._unreachable(exc) from None
+                keep_alive(self._client)
             return self._client
 
     def _sync(self, fn: Callable[[Any], T]) -> T:
@@ -542,8 +575,16 @@ class DockerRuntime:
             "address": instance.address,
             "log_path": str(instance.log_path) if instance.log_path else None,
         }
-        with contextlib.suppress(OSError):  # the labels stay the source of truth
-            write_private(self._record_path(instance.ref), json.dumps(record, indent=1).encode())
+        # Not fsync'ed (it was, 4-16 ms per instance on a busy disk, in each start's path):
+        # the labels stay the source of truth, and what the record adds (an exited
+        # container's address and log file) a power loss makes moot, as for the process
+        # runtime's records: the containers are then orphans, listed by label and removed.
+        with contextlib.suppress(OSError):
+            write_private(
+                self._record_path(instance.ref),
+                json.dumps(record, indent=1).encode(),
+                durable=False,
+            )
 
     def _read_record(self, container_id: str) -> dict[str, Any]:
         try:
@@ -651,17 +692,22 @@ class DockerRuntime:
         nothing. ``DeploymentFailed`` naming the image when it is not there."""
         docker = _sdk()
 
+        def facts(attrs: dict[str, Any]) -> tuple[str, str | None]:
+            digests = attrs.get("RepoDigests") or []
+            return str(attrs["Id"]), (str(digests[0]) if digests else None)
+
+        recent = self._images.recall(image)
+        if recent is not None:  # the prepare's own inspect: no thread hop to answer it
+            return facts(recent)
+
         def inspect(client: Any) -> tuple[str, str | None]:
-            attrs = self._images.recall(image)
             try:
-                if attrs is None:
-                    attrs = client.api.inspect_image(image)
+                attrs = client.api.inspect_image(image)
             except docker.errors.ImageNotFound:
                 raise DeploymentFailed(f"image {image!r} not found locally") from None
             except docker.errors.APIError as exc:
                 raise DeploymentFailed(f"image {image!r}: {_explain(exc)}") from None
-            digests = attrs.get("RepoDigests") or []
-            return str(attrs["Id"]), (str(digests[0]) if digests else None)
+            return facts(attrs)
 
         result: tuple[str, str | None] = await self._run(inspect)
         return result
