@@ -2,8 +2,13 @@
 
 Theory of operation. Every table the proxy swaps in (from the admin API, ``--routes`` or
 a takeover) is written beside its admin socket (``proxy.sock`` -> ``proxy.routes.json``),
-atomically: a temporary file in the same directory, fsync, then ``os.replace``, so a crash
-at any moment leaves the old table or the new one, never half of one. When the proxy
+atomically: a temporary file in the same directory, then ``os.replace``, so a crash of any
+process at any moment leaves the old table or the new one, never half of one. It is not
+fsync'ed: the write is on the path of every switch (an fsync took 10-50 ms there, with the
+proxy's event loop blocked), and the file serves a proxy restarted while the machine runs. A
+power loss ends every instance the table names anyway; after it the control plane starts
+them again and pushes the table, and a saved file the power loss left empty or stale is
+reported or replaced by that push. When the proxy
 (re)starts it reads that file and applies it before its listeners accept a connection; the
 control plane then pushes its current table as usual. A missing file means a first start;
 an unreadable or invalid one is reported and ignored (the control plane's push repairs it),
@@ -31,7 +36,7 @@ def table_path(admin_socket: str | Path) -> Path:
 
 def save_table(path: Path, table: dict[str, Any]) -> None:
     """Write ``table`` (``RouteTable.to_json()``) to ``path`` atomically, mode 0600."""
-    write_private(path, json.dumps(table, sort_keys=True).encode())
+    write_private(path, json.dumps(table, sort_keys=True).encode(), durable=False)
 
 
 def load_table(path: Path) -> tuple[dict[str, AppSpec], int] | None:
