@@ -6,11 +6,10 @@ etcd revision, under continuous load."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,58 +28,13 @@ from tests.support.fleet import (
     PORT,
     FleetHost,
     configs,
+    load_seen,
+    load_through,
     release,
     served_by_each,
 )
 from tests.support.host import Host, Result, assert_no_failures
-from tests.support.load import Load, LoadResult
-from tests.support.netns import NetLab
-
-
-@contextlib.asynccontextmanager
-async def started_edge(
-    cluster: EtcdCluster, netlab: NetLab, root: Path, name: str
-) -> AsyncIterator[FleetHost]:
-    """An edge host ``name`` (its own namespace, daemon and proxy) in the fleet, torn down
-    after (its log's tail printed: shown when the test fails)."""
-    h = FleetHost(root / name, netlab, netlab.add_host(name))
-    h.root.mkdir()
-    h.config()
-    try:
-        up = await h.baton(
-            "up", "--detach", "--cluster", cluster.endpoints_text, "--host-name", name,
-            "--advertise", f"{h.net.address}:{PORT}", "--roles", "edge", timeout=60,
-        )  # fmt: skip
-        assert up.rc == 0, up
-        yield h
-    finally:
-        log = h.state_dir / "logs" / "server.log"
-        if log.exists():
-            print(f"--- {name} server.log (tail)\n" + log.read_text()[-3000:])
-        await h.teardown()
-
-
-@pytest.fixture
-async def edge(
-    fleet: tuple[EtcdCluster, list[FleetHost]], netlab: NetLab, tmp_path: Path
-) -> AsyncIterator[FleetHost]:
-    async with started_edge(fleet[0], netlab, tmp_path, "edge1") as h:
-        yield h
-
-
-async def load_through(edge: FleetHost) -> Load:
-    """Continuous load through ``edge`` (bounded in count and time)."""
-    return await Load().start(
-        edge.url, concurrency=4, max_requests=400_000, max_seconds=240, delay=0.005
-    )
-
-
-async def load_seen(load: Load, after: float, count: int = 50, what: str = "the deploy") -> None:
-    """Wait until ``count`` requests were sent through the edge after ``after``."""
-    deadline = asyncio.get_running_loop().time() + 30
-    while sum(s.sent >= after for s in load.timeline) < count:
-        assert asyncio.get_running_loop().time() < deadline, f"no load after {what}"
-        await asyncio.sleep(0.05)
+from tests.support.load import LoadResult
 
 
 def set_env(h: FleetHost, env: dict[str, str]) -> None:

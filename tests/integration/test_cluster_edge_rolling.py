@@ -14,7 +14,6 @@ from baton.cluster import keys
 from baton.cluster.edge import published
 from baton.cluster.etcd import Etcd
 from baton.cluster.rollout import DEPLOYMENTS
-from tests.integration.test_cluster_edge import edge, load_seen, load_through
 from tests.support.etcd import EtcdCluster
 from tests.support.fleet import (
     NAMES,
@@ -22,12 +21,12 @@ from tests.support.fleet import (
     FleetHost,
     events_since,
     in_flight,
+    load_seen,
+    load_through,
     moved_deployment,
     served_by_each,
 )
 from tests.support.host import Host, Result, assert_no_failures
-
-__all__ = ["edge"]  # the fixture, shared with test_cluster_edge
 
 ROLLING: dict[str, Any] = {"deploy": {"strategy": "rolling", "hosts_at_once": 1}}
 
