@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 from pathlib import Path
 
 from baton.cluster import keys
 from baton.cluster.election import leader
 from baton.cluster.etcd import Etcd
-from baton.cluster.registry import hosts
 from baton.cluster.rollout import DEPLOYMENTS
 from tests.support.etcd import EtcdCluster
-from tests.support.fleet import NAMES, PORT, FleetHost, served_by_each
+from tests.support.fleet import NAMES, PORT, FleetHost, kill_daemon, served_by_each
 from tests.support.host import Host, Result, assert_no_failures
 from tests.support.load import Load
 
@@ -50,17 +47,6 @@ class CanaryApp:
             "deploy", "-c", str(self.config), "--version", version, "--env",
             f"APP_VERSION={version}", "--cluster", self.cluster.endpoints_text, *flags,
         )  # fmt: skip
-
-
-async def kill_daemon(etcd: Etcd, victim: FleetHost) -> None:
-    """SIGKILL ``victim``'s daemon (its proxy keeps serving) and wait until its lease lapsed."""
-    pid = victim.server_pid
-    assert pid is not None
-    os.kill(pid, signal.SIGKILL)
-    deadline = asyncio.get_running_loop().time() + 30
-    while {v.record.name: v.reachable for v in await hosts(etcd)}[victim.net.name]:
-        assert asyncio.get_running_loop().time() < deadline, f"{victim.net.name} still reachable"
-        await asyncio.sleep(0.1)
 
 
 async def desired_deployments(etcd: Etcd) -> dict[str, str]:

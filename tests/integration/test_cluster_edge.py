@@ -18,7 +18,7 @@ import yaml
 
 from baton.cluster import keys
 from baton.cluster.cutover import CutoverResult, blue_green
-from baton.cluster.edge import EdgeRoute, publish, wait_applied
+from baton.cluster.edge import EdgeRoute, edge_key, publish, published, wait_applied
 from baton.cluster.etcd import Etcd
 from baton.cluster.fleetcanary import canary, edge_canary
 from baton.cluster.rollout import DEPLOYMENTS, roll_out
@@ -28,6 +28,7 @@ from tests.support.fleet import (
     PORT,
     FleetHost,
     configs,
+    kill_daemon,
     load_seen,
     load_through,
     release,
@@ -329,3 +330,45 @@ async def test_a_new_leader_resumes_a_canary_at_the_edges_at_its_step(
     assert weights == [0, 20, 50, 0, 0], weights
     assert_no_failures(outcome)
     assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v2")
+
+
+async def test_a_canary_at_the_edges_with_an_app_host_down_fails_unchanged_or_skips_it(
+    fleet: tuple[EtcdCluster, list[FleetHost]], edge: FleetHost
+) -> None:
+    cluster, fleet_hosts = fleet
+    listen = f"{edge.net.address}:{PORT}"
+    web3 = fleet_hosts[2]
+
+    def request(version: str, deployment: str, skip: bool) -> keys.DeployRequest:
+        return keys.DeployRequest(
+            release(version, deployment), tuple(NAMES), configs=configs(fleet_hosts),
+            edge=listen, canary=((30, 4.0),), canary_max_error_rate=0.05,
+            canary_min_requests=20, skip_unreachable=skip,
+        )  # fmt: skip
+
+    async with Etcd(cluster.endpoints) as etcd:
+        since = await v1_behind_the_edge(etcd, fleet_hosts, edge)
+        await kill_daemon(etcd, web3)  # its proxy still answers, v1, through the edge
+        failed = await edge_canary(etcd, request("v2", "f2", False), "test")
+        assert not failed.ok, failed
+        assert "web3 unreachable when the canary began; nothing changed" in failed.message
+        kv = await etcd.get(edge_key("shop"))
+        assert kv is not None and kv.mod_revision == since  # the edges' route never moved
+        assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v1")
+
+        load = await load_through(edge)
+        began = load.marker("canary")
+        skipped = await edge_canary(etcd, request("v3", "f3", True), "test")
+        after = load.marker("ended")
+        await load_seen(load, after, what="the canary")
+        outcome = await load.stop()
+        assert skipped.ok and skipped.skipped == ["web3"], skipped
+        assert "skipped (unreachable, left out of the edges' route): web3" in skipped.message
+        route = await published(etcd, "shop")
+        assert route is not None and (route.hosts, route.version) == (("web1", "web2"), "v3")
+    assert_no_failures(outcome)
+    during = [s.body.split()[0] for s in outcome.timeline if s.body and began <= s.sent < after]
+    assert "v1" in during and "v3" in during, outcome.summary()  # the two hosts split it
+    assert {s.body.split()[0] for s in outcome.timeline if s.body and s.sent >= after} == {"v3"}
+    served = await served_by_each(fleet_hosts)
+    assert served == {"web1": "v3", "web2": "v3", "web3": "v1"}

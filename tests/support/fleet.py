@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -27,6 +28,7 @@ import yaml
 
 from baton.cluster import keys
 from baton.cluster.etcd import Etcd, WatchEvent
+from baton.cluster.registry import hosts
 from baton.cluster.rollout import DEPLOYMENTS
 from tests.support.etcd import EtcdCluster
 from tests.support.host import CLI_TIMEOUT, Host, Result
@@ -201,6 +203,17 @@ def instance_request(
         edge=listen,
         edge_health="/up",
     )
+
+
+async def kill_daemon(etcd: Etcd, victim: FleetHost) -> None:
+    """SIGKILL ``victim``'s daemon (its proxy keeps serving) and wait until its lease lapsed."""
+    pid = victim.server_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    deadline = asyncio.get_running_loop().time() + 30
+    while {v.record.name: v.reachable for v in await hosts(etcd)}[victim.net.name]:
+        assert asyncio.get_running_loop().time() < deadline, f"{victim.net.name} still reachable"
+        await asyncio.sleep(0.1)
 
 
 def release(version: str, deployment: str) -> keys.DesiredRelease:
