@@ -26,6 +26,11 @@ that set it, the figures baseline, the previous releases) before it is held: a l
 dies mid-canary is replaced by one that **resumes at that step** with the same baseline,
 instead of starting the canary again. ``edge_canary`` and ``host_canary`` are the
 controller's entry points; both record the outcome under the request's deployment id.
+
+Unreachable hosts are handled as a rollout handles them: a host whose lease is gone when the
+canary begins fails it before anything changes, or with ``skip_unreachable`` is left out of
+it (and reported); a host of the canary that lapses while a step is held fails the step
+(``judge_step``'s ``lost``, ``lapse_watch``), which puts every host back.
 """
 
 from __future__ import annotations
