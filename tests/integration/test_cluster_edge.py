@@ -372,3 +372,43 @@ async def test_a_canary_at_the_edges_with_an_app_host_down_fails_unchanged_or_sk
     assert {s.body.split()[0] for s in outcome.timeline if s.body and s.sent >= after} == {"v3"}
     served = await served_by_each(fleet_hosts)
     assert served == {"web1": "v3", "web2": "v3", "web3": "v1"}
+
+
+async def test_a_green_host_lost_while_a_canary_step_is_held_at_the_edges_fails_it(
+    fleet: tuple[EtcdCluster, list[FleetHost]], edge: FleetHost
+) -> None:
+    cluster, fleet_hosts = fleet
+    listen = f"{edge.net.address}:{PORT}"
+    request = keys.DeployRequest(
+        release("v2", "f2"), tuple(NAMES), configs=configs(fleet_hosts), edge=listen,
+        canary=((30, 120.0),), canary_max_error_rate=0.05, canary_min_requests=20,
+    )  # fmt: skip
+    async with Etcd(cluster.endpoints) as etcd:
+        await v1_behind_the_edge(etcd, fleet_hosts, edge)
+        load = await load_through(edge)
+        running = asyncio.get_running_loop().create_task(edge_canary(etcd, request, "test"))
+        deadline = asyncio.get_running_loop().time() + 120
+        while True:  # the edges split the traffic, the step is held: a green host dies
+            kv = await etcd.get(DEPLOYMENTS + "shop")
+            record = json.loads(kv.value) if kv is not None else {}
+            if record.get("deployment") == "f2" and "baseline" in record.get("canary", {}):
+                break
+            assert not running.done(), running.result()
+            assert asyncio.get_running_loop().time() < deadline, "the canary never held a step"
+            await asyncio.sleep(0.1)
+        web1 = fleet_hosts[0]  # green (the first half): its proxy serves v2 to the split
+        await kill_daemon(etcd, web1)
+        result = await running
+        after = load.marker("ended")
+        await load_seen(load, after, what="the canary")
+        outcome = await load.stop()
+        assert not result.ok, result
+        assert "canary at 30%: web1 became unreachable (its lease lapsed)" in result.message
+        assert "web1: unreachable, not switched back, left out of the edges' route" in (
+            result.message
+        )
+        route = await published(etcd, "shop")
+        assert route is not None and (route.hosts, route.version) == (("web2", "web3"), "v1")
+    assert_no_failures(outcome)
+    assert {s.body.split()[0] for s in outcome.timeline if s.body and s.sent >= after} == {"v1"}
+    assert await served_by_each(fleet_hosts[1:]) == {"web2": "v1", "web3": "v1"}

@@ -260,12 +260,19 @@ async def canary(
             undo = replace(
                 release, version=previous, deployment=f"{release.deployment}-undo", rollback=True
             )
-            await roll_out(  # a green host that lapsed must not hold the others on the release
+            back = await roll_out(  # a green host that lapsed must not hold the others back
                 etcd, undo, green, hosts_at_once=len(green), configs=configs, holder=holder,
                 host_timeout=host_timeout, skip_unreachable=True,
             )  # fmt: skip
-            await wait_applied(etcd, await publish(etcd, route(hosts, previous)), apply_timeout)
+            # A lapsed green host may still serve the canary from its proxy: not routed to.
+            served = [h for h in hosts if h not in back.skipped]
+            await wait_applied(etcd, await publish(etcd, route(served, previous)), apply_timeout)
             result.message = f"canary at {weight}%: {why}; the fleet stays on {previous}"
+            if back.skipped:
+                result.message += (
+                    f" ({', '.join(back.skipped)}: unreachable, not switched back, left out of"
+                    " the edges' route)"
+                )
             return result
     result.cutover_revision = await publish(etcd, route(green, release.version))
     await wait_applied(etcd, result.cutover_revision, apply_timeout)
