@@ -3,7 +3,7 @@ own daemon and proxy (and controller candidate), etcd on the lab's gateway. A ho
 daemon is SIGKILLed stops renewing its lease: unreachable when the canary begins, it fails
 the deploy before anything changes, or with ``--skip-unreachable`` is left out and reported;
 unreachable while a step is held, it fails the step and every reachable host goes back to
-the previous release. The deploy's exit status and its report name the host."""
+the previous release; the lost host, once its daemon is back, converges to it too. The deploy's exit status and its report name the host."""
 
 from __future__ import annotations
 
@@ -131,6 +131,21 @@ async def test_a_host_lost_while_a_canary_step_is_held_rolls_back_every_reachabl
             progress = keys.Progress.from_json(kv.value)
             assert progress.deployment.endswith("-undo") and progress.state == "done", progress
         kv = await etcd.get(keys.desired_key(name, "shop"))
-        assert kv is not None  # the lost host goes back to v1 too once its agent is back
+        assert kv is not None  # the lost host is asked for v1 too
         desired = keys.DesiredRelease.from_json(kv.value)
         assert desired.version == "v1" and desired.rollback, desired
+        back = await victim.baton(
+            "up", "--detach", "--cluster", cluster.endpoints_text, "--host-name", name,
+            "--advertise", f"{victim.net.address}:{PORT}", timeout=60,
+        )  # fmt: skip
+        assert back.rc == 0, back
+        deadline = asyncio.get_running_loop().time() + 60
+        while True:  # its daemon back, the host converges to what it is asked: v1
+            kv = await etcd.get(keys.progress_key(name, "shop"))
+            last = None if kv is None else keys.Progress.from_json(kv.value)
+            if last is not None and last.deployment == desired.deployment and last.finished:
+                break
+            assert asyncio.get_running_loop().time() < deadline, last
+            await asyncio.sleep(0.1)
+        assert last.state == "done", last
+    assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v1")
