@@ -6,11 +6,10 @@ etcd revision, under continuous load."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import yaml
 
 from baton.cluster import keys
 from baton.cluster.cutover import CutoverResult, blue_green
-from baton.cluster.edge import EdgeRoute, publish, wait_applied
+from baton.cluster.edge import EdgeRoute, edge_key, publish, published, wait_applied
 from baton.cluster.etcd import Etcd
 from baton.cluster.fleetcanary import canary, edge_canary
 from baton.cluster.rollout import DEPLOYMENTS, roll_out
@@ -29,58 +28,14 @@ from tests.support.fleet import (
     PORT,
     FleetHost,
     configs,
+    kill_daemon,
+    load_seen,
+    load_through,
     release,
     served_by_each,
 )
 from tests.support.host import Host, Result, assert_no_failures
-from tests.support.load import Load, LoadResult
-from tests.support.netns import NetLab
-
-
-@contextlib.asynccontextmanager
-async def started_edge(
-    cluster: EtcdCluster, netlab: NetLab, root: Path, name: str
-) -> AsyncIterator[FleetHost]:
-    """An edge host ``name`` (its own namespace, daemon and proxy) in the fleet, torn down
-    after (its log's tail printed: shown when the test fails)."""
-    h = FleetHost(root / name, netlab, netlab.add_host(name))
-    h.root.mkdir()
-    h.config()
-    try:
-        up = await h.baton(
-            "up", "--detach", "--cluster", cluster.endpoints_text, "--host-name", name,
-            "--advertise", f"{h.net.address}:{PORT}", "--roles", "edge", timeout=60,
-        )  # fmt: skip
-        assert up.rc == 0, up
-        yield h
-    finally:
-        log = h.state_dir / "logs" / "server.log"
-        if log.exists():
-            print(f"--- {name} server.log (tail)\n" + log.read_text()[-3000:])
-        await h.teardown()
-
-
-@pytest.fixture
-async def edge(
-    fleet: tuple[EtcdCluster, list[FleetHost]], netlab: NetLab, tmp_path: Path
-) -> AsyncIterator[FleetHost]:
-    async with started_edge(fleet[0], netlab, tmp_path, "edge1") as h:
-        yield h
-
-
-async def load_through(edge: FleetHost) -> Load:
-    """Continuous load through ``edge`` (bounded in count and time)."""
-    return await Load().start(
-        edge.url, concurrency=4, max_requests=400_000, max_seconds=240, delay=0.005
-    )
-
-
-async def load_seen(load: Load, after: float, count: int = 50, what: str = "the deploy") -> None:
-    """Wait until ``count`` requests were sent through the edge after ``after``."""
-    deadline = asyncio.get_running_loop().time() + 30
-    while sum(s.sent >= after for s in load.timeline) < count:
-        assert asyncio.get_running_loop().time() < deadline, f"no load after {what}"
-        await asyncio.sleep(0.05)
+from tests.support.load import LoadResult
 
 
 def set_env(h: FleetHost, env: dict[str, str]) -> None:
@@ -375,3 +330,85 @@ async def test_a_new_leader_resumes_a_canary_at_the_edges_at_its_step(
     assert weights == [0, 20, 50, 0, 0], weights
     assert_no_failures(outcome)
     assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v2")
+
+
+async def test_a_canary_at_the_edges_with_an_app_host_down_fails_unchanged_or_skips_it(
+    fleet: tuple[EtcdCluster, list[FleetHost]], edge: FleetHost
+) -> None:
+    cluster, fleet_hosts = fleet
+    listen = f"{edge.net.address}:{PORT}"
+    web3 = fleet_hosts[2]
+
+    def request(version: str, deployment: str, skip: bool) -> keys.DeployRequest:
+        return keys.DeployRequest(
+            release(version, deployment), tuple(NAMES), configs=configs(fleet_hosts),
+            edge=listen, canary=((30, 4.0),), canary_max_error_rate=0.05,
+            canary_min_requests=20, skip_unreachable=skip,
+        )  # fmt: skip
+
+    async with Etcd(cluster.endpoints) as etcd:
+        since = await v1_behind_the_edge(etcd, fleet_hosts, edge)
+        await kill_daemon(etcd, web3)  # its proxy still answers, v1, through the edge
+        failed = await edge_canary(etcd, request("v2", "f2", False), "test")
+        assert not failed.ok, failed
+        assert "web3 unreachable when the canary began; nothing changed" in failed.message
+        kv = await etcd.get(edge_key("shop"))
+        assert kv is not None and kv.mod_revision == since  # the edges' route never moved
+        assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v1")
+
+        load = await load_through(edge)
+        began = load.marker("canary")
+        skipped = await edge_canary(etcd, request("v3", "f3", True), "test")
+        after = load.marker("ended")
+        await load_seen(load, after, what="the canary")
+        outcome = await load.stop()
+        assert skipped.ok and skipped.skipped == ["web3"], skipped
+        assert "skipped (unreachable, left out of the edges' route): web3" in skipped.message
+        route = await published(etcd, "shop")
+        assert route is not None and (route.hosts, route.version) == (("web1", "web2"), "v3")
+    assert_no_failures(outcome)
+    during = [s.body.split()[0] for s in outcome.timeline if s.body and began <= s.sent < after]
+    assert "v1" in during and "v3" in during, outcome.summary()  # the two hosts split it
+    assert {s.body.split()[0] for s in outcome.timeline if s.body and s.sent >= after} == {"v3"}
+    served = await served_by_each(fleet_hosts)
+    assert served == {"web1": "v3", "web2": "v3", "web3": "v1"}
+
+
+async def test_a_green_host_lost_while_a_canary_step_is_held_at_the_edges_fails_it(
+    fleet: tuple[EtcdCluster, list[FleetHost]], edge: FleetHost
+) -> None:
+    cluster, fleet_hosts = fleet
+    listen = f"{edge.net.address}:{PORT}"
+    request = keys.DeployRequest(
+        release("v2", "f2"), tuple(NAMES), configs=configs(fleet_hosts), edge=listen,
+        canary=((30, 120.0),), canary_max_error_rate=0.05, canary_min_requests=20,
+    )  # fmt: skip
+    async with Etcd(cluster.endpoints) as etcd:
+        await v1_behind_the_edge(etcd, fleet_hosts, edge)
+        load = await load_through(edge)
+        running = asyncio.get_running_loop().create_task(edge_canary(etcd, request, "test"))
+        deadline = asyncio.get_running_loop().time() + 120
+        while True:  # the edges split the traffic, the step is held: a green host dies
+            kv = await etcd.get(DEPLOYMENTS + "shop")
+            record = json.loads(kv.value) if kv is not None else {}
+            if record.get("deployment") == "f2" and "baseline" in record.get("canary", {}):
+                break
+            assert not running.done(), running.result()
+            assert asyncio.get_running_loop().time() < deadline, "the canary never held a step"
+            await asyncio.sleep(0.1)
+        web1 = fleet_hosts[0]  # green (the first half): its proxy serves v2 to the split
+        await kill_daemon(etcd, web1)
+        result = await running
+        after = load.marker("ended")
+        await load_seen(load, after, what="the canary")
+        outcome = await load.stop()
+        assert not result.ok, result
+        assert "canary at 30%: web1 became unreachable (its lease lapsed)" in result.message
+        assert "web1: unreachable, not switched back, left out of the edges' route" in (
+            result.message
+        )
+        route = await published(etcd, "shop")
+        assert route is not None and (route.hosts, route.version) == (("web2", "web3"), "v1")
+    assert_no_failures(outcome)
+    assert {s.body.split()[0] for s in outcome.timeline if s.body and s.sent >= after} == {"v1"}
+    assert await served_by_each(fleet_hosts[1:]) == {"web2": "v1", "web3": "v1"}

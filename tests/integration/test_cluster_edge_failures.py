@@ -27,8 +27,11 @@ import contextlib
 import json
 import os
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from baton.cluster.agent import LocalDaemon
 from baton.cluster.controller import outcome, submit
@@ -38,20 +41,32 @@ from baton.cluster.election import leader
 from baton.cluster.etcd import Etcd
 from baton.cluster.instancecut import staged_blue_green
 from baton.cluster.rollout import DEPLOYMENTS
-from tests.integration.test_cluster_edge import edge, load_seen, load_through, started_edge
-from tests.integration.test_cluster_edge_instances import CONTROLLERS, fleet, request
 from tests.support.etcd import EtcdCluster
 from tests.support.fleet import (
+    CONTROLLERS,
     NAMES,
     PORT,
     FleetHost,
     desired_revisions,
+    instance_request,
+    load_seen,
+    load_through,
     served_by_each,
+    started_edge,
+    started_instance_fleet,
 )
 from tests.support.host import assert_no_failures
 from tests.support.netns import NetLab
 
-__all__ = ["edge", "fleet"]
+
+@pytest.fixture
+async def fleet(
+    netlab: NetLab, tmp_path: Path
+) -> AsyncIterator[tuple[EtcdCluster, list[FleetHost]]]:
+    """App hosts with ``--instance-ip`` and controller-only hosts (``started_instance_fleet``)."""
+    async with started_instance_fleet(netlab, tmp_path) as started:
+        yield started
+
 
 LISTEN = f"0.0.0.0:{PORT}"  # every edge takes the app's traffic on its own address
 
@@ -83,7 +98,9 @@ async def test_an_edge_that_does_not_apply_the_cutover_sends_the_fleet_back_to_t
         started_edge(cluster, netlab, tmp_path, "edge2") as edge2,
         Etcd(cluster.endpoints) as etcd,
     ):
-        first = await edge_blue_green(etcd, request("v1", "f1", fleet_hosts, LISTEN), "test")
+        first = await edge_blue_green(
+            etcd, instance_request("v1", "f1", fleet_hosts, LISTEN), "test"
+        )
         assert first.ok, first
         for e in (edge1, edge2):
             await answers(e, "v1")
@@ -95,7 +112,7 @@ async def test_an_edge_that_does_not_apply_the_cutover_sends_the_fleet_back_to_t
         os.kill(proxy, signal.SIGSTOP)  # edge2 stays reachable but applies no route
         try:
             result = await staged_blue_green(
-                etcd, request("v2", "f2", fleet_hosts, LISTEN), "test", apply_timeout=5
+                etcd, instance_request("v2", "f2", fleet_hosts, LISTEN), "test", apply_timeout=5
             )
         finally:  # its daemon may have replaced the silent proxy meanwhile
             with contextlib.suppress(ProcessLookupError):
@@ -147,12 +164,14 @@ async def test_a_host_whose_own_switch_fails_after_the_cutover_is_reported_on_a_
     try:
         async with started_edge(cluster, netlab, tmp_path, "edge1") as edge:
             first = await edge_blue_green(
-                controller, request("v1", "f1", fleet_hosts, LISTEN), "test"
+                controller, instance_request("v1", "f1", fleet_hosts, LISTEN), "test"
             )
             assert first.ok, first
             await answers(edge, "v1")
             deploy = asyncio.create_task(
-                staged_blue_green(controller, request("v2", "f2", fleet_hosts, LISTEN), "test")
+                staged_blue_green(
+                    controller, instance_request("v2", "f2", fleet_hosts, LISTEN), "test"
+                )
             )
             try:
                 await asyncio.wait_for(controller.reached.wait(), 120)
@@ -189,14 +208,14 @@ async def test_a_controller_frozen_mid_cutover_writes_nothing_once_another_finis
     cluster, fleet_hosts = fleet
     listen = f"{edge.net.address}:{PORT}"
     async with Etcd(cluster.endpoints) as etcd:
-        await submit(etcd, request("v1", "f1", fleet_hosts, listen))
+        await submit(etcd, instance_request("v1", "f1", fleet_hosts, listen))
         assert (await outcome(etcd, "shop", "f1", 180))["state"] == "succeeded"
         boss = await leader(etcd)
         assert boss in CONTROLLERS
         # In flight at the cutover, it keeps the edges draining; its 6 s stay well inside
         # FleetHost.get's 10 s time-out on a busy machine.
         slow = asyncio.ensure_future(edge.get("/slow?s=6"))
-        await submit(etcd, request("v2", "f2", fleet_hosts, listen))
+        await submit(etcd, instance_request("v2", "f2", fleet_hosts, listen))
         deadline = asyncio.get_running_loop().time() + 120
         while True:  # cut over; the edges still have the slow request to v1 in flight
             kv = await etcd.get(DEPLOYMENTS + "shop")

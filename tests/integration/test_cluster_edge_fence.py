@@ -31,10 +31,8 @@ from baton.cluster.keys import HostRecord
 from baton.cluster.registry import Registration
 from baton.cluster.rollout import DEPLOYMENTS
 from baton.errors import Fenced
-from tests.integration.test_cluster_fence import desired, etcd, lapse
 from tests.support.etcd import EtcdCluster
-
-__all__ = ["etcd"]  # the fixture, shared with test_cluster_fence
+from tests.support.fleet import desired, lapse
 
 TTL = 30  # long: the old leader must not notice the lapse by itself during the test
 HOSTS = ["h1", "h2"]

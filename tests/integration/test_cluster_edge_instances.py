@@ -11,75 +11,40 @@ import json
 import os
 import signal
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
 
-from baton.cluster import keys
 from baton.cluster.controller import outcome, submit
 from baton.cluster.cutover import edge_blue_green
 from baton.cluster.edge import EdgeRoute, published
 from baton.cluster.election import leader
 from baton.cluster.etcd import Etcd
 from baton.cluster.rollout import DEPLOYMENTS
-from tests.integration.test_cluster_edge import edge
 from tests.support.etcd import EtcdCluster
 from tests.support.fleet import (
+    CONTROLLERS,
     NAMES,
     PORT,
     FleetHost,
-    configs,
-    release,
+    instance_request,
+    load_seen,
     served_by_each,
-    started_fleet,
+    started_instance_fleet,
 )
 from tests.support.host import assert_no_failures
 from tests.support.load import Load, LoadResult
-from tests.support.netns import NetHost, NetLab
-
-__all__ = ["edge"]
-
-
-CONTROLLERS = ["ctl1", "ctl2"]
+from tests.support.netns import NetLab
 
 
 @pytest.fixture
 async def fleet(
     netlab: NetLab, tmp_path: Path
 ) -> AsyncIterator[tuple[EtcdCluster, list[FleetHost]]]:
-    """Three app hosts whose instances listen on their private addresses, and two hosts that
-    only run controller candidates (``tmp_path / NAME``: killing one kills no app)."""
-
-    def roles(net: NetHost) -> list[str]:
-        if net.name in NAMES:
-            return ["--roles", "app", "--instance-ip", net.address]
-        return ["--roles", "controller"]
-
-    async with started_fleet(netlab, tmp_path, [*NAMES, *CONTROLLERS], roles) as (
-        etcd,
-        started,
-    ):
-        yield etcd, started[: len(NAMES)]
-
-
-def request(
-    version: str, deployment: str, fleet_hosts: list[FleetHost], listen: str
-) -> keys.DeployRequest:
-    """A blue-green of ``version`` through the edges; each host's instances answer
-    ``VERSION@HOST`` (their own baton.yml names it), so a client sees which host answered."""
-    for h in fleet_hosts:
-        cfg = yaml.safe_load((h.root / "baton.yml").read_text())
-        cfg["run"]["env"]["APP_VERSION"] = f"{version}@{h.net.name}"
-        (h.root / "baton.yml").write_text(yaml.safe_dump(cfg))
-    return keys.DeployRequest(
-        replace(release(version, deployment), env={}),
-        tuple(NAMES),
-        configs=configs(fleet_hosts),
-        edge=listen,
-        edge_health="/up",
-    )
+    """App hosts with ``--instance-ip`` and controller-only hosts (``started_instance_fleet``)."""
+    async with started_instance_fleet(netlab, tmp_path) as started:
+        yield started
 
 
 def answered_by(outcome: LoadResult, start: float, end: float) -> list[set[str]]:
@@ -95,13 +60,6 @@ def answered_by(outcome: LoadResult, start: float, end: float) -> list[set[str]]
     return seconds
 
 
-async def _load_seen(load: Load, after: float, count: int = 50) -> None:
-    deadline = asyncio.get_running_loop().time() + 30
-    while sum(s.sent >= after for s in load.timeline) < count:
-        assert asyncio.get_running_loop().time() < deadline, "no load through the edge"
-        await asyncio.sleep(0.05)
-
-
 def _versions_after_first_v2(outcome: LoadResult) -> set[str]:
     first_v2 = min(s.t for s in outcome.timeline if s.body and s.body.startswith("v2"))
     return {s.body.split("@")[0] for s in outcome.timeline if s.sent >= first_v2 and s.body}
@@ -113,22 +71,26 @@ async def test_a_blue_green_at_the_edges_keeps_every_host_in_rotation_and_cuts_o
     cluster, fleet_hosts = fleet
     listen = f"{edge.net.address}:{PORT}"
     async with Etcd(cluster.endpoints) as etcd:
-        first = await edge_blue_green(etcd, request("v1", "f1", fleet_hosts, listen), "test")
+        first = await edge_blue_green(
+            etcd, instance_request("v1", "f1", fleet_hosts, listen), "test"
+        )
         assert first.ok, first
         route = await published(etcd, "shop")
         assert route is not None and route.instances, route  # straight to the instances
         load = await Load().start(
             edge.url, concurrency=4, max_requests=400_000, max_seconds=240, delay=0.005
         )
-        await _load_seen(load, load.marker("v1 served"))
+        await load_seen(load, load.marker("v1 served"))
         for h in fleet_hosts:  # at the edges it is one blue-green whatever baton.yml says
             cfg = yaml.safe_load((h.root / "baton.yml").read_text())
             cfg["deploy"]["strategy"] = "rolling"
             (h.root / "baton.yml").write_text(yaml.safe_dump(cfg))
         began = load.marker("deploy")
-        result = await edge_blue_green(etcd, request("v2", "f2", fleet_hosts, listen), "test")
+        result = await edge_blue_green(
+            etcd, instance_request("v2", "f2", fleet_hosts, listen), "test"
+        )
         ended = load.marker("deployed")
-        await _load_seen(load, ended)
+        await load_seen(load, ended)
         outcome = await load.stop()
         kv = await etcd.get(DEPLOYMENTS + "shop")
         assert kv is not None
@@ -154,7 +116,9 @@ async def test_a_release_failing_readiness_on_one_host_cuts_nothing_over(
     cluster, fleet_hosts = fleet
     listen = f"{edge.net.address}:{PORT}"
     async with Etcd(cluster.endpoints) as etcd:
-        first = await edge_blue_green(etcd, request("v1", "f1", fleet_hosts, listen), "test")
+        first = await edge_blue_green(
+            etcd, instance_request("v1", "f1", fleet_hosts, listen), "test"
+        )
         assert first.ok, first
         before = {h.net.name: await h.running_instances() for h in fleet_hosts}
         web2 = fleet_hosts[1]
@@ -164,9 +128,11 @@ async def test_a_release_failing_readiness_on_one_host_cuts_nothing_over(
         load = await Load().start(
             edge.url, concurrency=4, max_requests=400_000, max_seconds=240, delay=0.005
         )
-        await _load_seen(load, load.marker("v1 served"))
-        result = await edge_blue_green(etcd, request("v2", "f2", fleet_hosts, listen), "test")
-        await _load_seen(load, load.marker("failed"))
+        await load_seen(load, load.marker("v1 served"))
+        result = await edge_blue_green(
+            etcd, instance_request("v2", "f2", fleet_hosts, listen), "test"
+        )
+        await load_seen(load, load.marker("failed"))
         outcome = await load.stop()
         route = await published(etcd, "shop")
         kv = await etcd.get(DEPLOYMENTS + "shop")
@@ -192,7 +158,7 @@ async def test_a_new_leader_resumes_the_staged_blue_green_at_its_step(
     cluster, fleet_hosts = fleet
     listen = f"{edge.net.address}:{PORT}"
     async with Etcd(cluster.endpoints) as etcd:
-        await submit(etcd, request("v1", "f1", fleet_hosts, listen))
+        await submit(etcd, instance_request("v1", "f1", fleet_hosts, listen))
         assert (await outcome(etcd, "shop", "f1", 180))["state"] == "succeeded"
         boss = await leader(etcd)
         assert boss in CONTROLLERS
@@ -200,7 +166,7 @@ async def test_a_new_leader_resumes_the_staged_blue_green_at_its_step(
             edge.url, concurrency=4, max_requests=400_000, max_seconds=240, delay=0.005
         )
         slow = asyncio.ensure_future(edge.get("/slow?s=7"))  # in flight at the cutover
-        await submit(etcd, request("v2", "f2", fleet_hosts, listen))
+        await submit(etcd, instance_request("v2", "f2", fleet_hosts, listen))
         deadline = asyncio.get_running_loop().time() + 120
         while True:  # cut over, the edges still have the slow request to v1 in flight
             kv = await etcd.get(DEPLOYMENTS + "shop")
@@ -216,7 +182,7 @@ async def test_a_new_leader_resumes_the_staged_blue_green_at_its_step(
         final = await outcome(etcd, "shop", "f2", 180)
         assert await leader(etcd) not in (None, boss)
         status, body = await asyncio.wait_for(slow, 60)
-        await _load_seen(load, load.marker("deployed"))
+        await load_seen(load, load.marker("deployed"))
         outcome_ = await load.stop()
     assert final["state"] == "succeeded", final
     assert final["cutover_revision"] == cut, final  # resumed, not cut over again

@@ -14,7 +14,6 @@ from baton.cluster import keys
 from baton.cluster.edge import published
 from baton.cluster.etcd import Etcd
 from baton.cluster.rollout import DEPLOYMENTS
-from tests.integration.test_cluster_edge import edge, load_seen, load_through
 from tests.support.etcd import EtcdCluster
 from tests.support.fleet import (
     NAMES,
@@ -22,12 +21,12 @@ from tests.support.fleet import (
     FleetHost,
     events_since,
     in_flight,
+    load_seen,
+    load_through,
     moved_deployment,
     served_by_each,
 )
 from tests.support.host import Host, Result, assert_no_failures
-
-__all__ = ["edge"]  # the fixture, shared with test_cluster_edge
 
 ROLLING: dict[str, Any] = {"deploy": {"strategy": "rolling", "hosts_at_once": 1}}
 
@@ -126,3 +125,31 @@ async def test_a_rolling_release_failing_on_the_second_host_puts_the_first_back_
     assert late == {"v1"}, outcome.summary()
     assert await served_by_each(fleet_hosts) == dict.fromkeys(NAMES, "v1")
     assert route is not None and route.version == "v1" and route.hosts == tuple(NAMES), route
+
+
+async def test_max_unavailable_hosts_through_the_edges_is_refused_unless_rolling(
+    host: Host,
+) -> None:
+    """Blue-green and canary at the edges take half the hosts out of rotation by design: a
+    bound on unavailable hosts cannot hold there, so it is refused before the fleet is asked
+    (the cluster named here does not even answer)."""
+    edges = {"hosts": NAMES, "edge": {"listen": "127.0.0.1:9"}}
+    bad = host.config({**edges, "deploy": {"max_unavailable_hosts": 2}}, "bad.yml")
+    good = host.config(
+        {**edges, "deploy": {"strategy": "rolling", "max_unavailable_hosts": 2}}, "rolling.yml"
+    )
+
+    async def deploy(config: Path, *flags: str) -> Result:
+        return await host.baton(
+            "deploy", "-c", str(config), "--version", "v2", "--cluster", "http://127.0.0.1:9",
+            *flags,
+        )  # fmt: skip
+
+    refused = await deploy(bad)
+    said = refused.out + refused.err
+    assert refused.rc == 2, refused
+    assert "deploy.max_unavailable_hosts" in said and "bad.yml" in said, refused
+    assert "edge.listen and deploy.strategy blue-green" in said, refused
+    overridden = await deploy(good, "--strategy", "blue-green")
+    said = overridden.out + overridden.err
+    assert overridden.rc == 2 and "use --strategy rolling" in said, overridden

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
@@ -28,22 +27,9 @@ from baton.cluster.keys import HostRecord
 from baton.cluster.registry import Registration
 from baton.cluster.rollout import DEPLOYMENTS, roll_out
 from baton.errors import Fenced
-from tests.support.etcd import EtcdCluster
+from tests.support.fleet import desired, lapse
 
 TTL = 30  # long: the old leader must not notice the lapse by itself during the test
-
-
-@pytest.fixture
-async def etcd(etcd_cluster: EtcdCluster) -> AsyncIterator[Etcd]:
-    async with Etcd(etcd_cluster.endpoints) as client:
-        yield client
-
-
-async def lapse(etcd: Etcd, key: str) -> None:
-    """End the lease ``key`` lives under, as etcd does when its holder stops renewing."""
-    kv = await etcd.get(key)
-    assert kv is not None and kv.lease, key
-    await etcd.revoke(kv.lease)
 
 
 async def test_a_deposed_leaders_writes_are_refused_and_change_nothing(etcd: Etcd) -> None:
@@ -124,16 +110,6 @@ async def report(etcd: Etcd, host: str, release: keys.DesiredRelease) -> None:
     """The host's agent: the desired release is deployed."""
     progress = keys.Progress(release.app, release.version, release.deployment, "done")
     await etcd.put(keys.progress_key(host, release.app), progress.to_json())
-
-
-async def desired(etcd: Etcd, host: str, deployment: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        kv = await etcd.get(keys.desired_key(host, "shop"))
-        if kv is not None and keys.DesiredRelease.from_json(kv.value).deployment == deployment:
-            return
-        assert time.monotonic() < deadline, f"{host} never asked for {deployment}"
-        await asyncio.sleep(0.05)
 
 
 async def test_a_paused_leaders_rollout_is_fenced_while_the_new_leader_finishes_it(

@@ -3,27 +3,36 @@ daemon, proxy, apps and state dir, coordinated through a real 3-member etcd.
 
 etcd runs in the test's namespace on the lab's gateway address (10.213.N.1); the hosts reach
 it over their veth links, and the test reaches each host's proxy on its own address. The
-``fleet`` fixture (a pytest plugin, see ``tests/conftest.py``) starts them; the helpers read
-what each host serves and what the controller wrote to etcd.
+``fleet`` fixture (a pytest plugin, see ``tests/conftest.py``) starts them, the ``edge``
+fixture an edge host in front of them, ``started_instance_fleet`` app hosts with
+``--instance-ip`` beside controller-only hosts; the helpers read what each host serves and
+what the controller wrote to etcd, and load the app through an edge. The ``etcd`` fixture is
+a client of the test's loopback etcd (``etcd_cluster``), for tests that play the hosts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from baton.cluster import keys
 from baton.cluster.etcd import Etcd, WatchEvent
+from baton.cluster.registry import hosts
 from baton.cluster.rollout import DEPLOYMENTS
 from tests.support.etcd import EtcdCluster
 from tests.support.host import CLI_TIMEOUT, Host, Result
+from tests.support.load import Load
 from tests.support.netns import NetHost, NetLab, require_netns
 
 PORT = 8080
@@ -111,6 +120,104 @@ async def fleet(
 ) -> AsyncIterator[tuple[EtcdCluster, list[FleetHost]]]:
     async with started_fleet(netlab, tmp_path, NAMES) as started:
         yield started
+
+
+@contextlib.asynccontextmanager
+async def started_edge(
+    cluster: EtcdCluster, netlab: NetLab, root: Path, name: str
+) -> AsyncIterator[FleetHost]:
+    """An edge host ``name`` (its own namespace, daemon and proxy) in the fleet, torn down
+    after (its log's tail printed: shown when the test fails)."""
+    h = FleetHost(root / name, netlab, netlab.add_host(name))
+    h.root.mkdir()
+    h.config()
+    try:
+        up = await h.baton(
+            "up", "--detach", "--cluster", cluster.endpoints_text, "--host-name", name,
+            "--advertise", f"{h.net.address}:{PORT}", "--roles", "edge", timeout=60,
+        )  # fmt: skip
+        assert up.rc == 0, up
+        yield h
+    finally:
+        log = h.state_dir / "logs" / "server.log"
+        if log.exists():
+            print(f"--- {name} server.log (tail)\n" + log.read_text()[-3000:])
+        await h.teardown()
+
+
+@pytest.fixture
+async def edge(
+    fleet: tuple[EtcdCluster, list[FleetHost]], netlab: NetLab, tmp_path: Path
+) -> AsyncIterator[FleetHost]:
+    async with started_edge(fleet[0], netlab, tmp_path, "edge1") as h:
+        yield h
+
+
+async def load_through(edge: FleetHost) -> Load:
+    """Continuous load through ``edge`` (bounded in count and time)."""
+    return await Load().start(
+        edge.url, concurrency=4, max_requests=400_000, max_seconds=240, delay=0.005
+    )
+
+
+async def load_seen(load: Load, after: float, count: int = 50, what: str = "the deploy") -> None:
+    """Wait until ``count`` requests were sent through the edge after ``after``."""
+    deadline = asyncio.get_running_loop().time() + 30
+    while sum(s.sent >= after for s in load.timeline) < count:
+        assert asyncio.get_running_loop().time() < deadline, f"no load after {what}"
+        await asyncio.sleep(0.05)
+
+
+CONTROLLERS = ["ctl1", "ctl2"]
+
+
+@contextlib.asynccontextmanager
+async def started_instance_fleet(
+    netlab: NetLab, root: Path
+) -> AsyncIterator[tuple[EtcdCluster, list[FleetHost]]]:
+    """Three app hosts whose instances listen on their private addresses, and two hosts that
+    only run controller candidates (``root / NAME``: killing one kills no app); the app
+    hosts are the ones given back."""
+
+    def roles(net: NetHost) -> list[str]:
+        if net.name in NAMES:
+            return ["--roles", "app", "--instance-ip", net.address]
+        return ["--roles", "controller"]
+
+    async with started_fleet(netlab, root, [*NAMES, *CONTROLLERS], roles) as (
+        etcd,
+        started,
+    ):
+        yield etcd, started[: len(NAMES)]
+
+
+def instance_request(
+    version: str, deployment: str, fleet_hosts: list[FleetHost], listen: str
+) -> keys.DeployRequest:
+    """A blue-green of ``version`` through the edges; each host's instances answer
+    ``VERSION@HOST`` (their own baton.yml names it), so a client sees which host answered."""
+    for h in fleet_hosts:
+        cfg = yaml.safe_load((h.root / "baton.yml").read_text())
+        cfg["run"]["env"]["APP_VERSION"] = f"{version}@{h.net.name}"
+        (h.root / "baton.yml").write_text(yaml.safe_dump(cfg))
+    return keys.DeployRequest(
+        replace(release(version, deployment), env={}),
+        tuple(NAMES),
+        configs=configs(fleet_hosts),
+        edge=listen,
+        edge_health="/up",
+    )
+
+
+async def kill_daemon(etcd: Etcd, victim: FleetHost) -> None:
+    """SIGKILL ``victim``'s daemon (its proxy keeps serving) and wait until its lease lapsed."""
+    pid = victim.server_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    deadline = asyncio.get_running_loop().time() + 30
+    while {v.record.name: v.reachable for v in await hosts(etcd)}[victim.net.name]:
+        assert asyncio.get_running_loop().time() < deadline, f"{victim.net.name} still reachable"
+        await asyncio.sleep(0.1)
 
 
 def release(version: str, deployment: str) -> keys.DesiredRelease:
@@ -207,3 +314,27 @@ def in_flight(events: list[WatchEvent], deployment: str) -> Flight:
 def moved_deployment(out: str) -> str:
     """The fleet deployment id ``baton deploy`` printed."""
     return out.split("fleet deployment ", 1)[1].split(":", 1)[0]
+
+
+@pytest.fixture
+async def etcd(etcd_cluster: EtcdCluster) -> AsyncIterator[Etcd]:
+    async with Etcd(etcd_cluster.endpoints) as client:
+        yield client
+
+
+async def lapse(etcd: Etcd, key: str) -> None:
+    """End the lease ``key`` lives under, as etcd does when its holder stops renewing."""
+    kv = await etcd.get(key)
+    assert kv is not None and kv.lease, key
+    await etcd.revoke(kv.lease)
+
+
+async def desired(etcd: Etcd, host: str, deployment: str, timeout: float = 30) -> None:
+    """Wait until ``host``'s desired release of shop is ``deployment``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        kv = await etcd.get(keys.desired_key(host, "shop"))
+        if kv is not None and keys.DesiredRelease.from_json(kv.value).deployment == deployment:
+            return
+        assert time.monotonic() < deadline, f"{host} never asked for {deployment}"
+        await asyncio.sleep(0.05)

@@ -929,6 +929,18 @@ def test_an_edge_listen_makes_fleet_deploys_go_through_the_edges(tmp_path: Path)
             "at least deploy.hosts_at_once",
         ),
         ("edge:\n  listen: 0.0.0.0:80\n", "edge", "needs hosts"),
+        (  # the half-and-half at the edges has half the hosts out of rotation by design
+            "hosts: [web1, web2]\nedge:\n  listen: 1.2.3.4:80\n"
+            "deploy:\n  max_unavailable_hosts: 1\n",
+            "deploy.max_unavailable_hosts",
+            "edge.listen and deploy.strategy blue-green",
+        ),
+        (
+            "hosts: [web1, web2]\nedge:\n  listen: 1.2.3.4:80\n"
+            "deploy:\n  strategy: canary\n  max_unavailable_hosts: 2\n",
+            "deploy.max_unavailable_hosts",
+            "or use deploy.strategy: rolling",
+        ),
         ("hosts: [web1]\nedge: 0.0.0.0:80\n", "edge", "{listen: HOST:PORT}"),
         ("hosts: [web1]\nedge:\n  listen: nowhere\n", "edge.listen", "HOST:PORT"),
         ("hosts: [web1]\nedge:\n  listen: 1.2.3.4:80\n  tls: 1\n", "edge", "unknown key(s) tls"),
@@ -947,6 +959,17 @@ def test_bad_fleet_keys_name_the_file_and_key(
         load_config(path)
     assert caught.value.key == key and str(path) in str(caught.value)
     assert expected in str(caught.value)
+
+
+def test_max_unavailable_hosts_behind_edges_is_for_a_rolling_deploy(tmp_path: Path) -> None:
+    from baton.cluster.settings import fleet_settings
+
+    text = MINIMAL + (
+        "hosts: [web1, web2, web3]\nedge:\n  listen: 1.2.3.4:80\n"
+        "deploy:\n  strategy: rolling\n  max_unavailable_hosts: 2\n"
+    )
+    settings = fleet_settings(load_config(write(tmp_path, text)).raw)
+    assert (settings.hosts_at_once, settings.max_unavailable_hosts) == (1, 2)
 
 
 def test_stage_timeout_defaults_to_ten_minutes_and_is_read(tmp_path: Path) -> None:

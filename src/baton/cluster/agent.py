@@ -37,6 +37,7 @@ import aiohttp
 from baton.cluster import keys
 from baton.cluster.etcd import Etcd, KeyValue
 from baton.cluster.hostcanary import HostCanaries
+from baton.cluster.progress import write_progress
 from baton.cluster.registry import HOST_TTL, Registration
 from baton.deploy.staging import STAGED
 from baton.errors import BatonError, DaemonUnreachable, EtcdError, EtcdUnavailable
@@ -257,10 +258,14 @@ class Agent:
         )
 
     async def _report(self, progress: keys.Progress, *, best_effort: bool = False) -> None:
-        """Write ``progress``; when etcd does not take it, keep the last one for later."""
+        """Write ``progress`` (only while the host is asked for its deployment:
+        ``baton.cluster.progress``); when etcd does not answer, keep the last one for later."""
         try:
-            await self.etcd.put(keys.progress_key(self.host, progress.app), progress.to_json())
+            stale = await write_progress(self.etcd, self.host, progress)  # fenced: see there
             self.unsent.pop(progress.app, None)
+            if stale is not None:
+                log.warning("agent %s: %s %s %s not reported: %s", self.host, progress.app,
+                            progress.deployment, progress.state, stale)  # fmt: skip
         except (EtcdUnavailable, EtcdError) as exc:
             if not best_effort or progress.finished:
                 self.unsent[progress.app] = progress

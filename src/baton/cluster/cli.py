@@ -277,12 +277,26 @@ def fleet_deploy(
         release = replace(release, strategy="blue-green")
     # deploy.strategy rolling behind edges: the hosts in batches, the edges routing to all
     rolling = settings.edge_listen is not None and deploy_strategy(raw, strategy) == "rolling"
+    if settings.edge_listen is not None and not rolling:
+        check_edge_unavailable(settings.hosts_at_once, settings.max_unavailable_hosts, strategy)
     return asyncio.run(
         _follow_fleet(
             text, release, settings.hosts, settings.hosts_at_once, skip_unreachable, edge, canary,
             max_unavailable=settings.max_unavailable_hosts, configs=configs, rolling=rolling,
         )
     )  # fmt: skip
+
+
+def check_edge_unavailable(hosts_at_once: int, max_unavailable: int, strategy: str | None) -> None:
+    """A deploy through the edges that is not rolling takes half the hosts out of rotation by
+    design, so a ``deploy.max_unavailable_hosts`` above ``hosts_at_once`` (allowed by a
+    rolling baton.yml) cannot hold when ``--strategy`` asks for another: a usage error."""
+    if max_unavailable > hosts_at_once:
+        raise UsageError(
+            f"--strategy {strategy}: deploy.max_unavailable_hosts ({max_unavailable}) cannot"
+            " apply through the edges except to a rolling deploy (the others take half the"
+            " hosts out of rotation at once); use --strategy rolling"
+        )
 
 
 def deploy_strategy(raw: object, strategy: str | None) -> str | None:

@@ -26,6 +26,11 @@ that set it, the figures baseline, the previous releases) before it is held: a l
 dies mid-canary is replaced by one that **resumes at that step** with the same baseline,
 instead of starting the canary again. ``edge_canary`` and ``host_canary`` are the
 controller's entry points; both record the outcome under the request's deployment id.
+
+Unreachable hosts are handled as a rollout handles them: a host whose lease is gone when the
+canary begins fails it before anything changes, or with ``skip_unreachable`` is left out of
+it (and reported); a host of the canary that lapses while a step is held fails the step
+(``judge_step``'s ``lost``, ``lapse_watch``), which puts every host back.
 """
 
 from __future__ import annotations
@@ -103,9 +108,11 @@ async def judge_step(
     hold: float,
     cfg: AnalysisConfig,
     max_extensions: int,
+    lost: Callable[[], Awaitable[str | None]] | None = None,
 ) -> tuple[bool, str]:
     """Hold one step and judge it on the figures ``read`` gives (every publisher's); whether
-    it passed, and why in words."""
+    it passed, and why in words. ``lost``, asked at every read, says why the step cannot go
+    on (a host of the canary became unreachable), or None."""
     tally = FleetTally(baseline, (stable, version))
     latest = baseline
     loop = asyncio.get_running_loop()
@@ -116,6 +123,9 @@ async def judge_step(
         with contextlib.suppress(EtcdUnavailable, EtcdError):
             latest = await read()
             tally.add(latest)
+            why = await lost() if lost is not None else None
+            if why is not None:
+                return False, why
         why = tripped(tally, version, cfg)
         if why is not None:
             return False, why
@@ -143,6 +153,27 @@ async def judge_step(
 
 def _only(figures: Figures, publishers: Collection[str] | None) -> Figures:
     return {p: f for p, f in figures.items() if publishers is None or p in publishers}
+
+
+async def reachable(etcd: Etcd) -> set[str]:
+    """The hosts whose lease is alive."""
+    alive, _ = await etcd.get_prefix(keys.ALIVE)
+    return {keys.name_after(keys.ALIVE, kv.key) for kv in alive}
+
+
+def unreachable(hosts: Sequence[str], alive: Collection[str]) -> list[str]:
+    """The hosts of ``hosts`` not in ``alive``, in order (pure)."""
+    return [h for h in hosts if h not in alive]
+
+
+def lapse_watch(etcd: Etcd, hosts: Sequence[str]) -> Callable[[], Awaitable[str | None]]:
+    """For ``judge_step``'s ``lost``: why the canary cannot go on when a host of it lapsed."""
+
+    async def lost() -> str | None:
+        gone = unreachable(hosts, await reachable(etcd))
+        return f"{', '.join(gone)} became unreachable (its lease lapsed)" if gone else None
+
+    return lost
 
 
 # -- at the edges ------------------------------------------------------------------------------
@@ -222,19 +253,26 @@ async def canary(
                               "baseline": baseline})  # fmt: skip
         ok, why = await judge_step(
             read, baseline, stable=previous, version=release.version, weight=weight,
-            hold=hold, cfg=cfg, max_extensions=max_extensions,
+            hold=hold, cfg=cfg, max_extensions=max_extensions, lost=lapse_watch(etcd, hosts),
         )  # fmt: skip
         if not ok:  # the canary failed: back to previous everywhere
             await wait_applied(etcd, await publish(etcd, route(blue, previous)), apply_timeout)
             undo = replace(
                 release, version=previous, deployment=f"{release.deployment}-undo", rollback=True
             )
-            await roll_out(
+            back = await roll_out(  # a green host that lapsed must not hold the others back
                 etcd, undo, green, hosts_at_once=len(green), configs=configs, holder=holder,
-                host_timeout=host_timeout,
+                host_timeout=host_timeout, skip_unreachable=True,
             )  # fmt: skip
-            await wait_applied(etcd, await publish(etcd, route(hosts, previous)), apply_timeout)
+            # A lapsed green host may still serve the canary from its proxy: not routed to.
+            served = [h for h in hosts if h not in back.skipped]
+            await wait_applied(etcd, await publish(etcd, route(served, previous)), apply_timeout)
             result.message = f"canary at {weight}%: {why}; the fleet stays on {previous}"
+            if back.skipped:
+                result.message += (
+                    f" ({', '.join(back.skipped)}: unreachable, not switched back, left out of"
+                    " the edges' route)"
+                )
             return result
     result.cutover_revision = await publish(etcd, route(green, release.version))
     await wait_applied(etcd, result.cutover_revision, apply_timeout)
@@ -252,6 +290,10 @@ async def edge_canary(etcd: Etcd, request: keys.DeployRequest, holder: str) -> R
     from the release the edges route to now (with no edge route yet, or a single host,
     ``edge_blue_green``'s plain rollout). Each step is recorded in ``/baton/deployments/APP``
     so a new leader resumes there; the outcome is recorded under the request's deployment id.
+
+    An app host unreachable when the canary begins fails it before anything changes, or with
+    ``skip_unreachable`` is left out (of the canary and of the edges' route, as it keeps the
+    old release) and reported; a host that lapses while a step is held fails the step.
     """
     release, hosts = request.release, list(request.hosts)
     assert request.edge is not None
@@ -260,6 +302,8 @@ async def edge_canary(etcd: Etcd, request: keys.DeployRequest, holder: str) -> R
         ok = known["state"] == "succeeded"
         return RolloutResult(ok, release.deployment, str(known.get("message", "")))
     resume = known.get("canary") if isinstance(known.get("canary"), dict) else None
+    skipped: list[str] = [str(h) for h in known.get("skipped", [])] if resume else []
+    hosts = [h for h in hosts if h not in skipped]
     base: dict[str, Any] = {
         "deployment": release.deployment,
         "app": release.app,
@@ -267,6 +311,7 @@ async def edge_canary(etcd: Etcd, request: keys.DeployRequest, holder: str) -> R
         "hosts": hosts,
         "hosts_at_once": request.hosts_at_once,
         "strategy": "edge-canary",
+        "skipped": skipped,
     }
     if resume is not None:
         previous = str(known.get("previous_version"))
@@ -275,6 +320,18 @@ async def edge_canary(etcd: Etcd, request: keys.DeployRequest, holder: str) -> R
         if route is None or len(hosts) < 2:
             return await edge_blue_green(etcd, request, holder)
         previous = route.version
+        gone = unreachable(hosts, await reachable(etcd))
+        if gone and (not request.skip_unreachable or len(hosts) - len(gone) < 2):
+            why = "" if not request.skip_unreachable else " (a canary needs 2 reachable hosts)"
+            message = (
+                f"{', '.join(gone)} unreachable when the canary began{why}; nothing changed,"
+                f" the fleet stays on {previous}"
+            )
+            failed = {**base, "state": "failed", "message": message}
+            await etcd.put(DEPLOYMENTS + release.app, json.dumps(failed))
+            return RolloutResult(False, release.deployment, message)
+        skipped, hosts = gone, [h for h in hosts if h not in gone]
+        base["hosts"], base["skipped"] = hosts, skipped
 
     async def record(step: dict[str, Any]) -> None:
         body = {**base, "state": "running", "previous_version": previous, "canary": step}
@@ -291,6 +348,8 @@ async def edge_canary(etcd: Etcd, request: keys.DeployRequest, holder: str) -> R
         ok, message, cutover = result.ok, result.message, result.cutover_revision
     except TimeoutError as exc:
         ok, message = False, f"{exc}; the edges that did serve its route"
+    if skipped:
+        message += f"; skipped (unreachable, left out of the edges' route): {', '.join(skipped)}"
     final = {
         **base,
         "state": "succeeded" if ok else "failed",
@@ -298,7 +357,7 @@ async def edge_canary(etcd: Etcd, request: keys.DeployRequest, holder: str) -> R
         "cutover_revision": cutover,
     }
     await etcd.put(DEPLOYMENTS + release.app, json.dumps(final))
-    return RolloutResult(ok, release.deployment, message, done=hosts if ok else [])
+    return RolloutResult(ok, release.deployment, message, done=hosts if ok else [], skipped=skipped)
 
 
 # -- without edges ----------------------------------------------------------------------------
@@ -364,7 +423,12 @@ async def host_canary(
     release beside its live one; each ``deploy.canary`` step is one revision of every host's
     ``canary_weight``, judged on every host's figures summed; then promoted everywhere, or
     every host back on its previous release. A first deploy (a host with no release yet, or
-    hosts on different releases) is a plain ``roll_out``."""
+    hosts on different releases) is a plain ``roll_out``.
+
+    A host unreachable when the canary begins fails it before anything changes, or with
+    ``skip_unreachable`` is left out of it (no desired release written, its figures not
+    judged) and reported. A host of the canary whose lease lapses fails the step (also while
+    it is held): every host of it gets its previous release back."""
     release, hosts, app = request.release, list(request.hosts), request.release.app
     deployment = release.deployment
     known = await deployment_record(etcd, app, deployment) or {}
@@ -373,19 +437,21 @@ async def host_canary(
         return RolloutResult(ok, deployment, str(known.get("message", "")))
     mine = known.get("canary") if isinstance(known.get("canary"), dict) else None
     previous: dict[str, keys.DesiredRelease] = {}
-    if mine is not None:
+    skipped: list[str] = []
+    if mine is not None:  # a resumed canary: its hosts are the ones it recorded
         previous = {h: keys.DesiredRelease.from_json(raw) for h, raw in mine["previous"].items()}
+        skipped = [str(h) for h in mine.get("skipped", [])]
     else:
         for host in hosts:
             kv = await etcd.get(keys.desired_key(host, app))
             if kv is not None:
                 previous[host] = keys.DesiredRelease.from_json(kv.value, f"etcd key {kv.key}")
     stable = {p.version for p in previous.values()}
-    if len(previous) < len(hosts) or len(stable) != 1 or not request.canary:
+    if mine is None and (len(previous) < len(hosts) or len(stable) != 1 or not request.canary):
         return await roll_out(
             etcd, release, hosts, hosts_at_once=request.hosts_at_once,
             skip_unreachable=request.skip_unreachable, configs=request.configs, holder=holder,
-            host_timeout=host_timeout,
+            host_timeout=host_timeout, max_unavailable=request.max_unavailable_hosts or None,
         )  # fmt: skip
     (stable_version,) = stable
     cfg = analysis_of(request)
@@ -399,8 +465,44 @@ async def host_canary(
         "strategy": "host-canary",
         "state": "running",
     }
+    try:
+        if mine is None:
+            gone = unreachable(hosts, await reachable(etcd))
+            if gone and (not request.skip_unreachable or len(gone) == len(hosts)):
+                message = (
+                    f"{', '.join(gone)} unreachable when the canary began; nothing changed,"
+                    f" every host stays on {stable_version}"
+                )
+                final = {**body, "state": "failed", "message": message, "skipped": []}
+                await etcd.put(DEPLOYMENTS + app, json.dumps(final))
+                return RolloutResult(False, deployment, message)
+            skipped = gone
+            previous = {h: p for h, p in previous.items() if h not in gone}
+        return await _host_canary(
+            etcd, request, body, previous, skipped, mine, stable_version, cfg, host_timeout
+        )
+    finally:
+        await lock.release()
+
+
+async def _host_canary(
+    etcd: Etcd,
+    request: keys.DeployRequest,
+    body: dict[str, Any],
+    previous: dict[str, keys.DesiredRelease],
+    skipped: list[str],
+    mine: dict[str, Any] | None,
+    stable_version: str,
+    cfg: AnalysisConfig,
+    host_timeout: float,
+) -> RolloutResult:
+    """``host_canary`` on the hosts of ``previous`` (the reachable ones), under the lock."""
+    release, app, deployment = request.release, request.release.app, request.release.deployment
+    members = [h for h in request.hosts if h in previous]  # the hosts in the canary, in order
     step: dict[str, Any] = dict(mine or {})
     step["previous"] = {h: p.to_json() for h, p in previous.items()}
+    step["skipped"] = skipped
+    body = {**body, "skipped": skipped}
 
     async def record() -> None:
         await etcd.put(DEPLOYMENTS + app, json.dumps({**body, "canary": step}))
@@ -409,62 +511,59 @@ async def host_canary(
         configs = request.configs
         return {
             h: replace(release, config=configs.get(h, release.config), canary_weight=weight)
-            for h in hosts
+            for h in members
         }
 
     async def read() -> Figures:
-        return _only(await read_figures(etcd, HOST_FIGURES, app), hosts)
+        return _only(await read_figures(etcd, HOST_FIGURES, app), members)
 
     message, ok = "", False
-    try:
-        await record()
-        start = int(step.get("step", 0))
-        for n, (weight, hold) in enumerate(request.canary):
-            if n < start or step.get("phase") == "promote":
-                continue
-            if not (mine is not None and n == start and "baseline" in step):
-                revision = await _switch(etcd, wanted(weight), app)
-                problems = await _await_hosts(
-                    etcd, hosts, app, deployment, _at(weight), host_timeout
-                )
-                if problems:
-                    message = f"canary at {weight}%: {'; '.join(problems)}"
-                    break
-                step.update(step=n, weight=weight, revision=revision, baseline=await read())
-                await record()
-            passed, why = await judge_step(
-                read, step["baseline"], stable=stable_version, version=release.version,
-                weight=weight, hold=hold, cfg=cfg,
-                max_extensions=request.canary_max_hold_extensions,
-            )  # fmt: skip
-            if not passed:
-                message = f"canary at {weight}%: {why}"
-                break
-        else:
-            step["phase"] = "promote"
-            await record()
-            await _switch(etcd, wanted(None), app)
-            problems = await _await_hosts(
-                etcd, hosts, app, deployment, lambda p: p.state == "done", host_timeout
-            )
-            ok = not problems
-            message = (
-                f"{app} {release.version} is live on {len(hosts)} host(s)"
-                if ok
-                else f"promoting: {'; '.join(problems)}"
-            )
-        if not ok:
-            undo = f"{deployment}-undo"
-            back = {h: replace(p, deployment=undo, rollback=True) for h, p in previous.items()}
-            await _switch(etcd, back, app)
-            problems = await _await_hosts(
-                etcd, hosts, app, undo, lambda p: p.state == "done", host_timeout
-            )
-            message += f"; every host is back on {stable_version}"
+    await record()
+    start = int(step.get("step", 0))
+    for n, (weight, hold) in enumerate(request.canary):
+        if n < start or step.get("phase") == "promote":
+            continue
+        if not (mine is not None and n == start and "baseline" in step):
+            revision = await _switch(etcd, wanted(weight), app)
+            problems = await _await_hosts(etcd, members, app, deployment, _at(weight), host_timeout)
             if problems:
-                message += f" (except: {'; '.join(problems)})"
-        final = {**body, "state": "succeeded" if ok else "failed", "message": message}
-        await etcd.put(DEPLOYMENTS + app, json.dumps(final))
-        return RolloutResult(ok, deployment, message, done=hosts if ok else [])
-    finally:
-        await lock.release()
+                message = f"canary at {weight}%: {'; '.join(problems)}"
+                break
+            step.update(step=n, weight=weight, revision=revision, baseline=await read())
+            await record()
+        passed, why = await judge_step(
+            read, step["baseline"], stable=stable_version, version=release.version,
+            weight=weight, hold=hold, cfg=cfg,
+            max_extensions=request.canary_max_hold_extensions, lost=lapse_watch(etcd, members),
+        )  # fmt: skip
+        if not passed:
+            message = f"canary at {weight}%: {why}"
+            break
+    else:
+        step["phase"] = "promote"
+        await record()
+        await _switch(etcd, wanted(None), app)
+        problems = await _await_hosts(
+            etcd, members, app, deployment, lambda p: p.state == "done", host_timeout
+        )
+        ok = not problems
+        message = (
+            f"{app} {release.version} is live on {len(members)} host(s)"
+            if ok
+            else f"promoting: {'; '.join(problems)}"
+        )
+    if not ok:
+        undo = f"{deployment}-undo"
+        back = {h: replace(p, deployment=undo, rollback=True) for h, p in previous.items()}
+        await _switch(etcd, back, app)
+        problems = await _await_hosts(
+            etcd, members, app, undo, lambda p: p.state == "done", host_timeout
+        )
+        message += f"; every host is back on {stable_version}"
+        if problems:
+            message += f" (except: {'; '.join(problems)})"
+    if skipped:
+        message += f"; skipped (unreachable): {', '.join(skipped)}"
+    final = {**body, "state": "succeeded" if ok else "failed", "message": message}
+    await etcd.put(DEPLOYMENTS + app, json.dumps(final))
+    return RolloutResult(ok, deployment, message, done=members if ok else [], skipped=skipped)

@@ -5,7 +5,8 @@
 | hosts                          | (none: one host) | ``[web1, web2]`` or ``{role: app}``       |
 | deploy.hosts_at_once           | 1                | hosts deployed in one batch               |
 | deploy.max_unavailable_hosts   | hosts_at_once    | hosts switching at once, at most: batches |
-|                                |                  | start while fewer are in flight           |
+|                                |                  | start while fewer are in flight; with     |
+|                                |                  | edge.listen only for strategy rolling     |
 | edge.listen                    | (none: no edges) | where the edges take the app's traffic;   |
 |                                |                  | a deploy is blue-green at the edges       |
 | edge.health_path               | health.path, /up | the edges' health check of each app host  |
@@ -141,6 +142,15 @@ def fleet_settings(raw: object, file: str | None = None) -> FleetSettings:
     if edge is not None and hosts is None:
         raise ConfigError(
             "edge needs hosts: the app hosts the edges route to", file=file, key="edge"
+        )
+    strategy = deploy.get("strategy", "blue-green")
+    if edge is not None and "max_unavailable_hosts" in deploy and strategy != "rolling":
+        raise ConfigError(
+            f"cannot apply with edge.listen and deploy.strategy {strategy}: a deploy through"
+            " the edges takes half the hosts out of rotation at once by design (green, then"
+            " blue); remove deploy.max_unavailable_hosts, or use deploy.strategy: rolling",
+            file=file,
+            key="deploy.max_unavailable_hosts",
         )
     return FleetSettings(hosts, at_once, unavailable, edge, edge_health)
 
