@@ -19,6 +19,7 @@ from pathlib import Path
 import click
 
 from baton.errors import RouteTableError
+from baton.proxy import gcpolicy
 from baton.proxy.accesslog import FORMATS as ACCESS_LOG_FORMATS
 from baton.proxy.accesslog import AccessLogSpec
 from baton.proxy.admin import AdminAPI
@@ -100,6 +101,7 @@ async def serve(
     handoff = HandoffServer(handoff_path(own_admin), proxy.all_listening_fds, stop.set)
     handoff.start()
     proxy.start()
+    gcpolicy.settle()  # start-up done: its objects are never walked again
     if successor is not None:
         await _self_check(own_admin, proxy.table.generation)
         os.replace(own_admin, admin)

@@ -60,6 +60,7 @@ from aiohttp import web
 
 from baton import __version__
 from baton.errors import RouteTableError
+from baton.proxy import gcpolicy
 from baton.proxy.handoff import (
     HandoffServer,
     Takeover,
@@ -934,6 +935,7 @@ async def serve_worker(
     )
     handoff.start()
     proxy.start()
+    gcpolicy.settle()  # start-up done: its objects are never walked again
     await stop.wait()
     handoff.stop()
     await proxy.shutdown(settings.drain_deadline)
