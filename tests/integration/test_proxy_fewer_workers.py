@@ -12,6 +12,8 @@ process, and not one request fails or is reset.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.h1 import parse_status
 from tests.support.load import Load
 from tests.support.procs import Backend
 from tests.support.proxy import ProxyProcess, admin_call
@@ -89,3 +92,55 @@ async def test_fewer_workers_by_takeover_under_new_connection_load_resets_nothin
                 proc.terminate()
             for proc in successors:
                 proc.wait(timeout=60)
+
+
+async def fetch_fresh(port: int) -> int:
+    """One request on a fresh connection (the kernel picks its socket of the group); its
+    status, or -1 when it is not answered within 5 s (a socket nobody accepts on)."""
+    try:
+        async with asyncio.timeout(5):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                writer.write(b"GET / HTTP/1.1\r\nHost: w\r\nConnection: close\r\n\r\n")
+                return parse_status(await reader.read())
+            finally:
+                writer.close()
+    except (OSError, TimeoutError, ValueError):
+        return -1
+
+
+@pytest.mark.timeout(180)
+async def test_a_restarted_worker_accepts_on_its_whole_share_of_a_larger_group() -> None:
+    with Backend("v1") as v1, ProxyProcess("--workers", "3") as proxy:
+        proxy.route(("v1", 100, [v1.addr]))
+        new = start_successor(proxy, 2)
+        try:
+            health = await took_over(proxy, new)
+            assert proxy.proc is not None and await exited(proxy.proc) == 0
+            # Three sockets over two workers: worker 0 accepts on two of them.
+            first = next(w for w in health["workers"] if w["index"] == 0)
+            os.kill(first["pid"], signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            replaced: dict[str, Any] = {}
+            while time.monotonic() < deadline and not replaced:
+                _, answer = await asyncio.to_thread(
+                    admin_call, proxy.admin, "GET", "/health", timeout=5
+                )
+                replaced = next(
+                    (
+                        w
+                        for w in answer.get("workers", [])
+                        if w["index"] == 0 and w["pid"] not in (None, first["pid"])
+                    ),
+                    {},
+                )
+                await asyncio.sleep(0.05)
+            assert replaced.get("restarts") == 1, replaced
+            # Fresh connections land on every socket of the group: all are answered.
+            statuses: list[int] = []
+            for _ in range(15):
+                statuses += await asyncio.gather(*(fetch_fresh(proxy.port) for _ in range(10)))
+            assert statuses == [200] * 150, statuses
+        finally:
+            new.terminate()
+            new.wait(timeout=60)
