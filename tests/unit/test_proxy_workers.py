@@ -12,6 +12,7 @@ from baton.proxy.workers import (
     prometheus_counters,
     routed_only,
     share,
+    share_of,
     sum_metrics,
     sum_prometheus,
     sum_targets,
@@ -139,3 +140,19 @@ def test_a_trip_seen_by_any_worker_keeps_that_canary_at_weight_zero() -> None:
     assert [r["weight"] for r in out["web"]["releases"]] == [100, 0]
     assert zero_tripped(canary_apps(0), tripped) is None  # already out
     assert zero_tripped(canary_apps(75, deployment="42"), tripped) is None  # a new deployment
+
+
+@pytest.mark.parametrize(("sockets", "workers"), [(3, 2), (2, 1), (4, 2), (2, 2), (5, 3), (1, 1)])
+def test_every_socket_of_a_group_is_served_by_exactly_one_worker(
+    sockets: int, workers: int
+) -> None:
+    served = [i for w in range(workers) for i in share_of(sockets, workers, w)]
+    assert sorted(served) == list(range(sockets))
+    # Round-robin: no worker has more than one socket more than another.
+    sizes = [len(share_of(sockets, workers, w)) for w in range(workers)]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_one_socket_that_cannot_have_siblings_is_shared_by_every_worker() -> None:
+    assert [share_of(1, 3, w) for w in range(3)] == [[0], [0], [0]]
+    assert share_of(0, 2, 1) == []

@@ -19,6 +19,7 @@ from pathlib import Path
 import click
 
 from baton.errors import RouteTableError
+from baton.proxy import gcpolicy
 from baton.proxy.accesslog import FORMATS as ACCESS_LOG_FORMATS
 from baton.proxy.accesslog import AccessLogSpec
 from baton.proxy.admin import AdminAPI
@@ -56,12 +57,14 @@ async def serve(
     successor: Takeover | None = None
     if takeover:
         successor = Takeover(admin)
-        received = await asyncio.to_thread(successor.receive)
+        # Every socket, even more than one per address (the old proxy had more workers):
+        # closing one would reset the connections queued on it.
+        received = await asyncio.to_thread(successor.receive_all)
         table = await admin_get(admin, "/routes")
         specs = parse_table({"apps": table["apps"]})
         proxy.tls.update(specs)  # HTTPS listeners need their certificates before they accept
-        for address, sock in received.items():
-            await proxy.listen(address, sock=sock, serve=False)
+        for address, sock in received:
+            await proxy.listen_also(address, sock, serve=False)
         await proxy.apply(specs, generation=table["generation"])
     saved = table_path(admin)
     given = parse_table(json.loads(routes.read_text())) if routes is not None else None
@@ -95,9 +98,10 @@ async def serve(
     api = AdminAPI(proxy)
     await api.start(own_admin)
     stop = asyncio.Event()
-    handoff = HandoffServer(handoff_path(own_admin), proxy.listening_fds, stop.set)
+    handoff = HandoffServer(handoff_path(own_admin), proxy.all_listening_fds, stop.set)
     handoff.start()
     proxy.start()
+    gcpolicy.settle()  # start-up done: its objects are never walked again
     if successor is not None:
         await _self_check(own_admin, proxy.table.generation)
         os.replace(own_admin, admin)
@@ -337,7 +341,7 @@ def proxy_command(
             parse_address(address, "--listen")
         except RouteTableError as exc:
             raise click.BadParameter(str(exc), param_hint="--listen") from None
-    listen_fds: dict[str, int] = {}
+    listen_pairs: list[tuple[str, int]] = []  # a worker may get several sockets per address
     for item in listen_fd:
         address, _, fd = item.rpartition("=")
         try:
@@ -349,7 +353,8 @@ def proxy_command(
                 f"expected ADDRESS=FD with FD an inherited listening socket, got {item!r}",
                 param_hint="--listen-fd",
             )
-        listen_fds[address] = int(fd)
+        listen_pairs.append((address, int(fd)))
+    listen_fds = dict(listen_pairs)
     settings = ProxySettings(
         header_timeout=header_timeout,
         keepalive_timeout=keepalive_timeout,
@@ -369,7 +374,7 @@ def proxy_command(
     import uvloop
 
     if worker_of is not None:
-        main = serve_worker(admin, worker_of, settings, listen_fds)
+        main = serve_worker(admin, worker_of, settings, listen_pairs)
     elif count > 1:
         main = supervise(list(listen), admin, settings, count, routes, takeover, listen_fds)
     else:

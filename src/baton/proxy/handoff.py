@@ -148,10 +148,10 @@ class Takeover:
         self.old_pid = 0
 
     def receive(self, timeout: float = 10.0) -> dict[str, socket.socket]:
-        """One socket per address. The old proxy's other sockets for an address (a
-        supervisor's ``SO_REUSEPORT`` group) are closed here: a proxy with fewer workers
-        than the old one cannot serve them (their queued connections are reset when the
-        old one retires)."""
+        """One socket per address; the old proxy's other sockets for an address (a
+        supervisor's ``SO_REUSEPORT`` group) are closed here, which resets the connections
+        queued on them once the old proxy retires. A successor uses ``receive_all`` and
+        serves every socket (``Proxy.listen_also``, ``Supervisor.shares``)."""
         out: dict[str, socket.socket] = {}
         for address, sock in self.receive_all(timeout):
             if address in out:

@@ -1220,6 +1220,8 @@ class Proxy:
         self.handshaking: dict[ClientConnection, float] = {}  # accepted, TLS not done yet
         # Listening sockets a supervisor gave this worker for the next table (supervisor.py).
         self.adopted: dict[str, socket.socket] = {}
+        # More sockets of a listener's SO_REUSEPORT group, served too (``listen_also``).
+        self.also: list[tuple[str, asyncio.base_events.Server]] = []
 
     def flag_cohort_metrics(self, app: str, value: bytes) -> list[ReleaseMetrics]:
         """The counters of the flag cohorts a ``Baton-Flags`` answer names: each
@@ -1397,8 +1399,33 @@ class Proxy:
             if since < oldest:
                 del self.handshaking[conn]
 
+    async def listen_also(self, address: str, sock: socket.socket, *, serve: bool = True) -> None:
+        """Accept clients of ``address`` on one more socket of its ``SO_REUSEPORT`` group
+        (handed over by a proxy with more workers). It is served until this proxy stops:
+        closing it would reset the connections the kernel queued on it."""
+        if address not in self.servers:
+            await self.listen(address, sock, serve=serve)
+            return
+        tls = self.tls.server_context(address) if address in self.tls_servers else None
+        server = await self.loop.create_server(
+            lambda: self._client(address),
+            sock=sock,
+            backlog=4096,
+            start_serving=serve,
+            ssl=tls,
+            ssl_handshake_timeout=self.settings.header_timeout if tls is not None else None,
+        )
+        self.also.append((address, server))
+
+    def all_listening_fds(self) -> list[tuple[str, int]]:
+        """``listening_fds`` and those of every ``listen_also`` socket, as (address, fd)
+        pairs: a successor must get them all."""
+        first = list(self.listening_fds().items())
+        more = [(a, os.dup(cast(Any, s).sockets[0].fileno())) for a, s in self.also]
+        return first + more
+
     async def start_serving(self) -> None:
-        for server in self.servers.values():
+        for server in [*self.servers.values(), *(s for _, s in self.also)]:
             if not server.is_serving():
                 await server.start_serving()
 
@@ -1547,7 +1574,7 @@ class Proxy:
         ``deadline`` seconds have passed, when everything left is closed.
         """
         self.stopping = True
-        for server in self.servers.values():
+        for server in [*self.servers.values(), *(s for _, s in self.also)]:
             server.close()
         for on_stop in list(self.on_stop):
             on_stop()

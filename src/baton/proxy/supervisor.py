@@ -10,8 +10,12 @@ a full proxy (``server.Proxy``) started with a duplicate of its slot's socket
 a ``SO_REUSEPORT`` socket resets the connections queued on it, and here none is closed
 while the proxy lives. A worker that dies (even by SIGKILL) leaves its socket open in the
 supervisor; clients queued on it wait for the replacement, which inherits the same
-socket. The hitless takeover (``handoff.py``) hands over every socket of every slot; a
-successor with as many workers serves each one. A first socket bound without
+socket. The hitless takeover (``handoff.py``) hands over every socket of every slot, and
+the successor serves every one, however many workers it has: with fewer, a worker accepts
+on several sockets of an address (M sockets over N workers, round-robin: ``shares``); a
+single proxy accepts on all of them; with more, siblings are bound. None is closed while
+the proxy lives, so lowering ``proxy.workers`` resets no queued connection. A first socket
+bound without
 ``SO_REUSEPORT`` (an older proxy's, or an older daemon's ``--listen-fd``) cannot have
 siblings: then every worker shares that one socket, which works, less evenly.
 
@@ -56,6 +60,7 @@ from aiohttp import web
 
 from baton import __version__
 from baton.errors import RouteTableError
+from baton.proxy import gcpolicy
 from baton.proxy.handoff import (
     HandoffServer,
     Takeover,
@@ -74,6 +79,7 @@ from baton.proxy.workers import (
     routed_only,
     routed_series,
     share,
+    share_of,
     sum_fuses,
     sum_metrics,
     sum_prometheus,
@@ -210,12 +216,9 @@ class Supervisor:
         received: list[tuple[str, socket.socket]] | None,
     ) -> None:
         """Hold every listening socket and the first table, then start the workers."""
+        # Every received socket is held and served, however many (``shares``).
         for address, sock in received or []:
-            group = self.held.setdefault(address, [])
-            if len(group) < self.count:
-                group.append(sock)
-            else:  # more than we have workers for: see ``Takeover.receive``
-                sock.close()
+            self.held.setdefault(address, []).append(sock)
         for address, fd in listen_fds.items():
             self.held.setdefault(address, []).append(socket.socket(fileno=fd))
         for address in list(self.held):
@@ -302,8 +305,12 @@ class Supervisor:
                 sock.close()
 
     def slot(self, address: str, worker: Worker) -> socket.socket:
+        return self.shares(address, worker)[0]
+
+    def shares(self, address: str, worker: Worker) -> list[socket.socket]:
+        """The sockets of ``address`` that ``worker`` accepts on (``share_of``)."""
         group = self.held[address]
-        return group[worker.index % len(group)]
+        return [group[i] for i in share_of(len(group), self.count, worker.index)]
 
     def _set_table(self, table: dict[str, Any]) -> None:
         self.table = table
@@ -349,9 +356,9 @@ class Supervisor:
         ]
         fds: list[int] = []
         for address in self.held:
-            fd = self.slot(address, worker).fileno()
-            argv += ["--listen-fd", f"{address}={fd}"]
-            fds.append(fd)
+            for sock in self.shares(address, worker):
+                argv += ["--listen-fd", f"{address}={sock.fileno()}"]
+                fds.append(sock.fileno())
         with contextlib.suppress(FileNotFoundError):
             os.unlink(worker.admin)
         worker.proc = await asyncio.create_subprocess_exec(
@@ -889,7 +896,10 @@ def _die_with_parent() -> None:
 
 
 async def serve_worker(
-    admin: str, supervisor_admin: str, settings: ProxySettings, listen_fds: dict[str, int]
+    admin: str,
+    supervisor_admin: str,
+    settings: ProxySettings,
+    listen_fds: list[tuple[str, int]],
 ) -> None:
     """One worker: the supervisor's saved table first, then accept; until SIGTERM."""
     from baton.proxy.admin import AdminAPI
@@ -913,8 +923,8 @@ async def serve_worker(
     except RouteTableError as exc:
         log.warning("%s; starting with an empty table", exc)
         saved = None
-    for address, fd in listen_fds.items():
-        await proxy.listen(address, sock=socket.socket(fileno=fd), serve=False)
+    for address, fd in listen_fds:  # one or more per address (``Supervisor.shares``)
+        await proxy.listen_also(address, socket.socket(fileno=fd), serve=False)
     if saved is not None:
         await proxy.apply(saved[0], generation=saved[1])
     await proxy.start_serving()  # only now: with the table every worker serves
@@ -925,6 +935,7 @@ async def serve_worker(
     )
     handoff.start()
     proxy.start()
+    gcpolicy.settle()  # start-up done: its objects are never walked again
     await stop.wait()
     handoff.stop()
     await proxy.shutdown(settings.drain_deadline)

@@ -64,6 +64,19 @@ def share(total: int, workers: int) -> int:
     return max(1, total // workers)
 
 
+def share_of(sockets: int, workers: int, index: int) -> list[int]:
+    """Which of an address's ``sockets`` (a ``SO_REUSEPORT`` group, in order) worker
+    ``index`` of ``workers`` accepts on: round-robin, so that every socket is served by
+    exactly one worker when there are at least as many sockets as workers (a group handed
+    over by a proxy with more workers is never closed: that would reset the connections
+    queued on it); with fewer (one socket that cannot have siblings), workers share them."""
+    if sockets <= 0:
+        return []
+    if sockets < workers:
+        return [index % sockets]
+    return list(range(index, sockets, workers))
+
+
 def merge(total: Any, part: Any, key: str = "") -> Any:
     """``total`` with ``part`` added in: numbers summed, histogram counts summed bucket by
     bucket, ``bounds`` and strings kept, flags or-ed, objects merged key by key."""
