@@ -61,6 +61,7 @@ from baton.proxy.flow import (
 )
 from baton.proxy.forwarded import is_trusted
 from baton.proxy.fuses import Fuses
+from baton.proxy.headscan import COMPILED, ScannedHead, scan_head
 from baton.proxy.http import (
     CONTINUE_100,
     FRAME_CHUNKED,
@@ -117,6 +118,9 @@ UPSTREAM_DEADLINE: Final = 3  # waiting for the response head: 504
 # that parsing stops soon after a pipelined request and the rest is held as raw bytes.
 FEED_STEP: Final = 4096
 BODY_STEP: Final = 65536
+# Whether whole plain request heads go to Baton's scanner rather than httptools: when it
+# runs compiled (interpreted, httptools is cheaper; ``headscan.COMPILED``).
+SCAN_HEADS: Final = COMPILED
 
 
 @dataclass
@@ -418,6 +422,18 @@ class ClientConnection(asyncio.Protocol):
             if self.upgrading:
                 self.early.append(bytes(data))
             return
+        if SCAN_HEADS and not self.reading and self.current_parse is None and type(data) is bytes:
+            # A plain head whole in this read: Baton's scanner (``headscan.py``) takes it,
+            # with no httptools callback per field; anything else is httptools' to parse.
+            while True:
+                head = scan_head(data, self.max_header_size, self.max_headers)
+                if head is None:
+                    break
+                if not self._scanned(head) or head.end == len(data):
+                    return
+                data = data[head.end :]
+                if self.closed or self.deferred is not None or self.upgrading:
+                    return
         self.feed_len = len(data)
         self.piece_body = 0
         self.began = False
@@ -460,6 +476,28 @@ class ClientConnection(asyncio.Protocol):
                 self.trailer_size += len(data)
                 if self.trailer_size > limit:
                     self._reject(431, "chunked framing or trailer section too large")
+
+    def _scanned(self, head: ScannedHead) -> bool:
+        """A whole head the scanner took: what the httptools callbacks would do with it
+        (``on_message_begin``, ``on_headers_complete``, ``on_message_complete``, for a
+        request without a body). False when it was rejected."""
+        try:
+            info = scan_request(head.headers, True)
+        except RequestRejected as exc:
+            self._reject_after_answers(exc.status, exc.message)
+            return False
+        ex = Exchange(head.method, head.url, info, True, True)
+        ex.complete = True  # no body
+        if self.active is None or self.deadline_kind == HEADER_DEADLINE:
+            self.deadline_kind = NO_DEADLINE
+        self.current_parse = ex
+        if self.active is None:
+            self.start(ex)
+        else:
+            self.pending.append(ex)
+            self._pause(PAUSE_PIPELINE)
+        self.current_parse = None
+        return True
 
     def _reject_after_answers(self, status: int, message: str) -> None:
         """Reject what the client sent, but first answer the requests it sent before it whole."""
