@@ -60,7 +60,13 @@ class Exchange:
     )
 
     def __init__(
-        self, method: bytes, url: bytes, info: RequestInfo, http11: bool, keep_alive: bool
+        self,
+        method: bytes,
+        url: bytes,
+        info: RequestInfo,
+        http11: bool,
+        keep_alive: bool,
+        now: float = 0.0,
     ):
         self.method = method
         self.url = url
@@ -92,7 +98,7 @@ class Exchange:
         # Feature-flag cohorts the app said it served (``Baton-Flags``); most answers: none.
         self.cohorts: Sequence[ReleaseMetrics] = ()
         self.status = 0
-        self.t0 = time.monotonic()
+        self.t0 = now or time.monotonic()  # (``now``: the caller's clock read, shared)
         self.t_sent = self.t0
         self.ttfb = 0.0
 

@@ -313,7 +313,7 @@ class H2Stream(ClientConnection):
         self.finished = True
         super()._local(ex, status, message, retry_after)
 
-    def _next(self) -> None:
+    def _next(self, now: float = 0.0) -> None:
         self.close()
 
     def close(self) -> None:

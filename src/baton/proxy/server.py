@@ -302,9 +302,10 @@ class ClientConnection(asyncio.Protocol):
         if not self.closed and self.transport is not None:
             self.transport.write(data)
 
-    def _set_deadline(self, kind: int, seconds: float) -> None:
+    def _set_deadline(self, kind: int, seconds: float, now: float = 0.0) -> None:
+        """``now``: a ``time.monotonic()`` just read (the loop's clock), if the caller has one."""
         self.deadline_kind = kind
-        self.deadline = self.proxy.loop.time() + seconds
+        self.deadline = (now or self.proxy.loop.time()) + seconds
 
     def on_deadline(self) -> None:
         kind = self.deadline_kind
@@ -486,13 +487,14 @@ class ClientConnection(asyncio.Protocol):
         except RequestRejected as exc:
             self._reject_after_answers(exc.status, exc.message)
             return False
-        ex = Exchange(head.method, head.url, info, True, True)
+        now = time.monotonic()  # the exchange's one clock read until its answer comes
+        ex = Exchange(head.method, head.url, info, True, True, now)
         ex.complete = True  # no body
         if self.active is None or self.deadline_kind == HEADER_DEADLINE:
             self.deadline_kind = NO_DEADLINE
         self.current_parse = ex
         if self.active is None:
-            self.start(ex)
+            self.start(ex, now)
         else:
             self.pending.append(ex)
             self._pause(PAUSE_PIPELINE)
@@ -575,7 +577,8 @@ class ClientConnection(asyncio.Protocol):
             raise RequestRejected(405, "CONNECT is not supported")
         info = scan_request(self.headers, http11)
         url = absolute_form(self.url, info)
-        ex = Exchange(method, url, info, http11, parser.should_keep_alive())
+        now = time.monotonic()  # the exchange's one clock read until its answer comes
+        ex = Exchange(method, url, info, http11, parser.should_keep_alive(), now)
         self.reading = False
         if self.deadline_kind == HEADER_DEADLINE:
             self.deadline_kind = NO_DEADLINE
@@ -583,7 +586,7 @@ class ClientConnection(asyncio.Protocol):
         if info.content_length is None and not info.chunked:
             ex.complete = True  # no body; llhttp still calls on_message_complete
         if self.active is None:
-            self.start(ex)
+            self.start(ex, now)
         else:
             self.pending.append(ex)
             self._pause(PAUSE_PIPELINE)
@@ -646,8 +649,12 @@ class ClientConnection(asyncio.Protocol):
             if ex.unsent_size > REPLAY_LIMIT:
                 self._pause(PAUSE_BUFFER)
 
-    def start(self, ex: Exchange) -> None:
-        """Route a request whose headers are complete and send it on its way."""
+    def start(self, ex: Exchange, now: float = 0.0) -> None:
+        """Route a request whose headers are complete and send it on its way.
+
+        ``now``: the ``time.monotonic()`` the exchange was made at, when it starts at once
+        (its response deadline and its send time are taken from it: no second clock read).
+        """
         self.active = ex
         proxy = self.proxy
         info = ex.info
@@ -696,10 +703,12 @@ class ClientConnection(asyncio.Protocol):
             proto=b"https" if self.tls else b"http",
         )
         self.deadline_kind = UPSTREAM_DEADLINE
-        self.deadline = proxy.loop.time() + app.spec.response_timeout
-        self.attach(ex, target, app.spec)
+        if not now:
+            now = time.monotonic()
+        self.deadline = now + app.spec.response_timeout  # (the sweeper's loop.time() clock)
+        self.attach(ex, target, app.spec, now)
 
-    def attach(self, ex: Exchange, target: Target, spec: AppSpec) -> None:
+    def attach(self, ex: Exchange, target: Target, spec: AppSpec, now: float = 0.0) -> None:
         """Send the exchange to ``target`` on an idle pooled connection or a new one."""
         if ex is not self.active or self.closed:
             return
@@ -708,7 +717,7 @@ class ClientConnection(asyncio.Protocol):
         if up is None:
             self.proxy.loop.create_task(self._connect(ex, target, spec))
             return
-        self._send(ex, up, spec)
+        self._send(ex, up, spec, now)
 
     async def _connect(self, ex: Exchange, target: Target, spec: AppSpec) -> None:
         loop = self.proxy.loop
@@ -731,7 +740,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self._send(ex, up, spec)
 
-    def _send(self, ex: Exchange, up: UpstreamConnection, spec: AppSpec) -> None:
+    def _send(self, ex: Exchange, up: UpstreamConnection, spec: AppSpec, now: float = 0.0) -> None:
         if up.closed or up.transport is None or up.transport.is_closing():
             # Accepted, then closed before we wrote a byte (docker-proxy in front of a dying
             # container does this): the request was never sent, so it is safe to retry.
@@ -750,7 +759,7 @@ class ClientConnection(asyncio.Protocol):
         else:
             data = ex.head
         ex.written = True
-        ex.t_sent = time.monotonic()
+        ex.t_sent = now or time.monotonic()
         up.transport.write(data)
         if self.paused.reasons & PAUSE_BUFFER:
             self._resume(PAUSE_BUFFER)
@@ -856,13 +865,13 @@ class ClientConnection(asyncio.Protocol):
         )
         self._finish(ex, keep)
 
-    def _finish(self, ex: Exchange, keep: bool) -> None:
+    def _finish(self, ex: Exchange, keep: bool, now: float = 0.0) -> None:
         """The one way an exchange ends: its counts end, and the connection goes on to the
-        next request (``keep``) or closes."""
+        next request (``keep``) or closes. ``now``: a ``time.monotonic()`` just read, if any."""
         ex.end()
         self.active = None
         if keep:
-            self._next()
+            self._next(now)
         else:
             self.close()
 
@@ -1022,12 +1031,15 @@ class ClientConnection(asyncio.Protocol):
             target.put_idle(up, self.proxy.settings.upstream_max_idle, now)
         else:
             up.close()
-        self._finish(ex, ex.keep_alive and ex.complete)
+        self._finish(ex, ex.keep_alive and ex.complete, now)
 
-    def _next(self) -> None:
-        """The active exchange is done: start the next request, or wait for one."""
+    def _next(self, now: float = 0.0) -> None:
+        """The active exchange is done: start the next request, or wait for one.
+
+        ``now``: a ``time.monotonic()`` the caller just read (the answer's end), if it has one.
+        """
         if self.pending:
-            self.start(self.pending.popleft())  # (may answer at once and come back here)
+            self.start(self.pending.popleft(), now)  # (may answer at once and come back here)
             self._release_held()
             return
         if self.held or self.paused.reasons & PAUSE_PIPELINE:
@@ -1047,7 +1059,7 @@ class ClientConnection(asyncio.Protocol):
             # would lose it. Give it a moment (its next response says Connection: close).
             self._set_deadline(IDLE_DEADLINE, STOPPING_IDLE_GRACE)
         else:
-            self._set_deadline(IDLE_DEADLINE, self.proxy.settings.keepalive_timeout)
+            self._set_deadline(IDLE_DEADLINE, self.proxy.settings.keepalive_timeout, now)
 
     def _release_held(self) -> None:
         """Parse held bytes once no request is waiting; read the socket again after them."""
