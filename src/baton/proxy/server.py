@@ -1254,7 +1254,9 @@ class Proxy:
         self.fuses = Fuses()
         self.stopping = False
         self.chooser = Chooser()
-        self._request_prefix = os.urandom(4).hex().encode()
+        # Request ids: this proxy's random prefix (unique across workers and restarts), then
+        # a counter (decimal: cheaper to make than ``%x`` formatting).
+        self._request_prefix = os.urandom(4).hex().encode() + b"-"
         self._request_seq = 0
         self._sweeper: asyncio.Task[None] | None = None
         self.on_table_change: list[Callable[[], None]] = []
@@ -1298,7 +1300,7 @@ class Proxy:
 
     def next_request_id(self) -> bytes:
         self._request_seq += 1
-        return b"%s-%x" % (self._request_prefix, self._request_seq)
+        return self._request_prefix + str(self._request_seq).encode()
 
     def may_pin(self, app: LiveApp, ex: Exchange, client: ClientConnection) -> bool:
         return may_pin(app, ex.info, client.client_ip)
