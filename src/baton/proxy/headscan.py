@@ -100,7 +100,7 @@ def scan_head(data: bytes, limit: int, max_headers: int) -> ScannedHead | None:
     while i < n and cls[data[i]] & _UPPER:
         i += 1
     method = data[:i]
-    if i >= n or data[i] != 32 or method not in _METHODS:
+    if i >= n or data[i] != 32 or (method != b"GET" and method not in _METHODS):
         return None
     i += 1
     start: i64 = i
@@ -139,10 +139,11 @@ def scan_head(data: bytes, limit: int, max_headers: int) -> ScannedHead | None:
         i += 2
         size = len(name)
         if size < 32 and watch[size << 5 | name[0] & 31]:
-            lower = name.lower()
-            if lower in _FRAMING:
-                return None
-            if lower == _CONNECTION and value.lower() != b"keep-alive":
+            # (as browsers spell it, no lower-casing: a comparison costs less than a call)
+            if name == b"Connection" or name.lower() == _CONNECTION:
+                if value != b"keep-alive" and value.lower() != b"keep-alive":
+                    return None
+            elif name.lower() in _FRAMING:
                 return None
         if len(headers) >= max_headers:
             return None
