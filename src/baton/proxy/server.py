@@ -2,15 +2,15 @@
 
 Theory of operation. ``Proxy`` owns the current ``RouteTable`` (one reference, swapped
 whole), the target registry, the metrics registry, the listening sockets and every client
-connection. A ``ClientConnection`` parses requests with httptools (a whole plain head in
-one read, compiled: with Baton's own scanner, ``headscan.py``, which leaves everything else
-to httptools); when a request's headers are complete it becomes an ``Exchange``, is
-matched against the table current at that moment, assigned a release (by weight) and a
-target (least in-flight, then round-robin), and forwarded on a pooled or new
-``UpstreamConnection``. The exchange stays on its target until the response is complete,
-whatever the table does meanwhile. The choice itself is pure (``choice.py``); the exchange holds its in-flight counts (``exchange.py``) and ends
-through ``_finish``; why the client is not being read is kept by ``flow.py``; the upstream
-side reports back through ``upstream.UpstreamEvents``.
+connection. A ``ClientConnection`` parses requests with httptools (a whole plain head in one
+read, compiled: with Baton's own scanner, ``headscan.py``, which leaves everything else to
+httptools); when a request's headers are complete it becomes an ``Exchange``, is matched
+against the table current at that moment, assigned a release (by weight) and a target (least
+in-flight, then round-robin), and forwarded on a pooled or new ``UpstreamConnection``. The
+exchange stays on its target until the response is complete, whatever the table does
+meanwhile. The choice itself is pure (``choice.py``); the exchange holds its in-flight
+counts (``exchange.py``) and ends through ``_finish``; why the client is not being read is
+kept by ``flow.py``; the upstream side reports back through ``upstream.UpstreamEvents``.
 
 Rules the code keeps:
 - A request never answered (connect refused/reset, or the upstream closed before one
