@@ -1010,12 +1010,13 @@ class ClientConnection(asyncio.Protocol):
         ex.response_started(status)
         return info
 
-    def response_done(self, up: UpstreamConnection, reusable: bool) -> None:
+    def response_done(self, up: UpstreamConnection, reusable: bool, head_now: bool = False) -> None:
         ex = self.active
         if ex is None or ex.upstream is not up:
             up.close()
             return
-        now = time.monotonic()
+        # The whole answer in one read: the clock read of its head is its end too.
+        now = ex.t_head if head_now and ex.t_head else time.monotonic()
         ex.upstream = None
         m = ex.metrics
         if m is not None:
