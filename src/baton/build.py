@@ -44,6 +44,8 @@ HOT_MODULES = (
     "baton.proxy.exchange",
     "baton.proxy.choice",
     "baton.proxy.flow",
+    # Baton's own request-head scanner (no httptools callback per header field).
+    "baton.proxy.headscan",
 )
 
 PURE_ENV = "BATON_PURE"

@@ -47,6 +47,7 @@ class Exchange:
         "stable_retry",
         "status",
         "t0",
+        "t_head",
         "t_sent",
         "target",
         "tried",
@@ -60,7 +61,13 @@ class Exchange:
     )
 
     def __init__(
-        self, method: bytes, url: bytes, info: RequestInfo, http11: bool, keep_alive: bool
+        self,
+        method: bytes,
+        url: bytes,
+        info: RequestInfo,
+        http11: bool,
+        keep_alive: bool,
+        now: float = 0.0,
     ):
         self.method = method
         self.url = url
@@ -92,8 +99,9 @@ class Exchange:
         # Feature-flag cohorts the app said it served (``Baton-Flags``); most answers: none.
         self.cohorts: Sequence[ReleaseMetrics] = ()
         self.status = 0
-        self.t0 = time.monotonic()
+        self.t0 = now or time.monotonic()  # (``now``: the caller's clock read, shared)
         self.t_sent = self.t0
+        self.t_head = 0.0  # when the response head came (``response_started``)
         self.ttfb = 0.0
 
     @property
@@ -145,4 +153,5 @@ class Exchange:
 
     def response_started(self, status: int) -> None:
         self.status = status
-        self.ttfb = time.monotonic() - self.t_sent
+        now = self.t_head = time.monotonic()
+        self.ttfb = now - self.t_sent

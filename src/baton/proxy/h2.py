@@ -297,9 +297,9 @@ class H2Stream(ClientConnection):
 
     # -- the exchange's verdicts -------------------------------------------------------
 
-    def response_done(self, up: UpstreamConnection, reusable: bool) -> None:
+    def response_done(self, up: UpstreamConnection, reusable: bool, head_now: bool = False) -> None:
         self.finished = True
-        super().response_done(up, reusable)
+        super().response_done(up, reusable, head_now)
 
     def _reject(self, status: int, message: str) -> None:
         ex = self.active
@@ -313,7 +313,7 @@ class H2Stream(ClientConnection):
         self.finished = True
         super()._local(ex, status, message, retry_after)
 
-    def _next(self) -> None:
+    def _next(self, now: float = 0.0) -> None:
         self.close()
 
     def close(self) -> None:

@@ -2,14 +2,15 @@
 
 Theory of operation. ``Proxy`` owns the current ``RouteTable`` (one reference, swapped
 whole), the target registry, the metrics registry, the listening sockets and every client
-connection. A ``ClientConnection`` parses requests with httptools; when a request's headers
-are complete it becomes an ``Exchange``, is matched against the table current at that
-moment, assigned a release (by weight) and a target (least in-flight, then round-robin),
-and forwarded on a pooled or new ``UpstreamConnection``. The exchange stays on its target
-until the response is complete, whatever the table does meanwhile. The choice itself is
-pure (``choice.py``); the exchange holds its in-flight counts (``exchange.py``) and ends
-through ``_finish``; why the client is not being read is kept by ``flow.py``; the upstream
-side reports back through ``upstream.UpstreamEvents``.
+connection. A ``ClientConnection`` parses requests with httptools (a whole plain head in one
+read, compiled: with Baton's own scanner, ``headscan.py``, which leaves everything else to
+httptools); when a request's headers are complete it becomes an ``Exchange``, is matched
+against the table current at that moment, assigned a release (by weight) and a target (least
+in-flight, then round-robin), and forwarded on a pooled or new ``UpstreamConnection``. The
+exchange stays on its target until the response is complete, whatever the table does
+meanwhile. The choice itself is pure (``choice.py``); the exchange holds its in-flight
+counts (``exchange.py``) and ends through ``_finish``; why the client is not being read is
+kept by ``flow.py``; the upstream side reports back through ``upstream.UpstreamEvents``.
 
 Rules the code keeps:
 - A request never answered (connect refused/reset, or the upstream closed before one
@@ -61,6 +62,7 @@ from baton.proxy.flow import (
 )
 from baton.proxy.forwarded import is_trusted
 from baton.proxy.fuses import Fuses
+from baton.proxy.headscan import COMPILED, ScannedHead, scan_head
 from baton.proxy.http import (
     CONTINUE_100,
     FRAME_CHUNKED,
@@ -117,6 +119,9 @@ UPSTREAM_DEADLINE: Final = 3  # waiting for the response head: 504
 # that parsing stops soon after a pipelined request and the rest is held as raw bytes.
 FEED_STEP: Final = 4096
 BODY_STEP: Final = 65536
+# Whether whole plain request heads go to Baton's scanner rather than httptools: when it
+# runs compiled (interpreted, httptools is cheaper; ``headscan.COMPILED``).
+SCAN_HEADS: Final = COMPILED
 
 
 @dataclass
@@ -298,9 +303,10 @@ class ClientConnection(asyncio.Protocol):
         if not self.closed and self.transport is not None:
             self.transport.write(data)
 
-    def _set_deadline(self, kind: int, seconds: float) -> None:
+    def _set_deadline(self, kind: int, seconds: float, now: float = 0.0) -> None:
+        """``now``: a ``time.monotonic()`` just read (the loop's clock), if the caller has one."""
         self.deadline_kind = kind
-        self.deadline = self.proxy.loop.time() + seconds
+        self.deadline = (now or self.proxy.loop.time()) + seconds
 
     def on_deadline(self) -> None:
         kind = self.deadline_kind
@@ -418,6 +424,18 @@ class ClientConnection(asyncio.Protocol):
             if self.upgrading:
                 self.early.append(bytes(data))
             return
+        if SCAN_HEADS and not self.reading and self.current_parse is None and type(data) is bytes:
+            # A plain head whole in this read: Baton's scanner (``headscan.py``) takes it,
+            # with no httptools callback per field; anything else is httptools' to parse.
+            while True:
+                head = scan_head(data, self.max_header_size, self.max_headers)
+                if head is None:
+                    break
+                if not self._scanned(head) or head.end == len(data):
+                    return
+                data = data[head.end :]
+                if self.closed or self.deferred is not None or self.upgrading:
+                    return
         self.feed_len = len(data)
         self.piece_body = 0
         self.began = False
@@ -460,6 +478,29 @@ class ClientConnection(asyncio.Protocol):
                 self.trailer_size += len(data)
                 if self.trailer_size > limit:
                     self._reject(431, "chunked framing or trailer section too large")
+
+    def _scanned(self, head: ScannedHead) -> bool:
+        """A whole head the scanner took: what the httptools callbacks would do with it
+        (``on_message_begin``, ``on_headers_complete``, ``on_message_complete``, for a
+        request without a body). False when it was rejected."""
+        try:
+            info = scan_request(head.headers, True)
+        except RequestRejected as exc:
+            self._reject_after_answers(exc.status, exc.message)
+            return False
+        now = time.monotonic()  # the exchange's one clock read until its answer comes
+        ex = Exchange(head.method, head.url, info, True, True, now)
+        ex.complete = True  # no body
+        if self.active is None or self.deadline_kind == HEADER_DEADLINE:
+            self.deadline_kind = NO_DEADLINE
+        self.current_parse = ex
+        if self.active is None:
+            self.start(ex, now)
+        else:
+            self.pending.append(ex)
+            self._pause(PAUSE_PIPELINE)
+        self.current_parse = None
+        return True
 
     def _reject_after_answers(self, status: int, message: str) -> None:
         """Reject what the client sent, but first answer the requests it sent before it whole."""
@@ -537,7 +578,8 @@ class ClientConnection(asyncio.Protocol):
             raise RequestRejected(405, "CONNECT is not supported")
         info = scan_request(self.headers, http11)
         url = absolute_form(self.url, info)
-        ex = Exchange(method, url, info, http11, parser.should_keep_alive())
+        now = time.monotonic()  # the exchange's one clock read until its answer comes
+        ex = Exchange(method, url, info, http11, parser.should_keep_alive(), now)
         self.reading = False
         if self.deadline_kind == HEADER_DEADLINE:
             self.deadline_kind = NO_DEADLINE
@@ -545,7 +587,7 @@ class ClientConnection(asyncio.Protocol):
         if info.content_length is None and not info.chunked:
             ex.complete = True  # no body; llhttp still calls on_message_complete
         if self.active is None:
-            self.start(ex)
+            self.start(ex, now)
         else:
             self.pending.append(ex)
             self._pause(PAUSE_PIPELINE)
@@ -608,8 +650,12 @@ class ClientConnection(asyncio.Protocol):
             if ex.unsent_size > REPLAY_LIMIT:
                 self._pause(PAUSE_BUFFER)
 
-    def start(self, ex: Exchange) -> None:
-        """Route a request whose headers are complete and send it on its way."""
+    def start(self, ex: Exchange, now: float = 0.0) -> None:
+        """Route a request whose headers are complete and send it on its way.
+
+        ``now``: the ``time.monotonic()`` the exchange was made at, when it starts at once
+        (its response deadline and its send time are taken from it: no second clock read).
+        """
         self.active = ex
         proxy = self.proxy
         info = ex.info
@@ -658,10 +704,12 @@ class ClientConnection(asyncio.Protocol):
             proto=b"https" if self.tls else b"http",
         )
         self.deadline_kind = UPSTREAM_DEADLINE
-        self.deadline = proxy.loop.time() + app.spec.response_timeout
-        self.attach(ex, target, app.spec)
+        if not now:
+            now = time.monotonic()
+        self.deadline = now + app.spec.response_timeout  # (the sweeper's loop.time() clock)
+        self.attach(ex, target, app.spec, now)
 
-    def attach(self, ex: Exchange, target: Target, spec: AppSpec) -> None:
+    def attach(self, ex: Exchange, target: Target, spec: AppSpec, now: float = 0.0) -> None:
         """Send the exchange to ``target`` on an idle pooled connection or a new one."""
         if ex is not self.active or self.closed:
             return
@@ -670,7 +718,7 @@ class ClientConnection(asyncio.Protocol):
         if up is None:
             self.proxy.loop.create_task(self._connect(ex, target, spec))
             return
-        self._send(ex, up, spec)
+        self._send(ex, up, spec, now)
 
     async def _connect(self, ex: Exchange, target: Target, spec: AppSpec) -> None:
         loop = self.proxy.loop
@@ -693,7 +741,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self._send(ex, up, spec)
 
-    def _send(self, ex: Exchange, up: UpstreamConnection, spec: AppSpec) -> None:
+    def _send(self, ex: Exchange, up: UpstreamConnection, spec: AppSpec, now: float = 0.0) -> None:
         if up.closed or up.transport is None or up.transport.is_closing():
             # Accepted, then closed before we wrote a byte (docker-proxy in front of a dying
             # container does this): the request was never sent, so it is safe to retry.
@@ -712,7 +760,7 @@ class ClientConnection(asyncio.Protocol):
         else:
             data = ex.head
         ex.written = True
-        ex.t_sent = time.monotonic()
+        ex.t_sent = now or time.monotonic()
         up.transport.write(data)
         if self.paused.reasons & PAUSE_BUFFER:
             self._resume(PAUSE_BUFFER)
@@ -818,13 +866,13 @@ class ClientConnection(asyncio.Protocol):
         )
         self._finish(ex, keep)
 
-    def _finish(self, ex: Exchange, keep: bool) -> None:
+    def _finish(self, ex: Exchange, keep: bool, now: float = 0.0) -> None:
         """The one way an exchange ends: its counts end, and the connection goes on to the
-        next request (``keep``) or closes."""
+        next request (``keep``) or closes. ``now``: a ``time.monotonic()`` just read, if any."""
         ex.end()
         self.active = None
         if keep:
-            self._next()
+            self._next(now)
         else:
             self.close()
 
@@ -962,12 +1010,13 @@ class ClientConnection(asyncio.Protocol):
         ex.response_started(status)
         return info
 
-    def response_done(self, up: UpstreamConnection, reusable: bool) -> None:
+    def response_done(self, up: UpstreamConnection, reusable: bool, head_now: bool = False) -> None:
         ex = self.active
         if ex is None or ex.upstream is not up:
             up.close()
             return
-        now = time.monotonic()
+        # The whole answer in one read: the clock read of its head is its end too.
+        now = ex.t_head if head_now and ex.t_head else time.monotonic()
         ex.upstream = None
         m = ex.metrics
         if m is not None:
@@ -984,12 +1033,15 @@ class ClientConnection(asyncio.Protocol):
             target.put_idle(up, self.proxy.settings.upstream_max_idle, now)
         else:
             up.close()
-        self._finish(ex, ex.keep_alive and ex.complete)
+        self._finish(ex, ex.keep_alive and ex.complete, now)
 
-    def _next(self) -> None:
-        """The active exchange is done: start the next request, or wait for one."""
+    def _next(self, now: float = 0.0) -> None:
+        """The active exchange is done: start the next request, or wait for one.
+
+        ``now``: a ``time.monotonic()`` the caller just read (the answer's end), if it has one.
+        """
         if self.pending:
-            self.start(self.pending.popleft())  # (may answer at once and come back here)
+            self.start(self.pending.popleft(), now)  # (may answer at once and come back here)
             self._release_held()
             return
         if self.held or self.paused.reasons & PAUSE_PIPELINE:
@@ -1009,7 +1061,7 @@ class ClientConnection(asyncio.Protocol):
             # would lose it. Give it a moment (its next response says Connection: close).
             self._set_deadline(IDLE_DEADLINE, STOPPING_IDLE_GRACE)
         else:
-            self._set_deadline(IDLE_DEADLINE, self.proxy.settings.keepalive_timeout)
+            self._set_deadline(IDLE_DEADLINE, self.proxy.settings.keepalive_timeout, now)
 
     def _release_held(self) -> None:
         """Parse held bytes once no request is waiting; read the socket again after them."""
@@ -1204,7 +1256,9 @@ class Proxy:
         self.fuses = Fuses()
         self.stopping = False
         self.chooser = Chooser()
-        self._request_prefix = os.urandom(4).hex().encode()
+        # Request ids: this proxy's random prefix (unique across workers and restarts), then
+        # a counter (decimal: cheaper to make than ``%x`` formatting).
+        self._request_prefix = os.urandom(4).hex().encode() + b"-"
         self._request_seq = 0
         self._sweeper: asyncio.Task[None] | None = None
         self.on_table_change: list[Callable[[], None]] = []
@@ -1250,7 +1304,7 @@ class Proxy:
 
     def next_request_id(self) -> bytes:
         self._request_seq += 1
-        return b"%s-%x" % (self._request_prefix, self._request_seq)
+        return self._request_prefix + str(self._request_seq).encode()
 
     def may_pin(self, app: LiveApp, ex: Exchange, client: ClientConnection) -> bool:
         return may_pin(app, ex.info, client.client_ip)

@@ -58,7 +58,11 @@ class UpstreamEvents(Protocol):
         ...
 
     def write(self, data: bytes) -> None: ...
-    def response_done(self, up: UpstreamConnection, reusable: bool) -> None: ...
+    def response_done(self, up: UpstreamConnection, reusable: bool, head_now: bool = False) -> None:
+        """The response is complete; ``head_now``: its head came in the same read (so the
+        clock read taken for its head is this moment too)."""
+        ...
+
     def upstream_lost(self, up: UpstreamConnection) -> None: ...
     def upstream_broken(self, up: UpstreamConnection, why: str) -> None: ...
     def retry_on_stable(self, up: UpstreamConnection, status: int) -> None: ...
@@ -299,7 +303,9 @@ class UpstreamConnection(asyncio.Protocol):
             client.tunnel_data_from_app(data)
             return
         self.got_bytes = True
+        head_now = False
         if not self.head_done:
+            head_now = True
             buf = self.buf = self.buf + data if self.buf else data
             if len(buf) > MAX_RESPONSE_HEAD:
                 client.upstream_broken(self, "response head from upstream too large")
@@ -345,7 +351,7 @@ class UpstreamConnection(asyncio.Protocol):
             if self.head_only:
                 # A HEAD response announced a body it will not send: start a fresh parser.
                 self.parser = httptools.HttpResponseParser(self)
-            client.response_done(self, reusable=self.keep_alive)
+            client.response_done(self, self.keep_alive, head_now)
 
     def _flush(self, client: UpstreamEvents) -> None:
         out = self.out
