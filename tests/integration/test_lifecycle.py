@@ -25,6 +25,7 @@ from tests.support.host import (
     served_after,
     start_load,
 )
+from tests.support.procs import ctrl_c_default
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -343,6 +344,7 @@ async def test_ctrl_c_leaves_the_deploy_running_and_watch_reattaches(host: Host)
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"},
+        preexec_fn=ctrl_c_default,
     )
     assert cli.stdout is not None
     header = await asyncio.wait_for(cli.stdout.readline(), 30)

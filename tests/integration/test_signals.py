@@ -23,6 +23,7 @@ import pytest
 
 from tests.support.host import BATON, Host, assert_no_failures, start_load
 from tests.support.load import Load
+from tests.support.procs import ctrl_c_default
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -117,6 +118,7 @@ def run_in_terminal(
         stderr=follower,
         env={**os.environ, "COLUMNS": "80", "LINES": "40", "TERM": "xterm-256color"},
         start_new_session=True,
+        preexec_fn=ctrl_c_default,
     )
     os.close(follower)
     seen = b""

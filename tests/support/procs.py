@@ -34,6 +34,14 @@ class ProcessError(RuntimeError):
     """A managed child process did not start or did not behave."""
 
 
+def ctrl_c_default() -> None:
+    """``preexec_fn`` for a child the test Ctrl-C's: SIGINT back to its default. A shell
+    starts background jobs (``cmd &`` without job control) with SIGINT ignored, children
+    inherit that, and Python then installs no KeyboardInterrupt handler: a CLI run under
+    such a test runner would never see the Ctrl-C the test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (the kernel picked it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
