@@ -39,6 +39,7 @@ import contextlib
 import logging
 import os
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -1419,7 +1420,15 @@ class Proxy:
                 raise
             sock.listen(4096)
         tls = self.tls.server_context(address) if self.tls.is_tls(address) else None
-        server = await self.loop.create_server(
+        self.servers[address] = await self._serve_on(address, sock, tls, serve)
+        if tls is not None:
+            self.tls_servers.add(address)
+
+    async def _serve_on(
+        self, address: str, sock: socket.socket, tls: ssl.SSLContext | None, serve: bool
+    ) -> asyncio.base_events.Server:
+        """An asyncio server of ``address``'s clients on the listening ``sock``."""
+        return await self.loop.create_server(
             lambda: self._client(address),
             sock=sock,
             backlog=4096,
@@ -1427,9 +1436,6 @@ class Proxy:
             ssl=tls,
             ssl_handshake_timeout=self.settings.header_timeout if tls is not None else None,
         )
-        self.servers[address] = server
-        if tls is not None:
-            self.tls_servers.add(address)
 
     def _client(self, address: str) -> ClientConnection:
         conn = (
@@ -1461,15 +1467,7 @@ class Proxy:
             await self.listen(address, sock, serve=serve)
             return
         tls = self.tls.server_context(address) if address in self.tls_servers else None
-        server = await self.loop.create_server(
-            lambda: self._client(address),
-            sock=sock,
-            backlog=4096,
-            start_serving=serve,
-            ssl=tls,
-            ssl_handshake_timeout=self.settings.header_timeout if tls is not None else None,
-        )
-        self.also.append((address, server))
+        self.also.append((address, await self._serve_on(address, sock, tls, serve)))
 
     def all_listening_fds(self) -> list[tuple[str, int]]:
         """``listening_fds`` and those of every ``listen_also`` socket, as (address, fd)
