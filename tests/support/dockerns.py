@@ -54,6 +54,7 @@ from typing import Any, Self
 
 import pytest
 
+from baton.runtime.process import pid_alive
 from tests.support.images import build_httpd_image
 from tests.support.netns import NetLab, require_netns
 from tests.support.procs import ManagedProcess
@@ -138,30 +139,20 @@ def _unmount_under(*dirs: Path) -> None:
             subprocess.run(["umount", "-l", target], capture_output=True, check=False)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_stale() -> None:
     """Kill the engines (and their containers) of test processes that are gone, and delete
     their run dirs."""
     stale: dict[str, set[int]] = {}
     for pid, (_, cmdline) in _processes().items():
         for match in _RUN_DIR.finditer(cmdline):
-            if not _alive(int(match.group(1))):
+            if not pid_alive(int(match.group(1))):
                 stale.setdefault(match.group(0), set()).add(pid)
     for run_dir, pids in stale.items():
         _kill_tree(pids)
         _unmount_under(Path(run_dir))
     for entry in Path("/tmp").glob(f"{RUN_PREFIX}*-*"):
         ours = _RUN_DIR.fullmatch(str(entry))
-        if ours is not None and not _alive(int(ours.group(1))):
+        if ours is not None and not pid_alive(int(ours.group(1))):
             shutil.rmtree(entry, ignore_errors=True)
 
 
